@@ -1,0 +1,1 @@
+//! Phoenix Channels V2: frame codec and the sans-IO socket core.
