@@ -5,4 +5,5 @@
 
 pub mod engine;
 pub mod phoenix;
+pub mod registry;
 pub mod rt;

@@ -1,0 +1,207 @@
+//! The global process registry, with `:global` semantics for one node.
+//!
+//! Owns the map name → process and its lifecycle: atomic registration (a lost race answers
+//! `AlreadyStarted(winner)`), release of a process's name when it exits and before its
+//! monitors see DOWN, and generation checks so a late cleanup never removes a newer
+//! registration. [`Registry::whereis_or_start`] is the tutorial's join logic.
+//!
+//! It never holds its lock across an await, and never runs a process's code under it.
+
+mod names;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::rt::{self, Addr, Ctx, ExitReason, Pid, System};
+use names::{Names, Refused};
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError<M> {
+    /// Another process holds the name: the winner of the race.
+    #[error("name already registered to {}", .0.pid())]
+    AlreadyStarted(Addr<M>),
+    /// The process already holds another name (one name per process).
+    #[error("process already registered as {0:?}")]
+    AlreadyNamed(String),
+    /// The process is not alive.
+    #[error("process is not alive")]
+    Noproc,
+}
+
+/// Why starting a named process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError<M> {
+    #[error("already started as {}", .0.pid())]
+    AlreadyStarted(Addr<M>),
+    #[error("failed to start: {0}")]
+    Failed(String),
+}
+
+/// A start failure other than losing the race, surfaced by [`Registry::whereis_or_start`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("failed to start {name:?}: {reason}")]
+pub struct JoinError {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Names → processes accepting `M`. Cheap to clone; clones share the table.
+pub struct Registry<M> {
+    sys: System,
+    names: Arc<Mutex<Names<Addr<M>>>>,
+}
+
+impl<M> Clone for Registry<M> {
+    fn clone(&self) -> Self {
+        Registry {
+            sys: self.sys.clone(),
+            names: self.names.clone(),
+        }
+    }
+}
+
+impl<M> fmt::Debug for Registry<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+impl<M: Send + 'static> Registry<M> {
+    pub fn new(sys: &System) -> Self {
+        Registry {
+            sys: sys.clone(),
+            names: Arc::new(Mutex::new(Names::default())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Names<Addr<M>>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The process registered under `name`, if any. It may die right after: sends must
+    /// tolerate a dead target (R4).
+    pub fn whereis(&self, name: &str) -> Option<Addr<M>> {
+        self.lock().get(name).map(|e| e.addr.clone())
+    }
+
+    /// Registers `addr` under `name`, atomically: of racing registrations exactly one wins,
+    /// the others get `AlreadyStarted(winner)`. The name is released when the process exits.
+    pub fn register(&self, name: &str, addr: &Addr<M>) -> Result<(), RegisterError<M>> {
+        let mut names = self.lock();
+        let gen = names
+            .insert(name, addr.pid(), addr.clone())
+            .map_err(|r| match r {
+                Refused::Taken(a) => RegisterError::AlreadyStarted(a),
+                Refused::PidNamed(n) => RegisterError::AlreadyNamed(n),
+            })?;
+        // The hook is added under the names lock, so a process exiting concurrently either
+        // runs it (and frees the name) or is already dead (and we undo the grant).
+        let table = self.names.clone();
+        let (n, pid) = (name.to_string(), addr.pid());
+        let hook = Box::new(move || {
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release(&n, pid, gen);
+        });
+        match self.sys.add_exit_hook(pid, hook) {
+            Some(id) => {
+                names.set_hook(name, gen, id);
+                Ok(())
+            }
+            None => {
+                names.release(name, pid, gen);
+                Err(RegisterError::Noproc)
+            }
+        }
+    }
+
+    /// Removes `name` whoever holds it (idempotent).
+    pub fn unregister(&self, name: &str) {
+        let removed = self.lock().remove(name);
+        self.detach(removed);
+    }
+
+    fn detach(&self, removed: Option<names::Entry<Addr<M>>>) {
+        if let Some(names::Entry {
+            pid,
+            hook: Some(id),
+            ..
+        }) = removed
+        {
+            self.sys.remove_exit_hook(pid, id);
+        }
+    }
+
+    /// Removes `name` only if `pid` holds it: a process giving up its own name cannot remove
+    /// a successor's.
+    pub fn unregister_own(&self, name: &str, pid: Pid) -> bool {
+        let removed = {
+            let mut names = self.lock();
+            match names.get(name) {
+                Some(e) if e.pid == pid => {
+                    let gen = e.gen;
+                    names.release(name, pid, gen)
+                }
+                _ => None,
+            }
+        };
+        let found = removed.is_some();
+        self.detach(removed);
+        found
+    }
+
+    /// Starts a process registered as `name`: the name is taken before the body first runs,
+    /// so a loser of the race never runs at all.
+    pub fn start<F, Fut>(
+        &self,
+        name: &str,
+        capacity: usize,
+        body: F,
+    ) -> Result<Addr<M>, StartError<M>>
+    where
+        F: FnOnce(Ctx<M>) -> Fut + Send + 'static,
+        Fut: Future<Output = ExitReason> + Send + 'static,
+    {
+        let p = self.sys.prepare::<M>(capacity);
+        let addr = p.addr();
+        match self.register(name, &addr) {
+            Ok(()) => {
+                p.start(body);
+                Ok(addr)
+            }
+            Err(RegisterError::AlreadyStarted(winner)) => Err(StartError::AlreadyStarted(winner)),
+            Err(e) => Err(StartError::Failed(e.to_string())),
+        }
+    }
+
+    /// The tutorial's join logic: look `name` up; if absent, `start` it; if the start loses
+    /// the race (`AlreadyStarted(winner)`), use the winner; any other failure is an error.
+    pub async fn whereis_or_start<F>(&self, name: &str, start: F) -> Result<Addr<M>, JoinError>
+    where
+        F: FnOnce() -> Result<Addr<M>, StartError<M>>,
+    {
+        if let Some(addr) = self.whereis(name) {
+            return Ok(addr);
+        }
+        // Another joiner may start the same room between the lookup and our start.
+        rt::race_point().await;
+        match start() {
+            Ok(addr) | Err(StartError::AlreadyStarted(addr)) => Ok(addr),
+            Err(StartError::Failed(reason)) => Err(JoinError {
+                name: name.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    /// A snapshot of (name, pid), in name order (for oracles and diagnostics).
+    pub fn entries(&self) -> Vec<(String, Pid)> {
+        self.lock()
+            .iter()
+            .map(|(n, e)| (n.to_string(), e.pid))
+            .collect()
+    }
+}

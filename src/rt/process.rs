@@ -1,0 +1,467 @@
+//! Processes with Erlang semantics: pids, monitors, exit reasons and the crash boundary.
+//!
+//! A [`System`] is one node's process table. Its rules (research/dst.md, M1–M7):
+//! - `monitor` returns a fresh ref and yields exactly one DOWN per monitor; monitoring a pid that
+//!   is already dead yields DOWN `noproc` at once.
+//! - after `demonitor` returns no DOWN for that ref is ever received (queued ones are flushed).
+//! - when a process exits, its exit hooks (registry names) run first, then its monitors' DOWNs
+//!   are sent, so a watcher that sees DOWN never finds the dead pid under a name.
+//! - a watcher's own monitors die with it.
+//! - a panic inside a process is caught at its boundary and becomes `Crashed(message)`.
+//!
+//! This module never blocks while holding its lock and never runs user code under it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::FutureExt;
+use tokio::sync::oneshot;
+
+use super::mailbox::{mailbox, Addr, DownSink, Inbox, Received};
+
+/// A process id, unique within its [`System`] and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pid(pub u64);
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}>", self.0)
+    }
+}
+
+/// A monitor reference, unique within its [`System`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MonitorRef(pub u64);
+
+/// Why a process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Its body returned normally.
+    Normal,
+    /// It was asked to stop and did.
+    Shutdown,
+    /// It was killed from outside ([`System::kill`]) or its task was dropped.
+    Killed,
+    /// It panicked; the panic message.
+    Crashed(String),
+    /// It chose to stop abnormally (its watchers should treat it as a failure).
+    Error(String),
+    /// It did not exist when the monitor was set up.
+    Noproc,
+}
+
+impl ExitReason {
+    /// Normal and Shutdown are clean stops; everything else is a failure.
+    pub fn is_abnormal(&self) -> bool {
+        !matches!(self, ExitReason::Normal | ExitReason::Shutdown)
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Normal => f.write_str("normal"),
+            ExitReason::Shutdown => f.write_str("shutdown"),
+            ExitReason::Killed => f.write_str("killed"),
+            ExitReason::Crashed(m) => write!(f, "crashed: {m}"),
+            ExitReason::Error(m) => write!(f, "error: {m}"),
+            ExitReason::Noproc => f.write_str("noproc"),
+        }
+    }
+}
+
+/// The notice a watcher gets when a monitored process ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Down {
+    pub mref: MonitorRef,
+    pub pid: Pid,
+    pub reason: ExitReason,
+}
+
+pub(crate) type ExitHook = Box<dyn FnOnce() + Send>;
+
+struct Proc {
+    sink: DownSink,
+    kill: Option<oneshot::Sender<()>>,
+    /// Monitors on this process: ref → watcher.
+    monitors: BTreeMap<MonitorRef, Pid>,
+    /// Monitors this process holds: ref → target.
+    watching: BTreeMap<MonitorRef, Pid>,
+    hooks: BTreeMap<u64, ExitHook>,
+    waiters: Vec<oneshot::Sender<ExitReason>>,
+}
+
+#[derive(Default)]
+struct Kernel {
+    next_pid: u64,
+    next_ref: u64,
+    next_hook: u64,
+    procs: BTreeMap<Pid, Proc>,
+}
+
+/// One node's process table. Cheap to clone; all clones share it.
+#[derive(Clone, Default)]
+pub struct System {
+    kernel: Arc<Mutex<Kernel>>,
+}
+
+impl fmt::Debug for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "System({} live)", self.live_count())
+    }
+}
+
+impl System {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Kernel> {
+        // A panic under this lock is a bug in this module, not in a process; keep going so the
+        // crash boundary can still report it.
+        self.kernel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allocates a live process with an empty mailbox of `capacity` messages, not yet running.
+    /// Registering a name before the body runs is what makes start-and-register atomic.
+    pub fn prepare<M: Send + 'static>(&self, capacity: usize) -> Prepared<M> {
+        let (kill_tx, kill_rx) = oneshot::channel();
+        let mut k = self.lock();
+        k.next_pid += 1;
+        let pid = Pid(k.next_pid);
+        let (addr, inbox) = mailbox(pid, capacity);
+        k.procs.insert(
+            pid,
+            Proc {
+                sink: addr.down_sink(),
+                kill: Some(kill_tx),
+                monitors: BTreeMap::new(),
+                watching: BTreeMap::new(),
+                hooks: BTreeMap::new(),
+                waiters: Vec::new(),
+            },
+        );
+        drop(k);
+        Prepared {
+            sys: self.clone(),
+            ctx: Some(Ctx {
+                sys: self.clone(),
+                me: addr,
+                inbox,
+                pending: BTreeSet::new(),
+                flushed: BTreeSet::new(),
+            }),
+            kill_rx: Some(kill_rx),
+        }
+    }
+
+    /// Spawns a process running `body`; returns its address.
+    pub fn spawn<M, F, Fut>(&self, capacity: usize, body: F) -> Addr<M>
+    where
+        M: Send + 'static,
+        F: FnOnce(Ctx<M>) -> Fut + Send + 'static,
+        Fut: Future<Output = ExitReason> + Send + 'static,
+    {
+        let p = self.prepare(capacity);
+        let addr = p.addr();
+        p.start(body);
+        addr
+    }
+
+    /// Ends `pid` with reason `Killed` (its body is dropped at its next poll). Returns false if
+    /// it was not alive. Its monitors get DOWN once it has actually stopped.
+    pub fn kill(&self, pid: Pid) -> bool {
+        let tx = self.lock().procs.get_mut(&pid).and_then(|p| p.kill.take());
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_alive(&self, pid: Pid) -> bool {
+        self.lock().procs.contains_key(&pid)
+    }
+
+    /// Number of live processes (an oracle for leaks).
+    pub fn live_count(&self) -> usize {
+        self.lock().procs.len()
+    }
+
+    /// Number of monitors on `pid` (an oracle for leaked monitors).
+    pub fn monitor_count(&self, pid: Pid) -> usize {
+        self.lock().procs.get(&pid).map_or(0, |p| p.monitors.len())
+    }
+
+    /// Resolves with the exit reason once `pid` has exited (its names released and its DOWNs
+    /// sent); at once with `Noproc` if it is not alive.
+    pub async fn wait_exit(&self, pid: Pid) -> ExitReason {
+        let rx = {
+            let mut k = self.lock();
+            match k.procs.get_mut(&pid) {
+                None => return ExitReason::Noproc,
+                Some(p) => {
+                    let (tx, rx) = oneshot::channel();
+                    p.waiters.push(tx);
+                    rx
+                }
+            }
+        };
+        rx.await.unwrap_or(ExitReason::Killed)
+    }
+
+    /// Adds a hook run when `pid` exits, before its DOWNs are sent. `None` if `pid` is dead.
+    pub(crate) fn add_exit_hook(&self, pid: Pid, hook: ExitHook) -> Option<u64> {
+        let mut k = self.lock();
+        k.next_hook += 1;
+        let id = k.next_hook;
+        let p = k.procs.get_mut(&pid)?;
+        p.hooks.insert(id, hook);
+        Some(id)
+    }
+
+    pub(crate) fn remove_exit_hook(&self, pid: Pid, id: u64) {
+        if let Some(p) = self.lock().procs.get_mut(&pid) {
+            p.hooks.remove(&id);
+        }
+    }
+
+    fn monitor(&self, watcher: &Addr<impl Send + 'static>, target: Pid) -> MonitorRef {
+        let mut k = self.lock();
+        k.next_ref += 1;
+        let mref = MonitorRef(k.next_ref);
+        if let Some(t) = k.procs.get_mut(&target) {
+            t.monitors.insert(mref, watcher.pid());
+            if let Some(w) = k.procs.get_mut(&watcher.pid()) {
+                w.watching.insert(mref, target);
+            }
+        } else {
+            drop(k);
+            (watcher.down_sink())(Down {
+                mref,
+                pid: target,
+                reason: ExitReason::Noproc,
+            });
+        }
+        mref
+    }
+
+    /// Removes the monitor; true if it was still active (so no DOWN was sent for it).
+    fn demonitor(&self, watcher: Pid, mref: MonitorRef) -> bool {
+        let mut k = self.lock();
+        let Some(target) = k
+            .procs
+            .get_mut(&watcher)
+            .and_then(|w| w.watching.remove(&mref))
+        else {
+            return false;
+        };
+        k.procs
+            .get_mut(&target)
+            .is_some_and(|t| t.monitors.remove(&mref).is_some())
+    }
+
+    /// Ends `pid`: forgets it, runs its exit hooks, then sends its DOWNs and wakes its waiters.
+    fn finish(&self, pid: Pid, reason: ExitReason) {
+        let mut k = self.lock();
+        let Some(proc) = k.procs.remove(&pid) else {
+            return;
+        };
+        // Its own monitors die with it (M7).
+        for (mref, target) in &proc.watching {
+            if let Some(t) = k.procs.get_mut(target) {
+                t.monitors.remove(mref);
+            }
+        }
+        let mut downs = Vec::new();
+        for (mref, watcher) in &proc.monitors {
+            if let Some(w) = k.procs.get_mut(watcher) {
+                w.watching.remove(mref);
+                downs.push((*mref, *watcher));
+            }
+        }
+        drop(k);
+        for hook in proc.hooks.into_values() {
+            hook();
+        }
+        for (mref, watcher) in downs {
+            let k = self.lock();
+            // The watcher may have exited since; then its mailbox is gone with it.
+            if let Some(w) = k.procs.get(&watcher) {
+                (w.sink)(Down {
+                    mref,
+                    pid,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        for w in proc.waiters {
+            let _ = w.send(reason.clone());
+        }
+    }
+}
+
+/// A process that exists (it has a pid, can be monitored and named) but is not running yet.
+/// Dropping it without [`start`](Prepared::start) ends it with reason `Normal`.
+pub struct Prepared<M: Send + 'static> {
+    sys: System,
+    ctx: Option<Ctx<M>>,
+    kill_rx: Option<oneshot::Receiver<()>>,
+}
+
+impl<M: Send + 'static> Prepared<M> {
+    pub fn pid(&self) -> Pid {
+        self.addr().pid()
+    }
+
+    pub fn addr(&self) -> Addr<M> {
+        self.ctx.as_ref().expect("not started").me.clone()
+    }
+
+    /// Runs `body` as this process. Its return value is the exit reason; a panic becomes
+    /// `Crashed`, a kill `Killed`.
+    pub fn start<F, Fut>(mut self, body: F)
+    where
+        F: FnOnce(Ctx<M>) -> Fut + Send + 'static,
+        Fut: Future<Output = ExitReason> + Send + 'static,
+    {
+        let ctx = self.ctx.take().expect("started once");
+        let kill_rx = self.kill_rx.take().expect("started once");
+        let guard = ExitGuard {
+            sys: self.sys.clone(),
+            pid: ctx.pid(),
+            reason: None,
+        };
+        tokio::spawn(async move {
+            let mut guard = guard;
+            let run = AssertUnwindSafe(async move { body(ctx).await }).catch_unwind();
+            let reason = tokio::select! {
+                biased;
+                _ = kill_rx => ExitReason::Killed,
+                r = run => match r {
+                    Ok(reason) => reason,
+                    Err(panic) => ExitReason::Crashed(panic_message(&*panic)),
+                },
+            };
+            guard.reason = Some(reason);
+        });
+    }
+}
+
+impl<M: Send + 'static> Drop for Prepared<M> {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            let pid = ctx.pid();
+            drop(ctx);
+            self.sys.finish(pid, ExitReason::Normal);
+        }
+    }
+}
+
+/// Finishes the process when its task ends, however it ends: returned, panicked, killed, or
+/// dropped by the runtime (a madsim node kill drops futures without polling them again).
+struct ExitGuard {
+    sys: System,
+    pid: Pid,
+    reason: Option<ExitReason>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let reason = self.reason.take().unwrap_or(ExitReason::Killed);
+        self.sys.finish(self.pid, reason);
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// A running process's view of itself: its mailbox, its address and its monitors.
+pub struct Ctx<M> {
+    sys: System,
+    me: Addr<M>,
+    inbox: Inbox<M>,
+    /// Refs this process monitors whose DOWN it has not received yet.
+    pending: BTreeSet<MonitorRef>,
+    /// Refs demonitored after their DOWN was already queued: dropped when they come out.
+    flushed: BTreeSet<MonitorRef>,
+}
+
+impl<M: Send + 'static> Ctx<M> {
+    pub fn pid(&self) -> Pid {
+        self.me.pid()
+    }
+
+    pub fn addr(&self) -> Addr<M> {
+        self.me.clone()
+    }
+
+    pub fn system(&self) -> &System {
+        &self.sys
+    }
+
+    /// The next message or DOWN, in arrival order. Cancel-safe (usable in `select!`).
+    pub async fn recv(&mut self) -> Received<M> {
+        loop {
+            let r = self.inbox.recv().await;
+            if let Some(r) = self.admit(r) {
+                return r;
+            }
+        }
+    }
+
+    /// The next message or DOWN if one is queued.
+    pub fn try_recv(&mut self) -> Option<Received<M>> {
+        loop {
+            let r = self.inbox.try_recv()?;
+            if let Some(r) = self.admit(r) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Monitors `target`: exactly one DOWN for the returned ref will arrive (at once, with
+    /// `Noproc`, if `target` is not alive), unless [`demonitor`](Ctx::demonitor) is called.
+    pub fn monitor(&mut self, target: Pid) -> MonitorRef {
+        let mref = self.sys.monitor(&self.me, target);
+        self.pending.insert(mref);
+        mref
+    }
+
+    /// Cancels a monitor; afterwards no DOWN for `mref` is received, even one already queued.
+    /// Returns true if the monitor was still active (its target had not exited).
+    pub fn demonitor(&mut self, mref: MonitorRef) -> bool {
+        if !self.pending.remove(&mref) {
+            // Already received, already demonitored, or never ours: nothing can arrive.
+            return false;
+        }
+        let active = self.sys.demonitor(self.pid(), mref);
+        if !active {
+            // The target exited first: its DOWN is queued (or being queued) for us.
+            self.flushed.insert(mref);
+        }
+        active
+    }
+
+    fn admit(&mut self, r: Received<M>) -> Option<Received<M>> {
+        if let Received::Down(d) = &r {
+            if self.flushed.remove(&d.mref) {
+                return None;
+            }
+            self.pending.remove(&d.mref);
+        }
+        Some(r)
+    }
+}

@@ -1,0 +1,32 @@
+//! Simulation-only controls (compiled under `--cfg madsim` only): running a seed in a fresh
+//! deterministic world. The `sim/` crate drives the world through these.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs `f` in a fresh madsim runtime seeded with `seed`, on a fresh OS thread (madsim seeds
+/// per-thread state, such as std's hash seeds, when a thread first uses it). Returns the
+/// panic message if the world panicked, including simulated-time limit overruns.
+pub fn run<F, Fut, T>(seed: u64, time_limit: Duration, f: F) -> Result<T, String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(format!("sim-{seed}"))
+        .spawn(move || {
+            let mut rt =
+                madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            rt.set_time_limit(time_limit);
+            rt.block_on(f())
+        })
+        .expect("spawn simulation thread")
+        .join()
+        .map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into())
+        })
+}

@@ -1,0 +1,262 @@
+//! Unit tests of the process layer on real tokio.
+
+use super::*;
+use crate::registry::Registry;
+
+#[derive(Debug)]
+enum Cmd {
+    Monitor(Pid, tokio::sync::oneshot::Sender<MonitorRef>),
+    Next(tokio::sync::oneshot::Sender<Option<Received<u32>>>),
+    Panic,
+    Stop(ExitReason),
+}
+
+/// A process that records what it receives only when asked, so tests control ordering.
+fn puppet(sys: &System) -> Addr<Cmd> {
+    sys.spawn(16, |mut ctx: Ctx<Cmd>| async move {
+        let mut held: std::collections::VecDeque<Received<u32>> = Default::default();
+        loop {
+            match ctx.recv().await {
+                Received::Down(d) => held.push_back(Received::Down(d)),
+                Received::Msg(Cmd::Monitor(p, tx)) => {
+                    let _ = tx.send(ctx.monitor(p));
+                }
+                Received::Msg(Cmd::Next(tx)) => {
+                    let _ = tx.send(held.pop_front());
+                }
+                Received::Msg(Cmd::Panic) => panic!("asked to"),
+                Received::Msg(Cmd::Stop(r)) => return r,
+            }
+        }
+    })
+}
+
+async fn ask<T>(a: &Addr<Cmd>, f: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Cmd) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    a.try_send(f(tx)).expect("puppet alive");
+    rx.await.expect("puppet answered")
+}
+
+async fn next_down(a: &Addr<Cmd>) -> Option<Down> {
+    match ask(a, Cmd::Next).await {
+        Some(Received::Down(d)) => Some(d),
+        Some(Received::Msg(m)) => panic!("unexpected {m:?}"),
+        None => None,
+    }
+}
+
+#[tokio::test]
+async fn monitor_of_dead_pid_is_noproc_at_once() {
+    let sys = System::new();
+    let w = puppet(&sys);
+    let t = puppet(&sys);
+    t.try_send(Cmd::Stop(ExitReason::Normal)).unwrap();
+    assert_eq!(sys.wait_exit(t.pid()).await, ExitReason::Normal);
+    let r = ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+    let d = next_down(&w).await.unwrap();
+    assert_eq!((d.mref, d.pid, d.reason), (r, t.pid(), ExitReason::Noproc));
+    assert_eq!(next_down(&w).await, None);
+}
+
+#[tokio::test]
+async fn one_down_per_monitor_with_the_exit_reason() {
+    for (how, want) in [
+        (0, ExitReason::Killed),
+        (1, ExitReason::Crashed("asked to".into())),
+        (2, ExitReason::Shutdown),
+    ] {
+        let sys = System::new();
+        let w = puppet(&sys);
+        let t = puppet(&sys);
+        let r1 = ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+        let r2 = ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+        assert_ne!(r1, r2);
+        match how {
+            0 => assert!(sys.kill(t.pid())),
+            1 => t.try_send(Cmd::Panic).unwrap(),
+            _ => t.try_send(Cmd::Stop(ExitReason::Shutdown)).unwrap(),
+        }
+        assert_eq!(sys.wait_exit(t.pid()).await, want);
+        let a = next_down(&w).await.unwrap();
+        let b = next_down(&w).await.unwrap();
+        assert_eq!((a.mref, b.mref), (r1, r2));
+        assert_eq!((a.reason, b.reason), (want.clone(), want));
+        assert_eq!(next_down(&w).await, None);
+        assert!(!sys.kill(t.pid()), "killing a dead pid is a no-op");
+    }
+}
+
+#[tokio::test]
+async fn demonitor_prevents_and_flushes_down() {
+    let sys = System::new();
+    let t = puppet(&sys);
+    let (dead_tx, dead_rx) = tokio::sync::oneshot::channel::<()>();
+    let (out_tx, out_rx) = tokio::sync::oneshot::channel();
+    let target = t.pid();
+    sys.spawn(4, move |mut ctx: Ctx<()>| async move {
+        let r1 = ctx.monitor(target);
+        let active = ctx.demonitor(r1);
+        let r2 = ctx.monitor(target);
+        // Wait outside the mailbox, so r2's DOWN stays queued, unreceived.
+        let _ = dead_rx.await;
+        let flushed_active = ctx.demonitor(r2);
+        let again = ctx.demonitor(r2);
+        let _ = out_tx.send((active, flushed_active, again, ctx.try_recv().is_none()));
+        ExitReason::Normal
+    });
+    tokio::task::yield_now().await;
+    sys.kill(target);
+    sys.wait_exit(target).await;
+    dead_tx.send(()).unwrap();
+    assert_eq!(out_rx.await.unwrap(), (true, false, false, true));
+}
+
+#[tokio::test]
+async fn name_is_released_before_down_is_seen() {
+    let sys = System::new();
+    let reg: Registry<Cmd> = Registry::new(&sys);
+    let room = reg
+        .start("lobby", 4, |mut ctx: Ctx<Cmd>| async move {
+            let _ = ctx.recv().await;
+            ExitReason::Normal
+        })
+        .unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let reg2 = reg.clone();
+    let room_pid = room.pid();
+    sys.spawn(4, move |mut ctx: Ctx<()>| async move {
+        ctx.monitor(room_pid);
+        let Received::Down(d) = ctx.recv().await else {
+            unreachable!()
+        };
+        let _ = seen_tx.send((d.reason, reg2.whereis("lobby")));
+        ExitReason::Normal
+    });
+    tokio::task::yield_now().await;
+    sys.kill(room.pid());
+    let (reason, holder) = seen_rx.await.unwrap();
+    assert_eq!(reason, ExitReason::Killed);
+    assert_eq!(
+        holder, None,
+        "a watcher that saw DOWN must not find the dead pid"
+    );
+}
+
+#[tokio::test]
+async fn late_cleanup_spares_a_newer_registration() {
+    let sys = System::new();
+    let reg: Registry<Cmd> = Registry::new(&sys);
+    let a = puppet(&sys);
+    let b = puppet(&sys);
+    reg.register("r", &a).unwrap();
+    reg.unregister("r");
+    reg.register("r", &b).unwrap();
+    sys.kill(a.pid());
+    sys.wait_exit(a.pid()).await;
+    assert_eq!(reg.whereis("r").map(|x| x.pid()), Some(b.pid()));
+    assert!(!reg.unregister_own("r", a.pid()));
+    assert!(matches!(
+        reg.register("r", &a),
+        Err(crate::registry::RegisterError::AlreadyStarted(w)) if w.pid() == b.pid()
+    ));
+}
+
+#[tokio::test]
+async fn messages_sent_before_death_arrive_before_down() {
+    let sys = System::new();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let watcher = sys.spawn(8, move |mut ctx: Ctx<u32>| async move {
+        let mut log = Vec::new();
+        let Received::Msg(target) = ctx.recv().await else {
+            unreachable!()
+        };
+        ctx.monitor(Pid(target as u64));
+        ctx.addr().try_send(0).unwrap(); // "go"
+        loop {
+            match ctx.recv().await {
+                Received::Msg(m) => log.push(format!("msg {m}")),
+                Received::Down(d) => {
+                    log.push(format!("down {}", d.reason));
+                    break;
+                }
+            }
+        }
+        let _ = done_tx.send(log);
+        ExitReason::Normal
+    });
+    let w2 = watcher.clone();
+    let sender = sys.spawn(1, move |mut ctx: Ctx<()>| async move {
+        let _ = ctx.recv().await;
+        for i in 1..=3 {
+            w2.try_send(i).unwrap();
+        }
+        ExitReason::Normal
+    });
+    // The watcher consumes its "go" message itself before the sender runs.
+    watcher.try_send(sender.pid().0 as u32).unwrap();
+    tokio::task::yield_now().await;
+    sender.try_send(()).unwrap();
+    let log = done_rx.await.unwrap();
+    assert_eq!(log, ["msg 0", "msg 1", "msg 2", "msg 3", "down normal"]);
+}
+
+#[tokio::test]
+async fn mailbox_is_bounded_and_reports_death() {
+    let sys = System::new();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let a = sys.spawn(2, move |_ctx: Ctx<u8>| async move {
+        let _ = go_rx.await;
+        ExitReason::Normal
+    });
+    a.try_send(1).unwrap();
+    a.try_send(2).unwrap();
+    assert_eq!(a.try_send(3), Err(SendError::Full(3)));
+    let blocked = {
+        let a = a.clone();
+        tokio::spawn(async move { a.send(4).await })
+    };
+    tokio::task::yield_now().await;
+    go_tx.send(()).unwrap();
+    assert_eq!(sys.wait_exit(a.pid()).await, ExitReason::Normal);
+    assert_eq!(blocked.await.unwrap(), Err(SendError::Dead(4)));
+    assert_eq!(a.try_send(5), Err(SendError::Dead(5)));
+    assert_eq!(sys.live_count(), 0);
+}
+
+#[tokio::test]
+async fn watcher_exit_removes_its_monitors() {
+    let sys = System::new();
+    let w = puppet(&sys);
+    let t = puppet(&sys);
+    ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+    sys.kill(w.pid());
+    sys.wait_exit(w.pid()).await;
+    assert_eq!(sys.monitor_count(t.pid()), 0);
+    sys.kill(t.pid());
+    assert_eq!(sys.wait_exit(t.pid()).await, ExitReason::Killed);
+}
+
+#[tokio::test]
+async fn unstarted_loser_never_runs() {
+    let sys = System::new();
+    let reg: Registry<()> = Registry::new(&sys);
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = |ran: std::sync::Arc<std::sync::atomic::AtomicUsize>| {
+        reg.start("x", 1, move |_ctx: Ctx<()>| async move {
+            ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<ExitReason>().await
+        })
+    };
+    let first = start(ran.clone()).unwrap();
+    match start(ran.clone()) {
+        Err(crate::registry::StartError::AlreadyStarted(w)) => assert_eq!(w, first),
+        other => panic!("{other:?}"),
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        sys.live_count(),
+        1,
+        "the loser was finished without running"
+    );
+}

@@ -1,0 +1,3 @@
+//! Integration tests on real tokio (one test binary).
+
+mod registry_model;
