@@ -28,6 +28,8 @@ pub enum ParseError {
     MissingType,
     #[error("media event `{event}` has no `data`")]
     MissingData { event: &'static str },
+    #[error("media event `{event}` has data that is not a JSON object")]
+    DataNotAnObject { event: &'static str },
     #[error("media event `{event}` has invalid data: {source}")]
     InvalidData {
         event: &'static str,
@@ -243,6 +245,11 @@ fn payload<T: serde::de::DeserializeOwned>(
     data: Option<Value>,
 ) -> Result<T, ParseError> {
     let data = data.ok_or(ParseError::MissingData { event })?;
+    // Derived struct deserializers also accept arrays (`[1]` as `{metadata: 1}`); no client
+    // sends one, so it is malformed input, not an alternative spelling.
+    if !data.is_object() {
+        return Err(ParseError::DataNotAnObject { event });
+    }
     serde_json::from_value(data).map_err(|source| ParseError::InvalidData { event, source })
 }
 
@@ -598,8 +605,18 @@ mod tests {
             err(r#"{"type":"connect"}"#),
             "media event `connect` has no `data`"
         );
-        assert!(err(r#"{"type":"connect","data":"x"}"#)
-            .starts_with("media event `connect` has invalid data: invalid type"));
+        assert_eq!(
+            err(r#"{"type":"connect","data":"x"}"#),
+            "media event `connect` has data that is not a JSON object"
+        );
+        assert_eq!(
+            err(r#"{"type":"connect","data":[{"a":1}]}"#),
+            "media event `connect` has data that is not a JSON object"
+        );
+        assert!(
+            err(r#"{"type":"connect","data":{"metadata":{"a":1},"extra":[1"#)
+                .starts_with("media event is not valid JSON")
+        );
         assert!(
             err(r#"{"type":"updateTrackMetadata","data":{"trackMetadata":1}}"#)
                 .contains("missing field `trackId`")

@@ -291,3 +291,427 @@ fn send_error(out: &mut Outbox, peer: &str, message: &str) {
     }
     out.send(peer, &ServerEvent::Error(ErrorData { message }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::events::{
+        NegotiationEvent, SimulcastConfig, TrackInfo, TracksAdded, TracksRemoved,
+    };
+    use crate::engine::TrackId;
+    use serde_json::json;
+
+    fn to(peer: &str, data: &str) -> Out {
+        Out::To {
+            peer: peer.to_owned(),
+            data: data.to_owned(),
+        }
+    }
+
+    fn connect(name: &str) -> String {
+        format!(r#"{{"type":"connect","data":{{"metadata":{{"name":"{name}"}}}}}}"#)
+    }
+
+    fn ids<N: Negotiation>(s: &Session<N>) -> Vec<&str> {
+        s.endpoints().collect()
+    }
+
+    const DISCONNECT: &str = r#"{"type":"disconnect"}"#;
+    const RENEGOTIATE: &str = r#"{"type":"custom","data":{"type":"renegotiateTracks"}}"#;
+
+    /// p3, p1, p2 join in that order: join order differs from id order on purpose.
+    fn three_peers() -> Session {
+        let mut s = Session::new(SessionConfig::default());
+        s.handle_event("p3", &connect("C"));
+        s.handle_event("p1", &connect("A"));
+        s.handle_event("p2", &connect("B"));
+        s
+    }
+
+    #[test]
+    fn first_peer_gets_empty_connected() {
+        let mut s = Session::new(SessionConfig::default());
+        assert_eq!(
+            s.handle_event("p1", &connect("A")),
+            [to(
+                "p1",
+                r#"{"type":"connected","data":{"id":"p1","otherEndpoints":[]}}"#
+            )]
+        );
+        assert_eq!(ids(&s), ["p1"]);
+    }
+
+    #[test]
+    fn second_peer_sees_first_and_first_gets_endpoint_added() {
+        let mut s = Session::new(SessionConfig::default());
+        s.handle_event("p1", &connect("A"));
+        assert_eq!(
+            s.handle_event("p2", &connect("B")),
+            [
+                to(
+                    "p2",
+                    r#"{"type":"connected","data":{"id":"p2","otherEndpoints":[{"id":"p1","type":"webrtc","metadata":{"name":"A"},"trackIdToMetadata":{},"tracks":{}}]}}"#
+                ),
+                to(
+                    "p1",
+                    r#"{"type":"endpointAdded","data":{"id":"p2","type":"webrtc","metadata":{"name":"B"}}}"#
+                ),
+            ]
+        );
+        assert_eq!(ids(&s), ["p1", "p2"]);
+    }
+
+    #[test]
+    fn third_peer_sees_others_in_join_order() {
+        let mut s = Session::new(SessionConfig::default());
+        s.handle_event("p3", &connect("C"));
+        s.handle_event("p1", &connect("A"));
+        assert_eq!(
+            s.handle_event("p2", &connect("B")),
+            [
+                to(
+                    "p2",
+                    r#"{"type":"connected","data":{"id":"p2","otherEndpoints":[{"id":"p3","type":"webrtc","metadata":{"name":"C"},"trackIdToMetadata":{},"tracks":{}},{"id":"p1","type":"webrtc","metadata":{"name":"A"},"trackIdToMetadata":{},"tracks":{}}]}}"#
+                ),
+                to(
+                    "p3",
+                    r#"{"type":"endpointAdded","data":{"id":"p2","type":"webrtc","metadata":{"name":"B"}}}"#
+                ),
+                to(
+                    "p1",
+                    r#"{"type":"endpointAdded","data":{"id":"p2","type":"webrtc","metadata":{"name":"B"}}}"#
+                ),
+            ]
+        );
+        assert_eq!(ids(&s), ["p3", "p1", "p2"]);
+    }
+
+    #[test]
+    fn connect_without_metadata_announces_null() {
+        let mut s = Session::new(SessionConfig::default());
+        s.handle_event("p1", &connect("A"));
+        let outs = s.handle_event("p2", r#"{"type":"connect","data":{}}"#);
+        assert_eq!(
+            outs[1],
+            to(
+                "p1",
+                r#"{"type":"endpointAdded","data":{"id":"p2","type":"webrtc","metadata":null}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn disconnect_notifies_others_and_allows_reconnect() {
+        let mut s = three_peers();
+        assert_eq!(
+            s.handle_event("p1", DISCONNECT),
+            [
+                to("p3", r#"{"type":"endpointRemoved","data":{"id":"p1"}}"#),
+                to("p2", r#"{"type":"endpointRemoved","data":{"id":"p1"}}"#),
+            ]
+        );
+        assert_eq!(ids(&s), ["p3", "p2"]);
+        // Candidates still in flight after a disconnect are dropped silently.
+        assert_eq!(s.handle_event("p1", RENEGOTIATE), []);
+        assert_eq!(s.handle_event("p1", DISCONNECT), []);
+        // The client may connect again on the same channel; it rejoins at the end.
+        let outs = s.handle_event("p1", &connect("A2"));
+        assert_eq!(
+            outs,
+            [
+                to(
+                    "p1",
+                    r#"{"type":"connected","data":{"id":"p1","otherEndpoints":[{"id":"p3","type":"webrtc","metadata":{"name":"C"},"trackIdToMetadata":{},"tracks":{}},{"id":"p2","type":"webrtc","metadata":{"name":"B"},"trackIdToMetadata":{},"tracks":{}}]}}"#
+                ),
+                to(
+                    "p3",
+                    r#"{"type":"endpointAdded","data":{"id":"p1","type":"webrtc","metadata":{"name":"A2"}}}"#
+                ),
+                to(
+                    "p2",
+                    r#"{"type":"endpointAdded","data":{"id":"p1","type":"webrtc","metadata":{"name":"A2"}}}"#
+                ),
+            ]
+        );
+        assert_eq!(ids(&s), ["p3", "p2", "p1"]);
+    }
+
+    #[test]
+    fn metadata_update_goes_to_others_once() {
+        let mut s = three_peers();
+        let update = r#"{"type":"updateEndpointMetadata","data":{"metadata":{"name":"A2"}}}"#;
+        let expected = r#"{"type":"endpointUpdated","data":{"id":"p1","metadata":{"name":"A2"}}}"#;
+        assert_eq!(
+            s.handle_event("p1", update),
+            [to("p3", expected), to("p2", expected)]
+        );
+        // Unchanged metadata would wipe every receiver's track list for p1: not forwarded.
+        assert_eq!(s.handle_event("p1", update), []);
+        assert_eq!(s.roster().metadata("p1"), Some(&json!({"name":"A2"})));
+        // A late joiner sees the updated metadata.
+        let outs = s.handle_event("p4", &connect("D"));
+        let Out::To { data, .. } = &outs[0];
+        assert!(data.contains(r#"{"id":"p1","type":"webrtc","metadata":{"name":"A2"}"#));
+    }
+
+    #[test]
+    fn malformed_events_get_an_error_and_change_nothing() {
+        let mut s = three_peers();
+        let cases = [
+            (
+                "{not json",
+                r#"{"type":"error","data":{"message":"media event is not valid JSON: key must be a string at line 1 column 2"}}"#,
+            ),
+            (
+                r#""connect""#,
+                r#"{"type":"error","data":{"message":"media event must be a JSON object"}}"#,
+            ),
+            (
+                r#"{"data":{"metadata":1}}"#,
+                r#"{"type":"error","data":{"message":"media event has no string `type`"}}"#,
+            ),
+            (
+                r#"{"type":"updateEndpointMetadata"}"#,
+                r#"{"type":"error","data":{"message":"media event `updateEndpointMetadata` has no `data`"}}"#,
+            ),
+            (
+                r#"{"type":"updateEndpointMetadata","data":[1]}"#,
+                r#"{"type":"error","data":{"message":"media event `updateEndpointMetadata` has data that is not a JSON object"}}"#,
+            ),
+            (
+                r#"{"type":"updateTrackMetadata","data":{"trackMetadata":{}}}"#,
+                r#"{"type":"error","data":{"message":"media event `updateTrackMetadata` has invalid data: missing field `trackId`"}}"#,
+            ),
+            (
+                r#"{"type":"custom","data":{"type":"candidate","data":{"candidate":5}}}"#,
+                r#"{"type":"error","data":{"message":"media event `candidate` has invalid data: invalid type: integer `5`, expected a string"}}"#,
+            ),
+        ];
+        for (input, error) in cases {
+            assert_eq!(s.handle_event("p1", input), [to("p1", error)], "{input}");
+        }
+        assert_eq!(ids(&s), ["p3", "p1", "p2"]);
+        assert_eq!(s.roster().metadata("p1"), Some(&json!({"name":"A"})));
+        // Peers that are not connected are told too: the input is broken whoever sent it.
+        assert_eq!(
+            s.handle_event("p9", "[]"),
+            [to(
+                "p9",
+                r#"{"type":"error","data":{"message":"media event must be a JSON object"}}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn error_messages_are_bounded() {
+        let mut s = Session::new(SessionConfig::default());
+        let long = "x".repeat(10_000);
+        let input = format!(
+            r#"{{"type":"custom","data":{{"type":"candidate","data":{{"candidate":"c","sdpMLineIndex":"{long}"}}}}}}"#
+        );
+        let outs = s.handle_event("p1", &input);
+        let Out::To { data, .. } = &outs[0];
+        assert!(data.len() < 400, "{}", data.len());
+        assert!(data.ends_with(r#"xxx…"}}"#), "{data}");
+        assert!(data.starts_with(r#"{"type":"error","data":{"message":"media event `candidate`"#));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_events_are_ignored() {
+        let mut s = three_peers();
+        assert_eq!(
+            s.handle_event("p1", r#"{"type":"somethingNew","data":{"x":1}}"#),
+            []
+        );
+        assert_eq!(s.handle_event("p1", r#"{"type":"custom","data":{"type":"preferedVideoSizes","data":{"bigScreens":1,"mediumScreens":0,"smallScreens":2,"allSameSize":false}}}"#), []);
+        assert_eq!(s.handle_event("p9", r#"{"type":"somethingNew"}"#), []);
+        assert_eq!(ids(&s), ["p3", "p1", "p2"]);
+    }
+
+    #[test]
+    fn remove_peer_is_idempotent() {
+        let mut s = three_peers();
+        assert_eq!(
+            s.remove_peer("p3"),
+            [
+                to("p1", r#"{"type":"endpointRemoved","data":{"id":"p3"}}"#),
+                to("p2", r#"{"type":"endpointRemoved","data":{"id":"p3"}}"#),
+            ]
+        );
+        assert_eq!(s.remove_peer("p3"), []);
+        assert_eq!(s.handle_event("p3", DISCONNECT), []);
+        assert_eq!(s.remove_peer("never-joined"), []);
+        assert_eq!(ids(&s), ["p1", "p2"]);
+        assert_eq!(
+            s.remove_peer("p1"),
+            [to("p2", r#"{"type":"endpointRemoved","data":{"id":"p1"}}"#)]
+        );
+        assert_eq!(s.remove_peer("p2"), []);
+        assert!(s.roster().is_empty());
+    }
+
+    #[test]
+    fn events_before_connect_are_dropped() {
+        let mut s = Session::new(SessionConfig::default());
+        s.handle_event("p1", &connect("A"));
+        for ev in [
+            DISCONNECT,
+            RENEGOTIATE,
+            r#"{"type":"updateEndpointMetadata","data":{"metadata":{"name":"X"}}}"#,
+            r#"{"type":"updateTrackMetadata","data":{"trackId":"p2:t","trackMetadata":{}}}"#,
+        ] {
+            assert_eq!(s.handle_event("p2", ev), [], "{ev}");
+        }
+        assert_eq!(ids(&s), ["p1"]);
+    }
+
+    #[test]
+    fn duplicate_connect_is_ignored() {
+        let mut s = three_peers();
+        assert_eq!(s.handle_event("p1", &connect("Other")), []);
+        assert_eq!(s.roster().metadata("p1"), Some(&json!({"name":"A"})));
+        assert_eq!(ids(&s), ["p3", "p1", "p2"]);
+    }
+
+    #[test]
+    fn full_room_refuses_connect() {
+        let mut s = Session::new(SessionConfig {
+            max_endpoints: 2,
+            ..SessionConfig::default()
+        });
+        s.handle_event("p1", &connect("A"));
+        s.handle_event("p2", &connect("B"));
+        assert_eq!(
+            s.handle_event("p3", &connect("C")),
+            [to(
+                "p3",
+                r#"{"type":"error","data":{"message":"room is full"}}"#
+            )]
+        );
+        // The client answers an error with `disconnect`; it is not connected, so nothing happens.
+        assert_eq!(s.handle_event("p3", DISCONNECT), []);
+        s.remove_peer("p1");
+        assert_eq!(s.handle_event("p3", &connect("C")).len(), 2);
+        assert_eq!(ids(&s), ["p2", "p3"]);
+    }
+
+    #[test]
+    fn oversized_metadata_is_refused() {
+        let mut s = Session::new(SessionConfig {
+            max_metadata_bytes: 16,
+            ..SessionConfig::default()
+        });
+        let big = r#"{"type":"connect","data":{"metadata":{"name":"abcdefghij"}}}"#;
+        assert_eq!(
+            s.handle_event("p1", big),
+            [to(
+                "p1",
+                r#"{"type":"error","data":{"message":"endpoint metadata is 21 bytes, more than the limit of 16"}}"#
+            )]
+        );
+        assert_eq!(ids(&s), Vec::<&str>::new());
+        s.handle_event("p1", &connect("A"));
+        let update =
+            r#"{"type":"updateEndpointMetadata","data":{"metadata":{"name":"abcdefghij"}}}"#;
+        assert_eq!(s.handle_event("p1", update).len(), 1);
+        assert_eq!(s.roster().metadata("p1"), Some(&json!({"name":"A"})));
+    }
+
+    /// Stands in for the negotiation core: p1 publishes one camera track, calls are recorded,
+    /// and lifecycle hooks push the events the real core will push there.
+    #[derive(Default)]
+    struct Recording {
+        calls: Vec<String>,
+    }
+
+    fn camera(peer: &str) -> BTreeMap<TrackId, TrackInfo> {
+        if peer != "p1" {
+            return BTreeMap::new();
+        }
+        BTreeMap::from([(
+            "p1:cam".to_owned(),
+            TrackInfo {
+                metadata: json!({"type":"camera","active":true}),
+                simulcast_config: SimulcastConfig::disabled(),
+            },
+        )])
+    }
+
+    impl Negotiation for Recording {
+        fn published_tracks(&self, peer: &str) -> BTreeMap<TrackId, TrackInfo> {
+            camera(peer)
+        }
+        fn endpoint_connected(&mut self, roster: &Roster, peer: &str, out: &mut Outbox) {
+            self.calls.push(format!("connected {peer}"));
+            for other in roster.ids().filter(|p| *p != peer) {
+                let tracks = camera(other);
+                if !tracks.is_empty() {
+                    out.send(
+                        peer,
+                        &ServerEvent::TracksAdded(TracksAdded::new(other, tracks)),
+                    );
+                }
+            }
+        }
+        fn endpoint_removed(&mut self, roster: &Roster, peer: &str, out: &mut Outbox) {
+            assert!(!roster.contains(peer));
+            self.calls.push(format!("removed {peer}"));
+            let track_ids: Vec<_> = camera(peer).into_keys().collect();
+            if !track_ids.is_empty() {
+                let ev = ServerEvent::TracksRemoved(TracksRemoved {
+                    endpoint_id: peer.to_owned(),
+                    track_ids,
+                });
+                out.send_to_others(roster, peer, &ev);
+            }
+        }
+        fn handle(&mut self, _: &Roster, peer: &str, event: NegotiationEvent, _: &mut Outbox) {
+            self.calls.push(format!("{peer} {event:?}"));
+        }
+    }
+
+    #[test]
+    fn negotiation_seam_is_called_in_protocol_order() {
+        let mut s = Session::with_negotiation(SessionConfig::default(), Recording::default());
+        s.handle_event("p1", &connect("A"));
+        s.handle_event("p1", RENEGOTIATE);
+        s.handle_event("p2", RENEGOTIATE); // not connected: must not reach the negotiation
+        assert_eq!(
+            s.handle_event("p2", &connect("B")),
+            [
+                to(
+                    "p2",
+                    r#"{"type":"connected","data":{"id":"p2","otherEndpoints":[{"id":"p1","type":"webrtc","metadata":{"name":"A"},"trackIdToMetadata":{"p1:cam":{"active":true,"type":"camera"}},"tracks":{"p1:cam":{"metadata":{"active":true,"type":"camera"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}}}}]}}"#
+                ),
+                to(
+                    "p1",
+                    r#"{"type":"endpointAdded","data":{"id":"p2","type":"webrtc","metadata":{"name":"B"}}}"#
+                ),
+                to(
+                    "p2",
+                    r#"{"type":"tracksAdded","data":{"endpointId":"p1","trackIdToMetadata":{"p1:cam":{"active":true,"type":"camera"}},"tracks":{"p1:cam":{"metadata":{"active":true,"type":"camera"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}}}}}"#
+                ),
+            ]
+        );
+        assert_eq!(
+            s.remove_peer("p1"),
+            [
+                to(
+                    "p2",
+                    r#"{"type":"tracksRemoved","data":{"endpointId":"p1","trackIds":["p1:cam"]}}"#
+                ),
+                to("p2", r#"{"type":"endpointRemoved","data":{"id":"p1"}}"#),
+            ]
+        );
+        s.remove_peer("p1");
+        assert_eq!(
+            s.negotiation().calls,
+            [
+                "connected p1",
+                "p1 RenegotiateTracks",
+                "connected p2",
+                "removed p1"
+            ]
+        );
+    }
+}
