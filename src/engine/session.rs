@@ -715,3 +715,170 @@ mod tests {
         );
     }
 }
+
+/// Random event sequences against a model of what each client reconstructs from the events it
+/// receives (research §3: `connected` sets the list, `endpointAdded/Removed/Updated` edit it).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PEERS: [&str; 4] = ["p2", "p0", "p3", "p1"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send(usize, String),
+        Remove(usize),
+    }
+
+    fn metadata() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            Just(r#"{"name":"a"}"#.to_owned()),
+            Just(r#"{"name":"b","emoji":"🙂"}"#.to_owned()),
+            Just("[1,2]".to_owned()),
+            // Over the 48-byte limit set below.
+            Just(format!(r#"{{"name":"{}"}}"#, "z".repeat(60))),
+        ]
+    }
+
+    fn valid_event() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => metadata().prop_map(|m| format!(r#"{{"type":"connect","data":{{"metadata":{m}}}}}"#)),
+            1 => Just(r#"{"type":"connect","data":{}}"#.to_owned()),
+            2 => Just(r#"{"type":"disconnect"}"#.to_owned()),
+            3 => metadata().prop_map(|m| format!(r#"{{"type":"updateEndpointMetadata","data":{{"metadata":{m}}}}}"#)),
+            1 => Just(r#"{"type":"custom","data":{"type":"renegotiateTracks"}}"#.to_owned()),
+            1 => Just(r#"{"type":"custom","data":{"type":"candidate","data":{"candidate":"candidate:1","sdpMLineIndex":0}}}"#.to_owned()),
+            1 => Just(r#"{"type":"updateTrackMetadata","data":{"trackId":"t","trackMetadata":{}}}"#.to_owned()),
+            1 => Just(r#"{"type":"custom","data":{"type":"prioritizeTrack","data":{"trackId":"t"}}}"#.to_owned()),
+            1 => Just(r#"{"type":"whatever"}"#.to_owned()),
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => valid_event(),
+            // Valid events cut short or with one byte replaced: near-miss malformed input.
+            2 => (valid_event(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(s, i, b)| {
+                let mut bytes = s.into_bytes();
+                let i = i.index(bytes.len());
+                if b % 2 == 0 {
+                    bytes.truncate(i);
+                } else {
+                    bytes[i] = b" {}[]\":,0an"[usize::from(b) % 11];
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }),
+            1 => any::<String>(),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..PEERS.len(), event()).prop_map(|(p, e)| Op::Send(p, e)),
+            1 => (0..PEERS.len()).prop_map(Op::Remove),
+        ]
+    }
+
+    /// What one client knows: its own id and the other endpoints, in the order it learnt them.
+    #[derive(Debug, Default)]
+    struct ClientView {
+        id: Option<String>,
+        others: Vec<(String, Value)>,
+    }
+
+    impl ClientView {
+        fn receive(&mut self, me: &str, data: &str) {
+            let ev: Value = serde_json::from_str(data).expect("server sent invalid JSON");
+            let d = &ev["data"];
+            let id = || d["id"].as_str().expect("event without id").to_owned();
+            match ev["type"].as_str().expect("event without type") {
+                "connected" => {
+                    assert_eq!(self.id, None, "{me} got connected twice");
+                    assert_eq!(d["id"], me);
+                    self.id = Some(me.to_owned());
+                    self.others = d["otherEndpoints"]
+                        .as_array()
+                        .expect("otherEndpoints")
+                        .iter()
+                        .map(|e| {
+                            assert_eq!(e["type"], "webrtc");
+                            assert!(e["trackIdToMetadata"].is_object() && e["tracks"].is_object());
+                            (e["id"].as_str().unwrap().to_owned(), e["metadata"].clone())
+                        })
+                        .collect();
+                }
+                "endpointAdded" => {
+                    assert!(self.id.is_some(), "{me} got endpointAdded before connected");
+                    let id = id();
+                    assert_ne!(id, me);
+                    assert!(
+                        self.others.iter().all(|(o, _)| *o != id),
+                        "{id} added twice"
+                    );
+                    self.others.push((id, d["metadata"].clone()));
+                }
+                "endpointRemoved" => {
+                    let id = id();
+                    let before = self.others.len();
+                    self.others.retain(|(o, _)| *o != id);
+                    assert_eq!(self.others.len() + 1, before, "{me}: unknown {id} removed");
+                }
+                "endpointUpdated" => {
+                    let id = id();
+                    let entry = self.others.iter_mut().find(|(o, _)| *o == id);
+                    let entry = entry.unwrap_or_else(|| panic!("{me}: unknown {id} updated"));
+                    assert_ne!(entry.1, d["metadata"], "unchanged metadata forwarded");
+                    entry.1 = d["metadata"].clone();
+                }
+                "error" => assert!(d["message"].is_string()),
+                other => panic!("unexpected event {other}"),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn clients_reconstruct_the_roster(ops in prop::collection::vec(op(), 0..60)) {
+            let mut session = Session::new(SessionConfig { max_endpoints: 3, max_metadata_bytes: 48 });
+            let mut views: Vec<ClientView> = PEERS.iter().map(|_| ClientView::default()).collect();
+            for op in ops {
+                let (actor, outs) = match &op {
+                    Op::Send(p, data) => (*p, session.handle_event(PEERS[*p], data)),
+                    Op::Remove(p) => (*p, session.remove_peer(PEERS[*p])),
+                };
+                let connected: Vec<&str> = session.endpoints().collect();
+                for Out::To { peer, data } in &outs {
+                    let i = PEERS.iter().position(|p| p == peer).expect("unknown recipient");
+                    // Only the actor can be told about an error, and only connected peers hear
+                    // about the room.
+                    if data.starts_with(r#"{"type":"error""#) {
+                        prop_assert_eq!(i, actor);
+                    } else {
+                        prop_assert!(connected.contains(&peer.as_str()), "{} not connected", peer);
+                    }
+                    views[i].receive(peer, data);
+                }
+                // A peer that left (disconnect or dead channel) forgets the room, as the client's
+                // cleanUp does; a dead channel's next incarnation starts from scratch.
+                for (i, p) in PEERS.iter().enumerate() {
+                    if !connected.contains(p) {
+                        views[i] = ClientView::default();
+                    }
+                }
+                for p in &connected {
+                    let i = PEERS.iter().position(|q| q == p).unwrap();
+                    let expected: Vec<(String, Value)> = connected
+                        .iter()
+                        .filter(|q| *q != p)
+                        .map(|q| ((*q).to_owned(), session.roster().metadata(q).unwrap().clone()))
+                        .collect();
+                    prop_assert_eq!(&views[i].others, &expected, "view of {} after {:?}", p, op);
+                }
+                prop_assert!(connected.len() <= 3);
+            }
+        }
+    }
+}
