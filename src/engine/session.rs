@@ -160,19 +160,17 @@ impl<N: Negotiation> Session<N> {
     }
 
     fn dispatch(&mut self, from: &str, event: ClientEvent, out: &mut Outbox) {
-        if let ClientEvent::Ignored(kind) = &event {
-            tracing::debug!(peer = from, kind, "media event ignored");
-            return;
-        }
-        // Anything but `connect` from a peer that is not connected is dropped, not answered with
-        // `error`: it is normally a stale event (candidates still in flight after `disconnect`,
-        // or the `disconnect` every client sends in reply to an `error`), and an `error` makes
-        // the client tear itself down. The 0.5.3 client cannot even produce track events before
-        // `connected` (`addTrack` throws).
-        let connected = self.roster.contains(from);
         match event {
+            ClientEvent::Ignored(kind) => {
+                tracing::debug!(peer = from, kind, "media event ignored");
+            }
             ClientEvent::Connect { metadata } => self.connect(from, metadata, out),
-            _ if !connected => {
+            // Anything but `connect` from a peer that is not connected is dropped, not answered
+            // with `error`: it is normally stale (candidates still in flight after `disconnect`,
+            // or the `disconnect` every client sends in reply to an `error`), and an `error` makes
+            // the client tear itself down. The 0.5.3 client cannot even produce track events
+            // before `connected` (`addTrack` throws).
+            _ if !self.roster.contains(from) => {
                 tracing::debug!(peer = from, ?event, "media event before connect dropped");
             }
             ClientEvent::Disconnect => self.leave(from, out),
@@ -180,7 +178,6 @@ impl<N: Negotiation> Session<N> {
                 self.update_metadata(from, metadata, out)
             }
             ClientEvent::Negotiation(ev) => self.negotiation.handle(&self.roster, from, ev, out),
-            ClientEvent::Ignored(_) => unreachable!("returned above"),
         }
     }
 
