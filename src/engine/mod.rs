@@ -1,1 +1,25 @@
-//! The media engine: media-event session layer (sans-IO) and, later, the media plane.
+//! The media engine. For now: the media-event session layer, the part that speaks the
+//! `@jellyfish-dev/membrane-webrtc-js` protocol for endpoint lifecycle (`connect`, `disconnect`,
+//! endpoint metadata) inside one room.
+//!
+//! It owns: parsing client media events (JSON strings from `mediaEvent.data`), the set of
+//! connected endpoints and their metadata, and the exact server events each peer must receive,
+//! in order. Track, SDP and ICE events go through the [`Negotiation`] seam untouched.
+//!
+//! It must never: do IO, read a clock, spawn, or hold anything async; iterate a hash map on the
+//! way to an output (outputs are deterministic for a given input sequence); panic on client
+//! input (malformed events become an `error` media event to the sender).
+
+mod events;
+mod negotiation;
+mod session;
+
+pub use events::{
+    Bitrates, ClientCandidate, ClientEvent, Connected, CustomEvent, Endpoint, EndpointAdded,
+    EndpointRemoved, EndpointType, EndpointUpdated, ErrorData, NegotiationEvent, OfferData,
+    ParseError, SdpAnswer, SdpOffer, ServerCandidate, ServerEvent, SessionDescription,
+    SimulcastConfig, TrackId, TrackInfo, TrackUpdated, TracksAdded, TracksRemoved, TracksTypes,
+    TurnServer,
+};
+pub use negotiation::{Negotiation, NoNegotiation, Outbox};
+pub use session::{Out, PeerId, Roster, Session, SessionConfig};
