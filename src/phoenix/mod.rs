@@ -14,5 +14,10 @@
 //! simulation.
 
 pub mod frame;
+pub mod socket;
 
 pub use frame::{decode, DecodeError, Frame};
+pub use socket::{
+    ChanId, ChannelEvent, Output, SocketConfig, SocketCore, StopReason, CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA,
+};
