@@ -648,3 +648,811 @@ enum JoinOutcome {
     Error(Value),
     Crashed,
 }
+
+#[cfg(test)]
+impl SocketCore {
+    /// Internal consistency, checked after every step of the property test.
+    fn check_invariants(&self) {
+        assert!(self.channels.len() <= self.config.max_channels);
+        assert_eq!(self.channels.len(), self.topics.len());
+        for (topic, chan) in &self.topics {
+            assert_eq!(&self.channels[chan].topic, topic);
+            assert!(chan.0 < self.next_chan);
+        }
+        let held = self.channels.values().filter_map(|ch| match &ch.state {
+            ChanState::Joining { held, .. } => Some(held),
+            ChanState::Joined => None,
+        });
+        let (frames, bytes) = held.fold((0, 0), |(n, b), held| {
+            (
+                n + held.len(),
+                b + held.iter().map(|(_, s)| s).sum::<usize>(),
+            )
+        });
+        assert_eq!((frames, bytes), (self.held_frames, self.held_bytes));
+        assert!(frames <= MAX_HELD_FRAMES && bytes <= self.config.max_frame_bytes);
+        if self.closed {
+            assert!(self.channels.is_empty());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a core with a manual clock and renders its outputs as JSON so expectations read
+    /// like the wire (and do not depend on object key order).
+    struct Harness {
+        core: SocketCore,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with(SocketConfig::default())
+        }
+
+        fn with(config: SocketConfig) -> Self {
+            let now = Instant::now();
+            Self {
+                core: SocketCore::new(config, now),
+                now,
+            }
+        }
+
+        fn text(&mut self, text: &str) -> Vec<Value> {
+            self.core.handle_text(self.now, text);
+            self.drain()
+        }
+
+        fn chan(&mut self, ev: ChannelEvent) -> Vec<Value> {
+            self.core.handle_channel(ev);
+            self.drain()
+        }
+
+        fn advance(&mut self, by: Duration) -> Vec<Value> {
+            self.now += by;
+            self.core.handle_timeout(self.now);
+            self.drain()
+        }
+
+        fn drain(&mut self) -> Vec<Value> {
+            let outs = std::iter::from_fn(|| self.core.poll_output())
+                .map(render)
+                .collect();
+            self.core.check_invariants();
+            outs
+        }
+
+        /// Joins `topic` with join_ref = ref = `jr` and acknowledges it.
+        fn joined(&mut self, topic: &str, jr: &str) -> ChanId {
+            let outs = self.text(&format!(r#"["{jr}","{jr}","{topic}","phx_join",{{}}]"#));
+            let chan = ChanId(outs[0]["start"].as_u64().expect("a StartChannel"));
+            let outs = self.chan(ChannelEvent::JoinOk {
+                chan,
+                response: json!({}),
+            });
+            assert_eq!(outs, [reply(jr, jr, topic, "ok", json!({}))]);
+            chan
+        }
+    }
+
+    fn render(out: Output) -> Value {
+        match out {
+            Output::Send(text) => {
+                let frame = frame::decode(&text).expect("every emitted frame decodes");
+                assert!(frame.payload.is_object(), "outbound payloads are objects");
+                serde_json::from_str(&text).expect("every emitted frame is JSON")
+            }
+            Output::StartChannel {
+                chan,
+                topic,
+                payload,
+            } => json!({"start": chan.0, "topic": topic, "payload": payload}),
+            Output::ToChannel {
+                chan,
+                event,
+                msg_ref,
+                payload,
+            } => json!({"to": chan.0, "event": event, "ref": msg_ref, "payload": payload}),
+            Output::StopChannel { chan, reason } => {
+                json!({"stop": chan.0, "reason": format!("{reason:?}")})
+            }
+            Output::Close { code, reason } => json!({"close": code, "reason": reason}),
+        }
+    }
+
+    fn reply(jr: &str, r: &str, topic: &str, status: &str, response: Value) -> Value {
+        json!([jr, r, topic, "phx_reply", {"status": status, "response": response}])
+    }
+
+    fn unmatched(r: &str, topic: &str) -> Value {
+        json!([null, r, topic, "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}])
+    }
+
+    fn start(chan: u64, topic: &str) -> Value {
+        json!({"start": chan, "topic": topic, "payload": {}})
+    }
+
+    fn stop(chan: u64, reason: StopReason) -> Value {
+        json!({"stop": chan, "reason": format!("{reason:?}")})
+    }
+
+    fn close(code: u16, reason: &str) -> Value {
+        json!({"close": code, "reason": reason})
+    }
+
+    fn push(chan: ChanId, event: &str, payload: Value) -> ChannelEvent {
+        ChannelEvent::Push {
+            chan,
+            event: event.into(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn s1_heartbeat_is_answered_with_a_null_join_ref() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"[null,"4","phoenix","heartbeat",{}]"#),
+            [json!([null, "4", "phoenix", "phx_reply", {"status": "ok", "response": {}}])]
+        );
+        assert_eq!(
+            h.text(r#"["9","5","phoenix","heartbeat",{}]"#),
+            [json!([null, "5", "phoenix", "phx_reply", {"status": "ok", "response": {}}])]
+        );
+    }
+
+    #[test]
+    fn s1_other_events_on_the_phoenix_topic_are_unmatched() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"[null,"4","phoenix","ping",{}]"#),
+            [unmatched("4", "phoenix")]
+        );
+        assert_eq!(
+            h.text(r#"["5","5","phoenix","phx_join",{}]"#),
+            [unmatched("5", "phoenix")]
+        );
+    }
+
+    #[test]
+    fn s2_routes_by_prefix_or_exactly() {
+        let config = SocketConfig {
+            routes: vec!["room:*".into(), "lobby".into()],
+            ..SocketConfig::default()
+        };
+        let mut h = Harness::with(config);
+        assert_eq!(
+            h.text(r#"["1","1","room:","phx_join",{}]"#),
+            [start(0, "room:")]
+        );
+        assert_eq!(
+            h.text(r#"["2","2","lobby","phx_join",{}]"#),
+            [start(1, "lobby")]
+        );
+        assert_eq!(
+            h.text(r#"["3","3","lobby:1","phx_join",{}]"#),
+            [unmatched("3", "lobby:1")]
+        );
+        assert_eq!(
+            h.text(r#"["4","4","room","phx_join",{}]"#),
+            [unmatched("4", "room")]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "only allowed at the end")]
+    fn s2_a_star_inside_a_route_is_a_configuration_bug() {
+        let config = SocketConfig {
+            routes: vec!["room:*:x".into()],
+            ..SocketConfig::default()
+        };
+        let _ = SocketCore::new(config, Instant::now());
+    }
+
+    #[test]
+    fn s3_join_ok_then_s8_events_and_s9_pushes_carry_the_join_ref() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"["11","1","room:x","phx_join",{"isSimulcastOn":false}]"#),
+            [json!({"start": 0, "topic": "room:x", "payload": {"isSimulcastOn": false}})]
+        );
+        assert_eq!(h.core.joined_topics().count(), 0, "not joined until JoinOk");
+        let outs = h.chan(ChannelEvent::JoinOk {
+            chan: ChanId(0),
+            response: json!({"peer": 1}),
+        });
+        assert_eq!(outs, [reply("11", "1", "room:x", "ok", json!({"peer": 1}))]);
+        assert_eq!(
+            h.core.joined_topics().collect::<Vec<_>>(),
+            [("room:x", ChanId(0))]
+        );
+        assert_eq!(
+            h.text(r#"["11","2","room:x","mediaEvent",{"data":"x"}]"#),
+            [json!({"to": 0, "event": "mediaEvent", "ref": "2", "payload": {"data": "x"}})]
+        );
+        // A null join_ref on an event is accepted, as in Phoenix; so is any payload.
+        assert_eq!(
+            h.text(r#"[null,"3","room:x","mediaEvent","raw"]"#),
+            [json!({"to": 0, "event": "mediaEvent", "ref": "3", "payload": "raw"})]
+        );
+        assert_eq!(
+            h.chan(push(ChanId(0), "mediaEvent", json!({"data": "y"}))),
+            [json!(["11", null, "room:x", "mediaEvent", {"data": "y"}])]
+        );
+        let outs = h.chan(ChannelEvent::Reply {
+            chan: ChanId(0),
+            msg_ref: Some("2".into()),
+            status: "ok".into(),
+            response: json!({"echoed": true}),
+        });
+        assert_eq!(
+            outs,
+            [reply("11", "2", "room:x", "ok", json!({"echoed": true}))]
+        );
+    }
+
+    #[test]
+    fn s3_channel_output_before_the_join_is_acknowledged_is_dropped() {
+        let mut h = Harness::new();
+        h.text(r#"["1","1","room:x","phx_join",{}]"#);
+        assert_eq!(
+            h.chan(push(ChanId(0), "early", json!({}))),
+            Vec::<Value>::new()
+        );
+        let early_reply = ChannelEvent::Reply {
+            chan: ChanId(0),
+            msg_ref: Some("1".into()),
+            status: "ok".into(),
+            response: json!({}),
+        };
+        assert_eq!(h.chan(early_reply), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn channel_output_from_unknown_channels_and_bad_pushes_are_dropped() {
+        let mut h = Harness::new();
+        let chan = h.joined("room:x", "1");
+        assert!(h.chan(push(ChanId(7), "e", json!({}))).is_empty());
+        assert!(
+            h.chan(push(chan, "e", json!([1]))).is_empty(),
+            "not an object"
+        );
+        let second = ChannelEvent::JoinOk {
+            chan,
+            response: json!({}),
+        };
+        assert!(h.chan(second).is_empty(), "a second join outcome");
+        assert!(h
+            .chan(ChannelEvent::Exited {
+                chan: ChanId(9),
+                abnormal: true
+            })
+            .is_empty());
+    }
+
+    #[test]
+    fn s4_join_error_replies_and_forgets_without_phx_close() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"["12","2","room:x","phx_join",{}]"#),
+            [start(0, "room:x")]
+        );
+        let outs = h.chan(ChannelEvent::JoinError {
+            chan: ChanId(0),
+            response: json!({"reason": "failed to start room"}),
+        });
+        assert_eq!(
+            outs,
+            [reply(
+                "12",
+                "2",
+                "room:x",
+                "error",
+                json!({"reason": "failed to start room"})
+            )]
+        );
+        assert!(h
+            .chan(ChannelEvent::Exited {
+                chan: ChanId(0),
+                abnormal: false
+            })
+            .is_empty());
+        assert!(h.chan(push(ChanId(0), "late", json!({}))).is_empty());
+        assert_eq!(
+            h.text(r#"["12","3","room:x","mediaEvent",{}]"#),
+            [unmatched("3", "room:x")]
+        );
+        // The client retries with a new join_ref; it gets a fresh channel.
+        assert_eq!(
+            h.text(r#"["13","13","room:x","phx_join",{}]"#),
+            [start(1, "room:x")]
+        );
+    }
+
+    #[test]
+    fn s5_exit_before_the_join_answer_is_a_join_crash() {
+        for abnormal in [true, false] {
+            let mut h = Harness::new();
+            h.text(r#"["12","2","room:x","phx_join",{}]"#);
+            let outs = h.chan(ChannelEvent::Exited {
+                chan: ChanId(0),
+                abnormal,
+            });
+            assert_eq!(
+                outs,
+                [reply(
+                    "12",
+                    "2",
+                    "room:x",
+                    "error",
+                    json!({"reason": "join crashed"})
+                )]
+            );
+            assert!(h
+                .chan(ChannelEvent::JoinOk {
+                    chan: ChanId(0),
+                    response: json!({})
+                })
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn s6_unmatched_join_has_a_null_join_ref() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"["11","1","unmatched-topic","phx_join",{}]"#),
+            [unmatched("1", "unmatched-topic")]
+        );
+    }
+
+    #[test]
+    fn s7_event_on_a_topic_not_joined_is_refused_and_not_delivered() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"["6","7","room:r1","mediaEvent",{}]"#),
+            [unmatched("7", "room:r1")]
+        );
+        assert_eq!(
+            h.text(r#"[null,null,"nope","x",{}]"#),
+            [
+                json!([null, null, "nope", "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}])
+            ]
+        );
+    }
+
+    #[test]
+    fn s11_leave_stops_then_replies_then_closes() {
+        let mut h = Harness::new();
+        let chan = h.joined("room:r1", "6");
+        assert_eq!(
+            h.text(r#"["6","8","room:r1","phx_leave",{}]"#),
+            [
+                stop(0, StopReason::Leave),
+                reply("6", "8", "room:r1", "ok", json!({})),
+                json!(["6", "6", "room:r1", "phx_close", {}]),
+            ]
+        );
+        assert_eq!(h.core.joined_topics().count(), 0);
+        // No push on a topic after leaving it, and no phx_error for the stopped actor.
+        assert!(h.chan(push(chan, "you_left", json!({}))).is_empty());
+        assert!(h
+            .chan(ChannelEvent::Exited {
+                chan,
+                abnormal: true
+            })
+            .is_empty());
+        assert_eq!(
+            h.text(r#"["6","9","room:r1","mediaEvent",{}]"#),
+            [unmatched("9", "room:r1")]
+        );
+    }
+
+    #[test]
+    fn s11_leave_without_a_join_ref_uses_the_channels() {
+        let mut h = Harness::new();
+        h.joined("room:r1", "6");
+        assert_eq!(
+            h.text(r#"[null,"8","room:r1","phx_leave",{}]"#),
+            [
+                stop(0, StopReason::Leave),
+                reply("6", "8", "room:r1", "ok", json!({})),
+                json!(["6", "6", "room:r1", "phx_close", {}]),
+            ]
+        );
+    }
+
+    #[test]
+    fn s12_leave_of_a_topic_not_joined_is_acknowledged_without_close() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"["6","7","room:slow","phx_leave",{}]"#),
+            [reply("6", "7", "room:slow", "ok", json!({}))]
+        );
+        // Also for topics no route matches.
+        assert_eq!(
+            h.text(r#"["6","8","nope","phx_leave",{}]"#),
+            [reply("6", "8", "nope", "ok", json!({}))]
+        );
+    }
+
+    #[test]
+    fn s13_leave_with_a_stale_join_ref_is_ignored() {
+        let mut h = Harness::new();
+        h.joined("room:r1", "7");
+        assert!(h.text(r#"["6","9","room:r1","phx_leave",{}]"#).is_empty());
+        assert_eq!(
+            h.core.joined_topics().collect::<Vec<_>>(),
+            [("room:r1", ChanId(0))]
+        );
+    }
+
+    #[test]
+    fn s14_stale_inbound_event_is_dropped_silently() {
+        let mut h = Harness::new();
+        h.joined("room:r1", "7");
+        assert!(h.text(r#"["6","9","room:r1","mediaEvent",{}]"#).is_empty());
+    }
+
+    #[test]
+    fn s15_duplicate_join_replaces_the_channel_and_closes_the_old_after_the_reply() {
+        let mut h = Harness::new();
+        let old = h.joined("room:joiner", "11");
+        assert_eq!(
+            h.text(r#"["12","2","room:joiner","phx_join",{}]"#),
+            [stop(0, StopReason::DuplicateJoin), start(1, "room:joiner")]
+        );
+        // The old actor is forgotten: nothing it says reaches the client.
+        assert!(h.chan(push(old, "late", json!({}))).is_empty());
+        assert!(h
+            .chan(ChannelEvent::Exited {
+                chan: old,
+                abnormal: true
+            })
+            .is_empty());
+        let outs = h.chan(ChannelEvent::JoinOk {
+            chan: ChanId(1),
+            response: json!({}),
+        });
+        assert_eq!(
+            outs,
+            [
+                reply("12", "2", "room:joiner", "ok", json!({})),
+                json!(["11", "11", "room:joiner", "phx_close", {}]),
+            ]
+        );
+        assert_eq!(
+            h.core.joined_topics().collect::<Vec<_>>(),
+            [("room:joiner", ChanId(1))]
+        );
+    }
+
+    #[test]
+    fn s15_old_close_follows_a_failed_replacement_join_too() {
+        let mut h = Harness::new();
+        h.joined("room:j", "11");
+        h.text(r#"["12","12","room:j","phx_join",{}]"#);
+        let outs = h.chan(ChannelEvent::Exited {
+            chan: ChanId(1),
+            abnormal: true,
+        });
+        assert_eq!(
+            outs,
+            [
+                reply(
+                    "12",
+                    "12",
+                    "room:j",
+                    "error",
+                    json!({"reason": "join crashed"})
+                ),
+                json!(["11", "11", "room:j", "phx_close", {}]),
+            ]
+        );
+    }
+
+    #[test]
+    fn s16_crash_sends_phx_error_and_s17_graceful_stop_sends_phx_close() {
+        let mut h = Harness::new();
+        let crash = h.joined("room:crash", "6");
+        let calm = h.joined("room:calm", "7");
+        assert_eq!(
+            h.chan(ChannelEvent::Exited {
+                chan: crash,
+                abnormal: true
+            }),
+            [json!(["6", "6", "room:crash", "phx_error", {"reason": "channel_crash"}])]
+        );
+        assert_eq!(
+            h.chan(ChannelEvent::Exited {
+                chan: calm,
+                abnormal: false
+            }),
+            [json!(["7", "7", "room:calm", "phx_close", {}])]
+        );
+        assert!(h.chan(push(crash, "after", json!({}))).is_empty());
+        // The client's rejoin after phx_error gets a new channel.
+        assert_eq!(
+            h.text(r#"["8","8","room:crash","phx_join",{}]"#),
+            [start(2, "room:crash")]
+        );
+    }
+
+    #[test]
+    fn s19_the_101st_channel_is_refused_counting_pending_joins() {
+        let mut h = Harness::new();
+        for i in 0..100 {
+            let outs = h.text(&format!(r#"["{i}","{i}","room:{i}","phx_join",{{}}]"#));
+            assert_eq!(outs, [start(i, &format!("room:{i}"))]);
+        }
+        assert_eq!(
+            h.text(r#"["100","100","room:100","phx_join",{}]"#),
+            [reply(
+                "100",
+                "100",
+                "room:100",
+                "error",
+                json!({"reason": "too many channels joined"})
+            )]
+        );
+        // Routing comes first, as in Phoenix.
+        assert_eq!(
+            h.text(r#"["101","101","nope","phx_join",{}]"#),
+            [unmatched("101", "nope")]
+        );
+        // A duplicate join replaces a channel, so it is not refused at the limit.
+        h.chan(ChannelEvent::JoinOk {
+            chan: ChanId(5),
+            response: json!({}),
+        });
+        assert_eq!(
+            h.text(r#"["102","102","room:5","phx_join",{}]"#),
+            [stop(5, StopReason::DuplicateJoin), start(100, "room:5")]
+        );
+        h.chan(ChannelEvent::JoinError {
+            chan: ChanId(0),
+            response: json!({}),
+        });
+        assert_eq!(
+            h.text(r#"["103","103","room:new","phx_join",{}]"#),
+            [start(101, "room:new")]
+        );
+    }
+
+    #[test]
+    fn s21_idle_timeout_closes_with_1001_and_any_frame_resets_it() {
+        let mut h = Harness::new();
+        let t0 = h.now;
+        assert_eq!(h.core.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        h.joined("room:x", "1");
+        assert!(h.advance(Duration::from_secs(59)).is_empty());
+        h.text(r#"[null,"2","phoenix","heartbeat",{}]"#);
+        assert_eq!(h.core.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+        assert!(h.advance(Duration::from_secs(30)).is_empty());
+        h.text(r#"["1","3","room:x","mediaEvent",{}]"#);
+        assert!(h.advance(Duration::from_secs(59)).is_empty());
+        // Channel output is not client activity.
+        h.chan(push(ChanId(0), "e", json!({})));
+        assert_eq!(
+            h.advance(Duration::from_secs(1)),
+            [
+                close(1001, "idle timeout"),
+                stop(0, StopReason::SocketClosed)
+            ]
+        );
+        assert_eq!(h.core.poll_timeout(), None);
+        assert!(h.core.is_closed());
+        assert!(h.text(r#"[null,"4","phoenix","heartbeat",{}]"#).is_empty());
+    }
+
+    #[test]
+    fn s26_undecodable_frame_closes_with_1011_and_stops_channels() {
+        for bad in ["not json", "{}", "[1,2,3,4]", r#"["1",2,"t","e",{}]"#, ""] {
+            let mut h = Harness::new();
+            h.joined("room:a", "1");
+            h.text(r#"["2","2","room:b","phx_join",{}]"#);
+            assert_eq!(
+                h.text(bad),
+                [
+                    close(1011, "invalid frame"),
+                    stop(0, StopReason::SocketClosed),
+                    stop(1, StopReason::SocketClosed),
+                ],
+                "{bad:?}"
+            );
+            // Late channel output goes nowhere.
+            assert!(h
+                .chan(ChannelEvent::JoinOk {
+                    chan: ChanId(1),
+                    response: json!({})
+                })
+                .is_empty());
+            h.core.close();
+            assert!(h.drain().is_empty(), "close after close is a no-op");
+        }
+    }
+
+    #[test]
+    fn frames_over_the_limit_close_with_1009() {
+        let config = SocketConfig {
+            max_frame_bytes: 40,
+            ..SocketConfig::default()
+        };
+        let mut h = Harness::with(config.clone());
+        let ok = r#"[null,"1","phoenix","heartbeat",{}]"#;
+        assert!(ok.len() <= 40);
+        assert_eq!(h.text(ok).len(), 1);
+        let big = format!(
+            r#"[null,"1","phoenix","heartbeat",{{"x":"{}"}}]"#,
+            "a".repeat(10)
+        );
+        assert_eq!(h.text(&big), [close(1009, "frame too large")]);
+
+        let mut h = Harness::with(config);
+        h.core.handle_binary(h.now, &[0; 41]);
+        assert_eq!(h.drain(), [close(1009, "frame too large")]);
+    }
+
+    #[test]
+    fn binary_frames_close_with_1003() {
+        let mut h = Harness::new();
+        h.core.handle_binary(h.now, &[0, 1, 1, 8, 3]);
+        assert_eq!(h.drain(), [close(1003, "binary frames are not supported")]);
+    }
+
+    #[test]
+    fn close_stops_every_channel_joined_or_joining_and_nothing_else() {
+        let mut h = Harness::new();
+        h.joined("room:b", "1");
+        h.text(r#"["2","2","room:a","phx_join",{}]"#);
+        h.core.close();
+        assert_eq!(
+            h.drain(),
+            [
+                stop(0, StopReason::SocketClosed),
+                stop(1, StopReason::SocketClosed),
+            ]
+        );
+        assert_eq!(h.core.poll_timeout(), None);
+        h.core.close();
+        assert!(h.drain().is_empty());
+        assert!(h.text(r#"[null,"4","phoenix","heartbeat",{}]"#).is_empty());
+        h.core.handle_binary(h.now, b"x");
+        assert!(h.advance(Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn join_timeout_leave_and_rejoin_are_handled_after_the_slow_join_answers() {
+        // phoenix.js 4.4: no join reply within 10 s => phx_leave with the old join_ref, then a
+        // new phx_join. Phoenix answers the first join before it sees either.
+        let mut h = Harness::new();
+        assert_eq!(
+            h.text(r#"["6","6","room:slow","phx_join",{}]"#),
+            [start(0, "room:slow")]
+        );
+        assert!(h.text(r#"["6","7","room:slow","phx_leave",{}]"#).is_empty());
+        assert!(h.text(r#"["8","8","room:slow","phx_join",{}]"#).is_empty());
+        // Other topics and heartbeats are not held back.
+        assert_eq!(h.text(r#"[null,"9","phoenix","heartbeat",{}]"#).len(), 1);
+        let outs = h.chan(ChannelEvent::JoinOk {
+            chan: ChanId(0),
+            response: json!({}),
+        });
+        assert_eq!(
+            outs,
+            [
+                reply("6", "6", "room:slow", "ok", json!({})),
+                stop(0, StopReason::Leave),
+                reply("6", "7", "room:slow", "ok", json!({})),
+                json!(["6", "6", "room:slow", "phx_close", {}]),
+                start(1, "room:slow"),
+            ]
+        );
+        assert_eq!(
+            h.chan(ChannelEvent::JoinOk {
+                chan: ChanId(1),
+                response: json!({})
+            }),
+            [reply("8", "8", "room:slow", "ok", json!({}))]
+        );
+    }
+
+    #[test]
+    fn frames_held_for_a_failed_join_are_handled_as_for_an_unjoined_topic() {
+        let mut h = Harness::new();
+        h.text(r#"["6","6","room:x","phx_join",{}]"#);
+        h.text(r#"["6","7","room:x","mediaEvent",{}]"#);
+        h.text(r#"["6","8","room:x","phx_leave",{}]"#);
+        let outs = h.chan(ChannelEvent::JoinError {
+            chan: ChanId(0),
+            response: json!({"reason": "no"}),
+        });
+        assert_eq!(
+            outs,
+            [
+                reply("6", "6", "room:x", "error", json!({"reason": "no"})),
+                unmatched("7", "room:x"),
+                reply("6", "8", "room:x", "ok", json!({})),
+            ]
+        );
+    }
+
+    #[test]
+    fn held_frames_are_bounded() {
+        let mut h = Harness::new();
+        h.joined("room:b", "1");
+        h.text(r#"["6","6","room:x","phx_join",{}]"#);
+        for i in 0..MAX_HELD_FRAMES {
+            assert!(h
+                .text(&format!(r#"["6","{i}","room:x","e",{{}}]"#))
+                .is_empty());
+        }
+        assert_eq!(
+            h.text(r#"["6","x","room:x","e",{}]"#),
+            [
+                close(1008, "too many frames for a pending join"),
+                stop(0, StopReason::SocketClosed),
+                stop(1, StopReason::SocketClosed),
+            ]
+        );
+
+        let config = SocketConfig {
+            max_frame_bytes: 100,
+            ..SocketConfig::default()
+        };
+        let mut h = Harness::with(config);
+        h.text(r#"["6","6","room:x","phx_join",{}]"#);
+        let frame = format!(r#"["6","7","room:x","e",{{"pad":"{}"}}]"#, "a".repeat(40));
+        assert!(h.text(&frame).is_empty());
+        assert_eq!(
+            h.text(&frame),
+            [
+                close(1008, "too many frames for a pending join"),
+                stop(0, StopReason::SocketClosed),
+            ]
+        );
+    }
+
+    #[test]
+    fn chan_ids_are_never_reused() {
+        let mut h = Harness::new();
+        for i in 0..5u64 {
+            let chan = h.joined("room:x", &i.to_string());
+            assert_eq!(chan, ChanId(i));
+            h.text(&format!(r#"["{i}","l{i}","room:x","phx_leave",{{}}]"#));
+        }
+    }
+
+    #[test]
+    fn videoroom_session_transcript() {
+        let mut h = Harness::new();
+        let mut wire = Vec::new();
+        wire.extend(h.text(r#"["3","3","room:abc","phx_join",{}]"#));
+        wire.extend(h.chan(ChannelEvent::JoinOk {
+            chan: ChanId(0),
+            response: json!({}),
+        }));
+        wire.extend(h.chan(push(ChanId(0), "simulcastConfig", json!({"data": false}))));
+        wire.extend(h.text(r#"["3","4","room:abc","mediaEvent",{"data":"in"}]"#));
+        wire.extend(h.chan(push(ChanId(0), "mediaEvent", json!({"data": "out"}))));
+        wire.extend(h.text(r#"[null,"5","phoenix","heartbeat",{}]"#));
+        wire.extend(h.text(r#"["3","6","room:abc","phx_leave",{}]"#));
+        assert_eq!(
+            wire,
+            [
+                start(0, "room:abc"),
+                reply("3", "3", "room:abc", "ok", json!({})),
+                json!(["3", null, "room:abc", "simulcastConfig", {"data": false}]),
+                json!({"to": 0, "event": "mediaEvent", "ref": "4", "payload": {"data": "in"}}),
+                json!(["3", null, "room:abc", "mediaEvent", {"data": "out"}]),
+                json!([null, "5", "phoenix", "phx_reply", {"status": "ok", "response": {}}]),
+                stop(0, StopReason::Leave),
+                reply("3", "6", "room:abc", "ok", json!({})),
+                json!(["3", "3", "room:abc", "phx_close", {}]),
+            ]
+        );
+    }
+}
