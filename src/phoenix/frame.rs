@@ -297,7 +297,10 @@ mod tests {
                     "error",
                     json!({"reason": "unmatched topic"}),
                 ),
-                json!([null,"1","nope:1","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]),
+                json!([null, "1", "nope:1", "phx_reply", {
+                    "status": "error",
+                    "response": {"reason": "unmatched topic"},
+                }]),
             ),
         ];
         for (frame, want) in cases {

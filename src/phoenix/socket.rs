@@ -62,7 +62,8 @@ pub struct ChanId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketConfig {
     /// Topic patterns, first match wins: `"room:*"` matches by prefix, a pattern without `*`
-    /// matches exactly. A `*` anywhere but the end is a configuration bug (see [`SocketCore::new`]).
+    /// matches exactly. A `*` anywhere but the end is a configuration bug (see
+    /// [`SocketCore::new`]).
     pub routes: Vec<String>,
     /// Channels per socket, counting joins in flight. Phoenix's default is 100.
     pub max_channels: usize,
@@ -768,7 +769,8 @@ mod tests {
     }
 
     fn unmatched(r: &str, topic: &str) -> Value {
-        json!([null, r, topic, "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}])
+        let response = json!({"reason": "unmatched topic"});
+        json!([null, r, topic, "phx_reply", {"status": "error", "response": response}])
     }
 
     fn start(chan: u64, topic: &str) -> Value {
@@ -1018,9 +1020,10 @@ mod tests {
         );
         assert_eq!(
             h.text(r#"[null,null,"nope","x",{}]"#),
-            [
-                json!([null, null, "nope", "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}])
-            ]
+            [json!([null, null, "nope", "phx_reply", {
+                "status": "error",
+                "response": {"reason": "unmatched topic"},
+            }])]
         );
     }
 
@@ -1454,5 +1457,188 @@ mod tests {
                 json!(["3", "3", "room:abc", "phx_close", {}]),
             ]
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Text(String),
+            Binary(usize),
+            Chan(ChannelEvent),
+            Advance(u64),
+            Close,
+        }
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(json!({})),
+                Just(json!({"data": "x"})),
+                Just(json!([1])),
+                Just(Value::Null),
+                ".{0,6}".prop_map(Value::from),
+            ]
+        }
+
+        fn arb_ref() -> impl Strategy<Value = Option<String>> {
+            proptest::option::of(
+                prop_oneof![Just("1"), Just("2"), Just("3")].prop_map(String::from),
+            )
+        }
+
+        fn arb_frame() -> impl Strategy<Value = String> {
+            let topic = prop_oneof![
+                Just("room:a"),
+                Just("room:b"),
+                Just("room:c"),
+                Just("phoenix"),
+                Just("nope")
+            ];
+            let event = prop_oneof![
+                3 => Just("phx_join"),
+                2 => Just("phx_leave"),
+                1 => Just("heartbeat"),
+                3 => Just("mediaEvent"),
+                1 => Just("phx_reply"),
+            ];
+            (arb_ref(), arb_ref(), topic, event, arb_json()).prop_map(|(j, r, t, e, p)| {
+                Frame {
+                    join_ref: j,
+                    msg_ref: r,
+                    topic: t.into(),
+                    event: e.into(),
+                    payload: p,
+                }
+                .encode()
+            })
+        }
+
+        fn arb_event() -> impl Strategy<Value = ChannelEvent> {
+            let chan = (0u64..8).prop_map(ChanId);
+            prop_oneof![
+                (chan.clone(), arb_json())
+                    .prop_map(|(chan, response)| ChannelEvent::JoinOk { chan, response }),
+                (chan.clone(), arb_json())
+                    .prop_map(|(chan, response)| ChannelEvent::JoinError { chan, response }),
+                (chan.clone(), arb_json()).prop_map(|(chan, payload)| ChannelEvent::Push {
+                    chan,
+                    event: "mediaEvent".into(),
+                    payload
+                }),
+                (chan.clone(), arb_ref(), arb_json()).prop_map(|(chan, msg_ref, response)| {
+                    ChannelEvent::Reply {
+                        chan,
+                        msg_ref,
+                        status: "ok".into(),
+                        response,
+                    }
+                }),
+                (chan, any::<bool>())
+                    .prop_map(|(chan, abnormal)| ChannelEvent::Exited { chan, abnormal }),
+            ]
+        }
+
+        fn arb_op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                12 => arb_frame().prop_map(Op::Text),
+                1 => ".{0,24}".prop_map(Op::Text),
+                10 => arb_event().prop_map(Op::Chan),
+                2 => (0u64..40).prop_map(Op::Advance),
+                1 => (0usize..300).prop_map(Op::Binary),
+                1 => Just(Op::Close),
+            ]
+        }
+
+        fn chan_of(ev: &ChannelEvent) -> ChanId {
+            match ev {
+                ChannelEvent::JoinOk { chan, .. }
+                | ChannelEvent::JoinError { chan, .. }
+                | ChannelEvent::Push { chan, .. }
+                | ChannelEvent::Reply { chan, .. }
+                | ChannelEvent::Exited { chan, .. } => *chan,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Nothing panics, every frame decodes with an object payload, the core's tables stay
+            /// consistent, and nothing a channel says after it was stopped or forgotten (or
+            /// before it existed) reaches the client.
+            #[test]
+            fn arbitrary_input_keeps_the_core_sound(ops in prop::collection::vec(arb_op(), 0..60)) {
+                let config = SocketConfig {
+                    max_channels: 2,
+                    max_frame_bytes: 200,
+                    ..SocketConfig::default()
+                };
+                let mut h = Harness::with(config);
+                let mut started = 0u64;
+                let mut dead = BTreeSet::new();
+                let mut closed = false;
+                for op in ops {
+                    let silent_chan = match &op {
+                        Op::Chan(ev) => {
+                            let chan = chan_of(ev);
+                            (chan.0 >= started || dead.contains(&chan)).then_some(chan)
+                        }
+                        _ => None,
+                    };
+                    match op {
+                        Op::Text(text) => h.core.handle_text(h.now, &text),
+                        Op::Binary(len) => h.core.handle_binary(h.now, &vec![0; len]),
+                        Op::Chan(ev) => {
+                            // Once reported gone, a channel stays gone; ids not yet allocated
+                            // are not channels at all.
+                            let gone = matches!(
+                                ev,
+                                ChannelEvent::JoinError { .. } | ChannelEvent::Exited { .. }
+                            );
+                            if gone && chan_of(&ev).0 < started {
+                                dead.insert(chan_of(&ev));
+                            }
+                            h.core.handle_channel(ev);
+                        }
+                        Op::Advance(secs) => {
+                            h.now += Duration::from_secs(secs);
+                            h.core.handle_timeout(h.now);
+                        }
+                        Op::Close => h.core.close(),
+                    }
+                    let outs: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
+                    h.core.check_invariants();
+                    if let Some(chan) = silent_chan {
+                        prop_assert!(outs.is_empty(), "{chan:?} is not live but produced {outs:?}");
+                    }
+                    for out in outs {
+                        match &out {
+                            Output::StartChannel { chan, .. } => {
+                                prop_assert!(!closed);
+                                prop_assert_eq!(chan.0, started, "ids are allocated in order");
+                                started += 1;
+                            }
+                            Output::StopChannel { chan, .. } => {
+                                prop_assert!(chan.0 < started);
+                                prop_assert!(dead.insert(*chan), "{chan:?} stopped twice");
+                            }
+                            Output::ToChannel { chan, .. } => {
+                                prop_assert!(!closed);
+                                prop_assert!(chan.0 < started && !dead.contains(chan));
+                            }
+                            Output::Send(_) => prop_assert!(!closed, "a frame after close"),
+                            Output::Close { code, .. } => {
+                                prop_assert!(!closed && *code != 1000);
+                                closed = true;
+                            }
+                        }
+                        render(out);
+                    }
+                    closed |= h.core.is_closed();
+                }
+            }
+        }
     }
 }
