@@ -1578,27 +1578,42 @@ mod tests {
                 let mut h = Harness::with(config);
                 let mut started = 0u64;
                 let mut dead = BTreeSet::new();
+                let mut acked = BTreeSet::new();
                 let mut closed = false;
                 for op in ops {
+                    let live = |chan: ChanId, dead: &BTreeSet<ChanId>| {
+                        chan.0 < started && !dead.contains(&chan)
+                    };
                     let silent_chan = match &op {
-                        Op::Chan(ev) => {
-                            let chan = chan_of(ev);
-                            (chan.0 >= started || dead.contains(&chan)).then_some(chan)
-                        }
+                        Op::Chan(ev) => Some(chan_of(ev)).filter(|chan| !live(*chan, &dead)),
                         _ => None,
                     };
+                    // The first answer to a join in flight must produce exactly its reply first.
+                    let mut answers_join = false;
                     match op {
                         Op::Text(text) => h.core.handle_text(h.now, &text),
                         Op::Binary(len) => h.core.handle_binary(h.now, &vec![0; len]),
                         Op::Chan(ev) => {
-                            // Once reported gone, a channel stays gone; ids not yet allocated
-                            // are not channels at all.
-                            let gone = matches!(
-                                ev,
-                                ChannelEvent::JoinError { .. } | ChannelEvent::Exited { .. }
-                            );
-                            if gone && chan_of(&ev).0 < started {
-                                dead.insert(chan_of(&ev));
+                            let chan = chan_of(&ev);
+                            if live(chan, &dead) {
+                                let first_answer = !acked.contains(&chan)
+                                    && matches!(
+                                        ev,
+                                        ChannelEvent::JoinOk { .. }
+                                            | ChannelEvent::JoinError { .. }
+                                            | ChannelEvent::Exited { .. }
+                                    );
+                                answers_join = first_answer && !closed;
+                                if first_answer {
+                                    acked.insert(chan);
+                                }
+                                // A later JoinError is an actor bug the core ignores.
+                                let gone = matches!(ev, ChannelEvent::Exited { .. })
+                                    || (first_answer
+                                        && matches!(ev, ChannelEvent::JoinError { .. }));
+                                if gone {
+                                    dead.insert(chan);
+                                }
                             }
                             h.core.handle_channel(ev);
                         }
@@ -1610,6 +1625,13 @@ mod tests {
                     }
                     let outs: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
                     h.core.check_invariants();
+                    if answers_join {
+                        let first = outs.first().and_then(|out| match out {
+                            Output::Send(text) => frame::decode(text).ok(),
+                            _ => None,
+                        });
+                        prop_assert_eq!(first.map(|f| f.event), Some(frame::EV_REPLY.to_owned()));
+                    }
                     if let Some(chan) = silent_chan {
                         prop_assert!(outs.is_empty(), "{chan:?} is not live but produced {outs:?}");
                     }
