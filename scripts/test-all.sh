@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project, as CI does: formatting, lints (normal and
+# simulation builds), the tokio test suite, and the madsim simulation suite.
+# Simulation builds (--cfg madsim) use their own target dir so the two builds don't
+# invalidate each other. Honours CARGO_TARGET_DIR for a build cache outside the clone.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export INSTA_UPDATE=no
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+sim_env=(env RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target/sim")
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "node test drivers"
+scripts/setup-node.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "clippy (tokio build)"
+cargo clippy --all-targets -- -D warnings
+
+step "clippy (simulation build)"
+"${sim_env[@]}" cargo clippy -p videoroom-sim --all-targets -- -D warnings
+
+step "tests (tokio build)"
+cargo test
+
+step "simulation tests (madsim build, release with debug assertions)"
+"${sim_env[@]}" cargo test -p videoroom-sim --profile sim
+
+step "all tests passed"
