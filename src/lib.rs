@@ -1,9 +1,17 @@
 //! videoroom: a video-conferencing server after the Membrane videoroom tutorial.
 //!
-//! Decisions live in sans-IO cores (`phoenix`, `engine`, `registry` core); actors are thin drivers
-//! around them; `rt` is the one runtime seam (tokio in production, madsim under `--cfg madsim`).
+//! Decisions live in sans-IO cores (`phoenix`, `engine`, the registry's name table); actors
+//! (`conn`, `channel`, `room`) are thin drivers around them; `rt` is the one runtime seam
+//! (tokio in production, madsim under `--cfg madsim`). `http` and `server` are the production
+//! edge and are never used by the simulation.
 
+pub mod app;
+pub mod channel;
+pub mod conn;
 pub mod engine;
+pub mod http;
 pub mod phoenix;
 pub mod registry;
+pub mod room;
 pub mod rt;
+pub mod server;

@@ -1,1 +1,76 @@
-fn main() {}
+//! `videoroom`: serve the video room (by default on http://127.0.0.1:4000).
+
+use std::net::IpAddr;
+
+use clap::Parser;
+use videoroom::server::{Server, ServerConfig, ServerLimits};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "A self-hosted video-conferencing server")]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "VIDEOROOM_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "VIDEOROOM_PORT", default_value_t = 4000)]
+    port: u16,
+    /// Origin allowed to open the WebSocket, e.g. https://meet.example.org (repeatable;
+    /// none allows every origin).
+    #[arg(long = "allowed-origin", env = "VIDEOROOM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Most peers in one room.
+    #[arg(long, env = "VIDEOROOM_MAX_PEERS", default_value_t = 32)]
+    max_peers_per_room: usize,
+}
+
+#[net_tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let limits = ServerLimits {
+        max_peers_per_room: cli.max_peers_per_room.max(1),
+        ..ServerLimits::default()
+    };
+    let cfg = ServerConfig {
+        bind: cli.bind,
+        port: cli.port,
+        allowed_origins: cli.allowed_origins,
+        limits,
+    };
+    let server = match Server::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("videoroom: cannot listen on {}:{}: {e}", cli.bind, cli.port);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing::info!("videoroom listening on http://{}", server.local_addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing every connection with 1012");
+    server.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = net_tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match net_tokio::signal::unix::signal(net_tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    net_tokio::select! {
+        biased;
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,213 @@
+//! PeerChannel: the process behind one joined `room:<name>` topic of one socket.
+//!
+//! Owns the tutorial's join (registry lookup, start, `AlreadyStarted` race, monitor of the room,
+//! `AddPeerChannel` with a fresh UUIDv4 peer id) and the forwarding of `mediaEvent`s both ways.
+//! It answers the socket's join exactly once. When its room dies it exits abnormally, so its
+//! client gets `phx_error` and rejoins into a fresh room; when its socket dies it stops.
+//!
+//! Never blocks on its socket or room: a full mailbox on either side ends the channel.
+
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::app::App;
+use crate::conn::ConnMsg;
+use crate::phoenix::{ChanId, ChannelEvent};
+use crate::room::{self, RoomMsg};
+use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Received};
+
+/// What a channel accepts.
+#[derive(Debug)]
+pub enum ChannelMsg {
+    /// An event from the client on this topic.
+    FromClient {
+        event: String,
+        msg_ref: Option<String>,
+        payload: Value,
+    },
+    /// A media event from the room, to push to the client.
+    MediaEvent(String),
+    /// The socket stopped this channel (leave, duplicate join, socket closed).
+    Stop,
+}
+
+/// How many times a join retries when its room stops or dies under it.
+const JOIN_ATTEMPTS: usize = 8;
+
+struct Joined {
+    room: Addr<RoomMsg>,
+    mref: MonitorRef,
+    peer_id: String,
+}
+
+enum JoinOutcome {
+    Joined(Joined),
+    Refused(String),
+    Stopped,
+}
+
+/// The channel's body. `topic` is `room:<name>`.
+pub async fn run(
+    app: App,
+    socket: Addr<ConnMsg>,
+    chan: ChanId,
+    topic: String,
+    mut ctx: Ctx<ChannelMsg>,
+) -> ExitReason {
+    ctx.monitor(socket.pid());
+    let name = topic.strip_prefix("room:").unwrap_or(&topic).to_string();
+    let joined = match validate_name(&app, &name) {
+        Err(reason) => JoinOutcome::Refused(reason),
+        Ok(()) => join(&app, &name, &mut ctx).await,
+    };
+    let Joined {
+        room,
+        mref: room_ref,
+        peer_id,
+    } = match joined {
+        JoinOutcome::Joined(j) => j,
+        JoinOutcome::Refused(reason) => {
+            let response = json!({ "reason": reason });
+            let _ = socket.try_send(ConnMsg::Channel(ChannelEvent::JoinError { chan, response }));
+            return ExitReason::Shutdown;
+        }
+        JoinOutcome::Stopped => return ExitReason::Shutdown,
+    };
+    let ok = ChannelEvent::JoinOk {
+        chan,
+        response: json!({}),
+    };
+    if socket.try_send(ConnMsg::Channel(ok)).is_err() {
+        return ExitReason::Shutdown;
+    }
+    tracing::debug!(%topic, peer = %peer_id, room = %room.pid(), "joined");
+    loop {
+        match ctx.recv().await {
+            Received::Msg(ChannelMsg::FromClient {
+                event,
+                msg_ref,
+                payload,
+            }) => {
+                if event == "mediaEvent" {
+                    if let Some(data) = payload.get("data").and_then(Value::as_str) {
+                        let msg = RoomMsg::MediaEvent {
+                            peer_id: peer_id.clone(),
+                            data: data.to_string(),
+                        };
+                        if room.try_send(msg).is_err() {
+                            // Full: the room is overwhelmed; dead: its DOWN follows. Either way
+                            // this peer's view is broken, so fail and let the client rejoin.
+                            return ExitReason::Error("room unreachable".into());
+                        }
+                        continue;
+                    }
+                }
+                let reason = if event == "mediaEvent" {
+                    "mediaEvent needs a string `data`"
+                } else {
+                    "unknown event"
+                };
+                let reply = ChannelEvent::Reply {
+                    chan,
+                    msg_ref,
+                    status: "error".into(),
+                    response: json!({ "reason": reason }),
+                };
+                if socket.try_send(ConnMsg::Channel(reply)).is_err() {
+                    return ExitReason::Error("socket backlog full".into());
+                }
+            }
+            Received::Msg(ChannelMsg::MediaEvent(data)) => {
+                let push = ChannelEvent::Push {
+                    chan,
+                    event: "mediaEvent".into(),
+                    payload: json!({ "data": data }),
+                };
+                if socket.try_send(ConnMsg::Channel(push)).is_err() {
+                    return ExitReason::Error("socket backlog full".into());
+                }
+            }
+            Received::Msg(ChannelMsg::Stop) => return ExitReason::Shutdown,
+            Received::Down(d) if d.mref == room_ref => {
+                tracing::debug!(%topic, reason = %d.reason, "room down");
+                return ExitReason::Error(format!("room down: {}", d.reason));
+            }
+            // The socket is the only other process monitored.
+            Received::Down(_) => return ExitReason::Shutdown,
+        }
+    }
+}
+
+fn validate_name(app: &App, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("room name is empty".into());
+    }
+    if name.len() > app.limits.max_room_name_bytes {
+        return Err(format!(
+            "room name longer than {} bytes",
+            app.limits.max_room_name_bytes
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("room name contains control characters".into());
+    }
+    Ok(())
+}
+
+/// The seed's join, made robust: a room that stops or dies before it took us is retried.
+async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
+    for _ in 0..JOIN_ATTEMPTS {
+        let started = app
+            .rooms
+            .whereis_or_start(name, || {
+                let (app2, name2) = (app.clone(), name.to_string());
+                app.rooms.start(name, app.limits.room_mailbox, move |c| {
+                    room::run(app2, name2, c)
+                })
+            })
+            .await;
+        let room = match started {
+            Ok(room) => room,
+            Err(e) => {
+                tracing::error!(room = %name, error = %e, "failed to start room");
+                return JoinOutcome::Refused("failed to start room".into());
+            }
+        };
+        let mref = ctx.monitor(room.pid());
+        let peer_id = rt::rand::uuid_v4().to_string();
+        let (ack_tx, mut ack_rx) = oneshot::channel();
+        let add = RoomMsg::AddPeerChannel {
+            peer_id: peer_id.clone(),
+            channel: ctx.addr(),
+            ack: ack_tx,
+        };
+        if room.try_send(add).is_err() {
+            ctx.demonitor(mref);
+            continue;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                ack = &mut ack_rx => match ack {
+                    Ok(Ok(())) => return JoinOutcome::Joined(Joined { room, mref, peer_id }),
+                    Ok(Err(reason)) => {
+                        ctx.demonitor(mref);
+                        return JoinOutcome::Refused(reason);
+                    }
+                    // The room stopped with our request queued: try again.
+                    Err(_) => {
+                        ctx.demonitor(mref);
+                        break;
+                    }
+                },
+                r = ctx.recv() => match r {
+                    Received::Down(d) if d.mref == mref => break,
+                    Received::Down(_) | Received::Msg(ChannelMsg::Stop) => return JoinOutcome::Stopped,
+                    // Nothing else is sent to a channel before it has joined.
+                    Received::Msg(_) => {}
+                },
+            }
+        }
+    }
+    JoinOutcome::Refused("failed to start room".into())
+}

@@ -1,0 +1,129 @@
+//! The HTTP edge (axum): the WebSocket endpoint `/socket/websocket`, `/healthz`, and `/`.
+//!
+//! Owns the handshake checks (protocol version, origin allow-list, subprotocol) and the pumps
+//! between axum's WebSocket and a socket process's frame queues. Holds no protocol logic: the
+//! socket process and its core decide everything about frames.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::app::App;
+use crate::conn::{self, Transport, WsIn, WsOut};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Edge {
+    pub app: App,
+    pub allowed_origins: Vec<String>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn router(edge: Edge) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/socket/websocket", get(websocket))
+        .with_state(edge)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}
+
+fn forbidden(why: &'static str) -> Response {
+    (StatusCode::FORBIDDEN, why).into_response()
+}
+
+async fn websocket(
+    State(edge): State<Edge>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // phoenix.js always sends vsn=2.0.0; only the V2 JSON serializer is implemented.
+    if params.get("vsn").map(String::as_str) != Some("2.0.0") {
+        return forbidden("unsupported protocol version: use vsn=2.0.0");
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !edge.allowed_origins.is_empty() && !edge.allowed_origins.iter().any(|o| o == origin) {
+            return forbidden("origin not allowed");
+        }
+    }
+    let mut ws = ws.max_message_size(edge.app.limits.socket.max_frame_bytes);
+    if let Some(protos) = headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
+        let offered = protos.to_str().unwrap_or("");
+        if !offered.split(',').any(|p| p.trim() == "phoenix") {
+            return forbidden("unsupported websocket subprotocol");
+        }
+        ws = ws.protocols(["phoenix"]);
+    }
+    ws.on_upgrade(move |socket| serve_socket(edge, socket))
+}
+
+async fn serve_socket(edge: Edge, socket: WebSocket) {
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let (out_tx, mut out_rx) = mpsc::channel(edge.app.limits.outbound_frames);
+    let transport = Transport {
+        incoming: in_rx,
+        outgoing: out_tx,
+    };
+    let (app, shutdown) = (edge.app.clone(), edge.shutdown.clone());
+    let conn = edge.app.sys.spawn(edge.app.limits.socket_mailbox, move |ctx| {
+        conn::run(app, transport, shutdown, ctx)
+    });
+    let (mut sink, mut stream) = socket.split();
+    let writer = async move {
+        while let Some(out) = out_rx.recv().await {
+            let r = match out {
+                WsOut::Text(t) => sink.send(Message::Text(t.into())).await,
+                WsOut::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    };
+    let reader = async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let frame = match msg {
+                Message::Text(t) => WsIn::Text(t.to_string()),
+                Message::Binary(b) => WsIn::Binary(b.to_vec()),
+                Message::Close(_) => break,
+                // Pings are answered by the WebSocket layer itself.
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            if in_tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    };
+    // Reader done (client left): the dropped frame queue ends the socket process, which drops
+    // its outbound queue, so the writer drains, answers the close and stops. Writer done (the
+    // process closed the connection): give the client a moment to answer the close.
+    tokio::pin!(writer, reader);
+    tokio::select! {
+        biased;
+        _ = &mut writer => {
+            let _ = crate::rt::time::timeout(std::time::Duration::from_secs(5), reader).await;
+        }
+        _ = &mut reader => writer.await,
+    }
+    drop(conn);
+}

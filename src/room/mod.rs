@@ -1,0 +1,122 @@
+//! The Room process: one per room name, registered in the room registry.
+//!
+//! Owns the room's peer map (peer id → channel), monitors every channel, and drives the
+//! media-event session (`engine::Session`), dispatching its outputs to one peer's channel.
+//! A channel that dies is removed and the others are told. When the last peer has gone (or
+//! nobody came within the linger time) the room gives up its name first and then exits, so a
+//! join racing the stop either reached it before (and keeps it alive) or gets a dropped ack and
+//! retries into a fresh room: never lost.
+//!
+//! Never blocks on a peer: a channel whose mailbox is full is a slow consumer and is killed.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::oneshot;
+
+use crate::app::App;
+use crate::channel::ChannelMsg;
+use crate::engine::{Out, Session};
+use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
+
+/// What a room accepts.
+#[derive(Debug)]
+pub enum RoomMsg {
+    /// A channel joins as `peer_id`; answered once the room has taken it (or refused it).
+    AddPeerChannel {
+        peer_id: String,
+        channel: Addr<ChannelMsg>,
+        ack: oneshot::Sender<Result<(), String>>,
+    },
+    /// A media event from a peer's client (a JSON string).
+    MediaEvent { peer_id: String, data: String },
+    /// The peers, as (peer id, channel pid).
+    Peers(oneshot::Sender<Vec<(String, Pid)>>),
+}
+
+struct Peer {
+    channel: Addr<ChannelMsg>,
+    mref: MonitorRef,
+}
+
+/// The room's body, to be started under its name by `Registry::start`.
+pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
+    let mut session = Session::new(app.session_config());
+    let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+    let mut by_pid: BTreeMap<Pid, String> = BTreeMap::new();
+    tracing::debug!(room = %name, pid = %ctx.pid(), "room started");
+    loop {
+        let received = if peers.is_empty() {
+            match rt::time::timeout(app.limits.empty_room_linger, ctx.recv()).await {
+                Some(r) => r,
+                None => break,
+            }
+        } else {
+            ctx.recv().await
+        };
+        match received {
+            Received::Msg(RoomMsg::AddPeerChannel {
+                peer_id,
+                channel,
+                ack,
+            }) => {
+                if peers.len() >= app.limits.max_peers_per_room {
+                    let _ = ack.send(Err("room is full".into()));
+                    continue;
+                }
+                let mref = ctx.monitor(channel.pid());
+                by_pid.insert(channel.pid(), peer_id.clone());
+                peers.insert(peer_id, Peer { channel, mref });
+                let _ = ack.send(Ok(()));
+            }
+            Received::Msg(RoomMsg::MediaEvent { peer_id, data }) => {
+                if peers.contains_key(&peer_id) {
+                    let outs = session.handle_event(&peer_id, &data);
+                    dispatch(&ctx, &peers, outs);
+                }
+            }
+            Received::Msg(RoomMsg::Peers(tx)) => {
+                let list = peers
+                    .iter()
+                    .map(|(id, p)| (id.clone(), p.channel.pid()))
+                    .collect();
+                let _ = tx.send(list);
+            }
+            Received::Down(d) => {
+                let Some(peer_id) = by_pid.remove(&d.pid) else {
+                    continue;
+                };
+                if peers.get(&peer_id).is_some_and(|p| p.mref == d.mref) {
+                    peers.remove(&peer_id);
+                    tracing::debug!(room = %name, peer = %peer_id, reason = %d.reason, "peer left");
+                    let outs = session.remove_peer(&peer_id);
+                    dispatch(&ctx, &peers, outs);
+                    if peers.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Give up the name before exiting: from here on new joins start a fresh room; joins already
+    // queued here get their ack dropped and retry.
+    app.rooms.unregister_own(&name, ctx.pid());
+    while ctx.try_recv().is_some() {}
+    tracing::debug!(room = %name, "room stopped: empty");
+    ExitReason::Normal
+}
+
+fn dispatch(ctx: &Ctx<RoomMsg>, peers: &BTreeMap<String, Peer>, outs: Vec<Out>) {
+    for Out::To { peer, data } in outs {
+        let Some(p) = peers.get(&peer) else { continue };
+        match p.channel.try_send(ChannelMsg::MediaEvent(data)) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => {
+                // A slow consumer must not hold the room back: drop it; its DOWN removes it.
+                tracing::warn!(peer = %peer, "peer channel backlog full: disconnecting it");
+                ctx.system().kill(p.channel.pid());
+            }
+            // Already gone: its DOWN is on the way.
+            Err(SendError::Dead(_)) => {}
+        }
+    }
+}
