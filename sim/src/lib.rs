@@ -1,7 +1,15 @@
 //! The deterministic simulation of videoroom (build with `RUSTFLAGS="--cfg madsim"` and its own
-//! target dir). Scenarios run the real registry, processes and (later) channels and rooms in a
-//! madsim world chosen by a seed; every run yields a trace whose digest must be identical when
+//! target dir). Scenarios run the real registry, processes, socket processes, channels and rooms
+//! in a madsim world chosen by a seed; every run yields a trace whose digest is identical when
 //! the seed is replayed.
 
+pub mod campaign;
+pub mod client;
+pub mod coverage;
+pub mod oracle;
 pub mod registry_race;
+pub mod server;
+pub mod swarm;
 pub mod trace;
+pub mod wire;
+pub mod world;

@@ -182,6 +182,7 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
             ack: ack_tx,
         };
         if room.try_send(add).is_err() {
+            tracing::debug!(room = %name, "join: room unreachable, retrying");
             ctx.demonitor(mref);
             continue;
         }
@@ -191,17 +192,22 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
                 ack = &mut ack_rx => match ack {
                     Ok(Ok(())) => return JoinOutcome::Joined(Joined { room, mref, peer_id }),
                     Ok(Err(reason)) => {
+                        tracing::debug!(room = %name, %reason, "join: refused by the room");
                         ctx.demonitor(mref);
                         return JoinOutcome::Refused(reason);
                     }
                     // The room stopped with our request queued: try again.
                     Err(_) => {
+                        tracing::debug!(room = %name, "join: room stopped with the join queued, retrying");
                         ctx.demonitor(mref);
                         break;
                     }
                 },
                 r = ctx.recv() => match r {
-                    Received::Down(d) if d.mref == mref => break,
+                    Received::Down(d) if d.mref == mref => {
+                        tracing::debug!(room = %name, reason = %d.reason, "join: room down before taking the join, retrying");
+                        break;
+                    }
                     Received::Down(_) | Received::Msg(ChannelMsg::Stop) => return JoinOutcome::Stopped,
                     // Nothing else is sent to a channel before it has joined.
                     Received::Msg(_) => {}

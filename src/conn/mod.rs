@@ -123,9 +123,17 @@ fn drive(
     while let Some(o) = core.poll_output() {
         match o {
             Output::Send(text) => {
-                if healthy && out.try_send(WsOut::Text(text)).is_err() {
-                    tracing::warn!("client too slow: outbound queue full, dropping connection");
-                    healthy = false;
+                if !healthy {
+                    continue;
+                }
+                match out.try_send(WsOut::Text(text)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::warn!("client too slow: outbound queue full, dropping connection");
+                        healthy = false;
+                    }
+                    // The transport is gone (the client left); the process ends with it.
+                    Err(mpsc::error::TrySendError::Closed(_)) => healthy = false,
                 }
             }
             Output::StartChannel { chan, topic, .. } => {

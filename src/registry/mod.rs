@@ -169,6 +169,9 @@ impl<M: Send + 'static> Registry<M> {
         let addr = p.addr();
         match self.register(name, &addr) {
             Ok(()) => {
+                // The label outlives the name: a process that gave up its name is still a
+                // process started as `name` until it exits.
+                self.sys.set_label(addr.pid(), name);
                 p.start(body);
                 Ok(addr)
             }
@@ -189,7 +192,11 @@ impl<M: Send + 'static> Registry<M> {
         // Another joiner may start the same room between the lookup and our start.
         rt::race_point().await;
         match start() {
-            Ok(addr) | Err(StartError::AlreadyStarted(addr)) => Ok(addr),
+            Ok(addr) => Ok(addr),
+            Err(StartError::AlreadyStarted(addr)) => {
+                tracing::debug!(name, winner = %addr.pid(), "start lost the registration race");
+                Ok(addr)
+            }
             Err(StartError::Failed(reason)) => Err(JoinError {
                 name: name.to_string(),
                 reason,

@@ -23,12 +23,15 @@ pub use mailbox::{Addr, Received, SendError};
 pub use process::{Ctx, Down, ExitReason, MonitorRef, Pid, Prepared, System};
 
 /// A point where a concurrent interleaving matters (between a lookup and the action taken on
-/// it). Under simulation the scheduler may switch tasks here at random, so races that real
-/// threads would hit are explored; in production it costs nothing.
+/// it). Under simulation the scheduler may switch tasks here at random, and sometimes the task
+/// stalls for up to a few milliseconds (BUGGIFY-style), so races that real threads and loaded
+/// machines hit are explored; in production it costs nothing.
 pub async fn race_point() {
     #[cfg(madsim)]
     {
-        if rand::chance(0.5) {
+        if rand::chance(0.1) {
+            time::sleep(time::Duration::from_micros(rand::below(3_000))).await;
+        } else if rand::chance(0.5) {
             tokio::task::yield_now().await;
         }
     }

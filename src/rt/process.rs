@@ -85,7 +85,9 @@ pub(crate) type ExitHook = Box<dyn FnOnce() + Send>;
 
 struct Proc {
     sink: DownSink,
-    kill: Option<oneshot::Sender<()>>,
+    kill: Option<oneshot::Sender<ExitReason>>,
+    /// What the process is, for observers (e.g. the registered name it was started under).
+    label: Option<String>,
     /// Monitors on this process: ref → watcher.
     monitors: BTreeMap<MonitorRef, Pid>,
     /// Monitors this process holds: ref → target.
@@ -138,6 +140,7 @@ impl System {
             Proc {
                 sink: addr.down_sink(),
                 kill: Some(kill_tx),
+                label: None,
                 monitors: BTreeMap::new(),
                 watching: BTreeMap::new(),
                 hooks: BTreeMap::new(),
@@ -174,14 +177,38 @@ impl System {
     /// Ends `pid` with reason `Killed` (its body is dropped at its next poll). Returns false if
     /// it was not alive. Its monitors get DOWN once it has actually stopped.
     pub fn kill(&self, pid: Pid) -> bool {
+        self.exit(pid, ExitReason::Killed)
+    }
+
+    /// Ends `pid` from outside with `reason` (Erlang's `exit/2` with an untrappable signal):
+    /// its body is dropped at its next poll and its monitors get DOWN with `reason`. Returns
+    /// false if it was not alive (or is already being ended).
+    pub fn exit(&self, pid: Pid, reason: ExitReason) -> bool {
         let tx = self.lock().procs.get_mut(&pid).and_then(|p| p.kill.take());
         match tx {
             Some(tx) => {
-                let _ = tx.send(());
+                let _ = tx.send(reason);
                 true
             }
             None => false,
         }
+    }
+
+    /// Tags a live process for observers (see [`System::labelled`]).
+    pub fn set_label(&self, pid: Pid, label: &str) {
+        if let Some(p) = self.lock().procs.get_mut(&pid) {
+            p.label = Some(label.to_string());
+        }
+    }
+
+    /// Live processes carrying `label`, in pid order (an oracle: e.g. rooms of one name).
+    pub fn labelled(&self, label: &str) -> Vec<Pid> {
+        self.lock()
+            .procs
+            .iter()
+            .filter(|(_, p)| p.label.as_deref() == Some(label))
+            .map(|(pid, _)| *pid)
+            .collect()
     }
 
     pub fn is_alive(&self, pid: Pid) -> bool {
@@ -311,7 +338,7 @@ impl System {
 pub struct Prepared<M: Send + 'static> {
     sys: System,
     ctx: Option<Ctx<M>>,
-    kill_rx: Option<oneshot::Receiver<()>>,
+    kill_rx: Option<oneshot::Receiver<ExitReason>>,
 }
 
 impl<M: Send + 'static> Prepared<M> {
@@ -324,7 +351,7 @@ impl<M: Send + 'static> Prepared<M> {
     }
 
     /// Runs `body` as this process. Its return value is the exit reason; a panic becomes
-    /// `Crashed`, a kill `Killed`.
+    /// `Crashed`, a kill `Killed` (or the reason given to [`System::exit`]).
     pub fn start<F, Fut>(mut self, body: F)
     where
         F: FnOnce(Ctx<M>) -> Fut + Send + 'static,
@@ -342,7 +369,7 @@ impl<M: Send + 'static> Prepared<M> {
             let run = AssertUnwindSafe(async move { body(ctx).await }).catch_unwind();
             let reason = tokio::select! {
                 biased;
-                _ = kill_rx => ExitReason::Killed,
+                r = kill_rx => r.unwrap_or(ExitReason::Killed),
                 r = run => match r {
                     Ok(reason) => reason,
                     Err(panic) => ExitReason::Crashed(panic_message(&*panic)),

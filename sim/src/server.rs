@@ -1,0 +1,89 @@
+//! The server node: the real `App` (registry, rooms, channels, socket processes) behind a
+//! simulated listener. Each connection gets the same socket process production runs behind
+//! axum; only the frame pumps differ.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use madsim::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use videoroom::app::{App, Limits};
+use videoroom::conn::{self, Transport, WsIn, WsOut};
+
+use crate::wire::{self, WireFrame};
+
+pub const PORT: u16 = 4000;
+/// Label of socket processes, so faults can find them.
+pub const SOCKET_LABEL: &str = "socket";
+
+/// The current incarnation's App (replaced when the node restarts), for the oracles.
+pub type CurrentApp = Arc<Mutex<Option<App>>>;
+
+pub async fn serve(current: CurrentApp, limits: Limits) {
+    let app = App::new(limits);
+    *current.lock().unwrap() = Some(app.clone());
+    // The world kills the node before restarting it, which frees its ports; retry anyway in
+    // case a previous incarnation's listener is still being torn down.
+    let listener = loop {
+        match TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], PORT))).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+        }
+    };
+    // Never set: a node restart is the simulation's shutdown.
+    let (_never, shutdown) = watch::channel(false);
+    let _keep = _never;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tokio::spawn(async move { connection(app, stream, shutdown).await });
+    }
+}
+
+async fn connection(app: App, stream: madsim::net::TcpStream, shutdown: watch::Receiver<bool>) {
+    let (mut reader, mut writer) = wire::split(stream);
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let (out_tx, mut out_rx) = mpsc::channel(app.limits.outbound_frames);
+    let transport = Transport {
+        incoming: in_rx,
+        outgoing: out_tx,
+    };
+    let app2 = app.clone();
+    let socket = app.sys.spawn(app.limits.socket_mailbox, move |ctx| {
+        conn::run(app2, transport, shutdown, ctx)
+    });
+    app.sys.set_label(socket.pid(), SOCKET_LABEL);
+    let write = async move {
+        while let Some(out) = out_rx.recv().await {
+            let f = match out {
+                WsOut::Text(t) => WireFrame::Text(t),
+                WsOut::Close(code, _) => WireFrame::Close(code),
+            };
+            let close = matches!(f, WireFrame::Close(_));
+            if !writer.send(&f).await || close {
+                break;
+            }
+        }
+    };
+    let read = async move {
+        while let Some(f) = reader.next().await {
+            match f {
+                WireFrame::Text(t) => {
+                    if in_tx.send(WsIn::Text(t)).await.is_err() {
+                        break;
+                    }
+                }
+                WireFrame::Close(_) => break,
+            }
+        }
+    };
+    // Either side ending ends the connection: dropping the frame queue stops the process,
+    // dropping the stream halves closes the client's end.
+    tokio::select! {
+        biased;
+        _ = write => {}
+        _ = read => {}
+    }
+}
