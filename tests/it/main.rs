@@ -2,3 +2,6 @@
 
 mod registry_model;
 mod support;
+mod wire_channels;
+mod wire_http;
+mod wire_rooms;
