@@ -42,8 +42,14 @@ fn heartbeat_is_answered() {
     opts["heartbeatIntervalMs"] = json!(300);
     let mut c = client(&srv, "c", opts);
     for _ in 0..2 {
-        let hb = sent_frame(&mut c, "heartbeat", |f| f[2] == "phoenix" && f[3] == "heartbeat");
-        assert_eq!(hb[0], Value::Null, "client heartbeat has a null join_ref: {hb:?}");
+        let hb = sent_frame(&mut c, "heartbeat", |f| {
+            f[2] == "phoenix" && f[3] == "heartbeat"
+        });
+        assert_eq!(
+            hb[0],
+            Value::Null,
+            "client heartbeat has a null join_ref: {hb:?}"
+        );
         expect_frame(
             &mut c,
             json!([null, hb[1], "phoenix", "phx_reply", {"status": "ok", "response": {}}]),
@@ -75,9 +81,15 @@ fn join_of_other_topics_is_unmatched() {
     for topic in ["lobby:x", "roomx", "rooms:y"] {
         c.join(topic);
         let err = c.expect(ev("join_error").with("topic", topic));
-        assert_eq!(err["response"], json!({"reason": "unmatched topic"}), "topic {topic}");
+        assert_eq!(
+            err["response"],
+            json!({"reason": "unmatched topic"}),
+            "topic {topic}"
+        );
         let t = topic.to_owned();
-        let join = sent_frame(&mut c, "phx_join", move |f| f[2] == t.as_str() && f[3] == "phx_join");
+        let join = sent_frame(&mut c, "phx_join", move |f| {
+            f[2] == t.as_str() && f[3] == "phx_join"
+        });
         expect_frame(
             &mut c,
             json!([null, join[1], topic, "phx_reply",
@@ -96,12 +108,18 @@ fn leave_replies_ok_then_closes() {
     c.cmd(json!({"cmd": "leave", "topic": "room:leave"}));
     c.expect(ev("leave_ok"));
     let leave = sent_frame(&mut c, "phx_leave", |f| f[3] == "phx_leave");
-    assert_eq!(leave[0], join[0], "the leave carries the channel's join_ref");
+    assert_eq!(
+        leave[0], join[0],
+        "the leave carries the channel's join_ref"
+    );
     let reply = expect_frame(
         &mut c,
         json!([join[0], leave[1], "room:leave", "phx_reply", {"status": "ok", "response": {}}]),
     );
-    let close = expect_frame(&mut c, json!([join[0], join[0], "room:leave", "phx_close", {}]));
+    let close = expect_frame(
+        &mut c,
+        json!([join[0], join[0], "room:leave", "phx_close", {}]),
+    );
     assert!(reply < close, "the leave reply comes before phx_close");
 }
 
@@ -111,7 +129,10 @@ fn event_after_leave_is_unmatched() {
     let srv = TestServer::start();
     let mut c = client(&srv, "c", traced_opts());
     c.raw_frame(json!(["1", "1", "room:gone", "phx_join", {}]));
-    expect_frame(&mut c, json!(["1", "1", "room:gone", "phx_reply", {"status": "ok", "response": {}}]));
+    expect_frame(
+        &mut c,
+        json!(["1", "1", "room:gone", "phx_reply", {"status": "ok", "response": {}}]),
+    );
     c.raw_frame(json!(["1", "2", "room:gone", "phx_leave", {}]));
     expect_frame(&mut c, json!(["1", "1", "room:gone", "phx_close", {}]));
     c.raw_frame(json!(["1", "3", "room:gone", "mediaEvent", {"data": "{}"}]));
@@ -130,13 +151,22 @@ fn duplicate_join_closes_the_old_channel() {
     let srv = TestServer::start();
     let mut c = client(&srv, "c", traced_opts());
     c.raw_frame(json!(["1", "1", "room:dup", "phx_join", {}]));
-    expect_frame(&mut c, json!(["1", "1", "room:dup", "phx_reply", {"status": "ok", "response": {}}]));
+    expect_frame(
+        &mut c,
+        json!(["1", "1", "room:dup", "phx_reply", {"status": "ok", "response": {}}]),
+    );
     c.raw_frame(json!(["2", "2", "room:dup", "phx_join", {}]));
-    expect_frame(&mut c, json!(["2", "2", "room:dup", "phx_reply", {"status": "ok", "response": {}}]));
+    expect_frame(
+        &mut c,
+        json!(["2", "2", "room:dup", "phx_reply", {"status": "ok", "response": {}}]),
+    );
     expect_frame(&mut c, json!(["1", "1", "room:dup", "phx_close", {}]));
     // The new channel answers a leave on its own join_ref and closes.
     c.raw_frame(json!(["2", "3", "room:dup", "phx_leave", {}]));
-    expect_frame(&mut c, json!(["2", "3", "room:dup", "phx_reply", {"status": "ok", "response": {}}]));
+    expect_frame(
+        &mut c,
+        json!(["2", "3", "room:dup", "phx_reply", {"status": "ok", "response": {}}]),
+    );
     expect_frame(&mut c, json!(["2", "2", "room:dup", "phx_close", {}]));
     c.refute(frame_in("phx_error", |f| f[3] == "phx_error"));
 }
@@ -147,23 +177,37 @@ fn duplicate_join_closes_the_old_channel() {
 fn stale_join_ref_is_dropped() {
     let srv = TestServer::start();
     let mut c = client(&srv, "c", traced_opts());
-    let connect = json!({"type": "connect", "data": {"metadata": {"displayName": "stale"}}}).to_string();
+    let connect =
+        json!({"type": "connect", "data": {"metadata": {"displayName": "stale"}}}).to_string();
     c.raw_frame(json!(["1", "1", "room:stale", "phx_join", {}]));
-    expect_frame(&mut c, json!(["1", "1", "room:stale", "phx_reply", {"status": "ok", "response": {}}]));
+    expect_frame(
+        &mut c,
+        json!(["1", "1", "room:stale", "phx_reply", {"status": "ok", "response": {}}]),
+    );
     // Stale (join_ref 9), then current (join_ref 1): the room sees them in this order, so a
     // `connected` for the stale one would arrive first.
     c.raw_frame(json!(["9", "2", "room:stale", "mediaEvent", {"data": connect}]));
     c.raw_frame(json!(["9", "3", "room:stale", "phx_leave", {}]));
     c.raw_frame(json!(["1", "4", "room:stale", "mediaEvent", {"data": connect}]));
     c.expect(frame_in("mediaEvent connected", |f| {
-        f[3] == "mediaEvent" && f[4]["data"].as_str().is_some_and(|d| d.contains("\"connected\""))
+        f[3] == "mediaEvent"
+            && f[4]["data"]
+                .as_str()
+                .is_some_and(|d| d.contains("\"connected\""))
     }));
     // The channel is still up: a current leave replies and closes.
     c.raw_frame(json!(["1", "5", "room:stale", "phx_leave", {}]));
-    expect_frame(&mut c, json!(["1", "5", "room:stale", "phx_reply", {"status": "ok", "response": {}}]));
+    expect_frame(
+        &mut c,
+        json!(["1", "5", "room:stale", "phx_reply", {"status": "ok", "response": {}}]),
+    );
     expect_frame(&mut c, json!(["1", "1", "room:stale", "phx_close", {}]));
     let connected = c.all(&frame_in("mediaEvent", |f| f[3] == "mediaEvent"));
-    assert_eq!(connected.len(), 1, "exactly one media event (the current connect's): {connected:?}");
+    assert_eq!(
+        connected.len(),
+        1,
+        "exactly one media event (the current connect's): {connected:?}"
+    );
     c.refute(frame_in("reply to a stale frame", |f| {
         f[2] == "room:stale" && (f[1] == "2" || f[1] == "3")
     }));
@@ -176,14 +220,28 @@ fn garbage_frame_closes_with_1011_and_client_reconnects() {
     let srv = TestServer::start();
     let mut c = client(&srv, "c", fast_opts());
     c.join_ok("room:garbage");
-    let frames = ["this is not json", "[\"1\",\"2\"]", "{\"topic\":\"room:garbage\"}", "42"];
+    let frames = [
+        "this is not json",
+        "[\"1\",\"2\"]",
+        "{\"topic\":\"room:garbage\"}",
+        "42",
+    ];
     for (i, garbage) in frames.iter().enumerate() {
         let from = c.mark();
         c.raw(garbage);
         let close = c.expect_after(from, ev("socket_close"));
-        assert_eq!(close["code"], json!(1011), "close code after garbage frame {garbage:?}");
+        assert_eq!(
+            close["code"],
+            json!(1011),
+            "close code after garbage frame {garbage:?}"
+        );
         c.expect_after(close.index, ev("socket_open"));
-        c.expect_after(close.index, ev("rejoined").with("topic", "room:garbage").with("attempt", i + 2));
+        c.expect_after(
+            close.index,
+            ev("rejoined")
+                .with("topic", "room:garbage")
+                .with("attempt", i + 2),
+        );
     }
 }
 
@@ -200,7 +258,10 @@ fn channel_101_is_refused() {
     }
     c.join("room:many-100");
     let err = c.expect(ev("join_error").with("topic", "room:many-100"));
-    assert_eq!(err["response"], json!({"reason": "too many channels joined"}));
+    assert_eq!(
+        err["response"],
+        json!({"reason": "too many channels joined"})
+    );
 }
 
 /// Room names up to `max_room_name_bytes` (64) join; a longer one is refused with a reason that
@@ -239,7 +300,11 @@ fn room_full_is_refused() {
     c.join("room:full");
     let err = c.expect(ev("join_error").with("topic", "room:full"));
     let reason = err["response"]["reason"].as_str().unwrap_or("");
-    assert!(reason.contains("full"), "join error should say the room is full: {}", err.value);
+    assert!(
+        reason.contains("full"),
+        "join error should say the room is full: {}",
+        err.value
+    );
     assert_eq!(srv.room_peers("full").len(), 2);
     b.cmd(json!({"cmd": "leave", "topic": "room:full"}));
     c.expect(ev("join_ok").with("topic", "room:full"));
@@ -253,7 +318,10 @@ fn media_event_push_carries_join_ref() {
     let mut c = client(&srv, "c", traced_opts());
     c.join_ok("room:push");
     let join = sent_frame(&mut c, "phx_join", |f| f[3] == "phx_join");
-    c.push_media("room:push", json!({"type": "connect", "data": {"metadata": {"n": 1}}}));
+    c.push_media(
+        "room:push",
+        json!({"type": "connect", "data": {"metadata": {"n": 1}}}),
+    );
     let connected = c.expect(media_in("room:push", "connected"));
     assert_eq!(connected["join_ref"], join[0]);
     assert_eq!(connected["ref"], Value::Null);

@@ -18,10 +18,16 @@ fn joined(srv: &TestServer, label: &str, topic: &str) -> Driver {
 #[track_caller]
 fn connect_media(c: &mut Driver, topic: &str, name: &str) -> Value {
     let from = c.mark();
-    c.push_media(topic, json!({"type": "connect", "data": {"metadata": {"displayName": name}}}));
+    c.push_media(
+        topic,
+        json!({"type": "connect", "data": {"metadata": {"displayName": name}}}),
+    );
     let m = c.expect_after(from, media_in(topic, "connected"));
     let data = media_data(&m.value).expect("connected is JSON")["data"].clone();
-    assert!(data["id"].is_string(), "connected carries the peer id: {data}");
+    assert!(
+        data["id"].is_string(),
+        "connected carries the peer id: {data}"
+    );
     data
 }
 
@@ -39,9 +45,11 @@ fn other_ids(connected: &Value) -> Vec<String> {
 #[track_caller]
 fn expect_media(c: &mut Driver, topic: &str, kind: &str, id: &str) -> Value {
     let id = id.to_owned();
-    let m = c.expect(media_in(topic, kind).when(&format!("data.data.id={id:?}"), move |v| {
-        media_data(v).is_some_and(|d| d["data"]["id"] == id.as_str())
-    }));
+    let m = c.expect(
+        media_in(topic, kind).when(&format!("data.data.id={id:?}"), move |v| {
+            media_data(v).is_some_and(|d| d["data"]["id"] == id.as_str())
+        }),
+    );
     media_data(&m.value).expect("media event is JSON")["data"].clone()
 }
 
@@ -61,7 +69,10 @@ fn two_peers_exchange_media_events() {
     let b_id = cb["id"].as_str().unwrap().to_owned();
     assert_ne!(a_id, b_id);
     assert_eq!(other_ids(&cb), vec![a_id.clone()]);
-    assert_eq!(cb["otherEndpoints"][0]["metadata"], json!({"displayName": "A"}));
+    assert_eq!(
+        cb["otherEndpoints"][0]["metadata"],
+        json!({"displayName": "A"})
+    );
 
     let added = expect_media(&mut a, t, "endpointAdded", &b_id);
     assert_eq!(added["metadata"], json!({"displayName": "B"}));
@@ -81,8 +92,14 @@ fn room_crash_rejoins_into_a_new_room() {
     let mut a = joined(&srv, "A", t);
     let mut b = joined(&srv, "B", t);
     let mut other = joined(&srv, "other", "room:bystander");
-    let old_a = connect_media(&mut a, t, "A")["id"].as_str().unwrap().to_owned();
-    let old_b = connect_media(&mut b, t, "B")["id"].as_str().unwrap().to_owned();
+    let old_a = connect_media(&mut a, t, "A")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_b = connect_media(&mut b, t, "B")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let old_room = srv.room_pid("crash").expect("room:crash runs");
 
     assert_eq!(srv.app().kill_room("crash"), Some(old_room));
@@ -91,18 +108,31 @@ fn room_crash_rejoins_into_a_new_room() {
         c.expect(ev("channel_error").with("topic", t));
         c.expect(ev("rejoined").with("topic", t));
     }
-    let new_room = srv.room_pid("crash").expect("room:crash runs again after the rejoins");
+    let new_room = srv
+        .room_pid("crash")
+        .expect("room:crash runs again after the rejoins");
     assert_ne!(new_room, old_room, "the rejoins started a new room process");
 
     let ca = connect_media(&mut a, t, "A");
     let cb = connect_media(&mut b, t, "B");
     let (new_a, new_b) = (ca["id"].as_str().unwrap(), cb["id"].as_str().unwrap());
     for id in [new_a, new_b] {
-        assert!(id != old_a && id != old_b, "rejoined peers get new ids: {id}");
+        assert!(
+            id != old_a && id != old_b,
+            "rejoined peers get new ids: {id}"
+        );
     }
-    assert_eq!(other_ids(&ca), Vec::<String>::new(), "no stale endpoints in the new room");
+    assert_eq!(
+        other_ids(&ca),
+        Vec::<String>::new(),
+        "no stale endpoints in the new room"
+    );
     assert_eq!(other_ids(&cb), vec![new_a.to_owned()]);
-    let mut peers: Vec<String> = srv.room_peers("crash").into_iter().map(|(id, _)| id).collect();
+    let mut peers: Vec<String> = srv
+        .room_peers("crash")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     peers.sort();
     let mut want = vec![new_a.to_owned(), new_b.to_owned()];
     want.sort();
@@ -120,8 +150,14 @@ fn channel_crash_rejoins_and_peers_see_removal() {
     let t = "room:chancrash";
     let mut a = joined(&srv, "A", t);
     let mut b = joined(&srv, "B", t);
-    let a_id = connect_media(&mut a, t, "A")["id"].as_str().unwrap().to_owned();
-    let b_id = connect_media(&mut b, t, "B")["id"].as_str().unwrap().to_owned();
+    let a_id = connect_media(&mut a, t, "A")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b_id = connect_media(&mut b, t, "B")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     expect_media(&mut a, t, "endpointAdded", &b_id);
     let room = srv.room_pid("chancrash");
 
@@ -136,7 +172,11 @@ fn channel_crash_rejoins_and_peers_see_removal() {
     assert_ne!(new_b, b_id);
     assert_eq!(other_ids(&cb), vec![a_id]);
     expect_media(&mut a, t, "endpointAdded", &new_b);
-    assert_eq!(srv.room_pid("chancrash"), room, "the room survived the channel crash");
+    assert_eq!(
+        srv.room_pid("chancrash"),
+        room,
+        "the room survived the channel crash"
+    );
     a.refute(ev("channel_error"));
 }
 
@@ -185,7 +225,11 @@ fn graceful_shutdown_closes_with_1012() {
     srv.shutdown();
     for c in [&mut a, &mut b] {
         let close = c.expect(ev("socket_close"));
-        assert_ne!(close["code"], json!(1000), "1000 would stop older phoenix.js from reconnecting");
+        assert_ne!(
+            close["code"],
+            json!(1000),
+            "1000 would stop older phoenix.js from reconnecting"
+        );
         assert_eq!(close["code"], json!(1012));
     }
 }

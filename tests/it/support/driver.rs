@@ -60,8 +60,10 @@ impl std::ops::Index<&str> for Seen {
 pub struct Pat {
     ev: Option<String>,
     fields: Vec<(String, Value)>,
-    preds: Vec<(String, Box<dyn Fn(&Value) -> bool>)>,
+    preds: Vec<(String, Predicate)>,
 }
+
+type Predicate = Box<dyn Fn(&Value) -> bool>;
 
 /// An event named `name` (`{"ev": name, ...}`).
 pub fn ev(name: &str) -> Pat {
@@ -137,7 +139,10 @@ impl Pat {
 
     pub fn matches(&self, v: &Value) -> bool {
         self.ev.as_ref().is_none_or(|e| v["ev"] == e.as_str())
-            && self.fields.iter().all(|(p, want)| v.pointer(p) == Some(want))
+            && self
+                .fields
+                .iter()
+                .all(|(p, want)| v.pointer(p) == Some(want))
             && self.preds.iter().all(|(_, f)| f(v))
     }
 
@@ -272,11 +277,16 @@ impl Driver {
             self.fail(&format!("cannot write command {line}: {e}"));
         }
         let want = id.clone();
-        let ack = self.expect(any().when(&format!("ack or error for id {id:?}"), move |v| {
-            v["id"] == want.as_str() && (v["ev"] == "ack" || v["ev"] == "error")
-        }));
+        let ack = self.expect(
+            any().when(&format!("ack or error for id {id:?}"), move |v| {
+                v["id"] == want.as_str() && (v["ev"] == "ack" || v["ev"] == "error")
+            }),
+        );
         if ack["ev"] == "error" {
-            self.fail(&format!("driver refused command {line}: {}", ack["message"]));
+            self.fail(&format!(
+                "driver refused command {line}: {}",
+                ack["message"]
+            ));
         }
         ack
     }
@@ -427,7 +437,11 @@ impl Driver {
 
     #[track_caller]
     fn fail(&mut self, why: &str) -> ! {
-        let mut s = format!("driver {}: {why}\n--- events ({} seen; * = taken) ---\n", self.label, self.events.len());
+        let mut s = format!(
+            "driver {}: {why}\n--- events ({} seen; * = taken) ---\n",
+            self.label,
+            self.events.len()
+        );
         for (i, v) in self.events.iter().enumerate() {
             let mark = if self.taken[i] { '*' } else { ' ' };
             let _ = writeln!(s, "{mark}#{i:<3} {v}");
@@ -465,7 +479,9 @@ fn check_node_setup_once(node_dir: &Path) {
         .status()
     {
         Ok(st) if st.success() => {}
-        Ok(st) => panic!("`node --version` failed ({st}); install Node.js >= 18 and run scripts/setup-node.sh"),
+        Ok(st) => panic!(
+            "`node --version` failed ({st}); install Node.js >= 18 and run scripts/setup-node.sh"
+        ),
         Err(e) => panic!(
             "`node` is not runnable ({e}); install Node.js >= 18 (20 LTS) on PATH and run \
              scripts/setup-node.sh"

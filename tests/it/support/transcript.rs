@@ -50,7 +50,10 @@ impl Transcript {
                 _ => continue,
             };
             let Some(mut frame) = decode_frame(e) else {
-                let raw = e["data"].as_str().or(e["binary_b64"].as_str()).unwrap_or("?");
+                let raw = e["data"]
+                    .as_str()
+                    .or(e["binary_b64"].as_str())
+                    .unwrap_or("?");
                 let _ = writeln!(self.out, "{dir} (not a V2 frame) {raw}");
                 continue;
             };
@@ -70,12 +73,6 @@ impl Transcript {
             let line = self.scrub(&Value::Array(frame).to_string());
             let _ = writeln!(self.out, "{dir} {line}");
         }
-        self
-    }
-
-    /// Appends a free-form line (e.g. a step marker).
-    pub fn note(&mut self, text: &str) -> &mut Self {
-        let _ = writeln!(self.out, "-- {text}");
         self
     }
 
@@ -122,13 +119,22 @@ fn transcript_normalises_refs_and_ids() {
     let ev = |dir: &str, frame: Value| json!({"ev": dir, "data": frame.to_string()});
     let events = vec![
         ev("frame_out", json!(["7", "7", "room:a", "phx_join", {}])),
-        ev("frame_in", json!(["7", "7", "room:a", "phx_reply", {"status": "ok", "response": {}}])),
+        ev(
+            "frame_in",
+            json!(["7", "7", "room:a", "phx_reply", {"status": "ok", "response": {}}]),
+        ),
         ev("frame_out", json!([null, "9", "phoenix", "heartbeat", {}])),
-        ev("frame_in", json!([null, "9", "phoenix", "phx_reply", {"status": "ok", "response": {}}])),
+        ev(
+            "frame_in",
+            json!([null, "9", "phoenix", "phx_reply", {"status": "ok", "response": {}}]),
+        ),
         ev("frame_out", json!([null, "11", "phoenix", "heartbeat", {}])),
         json!({"ev": "join_ok"}),
-        ev("frame_in", json!(["7", null, "room:a", "mediaEvent",
-            {"data": "{\"id\":\"peer-xyz\",\"other\":\"0f8fad5b-d9cb-469f-a165-70867728950e\"}"}])),
+        ev(
+            "frame_in",
+            json!(["7", null, "room:a", "mediaEvent",
+            {"data": "{\"id\":\"peer-xyz\",\"other\":\"0f8fad5b-d9cb-469f-a165-70867728950e\"}"}]),
+        ),
     ];
     let mut t = Transcript::new();
     t.name("peer-xyz", "A").section("a", &events, 2);
