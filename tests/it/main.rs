@@ -5,3 +5,4 @@ mod support;
 mod wire_channels;
 mod wire_http;
 mod wire_rooms;
+mod wire_transcripts;
