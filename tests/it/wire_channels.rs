@@ -2,6 +2,8 @@
 //! (`tests/node/phx_driver.js`). Section numbers (S1…) refer to the checklist in
 //! `research/phoenix_protocol.md` §5.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::support::driver::{
@@ -213,26 +215,34 @@ fn stale_join_ref_is_dropped() {
     }));
 }
 
-/// S26: a frame that is not a V2 frame closes the connection with 1011 (never 1000), and the
-/// client reconnects and rejoins its channel.
+/// S26: a frame that is not a V2 frame closes the connection with 1011 (binary frames: 1003),
+/// never 1000, and the client reconnects and rejoins its channel.
 #[test]
 fn garbage_frame_closes_with_1011_and_client_reconnects() {
     let srv = TestServer::start();
     let mut c = client(&srv, "c", fast_opts());
     c.join_ok("room:garbage");
+    // Undecodable text frames → 1011. Binary frames (V2 binary pushes; phoenix.js only sends
+    // them for ArrayBuffer payloads) are not supported by design → 1003 (unsupported data);
+    // here an unknown kind byte and a truncated kind-0 push.
     let frames = [
-        "this is not json",
-        "[\"1\",\"2\"]",
-        "{\"topic\":\"room:garbage\"}",
-        "42",
+        (json!({"cmd": "raw", "frame": "this is not json"}), 1011),
+        (json!({"cmd": "raw", "frame": "[\"1\",\"2\"]"}), 1011),
+        (
+            json!({"cmd": "raw", "frame": "{\"topic\":\"room:garbage\"}"}),
+            1011,
+        ),
+        (json!({"cmd": "raw", "frame": "42"}), 1011),
+        (json!({"cmd": "raw", "binary_b64": "/wEC"}), 1003),
+        (json!({"cmd": "raw", "binary_b64": "AAEBCAM="}), 1003),
     ];
-    for (i, garbage) in frames.iter().enumerate() {
+    for (i, (garbage, code)) in frames.into_iter().enumerate() {
         let from = c.mark();
-        c.raw(garbage);
+        c.cmd(garbage.clone());
         let close = c.expect_after(from, ev("socket_close"));
         assert_eq!(
             close["code"],
-            json!(1011),
+            json!(code),
             "close code after garbage frame {garbage:?}"
         );
         c.expect_after(close.index, ev("socket_open"));
@@ -329,4 +339,57 @@ fn media_event_push_carries_join_ref() {
     c.refute(frame_in("reply to the mediaEvent push", move |f| {
         f[2] == "room:push" && f[1] == push[1]
     }));
+}
+
+/// S21 (extra): a connection with no inbound frame for `idle_timeout` is closed with 1001 (not
+/// 1000), and the client reconnects and rejoins; a client whose heartbeats come faster is kept.
+#[test]
+fn idle_connection_is_closed_with_1001() {
+    let srv = TestServer::start_with(|c| c.limits.socket.idle_timeout = Duration::from_millis(400));
+    let mut quiet_opts = fast_opts();
+    quiet_opts["heartbeatIntervalMs"] = json!(30_000);
+    let mut quiet = client(&srv, "quiet", quiet_opts);
+    let mut busy_opts = traced_opts();
+    busy_opts["heartbeatIntervalMs"] = json!(100);
+    let mut busy = client(&srv, "busy", busy_opts);
+    quiet.join_ok("room:idle");
+    busy.join_ok("room:idle");
+    let close = quiet.expect(ev("socket_close"));
+    assert_eq!(close["code"], json!(1001), "idle close code");
+    quiet.expect_after(close.index, ev("socket_open"));
+    quiet.expect(ev("rejoined").with("topic", "room:idle"));
+    // By now the busy client has been connected for longer than the idle timeout.
+    for _ in 0..8 {
+        busy.expect(frame_in("heartbeat reply", |f| {
+            f[2] == "phoenix" && f[3] == "phx_reply"
+        }));
+    }
+    busy.refute(ev("socket_close"));
+}
+
+/// (extra) A frame larger than `max_frame_bytes` closes the connection with 1009 (message too
+/// big); one just under the limit is processed. The client reconnects.
+#[test]
+fn oversized_frame_closes_with_1009() {
+    let srv = TestServer::start_with(|c| c.limits.socket.max_frame_bytes = 4096);
+    let mut c = client(&srv, "c", traced_opts());
+    let frame = |pad: usize| json!([null, "big", "phoenix", "heartbeat", {"pad": "x".repeat(pad)}]);
+    let small = frame(4000);
+    assert!(small.to_string().len() <= 4096);
+    c.raw_frame(small);
+    expect_frame(
+        &mut c,
+        json!([null, "big", "phoenix", "phx_reply", {"status": "ok", "response": {}}]),
+    );
+    let big = frame(5000);
+    assert!(big.to_string().len() > 4096);
+    let from = c.mark();
+    c.raw_frame(big);
+    let close = c.expect_after(from, ev("socket_close"));
+    assert_eq!(
+        close["code"],
+        json!(1009),
+        "close code for an oversized frame"
+    );
+    c.expect_after(close.index, ev("socket_open"));
 }

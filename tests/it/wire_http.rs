@@ -22,3 +22,17 @@ fn healthz_is_200() {
     let r = http::get(srv.addr(), "/healthz");
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// (extra) With an origin allow-list, a listed `Origin` upgrades, another gets 403, and a request
+/// without `Origin` (a non-browser client) is allowed.
+#[test]
+fn origin_allow_list() {
+    let srv = TestServer::start_with(|c| c.allowed_origins = vec!["https://meet.example".into()]);
+    let path = "/socket/websocket?vsn=2.0.0";
+    let allowed = http::upgrade_with(srv.addr(), path, "Origin: https://meet.example\r\n");
+    assert_eq!(allowed.status, 101, "allowed origin: {}", allowed.text);
+    let other = http::upgrade_with(srv.addr(), path, "Origin: https://evil.example\r\n");
+    assert_eq!(other.status, 403, "other origin: {}", other.text);
+    let none = http::upgrade(srv.addr(), path);
+    assert_eq!(none.status, 101, "no Origin header: {}", none.text);
+}

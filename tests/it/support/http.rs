@@ -52,12 +52,17 @@ pub fn get(addr: SocketAddr, path: &str) -> Head {
 
 /// A WebSocket upgrade request for `path_and_query`, as a browser or `ws` would send it.
 pub fn upgrade(addr: SocketAddr, path_and_query: &str) -> Head {
+    upgrade_with(addr, path_and_query, "")
+}
+
+/// [`upgrade`] with extra header lines (each ending in CRLF).
+pub fn upgrade_with(addr: SocketAddr, path_and_query: &str, extra_headers: &str) -> Head {
     request(
         addr,
         &format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
         ),
     )
 }
