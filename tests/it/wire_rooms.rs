@@ -82,6 +82,24 @@ fn two_peers_exchange_media_events() {
     a.refute(media_in(t, "error"));
 }
 
+/// S18 (extra): when a client's WebSocket goes away (here: it disconnects), its peer is torn
+/// down and the other peer sees `endpointRemoved`.
+#[test]
+fn socket_close_removes_the_peer() {
+    let srv = TestServer::start();
+    let t = "room:sockclose";
+    let mut a = joined(&srv, "A", t);
+    let mut b = joined(&srv, "B", t);
+    connect_media(&mut a, t, "A");
+    let b_id = connect_media(&mut b, t, "B")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.cmd(json!({"cmd": "disconnect"}));
+    b.expect(ev("disconnected"));
+    expect_media(&mut a, t, "endpointRemoved", &b_id);
+}
+
 /// `app.kill_room` → every channel of the room gets `phx_error`, its client rejoins (`rejoined`)
 /// into a new room process, where both peers connect afresh as new peers. A channel of another
 /// room is untouched.
