@@ -1,3 +1,8 @@
 //! Integration tests on real tokio (one test binary).
 
 mod registry_model;
+mod support;
+mod wire_channels;
+mod wire_http;
+mod wire_rooms;
+mod wire_transcripts;

@@ -1,0 +1,19 @@
+//! Shared plumbing of the wire tests: a server per test ([`server::TestServer`]), the Node
+//! drivers running the real JS clients ([`driver::Driver`]), raw HTTP requests ([`http`]) and
+//! snapshot transcripts ([`transcript::Transcript`]).
+
+pub mod driver;
+pub mod http;
+pub mod server;
+pub mod transcript;
+
+/// Runs `body` with insta writing to `snapshots/` at the repo root, without a module prefix.
+#[macro_export]
+macro_rules! with_snapshot_dir {
+    ($body:block) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+        }, $body)
+    };
+}

@@ -1,0 +1,113 @@
+//! One videoroom server per test, on an ephemeral port, in its own multi-threaded tokio runtime.
+//!
+//! The test body stays synchronous (it blocks on driver events); server calls that are async are
+//! run with [`TestServer::block_on`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use videoroom::app::{App, Limits};
+use videoroom::rt::Pid;
+use videoroom::server::{Server, ServerConfig};
+
+pub struct TestServer {
+    // Declared before `rt`, but dropped explicitly inside the runtime in `Drop`.
+    server: Option<Server>,
+    addr: SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    /// A server with the default configuration on 127.0.0.1, port 0.
+    pub fn start() -> TestServer {
+        TestServer::start_with(|_| {})
+    }
+
+    /// Like [`TestServer::start`], after `tweak` adjusted the configuration.
+    pub fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let mut cfg = ServerConfig {
+            port: 0,
+            ..ServerConfig::default()
+        };
+        tweak(&mut cfg);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let server = rt
+            .block_on(Server::start(cfg))
+            .expect("server starts on an ephemeral port");
+        let addr = server.local_addr();
+        TestServer {
+            server: Some(server),
+            addr,
+            rt: Some(rt),
+        }
+    }
+
+    /// With `max_peers_per_room` set.
+    pub fn with_max_peers(n: usize) -> TestServer {
+        TestServer::start_with(|c| {
+            c.limits = Limits {
+                max_peers_per_room: n,
+                ..Limits::default()
+            }
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint URL the phoenix client is given (it appends `/websocket?vsn=2.0.0`).
+    pub fn url(&self) -> String {
+        format!("ws://{}/socket", self.addr)
+    }
+
+    pub fn app(&self) -> &App {
+        self.server.as_ref().expect("server is running").app()
+    }
+
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.as_ref().expect("runtime").block_on(f)
+    }
+
+    pub fn room_pid(&self, room: &str) -> Option<Pid> {
+        self.app().room_pid(room)
+    }
+
+    pub fn room_peers(&self, room: &str) -> Vec<(String, Pid)> {
+        self.block_on(self.app().room_peers(room))
+    }
+
+    /// The channel pid of peer `peer_id` in `room`; panics with the room's peers if absent.
+    pub fn channel_pid(&self, room: &str, peer_id: &str) -> Pid {
+        let peers = self.room_peers(room);
+        peers
+            .iter()
+            .find(|(id, _)| id == peer_id)
+            .map(|(_, pid)| *pid)
+            .unwrap_or_else(|| panic!("peer {peer_id:?} is not in room {room:?}; peers: {peers:?}"))
+    }
+
+    /// Graceful shutdown, awaited.
+    pub fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.block_on(server.shutdown());
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            {
+                let _guard = rt.enter();
+                drop(self.server.take());
+            }
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The HTTP edge: the WebSocket upgrade's serializer-version check and `/healthz`.
+
+use crate::support::http;
+use crate::support::server::TestServer;
+
+/// Only `vsn=2.0.0` (V2 JSON) upgrades; any other version, or none (Phoenix assumes 1.0.0, the
+/// V1 serializer this server does not implement), gets HTTP 403 and no upgrade.
+#[test]
+fn wrong_vsn_is_403() {
+    let srv = TestServer::start();
+    let ok = http::upgrade(srv.addr(), "/socket/websocket?vsn=2.0.0");
+    assert_eq!(ok.status, 101, "V2 upgrades: {}", ok.text);
+    for q in ["?vsn=1.0.0", "?vsn=123.1.1", "?vsn=abc", ""] {
+        let r = http::upgrade(srv.addr(), &format!("/socket/websocket{q}"));
+        assert_eq!(r.status, 403, "upgrade with {q:?}: {}", r.text);
+    }
+}
+
+#[test]
+fn healthz_is_200() {
+    let srv = TestServer::start();
+    let r = http::get(srv.addr(), "/healthz");
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// (extra) With an origin allow-list, a listed `Origin` upgrades, another gets 403, and a request
+/// without `Origin` (a non-browser client) is allowed.
+#[test]
+fn origin_allow_list() {
+    let srv = TestServer::start_with(|c| c.allowed_origins = vec!["https://meet.example".into()]);
+    let path = "/socket/websocket?vsn=2.0.0";
+    let allowed = http::upgrade_with(srv.addr(), path, "Origin: https://meet.example\r\n");
+    assert_eq!(allowed.status, 101, "allowed origin: {}", allowed.text);
+    let other = http::upgrade_with(srv.addr(), path, "Origin: https://evil.example\r\n");
+    assert_eq!(other.status, 403, "other origin: {}", other.text);
+    let none = http::upgrade(srv.addr(), path);
+    assert_eq!(none.status, 101, "no Origin header: {}", none.text);
+}

@@ -1,0 +1,253 @@
+//! Rooms over the wire: media events between peers, room and channel crashes with automatic
+//! rejoin, the real `membrane-webrtc-js` client, and graceful shutdown.
+
+use serde_json::{json, Value};
+
+use crate::support::driver::{ev, fast_opts, media_data, media_in, msg, Driver};
+use crate::support::server::TestServer;
+
+/// A phx driver connected to `srv` and joined to `topic`.
+fn joined(srv: &TestServer, label: &str, topic: &str) -> Driver {
+    let mut c = Driver::phx(label);
+    c.connect(&srv.url(), fast_opts());
+    c.join_ok(topic);
+    c
+}
+
+/// Sends the client's `connect` media event and returns the `data` of the `connected` answer.
+#[track_caller]
+fn connect_media(c: &mut Driver, topic: &str, name: &str) -> Value {
+    let from = c.mark();
+    c.push_media(
+        topic,
+        json!({"type": "connect", "data": {"metadata": {"displayName": name}}}),
+    );
+    let m = c.expect_after(from, media_in(topic, "connected"));
+    let data = media_data(&m.value).expect("connected is JSON")["data"].clone();
+    assert!(
+        data["id"].is_string(),
+        "connected carries the peer id: {data}"
+    );
+    data
+}
+
+/// Ids of `connected.otherEndpoints`.
+fn other_ids(connected: &Value) -> Vec<String> {
+    connected["otherEndpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("otherEndpoints is an array: {connected}"))
+        .iter()
+        .map(|e| e["id"].as_str().expect("endpoint id").to_owned())
+        .collect()
+}
+
+/// The `data` of the next media event of type `kind` received on `topic`.
+#[track_caller]
+fn expect_media(c: &mut Driver, topic: &str, kind: &str, id: &str) -> Value {
+    let id = id.to_owned();
+    let m = c.expect(
+        media_in(topic, kind).when(&format!("data.data.id={id:?}"), move |v| {
+            media_data(v).is_some_and(|d| d["data"]["id"] == id.as_str())
+        }),
+    );
+    media_data(&m.value).expect("media event is JSON")["data"].clone()
+}
+
+/// A's `connect` → `connected` to A (no other endpoints); B's `connect` → `connected` listing A,
+/// and A sees `endpointAdded` for B with B's metadata; B leaves → A sees `endpointRemoved`.
+#[test]
+fn two_peers_exchange_media_events() {
+    let srv = TestServer::start();
+    let t = "room:media";
+    let mut a = joined(&srv, "A", t);
+    let ca = connect_media(&mut a, t, "A");
+    let a_id = ca["id"].as_str().unwrap().to_owned();
+    assert_eq!(other_ids(&ca), Vec::<String>::new());
+
+    let mut b = joined(&srv, "B", t);
+    let cb = connect_media(&mut b, t, "B");
+    let b_id = cb["id"].as_str().unwrap().to_owned();
+    assert_ne!(a_id, b_id);
+    assert_eq!(other_ids(&cb), vec![a_id.clone()]);
+    assert_eq!(
+        cb["otherEndpoints"][0]["metadata"],
+        json!({"displayName": "A"})
+    );
+
+    let added = expect_media(&mut a, t, "endpointAdded", &b_id);
+    assert_eq!(added["metadata"], json!({"displayName": "B"}));
+
+    b.cmd(json!({"cmd": "leave", "topic": t}));
+    expect_media(&mut a, t, "endpointRemoved", &b_id);
+    a.refute(media_in(t, "error"));
+}
+
+/// S18 (extra): when a client's WebSocket goes away (here: it disconnects), its peer is torn
+/// down and the other peer sees `endpointRemoved`.
+#[test]
+fn socket_close_removes_the_peer() {
+    let srv = TestServer::start();
+    let t = "room:sockclose";
+    let mut a = joined(&srv, "A", t);
+    let mut b = joined(&srv, "B", t);
+    connect_media(&mut a, t, "A");
+    let b_id = connect_media(&mut b, t, "B")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.cmd(json!({"cmd": "disconnect"}));
+    b.expect(ev("disconnected"));
+    expect_media(&mut a, t, "endpointRemoved", &b_id);
+}
+
+/// `app.kill_room` → every channel of the room gets `phx_error`, its client rejoins (`rejoined`)
+/// into a new room process, where both peers connect afresh as new peers. A channel of another
+/// room is untouched.
+#[test]
+fn room_crash_rejoins_into_a_new_room() {
+    let srv = TestServer::start();
+    let t = "room:crash";
+    let mut a = joined(&srv, "A", t);
+    let mut b = joined(&srv, "B", t);
+    let mut other = joined(&srv, "other", "room:bystander");
+    let old_a = connect_media(&mut a, t, "A")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_b = connect_media(&mut b, t, "B")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_room = srv.room_pid("crash").expect("room:crash runs");
+
+    assert_eq!(srv.app().kill_room("crash"), Some(old_room));
+    for c in [&mut a, &mut b] {
+        c.expect(msg(t, "phx_error"));
+        c.expect(ev("channel_error").with("topic", t));
+        c.expect(ev("rejoined").with("topic", t));
+    }
+    let new_room = srv
+        .room_pid("crash")
+        .expect("room:crash runs again after the rejoins");
+    assert_ne!(new_room, old_room, "the rejoins started a new room process");
+
+    let ca = connect_media(&mut a, t, "A");
+    let cb = connect_media(&mut b, t, "B");
+    let (new_a, new_b) = (ca["id"].as_str().unwrap(), cb["id"].as_str().unwrap());
+    for id in [new_a, new_b] {
+        assert!(
+            id != old_a && id != old_b,
+            "rejoined peers get new ids: {id}"
+        );
+    }
+    assert_eq!(
+        other_ids(&ca),
+        Vec::<String>::new(),
+        "no stale endpoints in the new room"
+    );
+    assert_eq!(other_ids(&cb), vec![new_a.to_owned()]);
+    let mut peers: Vec<String> = srv
+        .room_peers("crash")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    peers.sort();
+    let mut want = vec![new_a.to_owned(), new_b.to_owned()];
+    want.sort();
+    assert_eq!(peers, want);
+
+    other.refute(ev("channel_error"));
+    other.refute(ev("rejoined"));
+}
+
+/// `app.kill_process(channel pid)` → that client gets `phx_error` and rejoins as a new peer; the
+/// other peer sees `endpointRemoved` for the old id, then `endpointAdded` for the new one.
+#[test]
+fn channel_crash_rejoins_and_peers_see_removal() {
+    let srv = TestServer::start();
+    let t = "room:chancrash";
+    let mut a = joined(&srv, "A", t);
+    let mut b = joined(&srv, "B", t);
+    let a_id = connect_media(&mut a, t, "A")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b_id = connect_media(&mut b, t, "B")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    expect_media(&mut a, t, "endpointAdded", &b_id);
+    let room = srv.room_pid("chancrash");
+
+    let pid = srv.channel_pid("chancrash", &b_id);
+    assert!(srv.app().kill_process(pid), "channel {pid:?} was alive");
+    b.expect(msg(t, "phx_error"));
+    b.expect(ev("rejoined").with("topic", t));
+    expect_media(&mut a, t, "endpointRemoved", &b_id);
+
+    let cb = connect_media(&mut b, t, "B");
+    let new_b = cb["id"].as_str().unwrap().to_owned();
+    assert_ne!(new_b, b_id);
+    assert_eq!(other_ids(&cb), vec![a_id]);
+    expect_media(&mut a, t, "endpointAdded", &new_b);
+    assert_eq!(
+        srv.room_pid("chancrash"),
+        room,
+        "the room survived the channel crash"
+    );
+    a.refute(ev("channel_error"));
+}
+
+/// The real `membrane-webrtc-js` 0.5.3 client: A joins alone, B joins and sees A, A sees B
+/// arrive and leave.
+#[test]
+fn membrane_client_join_and_leave() {
+    let srv = TestServer::start();
+    let join = |d: &mut Driver, name: &str| {
+        d.cmd(json!({"cmd": "join", "url": srv.url(), "room": "membrane",
+                     "metadata": {"displayName": name}, "opts": fast_opts()}));
+        d.expect(ev("join_success"))
+    };
+    let mut a = Driver::membrane("A");
+    let ja = join(&mut a, "A");
+    let a_id = ja["peerId"].as_str().expect("peerId").to_owned();
+    assert_eq!(ja["peersInRoom"], json!([]));
+
+    let mut b = Driver::membrane("B");
+    let jb = join(&mut b, "B");
+    let b_id = jb["peerId"].as_str().expect("peerId").to_owned();
+    assert_eq!(
+        jb["peersInRoom"],
+        json!([{"id": a_id, "type": "webrtc", "metadata": {"displayName": "A"}, "trackIds": []}])
+    );
+    let joined = a.expect(ev("peer_joined").with("id", b_id.as_str()));
+    assert_eq!(joined["metadata"], json!({"displayName": "B"}));
+
+    b.cmd(json!({"cmd": "leave"}));
+    b.expect(ev("left"));
+    a.expect(ev("peer_left").with("id", b_id.as_str()));
+    for d in [&mut a, &mut b] {
+        d.refute(ev("media_event_error"));
+        d.refute(ev("connection_error"));
+        d.refute(ev("driver_error"));
+    }
+}
+
+/// Graceful shutdown closes every socket with a code other than 1000 (1012, service restart),
+/// so phoenix.js clients reconnect.
+#[test]
+fn graceful_shutdown_closes_with_1012() {
+    let mut srv = TestServer::start();
+    let mut a = joined(&srv, "A", "room:bye");
+    let mut b = joined(&srv, "B", "room:bye");
+    srv.shutdown();
+    for c in [&mut a, &mut b] {
+        let close = c.expect(ev("socket_close"));
+        assert_ne!(
+            close["code"],
+            json!(1000),
+            "1000 would stop older phoenix.js from reconnecting"
+        );
+        assert_eq!(close["code"], json!(1012));
+    }
+}
