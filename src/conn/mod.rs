@@ -25,6 +25,8 @@ pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 pub enum WsIn {
     Text(String),
     Binary(Vec<u8>),
+    /// The transport refused a frame over its size limit (it never buffers one).
+    TooBig,
 }
 
 /// What the process asks the transport to write.
@@ -93,6 +95,7 @@ pub async fn run(
             frame = transport.incoming.recv() => match frame {
                 Some(WsIn::Text(t)) => core.handle_text(rt::time::now(), &t),
                 Some(WsIn::Binary(b)) => core.handle_binary(rt::time::now(), &b),
+                Some(WsIn::TooBig) => core.handle_oversized(),
                 None => {
                     core.close();
                     drive(&app, &mut ctx, &mut core, &mut chans, &transport.outgoing);

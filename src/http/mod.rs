@@ -69,6 +69,13 @@ async fn websocket(
     ws.on_upgrade(move |socket| serve_socket(edge, socket))
 }
 
+fn is_too_long(e: axum::Error) -> bool {
+    matches!(
+        e.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
 async fn serve_socket(edge: Edge, socket: WebSocket) {
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, mut out_rx) = mpsc::channel(edge.app.limits.outbound_frames);
@@ -104,7 +111,18 @@ async fn serve_socket(edge: Edge, socket: WebSocket) {
         let _ = sink.close().await;
     };
     let reader = async move {
-        while let Some(Ok(msg)) = stream.next().await {
+        while let Some(msg) = stream.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    // The transport enforces the frame limit before buffering a frame; the
+                    // socket core still decides what the client is told (1009).
+                    if is_too_long(e) {
+                        let _ = in_tx.send(WsIn::TooBig).await;
+                    }
+                    break;
+                }
+            };
             let frame = match msg {
                 Message::Text(t) => WsIn::Text(t.to_string()),
                 Message::Binary(b) => WsIn::Binary(b.to_vec()),

@@ -274,6 +274,14 @@ impl SocketCore {
         }
     }
 
+    /// The transport refused a frame larger than it accepts (it enforces the size limit
+    /// before buffering): the client is told with a 1009 close, like any oversized frame.
+    pub fn handle_oversized(&mut self) {
+        if !self.is_closed() {
+            self.close_with(CLOSE_TOO_BIG, "frame too large");
+        }
+    }
+
     /// A WebSocket binary message arrived. V2 binary pushes are not supported: phoenix.js only
     /// sends them for `ArrayBuffer` payloads, which the videoroom client never uses.
     pub fn handle_binary(&mut self, now: Instant, bytes: &[u8]) {
@@ -1297,6 +1305,13 @@ mod tests {
         let mut h = Harness::with(config);
         h.core.handle_binary(h.now, &[0; 41]);
         assert_eq!(h.drain(), [close(1009, "frame too large")]);
+
+        // The transport refusing a frame itself ends the same way, once.
+        let mut h = Harness::new();
+        h.core.handle_oversized();
+        assert_eq!(h.drain(), [close(1009, "frame too large")]);
+        h.core.handle_oversized();
+        assert!(h.drain().is_empty());
     }
 
     #[test]
