@@ -101,8 +101,17 @@ pub fn run_seed_with(seed: u64, opts: fn() -> Options) -> Outcome {
 }
 
 pub fn replay_command(seed: u64) -> String {
+    replay_command_for(seed, "swarm")
+}
+
+pub fn replay_command_for(seed: u64, scenario: &str) -> String {
+    let s = if scenario == "swarm" {
+        String::new()
+    } else {
+        format!(" --scenario {scenario}")
+    };
     format!(
-        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo run --profile sim -p videoroom-sim -- replay --seed {seed}"
+        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo run --profile sim -p videoroom-sim -- replay --seed {seed}{s}"
     )
 }
 

@@ -153,7 +153,9 @@ impl Client {
 
     /// Runs until the teardown phase has left everything.
     pub async fn run(mut self) {
-        time::sleep(Duration::from_micros(rt::rand::below(20_000))).await;
+        // A burst starts everyone within a millisecond; otherwise arrivals spread out.
+        let spread = if self.swarm.burst { 1_000 } else { 20_000 };
+        time::sleep(Duration::from_micros(rt::rand::below(spread))).await;
         loop {
             if *self.phase.borrow() == Phase::Teardown {
                 self.publish_view(false);

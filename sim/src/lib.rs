@@ -8,6 +8,7 @@ pub mod client;
 pub mod coverage;
 pub mod oracle;
 pub mod registry_race;
+pub mod scenarios;
 pub mod server;
 pub mod swarm;
 pub mod trace;

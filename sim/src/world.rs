@@ -46,6 +46,10 @@ pub struct Options {
     pub chaos: Duration,
     pub settle_limit: Duration,
     pub teardown_limit: Duration,
+    /// A fixed configuration instead of the seed's swarm draw (named scenarios).
+    pub swarm: Option<Swarm>,
+    /// Faults at fixed times of the chaos phase, on top of the swarm's random ones.
+    pub script: Vec<(Duration, &'static str)>,
 }
 
 impl Default for Options {
@@ -54,6 +58,8 @@ impl Default for Options {
             chaos: Duration::from_secs(3),
             settle_limit: Duration::from_secs(30),
             teardown_limit: Duration::from_secs(60),
+            swarm: None,
+            script: Vec::new(),
         }
     }
 }
@@ -68,7 +74,7 @@ fn current(app: &CurrentApp) -> Option<App> {
 pub async fn run(opts: Options) -> Report {
     let counts = crate::coverage::Counts::default();
     let _counting = crate::coverage::install(&counts);
-    let swarm = Swarm::draw();
+    let swarm = opts.swarm.clone().unwrap_or_else(Swarm::draw);
     let trace = Trace::new();
     let oracles = Oracles::default();
     trace.log(format!("swarm {swarm}"));
@@ -119,12 +125,40 @@ pub async fn run(opts: Options) -> Report {
 
     // Chaos: faults while the safety oracles watch.
     let mut faults = BTreeMap::new();
-    let chaos_end = time::now() + opts.chaos;
+    let chaos_start = time::now();
+    let chaos_end = chaos_start + opts.chaos;
+    let mut script: Vec<(time::Instant, &'static str)> = opts
+        .script
+        .iter()
+        .map(|(at, f)| (chaos_start + *at, *f))
+        .collect();
     let mut next_fault = time::now() + swarm.fault_gap();
     let net = NetSim::current();
     while time::now() < chaos_end {
         check_server(&app, &oracles);
         let tick = time::now() + Duration::from_millis(5);
+        while let Some(&(at, f)) = script.first() {
+            if time::now() < at {
+                break;
+            }
+            // A scripted fault waits for its target to exist (e.g. a room to crash).
+            if !inject(
+                f,
+                &app,
+                &views,
+                &oracles,
+                &trace,
+                &net,
+                server.id(),
+                &client_nodes,
+            )
+            .await
+            {
+                break;
+            }
+            script.remove(0);
+            *faults.entry(f).or_default() += 1;
+        }
         if time::now() >= next_fault {
             next_fault = time::now() + swarm.fault_gap();
             if let Some(f) = swarm.pick_fault() {
@@ -144,7 +178,16 @@ pub async fn run(opts: Options) -> Report {
                 }
             }
         }
-        time::sleep_until(tick.min(next_fault.max(time::now()))).await;
+        // A scripted fault still pending (waiting for its target) is retried at the next tick;
+        // never sleep until an instant already past, or simulated time would stand still.
+        let next_script = script.first().map_or(tick, |(at, _)| (*at).max(tick));
+        time::sleep(
+            tick.min(next_fault)
+                .min(next_script)
+                .saturating_duration_since(time::now())
+                .max(Duration::from_millis(1)),
+        )
+        .await;
     }
 
     // Settle: heal everything, then every client must converge.

@@ -1,0 +1,87 @@
+//! Named scenarios: fixed world configurations reusing the swarm world, selectable by name
+//! from the CLI (`--scenario`) so a failing seed of a scenario replays like any other.
+
+use std::time::Duration;
+
+use crate::swarm::{Swarm, ACTIONS};
+use crate::world::Options;
+
+/// A scenario: its name, what it does, and its options.
+pub type Scenario = (&'static str, &'static str, fn() -> Options);
+
+pub const ALL: &[Scenario] = &[
+    (
+        "swarm",
+        "the seed draws everything (the default)",
+        Options::default,
+    ),
+    (
+        "fifty-join-crash-twice",
+        "fifty peers join a fresh room at once while it crashes twice",
+        fifty_join_crash_twice,
+    ),
+    (
+        "no-time-to-settle",
+        "a world given no time to converge: must end in a liveness failure (tests the harness)",
+        no_time_to_settle,
+    ),
+    (
+        "restart-under-churn",
+        "the server node restarts while clients churn through two rooms",
+        restart_under_churn,
+    ),
+];
+
+pub fn by_name(name: &str) -> Option<fn() -> Options> {
+    ALL.iter().find(|(n, _, _)| *n == name).map(|(_, _, f)| *f)
+}
+
+fn quiet(clients: usize, rooms: usize) -> Swarm {
+    Swarm {
+        clients,
+        rooms,
+        burst: true,
+        faults: Vec::new(),
+        fault_gap_ms: 1_000_000,
+        action_weights: vec![0; ACTIONS.len()],
+        action_gap_ms: 1_000,
+        max_peers_per_room: 64,
+    }
+}
+
+pub fn fifty_join_crash_twice() -> Options {
+    Options {
+        swarm: Some(quiet(50, 1)),
+        // The first crash lands while the joins are still arriving, the second while the
+        // clients are rejoining the room that replaced it.
+        script: vec![
+            (Duration::from_millis(3), "room_crash"),
+            (Duration::from_millis(60), "engine_crash"),
+        ],
+        chaos: Duration::from_millis(500),
+        ..Options::default()
+    }
+}
+
+pub fn restart_under_churn() -> Options {
+    Options {
+        swarm: Some(Swarm {
+            burst: false,
+            faults: vec!["server_restart", "socket_drop", "loss"],
+            fault_gap_ms: 200,
+            action_weights: vec![5, 2, 1, 1, 1],
+            action_gap_ms: 50,
+            max_peers_per_room: 32,
+            ..quiet(8, 2)
+        }),
+        ..Options::default()
+    }
+}
+
+pub fn no_time_to_settle() -> Options {
+    Options {
+        chaos: Duration::ZERO,
+        settle_limit: Duration::ZERO,
+        ..fifty_join_crash_twice()
+    }
+}
