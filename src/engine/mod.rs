@@ -13,6 +13,8 @@
 mod events;
 mod negotiation;
 mod session;
+#[cfg(feature = "media-webrtc")]
+pub mod webrtc;
 
 pub use events::{
     Bitrates, ClientCandidate, ClientEvent, Connected, CustomEvent, Endpoint, EndpointAdded,
