@@ -16,6 +16,7 @@ mod negotiation;
 pub mod plane;
 pub mod sdp;
 mod session;
+mod tracks;
 
 pub use events::{
     Bitrates, ClientCandidate, ClientEvent, Connected, CustomEvent, Endpoint, EndpointAdded,
@@ -31,3 +32,4 @@ pub use plane::{
     PlaneSink,
 };
 pub use session::{Out, PeerId, Roster, Session, SessionConfig};
+pub use tracks::{NegotiationConfig, TrackNegotiation};

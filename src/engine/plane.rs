@@ -169,9 +169,31 @@ impl fmt::Debug for PlaneSink {
     }
 }
 
-/// Builds the plane of one room: `(room name, sink)`. Set once per server in
-/// [`App`](crate::app::App).
-pub type PlaneFactory = Arc<dyn Fn(&str, PlaneSink) -> Box<dyn MediaPlane> + Send + Sync>;
+/// Builds the plane of each room from its name and the sink the room gives it. One per
+/// server, kept in [`App`](crate::app::App).
+#[derive(Clone)]
+pub struct PlaneFactory(Arc<dyn Fn(&str, PlaneSink) -> Box<dyn MediaPlane> + Send + Sync>);
+
+impl PlaneFactory {
+    pub fn new(f: impl Fn(&str, PlaneSink) -> Box<dyn MediaPlane> + Send + Sync + 'static) -> Self {
+        PlaneFactory(Arc::new(f))
+    }
+
+    /// The network-free plane: what tests and the simulation run.
+    pub fn fake() -> Self {
+        PlaneFactory::new(|_room, sink| Box::new(super::FakePlane::new(sink)))
+    }
+
+    pub fn build(&self, room: &str, sink: PlaneSink) -> Box<dyn MediaPlane> {
+        (self.0)(room, sink)
+    }
+}
+
+impl fmt::Debug for PlaneFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PlaneFactory")
+    }
+}
 
 /// The media side of one room.
 ///
