@@ -16,7 +16,11 @@ struct Cli {
     port: u16,
     /// Origin allowed to open the WebSocket, e.g. https://meet.example.org (repeatable;
     /// none allows every origin).
-    #[arg(long = "allowed-origin", env = "VIDEOROOM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "VIDEOROOM_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     allowed_origins: Vec<String>,
     /// Most peers in one room.
     #[arg(long, env = "VIDEOROOM_MAX_PEERS", default_value_t = 32)]
@@ -27,8 +31,7 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();

@@ -11,8 +11,12 @@
 //! input (malformed events become an `error` media event to the sender).
 
 mod events;
+mod fake_plane;
 mod negotiation;
+pub mod plane;
+pub mod sdp;
 mod session;
+mod tracks;
 #[cfg(feature = "media-webrtc")]
 pub mod webrtc;
 
@@ -23,5 +27,11 @@ pub use events::{
     SimulcastConfig, TrackId, TrackInfo, TrackUpdated, TracksAdded, TracksRemoved, TracksTypes,
     TurnServer,
 };
+pub use fake_plane::{fake_answer, FakePlane, FAKE_CANDIDATE};
 pub use negotiation::{Negotiation, NoNegotiation, Outbox};
+pub use plane::{
+    MLine, MLineRole, MediaKind, MediaPlane, PlaneCommand, PlaneEvent, PlaneFactory, PlaneOffer,
+    PlaneSink,
+};
 pub use session::{Out, PeerId, Roster, Session, SessionConfig};
+pub use tracks::{NegotiationConfig, TrackNegotiation};

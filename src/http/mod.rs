@@ -77,9 +77,12 @@ async fn serve_socket(edge: Edge, socket: WebSocket) {
         outgoing: out_tx,
     };
     let (app, shutdown) = (edge.app.clone(), edge.shutdown.clone());
-    let conn = edge.app.sys.spawn(edge.app.limits.socket_mailbox, move |ctx| {
-        conn::run(app, transport, shutdown, ctx)
-    });
+    let conn = edge
+        .app
+        .sys
+        .spawn(edge.app.limits.socket_mailbox, move |ctx| {
+            conn::run(app, transport, shutdown, ctx)
+        });
     let (mut sink, mut stream) = socket.split();
     let writer = async move {
         while let Some(out) = out_rx.recv().await {
