@@ -9,7 +9,7 @@
 //! to the publisher, and every new subscription asks the publisher for a keyframe.
 //!
 //! It must never: decide anything about negotiation (which mid carries what, stream ids, when
-//! to offer: the negotiation core decides, this only executes an [`OfferPlan`]); block the
+//! to offer: the negotiation core decides, this only executes a [`PlaneOffer`]); block the
 //! caller (every call enqueues to the peer's own task and returns); let one slow subscriber
 //! stall a publisher's other subscribers (a leg whose queue is full loses the packet, which
 //! NACK/PLI then repair); keep anything of a peer after [`WebRtcPlane::remove_peer`] has run
@@ -47,6 +47,9 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::RtpSender;
 use webrtc::runtime::TokioRuntime;
 
+use crate::engine::plane::{
+    MLineRole, MediaPlane, PlaneEvent, PlaneFactory, PlaneOffer, PlaneSink,
+};
 use crate::turn::{TurnCredentials, TurnServer};
 
 pub use forward::{Fanout, Leg, NO_PAYLOAD_TYPE};
@@ -94,75 +97,6 @@ impl std::fmt::Debug for PlaneConfig {
     }
 }
 
-/// What the negotiation core decided about one client offer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OfferPlan {
-    pub sdp: String,
-    /// The client's `sendonly` mids and the track ids they publish.
-    pub inbound: Vec<InboundMid>,
-    /// The client's `recvonly` mids that carry a forwarded track. Recvonly mids not listed
-    /// here (removed tracks) are answered `inactive`.
-    pub outbound: Vec<OutboundMid>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InboundMid {
-    pub mid: String,
-    pub track_id: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboundMid {
-    pub mid: String,
-    /// The published track forwarded on this mid.
-    pub track_id: String,
-    /// `a=msid` stream id: one per publishing endpoint, so its audio and video share a stream.
-    pub stream_id: String,
-}
-
-/// Everything the plane reports, in the order it happened for a given peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PlaneEvent {
-    Answer {
-        peer: String,
-        sdp: String,
-    },
-    LocalCandidate {
-        peer: String,
-        candidate: String,
-        sdp_mline_index: u16,
-    },
-    /// Media of a published track has started arriving (its first packet is being forwarded).
-    TrackStarted {
-        peer: String,
-        track_id: String,
-    },
-    TrackEnded {
-        peer: String,
-        track_id: String,
-    },
-    Connected {
-        peer: String,
-    },
-    /// The peer's connection failed or an offer could not be applied; the peer is unusable
-    /// until the next offer (which restarts ICE) succeeds.
-    Failed {
-        peer: String,
-        reason: String,
-    },
-}
-
-/// Receives [`PlaneEvent`]s; called from the plane's tasks, so it must not block.
-pub trait PlaneSink: Send + Sync + 'static {
-    fn emit(&self, event: PlaneEvent);
-}
-
-impl<F: Fn(PlaneEvent) + Send + Sync + 'static> PlaneSink for F {
-    fn emit(&self, event: PlaneEvent) {
-        self(event)
-    }
-}
-
 /// Counters over the plane's lifetime.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlaneStats {
@@ -185,16 +119,27 @@ pub(crate) struct Counters {
     sent: AtomicU64,
 }
 
-/// The SFU. Cheap to clone; clones share everything.
-#[derive(Clone)]
+/// One room's SFU. Dropping it tears every peer down (the [`MediaPlane`] contract).
 pub struct WebRtcPlane {
     inner: Arc<Inner>,
+}
+
+/// A cheap handle on a plane's counters, usable after the plane is boxed.
+#[derive(Clone)]
+pub struct PlaneStatsHandle {
+    inner: Arc<Inner>,
+}
+
+impl PlaneStatsHandle {
+    pub fn stats(&self) -> PlaneStats {
+        self.inner.stats()
+    }
 }
 
 struct Inner {
     cfg: PlaneConfig,
     rt: Handle,
-    sink: Arc<dyn PlaneSink>,
+    sink: PlaneSink,
     peers: Mutex<HashMap<String, PeerEntry>>,
     /// Keyed by published track id. A fanout exists while its track is published or someone
     /// still has a leg on it.
@@ -210,7 +155,7 @@ struct PeerEntry {
 }
 
 enum Cmd {
-    Offer(OfferPlan),
+    Offer(PlaneOffer),
     RemoteCandidate(RTCIceCandidateInit),
     LocalCandidate(RTCIceCandidateInit),
     State(RTCPeerConnectionState),
@@ -220,7 +165,7 @@ enum Cmd {
 
 impl WebRtcPlane {
     /// Must be called inside a tokio runtime unless `cfg.runtime` is set.
-    pub fn new(cfg: PlaneConfig, sink: Arc<dyn PlaneSink>) -> Self {
+    pub fn new(cfg: PlaneConfig, sink: PlaneSink) -> Self {
         let rt = cfg.runtime.clone().unwrap_or_else(Handle::current);
         WebRtcPlane {
             inner: Arc::new(Inner {
@@ -271,32 +216,8 @@ impl WebRtcPlane {
         }
     }
 
-    /// Answers the client's offer as `plan` says. The answer (or a failure) comes back as a
-    /// [`PlaneEvent`]. Every offer from the client is an ICE restart and is accepted as one.
-    pub fn apply_offer(&self, peer: &str, plan: OfferPlan) {
-        self.send(peer, Cmd::Offer(plan));
-    }
-
-    /// A trickled candidate from the client (`sdpMLineIndex` as sent; with BUNDLE any index
-    /// names the one transport).
-    pub fn add_remote_candidate(&self, peer: &str, candidate: String, sdp_mline_index: u16) {
-        if candidate.is_empty() {
-            return; // end-of-candidates marker
-        }
-        self.send(
-            peer,
-            Cmd::RemoteCandidate(RTCIceCandidateInit {
-                candidate,
-                sdp_mid: None,
-                sdp_mline_index: Some(sdp_mline_index),
-                username_fragment: None,
-                ..Default::default()
-            }),
-        );
-    }
-
     /// Asks the publisher of `track_id` for a keyframe (a PLI), if its media is flowing.
-    pub fn request_keyframe(&self, track_id: &str) {
+    fn keyframe(&self, track_id: &str) {
         let fanout = self
             .inner
             .fanouts
@@ -326,14 +247,12 @@ impl WebRtcPlane {
     }
 
     pub fn stats(&self) -> PlaneStats {
-        let c = &self.inner.counters;
-        PlaneStats {
-            peers: self.inner.peers.lock().expect("plane lock").len(),
-            fanouts: self.inner.fanouts.lock().expect("plane lock").len(),
-            forwarded: c.forwarded.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            keyframe_requests_relayed: c.relayed.load(Ordering::Relaxed),
-            keyframe_requests_sent: c.sent.load(Ordering::Relaxed),
+        self.inner.stats()
+    }
+
+    pub fn stats_handle(&self) -> PlaneStatsHandle {
+        PlaneStatsHandle {
+            inner: Arc::clone(&self.inner),
         }
     }
 
@@ -348,7 +267,7 @@ impl WebRtcPlane {
         match tx {
             Some(tx) => {
                 if tx.try_send(cmd).is_err() {
-                    self.inner.sink.emit(PlaneEvent::Failed {
+                    self.inner.sink.send(PlaneEvent::Failed {
                         peer: peer.to_owned(),
                         reason: "media plane queue full".to_owned(),
                     });
@@ -359,7 +278,75 @@ impl WebRtcPlane {
     }
 }
 
+/// A [`PlaneFactory`] building one webrtc plane per room.
+pub fn factory(cfg: PlaneConfig) -> PlaneFactory {
+    PlaneFactory::new(move |_room, sink| Box::new(WebRtcPlane::new(cfg.clone(), sink)))
+}
+
+impl MediaPlane for WebRtcPlane {
+    fn add_peer(&mut self, peer: &str) {
+        WebRtcPlane::add_peer(self, peer)
+    }
+
+    fn remove_peer(&mut self, peer: &str) {
+        WebRtcPlane::remove_peer(self, peer)
+    }
+
+    fn offer(&mut self, peer: &str, offer: PlaneOffer) {
+        self.send(peer, Cmd::Offer(offer));
+    }
+
+    fn remote_candidate(&mut self, peer: &str, candidate: &str, sdp_m_line_index: Option<u32>) {
+        let candidate = candidate.strip_prefix("a=").unwrap_or(candidate);
+        if candidate.is_empty() {
+            return; // end-of-candidates marker
+        }
+        self.send(
+            peer,
+            Cmd::RemoteCandidate(RTCIceCandidateInit {
+                candidate: candidate.to_owned(),
+                sdp_mid: None,
+                sdp_mline_index: sdp_m_line_index.and_then(|i| u16::try_from(i).ok()),
+                username_fragment: None,
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn request_keyframe(&mut self, _publisher: &str, track_id: &str) {
+        self.keyframe(track_id);
+    }
+}
+
+impl Drop for WebRtcPlane {
+    fn drop(&mut self) {
+        let peers: Vec<String> = self
+            .inner
+            .peers
+            .lock()
+            .expect("plane lock")
+            .keys()
+            .cloned()
+            .collect();
+        for peer in peers {
+            self.remove_peer(&peer);
+        }
+    }
+}
+
 impl Inner {
+    fn stats(&self) -> PlaneStats {
+        let c = &self.counters;
+        PlaneStats {
+            peers: self.peers.lock().expect("plane lock").len(),
+            fanouts: self.fanouts.lock().expect("plane lock").len(),
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            keyframe_requests_relayed: c.relayed.load(Ordering::Relaxed),
+            keyframe_requests_sent: c.sent.load(Ordering::Relaxed),
+        }
+    }
+
     fn fanout(&self, track_id: &str) -> Arc<Fanout> {
         Arc::clone(
             self.fanouts
@@ -390,6 +377,54 @@ async fn send_pli(fanout: &Fanout) -> bool {
         })])
         .await
         .is_ok()
+}
+
+/// The plane's reading of a [`PlaneOffer`]: which mids publish and which forward.
+struct OfferPlan {
+    sdp: String,
+    inbound: Vec<InboundMid>,
+    outbound: Vec<OutboundMid>,
+}
+
+struct InboundMid {
+    mid: String,
+    track_id: String,
+}
+
+#[derive(Clone)]
+struct OutboundMid {
+    mid: String,
+    track_id: String,
+    stream_id: String,
+}
+
+impl From<PlaneOffer> for OfferPlan {
+    fn from(offer: PlaneOffer) -> Self {
+        let mut plan = OfferPlan {
+            sdp: offer.sdp,
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+        };
+        for m in offer.mlines {
+            match m.role {
+                MLineRole::Inbound { track_id, .. } => plan.inbound.push(InboundMid {
+                    mid: m.mid,
+                    track_id,
+                }),
+                MLineRole::Outbound {
+                    track_id,
+                    stream_id,
+                    ..
+                } => plan.outbound.push(OutboundMid {
+                    mid: m.mid,
+                    track_id,
+                    stream_id,
+                }),
+                MLineRole::Inactive => {}
+            }
+        }
+        plan
+    }
 }
 
 /// A forwarded track on one of this peer's recvonly mids.
@@ -428,7 +463,7 @@ impl PeerTask {
     }
 
     fn emit(&self, event: PlaneEvent) {
-        self.inner.sink.emit(event);
+        self.inner.sink.send(event);
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut stop: oneshot::Receiver<()>) {
@@ -444,14 +479,17 @@ impl PeerTask {
                 },
             };
             match cmd {
-                Cmd::Offer(plan) => {
-                    if let Err(reason) = self.apply_offer(plan).await {
+                Cmd::Offer(offer) => {
+                    let negotiation = offer.negotiation;
+                    let result = self.apply_offer(offer).await;
+                    if let Err(reason) = &result {
                         tracing::warn!(peer = %self.peer, %reason, "offer not applied");
-                        self.emit(PlaneEvent::Failed {
-                            peer: self.peer.clone(),
-                            reason,
-                        });
                     }
+                    self.emit(PlaneEvent::Answer {
+                        peer: self.peer.clone(),
+                        negotiation,
+                        result,
+                    });
                 }
                 Cmd::RemoteCandidate(init) => {
                     if let Some(pc) = &self.pc {
@@ -460,12 +498,11 @@ impl PeerTask {
                         }
                     }
                 }
+                // Candidates gathered while answering were queued behind the offer, so they
+                // reach the sink after the answer, as the seam requires.
                 Cmd::LocalCandidate(init) => self.emit(PlaneEvent::LocalCandidate {
                     peer: self.peer.clone(),
                     candidate: init.candidate,
-                    // BUNDLE: one transport, announced on the first m-line as the reference
-                    // server does.
-                    sdp_mline_index: 0,
                 }),
                 Cmd::State(state) => match state {
                     RTCPeerConnectionState::Connected => self.emit(PlaneEvent::Connected {
@@ -495,8 +532,9 @@ impl PeerTask {
         Ok(pc)
     }
 
-    async fn apply_offer(&mut self, plan: OfferPlan) -> Result<(), String> {
+    async fn apply_offer(&mut self, offer: PlaneOffer) -> Result<String, String> {
         let pc = self.connection().await?;
+        let plan = OfferPlan::from(offer);
         let m_lines = sdp::media_sections(&plan.sdp);
         let kind_of = |mid: &str| m_lines.iter().find(|m| m.mid == mid).map(|m| m.kind);
 
@@ -601,10 +639,15 @@ impl PeerTask {
             .iter()
             .map(|i| (i.mid.clone(), i.track_id.clone()))
             .collect();
-        self.emit(PlaneEvent::Answer {
-            peer: self.peer.clone(),
-            sdp: sdp.clone(),
-        });
+        let ended: Vec<String> = self
+            .ingress
+            .keys()
+            .filter(|t| !self.inbound.values().any(|v| v == *t))
+            .cloned()
+            .collect();
+        for track_id in ended {
+            self.end_ingress(&track_id);
+        }
 
         // Legs go live only now that the answer fixes their payload type.
         let answer_lines = sdp::media_sections(&sdp);
@@ -632,7 +675,7 @@ impl PeerTask {
                 },
             );
         }
-        Ok(())
+        Ok(sdp)
     }
 
     async fn drop_leg(&mut self, mut out: OutLeg) {
@@ -694,7 +737,7 @@ impl PeerTask {
         fanout.set_source(Some((Arc::clone(&remote), ssrc)));
         let counters = Arc::clone(&self.inner.counters);
         let tx = self.tx.clone();
-        let sink = Arc::clone(&self.inner.sink);
+        let sink = self.inner.sink.clone();
         let peer = self.peer.clone();
         let tid = track_id.clone();
         let task = self.inner.rt.spawn(async move {
@@ -704,7 +747,7 @@ impl PeerTask {
                     TrackRemoteEvent::OnRtpPacket(pkt) => {
                         if !started {
                             started = true;
-                            sink.emit(PlaneEvent::TrackStarted {
+                            sink.send(PlaneEvent::TrackStarted {
                                 peer: peer.clone(),
                                 track_id: tid.clone(),
                             });
