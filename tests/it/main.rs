@@ -1,3 +1,4 @@
 //! Integration tests on real tokio (one test binary).
 
+mod media;
 mod registry_model;

@@ -709,8 +709,10 @@ impl PeerTask {
                 let TrackLocalEvent::OnRtcpPacket(packets) = ev else {
                     continue;
                 };
-                if packets.iter().any(rtcp::is_keyframe_request) && send_pli(&fanout).await {
+                if packets.iter().any(rtcp::is_keyframe_request) && fanout.source().is_some() {
+                    // Counted before sending, so the count is visible once the PLI lands.
                     counters.relayed.fetch_add(1, Ordering::Relaxed);
+                    send_pli(&fanout).await;
                 }
             }
         })
@@ -753,7 +755,9 @@ impl PeerTask {
                             });
                             // Subscribers that joined before media flowed asked for a keyframe
                             // into the void.
-                            let _ = send_pli(&fanout).await;
+                            if send_pli(&fanout).await {
+                                counters.sent.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         fanout.forward(pkt, &counters);
                     }
@@ -800,7 +804,8 @@ impl PeerTask {
     }
 }
 
-fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
+/// The one codec the SFU negotiates for `kind` (VP8 or Opus) with the feedback it relays.
+pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_owned(),
         parameter: parameter.to_owned(),
