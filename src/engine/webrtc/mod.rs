@@ -820,7 +820,6 @@ pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
                 rtcp_feedback: vec![fb("transport-cc", "")],
             },
             payload_type: OPUS_PT,
-            ..Default::default()
         },
         _ => RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
@@ -837,7 +836,6 @@ pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
                 ],
             },
             payload_type: VP8_PT,
-            ..Default::default()
         },
     }
 }
