@@ -853,3 +853,6 @@ impl Negotiation for TrackNegotiation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
