@@ -101,6 +101,9 @@ struct PeerState {
     pending: bool,
     next_negotiation: u64,
     held_candidates: Vec<String>,
+    /// An `sdpAnswer` reached the client: before that it has no remote description to add
+    /// candidates to.
+    answered: bool,
     /// By mid, every mid the peer ever published on.
     inbound: BTreeMap<String, Inbound>,
     /// In announcement order (the order new m-lines are paired in).
@@ -116,6 +119,7 @@ impl PeerState {
             pending: false,
             next_negotiation: 1,
             held_candidates: Vec::new(),
+            answered: false,
             inbound: BTreeMap::new(),
             outbound: Vec::new(),
             last_tracks_types: TracksTypes { audio: 0, video: 0 },
@@ -567,6 +571,7 @@ impl TrackNegotiation {
                 mid_to_track_id: mid_to_track_id.clone(),
             })),
         );
+        state.answered = true;
         let mut keyframes = Vec::new();
         for o in &mut state.outbound {
             if o.carried
@@ -823,8 +828,10 @@ impl Negotiation for TrackNegotiation {
                     if state.held_candidates.len() < max {
                         state.held_candidates.push(candidate);
                     }
-                } else {
+                } else if state.answered {
                     send_candidate(&peer, candidate, out);
+                } else {
+                    tracing::debug!(%peer, "candidate without an answer dropped");
                 }
             }
             PlaneEvent::TrackStarted { peer, track_id } => {
@@ -856,3 +863,6 @@ impl Negotiation for TrackNegotiation {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;
