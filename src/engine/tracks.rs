@@ -159,6 +159,9 @@ fn track_info(metadata: &Value) -> TrackInfo {
     }
 }
 
+/// A track being announced: id, kind, metadata.
+type NewTrack = (TrackId, MediaKind, Value);
+
 /// The SFU negotiation core; see the module documentation.
 #[derive(Debug, Default)]
 pub struct TrackNegotiation {
@@ -245,7 +248,7 @@ impl TrackNegotiation {
         &mut self,
         publisher: &str,
         subscriber: &str,
-        tracks: &[(TrackId, MediaKind, Value)],
+        tracks: &[NewTrack],
         out: &mut Outbox,
     ) {
         let Some(sub) = self.peers.get_mut(subscriber) else {
@@ -726,7 +729,7 @@ impl Negotiation for TrackNegotiation {
         out.plane(PlaneCommand::AddPeer {
             peer: peer.to_owned(),
         });
-        let publishers: Vec<(PeerId, Vec<(TrackId, MediaKind, Value)>)> = roster
+        let publishers: Vec<(PeerId, Vec<NewTrack>)> = roster
             .ids()
             .filter(|p| *p != peer)
             .filter_map(|p| {

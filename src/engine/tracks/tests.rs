@@ -308,10 +308,7 @@ fn late_joiner_gets_connected_then_tracks_added_then_offer_data() {
     assert_eq!(
         h.send("C", &connect("C")),
         [
-            format!(
-                r#"C {{"type":"connected","data":{{"id":"C","otherEndpoints":[{{"id":"A","type":"webrtc","metadata":{{"name":"A"}},"trackIdToMetadata":{{"A:a":{{"type":"audio"}},"A:v":{{"type":"camera"}}}},"tracks":{{"A:a":{{"metadata":{{"type":"audio"}},"simulcastConfig":{{"enabled":false,"activeEncodings":["h"]}}}},"A:v":{{"metadata":{{"type":"camera"}},"simulcastConfig":{{"enabled":false,"activeEncodings":["h"]}}}}}}}},{{"id":"B","type":"webrtc","metadata":{{"name":"B"}},"trackIdToMetadata":{{}},"tracks":{{}}}}]}}}}"#
-            ),
-            r#"A {"type":"endpointAdded","data":{"id":"C","type":"webrtc","metadata":{"name":"C"}}}"#.to_owned(),
+            r#"C {"type":"connected","data":{"id":"C","otherEndpoints":[{"id":"A","type":"webrtc","metadata":{"name":"A"},"trackIdToMetadata":{"A:a":{"type":"audio"},"A:v":{"type":"camera"}},"tracks":{"A:a":{"metadata":{"type":"audio"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}},"A:v":{"metadata":{"type":"camera"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}}}},{"id":"B","type":"webrtc","metadata":{"name":"B"},"trackIdToMetadata":{},"tracks":{}}]}}"#.to_owned(),            r#"A {"type":"endpointAdded","data":{"id":"C","type":"webrtc","metadata":{"name":"C"}}}"#.to_owned(),
             r#"B {"type":"endpointAdded","data":{"id":"C","type":"webrtc","metadata":{"name":"C"}}}"#.to_owned(),
             "plane add C".to_owned(),
             format!(r#"C {{"type":"tracksAdded","data":{A_TRACKS}}}"#),
