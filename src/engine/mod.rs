@@ -1,14 +1,15 @@
-//! The media engine. For now: the media-event session layer, the part that speaks the
-//! `@jellyfish-dev/membrane-webrtc-js` protocol for endpoint lifecycle (`connect`, `disconnect`,
-//! endpoint metadata) inside one room.
+//! The media engine of one room: the media-event session (endpoint lifecycle, `connect`,
+//! `disconnect`, endpoint metadata), the negotiation core (tracks, `offerData` cycles, SDP
+//! decisions, `midToTrackId`) and the [`MediaPlane`] seam to the part that moves media.
 //!
 //! It owns: parsing client media events (JSON strings from `mediaEvent.data`), the set of
-//! connected endpoints and their metadata, and the exact server events each peer must receive,
-//! in order. Track, SDP and ICE events go through the [`Negotiation`] seam untouched.
+//! connected endpoints and their tracks, the exact server events each peer must receive, in
+//! order, and the commands the media plane must execute.
 //!
-//! It must never: do IO, read a clock, spawn, or hold anything async; iterate a hash map on the
-//! way to an output (outputs are deterministic for a given input sequence); panic on client
-//! input (malformed events become an `error` media event to the sender).
+//! It must never: do IO, read a clock, spawn, or hold anything async (the plane is driven through
+//! commands and answers through events); iterate a hash map on the way to an output (outputs are
+//! deterministic for a given input sequence); panic on client input (malformed events become an
+//! `error` media event to the sender).
 
 mod events;
 mod fake_plane;

@@ -172,7 +172,9 @@ impl fmt::Debug for PlaneSink {
 /// Builds the plane of each room from its name and the sink the room gives it. One per
 /// server, kept in [`App`](crate::app::App).
 #[derive(Clone)]
-pub struct PlaneFactory(Arc<dyn Fn(&str, PlaneSink) -> Box<dyn MediaPlane> + Send + Sync>);
+pub struct PlaneFactory(Arc<BuildPlane>);
+
+type BuildPlane = dyn Fn(&str, PlaneSink) -> Box<dyn MediaPlane> + Send + Sync;
 
 impl PlaneFactory {
     pub fn new(f: impl Fn(&str, PlaneSink) -> Box<dyn MediaPlane> + Send + Sync + 'static) -> Self {

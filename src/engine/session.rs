@@ -463,7 +463,9 @@ mod tests {
         assert_eq!(s.roster().metadata("p1"), Some(&json!({"name":"A2"})));
         // A late joiner sees the updated metadata.
         let outs = s.handle_event("p4", &connect("D"));
-        let Out::To { data, .. } = &outs[0];
+        let Out::To { data, .. } = &outs[0] else {
+            panic!("not a media event: {:?}", outs[0]);
+        };
         assert!(data.contains(r#"{"id":"p1","type":"webrtc","metadata":{"name":"A2"}"#));
     }
 
@@ -523,7 +525,9 @@ mod tests {
             r#"{{"type":"custom","data":{{"type":"candidate","data":{{"candidate":"c","sdpMLineIndex":"{long}"}}}}}}"#
         );
         let outs = s.handle_event("p1", &input);
-        let Out::To { data, .. } = &outs[0];
+        let Out::To { data, .. } = &outs[0] else {
+            panic!("not a media event: {:?}", outs[0]);
+        };
         assert!(data.len() < 400, "{}", data.len());
         assert!(data.ends_with(r#"xxx…"}}"#), "{data}");
         assert!(data.starts_with(r#"{"type":"error","data":{"message":"media event `candidate`"#));

@@ -101,6 +101,9 @@ struct PeerState {
     pending: bool,
     next_negotiation: u64,
     held_candidates: Vec<String>,
+    /// An `sdpAnswer` reached the client: before that it has no remote description to add
+    /// candidates to.
+    answered: bool,
     /// By mid, every mid the peer ever published on.
     inbound: BTreeMap<String, Inbound>,
     /// In announcement order (the order new m-lines are paired in).
@@ -116,6 +119,7 @@ impl PeerState {
             pending: false,
             next_negotiation: 1,
             held_candidates: Vec::new(),
+            answered: false,
             inbound: BTreeMap::new(),
             outbound: Vec::new(),
             last_tracks_types: TracksTypes { audio: 0, video: 0 },
@@ -154,6 +158,9 @@ fn track_info(metadata: &Value) -> TrackInfo {
         simulcast_config: SimulcastConfig::disabled(),
     }
 }
+
+/// A track being announced: id, kind, metadata.
+type NewTrack = (TrackId, MediaKind, Value);
 
 /// The SFU negotiation core; see the module documentation.
 #[derive(Debug, Default)]
@@ -241,7 +248,7 @@ impl TrackNegotiation {
         &mut self,
         publisher: &str,
         subscriber: &str,
-        tracks: &[(TrackId, MediaKind, Value)],
+        tracks: &[NewTrack],
         out: &mut Outbox,
     ) {
         let Some(sub) = self.peers.get_mut(subscriber) else {
@@ -567,6 +574,7 @@ impl TrackNegotiation {
                 mid_to_track_id: mid_to_track_id.clone(),
             })),
         );
+        state.answered = true;
         let mut keyframes = Vec::new();
         for o in &mut state.outbound {
             if o.carried
@@ -721,7 +729,7 @@ impl Negotiation for TrackNegotiation {
         out.plane(PlaneCommand::AddPeer {
             peer: peer.to_owned(),
         });
-        let publishers: Vec<(PeerId, Vec<(TrackId, MediaKind, Value)>)> = roster
+        let publishers: Vec<(PeerId, Vec<NewTrack>)> = roster
             .ids()
             .filter(|p| *p != peer)
             .filter_map(|p| {
@@ -823,8 +831,10 @@ impl Negotiation for TrackNegotiation {
                     if state.held_candidates.len() < max {
                         state.held_candidates.push(candidate);
                     }
-                } else {
+                } else if state.answered {
                     send_candidate(&peer, candidate, out);
+                } else {
+                    tracing::debug!(%peer, "candidate without an answer dropped");
                 }
             }
             PlaneEvent::TrackStarted { peer, track_id } => {
@@ -853,3 +863,9 @@ impl Negotiation for TrackNegotiation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod proptests;
