@@ -464,21 +464,21 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
             }
         }
     });
-    let receiver =
-        b.pc.get_receivers()
+    // B's receivers are A's and C's legs (and its own sendonly m-line's idle receiver, in no
+    // fixed order): ask on every leg that carries media, so A's is among them.
+    for receiver in b.pc.get_receivers().await {
+        let Some(media_ssrc) = receiver.track().ssrcs().await.first().copied() else {
+            continue;
+        };
+        receiver
+            .track()
+            .write_rtcp(vec![Box::new(PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            })])
             .await
-            .into_iter()
-            .next()
-            .expect("B receives");
-    let media_ssrc = receiver.track().ssrcs().await.first().copied().unwrap_or(0);
-    receiver
-        .track()
-        .write_rtcp(vec![Box::new(PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc,
-        })])
-        .await
-        .unwrap();
+            .unwrap();
+    }
     // A's queue may still hold the PLIs sent when media started; the relay counts before it
     // sends, so the relayed one is the first A receives once the count has moved.
     loop {
