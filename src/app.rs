@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::engine::SessionConfig;
+use crate::engine::{NegotiationConfig, PlaneFactory, SessionConfig};
 use crate::phoenix::SocketConfig;
 use crate::registry::Registry;
 use crate::room::RoomMsg;
@@ -48,6 +48,10 @@ pub struct App {
     pub sys: System,
     pub rooms: Registry<RoomMsg>,
     pub limits: Arc<Limits>,
+    /// TURN servers and track limits for every room's negotiation core.
+    pub negotiation: Arc<NegotiationConfig>,
+    /// Builds each room's media plane.
+    pub plane_factory: PlaneFactory,
 }
 
 impl App {
@@ -57,7 +61,21 @@ impl App {
             rooms: Registry::new(&sys),
             sys,
             limits: Arc::new(limits),
+            negotiation: Arc::new(NegotiationConfig::default()),
+            // No network-capable plane is linked in yet; the fake one keeps signalling complete.
+            plane_factory: PlaneFactory::fake(),
         }
+    }
+
+    /// Replaces the media configuration; rooms started afterwards use it.
+    pub fn with_media(
+        mut self,
+        negotiation: NegotiationConfig,
+        plane_factory: PlaneFactory,
+    ) -> Self {
+        self.negotiation = Arc::new(negotiation);
+        self.plane_factory = plane_factory;
+        self
     }
 
     pub(crate) fn session_config(&self) -> SessionConfig {

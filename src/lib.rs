@@ -15,3 +15,5 @@ pub mod registry;
 pub mod room;
 pub mod rt;
 pub mod server;
+#[cfg(feature = "media-webrtc")]
+pub mod turn;

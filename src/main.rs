@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use clap::Parser;
-use videoroom::server::{Server, ServerConfig, ServerLimits};
+use videoroom::server::{MediaConfig, Server, ServerConfig, ServerLimits};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A self-hosted video-conferencing server")]
@@ -25,6 +25,25 @@ struct Cli {
     /// Most peers in one room.
     #[arg(long, env = "VIDEOROOM_MAX_PEERS", default_value_t = 32)]
     max_peers_per_room: usize,
+    /// Run the network-free fake media plane instead of the webrtc SFU (always the case in a
+    /// build without the `media-webrtc` feature).
+    #[arg(long, env = "VIDEOROOM_FAKE_MEDIA")]
+    fake_media: bool,
+    /// Address the SFU's ICE sockets bind (repeatable).
+    #[arg(
+        long = "ice-ip",
+        env = "VIDEOROOM_ICE_IPS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    ice_ips: Vec<IpAddr>,
+    /// External IP to advertise in ICE candidates and TURN relay addresses (deployments behind
+    /// 1:1 NAT).
+    #[arg(long, env = "VIDEOROOM_PUBLIC_IP")]
+    public_ip: Option<IpAddr>,
+    /// UDP address of the integrated TURN server.
+    #[arg(long, env = "VIDEOROOM_TURN_BIND", default_value = "127.0.0.1:3478")]
+    turn_bind: std::net::SocketAddr,
 }
 
 #[net_tokio::main]
@@ -44,6 +63,13 @@ async fn main() -> std::process::ExitCode {
         port: cli.port,
         allowed_origins: cli.allowed_origins,
         limits,
+        media: MediaConfig {
+            real: !cli.fake_media,
+            ice_ips: cli.ice_ips,
+            public_ip: cli.public_ip,
+            turn_bind: cli.turn_bind,
+            ..MediaConfig::default()
+        },
     };
     let server = match Server::start(cfg).await {
         Ok(s) => s,

@@ -19,6 +19,37 @@ pub struct ServerConfig {
     /// Requests without an Origin header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+    /// The media plane. The default is the network-free fake plane (signalling tests); the
+    /// binary turns the real one on.
+    pub media: MediaConfig,
+}
+
+/// Which media plane rooms get, and where the real one listens.
+#[derive(Clone, Debug)]
+pub struct MediaConfig {
+    /// The webrtc SFU and its integrated TURN server. Ignored (the fake plane runs) when the
+    /// crate is built without the `media-webrtc` feature.
+    pub real: bool,
+    /// Addresses the SFU's ICE sockets bind (one per peer connection, OS-chosen ports).
+    pub ice_ips: Vec<IpAddr>,
+    /// A deployment's external IP: advertised in ICE candidates and TURN relay addresses.
+    pub public_ip: Option<IpAddr>,
+    /// The integrated TURN server's UDP listen address (port 0 picks one).
+    pub turn_bind: SocketAddr,
+    /// Lifetime of the TURN credentials handed out in `offerData`.
+    pub turn_credential_ttl: std::time::Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            real: false,
+            ice_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            public_ip: None,
+            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
+            turn_credential_ttl: std::time::Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -28,6 +59,7 @@ impl Default for ServerConfig {
             port: 4000,
             allowed_origins: Vec::new(),
             limits: Limits::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -37,6 +69,8 @@ pub struct Server {
     app: App,
     shutdown: watch::Sender<bool>,
     task: net_tokio::task::JoinHandle<std::io::Result<()>>,
+    #[cfg(feature = "media-webrtc")]
+    turn: Option<std::sync::Arc<crate::turn::TurnServer>>,
 }
 
 impl Server {
@@ -45,6 +79,13 @@ impl Server {
         let listener = net_tokio::net::TcpListener::bind((cfg.bind, cfg.port)).await?;
         let addr = listener.local_addr()?;
         let app = App::new(cfg.limits);
+        #[cfg(feature = "media-webrtc")]
+        let (app, turn) = if cfg.media.real {
+            let (app, turn) = real_media(app, &cfg.media).await?;
+            (app, Some(turn))
+        } else {
+            (app, None)
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let edge = Edge {
             app: app.clone(),
@@ -64,6 +105,8 @@ impl Server {
             app,
             shutdown,
             task,
+            #[cfg(feature = "media-webrtc")]
+            turn,
         })
     }
 
@@ -75,6 +118,14 @@ impl Server {
         &self.app
     }
 
+    /// The integrated TURN server's listen address, when the real media plane runs.
+    pub fn turn_addr(&self) -> Option<SocketAddr> {
+        #[cfg(feature = "media-webrtc")]
+        return self.turn.as_ref().map(|t| t.local_addr());
+        #[cfg(not(feature = "media-webrtc"))]
+        None
+    }
+
     /// Closes every socket with 1012 and stops accepting connections.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
@@ -84,4 +135,52 @@ impl Server {
             Err(e) => tracing::warn!(error = %e, "server task failed"),
         }
     }
+}
+
+/// Starts the TURN server and gives every room the webrtc plane.
+///
+/// The negotiation core sends one TURN entry to everyone, so its credentials are minted once
+/// per server start (TURN REST username `<expiry>:videoroom`) rather than per peer.
+#[cfg(feature = "media-webrtc")]
+async fn real_media(
+    app: App,
+    media: &MediaConfig,
+) -> std::io::Result<(App, std::sync::Arc<crate::turn::TurnServer>)> {
+    use crate::engine::webrtc::{factory, PlaneConfig};
+    use crate::engine::{NegotiationConfig, TurnServer};
+    use crate::turn::{TurnConfig, TurnServer as Turn};
+
+    let relay_ip = media
+        .ice_ips
+        .first()
+        .copied()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let turn = Turn::start(TurnConfig {
+        bind: media.turn_bind,
+        relay_ip,
+        public_ip: media.public_ip,
+        credential_ttl: media.turn_credential_ttl,
+        ..TurnConfig::default()
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    let turn = std::sync::Arc::new(turn);
+    let creds = turn.credentials("videoroom");
+    let negotiation = NegotiationConfig {
+        turn_servers: vec![TurnServer {
+            server_addr: creds.server_addr.to_string(),
+            server_port: creds.server_port,
+            transport: "udp".to_owned(),
+            username: creds.username,
+            password: creds.password,
+        }],
+        ..NegotiationConfig::default()
+    };
+    let plane = PlaneConfig {
+        ice_ips: media.ice_ips.clone(),
+        public_ips: media.public_ip.into_iter().collect(),
+        runtime: Some(net_tokio::runtime::Handle::current()),
+        turn: None,
+    };
+    Ok((app.with_media(negotiation, factory(plane)), turn))
 }

@@ -1,13 +1,14 @@
 //! The seam between the session (who is in the room) and the negotiation core (tracks, SDP,
-//! ICE, `offerData` cycles), which is a later piece of work.
+//! ICE, `offerData` cycles; implemented by [`TrackNegotiation`](super::TrackNegotiation)).
 //!
 //! The session owns endpoint lifecycle and endpoint metadata; a [`Negotiation`] owns everything
-//! about tracks. The session calls it at the three points where the protocol interleaves the two
-//! (research §4.1, §4.3, §4.6), so the negotiation core can plug in without the session changing.
+//! about tracks and the room's media plane. The session calls it where the protocol interleaves
+//! the two (research §4.1, §4.3, §4.6) and hands it the plane's reports.
 
 use std::collections::BTreeMap;
 
 use super::events::{NegotiationEvent, ServerEvent, TrackId, TrackInfo};
+use super::plane::{PlaneCommand, PlaneEvent};
 use super::session::{Out, Roster};
 
 /// Collects outgoing media events in the order they must reach the clients.
@@ -39,6 +40,11 @@ impl Outbox {
         }
     }
 
+    /// Queues a command for the media plane, ordered with the media events around it.
+    pub fn plane(&mut self, command: PlaneCommand) {
+        self.outs.push(Out::Plane(command));
+    }
+
     pub fn into_outs(self) -> Vec<Out> {
         self.outs
     }
@@ -62,9 +68,19 @@ pub trait Negotiation {
     /// reference server orders them.
     fn endpoint_removed(&mut self, roster: &Roster, peer: &str, out: &mut Outbox);
 
+    /// Called right after `endpointRemoved` for `peer` went to the others: the reference
+    /// server renegotiates with each of them only now (research §4.6).
+    fn after_endpoint_removed(&mut self, _roster: &Roster, _peer: &str, _out: &mut Outbox) {}
+
     /// A negotiation event from `peer`, which is connected (events from peers that are not are
     /// dropped by the session).
     fn handle(&mut self, roster: &Roster, peer: &str, event: NegotiationEvent, out: &mut Outbox);
+
+    /// A report of the room's media plane. It may concern a peer that has left since: such
+    /// reports are stale and must be dropped.
+    fn plane_event(&mut self, _roster: &Roster, event: PlaneEvent, _out: &mut Outbox) {
+        tracing::debug!(?event, "no negotiation; plane event dropped");
+    }
 }
 
 /// A negotiation that publishes nothing and drops every event: the session alone, until the

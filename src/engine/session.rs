@@ -10,15 +10,18 @@ use super::events::{
     EndpointUpdated, ErrorData, ServerEvent,
 };
 use super::negotiation::{Negotiation, NoNegotiation, Outbox};
+use super::plane::{PlaneCommand, PlaneEvent};
 
 /// The id the channel chose for its peer (a UUIDv4 string); also the endpoint id clients see.
 pub type PeerId = String;
 
-/// Something the driver must deliver.
+/// Something the driver must deliver, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Out {
     /// Push `data` (a serialized media event) to `peer` as `mediaEvent {data}`.
     To { peer: PeerId, data: String },
+    /// Apply a command to the room's media plane.
+    Plane(PlaneCommand),
 }
 
 /// Error messages are echoed to the client; serde's messages can quote the offending input.
@@ -146,6 +149,13 @@ impl<N: Negotiation> Session<N> {
         out.into_outs()
     }
 
+    /// Handles a report of the room's media plane.
+    pub fn handle_plane_event(&mut self, event: PlaneEvent) -> Vec<Out> {
+        let mut out = Outbox::new();
+        self.negotiation.plane_event(&self.roster, event, &mut out);
+        out.into_outs()
+    }
+
     /// Connected endpoint ids in join order.
     pub fn endpoints(&self) -> impl Iterator<Item = &str> + '_ {
         self.roster.ids()
@@ -157,6 +167,10 @@ impl<N: Negotiation> Session<N> {
 
     pub fn negotiation(&self) -> &N {
         &self.negotiation
+    }
+
+    pub fn negotiation_mut(&mut self) -> &mut N {
+        &mut self.negotiation
     }
 
     fn dispatch(&mut self, from: &str, event: ClientEvent, out: &mut Outbox) {
@@ -262,6 +276,8 @@ impl<N: Negotiation> Session<N> {
                 id: peer.to_owned(),
             }),
         );
+        self.negotiation
+            .after_endpoint_removed(&self.roster, peer, out);
     }
 
     fn check_metadata(&self, metadata: &Value) -> Result<(), String> {
@@ -447,7 +463,9 @@ mod tests {
         assert_eq!(s.roster().metadata("p1"), Some(&json!({"name":"A2"})));
         // A late joiner sees the updated metadata.
         let outs = s.handle_event("p4", &connect("D"));
-        let Out::To { data, .. } = &outs[0];
+        let Out::To { data, .. } = &outs[0] else {
+            panic!("not a media event: {:?}", outs[0]);
+        };
         assert!(data.contains(r#"{"id":"p1","type":"webrtc","metadata":{"name":"A2"}"#));
     }
 
@@ -507,7 +525,9 @@ mod tests {
             r#"{{"type":"custom","data":{{"type":"candidate","data":{{"candidate":"c","sdpMLineIndex":"{long}"}}}}}}"#
         );
         let outs = s.handle_event("p1", &input);
-        let Out::To { data, .. } = &outs[0];
+        let Out::To { data, .. } = &outs[0] else {
+            panic!("not a media event: {:?}", outs[0]);
+        };
         assert!(data.len() < 400, "{}", data.len());
         assert!(data.ends_with(r#"xxx…"}}"#), "{data}");
         assert!(data.starts_with(r#"{"type":"error","data":{"message":"media event `candidate`"#));
@@ -847,7 +867,10 @@ mod proptests {
                     Op::Remove(p) => (*p, session.remove_peer(PEERS[*p])),
                 };
                 let connected: Vec<&str> = session.endpoints().collect();
-                for Out::To { peer, data } in &outs {
+                for o in &outs {
+                    let Out::To { peer, data } = o else {
+                        panic!("no negotiation, yet a plane command: {o:?}");
+                    };
                     let i = PEERS.iter().position(|p| p == peer).expect("unknown recipient");
                     // Only the actor can be told about an error, and only connected peers hear
                     // about the room.

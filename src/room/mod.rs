@@ -7,15 +7,18 @@
 //! join racing the stop either reached it before (and keeps it alive) or gets a dropped ack and
 //! retries into a fresh room: never lost.
 //!
+//! It also owns the room's media plane and executes the plane commands the session decides; the
+//! plane's reports come back as [`RoomMsg::Plane`] and go straight into the session.
+//!
 //! Never blocks on a peer: a channel whose mailbox is full is a slow consumer and is killed.
 
 use std::collections::BTreeMap;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::app::App;
 use crate::channel::ChannelMsg;
-use crate::engine::{Out, Session};
+use crate::engine::{MediaPlane, Out, PlaneEvent, PlaneSink, Session, TrackNegotiation};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
 
 /// What a room accepts.
@@ -31,6 +34,8 @@ pub enum RoomMsg {
     MediaEvent { peer_id: String, data: String },
     /// The peers, as (peer id, channel pid).
     Peers(oneshot::Sender<Vec<(String, Pid)>>),
+    /// A report of the room's media plane.
+    Plane(PlaneEvent),
 }
 
 struct Peer {
@@ -40,7 +45,11 @@ struct Peer {
 
 /// The room's body, to be started under its name by `Registry::start`.
 pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
-    let mut session = Session::new(app.session_config());
+    let mut session = Session::with_negotiation(
+        app.session_config(),
+        TrackNegotiation::new((*app.negotiation).clone()),
+    );
+    let mut plane = app.plane_factory.build(&name, plane_sink(ctx.addr()));
     let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
     let mut by_pid: BTreeMap<Pid, String> = BTreeMap::new();
     tracing::debug!(room = %name, pid = %ctx.pid(), "room started");
@@ -71,7 +80,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
             Received::Msg(RoomMsg::MediaEvent { peer_id, data }) => {
                 if peers.contains_key(&peer_id) {
                     let outs = session.handle_event(&peer_id, &data);
-                    dispatch(&ctx, &peers, outs);
+                    dispatch(&ctx, &peers, plane.as_mut(), outs);
                 }
             }
             Received::Msg(RoomMsg::Peers(tx)) => {
@@ -81,6 +90,10 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                     .collect();
                 let _ = tx.send(list);
             }
+            Received::Msg(RoomMsg::Plane(event)) => {
+                let outs = session.handle_plane_event(event);
+                dispatch(&ctx, &peers, plane.as_mut(), outs);
+            }
             Received::Down(d) => {
                 let Some(peer_id) = by_pid.remove(&d.pid) else {
                     continue;
@@ -89,7 +102,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                     peers.remove(&peer_id);
                     tracing::debug!(room = %name, peer = %peer_id, reason = %d.reason, "peer left");
                     let outs = session.remove_peer(&peer_id);
-                    dispatch(&ctx, &peers, outs);
+                    dispatch(&ctx, &peers, plane.as_mut(), outs);
                     if peers.is_empty() {
                         break;
                     }
@@ -97,6 +110,8 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
             }
         }
     }
+    // Closes every media connection before the name is free for a fresh room.
+    drop(plane);
     // Give up the name before exiting: from here on new joins start a fresh room; joins already
     // queued here get their ack dropped and retry.
     app.rooms.unregister_own(&name, ctx.pid());
@@ -105,8 +120,39 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     ExitReason::Normal
 }
 
-fn dispatch(ctx: &Ctx<RoomMsg>, peers: &BTreeMap<String, Peer>, outs: Vec<Out>) {
-    for Out::To { peer, data } in outs {
+/// The sink the room gives its plane. Plane events must neither be lost (a lost answer stalls a
+/// peer's negotiation for good) nor block the plane's tasks, so they queue here and one forwarder
+/// task feeds them, in order, into the bounded mailbox, waiting for room when it is full. The
+/// queue is bounded in practice by the plane's work, which the room's own inputs bound.
+fn plane_sink(room: Addr<RoomMsg>) -> PlaneSink {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    rt::spawn_task(async move {
+        while let Some(event) = rx.recv().await {
+            if room.send(RoomMsg::Plane(event)).await.is_err() {
+                break;
+            }
+        }
+    });
+    PlaneSink::new(move |event| {
+        // Fails only once the forwarder has stopped with the room: nothing left to tell.
+        let _ = tx.send(event);
+    })
+}
+
+fn dispatch(
+    ctx: &Ctx<RoomMsg>,
+    peers: &BTreeMap<String, Peer>,
+    plane: &mut dyn MediaPlane,
+    outs: Vec<Out>,
+) {
+    for out in outs {
+        let (peer, data) = match out {
+            Out::To { peer, data } => (peer, data),
+            Out::Plane(command) => {
+                plane.apply(command);
+                continue;
+            }
+        };
         let Some(p) = peers.get(&peer) else { continue };
         match p.channel.try_send(ChannelMsg::MediaEvent(data)) {
             Ok(()) => {}

@@ -1,5 +1,6 @@
 //! Integration tests on real tokio (one test binary).
 
+mod media;
 mod registry_model;
 mod support;
 mod wire_channels;

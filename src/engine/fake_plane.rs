@@ -1,0 +1,314 @@
+//! A deterministic [`MediaPlane`] without a network, for unit tests and the simulation.
+//!
+//! It answers every offer at once with a synthetic but structurally valid SDP derived from the
+//! offer (same m-lines and mids, directions from the core's decisions, fixed fake ICE
+//! credentials and fingerprint, the offer's own codecs), then reports one fake host candidate,
+//! the start or end of inbound tracks, and `Connected`.
+//!
+//! It must never read a clock, draw randomness or touch a socket: for one sequence of calls it
+//! reports the same events byte for byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use super::events::TrackId;
+use super::plane::{MLineRole, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink};
+use super::sdp::Sdp;
+use super::session::PeerId;
+
+/// The one candidate the fake plane reports per answer.
+pub const FAKE_CANDIDATE: &str = "candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host";
+const FAKE_FINGERPRINT: &str = "sha-256 \
+    00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+
+#[derive(Debug, Default)]
+struct FakePeer {
+    answers: u64,
+    inbound: BTreeSet<TrackId>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct FakePlane {
+    sink: PlaneSink,
+    peers: BTreeMap<PeerId, FakePeer>,
+    keyframe_requests: u64,
+}
+
+impl FakePlane {
+    pub fn new(sink: PlaneSink) -> Self {
+        FakePlane {
+            sink,
+            peers: BTreeMap::new(),
+            keyframe_requests: 0,
+        }
+    }
+
+    /// Keyframe requests received so far (they have no other observable effect here).
+    pub fn keyframe_requests(&self) -> u64 {
+        self.keyframe_requests
+    }
+}
+
+impl MediaPlane for FakePlane {
+    fn add_peer(&mut self, peer: &str) {
+        self.peers.entry(peer.to_owned()).or_default();
+    }
+
+    fn remove_peer(&mut self, peer: &str) {
+        self.peers.remove(peer);
+    }
+
+    fn offer(&mut self, peer: &str, offer: PlaneOffer) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.answers += 1;
+        let result = fake_answer(&offer, state.answers);
+        let ok = result.is_ok();
+        self.sink.send(PlaneEvent::Answer {
+            peer: peer.to_owned(),
+            negotiation: offer.negotiation,
+            result,
+        });
+        if !ok {
+            return;
+        }
+        self.sink.send(PlaneEvent::LocalCandidate {
+            peer: peer.to_owned(),
+            candidate: FAKE_CANDIDATE.to_owned(),
+        });
+        let inbound: BTreeSet<TrackId> = offer
+            .mlines
+            .iter()
+            .filter_map(|m| match &m.role {
+                MLineRole::Inbound { track_id, .. } => Some(track_id.clone()),
+                _ => None,
+            })
+            .collect();
+        for track_id in state.inbound.difference(&inbound) {
+            self.sink.send(PlaneEvent::TrackEnded {
+                peer: peer.to_owned(),
+                track_id: track_id.clone(),
+            });
+        }
+        for track_id in inbound.difference(&state.inbound) {
+            self.sink.send(PlaneEvent::TrackStarted {
+                peer: peer.to_owned(),
+                track_id: track_id.clone(),
+            });
+        }
+        state.inbound = inbound;
+        self.sink.send(PlaneEvent::Connected {
+            peer: peer.to_owned(),
+        });
+    }
+
+    fn remote_candidate(&mut self, _peer: &str, _candidate: &str, _index: Option<u32>) {}
+
+    fn request_keyframe(&mut self, _publisher: &str, _track_id: &str) {
+        self.keyframe_requests += 1;
+    }
+}
+
+/// The answer the fake plane gives to `offer`; `version` distinguishes successive answers to
+/// one peer (it goes into the origin line and the ICE credentials, as an ICE restart needs).
+pub fn fake_answer(offer: &PlaneOffer, version: u64) -> Result<String, String> {
+    let sdp = Sdp::parse(&offer.sdp).map_err(|e| e.to_string())?;
+    if sdp.media.len() != offer.mlines.len()
+        || sdp
+            .media
+            .iter()
+            .zip(&offer.mlines)
+            .any(|(s, m)| s.mid != m.mid)
+    {
+        return Err("the m-line decisions do not match the offer".to_owned());
+    }
+    let mut out = String::new();
+    let bundle: Vec<&str> = sdp
+        .media
+        .iter()
+        .filter(|s| !s.is_rejected())
+        .map(|s| s.mid.as_str())
+        .collect();
+    // `write!` into a String cannot fail.
+    let _ = write!(
+        out,
+        "v=0\r\no=- 0 {version} IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    );
+    if !bundle.is_empty() {
+        let _ = write!(out, "a=group:BUNDLE {}\r\n", bundle.join(" "));
+    }
+    out.push_str("a=extmap-allow-mixed\r\na=msid-semantic: WMS *\r\na=ice-lite\r\n");
+    for (section, mline) in sdp.media.iter().zip(&offer.mlines) {
+        let port = if section.is_rejected() { 0 } else { 9 };
+        let _ = write!(
+            out,
+            "m={} {port} {} {}\r\nc=IN IP4 0.0.0.0\r\n",
+            section.media,
+            section.proto,
+            section.formats.join(" ")
+        );
+        let _ = write!(
+            out,
+            "a=ice-ufrag:fake{version}\r\na=ice-pwd:fakepasswordfakepassword{version}\r\n\
+             a=fingerprint:{FAKE_FINGERPRINT}\r\na=setup:passive\r\na=mid:{}\r\n",
+            section.mid
+        );
+        let direction = match &mline.role {
+            MLineRole::Inbound { .. } => "recvonly",
+            MLineRole::Outbound { .. } => "sendonly",
+            MLineRole::Inactive => "inactive",
+        };
+        let _ = write!(out, "a={direction}\r\n");
+        if let MLineRole::Outbound {
+            track_id,
+            stream_id,
+            ..
+        } = &mline.role
+        {
+            let _ = write!(out, "a=msid:{stream_id} {track_id}\r\n");
+        }
+        out.push_str("a=rtcp-mux\r\n");
+        for attr in &section.attributes {
+            if ["rtpmap:", "fmtp:", "rtcp-fb:"]
+                .iter()
+                .any(|p| attr.starts_with(p))
+            {
+                let _ = write!(out, "a={attr}\r\n");
+            }
+        }
+        if let MLineRole::Outbound { stream_id, .. } = &mline.role {
+            let _ = write!(
+                out,
+                "a=ssrc:{} cname:{stream_id}\r\n",
+                fake_ssrc(&section.mid)
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A stable SSRC per mid (FNV-1a), so answers do not depend on call order.
+fn fake_ssrc(mid: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in mid.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::plane::{MLine, MediaKind};
+    use crate::engine::sdp::Direction;
+    use std::sync::{Arc, Mutex};
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n\
+        a=rtcp-fb:96 nack pli\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\n";
+
+    fn offer() -> PlaneOffer {
+        PlaneOffer {
+            negotiation: 7,
+            sdp: OFFER.to_owned(),
+            mlines: vec![
+                MLine {
+                    mid: "0".into(),
+                    role: MLineRole::Inbound {
+                        kind: MediaKind::Audio,
+                        track_id: "p:a".into(),
+                    },
+                },
+                MLine {
+                    mid: "1".into(),
+                    role: MLineRole::Outbound {
+                        kind: MediaKind::Video,
+                        publisher: "q".into(),
+                        track_id: "q:v".into(),
+                        stream_id: "sq".into(),
+                    },
+                },
+                MLine {
+                    mid: "2".into(),
+                    role: MLineRole::Inactive,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn answer_mirrors_the_offer() {
+        let answer = fake_answer(&offer(), 3).unwrap();
+        let parsed = Sdp::parse(&answer).unwrap();
+        let shape: Vec<_> = parsed
+            .media
+            .iter()
+            .map(|m| (m.media.as_str(), m.port, m.mid.as_str(), m.direction))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("audio", 9, "0", Direction::RecvOnly),
+                ("video", 9, "1", Direction::SendOnly),
+                ("video", 0, "2", Direction::Inactive),
+            ]
+        );
+        assert!(answer.contains("a=group:BUNDLE 0 1\r\n"));
+        assert!(answer.contains("a=msid:sq q:v\r\n"));
+        assert!(answer.contains("a=ice-ufrag:fake3\r\n"));
+        assert!(answer.contains("a=rtcp-fb:96 nack pli\r\n"));
+        assert_eq!(fake_answer(&offer(), 3).unwrap(), answer);
+        let mut wrong = offer();
+        wrong.mlines.pop();
+        assert!(fake_answer(&wrong, 1).is_err());
+    }
+
+    #[test]
+    fn reports_answer_candidate_tracks_connected() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let events = events.clone();
+            PlaneSink::new(move |e| events.lock().unwrap().push(e))
+        };
+        let mut plane = FakePlane::new(sink);
+        plane.offer("p", offer()); // unknown peer: ignored
+        plane.add_peer("p");
+        plane.offer("p", offer());
+        let mut second = offer();
+        second.negotiation = 8;
+        second.mlines[0].role = MLineRole::Inactive;
+        plane.offer("p", second);
+        plane.request_keyframe("p", "p:a");
+        assert_eq!(plane.keyframe_requests(), 1);
+        let got: Vec<String> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                PlaneEvent::Answer {
+                    negotiation,
+                    result,
+                    ..
+                } => format!("answer {negotiation} {}", result.is_ok()),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "answer 7 true",
+                r#"LocalCandidate { peer: "p", candidate: "candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host" }"#,
+                r#"TrackStarted { peer: "p", track_id: "p:a" }"#,
+                r#"Connected { peer: "p" }"#,
+                "answer 8 true",
+                r#"LocalCandidate { peer: "p", candidate: "candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host" }"#,
+                r#"TrackEnded { peer: "p", track_id: "p:a" }"#,
+                r#"Connected { peer: "p" }"#,
+            ]
+        );
+    }
+}

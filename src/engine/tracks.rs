@@ -1,0 +1,871 @@
+//! The negotiation core: which tracks exist in the room, who has been told about which, which
+//! mid carries which track for each peer, and the `offerData` → `sdpOffer` → `sdpAnswer` cycle
+//! of every peer (research §4–§5).
+//!
+//! It owns every decision a client can observe about tracks: `tracksAdded`/`tracksRemoved`/
+//! `trackUpdated` and their order relative to `offerData`, `tracksTypes`, the pairing of
+//! forwarded tracks with `recvonly` m-lines, `midToTrackId`, one stream id per publisher, and
+//! when the media plane is asked for an answer or a keyframe.
+//!
+//! It must never: do IO or wait (the plane answers later, through
+//! [`Negotiation::plane_event`]); let `tracksTypes` decrease for a peer; have two offers open
+//! for one peer; send `tracksRemoved` for a track whose mid the peer never got in an
+//! `sdpAnswer` (the client throws); iterate a hash map on the way to an output; panic on
+//! client input.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::events::{
+    CustomEvent, ErrorData, NegotiationEvent, OfferData, SdpAnswer, SdpOffer, ServerCandidate,
+    ServerEvent, SimulcastConfig, TrackId, TrackInfo, TrackUpdated, TracksAdded, TracksRemoved,
+    TracksTypes, TurnServer,
+};
+use super::negotiation::{Negotiation, Outbox};
+use super::plane::{MLine, MLineRole, MediaKind, PlaneCommand, PlaneEvent, PlaneOffer};
+use super::sdp::{is_token_char, Direction, Sdp};
+use super::session::{PeerId, Roster};
+
+/// What the room configures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiationConfig {
+    /// Sent in every `offerData`. The client builds its relay-only ICE configuration from the
+    /// first one it receives, so this must not be empty in production.
+    pub turn_servers: Vec<TurnServer>,
+    /// Track metadata is copied to every subscriber, so its serialized size is capped.
+    pub max_track_metadata_bytes: usize,
+    /// Tracks one peer may publish at once; further `sendonly` m-lines are answered inactive.
+    pub max_published_tracks: usize,
+    /// Local candidates held back while an answer is outstanding.
+    pub max_held_candidates: usize,
+}
+
+impl Default for NegotiationConfig {
+    fn default() -> Self {
+        NegotiationConfig {
+            turn_servers: Vec::new(),
+            max_track_metadata_bytes: 4096,
+            max_published_tracks: 8,
+            max_held_candidates: 32,
+        }
+    }
+}
+
+/// Where one peer's offer/answer cycle stands. At most one cycle is open per peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// `offerData` sent, its `sdpOffer` not yet received.
+    OfferDataSent,
+    /// The plane is answering `negotiation`; `mid_to_track_id` goes into that answer.
+    AwaitingAnswer {
+        negotiation: u64,
+        mid_to_track_id: BTreeMap<String, TrackId>,
+    },
+}
+
+/// A track the peer publishes (or published) on one of its `sendonly` m-lines.
+#[derive(Debug, Clone)]
+struct Inbound {
+    track_id: TrackId,
+    kind: MediaKind,
+    metadata: Value,
+    active: bool,
+}
+
+/// A track of another peer announced to this peer with `tracksAdded`. Never dropped while the
+/// peer is connected: each one is (or will be) a `recvonly` m-line of its connection, which
+/// `tracksTypes` must keep counting.
+#[derive(Debug, Clone)]
+struct Outbound {
+    publisher: PeerId,
+    track_id: TrackId,
+    kind: MediaKind,
+    /// The `recvonly` m-line paired with it, once an offer had one free.
+    mid: Option<String>,
+    /// An `sdpAnswer` sent to this peer mapped `mid` to the track: only now can the client
+    /// handle `tracksRemoved` for it.
+    carried: bool,
+    /// The publisher stopped publishing it (or left).
+    removed: bool,
+    /// The peer needs no `tracksRemoved` for it any more (sent, or made moot by
+    /// `endpointRemoved`).
+    removal_settled: bool,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    phase: Phase,
+    /// A renegotiation was asked for while a cycle was open.
+    pending: bool,
+    next_negotiation: u64,
+    held_candidates: Vec<String>,
+    /// An `sdpAnswer` reached the client: before that it has no remote description to add
+    /// candidates to.
+    answered: bool,
+    /// By mid, every mid the peer ever published on.
+    inbound: BTreeMap<String, Inbound>,
+    /// In announcement order (the order new m-lines are paired in).
+    outbound: Vec<Outbound>,
+    /// Counted in every `offerData`; kept to check monotonicity.
+    last_tracks_types: TracksTypes,
+}
+
+impl PeerState {
+    fn new() -> Self {
+        PeerState {
+            phase: Phase::Idle,
+            pending: false,
+            next_negotiation: 1,
+            held_candidates: Vec::new(),
+            answered: false,
+            inbound: BTreeMap::new(),
+            outbound: Vec::new(),
+            last_tracks_types: TracksTypes { audio: 0, video: 0 },
+        }
+    }
+
+    fn active_tracks(&self) -> BTreeMap<TrackId, TrackInfo> {
+        self.inbound
+            .values()
+            .filter(|t| t.active)
+            .map(|t| (t.track_id.clone(), track_info(&t.metadata)))
+            .collect()
+    }
+
+    fn tracks_types(&self) -> TracksTypes {
+        let count = |k| self.outbound.iter().filter(|o| o.kind == k).count();
+        TracksTypes {
+            audio: u32::try_from(count(MediaKind::Audio)).unwrap_or(u32::MAX),
+            video: u32::try_from(count(MediaKind::Video)).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The stream id (`a=msid`) of every track `peer` publishes. Derived from the peer id (a
+/// server-chosen UUID) so it is stable for the peer's lifetime and replays identically;
+/// characters SDP cannot carry are replaced.
+fn stream_id_for(peer: &str) -> String {
+    peer.chars()
+        .map(|c| if is_token_char(c) { c } else { '_' })
+        .collect()
+}
+
+fn track_info(metadata: &Value) -> TrackInfo {
+    TrackInfo {
+        metadata: metadata.clone(),
+        simulcast_config: SimulcastConfig::disabled(),
+    }
+}
+
+/// A track being announced: id, kind, metadata.
+type NewTrack = (TrackId, MediaKind, Value);
+
+/// The SFU negotiation core; see the module documentation.
+#[derive(Debug, Default)]
+pub struct TrackNegotiation {
+    config: NegotiationConfig,
+    peers: BTreeMap<PeerId, PeerState>,
+    /// Peers that lost carried tracks of a leaver: renegotiated after `endpointRemoved`.
+    renegotiate_after_leave: Vec<PeerId>,
+}
+
+impl TrackNegotiation {
+    pub fn new(config: NegotiationConfig) -> Self {
+        TrackNegotiation {
+            config,
+            peers: BTreeMap::new(),
+            renegotiate_after_leave: Vec::new(),
+        }
+    }
+
+    /// Peers with negotiation state (connected ones; empty once everyone has left).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The msid stream id of `peer`'s tracks.
+    pub fn stream_id(&self, peer: &str) -> Option<String> {
+        self.peers.contains_key(peer).then(|| stream_id_for(peer))
+    }
+
+    /// The `tracksTypes` the next `offerData` to `peer` will carry.
+    pub fn tracks_types(&self, peer: &str) -> Option<TracksTypes> {
+        self.peers.get(peer).map(PeerState::tracks_types)
+    }
+
+    /// True while `peer` has an `offerData` or an answer outstanding.
+    pub fn is_negotiating(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.phase != Phase::Idle)
+    }
+
+    fn request_renegotiation(&mut self, peer: &str, out: &mut Outbox) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if state.phase == Phase::Idle {
+            self.send_offer_data(peer, out);
+        } else {
+            state.pending = true;
+        }
+    }
+
+    fn send_offer_data(&mut self, peer: &str, out: &mut Outbox) {
+        let state = self.peers.get_mut(peer).expect("caller checked the peer");
+        debug_assert_eq!(state.phase, Phase::Idle, "two negotiations open for {peer}");
+        let tracks_types = state.tracks_types();
+        assert!(
+            tracks_types.audio >= state.last_tracks_types.audio
+                && tracks_types.video >= state.last_tracks_types.video,
+            "tracksTypes decreased for {peer}"
+        );
+        state.last_tracks_types = tracks_types;
+        state.phase = Phase::OfferDataSent;
+        state.pending = false;
+        out.send(
+            peer,
+            &ServerEvent::Custom(CustomEvent::OfferData(OfferData {
+                tracks_types,
+                integrated_turn_servers: self.config.turn_servers.clone(),
+            })),
+        );
+    }
+
+    /// Closes `peer`'s cycle and opens the next one if it was asked for meanwhile.
+    fn finish_cycle(&mut self, peer: &str, out: &mut Outbox) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.phase = Phase::Idle;
+        if state.pending {
+            self.send_offer_data(peer, out);
+        }
+    }
+
+    /// Announces `publisher`'s `tracks` to `subscriber` and records them as forwarded there.
+    fn announce(
+        &mut self,
+        publisher: &str,
+        subscriber: &str,
+        tracks: &[NewTrack],
+        out: &mut Outbox,
+    ) {
+        let Some(sub) = self.peers.get_mut(subscriber) else {
+            return;
+        };
+        let infos = tracks
+            .iter()
+            .map(|(id, _, meta)| (id.clone(), track_info(meta)))
+            .collect();
+        out.send(
+            subscriber,
+            &ServerEvent::TracksAdded(TracksAdded::new(publisher, infos)),
+        );
+        sub.outbound
+            .extend(tracks.iter().map(|(id, kind, _)| Outbound {
+                publisher: publisher.to_owned(),
+                track_id: id.clone(),
+                kind: *kind,
+                mid: None,
+                carried: false,
+                removed: false,
+                removal_settled: false,
+            }));
+    }
+
+    /// Marks `publisher`'s `track_ids` removed for `subscriber`; sends `tracksRemoved` for the
+    /// ones the subscriber can already handle. Returns whether it sent one.
+    fn retract(
+        &mut self,
+        publisher: &str,
+        subscriber: &str,
+        track_ids: &[TrackId],
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(sub) = self.peers.get_mut(subscriber) else {
+            return false;
+        };
+        let mut now = Vec::new();
+        for o in sub
+            .outbound
+            .iter_mut()
+            .filter(|o| !o.removed && o.publisher == publisher && track_ids.contains(&o.track_id))
+        {
+            o.removed = true;
+            if o.carried {
+                o.removal_settled = true;
+                now.push(o.track_id.clone());
+            }
+        }
+        if now.is_empty() {
+            return false;
+        }
+        out.send(
+            subscriber,
+            &ServerEvent::TracksRemoved(TracksRemoved {
+                endpoint_id: publisher.to_owned(),
+                track_ids: now,
+            }),
+        );
+        true
+    }
+
+    fn send_error(&self, peer: &str, message: String, out: &mut Outbox) {
+        out.send(peer, &ServerEvent::Error(ErrorData { message }));
+    }
+
+    fn metadata_too_large(&self, metadata: &Value) -> bool {
+        serde_json::to_string(metadata)
+            .map_or(true, |s| s.len() > self.config.max_track_metadata_bytes)
+    }
+
+    fn offer(&mut self, roster: &Roster, peer: &str, offer: SdpOffer, out: &mut Outbox) {
+        let Some(state) = self.peers.get(peer) else {
+            return;
+        };
+        if matches!(state.phase, Phase::AwaitingAnswer { .. }) {
+            // The client sends one offer per `offerData`; a second one would be answered
+            // with SDP the client no longer expects.
+            tracing::debug!(peer, "sdpOffer while an answer is outstanding dropped");
+            return;
+        }
+        if let Err(message) = self.check_offer(&offer) {
+            self.send_error(peer, format!("invalid sdpOffer: {message}"), out);
+            self.finish_cycle(peer, out);
+            return;
+        }
+        let sdp = match Sdp::parse(&offer.sdp_offer.sdp) {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                self.send_error(peer, format!("invalid sdpOffer: {e}"), out);
+                self.finish_cycle(peer, out);
+                return;
+            }
+        };
+        let max_published = self.config.max_published_tracks;
+        let state = self.peers.get_mut(peer).expect("checked above");
+        let prefix = format!("{peer}:");
+        let mut mlines = Vec::with_capacity(sdp.media.len());
+        let mut mid_to_track_id = BTreeMap::new();
+        let mut published = Vec::new();
+        let mut kept_inbound: Vec<String> = Vec::new();
+        let mut active_count = 0;
+        for section in &sdp.media {
+            let mid = &section.mid;
+            let kind = match section.media.as_str() {
+                "audio" => Some(MediaKind::Audio),
+                "video" => Some(MediaKind::Video),
+                _ => None,
+            };
+            let sends = matches!(section.direction, Direction::SendOnly | Direction::SendRecv);
+            let receives = matches!(section.direction, Direction::RecvOnly | Direction::SendRecv);
+            let offered_track = offer.mid_to_track_id.get(mid);
+            let mut role = MLineRole::Inactive;
+            if let Some(index) = state
+                .outbound
+                .iter()
+                .position(|o| o.mid.as_ref() == Some(mid))
+            {
+                // A slot stays with its track for good; m-lines are never recycled.
+                let o = &state.outbound[index];
+                mid_to_track_id.insert(mid.clone(), o.track_id.clone());
+                if receives && !o.removed && !section.is_rejected() {
+                    role = outbound_role(o);
+                }
+            } else if let Some(known) = state.inbound.get(mid) {
+                mid_to_track_id.insert(mid.clone(), known.track_id.clone());
+                if known.active
+                    && sends
+                    && !section.is_rejected()
+                    && offered_track == Some(&known.track_id)
+                {
+                    role = MLineRole::Inbound {
+                        kind: known.kind,
+                        track_id: known.track_id.clone(),
+                    };
+                    kept_inbound.push(mid.clone());
+                    active_count += 1;
+                }
+            } else if let (Some(kind), false) = (kind, section.is_rejected()) {
+                match offered_track {
+                    Some(track_id)
+                        if sends
+                            && track_id.starts_with(&prefix)
+                            && track_id.len() <= 256
+                            && !state.inbound.values().any(|t| &t.track_id == track_id)
+                            && !published.iter().any(|(_, t, _, _)| t == track_id) =>
+                    {
+                        published.push((mid.clone(), track_id.clone(), kind, section));
+                    }
+                    None if receives => {
+                        // Paired below, after every known mid has been seen.
+                    }
+                    _ => {}
+                }
+            }
+            mlines.push(MLine {
+                mid: mid.clone(),
+                role,
+            });
+        }
+        // New `recvonly` m-lines take the oldest unpaired announced tracks of their kind: the
+        // client made exactly one per track counted in `tracksTypes`.
+        for (line, section) in mlines.iter_mut().zip(&sdp.media) {
+            let receives = matches!(section.direction, Direction::RecvOnly | Direction::SendRecv);
+            let kind = match section.media.as_str() {
+                "audio" => MediaKind::Audio,
+                "video" => MediaKind::Video,
+                _ => continue,
+            };
+            if !receives
+                || section.is_rejected()
+                || mid_to_track_id.contains_key(&line.mid)
+                || offer.mid_to_track_id.contains_key(&line.mid)
+            {
+                continue;
+            }
+            let Some(o) = state
+                .outbound
+                .iter_mut()
+                .find(|o| o.mid.is_none() && o.kind == kind)
+            else {
+                continue;
+            };
+            o.mid = Some(line.mid.clone());
+            mid_to_track_id.insert(line.mid.clone(), o.track_id.clone());
+            if !o.removed {
+                line.role = outbound_role(o);
+            }
+        }
+        // Tracks that stopped: their m-line went inactive, lost its track id, or vanished.
+        let mut removed = Vec::new();
+        for (mid, t) in state.inbound.iter_mut() {
+            if t.active && !kept_inbound.contains(mid) {
+                t.active = false;
+                removed.push(t.track_id.clone());
+            }
+        }
+        let mut new_tracks = Vec::new();
+        for (mid, track_id, kind, _) in published {
+            if active_count >= max_published {
+                tracing::debug!(peer, %track_id, "published track over the limit answered inactive");
+                continue;
+            }
+            active_count += 1;
+            let metadata = offer
+                .track_id_to_track_metadata
+                .get(&track_id)
+                .cloned()
+                .unwrap_or_default();
+            state.inbound.insert(
+                mid.clone(),
+                Inbound {
+                    track_id: track_id.clone(),
+                    kind,
+                    metadata: metadata.clone(),
+                    active: true,
+                },
+            );
+            mid_to_track_id.insert(mid.clone(), track_id.clone());
+            let line = mlines
+                .iter_mut()
+                .find(|l| l.mid == mid)
+                .expect("every section has a line");
+            line.role = MLineRole::Inbound {
+                kind,
+                track_id: track_id.clone(),
+            };
+            new_tracks.push((track_id, kind, metadata));
+        }
+        let negotiation = state.next_negotiation;
+        state.next_negotiation += 1;
+        state.phase = Phase::AwaitingAnswer {
+            negotiation,
+            mid_to_track_id,
+        };
+        out.plane(PlaneCommand::Offer {
+            peer: peer.to_owned(),
+            offer: PlaneOffer {
+                negotiation,
+                sdp: offer.sdp_offer.sdp,
+                mlines,
+            },
+        });
+        if removed.is_empty() && new_tracks.is_empty() {
+            return;
+        }
+        // Each other peer hears of removals, then additions, and only then gets the
+        // `offerData` whose counts include them.
+        let others: Vec<PeerId> = roster
+            .ids()
+            .filter(|p| *p != peer)
+            .map(str::to_owned)
+            .collect();
+        for other in others {
+            let mut renegotiate = self.retract(peer, &other, &removed, out);
+            if !new_tracks.is_empty() {
+                self.announce(peer, &other, &new_tracks, out);
+                renegotiate = true;
+            }
+            if renegotiate {
+                self.request_renegotiation(&other, out);
+            }
+        }
+    }
+
+    fn check_offer(&self, offer: &SdpOffer) -> Result<(), String> {
+        if offer.sdp_offer.kind != "offer" {
+            return Err(format!(
+                "type must be \"offer\", not {:?}",
+                offer.sdp_offer.kind.chars().take(16).collect::<String>()
+            ));
+        }
+        if offer
+            .track_id_to_track_metadata
+            .values()
+            .any(|m| self.metadata_too_large(m))
+        {
+            return Err(format!(
+                "track metadata is larger than {} bytes",
+                self.config.max_track_metadata_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    fn answer(
+        &mut self,
+        roster: &Roster,
+        peer: &str,
+        negotiation: u64,
+        result: Result<String, String>,
+        out: &mut Outbox,
+    ) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let mid_to_track_id = match &state.phase {
+            Phase::AwaitingAnswer {
+                negotiation: n,
+                mid_to_track_id,
+            } if *n == negotiation => mid_to_track_id.clone(),
+            _ => {
+                tracing::debug!(peer, negotiation, "stale answer dropped");
+                return;
+            }
+        };
+        let sdp = match result {
+            Ok(sdp) => sdp,
+            Err(reason) => {
+                tracing::warn!(peer, %reason, "media plane could not answer");
+                state.held_candidates.clear();
+                state.pending = false;
+                state.phase = Phase::Idle;
+                self.send_error(peer, "media negotiation failed".to_owned(), out);
+                return;
+            }
+        };
+        out.send(
+            peer,
+            &ServerEvent::Custom(CustomEvent::SdpAnswer(SdpAnswer {
+                kind: "answer".to_owned(),
+                sdp,
+                mid_to_track_id: mid_to_track_id.clone(),
+            })),
+        );
+        state.answered = true;
+        let mut keyframes = Vec::new();
+        for o in &mut state.outbound {
+            if o.carried
+                || !o
+                    .mid
+                    .as_ref()
+                    .is_some_and(|m| mid_to_track_id.contains_key(m))
+            {
+                continue;
+            }
+            o.carried = true;
+            if !o.removed {
+                keyframes.push((o.publisher.clone(), o.track_id.clone()));
+            }
+        }
+        for candidate in std::mem::take(&mut state.held_candidates) {
+            send_candidate(peer, candidate, out);
+        }
+        for (publisher, track_id) in keyframes {
+            out.plane(PlaneCommand::RequestKeyframe {
+                publisher,
+                track_id,
+            });
+        }
+        // Tracks removed before this peer could handle their removal: now it can.
+        let mut late: BTreeMap<PeerId, Vec<TrackId>> = BTreeMap::new();
+        for o in &mut state.outbound {
+            if o.removed && o.carried && !o.removal_settled {
+                o.removal_settled = true;
+                late.entry(o.publisher.clone())
+                    .or_default()
+                    .push(o.track_id.clone());
+            }
+        }
+        // In join order, like every other multi-publisher output.
+        let mut renegotiate = false;
+        for publisher in roster.ids() {
+            if let Some(track_ids) = late.remove(publisher) {
+                out.send(
+                    peer,
+                    &ServerEvent::TracksRemoved(TracksRemoved {
+                        endpoint_id: publisher.to_owned(),
+                        track_ids,
+                    }),
+                );
+                // 0.7.x locks its own renegotiation after `tracksRemoved` until the next answer.
+                renegotiate = true;
+            }
+        }
+        if renegotiate {
+            state.pending = true;
+        }
+        self.finish_cycle(peer, out);
+    }
+
+    fn update_track_metadata(
+        &mut self,
+        roster: &Roster,
+        peer: &str,
+        track_id: TrackId,
+        metadata: Value,
+        out: &mut Outbox,
+    ) {
+        if self.metadata_too_large(&metadata) {
+            let limit = self.config.max_track_metadata_bytes;
+            self.send_error(
+                peer,
+                format!("track metadata is larger than {limit} bytes"),
+                out,
+            );
+            return;
+        }
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let Some(track) = state
+            .inbound
+            .values_mut()
+            .find(|t| t.active && t.track_id == track_id)
+        else {
+            tracing::debug!(peer, %track_id, "metadata update for an unknown track ignored");
+            return;
+        };
+        if track.metadata == metadata {
+            return;
+        }
+        track.metadata = metadata.clone();
+        let event = ServerEvent::TrackUpdated(TrackUpdated {
+            endpoint_id: peer.to_owned(),
+            track_id: track_id.clone(),
+            metadata,
+        });
+        for other in roster.ids().filter(|p| *p != peer) {
+            let subscribed = self.peers.get(other).is_some_and(|s| {
+                s.outbound
+                    .iter()
+                    .any(|o| !o.removed && o.publisher == peer && o.track_id == track_id)
+            });
+            if subscribed {
+                out.send(other, &event);
+            }
+        }
+    }
+
+    fn keyframes_for_subscriber(&self, peer: &str, out: &mut Outbox) {
+        let Some(state) = self.peers.get(peer) else {
+            return;
+        };
+        for o in state.outbound.iter().filter(|o| o.carried && !o.removed) {
+            out.plane(PlaneCommand::RequestKeyframe {
+                publisher: o.publisher.clone(),
+                track_id: o.track_id.clone(),
+            });
+        }
+    }
+}
+
+fn outbound_role(o: &Outbound) -> MLineRole {
+    MLineRole::Outbound {
+        kind: o.kind,
+        publisher: o.publisher.clone(),
+        track_id: o.track_id.clone(),
+        stream_id: stream_id_for(&o.publisher),
+    }
+}
+
+fn send_candidate(peer: &str, candidate: String, out: &mut Outbox) {
+    out.send(
+        peer,
+        &ServerEvent::Custom(CustomEvent::Candidate(ServerCandidate {
+            candidate,
+            sdp_m_line_index: 0,
+            sdp_mid: None,
+            username_fragment: None,
+        })),
+    );
+}
+
+impl Negotiation for TrackNegotiation {
+    fn published_tracks(&self, peer: &str) -> BTreeMap<TrackId, TrackInfo> {
+        self.peers
+            .get(peer)
+            .map(PeerState::active_tracks)
+            .unwrap_or_default()
+    }
+
+    fn endpoint_connected(&mut self, roster: &Roster, peer: &str, out: &mut Outbox) {
+        if self.peers.contains_key(peer) {
+            return;
+        }
+        self.peers.insert(peer.to_owned(), PeerState::new());
+        out.plane(PlaneCommand::AddPeer {
+            peer: peer.to_owned(),
+        });
+        let publishers: Vec<(PeerId, Vec<NewTrack>)> = roster
+            .ids()
+            .filter(|p| *p != peer)
+            .filter_map(|p| {
+                let state = self.peers.get(p)?;
+                let tracks: Vec<_> = state
+                    .inbound
+                    .values()
+                    .filter(|t| t.active)
+                    .map(|t| (t.track_id.clone(), t.kind, t.metadata.clone()))
+                    .collect();
+                (!tracks.is_empty()).then(|| (p.to_owned(), tracks))
+            })
+            .collect();
+        if publishers.is_empty() {
+            // Nothing to receive: the client asks with `renegotiateTracks` when it publishes.
+            return;
+        }
+        for (publisher, tracks) in &publishers {
+            self.announce(publisher, peer, tracks, out);
+        }
+        self.request_renegotiation(peer, out);
+    }
+
+    fn endpoint_removed(&mut self, roster: &Roster, peer: &str, out: &mut Outbox) {
+        let Some(state) = self.peers.remove(peer) else {
+            return;
+        };
+        out.plane(PlaneCommand::RemovePeer {
+            peer: peer.to_owned(),
+        });
+        let track_ids: Vec<TrackId> = state.inbound.values().map(|t| t.track_id.clone()).collect();
+        for other in roster.ids() {
+            let Some(sub) = self.peers.get_mut(other) else {
+                continue;
+            };
+            // Tracks the client cannot erase by mid yet are erased by `endpointRemoved`.
+            for o in sub
+                .outbound
+                .iter_mut()
+                .filter(|o| o.publisher == peer && !o.carried)
+            {
+                o.removed = true;
+                o.removal_settled = true;
+            }
+            if self.retract(peer, other, &track_ids, out) {
+                self.renegotiate_after_leave.push(other.to_owned());
+            }
+        }
+    }
+
+    fn after_endpoint_removed(&mut self, _roster: &Roster, _peer: &str, out: &mut Outbox) {
+        for other in std::mem::take(&mut self.renegotiate_after_leave) {
+            self.request_renegotiation(&other, out);
+        }
+    }
+
+    fn handle(&mut self, roster: &Roster, peer: &str, event: NegotiationEvent, out: &mut Outbox) {
+        match event {
+            NegotiationEvent::RenegotiateTracks => self.request_renegotiation(peer, out),
+            NegotiationEvent::SdpOffer(offer) => self.offer(roster, peer, offer, out),
+            NegotiationEvent::Candidate(c) => {
+                // Browsers signal end-of-candidates with an empty one; ICE needs nothing for it.
+                if !c.candidate.is_empty() && self.peers.contains_key(peer) {
+                    out.plane(PlaneCommand::RemoteCandidate {
+                        peer: peer.to_owned(),
+                        candidate: c.candidate,
+                        sdp_m_line_index: c.sdp_m_line_index,
+                    });
+                }
+            }
+            NegotiationEvent::UpdateTrackMetadata { track_id, metadata } => {
+                self.update_track_metadata(roster, peer, track_id, metadata, out)
+            }
+            // Simulcast and bitrate hints: no simulcast forwarding yet (research §9 item 9).
+            NegotiationEvent::TrackVariantBitrates { .. }
+            | NegotiationEvent::SetTargetTrackVariant { .. }
+            | NegotiationEvent::EnableTrackEncoding { .. }
+            | NegotiationEvent::DisableTrackEncoding { .. } => {
+                tracing::trace!(peer, ?event, "simulcast hint ignored");
+            }
+        }
+    }
+
+    fn plane_event(&mut self, roster: &Roster, event: PlaneEvent, out: &mut Outbox) {
+        if !self.peers.contains_key(event.peer()) {
+            tracing::debug!(?event, "plane event for a peer that left dropped");
+            return;
+        }
+        match event {
+            PlaneEvent::Answer {
+                peer,
+                negotiation,
+                result,
+            } => self.answer(roster, &peer, negotiation, result, out),
+            PlaneEvent::LocalCandidate { peer, candidate } => {
+                let max = self.config.max_held_candidates;
+                let state = self.peers.get_mut(&peer).expect("checked above");
+                if matches!(state.phase, Phase::AwaitingAnswer { .. }) {
+                    if state.held_candidates.len() < max {
+                        state.held_candidates.push(candidate);
+                    }
+                } else if state.answered {
+                    send_candidate(&peer, candidate, out);
+                } else {
+                    tracing::debug!(%peer, "candidate without an answer dropped");
+                }
+            }
+            PlaneEvent::TrackStarted { peer, track_id } => {
+                // Subscribers set up before media flowed asked for a keyframe nobody could
+                // send; ask again now that the publisher is sending.
+                let subscribed = self.peers.values().any(|s| {
+                    s.outbound.iter().any(|o| {
+                        o.carried && !o.removed && o.publisher == peer && o.track_id == track_id
+                    })
+                });
+                if subscribed {
+                    out.plane(PlaneCommand::RequestKeyframe {
+                        publisher: peer,
+                        track_id,
+                    });
+                }
+            }
+            PlaneEvent::TrackEnded { peer, track_id } => {
+                tracing::debug!(%peer, %track_id, "inbound track ended");
+            }
+            PlaneEvent::Connected { peer } => self.keyframes_for_subscriber(&peer, out),
+            PlaneEvent::Failed { peer, reason } => {
+                // The browser sees the same failure and reports `connectionError` itself.
+                tracing::info!(%peer, %reason, "peer connection failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,589 @@
+//! Exact media-event sequences of the negotiation core, driven through the session with the
+//! fake plane's answers fed back by hand (so each test decides when the plane answers).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::engine::fake_plane::{fake_answer, FAKE_CANDIDATE};
+use crate::engine::session::{Out, Session, SessionConfig};
+
+pub(super) struct Harness {
+    pub session: Session<TrackNegotiation>,
+    /// The latest offer the plane got per peer, not yet answered.
+    pub offers: BTreeMap<PeerId, PlaneOffer>,
+    answers: u64,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let config = NegotiationConfig {
+            turn_servers: vec![TurnServer {
+                server_addr: "10.0.0.1".into(),
+                server_port: 3478,
+                transport: "udp".into(),
+                username: "u".into(),
+                password: "p".into(),
+            }],
+            ..NegotiationConfig::default()
+        };
+        Harness {
+            session: Session::with_negotiation(
+                SessionConfig::default(),
+                TrackNegotiation::new(config),
+            ),
+            offers: BTreeMap::new(),
+            answers: 0,
+        }
+    }
+
+    pub fn send(&mut self, peer: &str, data: &str) -> Vec<String> {
+        let outs = self.session.handle_event(peer, data);
+        self.render(outs)
+    }
+
+    pub fn leave(&mut self, peer: &str) -> Vec<String> {
+        let outs = self.session.remove_peer(peer);
+        self.offers.remove(peer);
+        self.render(outs)
+    }
+
+    pub fn plane(&mut self, event: PlaneEvent) -> Vec<String> {
+        let outs = self.session.handle_plane_event(event);
+        self.render(outs)
+    }
+
+    /// The plane answers `peer`'s outstanding offer as the fake plane would, then reports its
+    /// candidate.
+    pub fn answer(&mut self, peer: &str) -> Vec<String> {
+        let offer = self.offers.remove(peer).expect("no offer outstanding");
+        self.answers += 1;
+        let mut lines = self.plane(PlaneEvent::Answer {
+            peer: peer.into(),
+            negotiation: offer.negotiation,
+            result: fake_answer(&offer, self.answers),
+        });
+        lines.extend(self.plane(PlaneEvent::LocalCandidate {
+            peer: peer.into(),
+            candidate: FAKE_CANDIDATE.into(),
+        }));
+        lines
+    }
+
+    pub fn render(&mut self, outs: Vec<Out>) -> Vec<String> {
+        outs.into_iter()
+            .map(|o| match o {
+                Out::To { peer, data } => format!("{peer} {}", elide_sdp(&data)),
+                Out::Plane(c) => self.render_command(c),
+            })
+            .collect()
+    }
+
+    fn render_command(&mut self, c: PlaneCommand) -> String {
+        match c {
+            PlaneCommand::AddPeer { peer } => format!("plane add {peer}"),
+            PlaneCommand::RemovePeer { peer } => format!("plane remove {peer}"),
+            PlaneCommand::RemoteCandidate {
+                peer, candidate, ..
+            } => {
+                format!("plane candidate {peer} {candidate}")
+            }
+            PlaneCommand::RequestKeyframe {
+                publisher,
+                track_id,
+            } => format!("plane keyframe {publisher} {track_id}"),
+            PlaneCommand::Offer { peer, offer } => {
+                let lines: Vec<String> = offer
+                    .mlines
+                    .iter()
+                    .map(|m| match &m.role {
+                        MLineRole::Inbound { track_id, .. } => format!("{}=in {track_id}", m.mid),
+                        MLineRole::Outbound {
+                            track_id,
+                            stream_id,
+                            ..
+                        } => format!("{}=out {track_id} msid {stream_id}", m.mid),
+                        MLineRole::Inactive => format!("{}=inactive", m.mid),
+                    })
+                    .collect();
+                let s = format!(
+                    "plane offer {peer} #{} [{}]",
+                    offer.negotiation,
+                    lines.join(", ")
+                );
+                self.offers.insert(peer, offer);
+                s
+            }
+        }
+    }
+}
+
+/// The answer SDP is checked on its own; in sequences it is `<sdp>`.
+fn elide_sdp(data: &str) -> String {
+    let v: Value = serde_json::from_str(data).unwrap();
+    match v["data"]["data"]["sdp"].as_str() {
+        Some(sdp) if v["data"]["type"] == "sdpAnswer" => {
+            data.replace(&json!(sdp).to_string(), r#""<sdp>""#)
+        }
+        _ => data.to_owned(),
+    }
+}
+
+pub(super) fn connect(name: &str) -> String {
+    format!(r#"{{"type":"connect","data":{{"metadata":{{"name":"{name}"}}}}}}"#)
+}
+
+pub(super) const RENEGOTIATE: &str = r#"{"type":"custom","data":{"type":"renegotiateTracks"}}"#;
+
+/// A browser-like offer: `(mid, kind, direction)` per m-line.
+pub(super) fn offer_sdp(lines: &[(&str, &str, &str)]) -> String {
+    let mut s = String::from("v=0\r\no=- 4611 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+    let mids: Vec<&str> = lines.iter().map(|l| l.0).collect();
+    s.push_str(&format!("a=group:BUNDLE {}\r\n", mids.join(" ")));
+    for (mid, kind, dir) in lines {
+        let (pt, codec) = if *kind == "audio" {
+            (111, "opus/48000/2")
+        } else {
+            (96, "VP8/90000")
+        };
+        s.push_str(&format!(
+            "m={kind} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\n\
+             a=ice-pwd:abcdefghijklmnopqrstuv\r\na=setup:actpass\r\na=mid:{mid}\r\na={dir}\r\n\
+             a=rtcp-mux\r\na=rtpmap:{pt} {codec}\r\n"
+        ));
+    }
+    s
+}
+
+pub(super) fn sdp_offer(
+    lines: &[(&str, &str, &str)],
+    mid_to_track: &[(&str, &str)],
+    metadata: &[(&str, Value)],
+) -> String {
+    let mid_to_track: BTreeMap<_, _> = mid_to_track.iter().cloned().collect();
+    let meta: BTreeMap<_, _> = metadata.iter().cloned().collect();
+    json!({"type":"custom","data":{"type":"sdpOffer","data":{
+        "sdpOffer":{"type":"offer","sdp":offer_sdp(lines)},
+        "trackIdToTrackMetadata":meta,
+        "trackIdToTrackBitrates":{},
+        "midToTrackId":mid_to_track}}})
+    .to_string()
+}
+
+const TURN: &str = r#""integratedTurnServers":[{"serverAddr":"10.0.0.1","serverPort":3478,"transport":"udp","username":"u","password":"p"}]"#;
+
+fn offer_data(peer: &str, audio: u32, video: u32) -> String {
+    format!(
+        r#"{peer} {{"type":"custom","data":{{"type":"offerData","data":{{"tracksTypes":{{"audio":{audio},"video":{video}}},{TURN}}}}}}}"#
+    )
+}
+
+fn answer(peer: &str, mids: &str) -> String {
+    format!(
+        r#"{peer} {{"type":"custom","data":{{"type":"sdpAnswer","data":{{"type":"answer","sdp":"<sdp>","midToTrackId":{{{mids}}}}}}}}}"#
+    )
+}
+
+fn candidate(peer: &str) -> String {
+    format!(
+        r#"{peer} {{"type":"custom","data":{{"type":"candidate","data":{{"candidate":"{FAKE_CANDIDATE}","sdpMLineIndex":0,"sdpMid":null,"usernameFragment":null}}}}}}"#
+    )
+}
+
+const A_TRACKS: &str = r#"{"endpointId":"A","trackIdToMetadata":{"A:a":{"type":"audio"},"A:v":{"type":"camera"}},"tracks":{"A:a":{"metadata":{"type":"audio"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}},"A:v":{"metadata":{"type":"camera"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}}}}"#;
+
+fn a_publishes() -> String {
+    sdp_offer(
+        &[("0", "audio", "sendonly"), ("1", "video", "sendonly")],
+        &[("0", "A:a"), ("1", "A:v")],
+        &[
+            ("A:a", json!({"type":"audio"})),
+            ("A:v", json!({"type":"camera"})),
+        ],
+    )
+}
+
+fn b_receives_two() -> String {
+    sdp_offer(
+        &[("0", "audio", "recvonly"), ("1", "video", "recvonly")],
+        &[],
+        &[],
+    )
+}
+
+/// A and B connected; A published audio+video and got its answer; B got `tracksAdded` and an
+/// `offerData` it has not answered yet.
+fn a_published() -> Harness {
+    let mut h = Harness::new();
+    h.send("A", &connect("A"));
+    h.send("B", &connect("B"));
+    h.send("A", RENEGOTIATE);
+    h.send("A", &a_publishes());
+    h.answer("A");
+    h
+}
+
+/// As [`a_published`], and B has received both tracks in an answer.
+fn b_subscribed() -> Harness {
+    let mut h = a_published();
+    h.send("B", &b_receives_two());
+    h.answer("B");
+    h
+}
+
+#[test]
+fn publish_and_subscribe() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.send("A", &connect("A")),
+        [
+            r#"A {"type":"connected","data":{"id":"A","otherEndpoints":[]}}"#,
+            "plane add A"
+        ]
+    );
+    assert_eq!(
+        h.send("B", &connect("B")),
+        [
+            r#"B {"type":"connected","data":{"id":"B","otherEndpoints":[{"id":"A","type":"webrtc","metadata":{"name":"A"},"trackIdToMetadata":{},"tracks":{}}]}}"#,
+            r#"A {"type":"endpointAdded","data":{"id":"B","type":"webrtc","metadata":{"name":"B"}}}"#,
+            "plane add B",
+        ]
+    );
+    assert_eq!(h.send("A", RENEGOTIATE), [offer_data("A", 0, 0)]);
+    assert_eq!(
+        h.send("A", &a_publishes()),
+        [
+            "plane offer A #1 [0=in A:a, 1=in A:v]".to_owned(),
+            format!(r#"B {{"type":"tracksAdded","data":{A_TRACKS}}}"#),
+            offer_data("B", 1, 1),
+        ]
+    );
+    assert_eq!(
+        h.answer("A"),
+        [answer("A", r#""0":"A:a","1":"A:v""#), candidate("A")]
+    );
+    assert_eq!(
+        h.send("B", &b_receives_two()),
+        ["plane offer B #1 [0=out A:a msid A, 1=out A:v msid A]"]
+    );
+    let offer = h.offers["B"].clone();
+    assert_eq!(
+        h.answer("B"),
+        [
+            answer("B", r#""0":"A:a","1":"A:v""#),
+            "plane keyframe A A:a".to_owned(),
+            "plane keyframe A A:v".to_owned(),
+            candidate("B"),
+        ]
+    );
+    let sdp = fake_answer(&offer, 1).unwrap();
+    assert!(
+        sdp.contains("a=mid:0\r\na=sendonly\r\na=msid:A A:a\r\n"),
+        "{sdp}"
+    );
+    assert!(
+        sdp.contains("a=mid:1\r\na=sendonly\r\na=msid:A A:v\r\n"),
+        "{sdp}"
+    );
+    assert!(!h.session.negotiation().is_negotiating("A"));
+    assert!(!h.session.negotiation().is_negotiating("B"));
+    // Connectivity (after each ICE restart too) asks for fresh keyframes.
+    assert_eq!(
+        h.plane(PlaneEvent::Connected { peer: "B".into() }),
+        ["plane keyframe A A:a", "plane keyframe A A:v"]
+    );
+    assert_eq!(
+        h.plane(PlaneEvent::TrackStarted {
+            peer: "A".into(),
+            track_id: "A:v".into()
+        }),
+        ["plane keyframe A A:v"]
+    );
+}
+
+#[test]
+fn late_joiner_gets_connected_then_tracks_added_then_offer_data() {
+    let mut h = b_subscribed();
+    assert_eq!(
+        h.send("C", &connect("C")),
+        [
+            r#"C {"type":"connected","data":{"id":"C","otherEndpoints":[{"id":"A","type":"webrtc","metadata":{"name":"A"},"trackIdToMetadata":{"A:a":{"type":"audio"},"A:v":{"type":"camera"}},"tracks":{"A:a":{"metadata":{"type":"audio"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}},"A:v":{"metadata":{"type":"camera"},"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}}}},{"id":"B","type":"webrtc","metadata":{"name":"B"},"trackIdToMetadata":{},"tracks":{}}]}}"#.to_owned(),            r#"A {"type":"endpointAdded","data":{"id":"C","type":"webrtc","metadata":{"name":"C"}}}"#.to_owned(),
+            r#"B {"type":"endpointAdded","data":{"id":"C","type":"webrtc","metadata":{"name":"C"}}}"#.to_owned(),
+            "plane add C".to_owned(),
+            format!(r#"C {{"type":"tracksAdded","data":{A_TRACKS}}}"#),
+            offer_data("C", 1, 1),
+        ]
+    );
+}
+
+#[test]
+fn renegotiation_requests_coalesce_while_one_is_open() {
+    let mut h = Harness::new();
+    h.send("A", &connect("A"));
+    assert_eq!(h.send("A", RENEGOTIATE), [offer_data("A", 0, 0)]);
+    assert_eq!(h.send("A", RENEGOTIATE), Vec::<String>::new());
+    let offer = sdp_offer(&[("0", "audio", "sendonly")], &[("0", "A:a")], &[]);
+    assert_eq!(h.send("A", &offer), ["plane offer A #1 [0=in A:a]"]);
+    assert_eq!(h.send("A", RENEGOTIATE), Vec::<String>::new());
+    // A second offer while the plane is answering is dropped, not answered twice.
+    assert_eq!(h.send("A", &offer), Vec::<String>::new());
+    assert_eq!(
+        h.answer("A"),
+        [
+            answer("A", r#""0":"A:a""#),
+            offer_data("A", 0, 0),
+            candidate("A")
+        ]
+    );
+    assert_eq!(h.send("A", &offer), ["plane offer A #2 [0=in A:a]"]);
+    assert_eq!(h.answer("A"), [answer("A", r#""0":"A:a""#), candidate("A")]);
+    assert_eq!(h.send("A", RENEGOTIATE), [offer_data("A", 0, 0)]);
+}
+
+#[test]
+fn removed_track_keeps_counting_in_tracks_types() {
+    let mut h = b_subscribed();
+    h.send("A", RENEGOTIATE);
+    // The 0.5.3 client after removeTrack: the m-line is inactive and gone from midToTrackId.
+    let removed = sdp_offer(
+        &[("0", "audio", "sendonly"), ("1", "video", "inactive")],
+        &[("0", "A:a")],
+        &[("A:a", json!({"type":"audio"}))],
+    );
+    assert_eq!(
+        h.send("A", &removed),
+        [
+            "plane offer A #2 [0=in A:a, 1=inactive]".to_owned(),
+            r#"B {"type":"tracksRemoved","data":{"endpointId":"A","trackIds":["A:v"]}}"#.to_owned(),
+            offer_data("B", 1, 1),
+        ]
+    );
+    assert_eq!(
+        h.answer("A"),
+        [answer("A", r#""0":"A:a","1":"A:v""#), candidate("A")]
+    );
+    assert_eq!(
+        h.send("B", &b_receives_two()),
+        ["plane offer B #2 [0=out A:a msid A, 1=inactive]"]
+    );
+    assert_eq!(
+        h.answer("B"),
+        [answer("B", r#""0":"A:a","1":"A:v""#), candidate("B")]
+    );
+    // A publishes a new camera: B's count grows past the removed one, never back to it.
+    h.send("A", RENEGOTIATE);
+    let again = sdp_offer(
+        &[
+            ("0", "audio", "sendonly"),
+            ("1", "video", "inactive"),
+            ("2", "video", "sendonly"),
+        ],
+        &[("0", "A:a"), ("2", "A:v2")],
+        &[],
+    );
+    let lines = h.send("A", &again);
+    assert_eq!(
+        lines[0],
+        "plane offer A #3 [0=in A:a, 1=inactive, 2=in A:v2]"
+    );
+    assert_eq!(lines[2], offer_data("B", 1, 2));
+    assert_eq!(
+        h.session.negotiation().tracks_types("B"),
+        Some(TracksTypes { audio: 1, video: 2 })
+    );
+}
+
+#[test]
+fn leave_sends_tracks_removed_then_endpoint_removed_then_offer_data() {
+    let mut h = b_subscribed();
+    assert_eq!(
+        h.leave("A"),
+        [
+            "plane remove A",
+            r#"B {"type":"tracksRemoved","data":{"endpointId":"A","trackIds":["A:a","A:v"]}}"#,
+            r#"B {"type":"endpointRemoved","data":{"id":"A"}}"#,
+            &offer_data("B", 1, 1),
+        ]
+    );
+    assert_eq!(
+        h.send("B", &b_receives_two()),
+        ["plane offer B #2 [0=inactive, 1=inactive]"]
+    );
+    h.answer("B");
+    assert_eq!(h.leave("B"), ["plane remove B"]);
+    assert_eq!(h.session.negotiation().peer_count(), 0);
+}
+
+#[test]
+fn no_tracks_removed_for_a_track_never_in_an_answer() {
+    // B was told about A's tracks but has not answered its offerData yet.
+    let mut h = a_published();
+    h.send("A", RENEGOTIATE);
+    let removed = sdp_offer(
+        &[("0", "audio", "sendonly"), ("1", "video", "inactive")],
+        &[("0", "A:a")],
+        &[],
+    );
+    assert_eq!(
+        h.send("A", &removed),
+        ["plane offer A #2 [0=in A:a, 1=inactive]"]
+    );
+    h.answer("A");
+    // B's offer still has a recvonly m-line for the removed video: it is paired, inactive.
+    assert_eq!(
+        h.send("B", &b_receives_two()),
+        ["plane offer B #1 [0=out A:a msid A, 1=inactive]"]
+    );
+    // Only once an answer gave the client the mid can it erase the track.
+    assert_eq!(
+        h.answer("B"),
+        [
+            answer("B", r#""0":"A:a","1":"A:v""#),
+            "plane keyframe A A:a".to_owned(),
+            r#"B {"type":"tracksRemoved","data":{"endpointId":"A","trackIds":["A:v"]}}"#.to_owned(),
+            offer_data("B", 1, 1),
+            candidate("B"),
+        ]
+    );
+
+    // A leaver whose tracks never reached B in an answer: `endpointRemoved` alone.
+    let mut h = a_published();
+    assert_eq!(
+        h.leave("A"),
+        [
+            "plane remove A",
+            r#"B {"type":"endpointRemoved","data":{"id":"A"}}"#
+        ]
+    );
+    assert_eq!(
+        h.send("B", &b_receives_two()),
+        ["plane offer B #1 [0=inactive, 1=inactive]"]
+    );
+    assert_eq!(
+        h.answer("B"),
+        [answer("B", r#""0":"A:a","1":"A:v""#), candidate("B")]
+    );
+}
+
+#[test]
+fn track_metadata_update_goes_to_subscribers() {
+    let mut h = b_subscribed();
+    h.send("C", &connect("C"));
+    let update = r#"{"type":"updateTrackMetadata","data":{"trackId":"A:v","trackMetadata":{"type":"camera","active":false}}}"#;
+    assert_eq!(
+        h.send("A", update),
+        [
+            r#"B {"type":"trackUpdated","data":{"endpointId":"A","trackId":"A:v","metadata":{"active":false,"type":"camera"}}}"#,
+            r#"C {"type":"trackUpdated","data":{"endpointId":"A","trackId":"A:v","metadata":{"active":false,"type":"camera"}}}"#,
+        ]
+    );
+    assert_eq!(h.send("A", update), Vec::<String>::new());
+    // Nobody else's track, and unknown tracks, change nothing.
+    assert_eq!(h.send("B", update), Vec::<String>::new());
+    let big = format!(
+        r#"{{"type":"updateTrackMetadata","data":{{"trackId":"A:v","trackMetadata":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(
+        h.send("A", &big),
+        [r#"A {"type":"error","data":{"message":"track metadata is larger than 4096 bytes"}}"#]
+    );
+    // A late joiner sees the current metadata.
+    assert_eq!(
+        h.session.negotiation().published_tracks("A")["A:v"].metadata,
+        json!({"type":"camera","active":false})
+    );
+}
+
+#[test]
+fn malformed_offer_is_an_error_and_the_cycle_closes() {
+    let mut h = Harness::new();
+    h.send("A", &connect("A"));
+    h.send("A", RENEGOTIATE);
+    let bad = json!({"type":"custom","data":{"type":"sdpOffer","data":{
+        "sdpOffer":{"type":"offer","sdp":"v=0\r\nm=audio 9 RTP 111\r\n"},
+        "trackIdToTrackMetadata":{},"midToTrackId":{}}}})
+    .to_string();
+    assert_eq!(
+        h.send("A", &bad),
+        [r#"A {"type":"error","data":{"message":"invalid sdpOffer: SDP m-line 0 has no a=mid"}}"#]
+    );
+    let not_offer = json!({"type":"custom","data":{"type":"sdpOffer","data":{
+        "sdpOffer":{"type":"answer","sdp":"v=0\r\n"},
+        "trackIdToTrackMetadata":{},"midToTrackId":{}}}})
+    .to_string();
+    assert_eq!(
+        h.send("A", &not_offer),
+        [
+            r#"A {"type":"error","data":{"message":"invalid sdpOffer: type must be \"offer\", not \"answer\""}}"#
+        ]
+    );
+    assert_eq!(h.send("A", RENEGOTIATE), [offer_data("A", 0, 0)]);
+    // Foreign track ids and unknown media are answered inactive and not published.
+    let odd = sdp_offer(
+        &[("0", "audio", "sendonly"), ("1", "application", "sendrecv")],
+        &[("0", "B:x"), ("1", "A:d")],
+        &[],
+    );
+    assert_eq!(
+        h.send("A", &odd),
+        ["plane offer A #1 [0=inactive, 1=inactive]"]
+    );
+    assert_eq!(
+        h.plane(PlaneEvent::Answer {
+            peer: "A".into(),
+            negotiation: 1,
+            result: Err("boom".into())
+        }),
+        [r#"A {"type":"error","data":{"message":"media negotiation failed"}}"#]
+    );
+    assert!(h.session.negotiation().published_tracks("A").is_empty());
+}
+
+#[test]
+fn candidates_both_ways() {
+    let mut h = Harness::new();
+    h.send("A", &connect("A"));
+    let c = r#"{"type":"custom","data":{"type":"candidate","data":{"candidate":"candidate:1 1 udp 1 10.0.0.5 1 typ relay","sdpMLineIndex":0}}}"#;
+    assert_eq!(
+        h.send("A", c),
+        ["plane candidate A candidate:1 1 udp 1 10.0.0.5 1 typ relay"]
+    );
+    let empty = r#"{"type":"custom","data":{"type":"candidate","data":{"candidate":"","sdpMLineIndex":0}}}"#;
+    assert_eq!(h.send("A", empty), Vec::<String>::new());
+    h.send("A", RENEGOTIATE);
+    h.send(
+        "A",
+        &sdp_offer(&[("0", "audio", "sendonly")], &[("0", "A:a")], &[]),
+    );
+    // Held while the answer is outstanding: the browser rejects candidates before it.
+    let local = PlaneEvent::LocalCandidate {
+        peer: "A".into(),
+        candidate: FAKE_CANDIDATE.into(),
+    };
+    assert_eq!(h.plane(local.clone()), Vec::<String>::new());
+    assert_eq!(
+        h.plane(PlaneEvent::Answer {
+            peer: "A".into(),
+            negotiation: 1,
+            result: Ok("v=0\r\n".into())
+        }),
+        [answer("A", r#""0":"A:a""#), candidate("A")]
+    );
+    assert_eq!(h.plane(local), [candidate("A")]);
+    // Stale: a superseded negotiation, a peer that left.
+    assert_eq!(
+        h.plane(PlaneEvent::Answer {
+            peer: "A".into(),
+            negotiation: 1,
+            result: Ok("v=0\r\n".into())
+        }),
+        Vec::<String>::new()
+    );
+    h.leave("A");
+    assert_eq!(
+        h.plane(PlaneEvent::Connected { peer: "A".into() }),
+        Vec::<String>::new()
+    );
+}

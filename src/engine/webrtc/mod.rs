@@ -1,0 +1,928 @@
+//! The real media plane: an SFU on webrtc-rs 0.21 (compiled only with the `media-webrtc`
+//! feature; the simulation runs the fake plane instead).
+//!
+//! It owns one `PeerConnection` per peer (the browser always offers, this side always answers),
+//! one forwarding loop per published track, and one `TrackLocalStaticRTP` per (subscriber,
+//! forwarded track). A forwarded packet gets the subscriber leg's SSRC and negotiated payload
+//! type and loses its header extensions, because webrtc 0.21 *rejects* rather than rewrites
+//! packets that do not match the leg (research: sfu_perf.md §2). Subscriber PLI/FIR is relayed
+//! to the publisher, and every new subscription asks the publisher for a keyframe.
+//!
+//! It must never: decide anything about negotiation (which mid carries what, stream ids, when
+//! to offer: the negotiation core decides, this only executes a [`PlaneOffer`]); block the
+//! caller (every call enqueues to the peer's own task and returns); let one slow subscriber
+//! stall a publisher's other subscribers (a leg whose queue is full loses the packet, which
+//! NACK/PLI then repair); keep anything of a peer after [`WebRtcPlane::remove_peer`] has run
+//! (connection, sockets, tasks, legs, TURN allocations).
+
+mod forward;
+mod rtcp;
+mod sdp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use net_tokio::runtime::Handle;
+use net_tokio::sync::{mpsc, oneshot};
+use net_tokio::task::JoinHandle;
+use rtc::interceptor::Slot;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceCandidateType,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
+};
+use webrtc::rtp_transceiver::RtpSender;
+use webrtc::runtime::TokioRuntime;
+
+use crate::engine::plane::{
+    MLineRole, MediaPlane, PlaneEvent, PlaneFactory, PlaneOffer, PlaneSink,
+};
+use crate::turn::{TurnCredentials, TurnServer};
+
+pub use forward::{Fanout, Leg, NO_PAYLOAD_TYPE};
+
+/// Commands queued to one peer's task; bounded so a runaway producer surfaces as a failure.
+const PEER_QUEUE: usize = 1024;
+
+pub const VP8: &str = "video/VP8";
+pub const OPUS: &str = "audio/opus";
+const VP8_PT: u8 = 96;
+const OPUS_PT: u8 = 111;
+
+/// How the plane binds ICE and which TURN server it hands out.
+#[derive(Clone)]
+pub struct PlaneConfig {
+    /// Each peer connection binds one UDP socket per address (port chosen by the OS).
+    pub ice_ips: Vec<IpAddr>,
+    /// Advertised instead of the bound addresses (a deployment's external IPs, 1:1 NAT).
+    pub public_ips: Vec<IpAddr>,
+    /// Where the plane's tasks and every connection's driver run; `None` uses the runtime of
+    /// the caller of [`WebRtcPlane::new`]. A dedicated runtime makes SFU CPU measurable.
+    pub runtime: Option<Handle>,
+    /// The integrated TURN server whose credentials go into `offerData`.
+    pub turn: Option<Arc<TurnServer>>,
+}
+
+impl Default for PlaneConfig {
+    fn default() -> Self {
+        PlaneConfig {
+            ice_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            public_ips: Vec::new(),
+            runtime: None,
+            turn: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PlaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaneConfig")
+            .field("ice_ips", &self.ice_ips)
+            .field("public_ips", &self.public_ips)
+            .field("turn", &self.turn.as_ref().map(|t| t.local_addr()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters over the plane's lifetime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlaneStats {
+    pub peers: usize,
+    pub fanouts: usize,
+    pub forwarded: u64,
+    /// Packets a leg could not take (its queue was full or it was not bound yet).
+    pub dropped: u64,
+    /// PLI/FIR from subscribers relayed to publishers.
+    pub keyframe_requests_relayed: u64,
+    /// PLIs sent to publishers because someone subscribed or the core asked.
+    pub keyframe_requests_sent: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    relayed: AtomicU64,
+    sent: AtomicU64,
+}
+
+/// One room's SFU. Dropping it tears every peer down (the [`MediaPlane`] contract).
+pub struct WebRtcPlane {
+    inner: Arc<Inner>,
+}
+
+/// A cheap handle on a plane's counters, usable after the plane is boxed.
+#[derive(Clone)]
+pub struct PlaneStatsHandle {
+    inner: Arc<Inner>,
+}
+
+impl PlaneStatsHandle {
+    pub fn stats(&self) -> PlaneStats {
+        self.inner.stats()
+    }
+}
+
+struct Inner {
+    cfg: PlaneConfig,
+    rt: Handle,
+    sink: PlaneSink,
+    peers: Mutex<HashMap<String, PeerEntry>>,
+    /// Keyed by published track id. A fanout exists while its track is published or someone
+    /// still has a leg on it.
+    fanouts: Mutex<HashMap<String, Arc<Fanout>>>,
+    counters: Arc<Counters>,
+}
+
+struct PeerEntry {
+    tx: mpsc::Sender<Cmd>,
+    /// Dropped on removal, which stops the peer's task.
+    _stop: oneshot::Sender<()>,
+    turn: Option<TurnCredentials>,
+}
+
+enum Cmd {
+    Offer(PlaneOffer),
+    RemoteCandidate(RTCIceCandidateInit),
+    LocalCandidate(RTCIceCandidateInit),
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+    InboundEnded(String),
+}
+
+impl WebRtcPlane {
+    /// Must be called inside a tokio runtime unless `cfg.runtime` is set.
+    pub fn new(cfg: PlaneConfig, sink: PlaneSink) -> Self {
+        let rt = cfg.runtime.clone().unwrap_or_else(Handle::current);
+        WebRtcPlane {
+            inner: Arc::new(Inner {
+                cfg,
+                rt,
+                sink,
+                peers: Mutex::new(HashMap::new()),
+                fanouts: Mutex::new(HashMap::new()),
+                counters: Arc::new(Counters::default()),
+            }),
+        }
+    }
+
+    /// Starts `peer`'s task. Its connection is built when its first offer arrives. Adding a
+    /// peer that exists is a no-op.
+    pub fn add_peer(&self, peer: &str) {
+        let mut peers = self.inner.peers.lock().expect("plane lock");
+        if peers.contains_key(peer) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let turn = self.inner.cfg.turn.as_ref().map(|t| t.credentials(peer));
+        peers.insert(
+            peer.to_owned(),
+            PeerEntry {
+                tx: tx.clone(),
+                _stop: stop_tx,
+                turn,
+            },
+        );
+        let task = PeerTask::new(Arc::clone(&self.inner), peer.to_owned(), tx);
+        self.inner.rt.spawn(task.run(rx, stop_rx));
+    }
+
+    /// Tears `peer` down: its connection is closed, its legs leave every fanout, its published
+    /// tracks stop being forwarded, its TURN allocations are closed. Idempotent.
+    pub fn remove_peer(&self, peer: &str) {
+        let entry = self.inner.peers.lock().expect("plane lock").remove(peer);
+        if let Some(entry) = entry {
+            // Dropping the entry drops its stop signal: the task tears the peer down.
+            drop(entry.tx);
+            if let (Some(turn), Some(creds)) = (self.inner.cfg.turn.clone(), entry.turn) {
+                self.inner
+                    .rt
+                    .spawn(async move { turn.revoke(&creds).await });
+            }
+        }
+    }
+
+    /// Asks the publisher of `track_id` for a keyframe (a PLI), if its media is flowing.
+    fn keyframe(&self, track_id: &str) {
+        let fanout = self
+            .inner
+            .fanouts
+            .lock()
+            .expect("plane lock")
+            .get(track_id)
+            .cloned();
+        if let Some(f) = fanout {
+            let counters = Arc::clone(&self.inner.counters);
+            self.inner.rt.spawn(async move {
+                if send_pli(&f).await {
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+
+    /// The TURN server entry for `peer`'s `offerData.integratedTurnServers` (credentials are
+    /// minted when the peer is added and revoked when it is removed).
+    pub fn turn_credentials(&self, peer: &str) -> Option<TurnCredentials> {
+        self.inner
+            .peers
+            .lock()
+            .expect("plane lock")
+            .get(peer)
+            .and_then(|e| e.turn.clone())
+    }
+
+    pub fn stats(&self) -> PlaneStats {
+        self.inner.stats()
+    }
+
+    pub fn stats_handle(&self) -> PlaneStatsHandle {
+        PlaneStatsHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    fn send(&self, peer: &str, cmd: Cmd) {
+        let tx = self
+            .inner
+            .peers
+            .lock()
+            .expect("plane lock")
+            .get(peer)
+            .map(|e| e.tx.clone());
+        match tx {
+            Some(tx) => {
+                if tx.try_send(cmd).is_err() {
+                    self.inner.sink.send(PlaneEvent::Failed {
+                        peer: peer.to_owned(),
+                        reason: "media plane queue full".to_owned(),
+                    });
+                }
+            }
+            None => tracing::debug!(peer, "media plane: command for an unknown peer dropped"),
+        }
+    }
+}
+
+/// A [`PlaneFactory`] building one webrtc plane per room.
+pub fn factory(cfg: PlaneConfig) -> PlaneFactory {
+    PlaneFactory::new(move |_room, sink| Box::new(WebRtcPlane::new(cfg.clone(), sink)))
+}
+
+impl MediaPlane for WebRtcPlane {
+    fn add_peer(&mut self, peer: &str) {
+        WebRtcPlane::add_peer(self, peer)
+    }
+
+    fn remove_peer(&mut self, peer: &str) {
+        WebRtcPlane::remove_peer(self, peer)
+    }
+
+    fn offer(&mut self, peer: &str, offer: PlaneOffer) {
+        self.send(peer, Cmd::Offer(offer));
+    }
+
+    fn remote_candidate(&mut self, peer: &str, candidate: &str, sdp_m_line_index: Option<u32>) {
+        let candidate = candidate.strip_prefix("a=").unwrap_or(candidate);
+        if candidate.is_empty() {
+            return; // end-of-candidates marker
+        }
+        self.send(
+            peer,
+            Cmd::RemoteCandidate(RTCIceCandidateInit {
+                candidate: candidate.to_owned(),
+                sdp_mid: None,
+                sdp_mline_index: sdp_m_line_index.and_then(|i| u16::try_from(i).ok()),
+                username_fragment: None,
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn request_keyframe(&mut self, _publisher: &str, track_id: &str) {
+        self.keyframe(track_id);
+    }
+}
+
+impl Drop for WebRtcPlane {
+    fn drop(&mut self) {
+        let peers: Vec<String> = self
+            .inner
+            .peers
+            .lock()
+            .expect("plane lock")
+            .keys()
+            .cloned()
+            .collect();
+        for peer in peers {
+            self.remove_peer(&peer);
+        }
+    }
+}
+
+impl Inner {
+    fn stats(&self) -> PlaneStats {
+        let c = &self.counters;
+        PlaneStats {
+            peers: self.peers.lock().expect("plane lock").len(),
+            fanouts: self.fanouts.lock().expect("plane lock").len(),
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            keyframe_requests_relayed: c.relayed.load(Ordering::Relaxed),
+            keyframe_requests_sent: c.sent.load(Ordering::Relaxed),
+        }
+    }
+
+    fn fanout(&self, track_id: &str) -> Arc<Fanout> {
+        Arc::clone(
+            self.fanouts
+                .lock()
+                .expect("plane lock")
+                .entry(track_id.to_owned())
+                .or_insert_with(|| Arc::new(Fanout::new(track_id.to_owned()))),
+        )
+    }
+
+    /// Drops the fanout of `track_id` if nothing uses it any more.
+    fn release_fanout(&self, track_id: &str) {
+        let mut fanouts = self.fanouts.lock().expect("plane lock");
+        if fanouts.get(track_id).is_some_and(|f| f.is_unused()) {
+            fanouts.remove(track_id);
+        }
+    }
+}
+
+async fn send_pli(fanout: &Fanout) -> bool {
+    let Some((remote, media_ssrc)) = fanout.source() else {
+        return false;
+    };
+    remote
+        .write_rtcp(vec![Box::new(PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        })])
+        .await
+        .is_ok()
+}
+
+/// The plane's reading of a [`PlaneOffer`]: which mids publish and which forward.
+struct OfferPlan {
+    sdp: String,
+    inbound: Vec<InboundMid>,
+    outbound: Vec<OutboundMid>,
+}
+
+struct InboundMid {
+    mid: String,
+    track_id: String,
+}
+
+#[derive(Clone)]
+struct OutboundMid {
+    mid: String,
+    track_id: String,
+    stream_id: String,
+}
+
+impl From<PlaneOffer> for OfferPlan {
+    fn from(offer: PlaneOffer) -> Self {
+        let mut plan = OfferPlan {
+            sdp: offer.sdp,
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+        };
+        for m in offer.mlines {
+            match m.role {
+                MLineRole::Inbound { track_id, .. } => plan.inbound.push(InboundMid {
+                    mid: m.mid,
+                    track_id,
+                }),
+                MLineRole::Outbound {
+                    track_id,
+                    stream_id,
+                    ..
+                } => plan.outbound.push(OutboundMid {
+                    mid: m.mid,
+                    track_id,
+                    stream_id,
+                }),
+                MLineRole::Inactive => {}
+            }
+        }
+        plan
+    }
+}
+
+/// A forwarded track on one of this peer's recvonly mids.
+struct OutLeg {
+    track_id: String,
+    leg: Arc<Leg>,
+    sender: Arc<dyn RtpSender>,
+    rtcp_task: Option<JoinHandle<()>>,
+}
+
+/// One peer: its connection and what flows through it. Runs as one task; everything about the
+/// peer happens in order inside it.
+struct PeerTask {
+    inner: Arc<Inner>,
+    peer: String,
+    tx: mpsc::Sender<Cmd>,
+    pc: Option<Arc<dyn PeerConnection>>,
+    /// mid → published track id, from the latest applied offer.
+    inbound: BTreeMap<String, String>,
+    /// Published tracks whose media has started: track id → forwarding loop.
+    ingress: BTreeMap<String, JoinHandle<()>>,
+    outbound: BTreeMap<String, OutLeg>,
+}
+
+impl PeerTask {
+    fn new(inner: Arc<Inner>, peer: String, tx: mpsc::Sender<Cmd>) -> Self {
+        PeerTask {
+            inner,
+            peer,
+            tx,
+            pc: None,
+            inbound: BTreeMap::new(),
+            ingress: BTreeMap::new(),
+            outbound: BTreeMap::new(),
+        }
+    }
+
+    fn emit(&self, event: PlaneEvent) {
+        self.inner.sink.send(event);
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut stop: oneshot::Receiver<()>) {
+        loop {
+            // `rx` never closes on its own (the connection's handler holds a sender), so
+            // removal is a separate signal: the plane dropping this peer's entry.
+            let cmd = net_tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+            };
+            match cmd {
+                Cmd::Offer(offer) => {
+                    let negotiation = offer.negotiation;
+                    let result = self.apply_offer(offer).await;
+                    if let Err(reason) = &result {
+                        tracing::warn!(peer = %self.peer, %reason, "offer not applied");
+                    }
+                    self.emit(PlaneEvent::Answer {
+                        peer: self.peer.clone(),
+                        negotiation,
+                        result,
+                    });
+                }
+                Cmd::RemoteCandidate(init) => {
+                    if let Some(pc) = &self.pc {
+                        if let Err(e) = pc.add_ice_candidate(init).await {
+                            tracing::debug!(peer = %self.peer, error = %e, "remote candidate rejected");
+                        }
+                    }
+                }
+                // Candidates gathered while answering were queued behind the offer, so they
+                // reach the sink after the answer, as the seam requires.
+                Cmd::LocalCandidate(init) => self.emit(PlaneEvent::LocalCandidate {
+                    peer: self.peer.clone(),
+                    candidate: init.candidate,
+                }),
+                Cmd::State(state) => match state {
+                    RTCPeerConnectionState::Connected => self.emit(PlaneEvent::Connected {
+                        peer: self.peer.clone(),
+                    }),
+                    RTCPeerConnectionState::Failed => self.emit(PlaneEvent::Failed {
+                        peer: self.peer.clone(),
+                        reason: "ICE/DTLS failed".to_owned(),
+                    }),
+                    _ => {}
+                },
+                Cmd::Track(remote) => self.start_ingress(remote).await,
+                Cmd::InboundEnded(track_id) => self.end_ingress(&track_id),
+            }
+        }
+        self.teardown().await;
+    }
+
+    async fn connection(&mut self) -> Result<Arc<dyn PeerConnection>, String> {
+        if let Some(pc) = &self.pc {
+            return Ok(Arc::clone(pc));
+        }
+        let pc = build_connection(&self.inner.cfg, &self.peer, self.tx.clone())
+            .await
+            .map_err(|e| format!("cannot create the peer connection: {e}"))?;
+        self.pc = Some(Arc::clone(&pc));
+        Ok(pc)
+    }
+
+    async fn apply_offer(&mut self, offer: PlaneOffer) -> Result<String, String> {
+        let pc = self.connection().await?;
+        let plan = OfferPlan::from(offer);
+        let m_lines = sdp::media_sections(&plan.sdp);
+        let kind_of = |mid: &str| m_lines.iter().find(|m| m.mid == mid).map(|m| m.kind);
+
+        // Legs that are no longer wanted stop first, so their mids answer inactive.
+        let wanted: BTreeMap<&str, &OutboundMid> =
+            plan.outbound.iter().map(|o| (o.mid.as_str(), o)).collect();
+        let gone: Vec<String> = self
+            .outbound
+            .iter()
+            .filter(|(mid, out)| {
+                wanted
+                    .get(mid.as_str())
+                    .is_none_or(|o| o.track_id != out.track_id)
+            })
+            .map(|(mid, _)| mid.clone())
+            .collect();
+        for mid in gone {
+            let out = self.outbound.remove(&mid).expect("listed above");
+            self.drop_leg(out).await;
+        }
+
+        // New legs become transceivers before the offer is applied: webrtc pairs a remote
+        // recvonly m-line with the first mid-less local sendonly transceiver of its kind, so
+        // adding them in m-line order puts each on exactly the mid the core chose.
+        let mut new: Vec<(&OutboundMid, RtpCodecKind)> = Vec::new();
+        for o in &plan.outbound {
+            if self.outbound.contains_key(&o.mid) {
+                continue;
+            }
+            let kind = kind_of(&o.mid)
+                .ok_or_else(|| format!("mid {} is not an m-line of the offer", o.mid))?;
+            new.push((o, kind));
+        }
+        new.sort_by_key(|(o, _)| m_lines.iter().position(|m| m.mid == o.mid));
+        let mut pending = Vec::new();
+        for (o, kind) in new {
+            let ssrc = rand::random::<u32>();
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                o.stream_id.clone(),
+                o.track_id.clone(),
+                o.track_id.clone(),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec(kind).rtp_codec,
+                    ..Default::default()
+                }],
+            )));
+            let transceiver = pc
+                .add_transceiver_from_track(
+                    Arc::clone(&track) as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![o.stream_id.clone()],
+                        send_encodings: Vec::new(),
+                    }),
+                )
+                .await
+                .map_err(|e| format!("add transceiver for mid {}: {e}", o.mid))?;
+            pending.push((o.clone(), track, ssrc, transceiver));
+        }
+
+        let offer = RTCSessionDescription::offer(plan.sdp.clone())
+            .map_err(|e| format!("bad offer: {e}"))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| format!("set_remote_description: {e}"))?;
+        let mut placed = Vec::new();
+        for (o, track, ssrc, transceiver) in pending {
+            let mid = transceiver.mid().await.ok().flatten();
+            if mid.as_deref() != Some(o.mid.as_str()) {
+                return Err(format!(
+                    "forwarded track {} landed on mid {mid:?}, not {}",
+                    o.track_id, o.mid
+                ));
+            }
+            let sender = transceiver
+                .sender()
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("mid {} has no sender", o.mid))?;
+            placed.push((o, track, ssrc, sender));
+        }
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| format!("create_answer: {e}"))?;
+        pc.set_local_description(answer)
+            .await
+            .map_err(|e| format!("set_local_description: {e}"))?;
+        let sdp = pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or("no local description after set_local_description")?;
+        self.inbound = plan
+            .inbound
+            .iter()
+            .map(|i| (i.mid.clone(), i.track_id.clone()))
+            .collect();
+        let ended: Vec<String> = self
+            .ingress
+            .keys()
+            .filter(|t| !self.inbound.values().any(|v| v == *t))
+            .cloned()
+            .collect();
+        for track_id in ended {
+            self.end_ingress(&track_id);
+        }
+
+        // Legs go live only now that the answer fixes their payload type.
+        let answer_lines = sdp::media_sections(&sdp);
+        for (o, track, ssrc, sender) in placed {
+            let pt = answer_lines
+                .iter()
+                .find(|m| m.mid == o.mid)
+                .and_then(|m| m.payload_types.first().copied())
+                .unwrap_or(NO_PAYLOAD_TYPE);
+            let leg = Arc::new(Leg::new(self.peer.clone(), track, ssrc, pt));
+            let fanout = self.inner.fanout(&o.track_id);
+            fanout.attach(Arc::clone(&leg));
+            let rtcp_task = self.spawn_feedback_relay(&leg, &fanout);
+            // A new subscriber sees nothing until the next keyframe.
+            if send_pli(&fanout).await {
+                self.inner.counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            self.outbound.insert(
+                o.mid.clone(),
+                OutLeg {
+                    track_id: o.track_id,
+                    leg,
+                    sender,
+                    rtcp_task: Some(rtcp_task),
+                },
+            );
+        }
+        Ok(sdp)
+    }
+
+    async fn drop_leg(&mut self, mut out: OutLeg) {
+        if let Some(f) = self
+            .inner
+            .fanouts
+            .lock()
+            .expect("plane lock")
+            .get(&out.track_id)
+        {
+            f.detach(&out.leg);
+        }
+        self.inner.release_fanout(&out.track_id);
+        if let Some(t) = out.rtcp_task.take() {
+            t.abort();
+        }
+        if let Some(pc) = &self.pc {
+            if let Err(e) = pc.remove_track(&out.sender).await {
+                tracing::debug!(peer = %self.peer, error = %e, "remove_track failed");
+            }
+        }
+    }
+
+    /// Relays PLI/FIR the subscriber sends about `leg` to the publisher of `fanout`.
+    fn spawn_feedback_relay(&self, leg: &Arc<Leg>, fanout: &Arc<Fanout>) -> JoinHandle<()> {
+        let track = Arc::clone(&leg.track);
+        let fanout = Arc::clone(fanout);
+        let counters = Arc::clone(&self.inner.counters);
+        self.inner.rt.spawn(async move {
+            while let Some(ev) = track.poll().await {
+                let TrackLocalEvent::OnRtcpPacket(packets) = ev else {
+                    continue;
+                };
+                if packets.iter().any(rtcp::is_keyframe_request) && fanout.source().is_some() {
+                    // Counted before sending, so the count is visible once the PLI lands.
+                    counters.relayed.fetch_add(1, Ordering::Relaxed);
+                    send_pli(&fanout).await;
+                }
+            }
+        })
+    }
+
+    async fn start_ingress(&mut self, remote: Arc<dyn TrackRemote>) {
+        let Some(pc) = self.pc.clone() else { return };
+        let mut mid = None;
+        for t in pc.get_transceivers().await {
+            let Ok(Some(rx)) = t.receiver().await else {
+                continue;
+            };
+            if std::ptr::addr_eq(Arc::as_ptr(rx.track()), Arc::as_ptr(&remote)) {
+                mid = t.mid().await.ok().flatten();
+                break;
+            }
+        }
+        let Some(track_id) = mid.and_then(|m| self.inbound.get(&m).cloned()) else {
+            tracing::debug!(peer = %self.peer, "remote track on a mid the plan does not publish");
+            return;
+        };
+        let ssrc = remote.ssrcs().await.first().copied().unwrap_or(0);
+        let fanout = self.inner.fanout(&track_id);
+        fanout.set_source(Some((Arc::clone(&remote), ssrc)));
+        let counters = Arc::clone(&self.inner.counters);
+        let tx = self.tx.clone();
+        let sink = self.inner.sink.clone();
+        let peer = self.peer.clone();
+        let tid = track_id.clone();
+        let task = self.inner.rt.spawn(async move {
+            let mut started = false;
+            while let Some(ev) = remote.poll().await {
+                match ev {
+                    TrackRemoteEvent::OnRtpPacket(pkt) => {
+                        if !started {
+                            started = true;
+                            sink.send(PlaneEvent::TrackStarted {
+                                peer: peer.clone(),
+                                track_id: tid.clone(),
+                            });
+                            // Subscribers that joined before media flowed asked for a keyframe
+                            // into the void.
+                            if send_pli(&fanout).await {
+                                counters.sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        fanout.forward(pkt, &counters);
+                    }
+                    TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
+                    _ => {}
+                }
+            }
+            let _ = tx.try_send(Cmd::InboundEnded(tid));
+        });
+        if let Some(old) = self.ingress.insert(track_id, task) {
+            old.abort();
+        }
+    }
+
+    fn end_ingress(&mut self, track_id: &str) {
+        if let Some(task) = self.ingress.remove(track_id) {
+            task.abort();
+            if let Some(f) = self.inner.fanouts.lock().expect("plane lock").get(track_id) {
+                f.set_source(None);
+            }
+            self.inner.release_fanout(track_id);
+            self.emit(PlaneEvent::TrackEnded {
+                peer: self.peer.clone(),
+                track_id: track_id.to_owned(),
+            });
+        }
+    }
+
+    async fn teardown(mut self) {
+        let legs: Vec<OutLeg> = std::mem::take(&mut self.outbound).into_values().collect();
+        for out in legs {
+            self.drop_leg(out).await;
+        }
+        let published: Vec<String> = self.ingress.keys().cloned().collect();
+        for track_id in published {
+            self.end_ingress(&track_id);
+        }
+        if let Some(pc) = self.pc.take() {
+            if let Err(e) = pc.close().await {
+                tracing::debug!(peer = %self.peer, error = %e, "close failed");
+            }
+        }
+        tracing::debug!(peer = %self.peer, "media plane peer removed");
+    }
+}
+
+/// The one codec the SFU negotiates for `kind` (VP8 or Opus) with the feedback it relays.
+pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    match kind {
+        RtpCodecKind::Audio => RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![fb("transport-cc", "")],
+            },
+            payload_type: OPUS_PT,
+        },
+        _ => RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: VP8.to_owned(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![
+                    fb("goog-remb", ""),
+                    fb("ccm", "fir"),
+                    fb("nack", ""),
+                    fb("nack", "pli"),
+                    fb("transport-cc", ""),
+                ],
+            },
+            payload_type: VP8_PT,
+        },
+    }
+}
+
+/// VP8 + Opus only, as the reference videoroom does: every leg negotiates the same codecs,
+/// so forwarding never transcodes and only the payload type number can differ.
+pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
+    let mut me = MediaEngine::default();
+    me.register_codec(codec(RtpCodecKind::Audio), RtpCodecKind::Audio)?;
+    me.register_codec(codec(RtpCodecKind::Video), RtpCodecKind::Video)?;
+    Ok(me)
+}
+
+/// The interceptor chain every SFU connection uses: the defaults (NACK, reports, TWCC) plus
+/// the keyframe-request forwarder.
+pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, webrtc::error::Error> {
+    let registry = register_default_interceptors(Registry::new(), me)?;
+    Ok(registry.with(
+        Slot::from(rtcp::SLOT),
+        rtcp::KeyframeRequestForwarder::default(),
+    ))
+}
+
+async fn build_connection(
+    cfg: &PlaneConfig,
+    peer: &str,
+    tx: mpsc::Sender<Cmd>,
+) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
+    let mut me = media_engine()?;
+    let registry = interceptors(&mut me)?;
+    let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(true);
+    if !cfg.public_ips.is_empty() {
+        se = se.with_nat_1to1_ips(
+            cfg.public_ips.iter().map(|ip| ip.to_string()).collect(),
+            RTCIceCandidateType::Host,
+        );
+    }
+    let addrs: Vec<SocketAddr> = cfg
+        .ice_ips
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, 0))
+        .collect();
+    let handler = Arc::new(Handler {
+        peer: peer.to_owned(),
+        tx,
+    });
+    let pc = PeerConnectionBuilder::new()
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(se.build())
+        .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
+        .with_runtime(Arc::new(TokioRuntime))
+        .with_udp_addrs(addrs)
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// Forwards connection events into the peer's queue, so they are handled in order with the
+/// commands. Holds no reference to the connection (no cycle through the handler).
+struct Handler {
+    peer: String,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl Handler {
+    fn push(&self, cmd: Cmd) {
+        if self.tx.try_send(cmd).is_err() {
+            tracing::debug!(peer = %self.peer, "media plane: peer queue full or closed; event dropped");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => self.push(Cmd::LocalCandidate(init)),
+            Err(e) => tracing::debug!(error = %e, "unserializable local candidate"),
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.push(Cmd::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.push(Cmd::Track(track));
+    }
+}
