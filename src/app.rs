@@ -101,6 +101,14 @@ impl App {
         self.sys.kill(pid)
     }
 
+    /// A room's peers and media endpoints; `None` if no such room runs.
+    pub async fn room_info(&self, room: &str) -> Option<crate::room::RoomInfo> {
+        let addr = self.rooms.whereis(room)?;
+        let (tx, rx) = oneshot::channel();
+        addr.try_send(RoomMsg::Info(tx)).ok()?;
+        rx.await.ok()
+    }
+
     /// The peers of a room: (peer id, channel pid), in peer-id order.
     pub async fn room_peers(&self, room: &str) -> Vec<(String, Pid)> {
         let Some(addr) = self.rooms.whereis(room) else {

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use videoroom::phoenix::{decode, Frame};
 use videoroom::rt::{self, time};
 
+use crate::negotiator::Negotiator;
 use crate::oracle::Oracles;
 use crate::swarm::Swarm;
 use crate::trace::Trace;
@@ -56,6 +57,7 @@ struct Chan {
     roster: BTreeMap<String, usize>,
     /// Highest metadata sequence seen per peer (FIFO oracle).
     seq: BTreeMap<String, u64>,
+    neg: Negotiator,
 }
 
 pub struct Client {
@@ -216,6 +218,7 @@ impl Client {
             peer_id: None,
             roster: BTreeMap::new(),
             seq: BTreeMap::new(),
+            neg: Negotiator::default(),
         });
         self.log(format!("join {topic} ref {r}"));
         let f = Frame {
@@ -336,6 +339,28 @@ impl Client {
             "duplicate" if self.chan.is_some() => {
                 self.log("duplicate join");
                 self.join(w).await
+            }
+            "publish" if joined => {
+                let Some(c) = self.chan.as_mut() else {
+                    return true;
+                };
+                let (Some(peer), false) = (c.peer_id.clone(), c.neg.is_publishing()) else {
+                    return true;
+                };
+                let ev = c.neg.publish(&peer);
+                self.log("publishes audio+video");
+                self.media(w, ev).await
+            }
+            "unpublish" if joined => {
+                let Some(c) = self.chan.as_mut() else {
+                    return true;
+                };
+                if !c.neg.is_publishing() {
+                    return true;
+                }
+                let ev = c.neg.unpublish();
+                self.log("unpublishes");
+                self.media(w, ev).await
             }
             "garbage" => {
                 self.log("sends garbage");
@@ -474,22 +499,34 @@ impl Client {
             }
             "mediaEvent" if current => {
                 let data = f.payload.get("data").and_then(Value::as_str).unwrap_or("");
-                match serde_json::from_str::<Value>(data) {
+                let replies = match serde_json::from_str::<Value>(data) {
                     Ok(ev) => self.on_media_event(&ev),
-                    Err(_) => self
-                        .oracles
-                        .fail(format!("c{}: mediaEvent data is not JSON", self.idx)),
-                }
+                    Err(_) => {
+                        let idx = self.idx;
+                        self.oracles
+                            .fail(format!("c{idx}: mediaEvent data is not JSON"));
+                        Vec::new()
+                    }
+                };
                 self.publish_view(true);
+                for ev in replies {
+                    if !self.media(w, ev).await {
+                        return false;
+                    }
+                }
             }
             _ => {}
         }
         true
     }
 
-    fn on_media_event(&mut self, ev: &Value) {
+    /// Applies a server media event; returns the media events to answer with.
+    fn on_media_event(&mut self, ev: &Value) -> Vec<Value> {
         let idx = self.idx;
-        let Some(c) = self.chan.as_mut() else { return };
+        let who = format!("c{idx}");
+        let Some(c) = self.chan.as_mut() else {
+            return Vec::new();
+        };
         let data = &ev["data"];
         let client_of = |e: &Value| e["metadata"]["client"].as_u64().map(|x| x as usize);
         match ev["type"].as_str().unwrap_or("") {
@@ -497,6 +534,7 @@ impl Client {
                 c.peer_id = data["id"].as_str().map(str::to_string);
                 c.roster.clear();
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
+                    c.neg.on_tracks_announced(&e["tracks"]);
                     if let (Some(id), Some(k)) = (e["id"].as_str(), client_of(e)) {
                         c.roster.insert(id.to_string(), k);
                     }
@@ -516,7 +554,7 @@ impl Client {
             "endpointUpdated" => {
                 let (Some(id), Some(seq)) = (data["id"].as_str(), data["metadata"]["seq"].as_u64())
                 else {
-                    return;
+                    return Vec::new();
                 };
                 let last = c.seq.insert(id.to_string(), seq).unwrap_or(0);
                 if seq <= last {
@@ -525,10 +563,20 @@ impl Client {
                     ));
                 }
             }
+            "tracksAdded" => c.neg.on_tracks_announced(&data["tracks"]),
+            "tracksRemoved" => c.neg.on_tracks_removed(&who, data, &self.oracles),
+            "custom" => match data["type"].as_str().unwrap_or("") {
+                "offerData" => {
+                    return vec![c.neg.on_offer_data(&who, &data["data"], &self.oracles)];
+                }
+                "sdpAnswer" => c.neg.on_answer(&who, &data["data"], &self.oracles),
+                _ => {}
+            },
             "error" => self
                 .oracles
                 .fail(format!("c{idx}: server sent media error {data}")),
             _ => {}
         }
+        Vec::new()
     }
 }

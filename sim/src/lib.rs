@@ -6,6 +6,7 @@
 pub mod campaign;
 pub mod client;
 pub mod coverage;
+pub mod negotiator;
 pub mod oracle;
 pub mod registry_race;
 pub mod scenarios;

@@ -11,6 +11,8 @@ struct Inner {
     checks: u64,
     /// (client, join_ref) that must get exactly one phx_error (their room crashed).
     expected_errors: BTreeMap<(usize, String), bool>,
+    /// Client-side branches reached (coverage the server's logs cannot see).
+    reached: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Clone, Default)]
@@ -23,6 +25,15 @@ impl Oracles {
         if !ok {
             i.violations.push(what());
         }
+    }
+
+    /// Counts a client-side branch reached (an Antithesis-style "sometimes" assertion).
+    pub fn reached(&self, what: &'static str) {
+        *self.0.lock().unwrap().reached.entry(what).or_default() += 1;
+    }
+
+    pub fn reached_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap().reached.clone()
     }
 
     pub fn fail(&self, what: String) {

@@ -69,7 +69,7 @@ pub fn restart_under_churn() -> Options {
             burst: false,
             faults: vec!["server_restart", "socket_drop", "loss"],
             fault_gap_ms: 200,
-            action_weights: vec![5, 2, 1, 1, 1],
+            action_weights: vec![5, 2, 1, 1, 1, 2, 1],
             action_gap_ms: 50,
             max_peers_per_room: 32,
             ..quiet(8, 2)

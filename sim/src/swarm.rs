@@ -21,7 +21,15 @@ pub const FAULTS: &[&str] = &[
 ];
 
 /// Client actions.
-pub const ACTIONS: &[&str] = &["media", "leave", "duplicate", "garbage", "disconnect"];
+pub const ACTIONS: &[&str] = &[
+    "media",
+    "leave",
+    "duplicate",
+    "garbage",
+    "disconnect",
+    "publish",
+    "unpublish",
+];
 
 #[derive(Clone, Debug)]
 pub struct Swarm {

@@ -247,7 +247,10 @@ pub async fn run(opts: Options) -> Report {
         failure = Some(Failure::Safety(violations));
     }
     let lines = trace.lines();
-    let coverage = counts.0.lock().unwrap().clone();
+    let mut coverage = counts.0.lock().unwrap().clone();
+    for (k, v) in oracles.reached_counts() {
+        coverage.insert(k.to_string(), v);
+    }
     Report {
         swarm: swarm.to_string(),
         digest: digest(&lines),
@@ -305,7 +308,16 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
         }
     }
     for (room, members) in &by_room {
-        let peers = app.room_peers(room).await;
+        let info = app.room_info(room).await.unwrap_or_default();
+        let peers = info.peers;
+        // No leaked engine peers: the media session counts exactly the room's peers.
+        let endpoints: BTreeSet<&String> = info.endpoints.iter().collect();
+        let peer_ids: BTreeSet<&String> = peers.iter().map(|(p, _)| p).collect();
+        if endpoints != peer_ids {
+            return Some(format!(
+                "room {room}: engine endpoints {endpoints:?} but peers {peer_ids:?}"
+            ));
+        }
         if peers.len() != members.len() {
             return Some(format!(
                 "room {room} has {} peers on the server, {} clients in it",

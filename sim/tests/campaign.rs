@@ -54,6 +54,8 @@ fn fixed_campaign_and_regression_seeds() {
             "room down",
             "room stopped: empty",
             "closing socket on undecodable frame",
+            "client: sdpAnswer applied",
+            "client: tracksRemoved",
         ] {
             assert!(
                 coverage.get(branch).copied().unwrap_or(0) > 0,

@@ -22,6 +22,15 @@ use crate::engine::{MediaPlane, Out, PlaneEvent, PlaneSink, Session, TrackNegoti
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
 
 /// What a room accepts.
+/// What a room reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// (peer id, channel pid), in peer-id order.
+    pub peers: Vec<(String, Pid)>,
+    /// Peers the media session counts as connected endpoints, in join order.
+    pub endpoints: Vec<String>,
+}
+
 #[derive(Debug)]
 pub enum RoomMsg {
     /// A channel joins as `peer_id`; answered once the room has taken it (or refused it).
@@ -34,6 +43,8 @@ pub enum RoomMsg {
     MediaEvent { peer_id: String, data: String },
     /// The peers, as (peer id, channel pid).
     Peers(oneshot::Sender<Vec<(String, Pid)>>),
+    /// The room's state as observers see it (diagnostics and oracles).
+    Info(oneshot::Sender<RoomInfo>),
     /// A report of the room's media plane.
     Plane(PlaneEvent),
 }
@@ -89,6 +100,15 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                     .map(|(id, p)| (id.clone(), p.channel.pid()))
                     .collect();
                 let _ = tx.send(list);
+            }
+            Received::Msg(RoomMsg::Info(tx)) => {
+                let _ = tx.send(RoomInfo {
+                    peers: peers
+                        .iter()
+                        .map(|(id, p)| (id.clone(), p.channel.pid()))
+                        .collect(),
+                    endpoints: session.endpoints().map(str::to_string).collect(),
+                });
             }
             Received::Msg(RoomMsg::Plane(event)) => {
                 let outs = session.handle_plane_event(event);

@@ -1,0 +1,188 @@
+//! The simulated client's half of media negotiation, as `membrane-webrtc-js` 0.5.3 does it:
+//! publish and unpublish tracks, answer every `offerData` with an offer whose recvonly m-lines
+//! match `tracksTypes`, and apply answers. It also holds the negotiation oracles, checked as
+//! events arrive: `tracksTypes` never decreases, no `offerData` while an offer is open, an
+//! `offerData` never counts tracks the client was not told about (`tracksAdded` comes first),
+//! every active mid of an answer is in its `midToTrackId`, and `tracksRemoved` only names
+//! tracks an answer gave this client.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+use videoroom::engine::sdp::{Direction, Sdp};
+
+use crate::oracle::Oracles;
+
+struct MLine {
+    mid: String,
+    kind: &'static str,
+    dir: &'static str,
+    /// The published track on a sendonly m-line.
+    track: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Negotiator {
+    mlines: Vec<MLine>,
+    next_track: u64,
+    last_types: (u64, u64),
+    /// An offer was sent and its answer has not come yet.
+    offer_open: bool,
+    /// Tracks other endpoints were announced with (connected + tracksAdded), ever.
+    announced: BTreeSet<String>,
+    /// Tracks some answer mapped to one of this client's m-lines.
+    answered: BTreeSet<String>,
+    pub negotiations: u64,
+}
+
+fn custom(kind: &str, data: Value) -> Value {
+    json!({"type": "custom", "data": {"type": kind, "data": data}})
+}
+
+impl Negotiator {
+    fn published(&self) -> impl Iterator<Item = &MLine> {
+        self.mlines
+            .iter()
+            .filter(|m| m.track.is_some() && m.dir == "sendonly")
+    }
+
+    pub fn is_publishing(&self) -> bool {
+        self.published().next().is_some()
+    }
+
+    /// Adds an audio and a video track; returns the event asking for a negotiation.
+    pub fn publish(&mut self, peer_id: &str) -> Value {
+        for kind in ["audio", "video"] {
+            self.next_track += 1;
+            let mid = self.mlines.len().to_string();
+            self.mlines.push(MLine {
+                mid,
+                kind,
+                dir: "sendonly",
+                track: Some(format!("{peer_id}:{kind}{}", self.next_track)),
+            });
+        }
+        custom("renegotiateTracks", json!({}))
+    }
+
+    /// Stops the published tracks (their m-lines become inactive, never reused).
+    pub fn unpublish(&mut self) -> Value {
+        for m in self.mlines.iter_mut().filter(|m| m.track.is_some()) {
+            m.dir = "inactive";
+        }
+        custom("renegotiateTracks", json!({}))
+    }
+
+    pub fn on_tracks_announced(&mut self, tracks: &Value) {
+        for id in tracks.as_object().into_iter().flatten().map(|(k, _)| k) {
+            self.announced.insert(id.clone());
+        }
+    }
+
+    pub fn on_tracks_removed(&mut self, who: &str, data: &Value, oracles: &Oracles) {
+        oracles.reached("client: tracksRemoved");
+        for id in data["trackIds"].as_array().into_iter().flatten() {
+            let id = id.as_str().unwrap_or("");
+            oracles.check(self.answered.contains(id), || {
+                format!("{who}: tracksRemoved for {id}, which no answer gave it")
+            });
+        }
+    }
+
+    /// `offerData`: checks it, then returns the `sdpOffer` to send.
+    pub fn on_offer_data(&mut self, who: &str, data: &Value, oracles: &Oracles) -> Value {
+        let types = &data["tracksTypes"];
+        let (a, v) = (
+            types["audio"].as_u64().unwrap_or(0),
+            types["video"].as_u64().unwrap_or(0),
+        );
+        let (la, lv) = self.last_types;
+        oracles.check(a >= la && v >= lv, || {
+            format!("{who}: tracksTypes went from {la}/{lv} to {a}/{v}")
+        });
+        oracles.check(!self.offer_open, || {
+            format!("{who}: offerData while its previous offer is still open")
+        });
+        oracles.check(a + v <= self.announced.len() as u64, || {
+            format!(
+                "{who}: offerData counts {} tracks, only {} were announced",
+                a + v,
+                self.announced.len()
+            )
+        });
+        self.last_types = (a.max(la), v.max(lv));
+        // As the client does: add recvonly m-lines until there are as many as tracksTypes.
+        for (kind, want) in [("audio", self.last_types.0), ("video", self.last_types.1)] {
+            let have = self
+                .mlines
+                .iter()
+                .filter(|m| m.kind == kind && m.track.is_none())
+                .count() as u64;
+            for _ in have..want {
+                let mid = self.mlines.len().to_string();
+                self.mlines.push(MLine {
+                    mid,
+                    kind,
+                    dir: "recvonly",
+                    track: None,
+                });
+            }
+        }
+        self.offer_open = true;
+        self.negotiations += 1;
+        oracles.reached("client: offerData answered with an offer");
+        let mut sdp = String::from("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+        let mut mid_to_track = serde_json::Map::new();
+        let mut metadata = serde_json::Map::new();
+        for m in &self.mlines {
+            let pt = if m.kind == "audio" { 111 } else { 96 };
+            sdp.push_str(&format!(
+                "m={} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\na={}\r\na=rtpmap:{pt} {}\r\n",
+                m.kind,
+                m.mid,
+                m.dir,
+                if m.kind == "audio" { "opus/48000/2" } else { "VP8/90000" }
+            ));
+            if let (Some(t), "sendonly") = (&m.track, m.dir) {
+                mid_to_track.insert(m.mid.clone(), json!(t));
+                metadata.insert(t.clone(), json!({"type": m.kind, "active": true}));
+            }
+        }
+        custom(
+            "sdpOffer",
+            json!({
+                "sdpOffer": {"type": "offer", "sdp": sdp},
+                "trackIdToTrackMetadata": metadata,
+                "trackIdToTrackBitrates": {},
+                "midToTrackId": mid_to_track,
+            }),
+        )
+    }
+
+    pub fn on_answer(&mut self, who: &str, data: &Value, oracles: &Oracles) {
+        oracles.check(self.offer_open, || {
+            format!("{who}: sdpAnswer with no offer open")
+        });
+        self.offer_open = false;
+        let map = data["midToTrackId"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        match Sdp::parse(data["sdp"].as_str().unwrap_or("")) {
+            Ok(sdp) => {
+                for m in &sdp.media {
+                    if m.direction != Direction::Inactive {
+                        oracles.check(map.contains_key(&m.mid), || {
+                            format!("{who}: answer mid {} missing from midToTrackId", m.mid)
+                        });
+                    }
+                }
+            }
+            Err(e) => oracles.fail(format!("{who}: unparsable answer: {e}")),
+        }
+        for t in map.values().filter_map(Value::as_str) {
+            self.answered.insert(t.to_string());
+        }
+        oracles.reached("client: sdpAnswer applied");
+    }
+}
