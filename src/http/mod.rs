@@ -137,14 +137,22 @@ async fn serve_socket(edge: Edge, socket: WebSocket) {
     };
     // Reader done (client left): the dropped frame queue ends the socket process, which drops
     // its outbound queue, so the writer drains, answers the close and stops. Writer done (the
-    // process closed the connection): give the client a moment to answer the close.
-    tokio::pin!(writer, reader);
+    // process closed the connection): give the client a moment to answer the close. Process
+    // gone while the writer is stuck on a client that stopped reading (a slow consumer): give
+    // the writer a moment, then drop the connection rather than hold it open.
+    let sys = edge.app.sys.clone();
+    let process_gone = sys.wait_exit(conn.pid());
+    tokio::pin!(writer, reader, process_gone);
+    let grace = std::time::Duration::from_secs(5);
     tokio::select! {
         biased;
         _ = &mut writer => {
-            let _ = crate::rt::time::timeout(std::time::Duration::from_secs(5), reader).await;
+            let _ = crate::rt::time::timeout(grace, reader).await;
         }
         _ = &mut reader => writer.await,
+        _ = &mut process_gone => {
+            let _ = crate::rt::time::timeout(std::time::Duration::from_secs(1), writer).await;
+        }
     }
     drop(conn);
 }

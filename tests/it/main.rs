@@ -3,6 +3,7 @@
 mod media;
 mod registry_model;
 mod support;
+mod wire_backpressure;
 mod wire_channels;
 mod wire_http;
 mod wire_rooms;
