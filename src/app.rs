@@ -27,6 +27,85 @@ pub struct Limits {
     pub empty_room_linger: std::time::Duration,
 }
 
+impl Limits {
+    /// The defaults, for rooms of up to `max_peers` peers (queues grow with the room size).
+    pub fn for_peers(max_peers: usize) -> Limits {
+        let d = Limits::default();
+        let max_peers = max_peers.max(1);
+        let floor = Limits {
+            max_peers_per_room: max_peers,
+            ..d.clone()
+        }
+        .min_queue();
+        Limits {
+            max_peers_per_room: max_peers,
+            room_mailbox: d.room_mailbox.max(floor),
+            channel_mailbox: d.channel_mailbox.max(floor),
+            socket_mailbox: d.socket_mailbox.max(floor),
+            outbound_frames: d.outbound_frames.max(floor),
+            ..d
+        }
+    }
+
+    /// The largest burst of messages a room may put on one queue at once, with headroom: a
+    /// joiner gets `connected`, one `tracksAdded` per publishing peer and an `offerData` in one
+    /// go, and every peer of a full room may speak at the same moment. A queue smaller than
+    /// this makes a healthy client look slow: it is dropped, rejoins, and is dropped again.
+    pub fn min_queue(&self) -> usize {
+        4 * self.max_peers_per_room + 16
+    }
+
+    /// Checks the limits are coherent; the error says which one to raise.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_peers_per_room == 0 {
+            return Err("max_peers_per_room must be at least 1".into());
+        }
+        let min = self.min_queue();
+        for (name, v) in [
+            ("room_mailbox", self.room_mailbox),
+            ("channel_mailbox", self.channel_mailbox),
+            ("socket_mailbox", self.socket_mailbox),
+            ("outbound_frames", self.outbound_frames),
+        ] {
+            if v < min {
+                return Err(format!(
+                    "{name} = {v} is below {min}, the largest burst a room of {} peers sends at once; raise it or lower max_peers_per_room",
+                    self.max_peers_per_room
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Limits;
+
+    #[test]
+    fn defaults_and_scaled_limits_are_coherent() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        for n in [1, 2, 32, 100, 1000] {
+            assert_eq!(Limits::for_peers(n).validate(), Ok(()), "{n} peers");
+        }
+    }
+
+    #[test]
+    fn a_queue_smaller_than_one_burst_is_refused_with_its_name() {
+        let l = Limits {
+            channel_mailbox: 8,
+            ..Limits::default()
+        };
+        let e = l.validate().unwrap_err();
+        assert!(e.starts_with("channel_mailbox = 8 is below 144"), "{e}");
+        let none = Limits {
+            max_peers_per_room: 0,
+            ..Limits::default()
+        };
+        assert!(none.validate().is_err());
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -54,10 +54,7 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let limits = ServerLimits {
-        max_peers_per_room: cli.max_peers_per_room.max(1),
-        ..ServerLimits::default()
-    };
+    let limits = ServerLimits::for_peers(cli.max_peers_per_room);
     let cfg = ServerConfig {
         bind: cli.bind,
         port: cli.port,

@@ -76,6 +76,9 @@ pub struct Server {
 impl Server {
     /// Binds and starts serving in the background.
     pub async fn start(cfg: ServerConfig) -> std::io::Result<Server> {
+        cfg.limits
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = net_tokio::net::TcpListener::bind((cfg.bind, cfg.port)).await?;
         let addr = listener.local_addr()?;
         let app = App::new(cfg.limits);

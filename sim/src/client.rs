@@ -362,6 +362,20 @@ impl Client {
                 self.log("unpublishes");
                 self.media(w, ev).await
             }
+            "flood" if joined => {
+                // A misbehaving client: a burst of metadata updates, far faster than a person.
+                let n = 20 + rt::rand::below(300);
+                self.log(format!("floods {n} updates"));
+                for _ in 0..n {
+                    self.my_seq += 1;
+                    let seq = self.my_seq;
+                    let ev = json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}});
+                    if !self.media(w, ev).await {
+                        return false;
+                    }
+                }
+                true
+            }
             "garbage" => {
                 self.log("sends garbage");
                 w.send(&WireFrame::Text("{not a phoenix frame".into()))

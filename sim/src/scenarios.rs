@@ -46,6 +46,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         action_weights: vec![0; ACTIONS.len()],
         action_gap_ms: 1_000,
         max_peers_per_room: 64,
+        queue_cap: 0,
     }
 }
 

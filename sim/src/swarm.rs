@@ -29,6 +29,7 @@ pub const ACTIONS: &[&str] = &[
     "disconnect",
     "publish",
     "unpublish",
+    "flood",
 ];
 
 #[derive(Clone, Debug)]
@@ -45,6 +46,9 @@ pub struct Swarm {
     /// Mean gap between two actions of one client.
     pub action_gap_ms: u64,
     pub max_peers_per_room: usize,
+    /// Mailbox and outbound-queue capacity when squeezed (0 = production defaults), so the
+    /// overload paths (slow consumer, full room, full channel) run under faults too.
+    pub queue_cap: usize,
 }
 
 impl Swarm {
@@ -72,8 +76,23 @@ impl Swarm {
             fault_gap_ms: 20 + rt::rand::below(400),
             action_weights,
             action_gap_ms: 20 + rt::rand::below(300),
-            max_peers_per_room: if rt::rand::chance(0.2) { 3 } else { 32 },
+            max_peers_per_room: 32,
+            queue_cap: 0,
         }
+        .squeeze()
+    }
+
+    /// Sometimes small rooms, sometimes also queues as small as the server accepts for them.
+    fn squeeze(mut self) -> Swarm {
+        if rt::rand::chance(0.2) {
+            self.max_peers_per_room = 3;
+        }
+        if rt::rand::chance(0.2) {
+            self.max_peers_per_room = 3;
+            let floor = videoroom::app::Limits::for_peers(3).min_queue();
+            self.queue_cap = floor + rt::rand::below(8) as usize;
+        }
+        self
     }
 
     pub fn action_gap(&self) -> Duration {
@@ -117,11 +136,12 @@ impl fmt::Display for Swarm {
             .collect();
         write!(
             f,
-            "clients={} rooms={} burst={} max_peers={} faults=[{}] fault_gap={}ms actions=[{}] action_gap={}ms",
+            "clients={} rooms={} burst={} max_peers={} queue_cap={} faults=[{}] fault_gap={}ms actions=[{}] action_gap={}ms",
             self.clients,
             self.rooms,
             self.burst,
             self.max_peers_per_room,
+            self.queue_cap,
             self.faults.join(","),
             self.fault_gap_ms,
             actions.join(","),

@@ -79,10 +79,21 @@ pub async fn run(opts: Options) -> Report {
     let oracles = Oracles::default();
     trace.log(format!("swarm {swarm}"));
     let handle = Handle::current();
-    let limits = Limits {
-        max_peers_per_room: swarm.max_peers_per_room,
-        ..Limits::default()
+    let limits = Limits::for_peers(swarm.max_peers_per_room);
+    let limits = match swarm.queue_cap {
+        0 => limits,
+        n => Limits {
+            room_mailbox: n,
+            channel_mailbox: n,
+            socket_mailbox: n,
+            outbound_frames: n,
+            ..limits
+        },
     };
+    // The world must run a configuration the real server would accept.
+    if let Err(e) = limits.validate() {
+        panic!("the swarm drew limits the server refuses: {e}");
+    }
     let app: CurrentApp = Arc::new(Mutex::new(None));
     let server = {
         let (app, limits) = (app.clone(), limits.clone());

@@ -72,6 +72,7 @@ async fn join(url: &str, name: &str) -> (Ws, String) {
 fn a_slow_consumer_is_dropped_and_the_room_carries_on() {
     let srv = TestServer::start_with(|c| {
         c.limits = Limits {
+            max_peers_per_room: 3,
             outbound_frames: 64,
             socket_mailbox: 32,
             channel_mailbox: 32,
