@@ -32,7 +32,9 @@ use super::session::{PeerId, Roster};
 /// so a leaked or stale credential is good for one peer's allocations only and those can be
 /// torn down when it leaves.
 #[derive(Clone)]
-pub struct TurnIssuer(Arc<dyn Fn(&str) -> Vec<TurnServer> + Send + Sync>);
+pub struct TurnIssuer(Arc<IssueFn>);
+
+type IssueFn = dyn Fn(&str) -> Vec<TurnServer> + Send + Sync;
 
 impl TurnIssuer {
     pub fn new(issue: impl Fn(&str) -> Vec<TurnServer> + Send + Sync + 'static) -> Self {
