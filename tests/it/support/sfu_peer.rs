@@ -679,6 +679,10 @@ impl Driver {
             .with_setting_engine(
                 SettingEngineBuilder::new()
                     .with_include_loopback_candidate(true)
+                    // webrtc-rs waits 2 s before nominating a relay pair when controlling;
+                    // browsers nominate as soon as a check succeeds, and every pair here is a
+                    // relay pair (BENCHMARKS.md: join time).
+                    .with_relay_acceptance_min_wait(Some(Duration::ZERO))
                     .build(),
             )
             .with_handler(Arc::new(Handler {
