@@ -168,7 +168,7 @@ fn spawn_sender(peer: &Peer, shared: Arc<Shared>) {
             if let Some(v) = &video {
                 v.send(TAG_NUMBERED, seq, VIDEO_BYTES).await;
             }
-            if seq % 2 == 0 {
+            if seq.is_multiple_of(2) {
                 if let Some(a) = &audio {
                     a.send(TAG_NUMBERED, seq / 2, AUDIO_BYTES).await;
                 }
