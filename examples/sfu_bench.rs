@@ -401,8 +401,8 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
 }
 
 fn soak(cycles: usize) {
-    // Each cycle takes well under a second; the watchdog scales with the count.
-    watchdog(Duration::from_secs(30) + Duration::from_millis(300) * cycles as u32);
+    // A cycle is about one join-to-media time (~1.2 s here); the watchdog scales with the count.
+    watchdog(Duration::from_secs(30) + Duration::from_secs(3) * cycles as u32);
     let sfu = runtime("sfu-rt");
     let cli = runtime("cli-rt");
     let server = sfu.block_on(start_server());
