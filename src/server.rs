@@ -36,7 +36,9 @@ pub struct MediaConfig {
     pub public_ip: Option<IpAddr>,
     /// The integrated TURN server's UDP listen address (port 0 picks one).
     pub turn_bind: SocketAddr,
-    /// Lifetime of the TURN credentials handed out in `offerData`.
+    /// Lifetime of the per-peer TURN credentials handed out in `offerData`. The client never
+    /// asks for new ones and refreshes its allocation with them, so this must outlast a call;
+    /// a leaving peer's allocations are closed at once regardless.
     pub turn_credential_ttl: std::time::Duration,
 }
 
@@ -142,15 +144,15 @@ impl Server {
 
 /// Starts the TURN server and gives every room the webrtc plane.
 ///
-/// The negotiation core sends one TURN entry to everyone, so its credentials are minted once
-/// per server start (TURN REST username `<expiry>:videoroom`) rather than per peer.
+/// Each peer gets its own TURN REST credentials (username `<expiry>:<peer id>`) in its
+/// `offerData`; the plane closes that peer's allocations when it leaves.
 #[cfg(feature = "media-webrtc")]
 async fn real_media(
     app: App,
     media: &MediaConfig,
 ) -> std::io::Result<(App, std::sync::Arc<crate::turn::TurnServer>)> {
     use crate::engine::webrtc::{factory, PlaneConfig};
-    use crate::engine::{NegotiationConfig, TurnServer};
+    use crate::engine::{NegotiationConfig, TurnIssuer, TurnServer};
     use crate::turn::{TurnConfig, TurnServer as Turn};
 
     let relay_ip = media
@@ -168,22 +170,25 @@ async fn real_media(
     .await
     .map_err(std::io::Error::other)?;
     let turn = std::sync::Arc::new(turn);
-    let creds = turn.credentials("videoroom");
+    let issuer = std::sync::Arc::clone(&turn);
     let negotiation = NegotiationConfig {
-        turn_servers: vec![TurnServer {
-            server_addr: creds.server_addr.to_string(),
-            server_port: creds.server_port,
-            transport: "udp".to_owned(),
-            username: creds.username,
-            password: creds.password,
-        }],
+        turn_issuer: Some(TurnIssuer::new(move |peer| {
+            let creds = issuer.credentials(peer);
+            vec![TurnServer {
+                server_addr: creds.server_addr.to_string(),
+                server_port: creds.server_port,
+                transport: "udp".to_owned(),
+                username: creds.username,
+                password: creds.password,
+            }]
+        })),
         ..NegotiationConfig::default()
     };
     let plane = PlaneConfig {
         ice_ips: media.ice_ips.clone(),
         public_ips: media.public_ip.into_iter().collect(),
         runtime: Some(net_tokio::runtime::Handle::current()),
-        turn: None,
+        turn: Some(std::sync::Arc::clone(&turn)),
     };
     Ok((app.with_media(negotiation, factory(plane)), turn))
 }

@@ -35,4 +35,4 @@ pub use plane::{
     PlaneSink,
 };
 pub use session::{Out, PeerId, Roster, Session, SessionConfig};
-pub use tracks::{NegotiationConfig, TrackNegotiation};
+pub use tracks::{NegotiationConfig, TrackNegotiation, TurnIssuer};

@@ -14,6 +14,7 @@
 //! client input.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -27,12 +28,50 @@ use super::plane::{MLine, MLineRole, MediaKind, PlaneCommand, PlaneEvent, PlaneO
 use super::sdp::{is_token_char, Direction, Sdp};
 use super::session::{PeerId, Roster};
 
+/// Mints the `integratedTurnServers` entries of one peer (TURN REST credentials naming it),
+/// so a leaked or stale credential is good for one peer's allocations only and those can be
+/// torn down when it leaves.
+#[derive(Clone)]
+pub struct TurnIssuer(Arc<IssueFn>);
+
+type IssueFn = dyn Fn(&str) -> Vec<TurnServer> + Send + Sync;
+
+impl TurnIssuer {
+    pub fn new(issue: impl Fn(&str) -> Vec<TurnServer> + Send + Sync + 'static) -> Self {
+        TurnIssuer(Arc::new(issue))
+    }
+
+    pub fn issue(&self, peer: &str) -> Vec<TurnServer> {
+        (self.0)(peer)
+    }
+}
+
+impl std::fmt::Debug for TurnIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurnIssuer(..)")
+    }
+}
+
+// Configurations compare equal only when they share the issuer: two closures cannot be compared.
+impl PartialEq for TurnIssuer {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TurnIssuer {}
+
 /// What the room configures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NegotiationConfig {
-    /// Sent in every `offerData`. The client builds its relay-only ICE configuration from the
-    /// first one it receives, so this must not be empty in production.
+    /// Sent in every `offerData` when there is no [`TurnIssuer`]. The client builds its
+    /// relay-only ICE configuration from the first one it receives, so production needs either
+    /// this or `turn_issuer`.
     pub turn_servers: Vec<TurnServer>,
+    /// Per-peer TURN entries, minted once when the peer connects and repeated in each of its
+    /// `offerData` (the client only reads the first; re-minting would just churn credentials).
+    /// Takes precedence over `turn_servers`.
+    pub turn_issuer: Option<TurnIssuer>,
     /// Track metadata is copied to every subscriber, so its serialized size is capped.
     pub max_track_metadata_bytes: usize,
     /// Tracks one peer may publish at once; further `sendonly` m-lines are answered inactive.
@@ -45,6 +84,7 @@ impl Default for NegotiationConfig {
     fn default() -> Self {
         NegotiationConfig {
             turn_servers: Vec::new(),
+            turn_issuer: None,
             max_track_metadata_bytes: 4096,
             max_published_tracks: 8,
             max_held_candidates: 32,
@@ -110,11 +150,14 @@ struct PeerState {
     outbound: Vec<Outbound>,
     /// Counted in every `offerData`; kept to check monotonicity.
     last_tracks_types: TracksTypes,
+    /// This peer's `integratedTurnServers`.
+    turn_servers: Vec<TurnServer>,
 }
 
 impl PeerState {
-    fn new() -> Self {
+    fn new(turn_servers: Vec<TurnServer>) -> Self {
         PeerState {
+            turn_servers,
             phase: Phase::Idle,
             pending: false,
             next_negotiation: 1,
@@ -227,7 +270,7 @@ impl TrackNegotiation {
             peer,
             &ServerEvent::Custom(CustomEvent::OfferData(OfferData {
                 tracks_types,
-                integrated_turn_servers: self.config.turn_servers.clone(),
+                integrated_turn_servers: state.turn_servers.clone(),
             })),
         );
     }
@@ -725,7 +768,12 @@ impl Negotiation for TrackNegotiation {
         if self.peers.contains_key(peer) {
             return;
         }
-        self.peers.insert(peer.to_owned(), PeerState::new());
+        let turn_servers = match &self.config.turn_issuer {
+            Some(issuer) => issuer.issue(peer),
+            None => self.config.turn_servers.clone(),
+        };
+        self.peers
+            .insert(peer.to_owned(), PeerState::new(turn_servers));
         out.plane(PlaneCommand::AddPeer {
             peer: peer.to_owned(),
         });

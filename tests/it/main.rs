@@ -1,6 +1,7 @@
 //! Integration tests on real tokio (one test binary).
 
 mod media;
+mod media_server;
 mod registry_model;
 mod support;
 mod wire_backpressure;

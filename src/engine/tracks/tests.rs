@@ -18,7 +18,7 @@ pub(super) struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
-        let config = NegotiationConfig {
+        Harness::with_config(NegotiationConfig {
             turn_servers: vec![TurnServer {
                 server_addr: "10.0.0.1".into(),
                 server_port: 3478,
@@ -27,7 +27,10 @@ impl Harness {
                 password: "p".into(),
             }],
             ..NegotiationConfig::default()
-        };
+        })
+    }
+
+    pub fn with_config(config: NegotiationConfig) -> Self {
         Harness {
             session: Session::with_negotiation(
                 SessionConfig::default(),
@@ -586,4 +589,57 @@ fn candidates_both_ways() {
         h.plane(PlaneEvent::Connected { peer: "A".into() }),
         Vec::<String>::new()
     );
+}
+
+#[test]
+fn each_peer_gets_its_own_turn_credentials_minted_once() {
+    let minted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = std::sync::Arc::clone(&minted);
+    let mut h = Harness::with_config(NegotiationConfig {
+        turn_issuer: Some(TurnIssuer::new(move |peer| {
+            log.lock().unwrap().push(peer.to_owned());
+            vec![TurnServer {
+                server_addr: "10.0.0.1".into(),
+                server_port: 3478,
+                transport: "udp".into(),
+                username: format!("99:{peer}"),
+                password: format!("pw-{peer}"),
+            }]
+        })),
+        ..NegotiationConfig::default()
+    });
+    // The `integratedTurnServers` of every offerData among rendered lines.
+    let turn_of = |lines: Vec<String>| -> Vec<(String, Value)> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let (peer, data) = l.split_once(' ')?;
+                let v: Value = serde_json::from_str(data).ok()?;
+                (v["data"]["type"] == "offerData").then(|| {
+                    (
+                        peer.to_owned(),
+                        v["data"]["data"]["integratedTurnServers"].clone(),
+                    )
+                })
+            })
+            .collect()
+    };
+    h.send("A", &connect("A"));
+    h.send("B", &connect("B"));
+    let a = json!([{"serverAddr":"10.0.0.1","serverPort":3478,"transport":"udp","username":"99:A","password":"pw-A"}]);
+    assert_eq!(
+        turn_of(h.send("A", RENEGOTIATE)),
+        [("A".to_owned(), a.clone())]
+    );
+    let b = turn_of(h.send("B", RENEGOTIATE));
+    assert_eq!(b[0].1[0]["username"], "99:B");
+    assert_eq!(b[0].1[0]["password"], "pw-B");
+    // A's next offerData (queued behind its open cycle) repeats A's credentials.
+    h.send(
+        "A",
+        &sdp_offer(&[("0", "audio", "sendonly")], &[("0", "A:a")], &[]),
+    );
+    h.send("A", RENEGOTIATE);
+    assert_eq!(turn_of(h.answer("A")), [("A".to_owned(), a)]);
+    assert_eq!(*minted.lock().unwrap(), ["A", "B"]);
 }

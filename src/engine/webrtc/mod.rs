@@ -50,7 +50,7 @@ use webrtc::runtime::TokioRuntime;
 use crate::engine::plane::{
     MLineRole, MediaPlane, PlaneEvent, PlaneFactory, PlaneOffer, PlaneSink,
 };
-use crate::turn::{TurnCredentials, TurnServer};
+use crate::turn::TurnServer;
 
 pub use forward::{Fanout, Leg, NO_PAYLOAD_TYPE};
 
@@ -72,7 +72,7 @@ pub struct PlaneConfig {
     /// Where the plane's tasks and every connection's driver run; `None` uses the runtime of
     /// the caller of [`WebRtcPlane::new`]. A dedicated runtime makes SFU CPU measurable.
     pub runtime: Option<Handle>,
-    /// The integrated TURN server whose credentials go into `offerData`.
+    /// The integrated TURN server: a removed peer's allocations on it are closed.
     pub turn: Option<Arc<TurnServer>>,
 }
 
@@ -151,7 +151,6 @@ struct PeerEntry {
     tx: mpsc::Sender<Cmd>,
     /// Dropped on removal, which stops the peer's task.
     _stop: oneshot::Sender<()>,
-    turn: Option<TurnCredentials>,
 }
 
 enum Cmd {
@@ -188,13 +187,11 @@ impl WebRtcPlane {
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
-        let turn = self.inner.cfg.turn.as_ref().map(|t| t.credentials(peer));
         peers.insert(
             peer.to_owned(),
             PeerEntry {
                 tx: tx.clone(),
                 _stop: stop_tx,
-                turn,
             },
         );
         let task = PeerTask::new(Arc::clone(&self.inner), peer.to_owned(), tx);
@@ -208,10 +205,11 @@ impl WebRtcPlane {
         if let Some(entry) = entry {
             // Dropping the entry drops its stop signal: the task tears the peer down.
             drop(entry.tx);
-            if let (Some(turn), Some(creds)) = (self.inner.cfg.turn.clone(), entry.turn) {
+            if let Some(turn) = self.inner.cfg.turn.clone() {
+                let peer = peer.to_owned();
                 self.inner
                     .rt
-                    .spawn(async move { turn.revoke(&creds).await });
+                    .spawn(async move { turn.revoke_peer(&peer).await });
             }
         }
     }
@@ -233,17 +231,6 @@ impl WebRtcPlane {
                 }
             });
         }
-    }
-
-    /// The TURN server entry for `peer`'s `offerData.integratedTurnServers` (credentials are
-    /// minted when the peer is added and revoked when it is removed).
-    pub fn turn_credentials(&self, peer: &str) -> Option<TurnCredentials> {
-        self.inner
-            .peers
-            .lock()
-            .expect("plane lock")
-            .get(peer)
-            .and_then(|e| e.turn.clone())
     }
 
     pub fn stats(&self) -> PlaneStats {

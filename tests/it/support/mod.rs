@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod http;
 pub mod server;
+pub mod sfu_peer;
 pub mod transcript;
 
 /// Runs `body` with insta writing to `snapshots/` at the repo root, without a module prefix.

@@ -1,0 +1,498 @@
+//! SFU benchmark through the real server: N rooms × M synthetic webrtc-rs peers join over the
+//! Phoenix WebSocket (signalling included), publish opaque RTP (video 100 pkt/s × 1100 B and
+//! audio 50 pkt/s × 100 B each) and receive everyone else's, relay-only through the
+//! integrated TURN server, all on loopback.
+//!
+//! The server runs on its own tokio runtime ("sfu-rt" threads) and the peers on another
+//! ("cli-rt"), so the server's CPU (SFU, TURN, signalling) is read per thread from
+//! `/proc/self/task/*/schedstat`. Latency is receive time minus the send time carried in the
+//! payload (same clock); the reference is a plain loopback UDP socket pair on the client
+//! runtime sampled during the same window.
+//!
+//! `run`: one configuration, bounded by a watchdog (60 s). `soak`: K cycles of a peer joining,
+//! publishing and leaving next to a resident peer, with RSS and fd counts.
+
+#[path = "../tests/it/support/sfu_peer.rs"]
+mod sfu_peer;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use net_tokio::runtime::{Builder, Runtime};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use sfu_peer::{now_ns, Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE};
+use videoroom::server::{MediaConfig, Server, ServerConfig, ServerLimits};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N rooms × M peers, measured over a window after warm-up.
+    Run {
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value_t = 4)]
+        peers: usize,
+        /// Measurement window in seconds.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Joins per second (across rooms).
+        #[arg(long, default_value_t = 20.0)]
+        join_rate: f64,
+    },
+    /// K join/publish/leave cycles next to one resident peer.
+    Soak {
+        #[arg(long, default_value_t = 200)]
+        cycles: usize,
+    },
+}
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+const VIDEO_BYTES: usize = 1100;
+const AUDIO_BYTES: usize = 100;
+
+fn runtime(name: &str) -> Runtime {
+    Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// CPU nanoseconds consumed so far by this process's threads whose name starts with `prefix`
+/// (threads that exited are lost, so read it over windows where the set is stable).
+fn thread_cpu_ns(prefix: &str) -> u64 {
+    let mut total = 0;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    for t in dir.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let sched = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        total += sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64
+}
+
+fn ms(ns: f64) -> String {
+    format!("{:.3}", ns / 1e6)
+}
+
+async fn start_server() -> Server {
+    Server::start(ServerConfig {
+        port: 0,
+        limits: ServerLimits {
+            max_peers_per_room: 64,
+            ..ServerLimits::default()
+        },
+        media: MediaConfig {
+            real: true,
+            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ..MediaConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await
+    .expect("server starts")
+}
+
+/// What one peer's receiver saw.
+#[derive(Default)]
+struct Recv {
+    /// Publisher ssrc → next expected numbered sequence.
+    next: BTreeMap<u32, u32>,
+    publishers: BTreeSet<u32>,
+    /// First packet from every publisher present at join, since the socket was opened.
+    all_media_at: Option<Duration>,
+    packets: u64,
+    lost: u64,
+    reordered: u64,
+    latencies_ns: Vec<u64>,
+}
+
+struct Shared {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// Publishes video (every 10 ms) and audio (every 20 ms) until `stop`.
+fn spawn_sender(peer: &Peer, shared: Arc<Shared>) {
+    let video = peer.local(RtpCodecKind::Video).cloned();
+    let audio = peer.local(RtpCodecKind::Audio).cloned();
+    net_tokio::spawn(async move {
+        let mut tick = net_tokio::time::interval(Duration::from_millis(10));
+        let mut seq = 0u32;
+        while !shared.stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            if let Some(v) = &video {
+                v.send(TAG_NUMBERED, seq, VIDEO_BYTES).await;
+            }
+            if seq.is_multiple_of(2) {
+                if let Some(a) = &audio {
+                    a.send(TAG_NUMBERED, seq / 2, AUDIO_BYTES).await;
+                }
+            }
+            seq += 1;
+        }
+    });
+}
+
+/// Drains `peer`'s media into `recv`; `present` publishers were in the room at join.
+fn spawn_receiver(
+    mut media: net_tokio::sync::mpsc::UnboundedReceiver<sfu_peer::Rtp>,
+    opened_at: Instant,
+    present: usize,
+    recv: Arc<Mutex<Recv>>,
+    shared: Arc<Shared>,
+) {
+    net_tokio::spawn(async move {
+        while let Some(rtp) = media.recv().await {
+            let mut r = recv.lock().expect("recv");
+            r.packets += 1;
+            if r.publishers.insert(rtp.publisher_ssrc)
+                && r.all_media_at.is_none()
+                && present > 0
+                && r.publishers.len() >= 2 * present
+            {
+                r.all_media_at = Some(opened_at.elapsed());
+            }
+            if rtp.tag != TAG_NUMBERED {
+                continue;
+            }
+            let next = r.next.entry(rtp.publisher_ssrc).or_insert(rtp.seq);
+            let want = *next;
+            if rtp.seq >= want {
+                let gap = u64::from(rtp.seq - want);
+                *next = rtp.seq + 1;
+                if shared.measuring.load(Ordering::Relaxed) {
+                    r.lost += gap;
+                    r.latencies_ns.push(rtp.recv_ns.saturating_sub(rtp.sent_ns));
+                }
+            } else if shared.measuring.load(Ordering::Relaxed) {
+                r.reordered += 1;
+            }
+        }
+    });
+}
+
+/// Loopback UDP one-way latency at `rate` pkt/s of `VIDEO_BYTES` on the client runtime, until
+/// `stop`: the floor the SFU path's latency is compared with.
+async fn udp_reference(shared: Arc<Shared>, rate: u64) -> Vec<u64> {
+    let rx = net_tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let tx = net_tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    tx.connect(rx.local_addr().unwrap()).await.unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&out);
+    let stop = Arc::clone(&shared);
+    let reader = net_tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok(n) = rx.recv(&mut buf).await {
+            if n >= 8 {
+                let sent = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                if stop.measuring.load(Ordering::Relaxed) {
+                    sink.lock().unwrap().push(now_ns().saturating_sub(sent));
+                }
+            }
+        }
+    });
+    let mut tick = net_tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    let mut pkt = vec![0u8; VIDEO_BYTES];
+    while !shared.stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        pkt[..8].copy_from_slice(&now_ns().to_be_bytes());
+        let _ = tx.send(&pkt).await;
+    }
+    reader.abort();
+    let v = out.lock().unwrap().clone();
+    v
+}
+
+fn watchdog(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("watchdog: configuration exceeded {limit:?}, aborting");
+        std::process::exit(2);
+    });
+}
+
+fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
+    watchdog(WATCHDOG);
+    let sfu = runtime("sfu-rt");
+    let cli = runtime("cli-rt");
+    let server = sfu.block_on(start_server());
+    let addr = server.local_addr();
+    let rss0 = rss_kib();
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+    let total = rooms * peers;
+    let report = cli.block_on(async {
+        // Joins in round-robin over rooms at `join_rate`; each peer starts publishing at once.
+        let mut all = Vec::new();
+        let gap = Duration::from_secs_f64(1.0 / join_rate.max(0.1));
+        let mut tick = net_tokio::time::interval(gap);
+        for i in 0..peers {
+            for r in 0..rooms {
+                tick.tick().await;
+                let opts = PeerOptions {
+                    room: format!("bench{r}"),
+                    name: format!("p{r}-{i}"),
+                    audio: true,
+                    video: true,
+                };
+                let mut peer = Peer::join(addr, opts).await.expect("join");
+                let recv = Arc::new(Mutex::new(Recv::default()));
+                let media = std::mem::replace(
+                    &mut peer.media,
+                    net_tokio::sync::mpsc::unbounded_channel().1,
+                );
+                spawn_receiver(
+                    media,
+                    peer.opened_at,
+                    peer.others_at_join.len(),
+                    Arc::clone(&recv),
+                    Arc::clone(&shared),
+                );
+                spawn_sender(&peer, Arc::clone(&shared));
+                all.push((peer, recv));
+            }
+        }
+        let joined_at = Instant::now();
+        // Everyone receives everyone else in their room before the clock starts.
+        let want = 2 * (peers - 1);
+        loop {
+            let ready = all
+                .iter()
+                .filter(|(_, r)| r.lock().unwrap().publishers.len() >= want)
+                .count();
+            if ready == total {
+                break;
+            }
+            if joined_at.elapsed() > Duration::from_secs(20) {
+                eprintln!("only {ready}/{total} peers receive everyone; measuring anyway");
+                break;
+            }
+            net_tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Signalling errors (an `error` event or a failed negotiation) make the run invalid.
+        let mut errors = 0;
+        for (p, _) in all.iter_mut() {
+            while let Ok(s) = p.signals.try_recv() {
+                if let Signal::Error(e) = s {
+                    eprintln!("{}: {e}", p.id);
+                    errors += 1;
+                }
+            }
+        }
+        net_tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
+        let reference = net_tokio::spawn(udp_reference(Arc::clone(&shared), 200));
+        let rss1 = rss_kib();
+        let sfu0 = thread_cpu_ns("sfu-rt");
+        let cli0 = thread_cpu_ns("cli-rt");
+        let pk0: u64 = all.iter().map(|(_, r)| r.lock().unwrap().packets).sum();
+        let t0 = Instant::now();
+        shared.measuring.store(true, Ordering::Relaxed);
+        net_tokio::time::sleep(Duration::from_secs(secs)).await;
+        shared.measuring.store(false, Ordering::Relaxed);
+        let window = t0.elapsed();
+        let sfu1 = thread_cpu_ns("sfu-rt");
+        let cli1 = thread_cpu_ns("cli-rt");
+        let pk1: u64 = all.iter().map(|(_, r)| r.lock().unwrap().packets).sum();
+        shared.stop.store(true, Ordering::Relaxed);
+        let reference = reference.await.unwrap();
+
+        let mut lat = Vec::new();
+        let (mut lost, mut reordered) = (0, 0);
+        let mut join_connected = Vec::new();
+        let mut join_media = Vec::new();
+        for (p, r) in &all {
+            let r = r.lock().unwrap();
+            lat.extend_from_slice(&r.latencies_ns);
+            lost += r.lost;
+            reordered += r.reordered;
+            join_connected.push(p.join_time.as_nanos() as u64);
+            if let Some(t) = r.all_media_at {
+                join_media.push(t.as_nanos() as u64);
+            }
+        }
+        lat.sort_unstable();
+        join_connected.sort_unstable();
+        join_media.sort_unstable();
+        let mut reference = reference;
+        reference.sort_unstable();
+        let fwd = (pk1 - pk0) as f64 / window.as_secs_f64();
+        let ideal = (rooms * peers * (peers - 1) * 150) as f64;
+        let sfu_cpu = (sfu1 - sfu0) as f64;
+        let cli_cpu = (cli1 - cli0) as f64;
+        let per_pkt_us = sfu_cpu / 1e3 / (pk1 - pk0).max(1) as f64;
+        let (l50, l99, l999) = (pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999));
+        let (u50, u99) = (pct(&reference, 0.5), pct(&reference, 0.99));
+        let mut s = String::new();
+        use std::fmt::Write as _;
+        let _ = writeln!(s, "config: rooms={rooms} peers/room={peers} window={:.1}s", window.as_secs_f64());
+        let _ = writeln!(s, "forwarded pkt/s (received by clients): {fwd:.0} (ideal {ideal:.0}); lost {lost} ({:.4} %), reordered {reordered}, signalling errors {errors}",
+            100.0 * lost as f64 / (lat.len() as f64 + lost as f64).max(1.0));
+        let _ = writeln!(s, "server CPU: {:.1} % of a core; {per_pkt_us:.2} µs per forwarded packet (client threads {:.1} %)",
+            100.0 * sfu_cpu / window.as_nanos() as f64, 100.0 * cli_cpu / window.as_nanos() as f64);
+        let _ = writeln!(s, "latency send→receive ms: p50 {} p99 {} p99.9 {} (n={})", ms(l50), ms(l99), ms(l999), lat.len());
+        let _ = writeln!(s, "reference loopback UDP ms: p50 {} p99 {} (n={}); ratio p50 {:.1}x p99 {:.1}x",
+            ms(u50), ms(u99), reference.len(), l50 / u50, l99 / u99);
+        let _ = writeln!(s, "join socket-open→connected ms: p50 {} p99 {} (n={})",
+            ms(pct(&join_connected, 0.5)), ms(pct(&join_connected, 0.99)), join_connected.len());
+        let _ = writeln!(s, "join socket-open→media from every present publisher ms: p50 {} p99 {} (n={})",
+            ms(pct(&join_media, 0.5)), ms(pct(&join_media, 0.99)), join_media.len());
+        let _ = writeln!(s, "RSS: {} MiB before joins, {} MiB with {total} peers in media: {:.2} MiB per peer (server + client side, whole process)",
+            rss0 / 1024, rss1 / 1024, (rss1.saturating_sub(rss0)) as f64 / 1024.0 / total as f64);
+        for (p, _) in all {
+            p.leave().await;
+        }
+        s
+    });
+    print!("{report}");
+    sfu.block_on(server.shutdown());
+    drop(cli);
+    sfu.shutdown_timeout(Duration::from_secs(2));
+}
+
+fn soak(cycles: usize) {
+    // A cycle is about one join-to-media time (~1.2 s here); the watchdog scales with the count.
+    watchdog(Duration::from_secs(30) + Duration::from_secs(3) * cycles as u32);
+    let sfu = runtime("sfu-rt");
+    let cli = runtime("cli-rt");
+    let server = sfu.block_on(start_server());
+    let addr = server.local_addr();
+    let opts = |name: String| PeerOptions {
+        room: "soak".into(),
+        name,
+        audio: true,
+        video: true,
+    };
+    cli.block_on(async {
+        let shared = Arc::new(Shared {
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let mut anchor = Peer::join(addr, opts("anchor".into())).await.expect("join");
+        spawn_sender(&anchor, Arc::clone(&shared));
+        let start = (rss_kib(), fd_count(), thread_count());
+        let warmup = (cycles / 10).max(5).min(cycles);
+        let mut after_warmup = start;
+        let t0 = Instant::now();
+        for k in 0..cycles {
+            let mut p = Peer::join(addr, opts(format!("c{k}"))).await.expect("join");
+            // Publishing and receiving: the newcomer gets the anchor's media.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut seen = BTreeSet::new();
+            let mut n = 0u32;
+            while seen.len() < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "cycle {k}: no media from the anchor"
+                );
+                for l in &p.locals {
+                    l.send(TAG_PROBE, n, AUDIO_BYTES).await;
+                }
+                n += 1;
+                if let Ok(Some(rtp)) =
+                    net_tokio::time::timeout(Duration::from_millis(10), p.media.recv()).await
+                {
+                    seen.insert(rtp.publisher_ssrc);
+                }
+            }
+            let id = p.id.clone();
+            p.leave().await;
+            anchor
+                .wait_for(Duration::from_secs(10), |s| {
+                    matches!(s, Signal::EndpointRemoved(e) if *e == id).then_some(())
+                })
+                .await
+                .unwrap_or_else(|| panic!("cycle {k}: anchor never saw the leave"));
+            while anchor.media.try_recv().is_ok() {}
+            if k + 1 == warmup {
+                after_warmup = (rss_kib(), fd_count(), thread_count());
+            }
+        }
+        let end = (rss_kib(), fd_count(), thread_count());
+        let per = (end.0 as f64 - after_warmup.0 as f64) / (cycles - warmup).max(1) as f64;
+        println!(
+            "soak: {cycles} join/publish/leave cycles in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
+        println!(
+            "  start:         RSS {} KiB, fds {}, threads {}",
+            start.0, start.1, start.2
+        );
+        println!(
+            "  after {warmup:>4}:    RSS {} KiB, fds {}, threads {}",
+            after_warmup.0, after_warmup.1, after_warmup.2
+        );
+        println!(
+            "  end:           RSS {} KiB, fds {}, threads {}",
+            end.0, end.1, end.2
+        );
+        println!("  RSS slope after warm-up: {per:.1} KiB per cycle");
+        shared.stop.store(true, Ordering::Relaxed);
+        anchor.leave().await;
+    });
+    sfu.block_on(server.shutdown());
+    drop(cli);
+    sfu.shutdown_timeout(Duration::from_secs(2));
+}
+
+fn main() {
+    match Cli::parse().mode {
+        Mode::Run {
+            rooms,
+            peers,
+            secs,
+            join_rate,
+        } => run(rooms, peers.max(2), secs, join_rate),
+        Mode::Soak { cycles } => soak(cycles.max(1)),
+    }
+}

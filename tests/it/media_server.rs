@@ -1,0 +1,251 @@
+//! The media plane through the real server: three synthetic webrtc-rs browsers join one room
+//! over the Phoenix WebSocket, negotiate with the negotiation core (relay-only ICE through the
+//! integrated TURN server named in their own `offerData`), and exchange generated RTP. Every
+//! subscriber gets every other publisher's packets in order and without loss; a leaver is
+//! retracted (`tracksRemoved`, then `endpointRemoved`) and the others renegotiate and keep
+//! going; a subscriber's PLI reaches the publisher.
+#![cfg(feature = "media-webrtc")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use net_tokio::time::{timeout, Instant};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use videoroom::server::{MediaConfig, Server, ServerConfig};
+
+use crate::support::sfu_peer::{Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE};
+
+const STEP: Duration = Duration::from_secs(10);
+const PAYLOAD: usize = 200;
+
+async fn start_server() -> Server {
+    Server::start(ServerConfig {
+        port: 0,
+        media: MediaConfig {
+            real: true,
+            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ..MediaConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await
+    .expect("server starts")
+}
+
+async fn join(server: &Server, name: &str) -> Peer {
+    let opts = PeerOptions {
+        room: "media".into(),
+        name: name.into(),
+        audio: true,
+        video: true,
+    };
+    timeout(STEP, Peer::join(server.local_addr(), opts))
+        .await
+        .expect("join in time")
+        .expect("join")
+}
+
+fn track_ids(peers: &[&Peer]) -> BTreeSet<String> {
+    peers
+        .iter()
+        .flat_map(|p| p.locals.iter().map(|l| l.track_id.clone()))
+        .collect()
+}
+
+/// Waits until `peer` has applied an answer carrying every track of `others`, checking on the
+/// way that each `offerData` lists TURN credentials issued to `peer` itself.
+async fn until_subscribed(peer: &mut Peer, others: &BTreeSet<String>) {
+    let me = format!(":{}", peer.id);
+    let id = peer.id.clone();
+    let got = peer
+        .wait_for(STEP, |s| match s {
+            Signal::OfferData(d) => {
+                let turn = &d["integratedTurnServers"];
+                assert_eq!(turn.as_array().map(Vec::len), Some(1), "{d}");
+                let user = turn[0]["username"].as_str().unwrap();
+                assert!(user.ends_with(&me), "{id} got TURN user {user}");
+                None
+            }
+            Signal::Answered(m) => {
+                let carried: BTreeSet<String> = m.values().cloned().collect();
+                others.is_subset(&carried).then_some(())
+            }
+            Signal::Error(e) => panic!("{id}: {e}"),
+            _ => None,
+        })
+        .await;
+    assert!(
+        got.is_some(),
+        "{} never got an answer carrying {others:?}",
+        peer.id
+    );
+}
+
+/// Probes on every track until each peer has media from every other peer's tracks (legs only
+/// forward once bound, so earlier packets may legitimately be lost).
+async fn sync(peers: &mut [Peer]) {
+    let want: Vec<BTreeSet<u32>> = (0..peers.len())
+        .map(|i| {
+            peers
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .flat_map(|(_, p)| p.locals.iter().map(|l| l.ssrc))
+                .collect()
+        })
+        .collect();
+    let mut seen: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); peers.len()];
+    let deadline = Instant::now() + STEP;
+    let mut tick = net_tokio::time::interval(Duration::from_millis(5));
+    let mut probe = 0;
+    while seen != want {
+        assert!(
+            Instant::now() < deadline,
+            "sync: saw {seen:?}, want {want:?}"
+        );
+        tick.tick().await;
+        probe += 1;
+        for p in peers.iter() {
+            for l in &p.locals {
+                l.send(TAG_PROBE, probe, PAYLOAD).await;
+            }
+        }
+        for (i, p) in peers.iter_mut().enumerate() {
+            while let Ok(rtp) = p.media.try_recv() {
+                seen[i].insert(rtp.publisher_ssrc);
+            }
+        }
+    }
+}
+
+/// Each peer sends `n` numbered packets on each track; every peer must then receive all of
+/// them from every other peer, in order, with sane timestamps. Returns the worst latency.
+async fn exchange(peers: &mut [Peer], n: u32) -> Duration {
+    let mut tick = net_tokio::time::interval(Duration::from_millis(2));
+    for seq in 0..n {
+        tick.tick().await;
+        for p in peers.iter() {
+            for l in &p.locals {
+                assert!(l.send(TAG_NUMBERED, seq, PAYLOAD).await, "write_rtp failed");
+            }
+        }
+    }
+    let all: Vec<(String, u32)> = peers
+        .iter()
+        .flat_map(|p| p.locals.iter().map(|l| (p.id.clone(), l.ssrc)))
+        .collect();
+    let mut worst = Duration::ZERO;
+    for p in peers.iter_mut() {
+        let mut next: BTreeMap<u32, u32> = all
+            .iter()
+            .filter(|(owner, _)| *owner != p.id)
+            .map(|(_, ssrc)| (*ssrc, 0))
+            .collect();
+        while next.values().any(|v| *v < n) {
+            let rtp = timeout(STEP, p.media.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} stalled at {next:?}", p.id))
+                .expect("media channel open");
+            if rtp.tag != TAG_NUMBERED {
+                continue;
+            }
+            let want = next
+                .get_mut(&rtp.publisher_ssrc)
+                .unwrap_or_else(|| panic!("{} got its own or an unknown ssrc", p.id));
+            assert_eq!(rtp.seq, *want, "{}: loss or reorder", p.id);
+            assert_eq!(rtp.len, PAYLOAD);
+            assert!(rtp.recv_ns >= rtp.sent_ns, "received before sent: {rtp:?}");
+            worst = worst.max(Duration::from_nanos(rtp.recv_ns - rtp.sent_ns));
+            *want += 1;
+        }
+    }
+    worst
+}
+
+#[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_through_the_server_forward_leave_and_relay_pli() {
+    let started = Instant::now();
+    let server = start_server().await;
+    let mut a = join(&server, "a").await;
+    until_subscribed(&mut a, &BTreeSet::new()).await;
+    // Watching from A's first answer on: every keyframe request A's video gets is counted as
+    // it arrives, so the ones the SFU sends while subscriptions start are consumed early.
+    let mut a_keyframes = a.local(RtpCodecKind::Video).unwrap().keyframe_requests();
+    let mut b = join(&server, "b").await;
+    assert_eq!(b.others_at_join, [a.id.clone()]);
+    let mut c = join(&server, "c").await;
+    let all = track_ids(&[&a, &b, &c]);
+    for p in [&mut a, &mut b, &mut c] {
+        let mine = format!("{}:", p.id);
+        let others: BTreeSet<String> = all
+            .iter()
+            .filter(|t| !t.starts_with(&mine))
+            .cloned()
+            .collect();
+        until_subscribed(p, &others).await;
+    }
+    let mut peers = vec![a, b, c];
+    sync(&mut peers).await;
+    let worst = exchange(&mut peers, 200).await;
+    assert!(worst < Duration::from_secs(1), "latency {worst:?}");
+
+    // PLI relay: B asks for a keyframe of A's video; A must be asked. Setup-time requests were
+    // all sent before media was in sync, and have been counted already.
+    while a_keyframes.try_recv().is_ok() {}
+    let a_video = peers[0]
+        .local(RtpCodecKind::Video)
+        .unwrap()
+        .track_id
+        .clone();
+    assert!(
+        peers[1].request_keyframe(&a_video).await,
+        "B has no leg for A's video"
+    );
+    timeout(STEP, a_keyframes.recv())
+        .await
+        .expect("A never got the relayed PLI")
+        .unwrap();
+
+    // C leaves: A and B hear tracksRemoved, then endpointRemoved, then renegotiate without it.
+    let c = peers.pop().unwrap();
+    let c_id = c.id.clone();
+    let c_tracks: BTreeSet<String> = c.locals.iter().map(|l| l.track_id.clone()).collect();
+    c.leave().await;
+    for p in peers.iter_mut() {
+        let mut removed = BTreeSet::new();
+        let order = p
+            .wait_for(STEP, |s| match s {
+                Signal::TracksRemoved { endpoint, tracks } if *endpoint == c_id => {
+                    removed.extend(tracks.iter().cloned());
+                    None
+                }
+                Signal::EndpointRemoved(id) if *id == c_id => Some(removed.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|| panic!("{} never saw C leave", p.id));
+        assert_eq!(
+            order, c_tracks,
+            "{}: tracksRemoved before endpointRemoved",
+            p.id
+        );
+        let id = p.id.clone();
+        let renegotiated = p
+            .wait_for(STEP, |s| match s {
+                Signal::Answered(_) => Some(()),
+                Signal::Error(e) => panic!("{id}: {e}"),
+                _ => None,
+            })
+            .await;
+        assert!(renegotiated.is_some(), "{} did not renegotiate", p.id);
+    }
+    sync(&mut peers).await;
+    exchange(&mut peers, 100).await;
+
+    for p in peers {
+        p.leave().await;
+    }
+    server.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
