@@ -373,7 +373,8 @@ impl Harness {
 /// Every client sends `n` numbered packets; every client must get all of them from every
 /// publisher in `expect`, in order.
 async fn exchange(clients: &mut [Client], expect: &BTreeMap<u8, Vec<u8>>, n: u32) {
-    let mut tick = net_tokio::time::interval(Duration::from_millis(2));
+    // Camera-like pacing (see media_server.rs): the SFU drops for a subscriber that falls behind.
+    let mut tick = net_tokio::time::interval(Duration::from_millis(5));
     for seq in 0..n {
         tick.tick().await;
         for c in clients.iter() {
@@ -401,6 +402,7 @@ async fn exchange(clients: &mut [Client], expect: &BTreeMap<u8, Vec<u8>>, n: u32
 
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() {
+    let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
     let turn = Arc::new(
         TurnServer::start(TurnConfig {
             bind: "127.0.0.1:0".parse().unwrap(),

@@ -18,3 +18,7 @@ macro_rules! with_snapshot_dir {
         }, $body)
     };
 }
+
+/// Held by the tests that measure media loss: each needs the machine's CPU to itself for its
+/// few seconds, or a starved receiver on a busy 2-core runner reads as SFU loss.
+pub static MEDIA_EXCLUSIVE: net_tokio::sync::Mutex<()> = net_tokio::sync::Mutex::const_new(());
