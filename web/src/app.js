@@ -242,6 +242,7 @@ class RoomSession {
     this.selfId = null;
     this.phase = "connecting";
     this.everJoined = false;
+    this.reconnects = 0;
     this.closed = false;
     this.audioCtx = new (window.AudioContext || window.webkitAudioContext)();
     this.local = makeTile("local", name, true);
@@ -277,6 +278,7 @@ class RoomSession {
     });
     this.socket.onClose(() => {
       if (this.closed || !this.everJoined) return;
+      if (this.phase !== "reconnecting") this.reconnects += 1;
       this.phase = "reconnecting";
       this.setStatus("reconnecting…");
       this.setBanner("Connection to the server lost. Reconnecting…");
@@ -298,7 +300,8 @@ class RoomSession {
       // The room or the connection went away; phoenix rejoins by itself and the join's "ok"
       // starts a fresh media session.
       this.dropEndpoint();
-      if (this.everJoined) {
+      if (this.everJoined && this.phase !== "reconnecting") {
+        this.reconnects += 1;
         this.phase = "reconnecting";
         this.setStatus("reconnecting…");
         this.setBanner("Connection to the room lost. Reconnecting…");
@@ -568,6 +571,7 @@ class RoomSession {
     return {
       room: this.room,
       phase: this.phase,
+      reconnects: this.reconnects,
       selfId: this.selfId,
       self: view(this.local),
       peers: [...this.peers.values()].map(view),
