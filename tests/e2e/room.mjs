@@ -197,7 +197,8 @@ try {
   // The speaking marker: the fake microphone beeps, so Alice's level on Bob's page rises.
   result.speaking = await waitFor("Alice marked speaking on Bob's page", async () => {
     const p = await peerView(bob, "Alice");
-    return { ok: !!p && p.speaking, level: p && p.level };
+    const s = await bob.evaluate(() => window.__videoroom.state());
+    return { ok: !!p && p.speaking, level: p && p.level, audioContext: s.audioContext, peer: p };
   }, 15_000, 50);
   log("speaking marker:", JSON.stringify(result.speaking));
 

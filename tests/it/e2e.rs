@@ -54,6 +54,7 @@ fn check_browser_setup(root: &Path) -> PathBuf {
 fn two_browsers_see_and_hear_each_other() {
     let root = repo_root();
     let chromium = check_browser_setup(&root);
+    let _serial = crate::support::media_lock();
     let srv = TestServer::start_with(|c| {
         c.limits.max_peers_per_room = ROOM_LIMIT;
         c.media = MediaConfig {

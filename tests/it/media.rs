@@ -400,7 +400,11 @@ async fn exchange(clients: &mut [Client], expect: &BTreeMap<u8, Vec<u8>>, n: u32
 }
 
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only serializes this test with the browser run; this runtime has no other task that
+// could wait for it.
+#[allow(clippy::await_holding_lock)]
 async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() {
+    let _serial = crate::support::media_lock();
     let turn = Arc::new(
         TurnServer::start(TurnConfig {
             bind: "127.0.0.1:0".parse().unwrap(),

@@ -17,6 +17,7 @@ const STORE_ROOM = "videoroom.lastRoom";
 // RMS level (0..1) above which a peer counts as speaking, and how long the marker stays on.
 const SPEAKING_LEVEL = 0.02;
 const SPEAKING_HOLD_MS = 400;
+const METER_EVERY_MS = 80;
 
 const $ = (id) => document.getElementById(id);
 
@@ -146,7 +147,8 @@ class LevelMeter {
   constructor(ctx, track) {
     this.source = ctx.createMediaStreamSource(new MediaStream([track]));
     this.analyser = ctx.createAnalyser();
-    this.analyser.fftSize = 512;
+    // ~85 ms at 48 kHz, sampled about as often (METER_EVERY_MS): short sounds are not missed.
+    this.analyser.fftSize = 4096;
     this.buf = new Float32Array(this.analyser.fftSize);
     this.source.connect(this.analyser);
   }
@@ -229,7 +231,7 @@ function setSpeaking(p, on) {
 let current = null;
 
 class RoomSession {
-  constructor(room, name, stream) {
+  constructor(room, name, stream, audioCtx) {
     this.room = room;
     this.name = name;
     this.stream = stream; // null: receive only
@@ -244,7 +246,7 @@ class RoomSession {
     this.everJoined = false;
     this.reconnects = 0;
     this.closed = false;
-    this.audioCtx = new (window.AudioContext || window.webkitAudioContext)();
+    this.audioCtx = audioCtx;
     this.local = makeTile("local", name, true);
     this.local.hasVideo = !!(stream && stream.getVideoTracks().length);
     this.local.audioActive = stream && stream.getAudioTracks().length ? true : undefined;
@@ -257,7 +259,7 @@ class RoomSession {
     $("participants").replaceChildren(this.local.entry);
     renderPeer(this.local);
     this.updateCount();
-    this.meterTimer = setInterval(() => this.sampleLevels(), 100);
+    this.meterTimer = setInterval(() => this.sampleLevels(), METER_EVERY_MS);
   }
 
   // --- socket and channel ---
@@ -444,7 +446,8 @@ class RoomSession {
       p.video.play().catch(() => {});
     } else {
       p.audio.srcObject = only;
-      p.audio.play().catch(() => {});
+      p.audio.play().catch((e) => this.soundBlocked(e));
+      if (this.audioCtx.state === "suspended") this.audioCtx.resume().catch(() => {});
       if (p.meter) p.meter.close();
       p.meter = new LevelMeter(this.audioCtx, ctx.track);
     }
@@ -480,6 +483,21 @@ class RoomSession {
       if (loud) p.loudAt = now;
       setSpeaking(p, !!p.loudAt && now - p.loudAt < SPEAKING_HOLD_MS);
     }
+  }
+
+  /** The browser refused to play sound without a click: ask for one, then play everything. */
+  soundBlocked(err) {
+    if (!err || err.name !== "NotAllowedError" || this.waitingForClick) return;
+    this.waitingForClick = true;
+    this.setBanner("Your browser blocked the sound: click anywhere on the page to hear the others.");
+    const unblock = () => {
+      this.waitingForClick = false;
+      if (this.closed) return;
+      this.audioCtx.resume().catch(() => {});
+      for (const p of this.peers.values()) if (p.audio.srcObject) p.audio.play().catch(() => {});
+      if (this.phase === "joined") this.setBanner(null);
+    };
+    document.addEventListener("click", unblock, { once: true });
   }
 
   // --- local controls ---
@@ -572,6 +590,7 @@ class RoomSession {
       room: this.room,
       phase: this.phase,
       reconnects: this.reconnects,
+      audioContext: this.audioCtx.state,
       selfId: this.selfId,
       self: view(this.local),
       peers: [...this.peers.values()].map(view),
@@ -588,6 +607,9 @@ async function enterRoom(room, name, withMedia) {
   remember(STORE_ROOM, room);
   remember(STORE_NAME, name);
   if (current) current.close();
+  // Made inside the click that joins, so the browser lets it (and the sound) run.
+  const audioCtx = new (window.AudioContext || window.webkitAudioContext)();
+  audioCtx.resume().catch(() => {});
   const joinButton = $("join");
   joinButton.disabled = true;
   let stream = null;
@@ -596,6 +618,7 @@ async function enterRoom(room, name, withMedia) {
       stream = await openLocalMedia();
     } catch (err) {
       joinButton.disabled = false;
+      audioCtx.close().catch(() => {});
       showLobby(mediaErrorText(err), true);
       return;
     }
@@ -612,7 +635,7 @@ async function enterRoom(room, name, withMedia) {
   }
   $("toggle-mic").disabled = !(stream && stream.getAudioTracks().length);
   $("toggle-camera").disabled = !(stream && stream.getVideoTracks().length);
-  current = new RoomSession(room, name, stream);
+  current = new RoomSession(room, name, stream, audioCtx);
   current.start();
 }
 
