@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test of the project, as CI does: formatting, lints (normal and
-# simulation builds), the tokio test suite, and the madsim simulation suite.
+# Runs every check and test of the project, as CI does: the committed web bundle against its
+# sources, formatting, lints (normal and simulation builds), the tokio test suite (with the
+# headless-Chromium end-to-end test), and the madsim simulation suite.
 # Simulation builds (--cfg madsim) use their own target dir so the two builds don't
 # invalidate each other. Honours CARGO_TARGET_DIR for a build cache outside the clone.
 set -euo pipefail
@@ -14,6 +15,12 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "node test drivers"
 scripts/setup-node.sh
+
+step "chromium and playwright-core for the browser end-to-end test"
+scripts/setup-chromium.sh
+
+step "web bundle matches its sources"
+scripts/build-web.sh --check
 
 step "cargo fmt --check"
 cargo fmt --all --check

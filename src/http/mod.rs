@@ -1,4 +1,5 @@
-//! The HTTP edge (axum): the WebSocket endpoint `/socket/websocket`, `/healthz`, and `/`.
+//! The HTTP edge (axum): the WebSocket endpoint `/socket/websocket`, `/healthz`, and the web
+//! app (`/` and `/assets/...`, see [`assets`]).
 //!
 //! Owns the handshake checks (protocol version, origin allow-list, subprotocol) and the pumps
 //! between axum's WebSocket and a socket process's frame queues. Holds no protocol logic: the
@@ -9,11 +10,13 @@ use std::collections::HashMap;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
+
+mod assets;
 
 use crate::app::App;
 use crate::conn::{self, Transport, WsIn, WsOut};
@@ -28,14 +31,11 @@ pub struct Edge {
 
 pub fn router(edge: Edge) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(assets::index))
+        .route("/assets/{name}", get(assets::asset))
         .route("/healthz", get(|| async { "ok" }))
         .route("/socket/websocket", get(websocket))
         .with_state(edge)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }
 
 fn forbidden(why: &'static str) -> Response {

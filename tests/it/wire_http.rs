@@ -1,4 +1,4 @@
-//! The HTTP edge: the WebSocket upgrade's serializer-version check and `/healthz`.
+//! The HTTP edge: the WebSocket upgrade's serializer-version check, `/healthz` and the web app.
 
 use crate::support::http;
 use crate::support::server::TestServer;
@@ -21,6 +21,31 @@ fn healthz_is_200() {
     let srv = TestServer::start();
     let r = http::get(srv.addr(), "/healthz");
     assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// The page and its bundle come out of the binary with the right content types; an unknown
+/// asset is 404.
+#[test]
+fn web_app_is_served() {
+    let srv = TestServer::start();
+    for (path, ty) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/assets/app.js", "text/javascript; charset=utf-8"),
+        ("/assets/app.css", "text/css; charset=utf-8"),
+    ] {
+        let r = http::get(srv.addr(), path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text);
+        let want = format!("content-type: {ty}");
+        assert!(
+            r.text.to_ascii_lowercase().contains(&want),
+            "GET {path}: want {want:?} in {}",
+            r.text
+        );
+    }
+    for path in ["/assets/nope.js", "/assets/", "/assets/../Cargo.toml"] {
+        let r = http::get(srv.addr(), path);
+        assert_eq!(r.status, 404, "GET {path}: {}", r.text);
+    }
 }
 
 /// (extra) With an origin allow-list, a listed `Origin` upgrades, another gets 403, and a request

@@ -19,6 +19,7 @@ macro_rules! with_snapshot_dir {
     };
 }
 
-/// Held by the tests that measure media loss: each needs the machine's CPU to itself for its
-/// few seconds, or a starved receiver on a busy 2-core runner reads as SFU loss.
+/// Held by the tests that push real media over loopback (`media`, `media_server`, `e2e`): each
+/// needs the machine's CPU to itself for its few seconds, or a starved receiver on a busy
+/// 2-core runner reads as SFU loss. Async tests `lock().await`; sync ones `blocking_lock()`.
 pub static MEDIA_EXCLUSIVE: net_tokio::sync::Mutex<()> = net_tokio::sync::Mutex::const_new(());

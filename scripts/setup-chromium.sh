@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what the browser end-to-end test needs: Debian's `chromium` package (apt-get) and
+# the pinned `playwright-core` driver in tests/e2e (npm ci, from the committed lockfile).
+# Idempotent: does nothing when both are already there. Never downloads a browser build of
+# its own: playwright-core is only the driver, the test runs /usr/bin/chromium.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf 'setup-chromium.sh: %s\n' "$*"; }
+die() { printf 'setup-chromium.sh: error: %s\n' "$*" >&2; exit 1; }
+
+chromium_bin=/usr/bin/chromium
+if [ -x "$chromium_bin" ]; then
+  say "chromium already installed ($("$chromium_bin" --version 2>/dev/null || echo 'version unknown'))"
+else
+  command -v apt-get >/dev/null 2>&1 ||
+    die "no $chromium_bin and no apt-get: install Debian's 'chromium' package (or a Chromium at $chromium_bin) by hand"
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "installing chromium needs root (apt-get install chromium); run as root or install it by hand"
+    sudo=(sudo)
+  fi
+  say "installing Debian's chromium with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq || die "apt-get update failed: cannot reach the Debian package archive"
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null ||
+    die "apt-get install chromium failed; install Debian's 'chromium' package by hand"
+  [ -x "$chromium_bin" ] || die "apt-get finished but $chromium_bin is missing"
+  say "installed $("$chromium_bin" --version 2>/dev/null || echo chromium)"
+fi
+
+command -v npm >/dev/null 2>&1 || die "'npm' not found on PATH; install Node.js >= 18 with npm"
+e2e=tests/e2e
+want="$(node -p "require('./$e2e/package-lock.json').packages['node_modules/playwright-core'].version")"
+have="$(node -p "try { require('./$e2e/node_modules/playwright-core/package.json').version } catch (_) { '' }")"
+if [ "$want" = "$have" ]; then
+  say "playwright-core $have already installed in $e2e"
+else
+  say "installing playwright-core $want in $e2e with npm ci"
+  # The driver must never fetch a browser of its own.
+  (cd "$e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund) ||
+    die "npm ci in $e2e failed"
+fi
+say "done"

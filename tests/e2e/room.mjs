@@ -1,0 +1,332 @@
+// Two headless Chromium pages join one videoroom through the real UI (lobby form, Join
+// button) with fake camera and microphone, and check what a person would: each decodes the
+// other's video and hears its audio (inbound-rtp stats through the page's `window.__videoroom`
+// hook), both names are in the participants list, mute and camera-off show on the other side,
+// the speaking marker lights up, and after one leaves the other loses its tile and list entry.
+//
+// Usage: node tests/e2e/room.mjs <base url> <screenshot.png>
+// With E2E_ROOM_LIMIT=2 (the server's peers-per-room limit) a third page checks that a full
+// room is refused with a clear message in the lobby. With E2E_CONTROL=1 the script asks its
+// driver to crash the room (prints `E2E_KILL_ROOM <room>`, reads one line `killed true` on stdin)
+// and checks both pages show the reconnecting state, rejoin and get media flowing again.
+// Prints progress lines, then `E2E_RESULT <json>`; exits non-zero on any failed check.
+// Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
+
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const [base, screenshotPath] = process.argv.slice(2);
+if (!base || !screenshotPath) {
+  console.error("usage: node room.mjs <base url> <screenshot.png>");
+  process.exit(2);
+}
+const executablePath = process.env.VIDEOROOM_CHROMIUM || "/usr/bin/chromium";
+const ROOM = `e2e-${Date.now().toString(36)}`;
+const ROOM_LIMIT = Number(process.env.E2E_ROOM_LIMIT || 0);
+const STEP_MS = 30_000;
+
+const log = (...a) => console.log("[e2e]", ...a);
+
+const stdinLines = [];
+let stdinWaiter = null;
+if (process.env.E2E_CONTROL === "1") {
+  createInterface({ input: process.stdin }).on("line", (l) => {
+    stdinLines.push(l);
+    if (stdinWaiter) stdinWaiter();
+  });
+}
+async function readLine(timeoutMs = STEP_MS) {
+  const until = Date.now() + timeoutMs;
+  while (stdinLines.length === 0) {
+    if (Date.now() > until) throw new Error("no answer from the test driver on stdin");
+    await new Promise((r) => {
+      stdinWaiter = r;
+      setTimeout(r, 200);
+    });
+  }
+  return stdinLines.shift();
+}
+
+async function waitFor(what, fn, timeoutMs = STEP_MS, everyMs = 250) {
+  const until = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last && last.ok) return last;
+    } catch (e) {
+      last = { error: String(e) };
+    }
+    if (Date.now() > until) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last)}`);
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+async function join(page, name) {
+  await page.goto(base);
+  await page.fill("#room-name", ROOM);
+  await page.fill("#display-name", name);
+  await page.click("#join");
+  await page.waitForSelector("#room:not([hidden])", { timeout: STEP_MS });
+  await waitFor(`${name} joined`, async () => {
+    const s = await page.evaluate(() => window.__videoroom.state());
+    return { ok: s.phase === "joined" && !!s.selfId, s };
+  });
+  log(`${name} joined room ${ROOM}`);
+}
+
+const listNames = (page) =>
+  page.$$eval("#participants li .name", (els) => els.map((e) => e.textContent));
+
+const stats = (page) => page.evaluate(() => window.__videoroom.inboundStats());
+
+function sum(list, kind, key) {
+  return list.filter((s) => s.kind === kind).reduce((a, s) => a + (s[key] || 0), 0);
+}
+
+/** Samples the inbound stats twice and requires video frames and audio energy to grow. */
+async function expectMediaFlowing(page, who) {
+  return waitFor(`${who} decoding remote video and audio`, async () => {
+    const a = await stats(page);
+    await new Promise((r) => setTimeout(r, 1500));
+    const b = await stats(page);
+    const r = {
+      videoStreams: b.filter((s) => s.kind === "video").length,
+      audioStreams: b.filter((s) => s.kind === "audio").length,
+      framesDecoded: sum(b, "video", "framesDecoded"),
+      framesDecodedDelta: sum(b, "video", "framesDecoded") - sum(a, "video", "framesDecoded"),
+      frameWidth: Math.max(0, ...b.filter((s) => s.kind === "video").map((s) => s.frameWidth)),
+      totalAudioEnergy: sum(b, "audio", "totalAudioEnergy"),
+      audioEnergyDelta: sum(b, "audio", "totalAudioEnergy") - sum(a, "audio", "totalAudioEnergy"),
+      audioLevel: Math.max(0, ...b.filter((s) => s.kind === "audio").map((s) => s.audioLevel)),
+      audioPackets: sum(b, "audio", "packetsReceived"),
+    };
+    r.ok =
+      r.videoStreams >= 1 &&
+      r.audioStreams >= 1 &&
+      r.framesDecodedDelta > 5 &&
+      (r.audioEnergyDelta > 0 || r.audioLevel > 0);
+    return r;
+  }, 45_000);
+}
+
+async function peerView(page, name) {
+  const s = await page.evaluate(() => window.__videoroom.state());
+  return (s.peers || []).find((p) => p.name === name);
+}
+
+const result = { room: ROOM };
+const consoleLines = [];
+let browser;
+try {
+  browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    args: [
+      "--headless=new",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--use-fake-device-for-media-stream",
+      "--use-fake-ui-for-media-stream",
+      "--allow-loopback-in-peer-connection",
+    ],
+  });
+  result.browser = browser.version();
+  log(`chromium ${result.browser}`);
+  const pages = {};
+  for (const name of ["Alice", "Bob", "Carol"]) {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+    const page = await ctx.newPage();
+    page.on("console", (m) => consoleLines.push(`${name} console.${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => consoleLines.push(`${name} pageerror: ${e.message}`));
+    pages[name] = page;
+  }
+  const { Alice: alice, Bob: bob, Carol: carol } = pages;
+
+  // The lobby validates before joining.
+  await alice.goto(base);
+  await alice.fill("#room-name", "has spaces");
+  await alice.fill("#display-name", "Alice");
+  await alice.click("#join");
+  const roomError = await alice.textContent("#room-name-error");
+  if (!roomError || (await alice.isHidden("#room-name-error"))) {
+    throw new Error("the lobby accepted an invalid room name");
+  }
+  log(`lobby rejects a bad room name: "${roomError}"`);
+
+  await join(alice, "Alice");
+  await join(bob, "Bob");
+
+  for (const [page, who] of [[alice, "Alice"], [bob, "Bob"]]) {
+    await waitFor(`${who}'s participants list to show both`, async () => {
+      const names = await listNames(page);
+      return { ok: names.includes("Alice (you)") !== names.includes("Bob (you)") &&
+        names.some((n) => n.startsWith("Alice")) && names.some((n) => n.startsWith("Bob")) &&
+        names.length === 2, names };
+    });
+  }
+  result.participantsAlice = await listNames(alice);
+  result.participantsBob = await listNames(bob);
+  log("participants (Alice's page):", JSON.stringify(result.participantsAlice));
+  log("participants (Bob's page):", JSON.stringify(result.participantsBob));
+
+  result.alice = await expectMediaFlowing(alice, "Alice");
+  log("Alice receives:", JSON.stringify(result.alice));
+  result.bob = await expectMediaFlowing(bob, "Bob");
+  log("Bob receives:", JSON.stringify(result.bob));
+
+  // Remote tiles show video (not the avatar).
+  for (const [page, other] of [[alice, "Bob"], [bob, "Alice"]]) {
+    await waitFor(`${other}'s tile playing video`, async () => {
+      const r = await page.evaluate((n) => {
+        const v = [...document.querySelectorAll(".tile:not(.local)")].find((t) => t.title === n);
+        const video = v && v.querySelector("video");
+        return { ok: !!video && !v.classList.contains("no-video") && video.videoWidth > 0 && video.currentTime > 0,
+          w: video && video.videoWidth, t: video && video.currentTime };
+      }, other);
+      return r;
+    });
+  }
+
+  // The speaking marker: the fake microphone beeps, so Alice's level on Bob's page rises.
+  result.speaking = await waitFor("Alice marked speaking on Bob's page", async () => {
+    const p = await peerView(bob, "Alice");
+    const s = await bob.evaluate(() => window.__videoroom.state());
+    return { ok: !!p && p.speaking, level: p && p.level, audioContext: s.audioContext, peer: p };
+  }, 15_000, 50);
+  log("speaking marker:", JSON.stringify(result.speaking));
+
+  await alice.screenshot({ path: screenshotPath });
+  log(`screenshot: ${screenshotPath}`);
+
+  if (ROOM_LIMIT === 2) {
+    await carol.goto(base);
+    await carol.fill("#room-name", ROOM);
+    await carol.fill("#display-name", "Carol");
+    await carol.click("#join");
+    await waitFor("Carol told the room is full", async () => {
+      const visible = await carol.isVisible("#lobby-error");
+      const text = visible ? await carol.textContent("#lobby-error-text") : "";
+      return { ok: visible && /is full/.test(text) && (await carol.isVisible("#lobby")), text };
+    });
+    result.roomFull = await carol.textContent("#lobby-error-text");
+    log(`a third peer is refused: "${result.roomFull}"`);
+  }
+
+  // Mute and camera-off travel as track metadata and show on the other side.
+  await alice.click("#toggle-mic");
+  await alice.click("#toggle-camera");
+  await waitFor("Bob to see Alice muted with the camera off", async () => {
+    const p = await peerView(bob, "Alice");
+    const entry = await bob.$$eval("#participants li", (els) =>
+      els.map((e) => e.textContent).find((t) => t.startsWith("Alice")));
+    const tileOff = await bob.evaluate(() =>
+      [...document.querySelectorAll(".tile:not(.local)")].some((t) => t.title === "Alice" && t.classList.contains("no-video")));
+    return { ok: !!p && p.audioActive === false && p.videoActive === false && tileOff &&
+      /muted/.test(entry) && /camera off/.test(entry), p, entry };
+  });
+  const mutedShot = screenshotPath.replace(/\.png$/, "") + "-muted.png";
+  await bob.screenshot({ path: mutedShot });
+  log(`screenshot (Bob's page, Alice muted, camera off): ${mutedShot}`);
+  await alice.click("#toggle-mic");
+  await alice.click("#toggle-camera");
+  await waitFor("Bob to see Alice unmuted with the camera on", async () => {
+    const p = await peerView(bob, "Alice");
+    return { ok: !!p && p.audioActive === true && p.videoActive === true, p };
+  });
+  log("mute and camera toggles show on the other side");
+
+  if (process.env.E2E_CONTROL === "1") {
+    // The room process crashes: both channels get phx_error, phoenix rejoins into a fresh room,
+    // and each page starts a new media session on its own.
+    const before = {};
+    for (const [page, who] of [[alice, "Alice"], [bob, "Bob"]]) {
+      before[who] = await page.evaluate(() => window.__videoroom.state().selfId);
+    }
+    console.log(`E2E_KILL_ROOM ${ROOM}`);
+    const answer = await readLine();
+    if (answer.trim() !== "killed true") throw new Error(`the driver could not kill the room: ${answer}`);
+    for (const [page, who] of [[alice, "Alice"], [bob, "Bob"]]) {
+      await waitFor(`${who} to rejoin after the room crash`, async () => {
+        const s = await page.evaluate(() => window.__videoroom.state());
+        const names = await listNames(page);
+        return { ok: s.phase === "joined" && s.reconnects >= 1 && !!s.selfId && s.selfId !== before[who] &&
+          names.length === 2, phase: s.phase, reconnects: s.reconnects, names };
+      });
+    }
+    result.afterCrash = {
+      alice: await expectMediaFlowing(alice, "Alice"),
+      bob: await expectMediaFlowing(bob, "Bob"),
+    };
+    log("after the room crash, Alice receives:", JSON.stringify(result.afterCrash.alice));
+    log("after the room crash, Bob receives:", JSON.stringify(result.afterCrash.bob));
+  }
+
+  // Bob leaves: his tile and list entry go from Alice's page, and Bob is back in the lobby.
+  await bob.click("#leave");
+  await bob.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
+  await waitFor("Bob's tile and list entry to leave Alice's page", async () => {
+    const names = await listNames(alice);
+    const tiles = await alice.$$eval(".tile", (els) => els.length);
+    const count = await alice.textContent("#participant-count");
+    return { ok: tiles === 1 && names.length === 1 && names[0] === "Alice (you)" && count === "1", names, tiles, count };
+  });
+  result.afterLeave = await listNames(alice);
+  log("after Bob left, Alice's list:", JSON.stringify(result.afterLeave));
+
+  // Error states a person must be told about.
+  const denied = await (await browser.newContext()).newPage();
+  await denied.addInitScript(() => {
+    navigator.mediaDevices.getUserMedia = () =>
+      Promise.reject(new DOMException("Permission denied", "NotAllowedError"));
+  });
+  await denied.goto(base);
+  await denied.fill("#room-name", ROOM);
+  await denied.fill("#display-name", "Dave");
+  await denied.click("#join");
+  await waitFor("Dave told the camera was denied", async () => {
+    const text = await denied.textContent("#lobby-error-text");
+    return { ok: /denied/.test(text) && (await denied.isVisible("#join-without-media")), text };
+  });
+  result.cameraDenied = await denied.textContent("#lobby-error-text");
+  log(`camera denied: "${result.cameraDenied}"`);
+
+  const offline = await (await browser.newContext()).newPage();
+  await offline.addInitScript(() => {
+    // Every WebSocket goes to a closed port: the server looks unreachable.
+    const Real = window.WebSocket;
+    window.WebSocket = class extends Real {
+      constructor(_url, protocols) {
+        super("ws://127.0.0.1:9/socket/websocket", protocols);
+      }
+    };
+  });
+  await offline.goto(base);
+  await offline.fill("#room-name", ROOM);
+  await offline.fill("#display-name", "Erin");
+  await offline.click("#join");
+  await waitFor("Erin told the server is unreachable", async () => {
+    const visible = await offline.isVisible("#banner");
+    const text = visible ? await offline.textContent("#banner") : "";
+    return { ok: /Cannot reach the server/.test(text), text };
+  });
+  result.unreachable = await offline.textContent("#banner");
+  log(`server unreachable: "${result.unreachable}"`);
+  await offline.click("#leave");
+  await offline.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
+
+  console.log(`E2E_RESULT ${JSON.stringify(result)}`);
+  await browser.close();
+  process.exit(0);
+} catch (e) {
+  console.error(`[e2e] FAILED: ${e && e.stack ? e.stack : e}`);
+  console.error("[e2e] page console:\n" + consoleLines.slice(-80).join("\n"));
+  if (browser) await browser.close().catch(() => {});
+  process.exit(1);
+}

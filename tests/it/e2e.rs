@@ -1,0 +1,168 @@
+//! The web app end to end in headless Chromium: two pages join one room through the real UI
+//! against this server with the real media plane (webrtc SFU + integrated TURN), each decodes
+//! the other's video and audio, sees both names listed and the other's mute/camera state, gets
+//! media flowing again after the room process crashes (phoenix rejoins, the page reconnects), and
+//! sees the other's tile go when it leaves; a third page is told the room is full, and the
+//! camera-denied and server-unreachable states show. The browser side is `tests/e2e/room.mjs`
+//! (playwright-core driving Debian's /usr/bin/chromium); `scripts/setup-chromium.sh` installs
+//! both. A screenshot of the room lands in the target dir (`e2e-room.png`).
+#![cfg(feature = "media-webrtc")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use videoroom::server::MediaConfig;
+
+use crate::support::server::TestServer;
+
+/// The whole browser run (launch, two joins, media checks, leave) must finish within this.
+const BROWSER_RUN: Duration = Duration::from_secs(180);
+/// Peers per room on the test server: a third page must be refused.
+const ROOM_LIMIT: usize = 2;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Panics (never skips) when the browser or its driver is missing.
+fn check_browser_setup(root: &Path) -> PathBuf {
+    let chromium = std::env::var_os("VIDEOROOM_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let driver = root.join("tests/e2e/node_modules/playwright-core/package.json");
+    let mut missing = Vec::new();
+    if !chromium.is_file() {
+        missing.push(format!("Chromium ({})", chromium.display()));
+    }
+    if !driver.is_file() {
+        missing.push("playwright-core (tests/e2e/node_modules)".to_owned());
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser end-to-end test needs {}: run scripts/setup-chromium.sh",
+        missing.join(" and ")
+    );
+    chromium
+}
+
+#[test]
+fn two_browsers_see_and_hear_each_other() {
+    let root = repo_root();
+    let chromium = check_browser_setup(&root);
+    let _serial = crate::support::MEDIA_EXCLUSIVE.blocking_lock();
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_peers_per_room = ROOM_LIMIT;
+        c.media = MediaConfig {
+            real: true,
+            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ..MediaConfig::default()
+        };
+    });
+    let base = format!("http://{}/", srv.addr());
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-room.png");
+    let _ = std::fs::remove_file(&shot);
+
+    let mut child = Command::new("node")
+        .arg(root.join("tests/e2e/room.mjs"))
+        .arg(&base)
+        .arg(&shot)
+        .env("VIDEOROOM_CHROMIUM", &chromium)
+        .env("E2E_ROOM_LIMIT", ROOM_LIMIT.to_string())
+        .env("E2E_CONTROL", "1")
+        .current_dir(root.join("tests/e2e"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start `node tests/e2e/room.mjs`: {e}; install Node.js >= 20")
+        });
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (line_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // Echo the script's lines, and crash the room when it asks.
+    let deadline = Instant::now() + BROWSER_RUN;
+    let mut out = String::new();
+    let mut timed_out = false;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                println!("{line}");
+                if let Some(room) = line.strip_prefix("E2E_KILL_ROOM ") {
+                    let killed = srv.app().kill_room(room.trim()).is_some();
+                    let _ = writeln!(stdin, "killed {killed}");
+                    let _ = stdin.flush();
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
+    }
+    let status = child.wait().expect("wait for node");
+    let err = err_reader.join().unwrap_or_default();
+    assert!(
+        !timed_out,
+        "the browser run took longer than {BROWSER_RUN:?}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        status.success(),
+        "the browser run failed ({status})\nstdout:\n{out}\nstderr:\n{err}"
+    );
+
+    let result: Value = out
+        .lines()
+        .find_map(|l| l.strip_prefix("E2E_RESULT "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no E2E_RESULT line in the output:\n{out}\nstderr:\n{err}"));
+    for who in ["alice", "bob"] {
+        let r = &result[who];
+        let frames = r["framesDecodedDelta"].as_f64().unwrap_or(0.0);
+        let energy = r["audioEnergyDelta"].as_f64().unwrap_or(0.0);
+        let level = r["audioLevel"].as_f64().unwrap_or(0.0);
+        assert!(frames > 5.0, "{who} decodes too few frames: {r}");
+        assert!(energy > 0.0 || level > 0.0, "{who} hears nothing: {r}");
+        let again = &result["afterCrash"][who];
+        let frames = again["framesDecodedDelta"].as_f64().unwrap_or(0.0);
+        assert!(
+            frames > 5.0,
+            "{who} decodes too few frames after the room crash: {again}"
+        );
+    }
+    for key in ["roomFull", "cameraDenied", "unreachable"] {
+        assert!(result[key].is_string(), "no {key} check in {result}");
+    }
+    assert_eq!(result["afterLeave"], serde_json::json!(["Alice (you)"]));
+    assert!(
+        shot.is_file(),
+        "no screenshot at {} ({out})",
+        shot.display()
+    );
+    println!("screenshot: {}", shot.display());
+}
