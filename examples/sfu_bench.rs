@@ -52,6 +52,14 @@ enum Mode {
     Soak {
         #[arg(long, default_value_t = 200)]
         cycles: usize,
+        /// Replace the resident peer with a fresh one every N cycles (0: never). A resident's
+        /// connection keeps one m-line per track it was ever offered (the protocol never
+        /// recycles them), so this separates that growth from what departed peers leave.
+        #[arg(long, default_value_t = 0)]
+        rotate_anchor: usize,
+        /// Print live-object gauges every N cycles (0: only at the end).
+        #[arg(long, default_value_t = 0)]
+        report_every: usize,
     },
 }
 
@@ -122,10 +130,7 @@ fn ms(ns: f64) -> String {
 async fn start_server() -> Server {
     Server::start(ServerConfig {
         port: 0,
-        limits: ServerLimits {
-            max_peers_per_room: 64,
-            ..ServerLimits::default()
-        },
+        limits: ServerLimits::for_peers(64),
         media: MediaConfig {
             real: true,
             turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
@@ -400,7 +405,40 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
     sfu.shutdown_timeout(Duration::from_secs(2));
 }
 
-fn soak(cycles: usize) {
+/// glibc only: returns freed heap pages to the OS, so RSS after it is what is still allocated
+/// (plus fragmentation), not what the allocator keeps for reuse.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim only walks glibc's own arenas.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
+/// Live objects and process gauges at one point of the soak.
+async fn gauges(server: &Server) -> String {
+    let live = videoroom::engine::webrtc::live_objects();
+    format!(
+        "RSS {} KiB, fds {}, threads {}; plane peer tasks {}, server connections {}, fanouts {}, \
+         TURN allocations {}, client connections {}",
+        rss_kib(),
+        fd_count(),
+        thread_count(),
+        live.peer_tasks,
+        live.connections,
+        live.fanouts,
+        server.turn_allocations().await,
+        sfu_peer::LIVE_CLIENT_CONNECTIONS.load(Ordering::Relaxed),
+    )
+}
+
+fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
     // A cycle is about one join-to-media time (~1.2 s here); the watchdog scales with the count.
     watchdog(Duration::from_secs(30) + Duration::from_secs(3) * cycles as u32);
     let sfu = runtime("sfu-rt");
@@ -418,23 +456,52 @@ fn soak(cycles: usize) {
             measuring: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
+        let rss_before = rss_kib();
+        println!("before any peer: {}", gauges(&server).await);
         let mut anchor = Peer::join(addr, opts("anchor".into())).await.expect("join");
-        spawn_sender(&anchor, Arc::clone(&shared));
+        let mut anchor_stop = Arc::new(Shared {
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        spawn_sender(&anchor, Arc::clone(&anchor_stop));
         let start = (rss_kib(), fd_count(), thread_count());
         let warmup = (cycles / 10).max(5).min(cycles);
         let mut after_warmup = start;
         let t0 = Instant::now();
         for k in 0..cycles {
+            if rotate_anchor > 0 && k > 0 && k % rotate_anchor == 0 {
+                anchor_stop.stop.store(true, Ordering::Relaxed);
+                let old = std::mem::replace(
+                    &mut anchor,
+                    Peer::join(addr, opts(format!("anchor{k}")))
+                        .await
+                        .expect("join"),
+                );
+                old.leave().await;
+                anchor_stop = Arc::new(Shared {
+                    measuring: AtomicBool::new(false),
+                    stop: AtomicBool::new(false),
+                });
+                spawn_sender(&anchor, Arc::clone(&anchor_stop));
+            }
+            let tc = Instant::now();
             let mut p = Peer::join(addr, opts(format!("c{k}"))).await.expect("join");
             // Publishing and receiving: the newcomer gets the anchor's media.
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut seen = BTreeSet::new();
             let mut n = 0u32;
             while seen.len() < 2 {
-                assert!(
-                    Instant::now() < deadline,
-                    "cycle {k}: no media from the anchor"
-                );
+                if Instant::now() >= deadline {
+                    // What each side was told, for the post-mortem.
+                    while let Ok(s) = anchor.signals.try_recv() {
+                        eprintln!("cycle {k}: anchor signal {s:?}");
+                    }
+                    while let Ok(s) = p.signals.try_recv() {
+                        eprintln!("cycle {k}: newcomer signal {s:?}");
+                    }
+                    eprintln!("cycle {k}: {}", gauges(&server).await);
+                    panic!("cycle {k}: no media from the anchor");
+                }
                 for l in &p.locals {
                     l.send(TAG_PROBE, n, AUDIO_BYTES).await;
                 }
@@ -448,14 +515,27 @@ fn soak(cycles: usize) {
             let id = p.id.clone();
             p.leave().await;
             anchor
-                .wait_for(Duration::from_secs(10), |s| {
-                    matches!(s, Signal::EndpointRemoved(e) if *e == id).then_some(())
+                .wait_for(Duration::from_secs(10), |s| match s {
+                    Signal::EndpointRemoved(e) if *e == id => Some(()),
+                    Signal::Error(e) => {
+                        eprintln!("cycle {k}: anchor got an error: {e}");
+                        None
+                    }
+                    _ => None,
                 })
                 .await
                 .unwrap_or_else(|| panic!("cycle {k}: anchor never saw the leave"));
             while anchor.media.try_recv().is_ok() {}
             if k + 1 == warmup {
                 after_warmup = (rss_kib(), fd_count(), thread_count());
+            }
+            if report_every > 0 && (k + 1) % report_every == 0 {
+                println!(
+                    "cycle {:>4} ({:>5} ms): {}",
+                    k + 1,
+                    tc.elapsed().as_millis(),
+                    gauges(&server).await
+                );
             }
         }
         let end = (rss_kib(), fd_count(), thread_count());
@@ -477,8 +557,18 @@ fn soak(cycles: usize) {
             end.0, end.1, end.2
         );
         println!("  RSS slope after warm-up: {per:.1} KiB per cycle");
+        println!("  with the resident: {}", gauges(&server).await);
         shared.stop.store(true, Ordering::Relaxed);
+        anchor_stop.stop.store(true, Ordering::Relaxed);
         anchor.leave().await;
+        // Teardown is asynchronous (plane tasks, TURN revocation): give it time.
+        net_tokio::time::sleep(Duration::from_secs(3)).await;
+        println!("  everyone left:     {}", gauges(&server).await);
+        trim_heap();
+        println!(
+            "  after malloc_trim: RSS {} KiB (before any peer: {rss_before} KiB)",
+            rss_kib()
+        );
     });
     sfu.block_on(server.shutdown());
     drop(cli);
@@ -493,6 +583,10 @@ fn main() {
             secs,
             join_rate,
         } => run(rooms, peers.max(2), secs, join_rate),
-        Mode::Soak { cycles } => soak(cycles.max(1)),
+        Mode::Soak {
+            cycles,
+            rotate_anchor,
+            report_every,
+        } => soak(cycles.max(1), rotate_anchor, report_every),
     }
 }

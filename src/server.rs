@@ -131,6 +131,15 @@ impl Server {
         None
     }
 
+    /// Live allocations on the integrated TURN server (0 without the real media plane).
+    pub async fn turn_allocations(&self) -> usize {
+        #[cfg(feature = "media-webrtc")]
+        if let Some(turn) = &self.turn {
+            return turn.allocation_count().await;
+        }
+        0
+    }
+
     /// Closes every socket with 1012 and stops accepting connections.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);

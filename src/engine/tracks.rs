@@ -10,8 +10,9 @@
 //! It must never: do IO or wait (the plane answers later, through
 //! [`Negotiation::plane_event`]); let `tracksTypes` decrease for a peer; have two offers open
 //! for one peer; send `tracksRemoved` for a track whose mid the peer never got in an
-//! `sdpAnswer` (the client throws); iterate a hash map on the way to an output; panic on
-//! client input.
+//! `sdpAnswer` (the client throws); announce more tracks to a peer than its connection can
+//! have m-lines for (its next offer would be rejected and the client would disconnect);
+//! iterate a hash map on the way to an output; panic on client input.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use super::events::{
 };
 use super::negotiation::{Negotiation, Outbox};
 use super::plane::{MLine, MLineRole, MediaKind, PlaneCommand, PlaneEvent, PlaneOffer};
-use super::sdp::{is_token_char, Direction, Sdp};
+use super::sdp::{is_token_char, Direction, Sdp, MAX_MLINES};
 use super::session::{PeerId, Roster};
 
 /// Mints the `integratedTurnServers` entries of one peer (TURN REST credentials naming it),
@@ -286,17 +287,43 @@ impl TrackNegotiation {
         }
     }
 
-    /// Announces `publisher`'s `tracks` to `subscriber` and records them as forwarded there.
+    /// How many more tracks `subscriber`'s connection can be offered. Every announced track
+    /// stays a `recvonly` m-line of it for good (the client never recycles them), and an offer
+    /// with more than [`MAX_MLINES`] m-lines is rejected; past that the client would be told
+    /// `error` and disconnect. Room for the peer's own publications is kept.
+    fn track_budget(&self, subscriber: &PeerState) -> usize {
+        MAX_MLINES
+            .saturating_sub(self.config.max_published_tracks)
+            .saturating_sub(subscriber.inbound.len() + subscriber.outbound.len())
+    }
+
+    /// Announces `publisher`'s `tracks` to `subscriber` and records them as forwarded there,
+    /// as many as its connection has m-lines left for (the rest are never announced to it).
+    /// Returns whether anything was announced.
     fn announce(
         &mut self,
         publisher: &str,
         subscriber: &str,
         tracks: &[NewTrack],
         out: &mut Outbox,
-    ) {
-        let Some(sub) = self.peers.get_mut(subscriber) else {
-            return;
+    ) -> bool {
+        let Some(sub) = self.peers.get(subscriber) else {
+            return false;
         };
+        let fit = tracks.len().min(self.track_budget(sub));
+        if fit < tracks.len() {
+            tracing::warn!(
+                subscriber,
+                publisher,
+                skipped = tracks.len() - fit,
+                "connection out of m-lines: tracks not forwarded to this peer"
+            );
+        }
+        let tracks = &tracks[..fit];
+        if tracks.is_empty() {
+            return false;
+        }
+        let sub = self.peers.get_mut(subscriber).expect("checked above");
         let infos = tracks
             .iter()
             .map(|(id, _, meta)| (id.clone(), track_info(meta)))
@@ -315,6 +342,7 @@ impl TrackNegotiation {
                 removed: false,
                 removal_settled: false,
             }));
+        true
     }
 
     /// Marks `publisher`'s `track_ids` removed for `subscriber`; sends `tracksRemoved` for the
@@ -547,8 +575,7 @@ impl TrackNegotiation {
             .collect();
         for other in others {
             let mut renegotiate = self.retract(peer, &other, &removed, out);
-            if !new_tracks.is_empty() {
-                self.announce(peer, &other, &new_tracks, out);
+            if !new_tracks.is_empty() && self.announce(peer, &other, &new_tracks, out) {
                 renegotiate = true;
             }
             if renegotiate {
@@ -795,10 +822,13 @@ impl Negotiation for TrackNegotiation {
             // Nothing to receive: the client asks with `renegotiateTracks` when it publishes.
             return;
         }
+        let mut announced = false;
         for (publisher, tracks) in &publishers {
-            self.announce(publisher, peer, tracks, out);
+            announced |= self.announce(publisher, peer, tracks, out);
         }
-        self.request_renegotiation(peer, out);
+        if announced {
+            self.request_renegotiation(peer, out);
+        }
     }
 
     fn endpoint_removed(&mut self, roster: &Roster, peer: &str, out: &mut Outbox) {

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::engine::fake_plane::{fake_answer, FAKE_CANDIDATE};
+use crate::engine::sdp::MAX_MLINES;
 use crate::engine::session::{Out, Session, SessionConfig};
 
 pub(super) struct Harness {
@@ -642,4 +643,79 @@ fn each_peer_gets_its_own_turn_credentials_minted_once() {
     h.send("A", RENEGOTIATE);
     assert_eq!(turn_of(h.answer("A")), [("A".to_owned(), a)]);
     assert_eq!(*minted.lock().unwrap(), ["A", "B"]);
+}
+
+/// A resident peer's connection keeps one `recvonly` m-line per track ever announced to it.
+/// Past [`MAX_MLINES`] its offer would be rejected (and the client, told `error`, would
+/// disconnect): found by the SFU join/leave soak, where the resident lost its media at the
+/// 128th visitor. Tracks that no longer fit are not announced to it; its offers stay valid.
+#[test]
+fn resident_peer_is_never_offered_more_tracks_than_its_connection_can_carry() {
+    let mut h = Harness::new();
+    h.send("R", &connect("R"));
+    // R answers every `offerData` as the 0.5.3 client does: one `recvonly` m-line per counted
+    // track, audio and video in pairs, mids stable across offers.
+    let respond = |h: &mut Harness, lines: &[String]| -> Vec<String> {
+        let mut out = Vec::new();
+        if !lines
+            .iter()
+            .any(|l| l.starts_with(r#"R {"type":"custom","data":{"type":"offerData""#))
+        {
+            return out;
+        }
+        let tt = h.session.negotiation().tracks_types("R").unwrap();
+        assert_eq!(tt.audio, tt.video);
+        let mids: Vec<String> = (0..2 * tt.audio).map(|i| i.to_string()).collect();
+        let sections: Vec<(&str, &str, &str)> = mids
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let kind = if i % 2 == 0 { "audio" } else { "video" };
+                (m.as_str(), kind, "recvonly")
+            })
+            .collect();
+        out.extend(h.send("R", &sdp_offer(&sections, &[], &[])));
+        if let Some(e) = out.iter().find(|l| l.starts_with(r#"R {"type":"error""#)) {
+            panic!("R's offer with {} m-lines refused: {e}", sections.len());
+        }
+        out.extend(h.answer("R"));
+        out
+    };
+    let mut announced = 0;
+    for k in 0..140 {
+        let n = format!("N{k}");
+        let mut lines = h.send(&n, &connect(&n));
+        lines.extend(h.send(&n, RENEGOTIATE));
+        let (a, v) = (format!("{n}:a"), format!("{n}:v"));
+        lines.extend(h.send(
+            &n,
+            &sdp_offer(
+                &[("0", "audio", "sendonly"), ("1", "video", "sendonly")],
+                &[("0", a.as_str()), ("1", v.as_str())],
+                &[
+                    (a.as_str(), json!({"type":"audio"})),
+                    (v.as_str(), json!({"type":"camera"})),
+                ],
+            ),
+        ));
+        lines.extend(h.answer(&n));
+        announced += lines
+            .iter()
+            .filter(|l| l.starts_with(r#"R {"type":"tracksAdded""#))
+            .count();
+        lines.extend(respond(&mut h, &lines));
+        let mut left = h.leave(&n);
+        left.extend(respond(&mut h, &left));
+        lines.extend(left);
+        for l in &lines {
+            assert!(!l.starts_with(r#"R {"type":"error""#), "visitor {k}: {l}");
+        }
+        let tt = h.session.negotiation().tracks_types("R").unwrap();
+        assert!((tt.audio + tt.video) as usize <= MAX_MLINES, "visitor {k}");
+    }
+    // Visitors were announced while they fit, then no more.
+    let budget = MAX_MLINES - NegotiationConfig::default().max_published_tracks;
+    assert_eq!(announced, budget / 2);
+    let tt = h.session.negotiation().tracks_types("R").unwrap();
+    assert_eq!((tt.audio + tt.video) as usize, budget);
 }

@@ -61,6 +61,7 @@ pub struct Fanout {
 
 impl Fanout {
     pub fn new(track_id: String) -> Self {
+        super::LIVE_FANOUTS.fetch_add(1, Ordering::Relaxed);
         Fanout {
             track_id,
             legs: RwLock::new(Arc::new(Vec::new())),
@@ -117,6 +118,12 @@ impl Fanout {
                 _ => counters.dropped.fetch_add(1, Ordering::Relaxed),
             };
         }
+    }
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        super::LIVE_FANOUTS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -21,7 +21,7 @@ mod sdp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use net_tokio::runtime::Handle;
@@ -53,6 +53,31 @@ use crate::engine::plane::{
 use crate::turn::TurnServer;
 
 pub use forward::{Fanout, Leg, NO_PAYLOAD_TYPE};
+
+/// Process-wide gauges of live plane objects, for soak tests and leak hunting: after every
+/// peer has been removed and its teardown ran, all of them are back to where they were.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveObjects {
+    /// Peer tasks (one per added peer, until its teardown finished).
+    pub peer_tasks: usize,
+    /// Connection event handlers: webrtc drops a connection's handler only when the
+    /// connection itself is freed, so this counts connections still in memory.
+    pub connections: usize,
+    pub fanouts: usize,
+}
+
+static LIVE_PEER_TASKS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static LIVE_FANOUTS: AtomicUsize = AtomicUsize::new(0);
+
+/// The gauges over every plane in this process.
+pub fn live_objects() -> LiveObjects {
+    LiveObjects {
+        peer_tasks: LIVE_PEER_TASKS.load(Ordering::Relaxed),
+        connections: LIVE_CONNECTIONS.load(Ordering::Relaxed),
+        fanouts: LIVE_FANOUTS.load(Ordering::Relaxed),
+    }
+}
 
 /// Commands queued to one peer's task; bounded so a runaway producer surfaces as a failure.
 const PEER_QUEUE: usize = 1024;
@@ -438,6 +463,7 @@ struct PeerTask {
 
 impl PeerTask {
     fn new(inner: Arc<Inner>, peer: String, tx: mpsc::Sender<Cmd>) -> Self {
+        LIVE_PEER_TASKS.fetch_add(1, Ordering::Relaxed);
         PeerTask {
             inner,
             peer,
@@ -791,6 +817,12 @@ impl PeerTask {
     }
 }
 
+impl Drop for PeerTask {
+    fn drop(&mut self) {
+        LIVE_PEER_TASKS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The one codec the SFU negotiates for `kind` (VP8 or Opus) with the feedback it relays.
 pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
@@ -865,6 +897,7 @@ async fn build_connection(
         .iter()
         .map(|ip| SocketAddr::new(*ip, 0))
         .collect();
+    LIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let handler = Arc::new(Handler {
         peer: peer.to_owned(),
         tx,
@@ -886,6 +919,12 @@ async fn build_connection(
 struct Handler {
     peer: String,
     tx: mpsc::Sender<Cmd>,
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        LIVE_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Handler {

@@ -186,6 +186,17 @@ struct Handler {
     media: mpsc::UnboundedSender<Rtp>,
 }
 
+/// Client connections still in memory in this process: webrtc drops a connection's handler
+/// only when the connection itself is freed.
+pub static LIVE_CLIENT_CONNECTIONS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        LIVE_CLIENT_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
@@ -685,10 +696,13 @@ impl Driver {
                     .with_relay_acceptance_min_wait(Some(Duration::ZERO))
                     .build(),
             )
-            .with_handler(Arc::new(Handler {
-                internal: internal.clone(),
-                media: self.media.clone(),
-            }) as Arc<dyn PeerConnectionEventHandler>)
+            .with_handler({
+                LIVE_CLIENT_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+                Arc::new(Handler {
+                    internal: internal.clone(),
+                    media: self.media.clone(),
+                }) as Arc<dyn PeerConnectionEventHandler>
+            })
             .with_runtime(Arc::new(TokioRuntime))
             .with_udp_addrs(vec!["127.0.0.1:0"])
             .build()
