@@ -177,6 +177,8 @@ async fn released_names_leave_no_exit_hook_behind() {
     assert_eq!(sys.exit_hook_count(a.pid()), 0, "unregister_own");
     assert!(reg.whereis("r").is_none());
     assert!(sys.is_alive(a.pid()));
+    // The registry shows in `App`'s Debug output by name only (never its table).
+    assert_eq!(format!("{reg:?}"), "Registry");
 }
 
 #[tokio::test]
