@@ -34,7 +34,9 @@ async fn joined(app: &App, topic: &str) -> (Addr<ConnMsg>, Addr<ChannelMsg>, Eve
     let (socket, mut events) = fake_socket(app);
     let chan = start(app, &socket, topic);
     match events.recv().await {
-        Some(ChannelEvent::JoinOk { chan: ChanId(1), .. }) => {}
+        Some(ChannelEvent::JoinOk {
+            chan: ChanId(1), ..
+        }) => {}
         other => panic!("expected a join ok, got {other:?}"),
     }
     (socket, chan, events)
@@ -64,7 +66,11 @@ async fn bad_client_events_get_an_error_reply_with_the_reason() {
     let (_socket, chan, mut events) = joined(&app, "room:a").await;
     for (event, payload, reason) in [
         ("mediaEvent", json!({}), "mediaEvent needs a string `data`"),
-        ("mediaEvent", json!({"data": 1}), "mediaEvent needs a string `data`"),
+        (
+            "mediaEvent",
+            json!({"data": 1}),
+            "mediaEvent needs a string `data`",
+        ),
         ("shout", json!({"data": "x"}), "unknown event"),
     ] {
         chan.try_send(ChannelMsg::FromClient {
@@ -88,5 +94,8 @@ async fn bad_client_events_get_an_error_reply_with_the_reason() {
             other => panic!("{event}: expected an error reply, got {other:?}"),
         }
     }
-    assert!(app.sys.is_alive(chan.pid()), "a bad event does not end the channel");
+    assert!(
+        app.sys.is_alive(chan.pid()),
+        "a bad event does not end the channel"
+    );
 }

@@ -24,7 +24,10 @@ enum Op {
     /// `unregister_own(name, pid of process)`: frees the name only if that process holds it.
     UnregisterOwn(usize, u8),
     Whereis(u8),
-    Monitor { watcher: usize, target: usize },
+    Monitor {
+        watcher: usize,
+        target: usize,
+    },
     Demonitor(usize),
     Kill(usize),
     Crash(usize),
