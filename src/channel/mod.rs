@@ -31,6 +31,9 @@ pub enum ChannelMsg {
     Stop,
 }
 
+#[cfg(test)]
+mod tests;
+
 /// How many times a join retries when its room stops or dies under it.
 const JOIN_ATTEMPTS: usize = 8;
 

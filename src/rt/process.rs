@@ -252,6 +252,12 @@ impl System {
         Some(id)
     }
 
+    /// How many exit hooks `pid` carries (tests: a released name leaves no hook behind).
+    #[cfg(test)]
+    pub(crate) fn exit_hook_count(&self, pid: Pid) -> usize {
+        self.lock().procs.get(&pid).map_or(0, |p| p.hooks.len())
+    }
+
     pub(crate) fn remove_exit_hook(&self, pid: Pid, id: u64) {
         if let Some(p) = self.lock().procs.get_mut(&pid) {
             p.hooks.remove(&id);

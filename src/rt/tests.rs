@@ -161,6 +161,26 @@ async fn late_cleanup_spares_a_newer_registration() {
     ));
 }
 
+/// A name given up while its holder lives takes its exit hook with it (no hook piles up on a
+/// process that registers and releases names over and over), and the holder keeps running.
+#[tokio::test]
+async fn released_names_leave_no_exit_hook_behind() {
+    let sys = System::new();
+    let reg: Registry<Cmd> = Registry::new(&sys);
+    let a = puppet(&sys);
+    reg.register("r", &a).unwrap();
+    assert_eq!(sys.exit_hook_count(a.pid()), 1);
+    reg.unregister("r");
+    assert_eq!(sys.exit_hook_count(a.pid()), 0, "unregister");
+    reg.register("r", &a).unwrap();
+    assert!(reg.unregister_own("r", a.pid()));
+    assert_eq!(sys.exit_hook_count(a.pid()), 0, "unregister_own");
+    assert!(reg.whereis("r").is_none());
+    assert!(sys.is_alive(a.pid()));
+    // The registry shows in `App`'s Debug output by name only (never its table).
+    assert_eq!(format!("{reg:?}"), "Registry");
+}
+
 #[tokio::test]
 async fn messages_sent_before_death_arrive_before_down() {
     let sys = System::new();

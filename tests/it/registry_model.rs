@@ -21,8 +21,13 @@ enum Op {
     Spawn,
     Register(usize, u8),
     Unregister(u8),
+    /// `unregister_own(name, pid of process)`: frees the name only if that process holds it.
+    UnregisterOwn(usize, u8),
     Whereis(u8),
-    Monitor { watcher: usize, target: usize },
+    Monitor {
+        watcher: usize,
+        target: usize,
+    },
     Demonitor(usize),
     Kill(usize),
     Crash(usize),
@@ -51,6 +56,8 @@ struct Model {
     monitors: Vec<Mon>,
     /// Per process: the DOWNs it received, as (monitor index, reason).
     downs: Vec<Vec<(usize, Why)>>,
+    /// What the last `UnregisterOwn` must have answered.
+    freed_own: bool,
 }
 
 impl Model {
@@ -103,6 +110,9 @@ impl ReferenceStateMachine for RefMachine {
                 .prop_map(|(p, x)| Op::Register(p, x))
                 .boxed(),
             name.clone().prop_map(Op::Unregister).boxed(),
+            (0..n, name.clone())
+                .prop_map(|(p, x)| Op::UnregisterOwn(p, x))
+                .boxed(),
             name.prop_map(Op::Whereis).boxed(),
             (0..n, 0..n)
                 .prop_map(|(watcher, target)| Op::Monitor { watcher, target })
@@ -121,7 +131,7 @@ impl ReferenceStateMachine for RefMachine {
         let n = s.alive.len();
         match *op {
             Op::Spawn | Op::Unregister(_) | Op::Whereis(_) => true,
-            Op::Register(p, _) | Op::Kill(p) => p < n,
+            Op::Register(p, _) | Op::UnregisterOwn(p, _) | Op::Kill(p) => p < n,
             // Commands go through the puppet's mailbox, so it must be alive to act.
             Op::Crash(p) | Op::Stop(p) => p < n && s.alive[p],
             Op::Monitor { watcher, target } => watcher < n && target < n && s.alive[watcher],
@@ -143,6 +153,12 @@ impl ReferenceStateMachine for RefMachine {
             }
             Op::Unregister(x) => {
                 s.names.remove(&x);
+            }
+            Op::UnregisterOwn(p, x) => {
+                s.freed_own = s.names.get(&x) == Some(&p);
+                if s.freed_own {
+                    s.names.remove(&x);
+                }
             }
             Op::Whereis(_) => {}
             Op::Monitor { watcher, target } => {
@@ -281,6 +297,10 @@ impl StateMachineTest for RegistryTest {
                 }
             }
             Op::Unregister(x) => sut.reg.unregister(&name(x)),
+            Op::UnregisterOwn(p, x) => {
+                let freed = sut.reg.unregister_own(&name(x), sut.procs[p].pid());
+                assert_eq!(freed, s.freed_own, "unregister_own's answer");
+            }
             Op::Whereis(x) => {
                 let got = sut.reg.whereis(&name(x)).map(|a| a.pid());
                 let want = s.names.get(&x).map(|&h| sut.procs[h].pid());
