@@ -145,6 +145,15 @@ pub async fn run(opts: Options) -> Report {
         .collect();
     let mut next_fault = time::now() + swarm.fault_gap();
     let net = NetSim::current();
+    let injector = Injector {
+        app: &app,
+        views: &views,
+        oracles: &oracles,
+        trace: &trace,
+        net: &net,
+        server: server.id(),
+        clients: &client_nodes,
+    };
     while time::now() < chaos_end {
         check_server(&app, &oracles);
         let tick = time::now() + Duration::from_millis(5);
@@ -153,40 +162,15 @@ pub async fn run(opts: Options) -> Report {
                 break;
             }
             // A scripted fault waits for its target to exist (e.g. a room to crash).
-            if !inject(
-                f,
-                &app,
-                &views,
-                &oracles,
-                &trace,
-                &net,
-                server.id(),
-                &client_nodes,
-            )
-            .await
-            {
+            if !inject(f, &injector, &mut faults).await {
                 break;
             }
             script.remove(0);
-            *faults.entry(f).or_default() += 1;
         }
         if time::now() >= next_fault {
             next_fault = time::now() + swarm.fault_gap();
             if let Some(f) = swarm.pick_fault() {
-                if inject(
-                    f,
-                    &app,
-                    &views,
-                    &oracles,
-                    &trace,
-                    &net,
-                    server.id(),
-                    &client_nodes,
-                )
-                .await
-                {
-                    *faults.entry(f).or_default() += 1;
-                }
+                inject(f, &injector, &mut faults).await;
             }
         }
         // A scripted fault still pending (waiting for its target) is retried at the next tick;
@@ -367,17 +351,40 @@ fn heal(net: &NetSim, server: madsim::task::NodeId, clients: &[madsim::task::Nod
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the fault injector reaches into.
+struct Injector<'a> {
+    app: &'a CurrentApp,
+    views: &'a Views,
+    oracles: &'a Oracles,
+    trace: &'a Trace,
+    net: &'a NetSim,
+    server: madsim::task::NodeId,
+    clients: &'a [madsim::task::NodeId],
+}
+
+/// Applies `fault` and counts it in `applied`; false if it had no target (e.g. no room yet).
 async fn inject(
     fault: &'static str,
-    app: &CurrentApp,
-    views: &Views,
-    oracles: &Oracles,
-    trace: &Trace,
-    net: &NetSim,
-    server: madsim::task::NodeId,
-    clients: &[madsim::task::NodeId],
+    ctx: &Injector<'_>,
+    applied: &mut BTreeMap<&'static str, u64>,
 ) -> bool {
+    let done = apply(fault, ctx).await;
+    if done {
+        *applied.entry(fault).or_default() += 1;
+    }
+    done
+}
+
+async fn apply(fault: &'static str, ctx: &Injector<'_>) -> bool {
+    let Injector {
+        app,
+        views,
+        oracles,
+        trace,
+        net,
+        server,
+        clients,
+    } = *ctx;
     let pick = |n: usize| rt::rand::below(n as u64) as usize;
     match fault {
         "room_crash" | "engine_crash" => {
