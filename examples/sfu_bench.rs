@@ -16,7 +16,6 @@
 mod sfu_peer;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,8 +23,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use net_tokio::runtime::{Builder, Runtime};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use sfu_peer::{now_ns, Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE};
-use videoroom::server::{MediaConfig, Server, ServerConfig, ServerLimits};
+use sfu_peer::{now_ns, start_media_server, Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE};
+use videoroom::server::{Server, ServerLimits};
 
 #[derive(Parser)]
 struct Cli {
@@ -128,18 +127,7 @@ fn ms(ns: f64) -> String {
 }
 
 async fn start_server() -> Server {
-    Server::start(ServerConfig {
-        port: 0,
-        limits: ServerLimits::for_peers(64),
-        media: MediaConfig {
-            real: true,
-            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            ..MediaConfig::default()
-        },
-        ..ServerConfig::default()
-    })
-    .await
-    .expect("server starts")
+    start_media_server(ServerLimits::for_peers(64)).await
 }
 
 /// What one peer's receiver saw.

@@ -7,30 +7,22 @@
 #![cfg(feature = "media-webrtc")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use net_tokio::time::{timeout, Instant};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use videoroom::server::{MediaConfig, Server, ServerConfig};
+use videoroom::app::Limits;
+use videoroom::server::Server;
 
-use crate::support::sfu_peer::{Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE};
+use crate::support::sfu_peer::{
+    start_media_server, Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE,
+};
 
 const STEP: Duration = Duration::from_secs(10);
 const PAYLOAD: usize = 200;
 
 async fn start_server() -> Server {
-    Server::start(ServerConfig {
-        port: 0,
-        media: MediaConfig {
-            real: true,
-            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            ..MediaConfig::default()
-        },
-        ..ServerConfig::default()
-    })
-    .await
-    .expect("server starts")
+    start_media_server(Limits::default()).await
 }
 
 async fn join(server: &Server, name: &str) -> Peer {

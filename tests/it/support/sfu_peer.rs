@@ -29,7 +29,9 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+use videoroom::app::Limits;
 use videoroom::engine::webrtc::{interceptors, media_engine};
+use videoroom::server::{MediaConfig, Server, ServerConfig};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -835,4 +837,21 @@ fn sections(sdp: &str) -> Vec<Section> {
         }
     }
     out
+}
+
+/// The real server on 127.0.0.1 port 0, with the webrtc plane and the integrated TURN server on
+/// an ephemeral port: what the synthetic peers run against.
+pub async fn start_media_server(limits: Limits) -> Server {
+    Server::start(ServerConfig {
+        port: 0,
+        limits,
+        media: MediaConfig {
+            real: true,
+            turn_bind: SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
+            ..MediaConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await
+    .expect("server starts")
 }
