@@ -563,6 +563,7 @@ impl Client {
                 if let Some(id) = data["id"].as_str() {
                     c.roster.remove(id);
                     c.seq.remove(id);
+                    c.neg.on_endpoint_removed(id);
                 }
             }
             "endpointUpdated" => {

@@ -3,10 +3,11 @@
 //! match `tracksTypes`, and apply answers. It also holds the negotiation oracles, checked as
 //! events arrive: `tracksTypes` never decreases, no `offerData` while an offer is open, an
 //! `offerData` never counts tracks the client was not told about (`tracksAdded` comes first),
-//! every active mid of an answer is in its `midToTrackId`, and `tracksRemoved` only names
-//! tracks an answer gave this client.
+//! every active mid of an answer is in its `midToTrackId`, `tracksRemoved` only names
+//! tracks an answer gave this client, and a recycled mid carries a new track only after an
+//! answer made it inactive once the client knew its old track was gone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 use videoroom::engine::sdp::{Direction, Sdp};
@@ -32,6 +33,11 @@ pub struct Negotiator {
     announced: BTreeSet<String>,
     /// Tracks some answer mapped to one of this client's m-lines.
     answered: BTreeSet<String>,
+    /// Tracks the client was told are gone (`tracksRemoved`, or their endpoint removed).
+    gone: BTreeSet<String>,
+    /// Per mid the server sent on: its track, and whether an answer has since made the mid
+    /// inactive with that track already gone (only then may the mid carry another track).
+    carried: BTreeMap<String, (String, bool)>,
     pub negotiations: u64,
 }
 
@@ -86,7 +92,19 @@ impl Negotiator {
             oracles.check(self.answered.contains(id), || {
                 format!("{who}: tracksRemoved for {id}, which no answer gave it")
             });
+            self.gone.insert(id.to_string());
         }
+    }
+
+    pub fn on_endpoint_removed(&mut self, endpoint: &str) {
+        let prefix = format!("{endpoint}:");
+        let gone: Vec<String> = self
+            .carried
+            .values()
+            .map(|(t, _)| t.clone())
+            .filter(|t| t.starts_with(&prefix))
+            .collect();
+        self.gone.extend(gone);
     }
 
     /// `offerData`: checks it, then returns the `sdpOffer` to send.
@@ -175,6 +193,33 @@ impl Negotiator {
                         oracles.check(map.contains_key(&m.mid), || {
                             format!("{who}: answer mid {} missing from midToTrackId", m.mid)
                         });
+                    }
+                    let Some(track) = map.get(&m.mid).and_then(Value::as_str) else {
+                        continue;
+                    };
+                    match m.direction {
+                        Direction::SendOnly => {
+                            if let Some((old, freed)) = self.carried.get(&m.mid) {
+                                if old != track {
+                                    oracles.reached("client: recycled m-line carries a new track");
+                                }
+                                oracles.check(old == track || *freed, || {
+                                    format!(
+                                        "{who}: mid {} went from {old} to {track} without an \
+                                         inactive answer after the removal",
+                                        m.mid
+                                    )
+                                });
+                            }
+                            self.carried
+                                .insert(m.mid.clone(), (track.to_string(), false));
+                        }
+                        Direction::Inactive => {
+                            if let Some((old, freed)) = self.carried.get_mut(&m.mid) {
+                                *freed |= self.gone.contains(old.as_str());
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -12,7 +12,15 @@
 //! for one peer; send `tracksRemoved` for a track whose mid the peer never got in an
 //! `sdpAnswer` (the client throws); announce more tracks to a peer than its connection can
 //! have m-lines for (its next offer would be rejected and the client would disconnect);
+//! give an m-line a new track before an answer made it inactive after the client learned its
+//! old track was removed (the browser fires `ontrack` only on an inactive → sending change);
 //! iterate a hash map on the way to an output; panic on client input.
+//!
+//! M-lines are recycled: the client never drops a `recvonly` transceiver, so a peer that stays
+//! while others come and go would otherwise grow one m-line per track it was ever sent (SDP
+//! size, connection memory, and a hard cap on m-lines). A retired slot takes the next
+//! announced track of its kind instead, so a peer's m-lines track the most tracks it ever
+//! received *at once*.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,6 +111,8 @@ enum Phase {
     AwaitingAnswer {
         negotiation: u64,
         mid_to_track_id: BTreeMap<String, TrackId>,
+        /// Slots of removed tracks this answer makes inactive: free once it is sent.
+        retiring: Vec<String>,
     },
 }
 
@@ -115,9 +125,10 @@ struct Inbound {
     active: bool,
 }
 
-/// A track of another peer announced to this peer with `tracksAdded`. Never dropped while the
-/// peer is connected: each one is (or will be) a `recvonly` m-line of its connection, which
-/// `tracksTypes` must keep counting.
+/// A slot: a track of another peer announced to this peer with `tracksAdded`, and the
+/// `recvonly` m-line that carries it. Never dropped while the peer is connected, because
+/// `tracksTypes` must keep counting the m-line; once retired it carries the next announced
+/// track of its kind.
 #[derive(Debug, Clone)]
 struct Outbound {
     publisher: PeerId,
@@ -133,6 +144,24 @@ struct Outbound {
     /// The peer needs no `tracksRemoved` for it any more (sent, or made moot by
     /// `endpointRemoved`).
     removal_settled: bool,
+    /// An answer sent after the removal settled made the m-line inactive: the client holds
+    /// nothing of the old track on it, so it can carry another one.
+    retired: bool,
+}
+
+impl Outbound {
+    fn new(publisher: &str, track_id: &TrackId, kind: MediaKind, mid: Option<String>) -> Self {
+        Outbound {
+            publisher: publisher.to_owned(),
+            track_id: track_id.clone(),
+            kind,
+            mid,
+            carried: false,
+            removed: false,
+            removal_settled: false,
+            retired: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -147,7 +176,7 @@ struct PeerState {
     answered: bool,
     /// By mid, every mid the peer ever published on.
     inbound: BTreeMap<String, Inbound>,
-    /// In announcement order (the order new m-lines are paired in).
+    /// Slots in announcement order (the order new m-lines are paired in).
     outbound: Vec<Outbound>,
     /// Counted in every `offerData`; kept to check monotonicity.
     last_tracks_types: TracksTypes,
@@ -287,10 +316,10 @@ impl TrackNegotiation {
         }
     }
 
-    /// How many more tracks `subscriber`'s connection can be offered. Every announced track
-    /// stays a `recvonly` m-line of it for good (the client never recycles them), and an offer
-    /// with more than [`MAX_MLINES`] m-lines is rejected; past that the client would be told
-    /// `error` and disconnect. Room for the peer's own publications is kept.
+    /// How many more slots `subscriber`'s connection can be given. Every slot stays a
+    /// `recvonly` m-line of it for good (the client never drops them), and an offer with more
+    /// than [`MAX_MLINES`] m-lines is rejected; past that the client would be told `error` and
+    /// disconnect. Room for the peer's own publications is kept.
     fn track_budget(&self, subscriber: &PeerState) -> usize {
         MAX_MLINES
             .saturating_sub(self.config.max_published_tracks)
@@ -310,38 +339,38 @@ impl TrackNegotiation {
         let Some(sub) = self.peers.get(subscriber) else {
             return false;
         };
-        let fit = tracks.len().min(self.track_budget(sub));
-        if fit < tracks.len() {
-            tracing::warn!(
-                subscriber,
-                publisher,
-                skipped = tracks.len() - fit,
-                "connection out of m-lines: tracks not forwarded to this peer"
-            );
+        let mut budget = self.track_budget(sub);
+        let sub = self.peers.get_mut(subscriber).expect("checked above");
+        let mut announced = Vec::new();
+        for (id, kind, meta) in tracks {
+            // The oldest retired slot of the kind, so recycling is deterministic.
+            if let Some(slot) = sub
+                .outbound
+                .iter_mut()
+                .find(|o| o.retired && o.kind == *kind)
+            {
+                *slot = Outbound::new(publisher, id, *kind, slot.mid.take());
+            } else if budget > 0 {
+                budget -= 1;
+                sub.outbound.push(Outbound::new(publisher, id, *kind, None));
+            } else {
+                tracing::warn!(
+                    subscriber,
+                    publisher,
+                    track_id = %id,
+                    "connection out of m-lines: track not forwarded to this peer"
+                );
+                continue;
+            }
+            announced.push((id.clone(), track_info(meta)));
         }
-        let tracks = &tracks[..fit];
-        if tracks.is_empty() {
+        if announced.is_empty() {
             return false;
         }
-        let sub = self.peers.get_mut(subscriber).expect("checked above");
-        let infos = tracks
-            .iter()
-            .map(|(id, _, meta)| (id.clone(), track_info(meta)))
-            .collect();
         out.send(
             subscriber,
-            &ServerEvent::TracksAdded(TracksAdded::new(publisher, infos)),
+            &ServerEvent::TracksAdded(TracksAdded::new(publisher, announced.into_iter().collect())),
         );
-        sub.outbound
-            .extend(tracks.iter().map(|(id, kind, _)| Outbound {
-                publisher: publisher.to_owned(),
-                track_id: id.clone(),
-                kind: *kind,
-                mid: None,
-                carried: false,
-                removed: false,
-                removal_settled: false,
-            }));
         true
     }
 
@@ -421,6 +450,7 @@ impl TrackNegotiation {
         let mut mid_to_track_id = BTreeMap::new();
         let mut published = Vec::new();
         let mut kept_inbound: Vec<String> = Vec::new();
+        let mut retiring = Vec::new();
         let mut active_count = 0;
         for section in &sdp.media {
             let mid = &section.mid;
@@ -438,11 +468,14 @@ impl TrackNegotiation {
                 .iter()
                 .position(|o| o.mid.as_ref() == Some(mid))
             {
-                // A slot stays with its track for good; m-lines are never recycled.
                 let o = &state.outbound[index];
                 mid_to_track_id.insert(mid.clone(), o.track_id.clone());
-                if receives && !o.removed && !section.is_rejected() {
-                    role = outbound_role(o);
+                if receives && !section.is_rejected() {
+                    if !o.removed {
+                        role = outbound_role(o);
+                    } else if o.removal_settled && !o.retired {
+                        retiring.push(mid.clone());
+                    }
                 }
             } else if let Some(known) = state.inbound.get(mid) {
                 mid_to_track_id.insert(mid.clone(), known.track_id.clone());
@@ -554,6 +587,7 @@ impl TrackNegotiation {
         state.phase = Phase::AwaitingAnswer {
             negotiation,
             mid_to_track_id,
+            retiring,
         };
         out.plane(PlaneCommand::Offer {
             peer: peer.to_owned(),
@@ -615,11 +649,12 @@ impl TrackNegotiation {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
-        let mid_to_track_id = match &state.phase {
+        let (mid_to_track_id, retiring) = match &state.phase {
             Phase::AwaitingAnswer {
                 negotiation: n,
                 mid_to_track_id,
-            } if *n == negotiation => mid_to_track_id.clone(),
+                retiring,
+            } if *n == negotiation => (mid_to_track_id.clone(), retiring.clone()),
             _ => {
                 tracing::debug!(peer, negotiation, "stale answer dropped");
                 return;
@@ -645,6 +680,11 @@ impl TrackNegotiation {
             })),
         );
         state.answered = true;
+        for o in &mut state.outbound {
+            if o.mid.as_ref().is_some_and(|m| retiring.contains(m)) {
+                o.retired = true;
+            }
+        }
         let mut keyframes = Vec::new();
         for o in &mut state.outbound {
             if o.carried

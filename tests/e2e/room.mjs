@@ -2,7 +2,8 @@
 // button) with fake camera and microphone, and check what a person would: each decodes the
 // other's video and hears its audio (inbound-rtp stats through the page's `window.__videoroom`
 // hook), both names are in the participants list, mute and camera-off show on the other side,
-// the speaking marker lights up, and after one leaves the other loses its tile and list entry.
+// the speaking marker lights up, and after one leaves the other loses its tile and list entry;
+// a third page then joins in the leaver's place and plays on the m-lines the server recycled.
 //
 // Usage: node tests/e2e/room.mjs <base url> <screenshot.png>
 // With E2E_ROOM_LIMIT=2 (the server's peers-per-room limit) a third page checks that a full
@@ -279,6 +280,49 @@ try {
   });
   result.afterLeave = await listNames(alice);
   log("after Bob left, Alice's list:", JSON.stringify(result.afterLeave));
+
+  // Carol takes Bob's place: the server recycles the m-lines that carried Bob (answered
+  // inactive after he left) instead of growing Alice's connection, and Alice's browser must
+  // still fire a fresh track for Carol on them, so Carol's tile plays.
+  const recvonly = (page) => page.evaluate(() => {
+    const pc = window.__videoroom.peerConnection();
+    const t = pc ? pc.getTransceivers() : [];
+    return {
+      recvonly: t.filter((x) => x.direction === "recvonly").length,
+      mids: t.filter((x) => x.direction === "recvonly").map((x) => x.mid),
+    };
+  });
+  const beforeCarol = await recvonly(alice);
+  await join(carol, "Carol");
+  await waitFor("Carol's tile playing video on Alice's page", async () => {
+    const r = await alice.evaluate(() => {
+      const v = [...document.querySelectorAll(".tile:not(.local)")].find((t) => t.title === "Carol");
+      const video = v && v.querySelector("video");
+      return { ok: !!video && !v.classList.contains("no-video") && video.videoWidth > 0 && video.currentTime > 0,
+        w: video && video.videoWidth, t: video && video.currentTime };
+    });
+    if (!r.ok) {
+      r.debug = await alice.evaluate(async () => {
+        const pc = window.__videoroom.peerConnection();
+        if (!pc) return { pc: null, state: window.__videoroom.state() };
+        return {
+          tr: pc.getTransceivers().map((t) => [t.mid, t.direction, t.currentDirection, t.receiver.track.id, t.receiver.track.readyState, t.receiver.track.muted]),
+          stats: await window.__videoroom.inboundStats(),
+          sdp: pc.remoteDescription && pc.remoteDescription.sdp,
+        };
+      });
+    }
+    return r;
+  });
+  result.recycled = {
+    alice: await expectMediaFlowing(alice, "Alice (receiving Carol)"),
+    carol: await expectMediaFlowing(carol, "Carol"),
+    before: beforeCarol,
+    after: await recvonly(alice),
+  };
+  log("Carol on recycled m-lines:", JSON.stringify(result.recycled));
+  await carol.click("#leave");
+  await carol.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
 
   // Error states a person must be told about.
   const denied = await (await browser.newContext()).newPage();

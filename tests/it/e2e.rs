@@ -2,8 +2,9 @@
 //! against this server with the real media plane (webrtc SFU + integrated TURN), each decodes
 //! the other's video and audio, sees both names listed and the other's mute/camera state, gets
 //! media flowing again after the room process crashes (phoenix rejoins, the page reconnects), and
-//! sees the other's tile go when it leaves; a third page is told the room is full, and the
-//! camera-denied and server-unreachable states show. The browser side is `tests/e2e/room.mjs`
+//! sees the other's tile go when it leaves; a third page is told the room is full, then takes
+//! the leaver's place and plays on the m-lines the server recycled; and the camera-denied and
+//! server-unreachable states show. The browser side is `tests/e2e/room.mjs`
 //! (playwright-core driving Debian's /usr/bin/chromium); `scripts/setup-chromium.sh` installs
 //! both. A screenshot of the room lands in the target dir (`e2e-room.png`).
 #![cfg(feature = "media-webrtc")]
@@ -159,6 +160,20 @@ fn two_browsers_see_and_hear_each_other() {
         assert!(result[key].is_string(), "no {key} check in {result}");
     }
     assert_eq!(result["afterLeave"], serde_json::json!(["Alice (you)"]));
+    // Carol in Bob's place: Alice decodes her on the recycled m-lines, which did not grow.
+    let recycled = &result["recycled"];
+    for who in ["alice", "carol"] {
+        let frames = recycled[who]["framesDecodedDelta"].as_f64().unwrap_or(0.0);
+        assert!(
+            frames > 5.0,
+            "{who} decodes too few frames with Carol: {recycled}"
+        );
+    }
+    assert_eq!(
+        recycled["before"], recycled["after"],
+        "Alice's connection grew m-lines for Carol instead of recycling Bob's"
+    );
+    assert_eq!(recycled["after"]["recvonly"], 2, "{recycled}");
     assert!(
         shot.is_file(),
         "no screenshot at {} ({out})",

@@ -245,3 +245,79 @@ async fn three_peers_through_the_server_forward_leave_and_relay_pli() {
     server.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// A resident peer next to visitors who come and go one at a time: each visitor's tracks are
+/// carried on the m-lines the previous one's left behind (the resident's `tracksTypes` stays
+/// at one audio and one video), and media flows both ways in order every time.
+#[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_one_at_a_time_reuse_the_residents_m_lines() {
+    let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
+    let server = start_server().await;
+    let mut resident = join(&server, "resident").await;
+    until_subscribed(&mut resident, &BTreeSet::new()).await;
+    let mut mids_seen = BTreeSet::new();
+    for k in 0..3 {
+        let mut visitor = join(&server, &format!("visitor{k}")).await;
+        let theirs = track_ids(&[&visitor]);
+        let mine = track_ids(&[&resident]);
+        until_subscribed(&mut visitor, &mine).await;
+        let id = resident.id.clone();
+        let carried = resident
+            .wait_for(STEP, |s| match s {
+                Signal::OfferData(d) => {
+                    assert_eq!(
+                        d["tracksTypes"],
+                        serde_json::json!({"audio": 1, "video": 1}),
+                        "visitor {k}: the resident's m-lines grew"
+                    );
+                    None
+                }
+                Signal::Answered(m) => {
+                    let on: BTreeMap<String, String> = m
+                        .iter()
+                        .filter(|(_, t)| theirs.contains(*t))
+                        .map(|(mid, t)| (mid.clone(), t.clone()))
+                        .collect();
+                    (on.len() == theirs.len()).then_some(on)
+                }
+                Signal::Error(e) => panic!("{id}: {e}"),
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|| panic!("visitor {k} never carried to the resident"));
+        mids_seen.extend(carried.into_keys());
+        let mut peers = vec![resident, visitor];
+        sync(&mut peers).await;
+        exchange(&mut peers, 50).await;
+        let visitor = peers.pop().unwrap();
+        resident = peers.pop().unwrap();
+        let visitor_id = visitor.id.clone();
+        visitor.leave().await;
+        // The resident renegotiates after the leave; that answer makes the mids inactive
+        // (still naming the leaver's tracks, which the client erases by mid).
+        let id = resident.id.clone();
+        let mut left = false;
+        let settled = resident
+            .wait_for(STEP, |s| match s {
+                Signal::EndpointRemoved(v) if *v == visitor_id => {
+                    left = true;
+                    None
+                }
+                Signal::Answered(_) if left => Some(()),
+                Signal::Error(e) => panic!("{id}: {e}"),
+                _ => None,
+            })
+            .await;
+        assert!(
+            settled.is_some(),
+            "the resident did not renegotiate after visitor {k} left"
+        );
+    }
+    assert_eq!(
+        mids_seen.len(),
+        2,
+        "visitors were not carried on the same mids: {mids_seen:?}"
+    );
+    resident.leave().await;
+    server.shutdown().await;
+}

@@ -59,6 +59,11 @@ struct Client {
     outstanding_offer_data: bool,
     /// Track ids some answer mapped a mid to.
     answered: BTreeSet<TrackId>,
+    /// Tracks the client was told are gone (`tracksRemoved`, or their endpoint removed).
+    gone: BTreeSet<TrackId>,
+    /// For each mid the server sent on: its track, and whether an answer made the mid
+    /// inactive after the client knew that track was gone (only then may it carry another).
+    carried: BTreeMap<String, (TrackId, bool)>,
     endpoints: BTreeSet<String>,
     answers: u32,
     /// A garbage offer was processed: pairing guarantees no longer apply.
@@ -186,7 +191,16 @@ impl World {
                     c.endpoints.insert(d["id"].as_str().unwrap().to_owned());
                 }
                 "endpointRemoved" => {
-                    prop_assert!(c.endpoints.remove(d["id"].as_str().unwrap()));
+                    let id = d["id"].as_str().unwrap();
+                    prop_assert!(c.endpoints.remove(id));
+                    let prefix = format!("{id}:");
+                    let gone: Vec<TrackId> = c
+                        .carried
+                        .values()
+                        .map(|(t, _)| t.clone())
+                        .filter(|t| t.starts_with(&prefix))
+                        .collect();
+                    c.gone.extend(gone);
                 }
                 "tracksAdded" => {
                     let from = d["endpointId"].as_str().unwrap();
@@ -202,6 +216,7 @@ impl World {
                             peer,
                             t
                         );
+                        c.gone.insert(t.as_str().unwrap().to_owned());
                     }
                 }
                 "trackUpdated" => {
@@ -240,6 +255,35 @@ impl World {
                                 m.mid,
                                 data
                             );
+                        }
+                    }
+                    // A recycled mid: the browser only reports the new track if the mid went
+                    // inactive in between, and the client must have dropped the old one.
+                    for m in &sdp.media {
+                        let Some(track) = map.get(&m.mid) else {
+                            continue;
+                        };
+                        match m.direction {
+                            Direction::SendOnly => {
+                                if let Some((old, freed)) = c.carried.get(&m.mid) {
+                                    prop_assert!(
+                                        old == track || *freed,
+                                        "{} mid {} went from {} to {} without an inactive answer \
+                                         after the removal",
+                                        peer,
+                                        m.mid,
+                                        old,
+                                        track
+                                    );
+                                }
+                                c.carried.insert(m.mid.clone(), (track.clone(), false));
+                            }
+                            Direction::Inactive => {
+                                if let Some((old, freed)) = c.carried.get_mut(&m.mid) {
+                                    *freed |= c.gone.contains(old.as_str());
+                                }
+                            }
+                            _ => {}
                         }
                     }
                     c.answered.extend(map.into_values());

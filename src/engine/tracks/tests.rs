@@ -346,7 +346,7 @@ fn renegotiation_requests_coalesce_while_one_is_open() {
 }
 
 #[test]
-fn removed_track_keeps_counting_in_tracks_types() {
+fn removed_track_keeps_its_m_line_until_an_inactive_answer_then_the_slot_is_recycled() {
     let mut h = b_subscribed();
     h.send("A", RENEGOTIATE);
     // The 0.5.3 client after removeTrack: the m-line is inactive and gone from midToTrackId.
@@ -367,15 +367,12 @@ fn removed_track_keeps_counting_in_tracks_types() {
         h.answer("A"),
         [answer("A", r#""0":"A:a","1":"A:v""#), candidate("A")]
     );
+    // A publishes a new camera while B's answer making mid 1 inactive is still being made:
+    // the slot is not free yet, so the new track needs a new m-line.
     assert_eq!(
         h.send("B", &b_receives_two()),
         ["plane offer B #2 [0=out A:a msid A, 1=inactive]"]
     );
-    assert_eq!(
-        h.answer("B"),
-        [answer("B", r#""0":"A:a","1":"A:v""#), candidate("B")]
-    );
-    // A publishes a new camera: B's count grows past the removed one, never back to it.
     h.send("A", RENEGOTIATE);
     let again = sdp_offer(
         &[
@@ -391,7 +388,34 @@ fn removed_track_keeps_counting_in_tracks_types() {
         lines[0],
         "plane offer A #3 [0=in A:a, 1=inactive, 2=in A:v2]"
     );
-    assert_eq!(lines[2], offer_data("B", 1, 2));
+    assert_eq!(
+        h.session.negotiation().tracks_types("B"),
+        Some(TracksTypes { audio: 1, video: 2 })
+    );
+    // Mid 1 is retired by this answer; the old track still names it for the client.
+    let lines = h.answer("B");
+    assert_eq!(lines[0], answer("B", r#""0":"A:a","1":"A:v""#));
+    assert!(lines.contains(&offer_data("B", 1, 2)), "{lines:#?}");
+    h.answer("A");
+    // A swaps cameras again: the retired mid 1 carries the newest track, the count stays.
+    h.send("A", RENEGOTIATE);
+    let third = sdp_offer(
+        &[
+            ("0", "audio", "sendonly"),
+            ("1", "video", "inactive"),
+            ("2", "video", "inactive"),
+            ("3", "video", "sendonly"),
+        ],
+        &[("0", "A:a"), ("3", "A:v3")],
+        &[],
+    );
+    let lines = h.send("A", &third);
+    assert_eq!(
+        lines[1..],
+        [
+            r#"B {"type":"tracksAdded","data":{"endpointId":"A","trackIdToMetadata":{"A:v3":null},"tracks":{"A:v3":{"metadata":null,"simulcastConfig":{"enabled":false,"activeEncodings":["h"]}}}}}"#.to_owned(),
+        ]
+    );
     assert_eq!(
         h.session.negotiation().tracks_types("B"),
         Some(TracksTypes { audio: 1, video: 2 })
@@ -645,12 +669,13 @@ fn each_peer_gets_its_own_turn_credentials_minted_once() {
     assert_eq!(*minted.lock().unwrap(), ["A", "B"]);
 }
 
-/// A resident peer's connection keeps one `recvonly` m-line per track ever announced to it.
-/// Past [`MAX_MLINES`] its offer would be rejected (and the client, told `error`, would
-/// disconnect): found by the SFU join/leave soak, where the resident lost its media at the
-/// 128th visitor. Tracks that no longer fit are not announced to it; its offers stay valid.
+/// A resident peer's connection used to keep one `recvonly` m-line per track ever announced to
+/// it: the SFU join/leave soak found the resident losing its media at the 128th visitor (past
+/// [`MAX_MLINES`] its offer was refused). With recycling, a resident next to one visitor at a
+/// time keeps two m-lines however many come and go, and sees every one of them, each time on
+/// the same mids.
 #[test]
-fn resident_peer_is_never_offered_more_tracks_than_its_connection_can_carry() {
+fn resident_peer_keeps_two_m_lines_for_any_number_of_one_at_a_time_visitors() {
     let mut h = Harness::new();
     h.send("R", &connect("R"));
     // R answers every `offerData` as the 0.5.3 client does: one `recvonly` m-line per counted
@@ -681,8 +706,7 @@ fn resident_peer_is_never_offered_more_tracks_than_its_connection_can_carry() {
         out.extend(h.answer("R"));
         out
     };
-    let mut announced = 0;
-    for k in 0..140 {
+    for k in 0..2 * MAX_MLINES {
         let n = format!("N{k}");
         let mut lines = h.send(&n, &connect(&n));
         lines.extend(h.send(&n, RENEGOTIATE));
@@ -699,23 +723,62 @@ fn resident_peer_is_never_offered_more_tracks_than_its_connection_can_carry() {
             ),
         ));
         lines.extend(h.answer(&n));
-        announced += lines
-            .iter()
-            .filter(|l| l.starts_with(r#"R {"type":"tracksAdded""#))
-            .count();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(r#"R {"type":"tracksAdded""#)),
+            "visitor {k} not announced to R"
+        );
         lines.extend(respond(&mut h, &lines));
+        let expected = format!(r#""0":"{a}","1":"{v}""#);
+        assert!(
+            lines.contains(&answer("R", &expected)),
+            "visitor {k} not carried on mids 0 and 1: {lines:#?}"
+        );
         let mut left = h.leave(&n);
         left.extend(respond(&mut h, &left));
         lines.extend(left);
         for l in &lines {
             assert!(!l.starts_with(r#"R {"type":"error""#), "visitor {k}: {l}");
         }
-        let tt = h.session.negotiation().tracks_types("R").unwrap();
-        assert!((tt.audio + tt.video) as usize <= MAX_MLINES, "visitor {k}");
+        assert_eq!(
+            h.session.negotiation().tracks_types("R"),
+            Some(TracksTypes { audio: 1, video: 1 }),
+            "visitor {k}"
+        );
     }
-    // Visitors were announced while they fit, then no more.
-    let budget = MAX_MLINES - NegotiationConfig::default().max_published_tracks;
-    assert_eq!(announced, budget / 2);
+}
+
+/// Without recycling (every slot busy), the m-line budget still holds: tracks that no longer
+/// fit are not announced, and the peer's offers stay valid.
+#[test]
+fn a_peer_is_never_offered_more_simultaneous_tracks_than_its_connection_can_carry() {
+    let mut h = Harness::new();
+    h.send("R", &connect("R"));
+    let per_visitor = NegotiationConfig::default().max_published_tracks;
+    let budget = MAX_MLINES - per_visitor;
+    let mut last_announced = true;
+    for k in 0..budget / per_visitor + 2 {
+        let n = format!("N{k}");
+        h.send(&n, &connect(&n));
+        h.send(&n, RENEGOTIATE);
+        let ids: Vec<(String, String)> = (0..per_visitor)
+            .map(|i| (i.to_string(), format!("{n}:{i}")))
+            .collect();
+        let sections: Vec<(&str, &str, &str)> = ids
+            .iter()
+            .map(|(mid, _)| (mid.as_str(), "video", "sendonly"))
+            .collect();
+        let mids: Vec<(&str, &str)> = ids.iter().map(|(m, t)| (m.as_str(), t.as_str())).collect();
+        let lines = h.send(&n, &sdp_offer(&sections, &mids, &[]));
+        last_announced = lines
+            .iter()
+            .any(|l| l.starts_with(r#"R {"type":"tracksAdded""#));
+        h.answer(&n);
+        let tt = h.session.negotiation().tracks_types("R").unwrap();
+        assert!(tt.video as usize <= budget, "visitor {k}");
+    }
+    assert!(!last_announced, "tracks past the budget were announced");
     let tt = h.session.negotiation().tracks_types("R").unwrap();
-    assert_eq!((tt.audio + tt.video) as usize, budget);
+    assert_eq!(tt.video as usize, budget);
 }

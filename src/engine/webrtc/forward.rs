@@ -1,12 +1,14 @@
 //! The forwarding hot path: one published track's packets to every subscriber leg.
 //!
-//! Owns the per-leg rewrite (SSRC, payload type, header extensions) and the rule that a leg
-//! which cannot take a packet right now loses it instead of stalling the publisher's loop.
+//! Owns the per-leg rewrite (SSRC, payload type, header extensions, and sequence/timestamp
+//! continuity when a recycled m-line switches source) and the rule that a leg which cannot
+//! take a packet right now loses it instead of stalling the publisher's loop.
 //! It must never await on a leg, take a lock shared with another publisher's track, or
 //! allocate per leg beyond the packet header clone.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use futures::FutureExt;
 use rtc::rtp;
@@ -25,25 +27,102 @@ pub struct Leg {
     pub track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
     payload_type: AtomicU8,
+    /// Shared by every leg that ever sends on this SSRC (one m-line of the subscriber).
+    continuity: Arc<Continuity>,
+    /// Which of those legs this is.
+    source: u64,
 }
 
 impl Leg {
+    /// A leg sending on `ssrc` through `track`; `continuity` belongs to the m-line, so a later
+    /// leg on it continues this one's numbering.
     pub fn new(
         subscriber: String,
         track: Arc<TrackLocalStaticRTP>,
         ssrc: u32,
         payload_type: u8,
+        continuity: Arc<Continuity>,
     ) -> Self {
+        let source = continuity.next_source();
         Leg {
             subscriber,
             track,
             ssrc,
             payload_type: AtomicU8::new(payload_type),
+            continuity,
+            source,
         }
     }
 
     pub fn payload_type(&self) -> u8 {
         self.payload_type.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps one outgoing SSRC's sequence numbers and timestamps continuous across sources.
+///
+/// A recycled m-line keeps its sender and SSRC (webrtc 0.21 binds a local track to one sender
+/// for good), so when it starts carrying another publisher the subscriber must see numbering
+/// that moves on from where the last source stopped, or its jitter buffer would take the new
+/// packets for stale or wildly reordered ones. The first source passes through unchanged.
+pub struct Continuity {
+    clock_rate: u32,
+    state: Mutex<ContinuityState>,
+}
+
+#[derive(Default)]
+struct ContinuityState {
+    sources: u64,
+    /// The source the offsets below were computed for.
+    current: Option<u64>,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_seq: u16,
+    last_ts: u32,
+    /// When the previous source stopped, so the timestamp gap matches the pause.
+    paused_at: Option<Instant>,
+}
+
+impl Continuity {
+    pub fn new(clock_rate: u32) -> Self {
+        Continuity {
+            clock_rate,
+            state: Mutex::new(ContinuityState::default()),
+        }
+    }
+
+    fn next_source(&self) -> u64 {
+        let mut s = self.state.lock().expect("continuity lock");
+        s.sources += 1;
+        s.sources
+    }
+
+    /// The current source stopped sending on this SSRC.
+    pub fn pause(&self) {
+        self.state.lock().expect("continuity lock").paused_at = Some(Instant::now());
+    }
+
+    /// Rewrites `header`'s sequence number and timestamp for `source`.
+    fn map(&self, source: u64, header: &mut rtp::header::Header) {
+        let mut s = self.state.lock().expect("continuity lock");
+        if s.current != Some(source) {
+            if s.current.is_some() {
+                let paused = s.paused_at.map_or(0, |t| t.elapsed().as_millis());
+                let gap = u32::try_from(paused * u128::from(self.clock_rate) / 1000)
+                    .unwrap_or(u32::MAX)
+                    .max(1);
+                s.seq_offset = s
+                    .last_seq
+                    .wrapping_add(1)
+                    .wrapping_sub(header.sequence_number);
+                s.ts_offset = s.last_ts.wrapping_add(gap).wrapping_sub(header.timestamp);
+            }
+            s.current = Some(source);
+        }
+        header.sequence_number = header.sequence_number.wrapping_add(s.seq_offset);
+        header.timestamp = header.timestamp.wrapping_add(s.ts_offset);
+        s.last_seq = header.sequence_number;
+        s.last_ts = header.timestamp;
     }
 }
 
@@ -107,10 +186,11 @@ impl Fanout {
     pub(crate) fn forward(&self, pkt: rtp::Packet, counters: &Counters) {
         let legs = self.legs();
         for leg in legs.iter() {
-            let Some(out) = rewrite(&pkt, leg.ssrc, leg.payload_type()) else {
+            let Some(mut out) = rewrite(&pkt, leg.ssrc, leg.payload_type()) else {
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            leg.continuity.map(leg.source, &mut out.header);
             // `write_rtp` only waits when the connection's driver queue is full; polling it
             // once and dropping it then means that leg loses this packet, not everyone.
             match leg.track.write_rtp(out).now_or_never() {
@@ -132,8 +212,8 @@ impl Drop for Fanout {
 /// webrtc 0.21 rejects a packet whose SSRC is not the leg's, whose payload type was not
 /// negotiated on the leg, or which carries an extension id the leg did not negotiate; the
 /// publisher's ids mean nothing on the subscriber's leg, so extensions are dropped (the leg's
-/// own interceptors add transport-cc). Sequence numbers and timestamps pass unchanged: a leg
-/// only ever carries one source.
+/// own interceptors add transport-cc). Sequence numbers and timestamps are the leg's
+/// [`Continuity`]'s business.
 pub fn rewrite(pkt: &rtp::Packet, ssrc: u32, payload_type: u8) -> Option<rtp::Packet> {
     if payload_type == NO_PAYLOAD_TYPE {
         return None;
@@ -184,5 +264,47 @@ mod tests {
         );
         assert_eq!(out.payload, pkt.payload);
         assert!(rewrite(&pkt, 42, NO_PAYLOAD_TYPE).is_none());
+    }
+
+    fn header(seq: u16, ts: u32) -> rtp::header::Header {
+        rtp::header::Header {
+            sequence_number: seq,
+            timestamp: ts,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_first_source_passes_through_and_a_later_one_continues_its_numbering() {
+        let c = Continuity::new(90_000);
+        let first = c.next_source();
+        let mut out = Vec::new();
+        for (seq, ts) in [(65_534, 1_000), (65_535, 4_000), (0, 7_000)] {
+            let mut h = header(seq, ts);
+            c.map(first, &mut h);
+            out.push((h.sequence_number, h.timestamp));
+        }
+        assert_eq!(out, [(65_534, 1_000), (65_535, 4_000), (0, 7_000)]);
+        c.pause();
+        let second = c.next_source();
+        let mut h = header(30_000, u32::MAX - 10);
+        c.map(second, &mut h);
+        assert_eq!(
+            h.sequence_number, 1,
+            "numbering continues after the first source"
+        );
+        let gap = h.timestamp.wrapping_sub(7_000);
+        assert!(
+            (1..90_000).contains(&gap),
+            "timestamp moved on by the pause: {gap}"
+        );
+        let mut next = header(30_001, (u32::MAX - 10).wrapping_add(3_000));
+        c.map(second, &mut next);
+        assert_eq!(next.sequence_number, 2);
+        assert_eq!(next.timestamp.wrapping_sub(h.timestamp), 3_000);
+        // A straggler of the first source after the switch is renumbered as the switch it is.
+        let mut late = header(1, 10_000);
+        c.map(first, &mut late);
+        assert_eq!(late.sequence_number, 3);
     }
 }

@@ -44,7 +44,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
     SettingEngineBuilder,
 };
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 use webrtc::runtime::TokioRuntime;
 
 use crate::engine::plane::{
@@ -52,7 +52,7 @@ use crate::engine::plane::{
 };
 use crate::turn::TurnServer;
 
-pub use forward::{Fanout, Leg, NO_PAYLOAD_TYPE};
+pub use forward::{Continuity, Fanout, Leg, NO_PAYLOAD_TYPE};
 
 /// Process-wide gauges of live plane objects, for soak tests and leak hunting: after every
 /// peer has been removed and its teardown ran, all of them are back to where they were.
@@ -439,12 +439,26 @@ impl From<PlaneOffer> for OfferPlan {
     }
 }
 
-/// A forwarded track on one of this peer's recvonly mids.
-struct OutLeg {
+/// One of this peer's `recvonly` mids the plane sends on. The sender, its local track and SSRC
+/// live as long as the connection, because the core recycles the mid for later tracks; only
+/// the source changes.
+struct OutSlot {
+    transceiver: Arc<dyn RtpTransceiver>,
+    sender: Arc<dyn RtpSender>,
+    local: Arc<TrackLocalStaticRTP>,
+    /// The local track as the sender was created with it: its id keys the connection's
+    /// feedback routing and its encoding holds the SSRC, so both must outlive a source switch.
+    media: MediaStreamTrack,
+    ssrc: u32,
+    continuity: Arc<Continuity>,
+    /// What is forwarded on it now; `None` while the mid is inactive.
+    live: Option<LiveLeg>,
+}
+
+struct LiveLeg {
     track_id: String,
     leg: Arc<Leg>,
-    sender: Arc<dyn RtpSender>,
-    rtcp_task: Option<JoinHandle<()>>,
+    rtcp_task: JoinHandle<()>,
 }
 
 /// One peer: its connection and what flows through it. Runs as one task; everything about the
@@ -458,7 +472,8 @@ struct PeerTask {
     inbound: BTreeMap<String, String>,
     /// Published tracks whose media has started: track id → forwarding loop.
     ingress: BTreeMap<String, JoinHandle<()>>,
-    outbound: BTreeMap<String, OutLeg>,
+    /// By mid.
+    outbound: BTreeMap<String, OutSlot>,
 }
 
 impl PeerTask {
@@ -551,41 +566,53 @@ impl PeerTask {
         let m_lines = sdp::media_sections(&plan.sdp);
         let kind_of = |mid: &str| m_lines.iter().find(|m| m.mid == mid).map(|m| m.kind);
 
-        // Legs that are no longer wanted stop first, so their mids answer inactive.
+        // Sources that are no longer wanted stop first, so their mids answer inactive (or
+        // switch, if the core gave the mid another track).
         let wanted: BTreeMap<&str, &OutboundMid> =
             plan.outbound.iter().map(|o| (o.mid.as_str(), o)).collect();
-        let gone: Vec<String> = self
+        let stale: Vec<String> = self
             .outbound
             .iter()
-            .filter(|(mid, out)| {
-                wanted
-                    .get(mid.as_str())
-                    .is_none_or(|o| o.track_id != out.track_id)
+            .filter(|(mid, slot)| {
+                slot.live.as_ref().is_some_and(|live| {
+                    wanted
+                        .get(mid.as_str())
+                        .is_none_or(|o| o.track_id != live.track_id)
+                })
             })
             .map(|(mid, _)| mid.clone())
             .collect();
-        for mid in gone {
-            let out = self.outbound.remove(&mid).expect("listed above");
-            self.drop_leg(out).await;
+        for mid in stale {
+            self.stop_slot(&mid).await;
         }
 
-        // New legs become transceivers before the offer is applied: webrtc pairs a remote
-        // recvonly m-line with the first mid-less local sendonly transceiver of its kind, so
-        // adding them in m-line order puts each on exactly the mid the core chose.
+        // Idle slots the core recycled take their new source's stream id and send again; new
+        // mids become transceivers before the offer is applied: webrtc pairs a remote recvonly
+        // m-line with the first mid-less local sendonly transceiver of its kind, so adding them
+        // in m-line order puts each on exactly the mid the core chose.
+        let mut reused: Vec<OutboundMid> = Vec::new();
         let mut new: Vec<(&OutboundMid, RtpCodecKind)> = Vec::new();
         for o in &plan.outbound {
-            if self.outbound.contains_key(&o.mid) {
-                continue;
+            match self.outbound.get(&o.mid) {
+                Some(slot) if slot.live.is_none() => {
+                    restart_slot(slot, o)
+                        .await
+                        .map_err(|e| format!("recycle mid {}: {e}", o.mid))?;
+                    reused.push(o.clone());
+                }
+                Some(_) => {}
+                None => {
+                    let kind = kind_of(&o.mid)
+                        .ok_or_else(|| format!("mid {} is not an m-line of the offer", o.mid))?;
+                    new.push((o, kind));
+                }
             }
-            let kind = kind_of(&o.mid)
-                .ok_or_else(|| format!("mid {} is not an m-line of the offer", o.mid))?;
-            new.push((o, kind));
         }
         new.sort_by_key(|(o, _)| m_lines.iter().position(|m| m.mid == o.mid));
         let mut pending = Vec::new();
         for (o, kind) in new {
             let ssrc = rand::random::<u32>();
-            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            let media = MediaStreamTrack::new(
                 o.stream_id.clone(),
                 o.track_id.clone(),
                 o.track_id.clone(),
@@ -598,10 +625,11 @@ impl PeerTask {
                     codec: codec(kind).rtp_codec,
                     ..Default::default()
                 }],
-            )));
+            );
+            let local = Arc::new(TrackLocalStaticRTP::new(media.clone()));
             let transceiver = pc
                 .add_transceiver_from_track(
-                    Arc::clone(&track) as Arc<dyn TrackLocal>,
+                    Arc::clone(&local) as Arc<dyn TrackLocal>,
                     Some(RTCRtpTransceiverInit {
                         direction: RTCRtpTransceiverDirection::Sendonly,
                         streams: vec![o.stream_id.clone()],
@@ -610,7 +638,8 @@ impl PeerTask {
                 )
                 .await
                 .map_err(|e| format!("add transceiver for mid {}: {e}", o.mid))?;
-            pending.push((o.clone(), track, ssrc, transceiver));
+            let clock_rate = codec(kind).rtp_codec.clock_rate;
+            pending.push((o.clone(), local, media, ssrc, clock_rate, transceiver));
         }
 
         let offer = RTCSessionDescription::offer(plan.sdp.clone())
@@ -618,8 +647,7 @@ impl PeerTask {
         pc.set_remote_description(offer)
             .await
             .map_err(|e| format!("set_remote_description: {e}"))?;
-        let mut placed = Vec::new();
-        for (o, track, ssrc, transceiver) in pending {
+        for (o, local, media, ssrc, clock_rate, transceiver) in pending {
             let mid = transceiver.mid().await.ok().flatten();
             if mid.as_deref() != Some(o.mid.as_str()) {
                 return Err(format!(
@@ -633,7 +661,19 @@ impl PeerTask {
                 .ok()
                 .flatten()
                 .ok_or_else(|| format!("mid {} has no sender", o.mid))?;
-            placed.push((o, track, ssrc, sender));
+            self.outbound.insert(
+                o.mid.clone(),
+                OutSlot {
+                    transceiver,
+                    sender,
+                    local,
+                    media,
+                    ssrc,
+                    continuity: Arc::new(Continuity::new(clock_rate)),
+                    live: None,
+                },
+            );
+            reused.push(o);
         }
         let answer = pc
             .create_answer(None)
@@ -662,15 +702,22 @@ impl PeerTask {
             self.end_ingress(&track_id);
         }
 
-        // Legs go live only now that the answer fixes their payload type.
+        // Sources go live only now that the answer fixes their payload type.
         let answer_lines = sdp::media_sections(&sdp);
-        for (o, track, ssrc, sender) in placed {
+        for o in reused {
             let pt = answer_lines
                 .iter()
                 .find(|m| m.mid == o.mid)
                 .and_then(|m| m.payload_types.first().copied())
                 .unwrap_or(NO_PAYLOAD_TYPE);
-            let leg = Arc::new(Leg::new(self.peer.clone(), track, ssrc, pt));
+            let slot = self.outbound.get(&o.mid).expect("placed above");
+            let leg = Arc::new(Leg::new(
+                self.peer.clone(),
+                Arc::clone(&slot.local),
+                slot.ssrc,
+                pt,
+                Arc::clone(&slot.continuity),
+            ));
             let fanout = self.inner.fanout(&o.track_id);
             fanout.attach(Arc::clone(&leg));
             let rtcp_task = self.spawn_feedback_relay(&leg, &fanout);
@@ -678,37 +725,42 @@ impl PeerTask {
             if send_pli(&fanout).await {
                 self.inner.counters.sent.fetch_add(1, Ordering::Relaxed);
             }
-            self.outbound.insert(
-                o.mid.clone(),
-                OutLeg {
-                    track_id: o.track_id,
-                    leg,
-                    sender,
-                    rtcp_task: Some(rtcp_task),
-                },
-            );
+            let slot = self.outbound.get_mut(&o.mid).expect("placed above");
+            slot.live = Some(LiveLeg {
+                track_id: o.track_id,
+                leg,
+                rtcp_task,
+            });
         }
         Ok(sdp)
     }
 
-    async fn drop_leg(&mut self, mut out: OutLeg) {
+    /// Stops forwarding on `mid` and makes it inactive; the slot stays for a later source.
+    async fn stop_slot(&mut self, mid: &str) {
+        let Some(slot) = self.outbound.get_mut(mid) else {
+            return;
+        };
+        let Some(live) = slot.live.take() else {
+            return;
+        };
         if let Some(f) = self
             .inner
             .fanouts
             .lock()
             .expect("plane lock")
-            .get(&out.track_id)
+            .get(&live.track_id)
         {
-            f.detach(&out.leg);
+            f.detach(&live.leg);
         }
-        self.inner.release_fanout(&out.track_id);
-        if let Some(t) = out.rtcp_task.take() {
-            t.abort();
-        }
-        if let Some(pc) = &self.pc {
-            if let Err(e) = pc.remove_track(&out.sender).await {
-                tracing::debug!(peer = %self.peer, error = %e, "remove_track failed");
-            }
+        self.inner.release_fanout(&live.track_id);
+        live.rtcp_task.abort();
+        slot.continuity.pause();
+        if let Err(e) = slot
+            .transceiver
+            .set_direction(RTCRtpTransceiverDirection::Inactive)
+            .await
+        {
+            tracing::debug!(peer = %self.peer, mid, error = %e, "set_direction failed");
         }
     }
 
@@ -800,10 +852,11 @@ impl PeerTask {
     }
 
     async fn teardown(mut self) {
-        let legs: Vec<OutLeg> = std::mem::take(&mut self.outbound).into_values().collect();
-        for out in legs {
-            self.drop_leg(out).await;
+        let mids: Vec<String> = self.outbound.keys().cloned().collect();
+        for mid in mids {
+            self.stop_slot(&mid).await;
         }
+        self.outbound.clear();
         let published: Vec<String> = self.ingress.keys().cloned().collect();
         for track_id in published {
             self.end_ingress(&track_id);
@@ -821,6 +874,27 @@ impl Drop for PeerTask {
     fn drop(&mut self) {
         LIVE_PEER_TASKS.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Makes an idle slot send again, under the stream id of its new source (the browser groups a
+/// publisher's audio and video by it). The local track keeps its id and SSRC: the connection
+/// routes feedback by the id, and the sender's encoding holds the SSRC.
+async fn restart_slot(slot: &OutSlot, o: &OutboundMid) -> Result<(), webrtc::error::Error> {
+    let media = MediaStreamTrack::new(
+        o.stream_id.clone(),
+        slot.media.track_id().to_owned(),
+        slot.media.label().to_owned(),
+        slot.media.kind(),
+        slot.media.codings().to_vec(),
+    );
+    let carrier = Arc::new(TrackLocalStaticRTP::new(media));
+    // webrtc hides the sender of a transceiver that does not send: direction first.
+    slot.transceiver
+        .set_direction(RTCRtpTransceiverDirection::Sendonly)
+        .await?;
+    slot.sender
+        .replace_track(carrier as Arc<dyn TrackLocal>)
+        .await
 }
 
 /// The one codec the SFU negotiates for `kind` (VP8 or Opus) with the feedback it relays.
