@@ -51,9 +51,8 @@ enum Mode {
     Soak {
         #[arg(long, default_value_t = 200)]
         cycles: usize,
-        /// Replace the resident peer with a fresh one every N cycles (0: never). A resident's
-        /// connection keeps one m-line per track it was ever offered (the protocol never
-        /// recycles them), so this separates that growth from what departed peers leave.
+        /// Replace the resident peer with a fresh one every N cycles (0: never), to separate
+        /// what a long-lived connection accumulates from what departed peers leave.
         #[arg(long, default_value_t = 0)]
         rotate_anchor: usize,
         /// Print live-object gauges every N cycles (0: only at the end).
