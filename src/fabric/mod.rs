@@ -18,6 +18,8 @@
 //! the source of such a socket per route, which this could not reproduce); hold a lock across
 //! an await or while waking a receiver.
 
+pub mod sfu;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
