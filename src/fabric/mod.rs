@@ -18,6 +18,7 @@
 //! the source of such a socket per route, which this could not reproduce); hold a lock across
 //! an await or while waking a receiver.
 
+pub mod relay;
 pub mod sfu;
 
 use std::collections::{HashMap, VecDeque};
