@@ -15,8 +15,10 @@
 //! no live socket of this process owns (an [`Endpoint`] unregisters when it is closed or
 //! dropped, and only its own entries); block or fail a sender (a full inbox drops the datagram
 //! and counts it, as a full socket buffer would); claim a wildcard address (the kernel picks
-//! the source of such a socket per route, which this could not reproduce); hold a lock across
-//! an await or while waking a receiver.
+//! the source of such a socket per route, which this could not reproduce) or a multicast or
+//! broadcast one (webrtc's mDNS socket reports 224.0.0.251:5353 as its address: one peer
+//! connection must not capture what is meant for the group); hold a lock across an await or
+//! while waking a receiver.
 
 pub mod relay;
 pub mod sfu;
@@ -99,7 +101,8 @@ impl Fabric {
     /// Registers the socket bound to `local`, also reachable as `public` (the address a 1:1
     /// NAT maps to it, which is what peers are told). Datagrams it sends through the fabric
     /// carry `public` (else `local`) as their source, as a hairpinning NAT would show them.
-    /// `None` for a wildcard bind: such a socket always uses the kernel.
+    /// `None` unless `local` is a unicast address (a wildcard or multicast socket always uses
+    /// the kernel).
     ///
     /// An address already registered is taken over: the kernel has just given it to this
     /// socket, so the old entry can only belong to a socket on its way out.
@@ -108,10 +111,10 @@ impl Fabric {
         local: SocketAddr,
         public: Option<SocketAddr>,
     ) -> Option<Endpoint> {
-        if local.ip().is_unspecified() {
+        if !is_unicast(local) {
             return None;
         }
-        let public = public.filter(|p| *p != local && !p.ip().is_unspecified());
+        let public = public.filter(|p| *p != local && is_unicast(*p));
         let inbox = Arc::new(Inbox {
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
@@ -134,6 +137,12 @@ impl Fabric {
             closed: AtomicBool::new(false),
         })
     }
+}
+
+fn is_unicast(addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_multicast() || broadcast)
 }
 
 /// A socket's membership in the fabric: its inbox and its addresses. Closing or dropping it
@@ -287,12 +296,16 @@ mod tests {
     }
 
     #[test]
-    fn unregistered_destinations_and_wildcard_sockets_use_the_kernel() {
+    fn unregistered_destinations_and_wildcard_or_group_sockets_use_the_kernel() {
         let f = Arc::new(Fabric::new(8));
         let a = f.register(addr("127.0.0.1:1000"), None).unwrap();
         assert!(!a.send(b"x", None, addr("127.0.0.1:2000")));
         assert!(f.register(addr("0.0.0.0:3000"), None).is_none());
         assert!(!a.send(b"x", None, addr("0.0.0.0:3000")));
+        // webrtc's mDNS socket: an mDNS query must reach the group, not one connection.
+        assert!(f.register(addr("224.0.0.251:5353"), None).is_none());
+        assert!(f.register(addr("[::]:5353"), None).is_none());
+        assert!(f.register(addr("255.255.255.255:9"), None).is_none());
         assert_eq!(
             f.stats(),
             FabricStats {

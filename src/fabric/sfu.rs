@@ -110,7 +110,7 @@ impl Runtime for FabricRuntime {
 #[derive(Debug)]
 struct FabricUdpSocket {
     inner: Arc<dyn AsyncUdpSocket>,
-    /// `None` for a wildcard bind (mDNS): kernel only.
+    /// `None` for a wildcard or multicast socket (mDNS): kernel only.
     endpoint: Option<Endpoint>,
     turn: Alternate,
 }
