@@ -45,7 +45,7 @@ use webrtc::peer_connection::{
     SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
-use webrtc::runtime::{Runtime, TokioRuntime};
+use webrtc::runtime::TokioRuntime;
 
 use crate::engine::plane::{
     MLineRole, MediaPlane, PlaneEvent, PlaneFactory, PlaneOffer, PlaneSink,
@@ -909,7 +909,7 @@ async fn build_connection(
         peer: peer.to_owned(),
         tx,
     });
-    let runtime: Arc<dyn Runtime> = match &cfg.fabric {
+    let runtime: Arc<dyn webrtc::runtime::Runtime> = match &cfg.fabric {
         Some(fabric) => Arc::new(FabricRuntime::new(Arc::clone(fabric))),
         None => Arc::new(TokioRuntime),
     };
