@@ -328,6 +328,7 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
         let sfu0 = thread_cpu_ns("sfu-rt");
         let cli0 = thread_cpu_ns("cli-rt");
         let pk0: u64 = all.iter().map(|(_, r)| r.lock().unwrap().packets).sum();
+        let fab0 = server.fabric_stats().unwrap_or_default();
         let t0 = Instant::now();
         shared.measuring.store(true, Ordering::Relaxed);
         net_tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -336,6 +337,7 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
         let sfu1 = thread_cpu_ns("sfu-rt");
         let cli1 = thread_cpu_ns("cli-rt");
         let pk1: u64 = all.iter().map(|(_, r)| r.lock().unwrap().packets).sum();
+        let fab1 = server.fabric_stats().unwrap_or_default();
         shared.stop.store(true, Ordering::Relaxed);
         let reference = reference.await.unwrap();
 
@@ -372,6 +374,8 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
             100.0 * lost as f64 / (lat.len() as f64 + lost as f64).max(1.0));
         let _ = writeln!(s, "server CPU: {:.1} % of a core; {per_pkt_us:.2} µs per forwarded packet (client threads {:.1} %)",
             100.0 * sfu_cpu / window.as_nanos() as f64, 100.0 * cli_cpu / window.as_nanos() as f64);
+        let _ = writeln!(s, "in-process TURN hand-off: {:.0} datagrams/s, {} dropped (inbox full)",
+            (fab1.delivered - fab0.delivered) as f64 / window.as_secs_f64(), fab1.dropped - fab0.dropped);
         let _ = writeln!(s, "latency send→receive ms: p50 {} p99 {} p99.9 {} (n={})", ms(l50), ms(l99), ms(l999), lat.len());
         let _ = writeln!(s, "reference loopback UDP ms: p50 {} p99 {} (n={}); ratio p50 {:.1}x p99 {:.1}x",
             ms(u50), ms(u99), reference.len(), l50 / u50, l99 / u99);
@@ -413,7 +417,7 @@ async fn gauges(server: &Server) -> String {
     let live = videoroom::engine::webrtc::live_objects();
     format!(
         "RSS {} KiB, fds {}, threads {}; plane peer tasks {}, server connections {}, fanouts {}, \
-         TURN allocations {}, client connections {}",
+         TURN allocations {}, fabric endpoints {}, client connections {}",
         rss_kib(),
         fd_count(),
         thread_count(),
@@ -421,6 +425,7 @@ async fn gauges(server: &Server) -> String {
         live.connections,
         live.fanouts,
         server.turn_allocations().await,
+        server.fabric_stats().map_or(0, |f| f.endpoints),
         sfu_peer::LIVE_CLIENT_CONNECTIONS.load(Ordering::Relaxed),
     )
 }

@@ -9,6 +9,8 @@ pub mod app;
 pub mod channel;
 pub mod conn;
 pub mod engine;
+#[cfg(feature = "media-webrtc")]
+pub mod fabric;
 pub mod http;
 pub mod phoenix;
 pub mod registry;

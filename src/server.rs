@@ -40,6 +40,9 @@ pub struct MediaConfig {
     /// asks for new ones and refreshes its allocation with them, so this must outlast a call;
     /// a leaving peer's allocations are closed at once regardless.
     pub turn_credential_ttl: std::time::Duration,
+    /// Hand packets between the TURN relay sockets and the SFU's sockets over in-process
+    /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare.
+    pub in_process_turn: bool,
 }
 
 impl Default for MediaConfig {
@@ -50,6 +53,7 @@ impl Default for MediaConfig {
             public_ip: None,
             turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
             turn_credential_ttl: std::time::Duration::from_secs(12 * 3600),
+            in_process_turn: true,
         }
     }
 }
@@ -140,6 +144,13 @@ impl Server {
         0
     }
 
+    /// Counters of the in-process TURN hand-off (`None` without the real media plane or with
+    /// `in_process_turn` off).
+    #[cfg(feature = "media-webrtc")]
+    pub fn fabric_stats(&self) -> Option<crate::fabric::FabricStats> {
+        self.turn.as_ref().and_then(|t| t.fabric_stats())
+    }
+
     /// Closes every socket with 1012 and stops accepting connections.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
@@ -169,11 +180,18 @@ async fn real_media(
         .first()
         .copied()
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    // One fabric for the TURN server and every room's plane: the hand-off is between them.
+    let fabric = media.in_process_turn.then(|| {
+        std::sync::Arc::new(crate::fabric::Fabric::new(
+            crate::fabric::DEFAULT_INBOX_CAPACITY,
+        ))
+    });
     let turn = Turn::start(TurnConfig {
         bind: media.turn_bind,
         relay_ip,
         public_ip: media.public_ip,
         credential_ttl: media.turn_credential_ttl,
+        fabric: fabric.clone(),
         ..TurnConfig::default()
     })
     .await
@@ -198,6 +216,7 @@ async fn real_media(
         public_ips: media.public_ip.into_iter().collect(),
         runtime: Some(net_tokio::runtime::Handle::current()),
         turn: Some(std::sync::Arc::clone(&turn)),
+        fabric,
     };
     Ok((app.with_media(negotiation, factory(plane)), turn))
 }

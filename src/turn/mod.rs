@@ -26,6 +26,9 @@ use turn::relay::relay_static::RelayAddressGeneratorStatic;
 use turn::server::config::{ConnConfig, ServerConfig};
 use webrtc_util::vnet::net::Net;
 
+use crate::fabric::relay::FabricRelayGenerator;
+use crate::fabric::{Fabric, FabricStats};
+
 /// Where the TURN server listens and which addresses it hands out.
 #[derive(Clone, Debug)]
 pub struct TurnConfig {
@@ -44,6 +47,9 @@ pub struct TurnConfig {
     /// How long issued credentials stay valid. An allocation outlives its credential only
     /// until its next refresh, so this bounds a leaked credential's usefulness.
     pub credential_ttl: Duration,
+    /// Registers relay sockets here, so relayed traffic to and from the SFU's sockets in the
+    /// same fabric skips the kernel (see [`crate::fabric`]). `None`: plain kernel sockets.
+    pub fabric: Option<Arc<Fabric>>,
 }
 
 impl Default for TurnConfig {
@@ -55,6 +61,7 @@ impl Default for TurnConfig {
             realm: "videoroom".to_owned(),
             secret: Vec::new(),
             credential_ttl: Duration::from_secs(24 * 3600),
+            fabric: None,
         }
     }
 }
@@ -87,6 +94,7 @@ pub struct TurnServer {
     advertised: SocketAddr,
     secret: Arc<ring::hmac::Key>,
     ttl: Duration,
+    fabric: Option<Arc<Fabric>>,
 }
 
 impl std::fmt::Debug for TurnServer {
@@ -123,14 +131,23 @@ impl TurnServer {
             &secret,
         ));
         let public_ip = cfg.public_ip;
-        let server = turn::server::Server::new(ServerConfig {
-            conn_configs: vec![ConnConfig {
-                conn: Arc::new(socket),
-                relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
+        let relay_addr_generator: Box<dyn turn::relay::RelayAddressGenerator + Send + Sync> =
+            match &cfg.fabric {
+                Some(fabric) => Box::new(FabricRelayGenerator {
+                    relay_ip: cfg.relay_ip,
+                    public_ip,
+                    fabric: Arc::clone(fabric),
+                }),
+                None => Box::new(RelayAddressGeneratorStatic {
                     relay_address: public_ip.unwrap_or(cfg.relay_ip),
                     address: cfg.relay_ip.to_string(),
                     net: Arc::new(Net::new(None)),
                 }),
+            };
+        let server = turn::server::Server::new(ServerConfig {
+            conn_configs: vec![ConnConfig {
+                conn: Arc::new(socket),
+                relay_addr_generator,
             }],
             realm: cfg.realm,
             auth_handler: Arc::new(RestAuth {
@@ -148,6 +165,7 @@ impl TurnServer {
             advertised,
             secret: key,
             ttl: cfg.credential_ttl,
+            fabric: cfg.fabric,
         })
     }
 
@@ -211,6 +229,16 @@ impl TurnServer {
                 tracing::debug!(error = %e, "TURN: closing allocations failed");
             }
         }
+    }
+
+    /// The fabric relay sockets are registered in, if any.
+    pub fn fabric(&self) -> Option<&Arc<Fabric>> {
+        self.fabric.as_ref()
+    }
+
+    /// Counters of the in-process hand-off (`None` without a fabric).
+    pub fn fabric_stats(&self) -> Option<FabricStats> {
+        self.fabric.as_ref().map(|f| f.stats())
     }
 
     /// Allocations currently open (for leak checks).

@@ -21,6 +21,7 @@ use videoroom::engine::webrtc::{interceptors, media_engine, PlaneConfig, WebRtcP
 use videoroom::engine::{
     MLine, MLineRole, MediaKind, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink,
 };
+use videoroom::fabric::Fabric;
 use videoroom::turn::{TurnConfig, TurnServer};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -403,9 +404,12 @@ async fn exchange(clients: &mut [Client], expect: &BTreeMap<u8, Vec<u8>>, n: u32
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() {
     let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
+    // The relay sockets and the SFU's sockets share a fabric: relayed media skips the kernel.
+    let fabric = Arc::new(Fabric::new(videoroom::fabric::DEFAULT_INBOX_CAPACITY));
     let turn = Arc::new(
         TurnServer::start(TurnConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
+            fabric: Some(Arc::clone(&fabric)),
             ..TurnConfig::default()
         })
         .await
@@ -415,6 +419,7 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     let plane = WebRtcPlane::new(
         PlaneConfig {
             turn: Some(Arc::clone(&turn)),
+            fabric: Some(Arc::clone(&fabric)),
             ..PlaneConfig::default()
         },
         PlaneSink::new(move |ev| {
@@ -449,6 +454,10 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     exchange(&mut clients, &all, 300).await;
     let s = stats.stats();
     assert!(s.forwarded >= 6 * 300, "{s:?}");
+    // The middle hop of every packet went through the fabric: 3 × 300 published (relay →
+    // SFU) and 6 × 300 forwarded (SFU → relay).
+    let f = turn.fabric_stats().expect("a fabric");
+    assert!(f.delivered >= 3 * 300 + 6 * 300, "{f:?}");
     // One PLI per track when its media starts (its subscribers were already waiting).
     assert!(s.keyframe_requests_sent >= 3, "{s:?}");
 
@@ -520,4 +529,11 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     drop(h);
     let s = stats.stats();
     assert_eq!(s.peers, 0, "{s:?}");
+    // Every SFU socket and relay socket left the fabric once its connection or allocation
+    // closed (both happen in the background after removal).
+    let deadline = Instant::now() + STEP;
+    while fabric.stats().endpoints != 0 {
+        assert!(Instant::now() < deadline, "leaked: {:?}", fabric.stats());
+        net_tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

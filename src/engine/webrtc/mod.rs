@@ -50,6 +50,8 @@ use webrtc::runtime::TokioRuntime;
 use crate::engine::plane::{
     MLineRole, MediaPlane, PlaneEvent, PlaneFactory, PlaneOffer, PlaneSink,
 };
+use crate::fabric::sfu::FabricRuntime;
+use crate::fabric::Fabric;
 use crate::turn::TurnServer;
 
 pub use forward::{Continuity, Fanout, Leg, NO_PAYLOAD_TYPE};
@@ -99,6 +101,9 @@ pub struct PlaneConfig {
     pub runtime: Option<Handle>,
     /// The integrated TURN server: a removed peer's allocations on it are closed.
     pub turn: Option<Arc<TurnServer>>,
+    /// Registers every connection's sockets here, so traffic with the TURN server's relay
+    /// sockets in the same fabric is handed over in-process (see [`crate::fabric`]).
+    pub fabric: Option<Arc<Fabric>>,
 }
 
 impl Default for PlaneConfig {
@@ -108,6 +113,7 @@ impl Default for PlaneConfig {
             public_ips: Vec::new(),
             runtime: None,
             turn: None,
+            fabric: None,
         }
     }
 }
@@ -118,6 +124,7 @@ impl std::fmt::Debug for PlaneConfig {
             .field("ice_ips", &self.ice_ips)
             .field("public_ips", &self.public_ips)
             .field("turn", &self.turn.as_ref().map(|t| t.local_addr()))
+            .field("fabric", &self.fabric.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -976,12 +983,16 @@ async fn build_connection(
         peer: peer.to_owned(),
         tx,
     });
+    let runtime: Arc<dyn webrtc::runtime::Runtime> = match &cfg.fabric {
+        Some(fabric) => Arc::new(FabricRuntime::new(Arc::clone(fabric))),
+        None => Arc::new(TokioRuntime),
+    };
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(me)
         .with_interceptor_registry(registry)
         .with_setting_engine(se.build())
         .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
-        .with_runtime(Arc::new(TokioRuntime))
+        .with_runtime(runtime)
         .with_udp_addrs(addrs)
         .build()
         .await?;

@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod http;
 pub mod server;
+#[cfg(feature = "media-webrtc")]
 pub mod sfu_peer;
 pub mod transcript;
 
@@ -22,4 +23,5 @@ macro_rules! with_snapshot_dir {
 /// Held by the tests that push real media over loopback (`media`, `media_server`, `e2e`): each
 /// needs the machine's CPU to itself for its few seconds, or a starved receiver on a busy
 /// 2-core runner reads as SFU loss. Async tests `lock().await`; sync ones `blocking_lock()`.
+#[cfg(feature = "media-webrtc")]
 pub static MEDIA_EXCLUSIVE: net_tokio::sync::Mutex<()> = net_tokio::sync::Mutex::const_new(());
