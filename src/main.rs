@@ -37,8 +37,9 @@ struct Cli {
         default_value = "127.0.0.1"
     )]
     ice_ips: Vec<IpAddr>,
-    /// External IP to advertise in ICE candidates and TURN relay addresses (deployments behind
-    /// 1:1 NAT).
+    /// External IP of the integrated TURN server (deployments behind 1:1 NAT): the address
+    /// browsers are told to reach it at, and the address of its relayed candidates. The SFU's
+    /// own sockets only talk to that TURN server, so they keep their `--ice-ip` addresses.
     #[arg(long, env = "VIDEOROOM_PUBLIC_IP")]
     public_ip: Option<IpAddr>,
     /// UDP address of the integrated TURN server.

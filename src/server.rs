@@ -213,7 +213,6 @@ async fn real_media(
     };
     let plane = PlaneConfig {
         ice_ips: media.ice_ips.clone(),
-        public_ips: media.public_ip.into_iter().collect(),
         runtime: Some(net_tokio::runtime::Handle::current()),
         turn: Some(std::sync::Arc::clone(&turn)),
         fabric,

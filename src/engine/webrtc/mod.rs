@@ -40,9 +40,8 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceCandidateType,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 use webrtc::runtime::TokioRuntime;
@@ -92,10 +91,11 @@ const OPUS_PT: u8 = 111;
 /// How the plane binds ICE and which TURN server it hands out.
 #[derive(Clone)]
 pub struct PlaneConfig {
-    /// Each peer connection binds one UDP socket per address (port chosen by the OS).
+    /// Each peer connection binds one UDP socket per address (port chosen by the OS). Browsers
+    /// are relay-only, so only the integrated TURN server (on this host) must reach them;
+    /// that is why there is no external-address setting here (webrtc 0.21.1 also ignores
+    /// `with_nat_1to1_ips`: nothing reads the value it stores).
     pub ice_ips: Vec<IpAddr>,
-    /// Advertised instead of the bound addresses (a deployment's external IPs, 1:1 NAT).
-    pub public_ips: Vec<IpAddr>,
     /// Where the plane's tasks and every connection's driver run; `None` uses the runtime of
     /// the caller of [`WebRtcPlane::new`]. A dedicated runtime makes SFU CPU measurable.
     pub runtime: Option<Handle>,
@@ -110,7 +110,6 @@ impl Default for PlaneConfig {
     fn default() -> Self {
         PlaneConfig {
             ice_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            public_ips: Vec::new(),
             runtime: None,
             turn: None,
             fabric: None,
@@ -122,7 +121,6 @@ impl std::fmt::Debug for PlaneConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PlaneConfig")
             .field("ice_ips", &self.ice_ips)
-            .field("public_ips", &self.public_ips)
             .field("turn", &self.turn.as_ref().map(|t| t.local_addr()))
             .field("fabric", &self.fabric.is_some())
             .finish_non_exhaustive()
@@ -966,13 +964,7 @@ async fn build_connection(
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let mut me = media_engine()?;
     let registry = interceptors(&mut me)?;
-    let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(true);
-    if !cfg.public_ips.is_empty() {
-        se = se.with_nat_1to1_ips(
-            cfg.public_ips.iter().map(|ip| ip.to_string()).collect(),
-            RTCIceCandidateType::Host,
-        );
-    }
+    let se = SettingEngineBuilder::new().with_include_loopback_candidate(true);
     let addrs: Vec<SocketAddr> = cfg
         .ice_ips
         .iter()
