@@ -2,11 +2,13 @@
 //! feature; the simulation runs the fake plane instead).
 //!
 //! It owns one `PeerConnection` per peer (the browser always offers, this side always answers),
-//! one forwarding loop per published track, and one `TrackLocalStaticRTP` per (subscriber,
-//! forwarded track). A forwarded packet gets the subscriber leg's SSRC and negotiated payload
-//! type and loses its header extensions, because webrtc 0.21 *rejects* rather than rewrites
-//! packets that do not match the leg (research: sfu_perf.md §2). Subscriber PLI/FIR is relayed
-//! to the publisher, and every new subscription asks the publisher for a keyframe.
+//! one forwarding loop per published track, and one `TrackLocalStaticRTP` (sender, SSRC) per
+//! subscriber m-line, kept for the connection's life while the core recycles the mid for
+//! successive tracks. A forwarded packet gets the subscriber leg's SSRC and negotiated payload
+//! type, sequence numbers and timestamps continuous across those tracks, and loses its header
+//! extensions, because webrtc 0.21 *rejects* rather than rewrites packets that do not match the
+//! leg (research: sfu_perf.md §2). Subscriber PLI/FIR is relayed to the publisher, and every
+//! new subscription asks the publisher for a keyframe.
 //!
 //! It must never: decide anything about negotiation (which mid carries what, stream ids, when
 //! to offer: the negotiation core decides, this only executes a [`PlaneOffer`]); block the
