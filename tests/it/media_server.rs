@@ -248,7 +248,8 @@ async fn three_peers_through_the_server_forward_leave_and_relay_pli() {
 
 /// A resident peer next to visitors who come and go one at a time: each visitor's tracks are
 /// carried on the m-lines the previous one's left behind (the resident's `tracksTypes` stays
-/// at one audio and one video), and media flows both ways in order every time.
+/// at one audio and one video), media flows both ways in order every time, and the
+/// resident's PLI on a recycled m-line reaches the current visitor.
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitors_one_at_a_time_reuse_the_residents_m_lines() {
     let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
@@ -286,9 +287,28 @@ async fn visitors_one_at_a_time_reuse_the_residents_m_lines() {
             .await
             .unwrap_or_else(|| panic!("visitor {k} never carried to the resident"));
         mids_seen.extend(carried.into_keys());
+        let mut keyframes = visitor
+            .local(RtpCodecKind::Video)
+            .unwrap()
+            .keyframe_requests();
         let mut peers = vec![resident, visitor];
         sync(&mut peers).await;
         exchange(&mut peers, 50).await;
+        // PLI relay on the recycled m-line reaches this visitor, not an earlier one.
+        while keyframes.try_recv().is_ok() {}
+        let video = peers[1]
+            .local(RtpCodecKind::Video)
+            .unwrap()
+            .track_id
+            .clone();
+        assert!(
+            peers[0].request_keyframe(&video).await,
+            "no leg for {video}"
+        );
+        timeout(STEP, keyframes.recv())
+            .await
+            .unwrap_or_else(|_| panic!("visitor {k} never got the relayed PLI"))
+            .unwrap();
         let visitor = peers.pop().unwrap();
         resident = peers.pop().unwrap();
         let visitor_id = visitor.id.clone();
