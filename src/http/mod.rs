@@ -42,6 +42,9 @@ fn forbidden(why: &'static str) -> Response {
     (StatusCode::FORBIDDEN, why).into_response()
 }
 
+/// Read and write buffer of one WebSocket connection.
+const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
+
 async fn websocket(
     State(edge): State<Edge>,
     Query(params): Query<HashMap<String, String>>,
@@ -58,7 +61,13 @@ async fn websocket(
             return forbidden("origin not allowed");
         }
     }
-    let mut ws = ws.max_message_size(edge.app.limits.socket.max_frame_bytes);
+    // tungstenite's 128 KiB read and write buffers were most of an idle socket's ~150 KiB
+    // (benches/idle_channels.rs); Phoenix frames are small, and a larger one is still read and
+    // written whole, just in more than one step.
+    let mut ws = ws
+        .max_message_size(edge.app.limits.socket.max_frame_bytes)
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES);
     if let Some(protos) = headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let offered = protos.to_str().unwrap_or("");
         if !offered.split(',').any(|p| p.trim() == "phoenix") {
