@@ -597,7 +597,8 @@ impl PeerTask {
         // mids become transceivers before the offer is applied: webrtc pairs a remote recvonly
         // m-line with the first mid-less local sendonly transceiver of its kind, so adding them
         // in m-line order puts each on exactly the mid the core chose.
-        let mut reused: Vec<OutboundMid> = Vec::new();
+        // Slots whose (new) source goes live once the answer fixes the payload type.
+        let mut starting: Vec<OutboundMid> = Vec::new();
         let mut new: Vec<(&OutboundMid, RtpCodecKind)> = Vec::new();
         for o in &plan.outbound {
             match self.outbound.get(&o.mid) {
@@ -605,7 +606,7 @@ impl PeerTask {
                     restart_slot(slot, o)
                         .await
                         .map_err(|e| format!("recycle mid {}: {e}", o.mid))?;
-                    reused.push(o.clone());
+                    starting.push(o.clone());
                 }
                 Some(_) => {}
                 None => {
@@ -680,7 +681,7 @@ impl PeerTask {
                     live: None,
                 },
             );
-            reused.push(o);
+            starting.push(o);
         }
         let answer = pc
             .create_answer(None)
@@ -711,7 +712,7 @@ impl PeerTask {
 
         // Sources go live only now that the answer fixes their payload type.
         let answer_lines = sdp::media_sections(&sdp);
-        for o in reused {
+        for o in starting {
             let pt = answer_lines
                 .iter()
                 .find(|m| m.mid == o.mid)
