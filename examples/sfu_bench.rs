@@ -9,6 +9,12 @@
 //! payload (same clock); the reference is a plain loopback UDP socket pair on the client
 //! runtime sampled during the same window.
 //!
+//! Publishers tick on a shared schedule (`--phase`): by default their 10 ms ticks are spread
+//! evenly over the period, as independent browsers' would be; `lockstep` makes every publisher
+//! send at the same instant (the worst case for the server's queue). Left to the join timing,
+//! the phases were an accident of how long each join took (BENCHMARKS.md, "Where forwarding
+//! latency goes").
+//!
 //! `run`: one configuration, bounded by a watchdog (60 s). `soak`: K cycles of a peer joining,
 //! publishing and leaving next to a resident peer, with RSS and fd counts.
 
@@ -20,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use net_tokio::runtime::{Builder, Runtime};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use sfu_peer::{now_ns, start_media_server, Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE};
@@ -46,6 +52,9 @@ enum Mode {
         /// Joins per second (across rooms).
         #[arg(long, default_value_t = 20.0)]
         join_rate: f64,
+        /// When in the 10 ms period each publisher sends.
+        #[arg(long, value_enum, default_value_t = Phase::Spread)]
+        phase: Phase,
     },
     /// K join/publish/leave cycles next to one resident peer.
     Soak {
@@ -61,6 +70,44 @@ enum Mode {
     },
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Phase {
+    /// Publisher i of n sends at i/n of the period.
+    Spread,
+    /// Every publisher sends at the same instant.
+    Lockstep,
+}
+
+/// The publishers' common send schedule.
+#[derive(Clone, Copy)]
+struct Schedule {
+    epoch: Instant,
+    phase: Phase,
+    publishers: usize,
+}
+
+impl Schedule {
+    fn new(phase: Phase, publishers: usize) -> Schedule {
+        Schedule {
+            epoch: Instant::now(),
+            phase,
+            publishers: publishers.max(1),
+        }
+    }
+
+    /// The first tick of publisher `i`: its offset in the period, at or after now.
+    fn first_tick(&self, i: usize) -> Instant {
+        let offset = match self.phase {
+            Phase::Spread => PERIOD * (i % self.publishers) as u32 / self.publishers as u32,
+            Phase::Lockstep => Duration::ZERO,
+        };
+        let since = Instant::now().saturating_duration_since(self.epoch + offset);
+        let periods = since.as_nanos().div_ceil(PERIOD.as_nanos());
+        self.epoch + offset + PERIOD * u32::try_from(periods).unwrap_or(u32::MAX)
+    }
+}
+
+const PERIOD: Duration = Duration::from_millis(10);
 const WATCHDOG: Duration = Duration::from_secs(60);
 const VIDEO_BYTES: usize = 1100;
 const AUDIO_BYTES: usize = 100;
@@ -148,12 +195,12 @@ struct Shared {
     stop: AtomicBool,
 }
 
-/// Publishes video (every 10 ms) and audio (every 20 ms) until `stop`.
-fn spawn_sender(peer: &Peer, shared: Arc<Shared>) {
+/// Publishes video (every 10 ms) and audio (every 20 ms) until `stop`, from `first`.
+fn spawn_sender(peer: &Peer, shared: Arc<Shared>, first: Instant) {
     let video = peer.local(RtpCodecKind::Video).cloned();
     let audio = peer.local(RtpCodecKind::Audio).cloned();
     net_tokio::spawn(async move {
-        let mut tick = net_tokio::time::interval(Duration::from_millis(10));
+        let mut tick = net_tokio::time::interval_at(first.into(), PERIOD);
         let mut seq = 0u32;
         while !shared.stop.load(Ordering::Relaxed) {
             tick.tick().await;
@@ -252,7 +299,7 @@ fn watchdog(limit: Duration) {
     });
 }
 
-fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
+fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64, phase: Phase) {
     watchdog(WATCHDOG);
     let sfu = runtime("sfu-rt");
     let cli = runtime("cli-rt");
@@ -264,6 +311,7 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
         stop: AtomicBool::new(false),
     });
     let total = rooms * peers;
+    let schedule = Schedule::new(phase, total);
     let report = cli.block_on(async {
         // Joins in round-robin over rooms at `join_rate`; each peer starts publishing at once.
         let mut all = Vec::new();
@@ -291,7 +339,7 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
                     Arc::clone(&recv),
                     Arc::clone(&shared),
                 );
-                spawn_sender(&peer, Arc::clone(&shared));
+                spawn_sender(&peer, Arc::clone(&shared), schedule.first_tick(all.len()));
                 all.push((peer, recv));
             }
         }
@@ -369,7 +417,7 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64) {
         let (u50, u99) = (pct(&reference, 0.5), pct(&reference, 0.99));
         let mut s = String::new();
         use std::fmt::Write as _;
-        let _ = writeln!(s, "config: rooms={rooms} peers/room={peers} window={:.1}s", window.as_secs_f64());
+        let _ = writeln!(s, "config: rooms={rooms} peers/room={peers} phase={phase:?} window={:.1}s", window.as_secs_f64());
         let _ = writeln!(s, "forwarded pkt/s (received by clients): {fwd:.0} (ideal {ideal:.0}); lost {lost} ({:.4} %), reordered {reordered}, signalling errors {errors}",
             100.0 * lost as f64 / (lat.len() as f64 + lost as f64).max(1.0));
         let _ = writeln!(s, "server CPU: {:.1} % of a core; {per_pkt_us:.2} µs per forwarded packet (client threads {:.1} %)",
@@ -455,7 +503,7 @@ fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
             measuring: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
-        spawn_sender(&anchor, Arc::clone(&anchor_stop));
+        spawn_sender(&anchor, Arc::clone(&anchor_stop), Instant::now());
         let start = (rss_kib(), fd_count(), thread_count());
         let warmup = (cycles / 10).max(5).min(cycles);
         let mut after_warmup = start;
@@ -474,7 +522,7 @@ fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
                     measuring: AtomicBool::new(false),
                     stop: AtomicBool::new(false),
                 });
-                spawn_sender(&anchor, Arc::clone(&anchor_stop));
+                spawn_sender(&anchor, Arc::clone(&anchor_stop), Instant::now());
             }
             let tc = Instant::now();
             let mut p = Peer::join(addr, opts(format!("c{k}"))).await.expect("join");
@@ -574,7 +622,8 @@ fn main() {
             peers,
             secs,
             join_rate,
-        } => run(rooms, peers.max(2), secs, join_rate),
+            phase,
+        } => run(rooms, peers.max(2), secs, join_rate, phase),
         Mode::Soak {
             cycles,
             rotate_anchor,

@@ -150,7 +150,16 @@ impl Local {
             },
             payload: payload.into(),
         };
-        self.track.write_rtp(pkt).await.is_ok()
+        let ok = self.track.write_rtp(pkt).await.is_ok();
+        // webrtc 0.21's driver hands a relayed packet to its TURN client in one loop pass and
+        // sends what the TURN client queued only at the start of the next one, and nothing
+        // schedules that next pass: the packet waits for whatever wakes the connection next
+        // (an incoming datagram, a timer), up to several ms on a quiet one. An empty RTCP
+        // write is a driver event that puts nothing on the wire; the pass it causes flushes
+        // the packet. Browsers have no such delay, so without this the benchmark's latency
+        // would be the synthetic publisher's (BENCHMARKS.md, "Where forwarding latency goes").
+        let _ = self.track.write_rtcp(Vec::new()).await;
+        ok
     }
 
     /// Keyframe requests (PLI/FIR) the SFU sends about this track, one `()` per RTCP packet
