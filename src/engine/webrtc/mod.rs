@@ -376,6 +376,15 @@ impl Inner {
         )
     }
 
+    /// Takes `live` off its fanout and stops relaying its feedback.
+    fn release_leg(&self, live: LiveLeg) {
+        if let Some(f) = self.fanouts.lock().expect("plane lock").get(&live.track_id) {
+            f.detach(&live.leg);
+        }
+        self.release_fanout(&live.track_id);
+        live.rtcp_task.abort();
+    }
+
     /// Drops the fanout of `track_id` if nothing uses it any more.
     fn release_fanout(&self, track_id: &str) {
         let mut fanouts = self.fanouts.lock().expect("plane lock");
@@ -452,10 +461,9 @@ impl From<PlaneOffer> for OfferPlan {
 struct OutSlot {
     transceiver: Arc<dyn RtpTransceiver>,
     sender: Arc<dyn RtpSender>,
+    /// Bound to the sender for good. Its track id keys the connection's feedback routing and
+    /// its encoding holds the SSRC, so both outlive a source switch.
     local: Arc<TrackLocalStaticRTP>,
-    /// The local track as the sender was created with it: its id keys the connection's
-    /// feedback routing and its encoding holds the SSRC, so both must outlive a source switch.
-    media: MediaStreamTrack,
     ssrc: u32,
     continuity: Arc<Continuity>,
     /// What is forwarded on it now; `None` while the mid is inactive.
@@ -620,7 +628,7 @@ impl PeerTask {
         let mut pending = Vec::new();
         for (o, kind) in new {
             let ssrc = rand::random::<u32>();
-            let media = MediaStreamTrack::new(
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 o.stream_id.clone(),
                 o.track_id.clone(),
                 o.track_id.clone(),
@@ -633,8 +641,7 @@ impl PeerTask {
                     codec: codec(kind).rtp_codec,
                     ..Default::default()
                 }],
-            );
-            let local = Arc::new(TrackLocalStaticRTP::new(media.clone()));
+            )));
             let transceiver = pc
                 .add_transceiver_from_track(
                     Arc::clone(&local) as Arc<dyn TrackLocal>,
@@ -647,7 +654,7 @@ impl PeerTask {
                 .await
                 .map_err(|e| format!("add transceiver for mid {}: {e}", o.mid))?;
             let clock_rate = codec(kind).rtp_codec.clock_rate;
-            pending.push((o.clone(), local, media, ssrc, clock_rate, transceiver));
+            pending.push((o.clone(), local, ssrc, clock_rate, transceiver));
         }
 
         let offer = RTCSessionDescription::offer(plan.sdp.clone())
@@ -655,7 +662,7 @@ impl PeerTask {
         pc.set_remote_description(offer)
             .await
             .map_err(|e| format!("set_remote_description: {e}"))?;
-        for (o, local, media, ssrc, clock_rate, transceiver) in pending {
+        for (o, local, ssrc, clock_rate, transceiver) in pending {
             let mid = transceiver.mid().await.ok().flatten();
             if mid.as_deref() != Some(o.mid.as_str()) {
                 return Err(format!(
@@ -675,7 +682,6 @@ impl PeerTask {
                     transceiver,
                     sender,
                     local,
-                    media,
                     ssrc,
                     continuity: Arc::new(Continuity::new(clock_rate)),
                     live: None,
@@ -751,17 +757,7 @@ impl PeerTask {
         let Some(live) = slot.live.take() else {
             return;
         };
-        if let Some(f) = self
-            .inner
-            .fanouts
-            .lock()
-            .expect("plane lock")
-            .get(&live.track_id)
-        {
-            f.detach(&live.leg);
-        }
-        self.inner.release_fanout(&live.track_id);
-        live.rtcp_task.abort();
+        self.inner.release_leg(live);
         slot.continuity.pause();
         if let Err(e) = slot
             .transceiver
@@ -860,11 +856,12 @@ impl PeerTask {
     }
 
     async fn teardown(mut self) {
-        let mids: Vec<String> = self.outbound.keys().cloned().collect();
-        for mid in mids {
-            self.stop_slot(&mid).await;
+        // Only the fanouts need to let go: the connection, with every slot, closes below.
+        for slot in std::mem::take(&mut self.outbound).into_values() {
+            if let Some(live) = slot.live {
+                self.inner.release_leg(live);
+            }
         }
-        self.outbound.clear();
         let published: Vec<String> = self.ingress.keys().cloned().collect();
         for track_id in published {
             self.end_ingress(&track_id);
@@ -888,12 +885,13 @@ impl Drop for PeerTask {
 /// publisher's audio and video by it). The local track keeps its id and SSRC: the connection
 /// routes feedback by the id, and the sender's encoding holds the SSRC.
 async fn restart_slot(slot: &OutSlot, o: &OutboundMid) -> Result<(), webrtc::error::Error> {
+    let bound = slot.local.track().await;
     let media = MediaStreamTrack::new(
         o.stream_id.clone(),
-        slot.media.track_id().to_owned(),
-        slot.media.label().to_owned(),
-        slot.media.kind(),
-        slot.media.codings().to_vec(),
+        bound.track_id().to_owned(),
+        bound.label().to_owned(),
+        bound.kind(),
+        bound.codings().to_vec(),
     );
     let carrier = Arc::new(TrackLocalStaticRTP::new(media));
     // webrtc hides the sender of a transceiver that does not send: direction first.
