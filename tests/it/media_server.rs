@@ -158,6 +158,26 @@ async fn exchange(peers: &mut [Peer], n: u32) -> Duration {
     worst
 }
 
+/// `subscriber` asks for a keyframe of `publisher`'s video; `keyframes` (the publisher's video
+/// keyframe requests) must then get one. Requests already received are drained first.
+async fn assert_pli_relayed(
+    subscriber: &Peer,
+    publisher: &Peer,
+    keyframes: &mut net_tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    while keyframes.try_recv().is_ok() {}
+    let video = &publisher.local(RtpCodecKind::Video).unwrap().track_id;
+    assert!(
+        subscriber.request_keyframe(video).await,
+        "{} has no leg for {video}",
+        subscriber.id
+    );
+    timeout(STEP, keyframes.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{} never got the relayed PLI", publisher.id))
+        .unwrap();
+}
+
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_through_the_server_forward_leave_and_relay_pli() {
     let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
@@ -188,20 +208,7 @@ async fn three_peers_through_the_server_forward_leave_and_relay_pli() {
 
     // PLI relay: B asks for a keyframe of A's video; A must be asked. Setup-time requests were
     // all sent before media was in sync, and have been counted already.
-    while a_keyframes.try_recv().is_ok() {}
-    let a_video = peers[0]
-        .local(RtpCodecKind::Video)
-        .unwrap()
-        .track_id
-        .clone();
-    assert!(
-        peers[1].request_keyframe(&a_video).await,
-        "B has no leg for A's video"
-    );
-    timeout(STEP, a_keyframes.recv())
-        .await
-        .expect("A never got the relayed PLI")
-        .unwrap();
+    assert_pli_relayed(&peers[1], &peers[0], &mut a_keyframes).await;
 
     // C leaves: A and B hear tracksRemoved, then endpointRemoved, then renegotiate without it.
     let c = peers.pop().unwrap();
@@ -295,20 +302,7 @@ async fn visitors_one_at_a_time_reuse_the_residents_m_lines() {
         sync(&mut peers).await;
         exchange(&mut peers, 50).await;
         // PLI relay on the recycled m-line reaches this visitor, not an earlier one.
-        while keyframes.try_recv().is_ok() {}
-        let video = peers[1]
-            .local(RtpCodecKind::Video)
-            .unwrap()
-            .track_id
-            .clone();
-        assert!(
-            peers[0].request_keyframe(&video).await,
-            "no leg for {video}"
-        );
-        timeout(STEP, keyframes.recv())
-            .await
-            .unwrap_or_else(|_| panic!("visitor {k} never got the relayed PLI"))
-            .unwrap();
+        assert_pli_relayed(&peers[0], &peers[1], &mut keyframes).await;
         let visitor = peers.pop().unwrap();
         resident = peers.pop().unwrap();
         let visitor_id = visitor.id.clone();
