@@ -17,21 +17,21 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use videoroom::engine::webrtc::{interceptors, media_engine, PlaneConfig, WebRtcPlane};
+use videoroom::engine::webrtc::{media_engine, PlaneConfig, WebRtcPlane};
 use videoroom::engine::{
     MLine, MLineRole, MediaKind, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink,
 };
 use videoroom::fabric::Fabric;
 use videoroom::turn::{TurnConfig, TurnServer};
+
+use crate::support::sfu_peer::relay_only_connection;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
-    RTCSessionDescription, SettingEngineBuilder,
+    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCSessionDescription,
 };
-use webrtc::runtime::TokioRuntime;
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -99,35 +99,21 @@ impl Client {
             vp8.payload_type = vp8_pt;
             me.register_codec(vp8, RtpCodecKind::Video).unwrap();
         }
-        let registry = interceptors(&mut me).unwrap();
         let (tx, events) = mpsc::unbounded_channel();
-        let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(vec![RTCIceServer {
+        let pc = relay_only_connection(
+            me,
+            vec![RTCIceServer {
                 urls: vec![format!(
                     "turn:{}:{}?transport=udp",
                     creds.server_addr, creds.server_port
                 )],
                 username: creds.username.clone(),
                 credential: creds.password.clone(),
-            }])
-            .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
-            .build();
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(config)
-            .with_media_engine(me)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(
-                SettingEngineBuilder::new()
-                    .with_include_loopback_candidate(true)
-                    .build(),
-            )
-            .with_handler(Arc::new(ClientHandler { tx }) as Arc<dyn PeerConnectionEventHandler>)
-            .with_runtime(Arc::new(TokioRuntime))
-            .with_udp_addrs(vec!["127.0.0.1:0"])
-            .build()
-            .await
-            .unwrap();
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+            }],
+            Arc::new(ClientHandler { tx }),
+        )
+        .await
+        .unwrap();
         let ssrc = 1000 + index as u32;
         let mut codec = videoroom_vp8().rtp_codec;
         codec.rtcp_feedback.clear();

@@ -36,9 +36,9 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::runtime::TokioRuntime;
 
@@ -82,6 +82,39 @@ pub enum Signal {
     Error(String),
     /// The socket closed.
     Closed,
+}
+
+/// A browser stand-in's connection: `me`'s codecs with the SFU's interceptor chain, relay-only
+/// ICE through `ice_servers` (as the JS client's), a loopback host socket, events to `handler`.
+pub async fn relay_only_connection(
+    mut me: MediaEngine,
+    ice_servers: Vec<RTCIceServer>,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
+    let registry = interceptors(&mut me)?;
+    let config = RTCConfigurationBuilder::new()
+        .with_ice_servers(ice_servers)
+        .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_include_loopback_candidate(true)
+                // webrtc-rs waits 2 s before nominating a relay pair when controlling;
+                // browsers nominate as soon as a check succeeds, and every pair here is a
+                // relay pair (BENCHMARKS.md: join time).
+                .with_relay_acceptance_min_wait(Some(Duration::ZERO))
+                .build(),
+        )
+        .with_handler(handler)
+        .with_runtime(Arc::new(TokioRuntime))
+        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
 }
 
 /// One received RTP packet.
@@ -668,8 +701,6 @@ impl Driver {
         turn: &Value,
         internal: &mpsc::UnboundedSender<Internal>,
     ) -> Result<Arc<dyn PeerConnection>, String> {
-        let mut me = media_engine().map_err(|e| e.to_string())?;
-        let registry = interceptors(&mut me).map_err(|e| e.to_string())?;
         let servers = turn
             .as_array()
             .map(|a| {
@@ -690,36 +721,15 @@ impl Driver {
         if servers.is_empty() {
             return Err("offerData without integratedTurnServers".into());
         }
-        let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(servers)
-            .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
-            .build();
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(config)
-            .with_media_engine(me)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(
-                SettingEngineBuilder::new()
-                    .with_include_loopback_candidate(true)
-                    // webrtc-rs waits 2 s before nominating a relay pair when controlling;
-                    // browsers nominate as soon as a check succeeds, and every pair here is a
-                    // relay pair (BENCHMARKS.md: join time).
-                    .with_relay_acceptance_min_wait(Some(Duration::ZERO))
-                    .build(),
-            )
-            .with_handler({
-                LIVE_CLIENT_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Handler {
-                    internal: internal.clone(),
-                    media: self.media.clone(),
-                }) as Arc<dyn PeerConnectionEventHandler>
-            })
-            .with_runtime(Arc::new(TokioRuntime))
-            .with_udp_addrs(vec!["127.0.0.1:0"])
-            .build()
+        let me = media_engine().map_err(|e| e.to_string())?;
+        LIVE_CLIENT_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        let handler = Arc::new(Handler {
+            internal: internal.clone(),
+            media: self.media.clone(),
+        });
+        let pc = relay_only_connection(me, servers, handler)
             .await
             .map_err(|e| format!("pc: {e}"))?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         for l in &self.locals {
             pc.add_transceiver_from_track(
                 Arc::clone(&l.track) as Arc<dyn TrackLocal>,
