@@ -36,13 +36,18 @@ pub struct MediaConfig {
     pub public_ip: Option<IpAddr>,
     /// The integrated TURN server's UDP listen address (port 0 picks one).
     pub turn_bind: SocketAddr,
-    /// Lifetime of the per-peer TURN credentials handed out in `offerData`. The client never
-    /// asks for new ones and refreshes its allocation with them, so this must outlast a call;
-    /// a leaving peer's allocations are closed at once regardless.
+    /// Backstop expiry of the per-peer TURN credentials handed out in `offerData`. A
+    /// credential is revoked (and its allocations closed) when its peer leaves; until then the
+    /// client makes new allocations with it at every renegotiation, so this must outlast a
+    /// call.
     pub turn_credential_ttl: std::time::Duration,
     /// Hand packets between the TURN relay sockets and the SFU's sockets over in-process
-    /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare.
+    /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare
+    /// (the relay policy is the same either way).
     pub in_process_turn: bool,
+    /// TURN quotas: allocations in all and per peer.
+    pub turn_max_allocations: usize,
+    pub turn_max_allocations_per_peer: usize,
 }
 
 impl Default for MediaConfig {
@@ -54,6 +59,8 @@ impl Default for MediaConfig {
             turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
             turn_credential_ttl: std::time::Duration::from_secs(12 * 3600),
             in_process_turn: true,
+            turn_max_allocations: 2048,
+            turn_max_allocations_per_peer: 10,
         }
     }
 }
@@ -139,16 +146,22 @@ impl Server {
     pub async fn turn_allocations(&self) -> usize {
         #[cfg(feature = "media-webrtc")]
         if let Some(turn) = &self.turn {
-            return turn.allocation_count().await;
+            return turn.allocation_count();
         }
         0
     }
 
-    /// Counters of the in-process TURN hand-off (`None` without the real media plane or with
-    /// `in_process_turn` off).
+    /// The integrated TURN server's counters (`None` without the real media plane).
+    #[cfg(feature = "media-webrtc")]
+    pub fn turn_stats(&self) -> Option<crate::turn::TurnStats> {
+        self.turn.as_ref().map(|t| t.stats())
+    }
+
+    /// Counters of the in-process TURN hand-off and the relay policy (`None` without the real
+    /// media plane).
     #[cfg(feature = "media-webrtc")]
     pub fn fabric_stats(&self) -> Option<crate::fabric::FabricStats> {
-        self.turn.as_ref().and_then(|t| t.fabric_stats())
+        self.turn.as_ref().map(|t| t.fabric_stats())
     }
 
     /// Closes every socket with 1012 and stops accepting connections.
@@ -175,24 +188,40 @@ async fn real_media(
     use crate::engine::{NegotiationConfig, TurnIssuer, TurnServer};
     use crate::turn::{TurnConfig, TurnServer as Turn};
 
+    if let Some(ip) = media
+        .ice_ips
+        .iter()
+        .find(|ip| ip.is_unspecified() || ip.is_multicast())
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("ICE address {ip} must be a unicast address: the TURN relay reaches the SFU at exactly those addresses"),
+        ));
+    }
     let relay_ip = media
         .ice_ips
         .first()
         .copied()
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    // One fabric for the TURN server and every room's plane: the hand-off is between them.
-    let fabric = media.in_process_turn.then(|| {
-        std::sync::Arc::new(crate::fabric::Fabric::new(
-            crate::fabric::DEFAULT_INBOX_CAPACITY,
-        ))
+    // One fabric for the TURN server and every room's plane: it is the registry of the SFU's
+    // sockets that the relay policy checks, and the hand-off between them.
+    let fabric = std::sync::Arc::new(if media.in_process_turn {
+        crate::fabric::Fabric::new(crate::fabric::DEFAULT_INBOX_CAPACITY)
+    } else {
+        crate::fabric::Fabric::kernel_only()
     });
     let turn = Turn::start(TurnConfig {
         bind: media.turn_bind,
         relay_ip,
         public_ip: media.public_ip,
+        sfu_ips: media.ice_ips.clone(),
         credential_ttl: media.turn_credential_ttl,
-        fabric: fabric.clone(),
-        ..TurnConfig::default()
+        limits: crate::turn::TurnLimits {
+            max_allocations: media.turn_max_allocations,
+            max_allocations_per_peer: media.turn_max_allocations_per_peer,
+            ..crate::turn::TurnLimits::default()
+        },
+        ..TurnConfig::new(std::sync::Arc::clone(&fabric))
     })
     .await
     .map_err(std::io::Error::other)?;

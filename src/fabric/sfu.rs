@@ -1,5 +1,7 @@
 //! The SFU side of the fabric: a webrtc [`Runtime`] that is [`TokioRuntime`] in everything
-//! except that the peer connection's UDP sockets are registered in the fabric.
+//! except that the peer connection's UDP sockets are registered in the fabric, and send only
+//! to the TURN server's relay sockets (browsers are relay-only: a client's host candidate, a
+//! LAN address or a multicast group is never a legitimate destination).
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -14,7 +16,7 @@ use webrtc::runtime::{
     TokioRuntime, Transmit,
 };
 
-use super::{Alternate, Endpoint, Fabric};
+use super::{Alternate, Endpoint, Fabric, Kind, Sent};
 
 /// [`TokioRuntime`] whose UDP sockets hand datagrams for in-process sockets to the fabric.
 #[derive(Debug)]
@@ -52,7 +54,7 @@ impl Runtime for FabricRuntime {
         // No public alias: webrtc 0.21 stores `with_nat_1to1_ips` but never puts it in a
         // candidate, so peers (and the TURN permissions they create) know this socket by its
         // bound address only.
-        let endpoint = self.fabric.register(local, None);
+        let endpoint = self.fabric.register(local, None, Kind::Sfu);
         Ok(Arc::new(FabricUdpSocket {
             inner,
             endpoint,
@@ -110,7 +112,7 @@ impl Runtime for FabricRuntime {
 #[derive(Debug)]
 struct FabricUdpSocket {
     inner: Arc<dyn AsyncUdpSocket>,
-    /// `None` for a wildcard or multicast socket (mDNS): kernel only.
+    /// `None` for a wildcard or multicast socket: it sends nothing.
     endpoint: Option<Endpoint>,
     turn: Alternate,
 }
@@ -162,17 +164,20 @@ impl AsyncUdpSocket for FabricUdpSocket {
         self.inner.max_gro_segments()
     }
 
+    /// A refused send reports success, as a datagram lost on the way would: webrtc must not
+    /// treat the socket as broken because one candidate is out of bounds.
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        if let Some(ep) = &self.endpoint {
-            if ep.send(
+        let sent = self.endpoint.as_ref().map_or(Sent::Refused, |ep| {
+            ep.send(
                 transmit.contents,
                 transmit.segment_size,
                 transmit.destination,
-            ) {
-                return Poll::Ready(Ok(transmit.contents.len()));
-            }
+            )
+        });
+        match sent {
+            Sent::Kernel => self.inner.poll_send(cx, transmit),
+            Sent::Delivered | Sent::Refused => Poll::Ready(Ok(transmit.contents.len())),
         }
-        self.inner.poll_send(cx, transmit)
     }
 
     fn poll_recv(
@@ -204,21 +209,29 @@ impl AsyncUdpSocket for FabricUdpSocket {
 mod tests {
     use super::*;
 
-    /// An unregistered destination goes through the real socket; a registered one does not,
-    /// and a socket reads both.
+    /// A relay socket is reached in-process; anything else is refused, while the socket still
+    /// reads what the kernel brings.
     #[net_tokio::test]
-    async fn kernel_and_fabric_traffic_both_arrive() {
+    async fn sfu_sockets_reach_relays_only() {
         let fabric = Arc::new(Fabric::new(16));
         let rt = FabricRuntime::new(Arc::clone(&fabric));
         let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let a = rt.wrap_udp_socket(bind()).unwrap();
         let b = rt.wrap_udp_socket(bind()).unwrap();
+        let relay = fabric
+            .register("127.0.0.1:9".parse().unwrap(), None, Kind::Relay)
+            .unwrap();
         let outsider = net_tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
             .unwrap();
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
 
-        a.send_to(b"in-process", b_addr).await.unwrap();
+        a.send_to(b"to-relay", "127.0.0.1:9".parse().unwrap())
+            .await
+            .unwrap();
+        let d = relay.try_recv().unwrap();
+        assert_eq!((&d.data[..], d.src), (&b"to-relay"[..], a_addr));
+        assert_eq!(relay.send(b"to-sfu", None, b_addr), Sent::Delivered);
         outsider.send_to(b"kernel", b_addr).await.unwrap();
         let mut got = Vec::new();
         for _ in 0..2 {
@@ -230,22 +243,23 @@ mod tests {
         assert_eq!(
             got,
             [
-                (b"in-process".to_vec(), a_addr),
                 (b"kernel".to_vec(), outsider.local_addr().unwrap()),
+                (b"to-sfu".to_vec(), "127.0.0.1:9".parse().unwrap()),
             ]
         );
-        assert_eq!(fabric.stats().delivered, 1);
 
-        // To an unregistered address: the kernel.
+        // To the outsider, or to another SFU socket: refused, and nothing reaches the kernel
+        // (a loopback send is queued at the receiver before sendto returns).
         b.send_to(b"out", outsider.local_addr().unwrap())
             .await
             .unwrap();
+        b.send_to(b"sideways", a_addr).await.unwrap();
         let mut buf = [0u8; 8];
-        let (n, from) = outsider.recv_from(&mut buf).await.unwrap();
-        assert_eq!((&buf[..n], from), (&b"out"[..], b_addr));
-        assert_eq!(fabric.stats().delivered, 1);
+        assert!(outsider.try_recv_from(&mut buf).is_err());
+        assert_eq!(fabric.stats().refused, 2);
+        assert_eq!(fabric.stats().delivered, 2);
 
-        drop((a, b));
+        drop((a, b, relay));
         assert_eq!(fabric.stats().endpoints, 0);
     }
 }

@@ -2,32 +2,35 @@
 //!
 //! `@jellyfish-dev/membrane-webrtc-js` hard-codes `iceTransportPolicy: "relay"` and takes its
 //! ICE servers only from `offerData.integratedTurnServers`, so every browser leg is a TURN
-//! allocation here whose relayed traffic goes to the SFU's own (loopback by default) host
-//! candidates. The protocol engine is webrtc-rs `turn` 0.17 (a Pion port: allocations,
-//! permissions, channel binds, refresh); this module owns its configuration, the relay address
-//! policy and the credentials.
+//! allocation here whose relayed traffic goes to the SFU's own sockets. Nothing else is a
+//! legitimate peer of a relay, and nothing else is reachable through one: see [`core`] for the
+//! relay policy, [`auth`] for the credentials (one per live peer, revoked when it leaves) and
+//! the stateless nonces.
 //!
-//! Credentials are TURN REST style (draft-uberti-behave-turn-rest): username
-//! `<unix expiry>:<peer id>`, password `base64(HMAC-SHA1(secret, username))`. They need no
-//! per-peer state to verify, expire on their own, and the peer id in the username lets a
-//! leaving peer's allocations be torn down at once.
+//! This module is the driver: one task reads the listening socket and steps the sans-IO
+//! [`core::Core`]; each allocation's relay socket ([`relay::Relay`]) has a task that hands what
+//! the SFU sends back to the core; a timer expires lifetimes. The core sits behind a mutex held
+//! only for one step, never across an await.
 //!
-//! It must never: relay for a username whose expiry has passed or whose password was not
-//! derived from this server's secret; bind relay sockets anywhere but the configured relay IP;
-//! block the caller (all work runs on the tokio runtime it was started on).
+//! It must never: relay anywhere but the SFU's sockets (the fabric is the registry of those);
+//! bind relay sockets anywhere but the configured relay IP; block the caller.
+
+pub mod auth;
+pub mod core;
+mod relay;
+pub mod stun;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use turn::auth::{generate_auth_key, AuthHandler};
-use turn::relay::relay_static::RelayAddressGeneratorStatic;
-use turn::server::config::{ConnConfig, ServerConfig};
-use webrtc_util::vnet::net::Net;
+use net_tokio::net::UdpSocket;
 
-use crate::fabric::relay::FabricRelayGenerator;
-use crate::fabric::{Fabric, FabricStats};
+use self::core::{AllocId, Core, Env, OpenError, Step};
+use self::relay::Relay;
+use crate::fabric::{Fabric, FabricStats, Kind};
+
+pub use self::core::{Config as TurnLimits, Stats as TurnStats};
 
 /// Where the TURN server listens and which addresses it hands out.
 #[derive(Clone, Debug)]
@@ -40,28 +43,33 @@ pub struct TurnConfig {
     /// The address clients are told to use for the server and that appears in
     /// XOR-RELAYED-ADDRESS (a deployment's external IP); `None` uses the bound addresses.
     pub public_ip: Option<IpAddr>,
-    pub realm: String,
-    /// HMAC key for credentials. Empty means a random one per process, which is right for a
-    /// single server: credentials are only ever handed out by this process.
+    /// The SFU's ICE addresses: the only IPs a client may ask a permission for.
+    pub sfu_ips: Vec<IpAddr>,
+    /// HMAC key for credentials and nonces. Empty means a random one per process, which is
+    /// right for a single server: credentials are only ever handed out by this process.
     pub secret: Vec<u8>,
-    /// How long issued credentials stay valid. An allocation outlives its credential only
-    /// until its next refresh, so this bounds a leaked credential's usefulness.
+    /// The backstop expiry written into issued credentials. A credential dies when its peer
+    /// leaves; until then it must keep making allocations (every renegotiation restarts ICE).
     pub credential_ttl: Duration,
-    /// Registers relay sockets here, so relayed traffic to and from the SFU's sockets in the
-    /// same fabric skips the kernel (see [`crate::fabric`]). `None`: plain kernel sockets.
-    pub fabric: Option<Arc<Fabric>>,
+    /// Quotas and lifetimes.
+    pub limits: TurnLimits,
+    /// The registry of the SFU's sockets, which is the relay policy, and the in-process
+    /// hand-off to them (see [`crate::fabric`]).
+    pub fabric: Arc<Fabric>,
 }
 
-impl Default for TurnConfig {
-    fn default() -> Self {
+impl TurnConfig {
+    /// Defaults on loopback, relaying to SFU sockets registered in `fabric`.
+    pub fn new(fabric: Arc<Fabric>) -> TurnConfig {
         TurnConfig {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
             relay_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             public_ip: None,
-            realm: "videoroom".to_owned(),
+            sfu_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             secret: Vec::new(),
-            credential_ttl: Duration::from_secs(24 * 3600),
-            fabric: None,
+            credential_ttl: Duration::from_secs(12 * 3600),
+            limits: TurnLimits::default(),
+            fabric,
         }
     }
 }
@@ -82,19 +90,27 @@ pub enum TurnError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TURN server: {0}")]
-    Server(#[from] turn::Error),
+    #[error("the TURN relay IP {0} must be a unicast address")]
+    RelayIp(IpAddr),
 }
 
-/// A running TURN server. Dropping it without [`TurnServer::close`] leaves its tasks running
-/// until the runtime stops.
+/// What the tasks share.
+struct Shared {
+    core: Mutex<Core<Arc<Relay>>>,
+    socket: UdpSocket,
+    fabric: Arc<Fabric>,
+    relay_ip: IpAddr,
+    public_ip: Option<IpAddr>,
+    sfu_ips: Vec<IpAddr>,
+}
+
+/// A running TURN server. Its tasks stop when it is closed or dropped.
 pub struct TurnServer {
-    server: turn::server::Server,
+    shared: Arc<Shared>,
     local_addr: SocketAddr,
     advertised: SocketAddr,
-    secret: Arc<ring::hmac::Key>,
     ttl: Duration,
-    fabric: Option<Arc<Fabric>>,
+    tasks: Vec<net_tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for TurnServer {
@@ -106,19 +122,26 @@ impl std::fmt::Debug for TurnServer {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 impl TurnServer {
     /// Binds the UDP socket and starts serving on the current tokio runtime.
     pub async fn start(cfg: TurnConfig) -> Result<TurnServer, TurnError> {
-        let socket = net_tokio::net::UdpSocket::bind(cfg.bind)
-            .await
-            .map_err(|source| TurnError::Bind {
-                addr: cfg.bind,
-                source,
-            })?;
-        let local_addr = socket.local_addr().map_err(|source| TurnError::Bind {
+        let ip = cfg.relay_ip;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(TurnError::RelayIp(ip));
+        }
+        let bind_err = |source| TurnError::Bind {
             addr: cfg.bind,
             source,
-        })?;
+        };
+        let socket = UdpSocket::bind(cfg.bind).await.map_err(bind_err)?;
+        let local_addr = socket.local_addr().map_err(bind_err)?;
         let secret = if cfg.secret.is_empty() {
             let mut s = vec![0u8; 32];
             rand::Rng::fill(&mut rand::thread_rng(), &mut s[..]);
@@ -126,46 +149,27 @@ impl TurnServer {
         } else {
             cfg.secret.clone()
         };
-        let key = Arc::new(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-            &secret,
-        ));
-        let public_ip = cfg.public_ip;
-        let relay_addr_generator: Box<dyn turn::relay::RelayAddressGenerator + Send + Sync> =
-            match &cfg.fabric {
-                Some(fabric) => Box::new(FabricRelayGenerator {
-                    relay_ip: cfg.relay_ip,
-                    public_ip,
-                    fabric: Arc::clone(fabric),
-                }),
-                None => Box::new(RelayAddressGeneratorStatic {
-                    relay_address: public_ip.unwrap_or(cfg.relay_ip),
-                    address: cfg.relay_ip.to_string(),
-                    net: Arc::new(Net::new(None)),
-                }),
-            };
-        let server = turn::server::Server::new(ServerConfig {
-            conn_configs: vec![ConnConfig {
-                conn: Arc::new(socket),
-                relay_addr_generator,
-            }],
-            realm: cfg.realm,
-            auth_handler: Arc::new(RestAuth {
-                key: Arc::clone(&key),
-            }),
-            channel_bind_timeout: Duration::ZERO,
-            alloc_close_notify: None,
-        })
-        .await?;
-        let advertised = SocketAddr::new(public_ip.unwrap_or(local_addr.ip()), local_addr.port());
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core::new(cfg.limits.clone(), &secret, Instant::now())),
+            socket,
+            fabric: cfg.fabric,
+            relay_ip: cfg.relay_ip,
+            public_ip: cfg.public_ip,
+            sfu_ips: cfg.sfu_ips,
+        });
+        let tasks = vec![
+            net_tokio::spawn(serve(Arc::clone(&shared))),
+            net_tokio::spawn(expire(Arc::downgrade(&shared))),
+        ];
+        let advertised =
+            SocketAddr::new(cfg.public_ip.unwrap_or(local_addr.ip()), local_addr.port());
         tracing::info!(%local_addr, %advertised, "TURN server listening");
         Ok(TurnServer {
-            server,
+            shared,
             local_addr,
             advertised,
-            secret: key,
             ttl: cfg.credential_ttl,
-            fabric: cfg.fabric,
+            tasks,
         })
     }
 
@@ -173,178 +177,186 @@ impl TurnServer {
         self.local_addr
     }
 
-    /// Fresh credentials for `peer`, valid for the configured TTL from now.
+    /// Issues `peer`'s credentials (replacing earlier ones): good until [`Self::revoke_peer`].
     pub fn credentials(&self, peer: &str) -> TurnCredentials {
-        let expiry = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_add(self.ttl)
-            .as_secs();
+        let expiry = unix_now().saturating_add(self.ttl.as_secs());
         self.credentials_expiring(peer, expiry)
     }
 
-    /// Credentials for `peer` that expire at `expiry` (unix seconds).
+    /// Credentials for `peer` whose backstop expiry is `expiry` (unix seconds).
     pub fn credentials_expiring(&self, peer: &str, expiry: u64) -> TurnCredentials {
-        let username = format!("{expiry}:{peer}");
+        let issued = self.shared.lock().issue(peer, expiry);
         TurnCredentials {
             server_addr: self.advertised.ip(),
             server_port: self.advertised.port(),
-            password: rest_password(&self.secret, &username),
-            username,
+            username: issued.username,
+            password: issued.password,
         }
     }
 
-    /// Closes `peer`'s allocations (on leave), so its relay sockets are freed now rather than
-    /// when the allocation's lifetime runs out.
-    pub async fn revoke(&self, credentials: &TurnCredentials) {
-        if let Err(e) = self
-            .server
-            .delete_allocations_by_username(credentials.username.clone())
-            .await
-        {
-            tracing::debug!(error = %e, "TURN: closing allocations failed");
-        }
-    }
-
-    /// Closes every allocation made with credentials issued to `peer` (whatever their expiry),
-    /// so its relay sockets are freed when it leaves. Needs no record of what was issued: the
-    /// peer id is in the username.
-    pub async fn revoke_peer(&self, peer: &str) {
-        let infos = match self.server.get_allocations_info(None).await {
-            Ok(infos) => infos,
-            Err(e) => {
-                tracing::debug!(error = %e, "TURN: listing allocations failed");
-                return;
-            }
+    /// Revokes `peer`'s credentials and closes its allocations at once (on leave).
+    pub fn revoke_peer(&self, peer: &str) {
+        let closed = {
+            let mut core = self.shared.lock();
+            core.revoke_peer(peer);
+            core.take_closed()
         };
-        let mut usernames: Vec<String> = infos
-            .into_values()
-            .map(|i| i.username)
-            .filter(|u| username_peer(u) == Some(peer))
-            .collect();
-        usernames.sort();
-        usernames.dedup();
-        for username in usernames {
-            if let Err(e) = self.server.delete_allocations_by_username(username).await {
-                tracing::debug!(error = %e, "TURN: closing allocations failed");
-            }
-        }
+        close_all(closed);
     }
 
-    /// The fabric relay sockets are registered in, if any.
-    pub fn fabric(&self) -> Option<&Arc<Fabric>> {
-        self.fabric.as_ref()
+    /// The fabric whose SFU sockets this server relays to.
+    pub fn fabric(&self) -> &Arc<Fabric> {
+        &self.shared.fabric
     }
 
-    /// Counters of the in-process hand-off (`None` without a fabric).
-    pub fn fabric_stats(&self) -> Option<FabricStats> {
-        self.fabric.as_ref().map(|f| f.stats())
+    /// Counters of the in-process hand-off and the policy.
+    pub fn fabric_stats(&self) -> FabricStats {
+        self.shared.fabric.stats()
+    }
+
+    pub fn stats(&self) -> TurnStats {
+        self.shared.lock().stats()
     }
 
     /// Allocations currently open (for leak checks).
-    pub async fn allocation_count(&self) -> usize {
-        self.server
-            .get_allocations_info(None)
-            .await
-            .map_or(0, |i| i.len())
+    pub fn allocation_count(&self) -> usize {
+        self.stats().allocations
     }
 
-    pub async fn close(self) {
-        if let Err(e) = self.server.close().await {
-            tracing::debug!(error = %e, "TURN: close failed");
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for TurnServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let closed = {
+            let mut core = self.shared.lock();
+            core.close_all();
+            core.take_closed()
+        };
+        close_all(closed);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core<Arc<Relay>>> {
+        // A panic while stepping the core is a bug; the state it left is still the best there
+        // is, and refusing all TURN traffic forever would be worse.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn close_all(relays: Vec<Arc<Relay>>) {
+    for r in relays {
+        r.close();
+    }
+}
+
+/// The core's view of the world: the fabric decides who is a permitted peer, relay sockets are
+/// bound here and get their reading task at once.
+struct DriverEnv<'a> {
+    shared: &'a Arc<Shared>,
+}
+
+impl Env for DriverEnv<'_> {
+    type Relay = Arc<Relay>;
+
+    fn permit_ip(&self, ip: IpAddr) -> bool {
+        self.shared.sfu_ips.contains(&ip)
+    }
+
+    fn permit_peer(&self, addr: SocketAddr) -> bool {
+        self.shared.fabric.kind_of(addr) == Some(Kind::Sfu)
+    }
+
+    fn open_relay(
+        &mut self,
+        id: AllocId,
+        _client: SocketAddr,
+        ipv6: bool,
+    ) -> Result<(Arc<Relay>, SocketAddr), OpenError> {
+        let s = self.shared;
+        if ipv6 != s.relay_ip.is_ipv6() {
+            return Err(OpenError::Family);
+        }
+        let (relay, relayed) = Relay::bind(s.relay_ip, s.public_ip, &s.fabric).map_err(|e| {
+            tracing::warn!(error = %e, "TURN: cannot open a relay socket");
+            OpenError::Capacity
+        })?;
+        let relay = Arc::new(relay);
+        let task = net_tokio::spawn(relay_loop(Arc::downgrade(s), Arc::clone(&relay), id));
+        relay.set_task(task.abort_handle());
+        Ok((relay, relayed))
+    }
+}
+
+/// Large enough for any UDP datagram, so nothing is truncated.
+const DATAGRAM: usize = 65_536;
+
+async fn serve(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; DATAGRAM];
+    loop {
+        let (n, from) = match shared.socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            // ICMP port unreachable from an earlier send, and the like: not fatal.
+            Err(e) => {
+                tracing::debug!(error = %e, "TURN: receive error");
+                continue;
+            }
+        };
+        let (step, closed) = {
+            let mut core = shared.lock();
+            let mut env = DriverEnv { shared: &shared };
+            let step = core.handle_client(Instant::now(), unix_now(), from, &buf[..n], &mut env);
+            (step, core.take_closed())
+        };
+        close_all(closed);
+        match step {
+            Step::Nothing => {}
+            Step::Reply(reply) => {
+                let _ = shared.socket.try_send_to(&reply, from);
+            }
+            Step::Relay { via, to, data } => via.send(data, to),
         }
     }
 }
 
-/// The peer a TURN REST username was issued to.
-fn username_peer(username: &str) -> Option<&str> {
-    username.split_once(':').map(|(_, peer)| peer)
-}
-
-fn rest_password(key: &ring::hmac::Key, username: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(key, username.as_bytes()))
-}
-
-/// Verifies TURN REST usernames: not expired, password derivable from the secret.
-struct RestAuth {
-    key: Arc<ring::hmac::Key>,
-}
-
-impl AuthHandler for RestAuth {
-    fn auth_handle(
-        &self,
-        username: &str,
-        realm: &str,
-        src_addr: SocketAddr,
-    ) -> Result<Vec<u8>, turn::Error> {
-        let expiry = username
-            .split_once(':')
-            .and_then(|(t, _)| t.parse::<u64>().ok())
-            .ok_or_else(|| turn::Error::Other(format!("malformed TURN username {username:?}")))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        if expiry < now {
-            tracing::debug!(%src_addr, username, "TURN: expired credentials");
-            return Err(turn::Error::Other("expired credentials".to_owned()));
-        }
-        let password = rest_password(&self.key, username);
-        Ok(generate_auth_key(username, realm, &password))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn auth() -> RestAuth {
-        RestAuth {
-            key: Arc::new(ring::hmac::Key::new(
-                ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-                b"secret",
-            )),
+async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<Relay>, id: AllocId) {
+    let mut buf = vec![0u8; DATAGRAM];
+    let mut out = Vec::with_capacity(1500);
+    while let Some((n, from)) = relay.recv(&mut buf).await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let client = {
+            let env = DriverEnv { shared: &shared };
+            shared
+                .lock()
+                .handle_peer(Instant::now(), id, from, &buf[..n], &env, &mut out)
+        };
+        if let Some(client) = client {
+            let _ = shared.socket.try_send_to(&out, client);
         }
     }
+}
 
-    fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-
-    #[test]
-    fn username_names_its_peer() {
-        assert_eq!(username_peer("1700000000:peer-a"), Some("peer-a"));
-        // Peer ids are UUIDs, but a colon in one must not shift the split.
-        assert_eq!(username_peer("1:a:b"), Some("a:b"));
-        assert_eq!(username_peer("videoroom"), None);
-    }
-
-    #[test]
-    fn rest_password_is_the_published_construction() {
-        // base64(HMAC-SHA1("secret", "1:peer")), computed independently with openssl.
-        let a = auth();
-        assert_eq!(
-            rest_password(&a.key, "1:peer"),
-            "zWZZ3aPeLl9Lvh3Q1qKdZlQugqc="
-        );
-    }
-
-    #[test]
-    fn auth_accepts_live_and_rejects_expired_or_malformed_usernames() {
-        let a = auth();
-        let src: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let live = format!("{}:peer-a", now() + 60);
-        let key = a.auth_handle(&live, "r", src).unwrap();
-        assert_eq!(
-            key,
-            generate_auth_key(&live, "r", &rest_password(&a.key, &live))
-        );
-        let expired = format!("{}:peer-a", now() - 1);
-        assert!(a.auth_handle(&expired, "r", src).is_err());
-        assert!(a.auth_handle("peer-a", "r", src).is_err());
-        assert!(a.auth_handle("soon:peer-a", "r", src).is_err());
+/// Ends what expired, once a second (lifetimes are minutes; a second late is immaterial).
+async fn expire(shared: std::sync::Weak<Shared>) {
+    let mut tick = net_tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let closed = {
+            let mut core = shared.lock();
+            core.handle_timeout(Instant::now());
+            core.take_closed()
+        };
+        close_all(closed);
     }
 }

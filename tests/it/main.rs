@@ -5,6 +5,7 @@ mod media;
 mod media_server;
 mod registry_model;
 mod support;
+mod turn_policy;
 mod wire_backpressure;
 mod wire_channels;
 mod wire_http;

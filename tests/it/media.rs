@@ -395,8 +395,7 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     let turn = Arc::new(
         TurnServer::start(TurnConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
-            fabric: Some(Arc::clone(&fabric)),
-            ..TurnConfig::default()
+            ..TurnConfig::new(Arc::clone(&fabric))
         })
         .await
         .unwrap(),
@@ -405,7 +404,7 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     let plane = WebRtcPlane::new(
         PlaneConfig {
             turn: Some(Arc::clone(&turn)),
-            fabric: Some(Arc::clone(&fabric)),
+            fabric: Arc::clone(&fabric),
             ..PlaneConfig::default()
         },
         PlaneSink::new(move |ev| {
@@ -442,7 +441,7 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     assert!(s.forwarded >= 6 * 300, "{s:?}");
     // The middle hop of every packet went through the fabric: 3 × 300 published (relay →
     // SFU) and 6 × 300 forwarded (SFU → relay).
-    let f = turn.fabric_stats().expect("a fabric");
+    let f = turn.fabric_stats();
     assert!(f.delivered >= 3 * 300 + 6 * 300, "{f:?}");
     // One PLI per track when its media starts (its subscribers were already waiting).
     assert!(s.keyframe_requests_sent >= 3, "{s:?}");

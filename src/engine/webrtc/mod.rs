@@ -46,7 +46,6 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
-use webrtc::runtime::TokioRuntime;
 
 use crate::engine::plane::{
     MLineRole, MediaPlane, PlaneEvent, PlaneFactory, PlaneOffer, PlaneSink,
@@ -103,9 +102,10 @@ pub struct PlaneConfig {
     pub runtime: Option<Handle>,
     /// The integrated TURN server: a removed peer's allocations on it are closed.
     pub turn: Option<Arc<TurnServer>>,
-    /// Registers every connection's sockets here, so traffic with the TURN server's relay
-    /// sockets in the same fabric is handed over in-process (see [`crate::fabric`]).
-    pub fabric: Option<Arc<Fabric>>,
+    /// Registers every connection's sockets here. They send to the TURN server's relay
+    /// sockets in the same fabric only, handed over in-process (see [`crate::fabric`]); a
+    /// fabric without a TURN server in it leaves the SFU talking to no one.
+    pub fabric: Arc<Fabric>,
 }
 
 impl Default for PlaneConfig {
@@ -114,7 +114,7 @@ impl Default for PlaneConfig {
             ice_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             runtime: None,
             turn: None,
-            fabric: None,
+            fabric: Arc::new(Fabric::new(crate::fabric::DEFAULT_INBOX_CAPACITY)),
         }
     }
 }
@@ -124,7 +124,7 @@ impl std::fmt::Debug for PlaneConfig {
         f.debug_struct("PlaneConfig")
             .field("ice_ips", &self.ice_ips)
             .field("turn", &self.turn.as_ref().map(|t| t.local_addr()))
-            .field("fabric", &self.fabric.is_some())
+            .field("fabric", &self.fabric)
             .finish_non_exhaustive()
     }
 }
@@ -237,11 +237,8 @@ impl WebRtcPlane {
         if let Some(entry) = entry {
             // Dropping the entry drops its stop signal: the task tears the peer down.
             drop(entry.tx);
-            if let Some(turn) = self.inner.cfg.turn.clone() {
-                let peer = peer.to_owned();
-                self.inner
-                    .rt
-                    .spawn(async move { turn.revoke_peer(&peer).await });
+            if let Some(turn) = &self.inner.cfg.turn {
+                turn.revoke_peer(peer);
             }
         }
     }
@@ -965,7 +962,12 @@ async fn build_connection(
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let mut me = media_engine()?;
     let registry = interceptors(&mut me)?;
-    let se = SettingEngineBuilder::new().with_include_loopback_candidate(true);
+    // No mDNS: the SFU's candidates are plain IPs and a client's `.local` candidates are never
+    // resolved (relay-only clients have none worth reaching), so no connection opens a
+    // multicast socket on the host's network.
+    let se = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(true)
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
     let addrs: Vec<SocketAddr> = cfg
         .ice_ips
         .iter()
@@ -976,10 +978,8 @@ async fn build_connection(
         peer: peer.to_owned(),
         tx,
     });
-    let runtime: Arc<dyn webrtc::runtime::Runtime> = match &cfg.fabric {
-        Some(fabric) => Arc::new(FabricRuntime::new(Arc::clone(fabric))),
-        None => Arc::new(TokioRuntime),
-    };
+    let runtime: Arc<dyn webrtc::runtime::Runtime> =
+        Arc::new(FabricRuntime::new(Arc::clone(&cfg.fabric)));
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(me)
         .with_interceptor_registry(registry)

@@ -8,6 +8,8 @@ pub mod server;
 #[cfg(feature = "media-webrtc")]
 pub mod sfu_peer;
 pub mod transcript;
+#[cfg(feature = "media-webrtc")]
+pub mod turn_client;
 
 /// Runs `body` with insta writing to `snapshots/` at the repo root, without a module prefix.
 #[macro_export]

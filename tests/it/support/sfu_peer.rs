@@ -288,6 +288,7 @@ pub struct Peer {
     /// The last applied `midToTrackId`.
     mids: Arc<Mutex<BTreeMap<String, String>>>,
     ws: mpsc::UnboundedSender<Message>,
+    topic: String,
     driver: net_tokio::task::JoinHandle<()>,
 }
 
@@ -443,7 +444,7 @@ impl Peer {
         let pc = Arc::new(Mutex::new(None));
         let mids = Arc::new(Mutex::new(BTreeMap::new()));
         let driver = Driver {
-            topic,
+            topic: topic.clone(),
             refn,
             ws: ws_tx.clone(),
             signals: signals_tx,
@@ -465,8 +466,15 @@ impl Peer {
             pc,
             mids,
             ws: ws_tx,
+            topic,
             driver,
         })
+    }
+
+    /// Sends a media event of the caller's making, as a misbehaving client would.
+    pub fn send_media_event(&self, event: Value) {
+        // Client pushes of media events are not answered, so the ref only has to be unique.
+        let _ = self.ws.send(media_event(&self.topic, event, u64::MAX));
     }
 
     pub fn local(&self, kind: RtpCodecKind) -> Option<&Arc<Local>> {
