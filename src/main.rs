@@ -45,6 +45,17 @@ struct Cli {
     /// UDP address of the integrated TURN server.
     #[arg(long, env = "VIDEOROOM_TURN_BIND", default_value = "127.0.0.1:3478")]
     turn_bind: std::net::SocketAddr,
+    /// Most TURN allocations open at once (each holds a UDP socket); beyond it, 508.
+    #[arg(long, env = "VIDEOROOM_TURN_MAX_ALLOCATIONS", default_value_t = 2048)]
+    turn_max_allocations: usize,
+    /// Most TURN allocations one peer's credential holds at once; at the quota a new one
+    /// replaces the peer's longest-idle allocation (idle 8 s), else 486.
+    #[arg(
+        long,
+        env = "VIDEOROOM_TURN_ALLOCATIONS_PER_PEER",
+        default_value_t = 32
+    )]
+    turn_allocations_per_peer: usize,
 }
 
 #[net_tokio::main]
@@ -66,6 +77,8 @@ async fn main() -> std::process::ExitCode {
             ice_ips: cli.ice_ips,
             public_ip: cli.public_ip,
             turn_bind: cli.turn_bind,
+            turn_max_allocations: cli.turn_max_allocations,
+            turn_max_allocations_per_peer: cli.turn_allocations_per_peer,
             ..MediaConfig::default()
         },
     };

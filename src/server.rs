@@ -60,7 +60,7 @@ impl Default for MediaConfig {
             turn_credential_ttl: std::time::Duration::from_secs(12 * 3600),
             in_process_turn: true,
             turn_max_allocations: 2048,
-            turn_max_allocations_per_peer: 10,
+            turn_max_allocations_per_peer: 32,
         }
     }
 }
@@ -196,6 +196,12 @@ async fn real_media(
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("ICE address {ip} must be a unicast address: the TURN relay reaches the SFU at exactly those addresses"),
+        ));
+    }
+    if media.turn_max_allocations == 0 || media.turn_max_allocations_per_peer == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "TURN allocation limits must be at least 1: browsers reach the SFU only through TURN",
         ));
     }
     let relay_ip = media

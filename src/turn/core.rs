@@ -62,8 +62,14 @@ pub struct Config {
     pub realm: String,
     /// Allocations open at once, over all clients (each holds a socket).
     pub max_allocations: usize,
-    /// Allocations one peer's credential may hold at once (486 beyond).
+    /// Allocations one peer's credential may hold at once. At the quota, a new allocation
+    /// replaces the peer's longest-idle one if that has been idle for `idle_eviction`, and is
+    /// refused (486) otherwise. Chromium makes one allocation per network per ICE restart
+    /// (every renegotiation) and keeps the old ones until it leaves.
     pub max_allocations_per_peer: usize,
+    /// How long an allocation relays nothing before a newer one of its peer may replace it.
+    /// A live ICE pair carries media, RTCP or at least consent checks (every 4–6 s, RFC 7675).
+    pub idle_eviction: Duration,
     pub max_permissions: usize,
     pub max_channels: usize,
     pub default_lifetime: Duration,
@@ -78,7 +84,8 @@ impl Default for Config {
         Config {
             realm: "videoroom".into(),
             max_allocations: 2048,
-            max_allocations_per_peer: 10,
+            max_allocations_per_peer: 32,
+            idle_eviction: Duration::from_secs(8),
             max_permissions: 16,
             max_channels: 64,
             default_lifetime: Duration::from_secs(600),
@@ -111,10 +118,14 @@ pub struct Stats {
     pub allocations: usize,
     pub live_peers: usize,
     pub allocations_made: u64,
+    /// The most allocations one peer held at once (how close real clients come to the quota).
+    pub peak_per_peer: usize,
     /// Requests refused with 403 by the relay policy.
     pub forbidden: u64,
     /// Allocations refused by a quota (486) or the capacity (508).
     pub quota_refused: u64,
+    /// Idle allocations replaced by a newer one of the same peer at its quota.
+    pub evicted: u64,
     /// Requests refused for want of valid credentials (401, 438, 441).
     pub auth_refused: u64,
     /// Datagrams dropped: no allocation, permission or channel, or a peer the policy refuses.
@@ -130,6 +141,8 @@ struct Allocation<R> {
     relay: R,
     relayed: SocketAddr,
     expires: Instant,
+    /// When it last relayed a datagram (or was made).
+    last_used: Instant,
     /// The Allocate that made it, so its retransmission gets the same answer.
     txid: [u8; 12],
     permissions: HashMap<IpAddr, Instant>,
@@ -292,9 +305,12 @@ impl<R: Clone> Core<R> {
     ) -> Option<SocketAddr> {
         let channel = self
             .allocations
-            .get(&id.client)
+            .get_mut(&id.client)
             .filter(|a| a.seq == id.seq && a.permitted(from.ip(), now) && env.permit_peer(from))
-            .map(|a| a.by_peer.get(&from).copied());
+            .map(|a| {
+                a.last_used = now;
+                a.by_peer.get(&from).copied()
+            });
         let Some(channel) = channel else {
             self.stats.dropped += 1;
             return None;
@@ -369,10 +385,13 @@ impl<R: Clone> Core<R> {
         env: &impl Env<Relay = R>,
     ) -> Step<'a, R> {
         let relay = stun::channel_data(data).and_then(|(ch, payload)| {
-            let a = self.allocations.get(&from)?;
-            let (peer, expires) = a.channels.get(&ch)?;
-            (*expires > now && a.permitted(peer.ip(), now) && env.permit_peer(*peer))
-                .then(|| (a.relay.clone(), *peer, payload))
+            let a = self.allocations.get_mut(&from)?;
+            let (peer, expires) = *a.channels.get(&ch)?;
+            if !(expires > now && a.permitted(peer.ip(), now) && env.permit_peer(peer)) {
+                return None;
+            }
+            a.last_used = now;
+            Some((a.relay.clone(), peer, payload))
         });
         match relay {
             Some((via, to, data)) => {
@@ -394,10 +413,14 @@ impl<R: Clone> Core<R> {
         env: &impl Env<Relay = R>,
     ) -> Step<'a, R> {
         let relay = (|| {
-            let a = self.allocations.get(&from)?;
+            let a = self.allocations.get_mut(&from)?;
             let to = m.xor_address(attr::XOR_PEER_ADDRESS)?;
             let data = m.get(attr::DATA)?;
-            (a.permitted(to.ip(), now) && env.permit_peer(to)).then(|| (a.relay.clone(), to, data))
+            if !(a.permitted(to.ip(), now) && env.permit_peer(to)) {
+                return None;
+            }
+            a.last_used = now;
+            Some((a.relay.clone(), to, data))
         })();
         match relay {
             Some((via, to, data)) => {
@@ -532,7 +555,20 @@ impl<R: Clone> Core<R> {
             Some(_) => return Err(Refuse(440, "Address Family not Supported")),
         };
         if self.per_peer.get(peer).copied().unwrap_or(0) >= self.cfg.max_allocations_per_peer {
-            return Err(Refuse(486, "Allocation Quota Reached"));
+            let idle = self
+                .allocations
+                .iter()
+                .filter(|(_, a)| a.peer == peer)
+                .min_by_key(|(_, a)| a.last_used)
+                .filter(|(_, a)| {
+                    now.saturating_duration_since(a.last_used) >= self.cfg.idle_eviction
+                })
+                .map(|(client, _)| *client);
+            let Some(idle) = idle else {
+                return Err(Refuse(486, "Allocation Quota Reached"));
+            };
+            self.remove(idle);
+            self.stats.evicted += 1;
         }
         if self.allocations.len() >= self.cfg.max_allocations {
             return Err(Refuse(508, "Insufficient Capacity"));
@@ -556,13 +592,16 @@ impl<R: Clone> Core<R> {
                 relay,
                 relayed,
                 expires: now + lifetime,
+                last_used: now,
                 txid,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 by_peer: HashMap::new(),
             },
         );
-        *self.per_peer.entry(peer.to_owned()).or_default() += 1;
+        let held = self.per_peer.entry(peer.to_owned()).or_default();
+        *held += 1;
+        self.stats.peak_per_peer = self.stats.peak_per_peer.max(*held);
         self.stats.allocations_made += 1;
         Ok(allocate_success(&txid, relayed, from, lifetime))
     }

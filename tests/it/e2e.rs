@@ -174,6 +174,15 @@ fn two_browsers_see_and_hear_each_other() {
         "Alice's connection grew m-lines for Carol instead of recycling Bob's"
     );
     assert_eq!(recycled["after"]["recvonly"], 2, "{recycled}");
+    // Chromium makes a TURN allocation per network per ICE restart (every renegotiation) and
+    // keeps the old ones until it leaves; the quota (with idle eviction) must never refuse it.
+    let turn = srv.turn_stats().expect("the real media plane");
+    println!("TURN: {turn:?}");
+    let quota = videoroom::turn::TurnLimits::default().max_allocations_per_peer;
+    assert!(
+        turn.peak_per_peer <= quota && turn.quota_refused == 0,
+        "a browser was refused a TURN allocation (quota {quota}): {turn:?}"
+    );
     assert!(
         shot.is_file(),
         "no screenshot at {} ({out})",

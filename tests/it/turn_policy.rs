@@ -94,18 +94,20 @@ async fn the_relay_reaches_nothing_but_the_sfu() {
 async fn a_credential_has_a_quota_and_dies_with_its_peer() {
     let server = start_media_server(Limits::default()).await;
     let (creds, mut ws) = credentials_of_a_new_peer(server.local_addr(), "quota").await;
-    // One credential, many client sockets (each allocation is a server socket).
+    // One credential, many client sockets (each allocation is a server socket). All are in
+    // use (just made), so the quota holds rather than replacing an idle one.
+    let quota = videoroom::turn::TurnLimits::default().max_allocations_per_peer;
     let mut clients = Vec::new();
-    for i in 0..10 {
+    for i in 0..quota {
         let mut c = TurnClient::new(&creds).await;
         let r = c.allocate().await;
         assert!(r.ok(), "allocation {i}: {r:?}");
         clients.push(c);
     }
-    let mut eleventh = TurnClient::new(&creds).await;
-    let r = eleventh.allocate().await;
+    let mut one_more = TurnClient::new(&creds).await;
+    let r = one_more.allocate().await;
     assert_eq!(r.code, Some(486), "{r:?}");
-    assert_eq!(allocations(&server).await, 10);
+    assert_eq!(allocations(&server).await, quota);
 
     // The peer leaves: its allocations close at once and the credential stops working.
     ws.send(tokio_tungstenite::tungstenite::Message::Close(None))
@@ -119,7 +121,7 @@ async fn a_credential_has_a_quota_and_dies_with_its_peer() {
     }
     let fresh = server.turn_stats().unwrap();
     assert_eq!(fresh.live_peers, 0, "{fresh:?}");
-    let r = eleventh.allocate().await;
+    let r = one_more.allocate().await;
     assert_eq!(
         r.code,
         Some(401),

@@ -514,6 +514,7 @@ fn each_peer_has_an_allocation_quota_and_the_server_a_capacity() {
     let mut w = world_with(Config {
         max_allocations_per_peer: 2,
         max_allocations: 3,
+        idle_eviction: Duration::from_secs(10),
         ..Config::default()
     });
     let a1 = w.client("peer-a", "192.0.2.1:1");
@@ -655,4 +656,46 @@ fn binding_requests_are_answered_and_garbage_is_dropped() {
     let mut resp = Vec::new();
     Writer::new(&mut resp, method::ALLOCATE, Class::Success, &[1; 12]);
     assert!(w.relayed(&c, &resp).is_none());
+}
+
+#[test]
+fn at_its_quota_a_peer_replaces_its_longest_idle_allocation() {
+    // Chromium keeps every old ICE generation's allocation until it leaves: the quota must
+    // not strand it, and must not let anyone hold more than the quota either.
+    let mut w = world_with(Config {
+        max_allocations_per_peer: 2,
+        idle_eviction: Duration::from_secs(10),
+        ..Config::default()
+    });
+    let old = w.client("peer-a", "192.0.2.1:1");
+    assert!(w.allocate(&old).ok());
+    assert!(w.bind(&old, 0x4001, SFU).ok());
+    w.advance(5);
+    let current = w.at(&old, "192.0.2.1:2");
+    assert!(w.allocate(&current).ok());
+    assert!(w.bind(&current, 0x4001, SFU).ok());
+    // Both used within the idle time: the quota holds.
+    let third = w.at(&old, "192.0.2.1:3");
+    assert_eq!(w.allocate(&third).code, Some(486));
+    // The current one keeps carrying media, the old one falls idle.
+    for _ in 0..3 {
+        w.advance(4);
+        assert!(w.channel_data(&current, 0x4001, b"rtp").is_some());
+    }
+    let third = w.at(&old, "192.0.2.1:3");
+    assert!(w.allocate(&third).ok(), "the idle one made room");
+    assert_eq!(w.core.take_closed(), vec![1]);
+    assert_eq!(w.core.stats().evicted, 1);
+    assert!(
+        w.channel_data(&current, 0x4001, b"rtp").is_some(),
+        "the live one is untouched"
+    );
+    assert_eq!(w.channel_data(&old, 0x4001, b"rtp"), None);
+    // Another peer's idle allocations are never taken for this one.
+    let b = w.client("peer-b", "192.0.2.2:1");
+    assert!(w.allocate(&b).ok());
+    w.advance(11);
+    let fourth = w.at(&old, "192.0.2.1:4");
+    assert!(w.allocate(&fourth).ok());
+    assert!(w.refresh(&w.at(&b, "192.0.2.2:1"), 600).ok());
 }

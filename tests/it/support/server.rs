@@ -92,6 +92,15 @@ impl TestServer {
             .unwrap_or_else(|| panic!("peer {peer_id:?} is not in room {room:?}; peers: {peers:?}"))
     }
 
+    /// The integrated TURN server's counters (`None` without the real media plane).
+    #[cfg(feature = "media-webrtc")]
+    pub fn turn_stats(&self) -> Option<videoroom::turn::TurnStats> {
+        self.server
+            .as_ref()
+            .expect("server is running")
+            .turn_stats()
+    }
+
     /// Graceful shutdown, awaited.
     pub fn shutdown(&mut self) {
         if let Some(server) = self.server.take() {
