@@ -13,6 +13,7 @@ pub mod engine;
 pub mod fabric;
 pub mod http;
 pub mod join_token;
+pub mod logsafe;
 pub mod phoenix;
 pub mod registry;
 pub mod room;

@@ -8,5 +8,6 @@ mod support;
 mod wire_backpressure;
 mod wire_channels;
 mod wire_http;
+mod wire_logs;
 mod wire_rooms;
 mod wire_transcripts;

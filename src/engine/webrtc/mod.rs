@@ -53,6 +53,7 @@ use crate::engine::plane::{
 };
 use crate::fabric::sfu::FabricRuntime;
 use crate::fabric::Fabric;
+use crate::logsafe::{Untrusted, WarnBudget};
 use crate::turn::TurnServer;
 
 pub use forward::{Continuity, Fanout, Leg, NO_PAYLOAD_TYPE};
@@ -489,6 +490,8 @@ struct PeerTask {
     ingress: BTreeMap<String, JoinHandle<()>>,
     /// By mid.
     outbound: BTreeMap<String, OutSlot>,
+    /// Warnings this peer's client can cause.
+    warnings: WarnBudget,
 }
 
 impl PeerTask {
@@ -502,6 +505,7 @@ impl PeerTask {
             inbound: BTreeMap::new(),
             ingress: BTreeMap::new(),
             outbound: BTreeMap::new(),
+            warnings: WarnBudget::per_peer(),
         }
     }
 
@@ -526,7 +530,10 @@ impl PeerTask {
                     let negotiation = offer.negotiation;
                     let result = self.apply_offer(offer).await;
                     if let Err(reason) = &result {
-                        tracing::warn!(peer = %self.peer, %reason, "offer not applied");
+                        // A client can send offers webrtc refuses as fast as it likes.
+                        if let Some(suppressed) = self.warnings.admit(std::time::Instant::now()) {
+                            tracing::warn!(peer = %self.peer, reason = %Untrusted(reason), suppressed, "offer not applied");
+                        }
                     }
                     self.emit(PlaneEvent::Answer {
                         peer: self.peer.clone(),
@@ -537,7 +544,7 @@ impl PeerTask {
                 Cmd::RemoteCandidate(init) => {
                     if let Some(pc) = &self.pc {
                         if let Err(e) = pc.add_ice_candidate(init).await {
-                            tracing::debug!(peer = %self.peer, error = %e, "remote candidate rejected");
+                            tracing::debug!(peer = %self.peer, error = %Untrusted(&e), "remote candidate rejected");
                         }
                     }
                 }
@@ -560,6 +567,10 @@ impl PeerTask {
                 Cmd::Track(remote) => self.start_ingress(remote).await,
                 Cmd::InboundEnded(track_id) => self.end_ingress(&track_id),
             }
+        }
+        let suppressed = self.warnings.take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!(peer = %self.peer, suppressed, "warnings suppressed for this peer");
         }
         self.teardown().await;
     }
@@ -764,7 +775,7 @@ impl PeerTask {
             .set_direction(RTCRtpTransceiverDirection::Inactive)
             .await
         {
-            tracing::debug!(peer = %self.peer, mid, error = %e, "set_direction failed");
+            tracing::debug!(peer = %self.peer, mid = %Untrusted(mid), error = %Untrusted(&e), "set_direction failed");
         }
     }
 
