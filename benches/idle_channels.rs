@@ -6,7 +6,12 @@
 //! have here), spread over rooms of P peers. Sockets heartbeat as phoenix.js does. It reports
 //! the server's RSS before any socket, with the sockets open, and with every channel joined,
 //! so the cost per channel is measured against the same process's socket-only baseline in the
-//! same run, plus join-reply latency and join throughput.
+//! same run, plus join-reply latency and join throughput. Then it closes every socket and
+//! reports the RSS once the server has stopped the rooms (memory coming back).
+//!
+//! The channels never send a media `connect`, so the server runs with a connect grace longer
+//! than the benchmark (they would be dropped after 10 s otherwise) and a room limit that fits
+//! every room.
 //!
 //! `cargo bench --bench idle_channels -- [--sockets S] [--channels-per-socket C] [--per-room P]`
 //! (defaults: 200 × 100 = 20 000 channels in rooms of 10). Bounded: gives up after 120 s.
@@ -85,7 +90,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(per_room: usize) -> (ServerProcess, String) {
+fn start_server(per_room: usize, rooms: usize) -> (ServerProcess, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -93,6 +98,8 @@ fn start_server(per_room: usize) -> (ServerProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_videoroom"))
         .args(["--port", &port.to_string(), "--fake-media"])
         .args(["--max-peers-per-room", &per_room.to_string()])
+        .args(["--max-rooms", &rooms.max(1).to_string()])
+        .args(["--connect-grace", "86400"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -141,7 +148,7 @@ async fn main() {
     let channels = a.sockets * a.per_socket;
     let rooms = channels.div_ceil(a.per_room);
     let started = Instant::now();
-    let (server, addr) = start_server(a.per_room);
+    let (server, addr) = start_server(a.per_room, rooms);
     let pid = server.0.id();
     net_tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid);
@@ -248,7 +255,14 @@ async fn main() {
     for (_, k) in &keep {
         k.abort();
     }
+    // Closing a socket drops its read half here and its write half with the aborted task.
     drop(keep);
+    net_tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_closed = rss_kib(pid);
+    println!(
+        "every socket closed: server RSS {rss_closed} KiB ({:+} KiB against the socket-free start; the allocator keeps some of what it was given)",
+        rss_closed as i64 - rss_idle as i64
+    );
     drop(server);
     assert!(started.elapsed() < DEADLINE * 2, "took too long");
 }

@@ -1,5 +1,6 @@
 //! Integration tests on real tokio (one test binary).
 
+mod cli;
 mod e2e;
 mod media;
 mod media_server;
