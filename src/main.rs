@@ -72,13 +72,13 @@ enum Command {
     /// Print a link that admits its holder to one room until it expires (needs the server's
     /// join secret: --join-secret or VIDEOROOM_JOIN_SECRET).
     Token {
-        /// The room the link admits to.
-        #[arg(long)]
+        /// The room the link admits to (required).
+        #[arg(long, env = "VIDEOROOM_TOKEN_ROOM")]
         room: String,
-        /// How long the link works: 90s, 30m, 24h, 7d (default 24h).
+        /// How long the link works: 90s, 30m, 24h or 7d.
         #[arg(long, env = "VIDEOROOM_TOKEN_TTL", default_value = "24h")]
         ttl: String,
-        /// The server's address as browsers reach it (default http://127.0.0.1:4000).
+        /// The server's address as browsers reach it.
         #[arg(
             long,
             env = "VIDEOROOM_PUBLIC_URL",
@@ -145,6 +145,10 @@ async fn main() -> std::process::ExitCode {
         connect_grace: std::time::Duration::from_secs(cli.connect_grace),
         ..ServerLimits::for_peers(cli.max_peers_per_room)
     };
+    if let Err(e) = limits.validate() {
+        eprintln!("videoroom: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let cfg = ServerConfig {
         join_secret: secret,
         bind: cli.bind,
