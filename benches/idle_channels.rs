@@ -6,10 +6,18 @@
 //! have here), spread over rooms of P peers. Sockets heartbeat as phoenix.js does. It reports
 //! the server's RSS before any socket, with the sockets open, and with every channel joined,
 //! so the cost per channel is measured against the same process's socket-only baseline in the
-//! same run, plus join-reply latency and join throughput.
+//! same run, plus join-reply latency and join throughput. Then it closes every socket and
+//! reports the RSS once the server has stopped the rooms. With `--rounds R` it does it all R
+//! times with fresh room names under a room limit that fits exactly one round's rooms, so a
+//! round only succeeds if every room of the previous one stopped, and its RSS shows whether the
+//! memory they held was reused (it came back) or added to (it leaked).
 //!
-//! `cargo bench --bench idle_channels -- [--sockets S] [--channels-per-socket C] [--per-room P]`
-//! (defaults: 200 × 100 = 20 000 channels in rooms of 10). Bounded: gives up after 120 s.
+//! The channels never send a media `connect`, so the server runs with a connect grace longer
+//! than the benchmark (they would be dropped after 10 s otherwise).
+//!
+//! `cargo bench --bench idle_channels -- [--sockets S] [--channels-per-socket C] [--per-room P]
+//! [--rounds R]` (defaults: 200 × 100 = 20 000 channels in rooms of 10, one round). Bounded:
+//! gives up after 120 s per round.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +34,7 @@ struct Args {
     sockets: usize,
     per_socket: usize,
     per_room: usize,
+    rounds: usize,
 }
 
 fn args() -> Args {
@@ -33,6 +42,7 @@ fn args() -> Args {
         sockets: 200,
         per_socket: 100,
         per_room: 10,
+        rounds: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -46,6 +56,7 @@ fn args() -> Args {
             "--sockets" => a.sockets = value(),
             "--channels-per-socket" => a.per_socket = value(),
             "--per-room" => a.per_room = value(),
+            "--rounds" => a.rounds = value().max(1),
             // `cargo bench` passes `--bench`; anything else is a mistake worth reporting.
             "--bench" => {
                 i += 1;
@@ -85,7 +96,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(per_room: usize) -> (ServerProcess, String) {
+fn start_server(per_room: usize, rooms: usize) -> (ServerProcess, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -93,6 +104,8 @@ fn start_server(per_room: usize) -> (ServerProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_videoroom"))
         .args(["--port", &port.to_string(), "--fake-media"])
         .args(["--max-peers-per-room", &per_room.to_string()])
+        .args(["--max-rooms", &rooms.max(1).to_string()])
+        .args(["--connect-grace", "86400"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -141,15 +154,33 @@ async fn main() {
     let channels = a.sockets * a.per_socket;
     let rooms = channels.div_ceil(a.per_room);
     let started = Instant::now();
-    let (server, addr) = start_server(a.per_room);
+    let (server, addr) = start_server(a.per_room, rooms);
     let pid = server.0.id();
     net_tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid);
 
     let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
+    for round in 1..=a.rounds {
+        if a.rounds > 1 {
+            println!("-- round {round} of {}", a.rounds);
+        }
+        run_round(&a, round, &url, pid, rss_idle).await;
+    }
+    drop(server);
+    assert!(
+        started.elapsed() < DEADLINE * 2 * a.rounds as u32,
+        "took too long"
+    );
+}
+
+/// One round: open the sockets, join every channel (rooms named for the round, so a round only
+/// fits under the room limit if the previous round's rooms all stopped), measure, close all.
+async fn run_round(a: &Args, round: usize, url: &str, pid: u32, rss_idle: u64) {
+    let channels = a.sockets * a.per_socket;
+    let rooms = channels.div_ceil(a.per_room);
     let mut sockets = Vec::with_capacity(a.sockets);
     for s in 0..a.sockets {
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
+        let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .unwrap_or_else(|e| panic!("socket {s}: {e}"));
         sockets.push(ws);
@@ -173,7 +204,7 @@ async fn main() {
                 // Consecutive channels of one socket land in different rooms.
                 let room = (c * sockets_n + s) / per_room;
                 let r = (c + 1).to_string();
-                let frame = json!([r, r, format!("room:idle-{room}"), "phx_join", {}]);
+                let frame = json!([r, r, format!("room:idle-{round}-{room}"), "phx_join", {}]);
                 sent_at.push(Instant::now());
                 tx.send(Message::text(frame.to_string()))
                     .await
@@ -248,7 +279,12 @@ async fn main() {
     for (_, k) in &keep {
         k.abort();
     }
+    // Closing a socket drops its read half here and its write half with the aborted task.
     drop(keep);
-    drop(server);
-    assert!(started.elapsed() < DEADLINE * 2, "took too long");
+    net_tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_closed = rss_kib(pid);
+    println!(
+        "every socket closed: server RSS {rss_closed} KiB ({:+} KiB against the socket-free start; the allocator keeps some of what it was given)",
+        rss_closed as i64 - rss_idle as i64
+    );
 }

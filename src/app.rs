@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::engine::{NegotiationConfig, PlaneFactory, SessionConfig};
+use crate::join_token::JoinSecret;
 use crate::phoenix::SocketConfig;
 use crate::registry::Registry;
 use crate::room::RoomMsg;
@@ -15,6 +16,11 @@ use crate::rt::{Pid, System};
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_peers_per_room: usize,
+    /// Rooms running at once on this node; a join that would start one more is refused.
+    pub max_rooms: usize,
+    /// How long a joined channel may stay without a media `connect` before the room drops it
+    /// (it holds a slot that nobody in the room can see).
+    pub connect_grace: std::time::Duration,
     pub max_room_name_bytes: usize,
     /// The Phoenix socket's own limits (channels per socket, frame size, idle timeout).
     pub socket: SocketConfig,
@@ -60,6 +66,12 @@ impl Limits {
         if self.max_peers_per_room == 0 {
             return Err("max_peers_per_room must be at least 1".into());
         }
+        if self.max_rooms == 0 {
+            return Err("max_rooms must be at least 1".into());
+        }
+        if self.connect_grace.is_zero() {
+            return Err("connect_grace must be longer than zero".into());
+        }
         let min = self.min_queue();
         for (name, v) in [
             ("room_mailbox", self.room_mailbox),
@@ -103,6 +115,19 @@ mod tests {
             ..Limits::default()
         };
         assert!(none.validate().is_err());
+        let no_rooms = Limits {
+            max_rooms: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            no_rooms.validate(),
+            Err("max_rooms must be at least 1".into())
+        );
+        let no_grace = Limits {
+            connect_grace: std::time::Duration::ZERO,
+            ..Limits::default()
+        };
+        assert!(no_grace.validate().is_err());
     }
 }
 
@@ -110,6 +135,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_peers_per_room: 32,
+            max_rooms: 1000,
+            connect_grace: std::time::Duration::from_secs(10),
             max_room_name_bytes: 64,
             socket: SocketConfig::default(),
             room_mailbox: 1024,
@@ -131,19 +158,28 @@ pub struct App {
     pub negotiation: Arc<NegotiationConfig>,
     /// Builds each room's media plane.
     pub plane_factory: PlaneFactory,
+    /// With a secret, every join needs a token signed with it (`crate::join_token`).
+    pub join_secret: Option<Arc<JoinSecret>>,
 }
 
 impl App {
     pub fn new(limits: Limits) -> Self {
         let sys = System::new();
         App {
-            rooms: Registry::new(&sys),
+            rooms: Registry::bounded(&sys, limits.max_rooms),
             sys,
             limits: Arc::new(limits),
             negotiation: Arc::new(NegotiationConfig::default()),
             // No network-capable plane is linked in yet; the fake one keeps signalling complete.
             plane_factory: PlaneFactory::fake(),
+            join_secret: None,
         }
+    }
+
+    /// Requires a join token signed with `secret` for every join from now on.
+    pub fn with_join_secret(mut self, secret: Option<JoinSecret>) -> Self {
+        self.join_secret = secret.map(Arc::new);
+        self
     }
 
     /// Replaces the media configuration; rooms started afterwards use it.

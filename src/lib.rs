@@ -12,6 +12,8 @@ pub mod engine;
 #[cfg(feature = "media-webrtc")]
 pub mod fabric;
 pub mod http;
+pub mod join_token;
+pub mod logsafe;
 pub mod phoenix;
 pub mod registry;
 pub mod room;

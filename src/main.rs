@@ -2,12 +2,15 @@
 
 use std::net::IpAddr;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use videoroom::join_token::{self, JoinSecret};
 use videoroom::server::{MediaConfig, Server, ServerConfig, ServerLimits};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A self-hosted video-conferencing server")]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(long, env = "VIDEOROOM_BIND", default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -56,6 +59,72 @@ struct Cli {
         default_value_t = 32
     )]
     turn_allocations_per_peer: usize,
+    /// Most rooms running at once; a join that would start one more is refused with "server is
+    /// at its room limit" (joining a running room still works).
+    #[arg(long, env = "VIDEOROOM_MAX_ROOMS", default_value_t = 1000)]
+    max_rooms: usize,
+    /// Seconds a joined peer may stay out of the media session (no `connect`) before its room
+    /// drops it and frees its slot.
+    #[arg(long, env = "VIDEOROOM_CONNECT_GRACE", default_value_t = 10)]
+    connect_grace: u64,
+    /// Shared secret (at least 16 bytes) that turns on join tokens: every join then needs a
+    /// token for its room minted with `videoroom token` (default: none, anyone may join).
+    #[arg(
+        long,
+        env = "VIDEOROOM_JOIN_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    join_secret: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a link that admits its holder to one room until it expires (needs the server's
+    /// join secret: --join-secret or VIDEOROOM_JOIN_SECRET).
+    Token {
+        /// The room the link admits to (required).
+        #[arg(long, env = "VIDEOROOM_TOKEN_ROOM")]
+        room: String,
+        /// How long the link works: 90s, 30m, 24h or 7d.
+        #[arg(long, env = "VIDEOROOM_TOKEN_TTL", default_value = "24h")]
+        ttl: String,
+        /// The server's address as browsers reach it.
+        #[arg(
+            long,
+            env = "VIDEOROOM_PUBLIC_URL",
+            default_value = "http://127.0.0.1:4000"
+        )]
+        url: String,
+    },
+}
+
+/// The join secret, if one is set; a weak one is an error worth stopping for.
+fn join_secret(cli: &Cli) -> Result<Option<JoinSecret>, String> {
+    match &cli.join_secret {
+        None => Ok(None),
+        Some(s) => JoinSecret::new(s.as_bytes())
+            .map(Some)
+            .map_err(|e| format!("--join-secret / VIDEOROOM_JOIN_SECRET: {e}")),
+    }
+}
+
+/// `videoroom token`: prints `<url>/?room=<room>&token=<token>`.
+fn print_token_link(
+    secret: Option<JoinSecret>,
+    room: &str,
+    ttl: &str,
+    url: &str,
+) -> Result<(), String> {
+    let secret = secret.ok_or(
+        "no join secret: set VIDEOROOM_JOIN_SECRET (or --join-secret) to the server's secret",
+    )?;
+    videoroom::channel::room_name::check(room, ServerLimits::default().max_room_name_bytes)
+        .map_err(|e| format!("--room {room:?}: {e}"))?;
+    let ttl = join_token::parse_ttl(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let token = secret.mint(room, std::time::SystemTime::now() + ttl);
+    println!("{}/?room={room}&token={token}", url.trim_end_matches('/'));
+    Ok(())
 }
 
 #[net_tokio::main]
@@ -66,8 +135,33 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let limits = ServerLimits::for_peers(cli.max_peers_per_room);
+    let secret = match join_secret(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("videoroom: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Token { room, ttl, url }) = &cli.command {
+        return match print_token_link(secret, room, ttl, url) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("videoroom token: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
+    let limits = ServerLimits {
+        max_rooms: cli.max_rooms,
+        connect_grace: std::time::Duration::from_secs(cli.connect_grace),
+        ..ServerLimits::for_peers(cli.max_peers_per_room)
+    };
+    if let Err(e) = limits.validate() {
+        eprintln!("videoroom: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let cfg = ServerConfig {
+        join_secret: secret,
         bind: cli.bind,
         port: cli.port,
         allowed_origins: cli.allowed_origins,

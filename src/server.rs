@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::app::{App, Limits};
 use crate::http::{self, Edge};
+use crate::join_token::JoinSecret;
 
 pub use crate::app::Limits as ServerLimits;
 
@@ -19,6 +20,8 @@ pub struct ServerConfig {
     /// Requests without an Origin header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+    /// With a secret, every join needs a token for its room (`crate::join_token`).
+    pub join_secret: Option<JoinSecret>,
     /// The media plane. The default is the network-free fake plane (signalling tests); the
     /// binary turns the real one on.
     pub media: MediaConfig,
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             port: 4000,
             allowed_origins: Vec::new(),
             limits: Limits::default(),
+            join_secret: None,
             media: MediaConfig::default(),
         }
     }
@@ -94,7 +98,7 @@ impl Server {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = net_tokio::net::TcpListener::bind((cfg.bind, cfg.port)).await?;
         let addr = listener.local_addr()?;
-        let app = App::new(cfg.limits);
+        let app = App::new(cfg.limits).with_join_secret(cfg.join_secret);
         #[cfg(feature = "media-webrtc")]
         let (app, turn) = if cfg.media.real {
             let (app, turn) = real_media(app, &cfg.media).await?;

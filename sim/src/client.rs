@@ -44,6 +44,10 @@ pub struct View {
     pub connected: bool,
     /// The reason of the last refused join, if the last join was refused.
     pub refused: Option<String>,
+    /// A squatter: joins, never connects.
+    pub squatter: bool,
+    /// The reason the server gave when it dropped this client's channel.
+    pub dropped: Option<String>,
 }
 
 pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
@@ -83,6 +87,11 @@ pub struct Client {
     rejoin_at: Option<time::Instant>,
     pending_leave: Option<String>,
     refused: Option<String>,
+    /// Joins but never sends `connect` (see `Swarm::squatters`).
+    squatter: bool,
+    /// When the current channel's join was answered ok.
+    joined_at: Option<time::Instant>,
+    dropped: Option<String>,
 }
 
 enum Step {
@@ -103,6 +112,7 @@ impl Client {
         phase: watch::Receiver<Phase>,
     ) -> Self {
         let room = rooms[rt::rand::below(rooms.len() as u64) as usize].clone();
+        let squatter = idx < swarm.squatters;
         Client {
             idx,
             server,
@@ -123,6 +133,9 @@ impl Client {
             rejoin_at: None,
             pending_leave: None,
             refused: None,
+            squatter,
+            joined_at: None,
+            dropped: None,
         }
     }
 
@@ -144,6 +157,8 @@ impl Client {
                 .unwrap_or_default(),
             connected,
             refused: self.refused.clone(),
+            squatter: self.squatter,
+            dropped: self.dropped.clone(),
         };
         self.views.lock().unwrap().insert(self.idx, v);
     }
@@ -158,6 +173,10 @@ impl Client {
         // A burst starts everyone within a millisecond; otherwise arrivals spread out.
         let spread = if self.swarm.burst { 1_000 } else { 20_000 };
         time::sleep(Duration::from_micros(rt::rand::below(spread))).await;
+        if self.swarm.squatters > 0 && !self.squatter {
+            // Squatters take their slots first.
+            time::sleep(Duration::from_millis(200)).await;
+        }
         loop {
             if *self.phase.borrow() == Phase::Teardown {
                 self.publish_view(false);
@@ -180,7 +199,8 @@ impl Client {
             }
             self.replies.clear();
             self.pending_leave = None;
-            self.rejoin_at = Some(time::now());
+            // A dropped squatter stays out, as phoenix.js does with a closed channel.
+            self.rejoin_at = self.dropped.is_none().then(time::now);
             self.publish_view(true);
             let step = self.connected(&mut reader, &mut writer).await;
             if let Some(c) = self.chan.take() {
@@ -470,7 +490,12 @@ impl Client {
                 });
                 if ok {
                     self.chan.as_mut().expect("join").joined = true;
+                    self.joined_at = Some(time::now());
                     self.publish_view(true);
+                    if self.squatter {
+                        self.log("squats: never connects");
+                        return true;
+                    }
                     return self.media(w, json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}})).await;
                 }
                 // Refused (e.g. room full): phoenix.js retries after a backoff.
@@ -506,11 +531,15 @@ impl Client {
                     self.gone.insert(c.join_ref);
                     self.publish_view(true);
                     // phoenix.js rejoins an errored channel by itself; a closed one only if we
-                    // did not mean to leave (a server-side close of a live channel).
-                    self.rejoin_at =
-                        Some(time::now() + Duration::from_millis(50 + rt::rand::below(150)));
+                    // did not mean to leave (a server-side close of a live channel). A dropped
+                    // squatter was told why and stays out.
+                    if self.dropped.is_none() {
+                        self.rejoin_at =
+                            Some(time::now() + Duration::from_millis(50 + rt::rand::below(150)));
+                    }
                 }
             }
+            "dropped" if current => self.on_dropped(&f.payload),
             "mediaEvent" if current => {
                 let data = f.payload.get("data").and_then(Value::as_str).unwrap_or("");
                 let replies = match serde_json::from_str::<Value>(data) {
@@ -532,6 +561,32 @@ impl Client {
             _ => {}
         }
         true
+    }
+
+    /// The server dropped this channel. Only a client that never connects may be dropped, never
+    /// before the connect grace has passed, and always with a reason.
+    fn on_dropped(&mut self, payload: &Value) {
+        let idx = self.idx;
+        let reason = payload["reason"].as_str().unwrap_or("").to_owned();
+        self.log(format!("dropped: {reason}"));
+        self.oracles.reached("client: dropped with a reason");
+        self.oracles.check(self.squatter, || {
+            format!("c{idx}, which connects, was dropped: {reason:?}")
+        });
+        self.oracles.check(!reason.is_empty(), || {
+            format!("c{idx} dropped without a reason")
+        });
+        // Both the join reply and the drop cross the same network, so allow its jitter.
+        let grace = videoroom::app::Limits::default().connect_grace;
+        let held = self
+            .joined_at
+            .map_or(Duration::ZERO, |t| time::now().saturating_duration_since(t));
+        self.oracles
+            .check(held + Duration::from_millis(500) >= grace, || {
+                format!("c{idx} dropped {held:?} after joining, before the {grace:?} grace")
+            });
+        self.dropped = Some(reason);
+        self.publish_view(true);
     }
 
     /// Applies a server media event; returns the media events to answer with.

@@ -30,6 +30,16 @@ pub const ALL: &[Scenario] = &[
         "the server node restarts while clients churn through two rooms",
         restart_under_churn,
     ),
+    (
+        "squatters",
+        "three clients fill a room of three without ever connecting; the server drops them after the grace and the three real clients get in",
+        squatters,
+    ),
+    (
+        "room-cap",
+        "eight clients churn through three rooms on a server that may run two, while rooms crash and sockets drop",
+        room_cap,
+    ),
 ];
 
 pub fn by_name(name: &str) -> Option<fn() -> Options> {
@@ -47,6 +57,35 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         action_gap_ms: 1_000,
         max_peers_per_room: 64,
         queue_cap: 0,
+        squatters: 0,
+        max_rooms: None,
+    }
+}
+
+pub fn squatters() -> Options {
+    Options {
+        swarm: Some(Swarm {
+            squatters: 3,
+            max_peers_per_room: 3,
+            ..quiet(6, 1)
+        }),
+        ..Options::default()
+    }
+}
+
+pub fn room_cap() -> Options {
+    Options {
+        swarm: Some(Swarm {
+            burst: false,
+            max_rooms: Some(2),
+            faults: vec!["room_crash", "socket_drop"],
+            fault_gap_ms: 300,
+            // media, leave (moves rooms), disconnect.
+            action_weights: vec![3, 2, 0, 0, 1, 0, 0, 0],
+            action_gap_ms: 100,
+            ..quiet(8, 3)
+        }),
+        ..Options::default()
     }
 }
 

@@ -49,6 +49,11 @@ pub struct Swarm {
     /// Mailbox and outbound-queue capacity when squeezed (0 = production defaults), so the
     /// overload paths (slow consumer, full room, full channel) run under faults too.
     pub queue_cap: usize,
+    /// The first this many clients join but never send `connect` (they hold a slot nobody
+    /// sees until the server drops them); the others start a little later. Named scenarios only.
+    pub squatters: usize,
+    /// The server's room limit, if not the production default. Named scenarios only.
+    pub max_rooms: Option<usize>,
 }
 
 impl Swarm {
@@ -78,6 +83,8 @@ impl Swarm {
             action_gap_ms: 20 + rt::rand::below(300),
             max_peers_per_room: 32,
             queue_cap: 0,
+            squatters: 0,
+            max_rooms: None,
         }
         .squeeze()
     }
@@ -146,6 +153,14 @@ impl fmt::Display for Swarm {
             self.fault_gap_ms,
             actions.join(","),
             self.action_gap_ms
-        )
+        )?;
+        // Only when set, so the swarm's own draws print (and digest) as before.
+        if self.squatters > 0 {
+            write!(f, " squatters={}", self.squatters)?;
+        }
+        if let Some(n) = self.max_rooms {
+            write!(f, " max_rooms={n}")?;
+        }
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use tokio::sync::watch;
 use videoroom::app::{App, Limits};
+use videoroom::channel::ROOM_LIMIT_REASON;
 use videoroom::rt::{self, time, ExitReason};
 
 use crate::client::{Client, Phase, Views};
@@ -79,7 +80,10 @@ pub async fn run(opts: Options) -> Report {
     let oracles = Oracles::default();
     trace.log(format!("swarm {swarm}"));
     let handle = Handle::current();
-    let limits = Limits::for_peers(swarm.max_peers_per_room);
+    let limits = Limits {
+        max_rooms: swarm.max_rooms.unwrap_or(Limits::default().max_rooms),
+        ..Limits::for_peers(swarm.max_peers_per_room)
+    };
     let limits = match swarm.queue_cap {
         0 => limits,
         n => Limits {
@@ -257,10 +261,19 @@ pub async fn run(opts: Options) -> Report {
     }
 }
 
-/// Server-side safety: at most one live room per name; no name on a dead process.
+/// Server-side safety: at most one live room per name; no name on a dead process; never more
+/// rooms than the limit.
 fn check_server(app: &CurrentApp, oracles: &Oracles) {
     let Some(app) = current(app) else { return };
-    for (name, pid) in app.rooms.entries() {
+    let entries = app.rooms.entries();
+    oracles.check(entries.len() <= app.limits.max_rooms, || {
+        format!(
+            "{} rooms run, over the limit of {}",
+            entries.len(),
+            app.limits.max_rooms
+        )
+    });
+    for (name, pid) in entries {
         oracles.check(app.sys.is_alive(pid), || {
             format!("room name {name} maps to dead {pid}")
         });
@@ -279,18 +292,38 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
     let views = views.lock().unwrap().clone();
     let mut by_room: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut full: BTreeMap<String, usize> = BTreeMap::new();
+    let mut at_room_limit = 0;
     for (idx, v) in &views {
         if !v.connected {
             return Some(format!("c{idx} not connected"));
         }
+        if v.squatter {
+            // Done once the server dropped it (or it never got a slot).
+            if v.dropped.is_none() && v.refused.is_none() {
+                return Some(format!("squatter c{idx} still holds a slot in {}", v.room));
+            }
+            continue;
+        }
         if v.refused.as_deref() == Some("room is full") {
             *full.entry(v.room.clone()).or_default() += 1;
+            continue;
+        }
+        if v.refused.as_deref() == Some(ROOM_LIMIT_REASON) {
+            at_room_limit += 1;
             continue;
         }
         if !v.joined || v.peer_id.is_none() {
             return Some(format!("c{idx} not joined to room {}", v.room));
         }
         by_room.entry(v.room.clone()).or_default().insert(*idx);
+    }
+    // A client refused for the room limit is converged only if the server really is at it.
+    let running = app.rooms.len();
+    if at_room_limit > 0 && running < app.limits.max_rooms {
+        return Some(format!(
+            "{at_room_limit} clients refused for the room limit, but {running} of {} rooms run",
+            app.limits.max_rooms
+        ));
     }
     // A client refused because its room is full is converged only if the room really is full.
     for (room, refused) in &full {

@@ -116,6 +116,33 @@ fn server_restarts_under_churn_converge() {
     assert!(v["faults"]["server_restart"].as_u64().unwrap_or(0) > 0);
 }
 
+/// Joined clients that never connect are dropped after the grace with a reason (the client-side
+/// oracle checks who, when and why), and the clients they kept out get in.
+#[test]
+fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
+    let v = campaign(&["--scenario", "squatters", "--seeds", "50", "--from", "0"]);
+    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert_eq!(v["coverage"]["client: dropped with a reason"], 150);
+    assert_eq!(
+        v["coverage"]["peer dropped: no connect within the grace"],
+        150
+    );
+}
+
+/// Never more rooms than the limit, under crashes and churn (a safety oracle), and clients
+/// refused for the limit only while the server is at it (the liveness check).
+#[test]
+fn the_room_limit_holds_under_churn() {
+    let v = campaign(&["--scenario", "room-cap", "--seeds", "50", "--from", "0"]);
+    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert!(
+        v["coverage"]["join refused: at the room limit"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
+}
+
 /// Exit codes tell failure kinds apart; a world given no time to settle must be a liveness
 /// failure (4), not a pass.
 #[test]

@@ -1,9 +1,12 @@
 //! PeerChannel: the process behind one joined `room:<name>` topic of one socket.
 //!
-//! Owns the tutorial's join (registry lookup, start, `AlreadyStarted` race, monitor of the room,
-//! `AddPeerChannel` with a fresh UUIDv4 peer id) and the forwarding of `mediaEvent`s both ways.
-//! It answers the socket's join exactly once. When its room dies it exits abnormally, so its
-//! client gets `phx_error` and rejoins into a fresh room; when its socket dies it stops.
+//! Owns the tutorial's join (room-name rules, the join token when the server has a secret,
+//! registry lookup, start, `AlreadyStarted` race, monitor of the room, `AddPeerChannel` with a
+//! fresh UUIDv4 peer id) and the forwarding of `mediaEvent`s both ways. It answers the socket's
+//! join exactly once, a refusal always with a `reason` a person can read. When its room dies it
+//! exits abnormally, so its client gets `phx_error` and rejoins into a fresh room; when its
+//! socket dies it stops; when its room drops it (no `connect` within the grace) it pushes
+//! `dropped {reason}` and closes, so the client is told why and does not rejoin.
 //!
 //! Never blocks on its socket or room: a full mailbox on either side ends the channel.
 
@@ -13,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::app::App;
 use crate::conn::ConnMsg;
 use crate::phoenix::{ChanId, ChannelEvent};
+use crate::registry::JoinError;
 use crate::room::{self, RoomMsg};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Received};
 
@@ -29,10 +33,18 @@ pub enum ChannelMsg {
     MediaEvent(String),
     /// The socket stopped this channel (leave, duplicate join, socket closed).
     Stop,
+    /// The room let go of this peer for `reason`; the client is told, then the channel closes.
+    Dropped(String),
 }
 
+pub mod room_name;
 #[cfg(test)]
 mod tests;
+
+/// The join error's reason when starting the room would pass `max_rooms`.
+pub const ROOM_LIMIT_REASON: &str = "server is at its room limit";
+/// The event that tells a client why its channel was dropped (`{"reason": ...}`).
+pub const DROPPED_EVENT: &str = "dropped";
 
 /// How many times a join retries when its room stops or dies under it.
 const JOIN_ATTEMPTS: usize = 8;
@@ -49,17 +61,18 @@ enum JoinOutcome {
     Stopped,
 }
 
-/// The channel's body. `topic` is `room:<name>`.
+/// The channel's body. `topic` is `room:<name>`; `payload` is the client's join payload.
 pub async fn run(
     app: App,
     socket: Addr<ConnMsg>,
     chan: ChanId,
     topic: String,
+    payload: Value,
     mut ctx: Ctx<ChannelMsg>,
 ) -> ExitReason {
     ctx.monitor(socket.pid());
     let name = topic.strip_prefix("room:").unwrap_or(&topic).to_string();
-    let joined = match validate_name(&app, &name) {
+    let joined = match admit(&app, &name, &payload) {
         Err(reason) => JoinOutcome::Refused(reason),
         Ok(()) => join(&app, &name, &mut ctx).await,
     };
@@ -131,6 +144,16 @@ pub async fn run(
                 }
             }
             Received::Msg(ChannelMsg::Stop) => return ExitReason::Shutdown,
+            Received::Msg(ChannelMsg::Dropped(reason)) => {
+                let push = ChannelEvent::Push {
+                    chan,
+                    event: DROPPED_EVENT.into(),
+                    payload: json!({ "reason": reason }),
+                };
+                let _ = socket.try_send(ConnMsg::Channel(push));
+                // A graceful exit: the client gets `phx_close`, so it stays out.
+                return ExitReason::Shutdown;
+            }
             Received::Down(d) if d.mref == room_ref => {
                 tracing::debug!(%topic, reason = %d.reason, "room down");
                 return ExitReason::Error(format!("room down: {}", d.reason));
@@ -141,18 +164,13 @@ pub async fn run(
     }
 }
 
-fn validate_name(app: &App, name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("room name is empty".into());
-    }
-    if name.len() > app.limits.max_room_name_bytes {
-        return Err(format!(
-            "room name longer than {} bytes",
-            app.limits.max_room_name_bytes
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("room name contains control characters".into());
+/// What is decided before the registry is asked: the name's rules, then the token.
+fn admit(app: &App, name: &str, payload: &Value) -> Result<(), String> {
+    room_name::check(name, app.limits.max_room_name_bytes).map_err(|e| e.to_string())?;
+    if let Some(secret) = &app.join_secret {
+        secret
+            .check(payload.get("token"), name, rt::time::wall_clock())
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -171,6 +189,10 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
             .await;
         let room = match started {
             Ok(room) => room,
+            Err(JoinError::Full { max, .. }) => {
+                tracing::debug!(room = %name, max, "join refused: at the room limit");
+                return JoinOutcome::Refused(ROOM_LIMIT_REASON.into());
+            }
             Err(e) => {
                 tracing::error!(room = %name, error = %e, "failed to start room");
                 return JoinOutcome::Refused("failed to start room".into());

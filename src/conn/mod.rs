@@ -139,10 +139,14 @@ fn drive(
                     Err(mpsc::error::TrySendError::Closed(_)) => healthy = false,
                 }
             }
-            Output::StartChannel { chan, topic, .. } => {
+            Output::StartChannel {
+                chan,
+                topic,
+                payload,
+            } => {
                 let (app2, socket) = (app.clone(), ctx.addr());
                 let addr = app.sys.spawn(app.limits.channel_mailbox, move |c| {
-                    channel::run(app2, socket, chan, topic, c)
+                    channel::run(app2, socket, chan, topic, payload, c)
                 });
                 ctx.monitor(addr.pid());
                 chans.by_pid.insert(addr.pid(), chan);

@@ -11,6 +11,7 @@ use super::events::{
 };
 use super::negotiation::{Negotiation, NoNegotiation, Outbox};
 use super::plane::{PlaneCommand, PlaneEvent};
+use crate::logsafe::{Untrusted, UntrustedDebug};
 
 /// The id the channel chose for its peer (a UUIDv4 string); also the endpoint id clients see.
 pub type PeerId = String;
@@ -133,7 +134,7 @@ impl<N: Negotiation> Session<N> {
         let mut out = Outbox::new();
         match ClientEvent::parse(data) {
             Err(e) => {
-                tracing::debug!(peer = from, error = %e, "malformed media event");
+                tracing::debug!(peer = from, error = %Untrusted(&e), "malformed media event");
                 send_error(&mut out, from, &e.to_string());
             }
             Ok(event) => self.dispatch(from, event, &mut out),
@@ -176,7 +177,7 @@ impl<N: Negotiation> Session<N> {
     fn dispatch(&mut self, from: &str, event: ClientEvent, out: &mut Outbox) {
         match event {
             ClientEvent::Ignored(kind) => {
-                tracing::debug!(peer = from, kind, "media event ignored");
+                tracing::debug!(peer = from, kind = %Untrusted(&kind), "media event ignored");
             }
             ClientEvent::Connect { metadata } => self.connect(from, metadata, out),
             // Anything but `connect` from a peer that is not connected is dropped, not answered
@@ -185,7 +186,7 @@ impl<N: Negotiation> Session<N> {
             // the client tear itself down. The 0.5.3 client cannot even produce track events
             // before `connected` (`addTrack` throws).
             _ if !self.roster.contains(from) => {
-                tracing::debug!(peer = from, ?event, "media event before connect dropped");
+                tracing::debug!(peer = from, event = %UntrustedDebug(&event), "media event before connect dropped");
             }
             ClientEvent::Disconnect => self.leave(from, out),
             ClientEvent::UpdateEndpointMetadata { metadata } => {

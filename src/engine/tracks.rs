@@ -36,6 +36,7 @@ use super::negotiation::{Negotiation, Outbox};
 use super::plane::{MLine, MLineRole, MediaKind, PlaneCommand, PlaneEvent, PlaneOffer};
 use super::sdp::{is_token_char, Direction, Sdp, MAX_MLINES};
 use super::session::{PeerId, Roster};
+use crate::logsafe::Untrusted;
 
 /// Mints the `integratedTurnServers` entries of one peer (TURN REST credentials naming it),
 /// so a leaked or stale credential is good for one peer's allocations only and those can be
@@ -182,6 +183,8 @@ struct PeerState {
     last_tracks_types: TracksTypes,
     /// This peer's `integratedTurnServers`.
     turn_servers: Vec<TurnServer>,
+    /// "Out of m-lines" was logged at warn level for this subscriber already.
+    warned_out_of_mlines: bool,
 }
 
 impl PeerState {
@@ -196,6 +199,7 @@ impl PeerState {
             inbound: BTreeMap::new(),
             outbound: Vec::new(),
             last_tracks_types: TracksTypes { audio: 0, video: 0 },
+            warned_out_of_mlines: false,
         }
     }
 
@@ -354,12 +358,24 @@ impl TrackNegotiation {
                 budget -= 1;
                 sub.outbound.push(Outbound::new(publisher, id, *kind, None));
             } else {
-                tracing::warn!(
-                    subscriber,
-                    publisher,
-                    track_id = %id,
-                    "connection out of m-lines: track not forwarded to this peer"
-                );
+                // Said once per subscriber at warn level: a client can make this happen
+                // over and over by publishing and unpublishing.
+                let first = !std::mem::replace(&mut sub.warned_out_of_mlines, true);
+                if first {
+                    tracing::warn!(
+                        subscriber,
+                        publisher,
+                        track_id = %Untrusted(id),
+                        "connection out of m-lines: track not forwarded to this peer"
+                    );
+                } else {
+                    tracing::debug!(
+                        subscriber,
+                        publisher,
+                        track_id = %Untrusted(id),
+                        "connection out of m-lines: track not forwarded to this peer"
+                    );
+                }
                 continue;
             }
             announced.push((id.clone(), track_info(meta)));
@@ -553,7 +569,7 @@ impl TrackNegotiation {
         let mut new_tracks = Vec::new();
         for (mid, track_id, kind, _) in published {
             if active_count >= max_published {
-                tracing::debug!(peer, %track_id, "published track over the limit answered inactive");
+                tracing::debug!(peer, track_id = %Untrusted(&track_id), "published track over the limit answered inactive");
                 continue;
             }
             active_count += 1;
@@ -663,7 +679,8 @@ impl TrackNegotiation {
         let sdp = match result {
             Ok(sdp) => sdp,
             Err(reason) => {
-                tracing::warn!(peer, %reason, "media plane could not answer");
+                // The plane logged why (within its per-peer budget); the client hears of it.
+                tracing::debug!(peer, reason = %Untrusted(&reason), "media plane could not answer");
                 state.held_candidates.clear();
                 state.pending = false;
                 state.phase = Phase::Idle;
@@ -765,7 +782,7 @@ impl TrackNegotiation {
             .values_mut()
             .find(|t| t.active && t.track_id == track_id)
         else {
-            tracing::debug!(peer, %track_id, "metadata update for an unknown track ignored");
+            tracing::debug!(peer, track_id = %Untrusted(&track_id), "metadata update for an unknown track ignored");
             return;
         };
         if track.metadata == metadata {
@@ -971,7 +988,7 @@ impl Negotiation for TrackNegotiation {
                 }
             }
             PlaneEvent::TrackEnded { peer, track_id } => {
-                tracing::debug!(%peer, %track_id, "inbound track ended");
+                tracing::debug!(%peer, track_id = %Untrusted(&track_id), "inbound track ended");
             }
             PlaneEvent::Connected { peer } => self.keyframes_for_subscriber(&peer, out),
             PlaneEvent::Failed { peer, reason } => {

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::frame::{self, Frame, EV_HEARTBEAT, EV_JOIN, EV_LEAVE, HEARTBEAT_TOPIC};
+use crate::logsafe::Untrusted;
 
 /// Close code: the server is going away or the connection was idle too long.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -268,7 +269,7 @@ impl SocketCore {
         match frame::decode(text) {
             Ok(frame) => self.handle_frame(frame, text.len()),
             Err(err) => {
-                tracing::debug!(%err, "closing socket on undecodable frame");
+                tracing::debug!(err = %Untrusted(&err), "closing socket on undecodable frame");
                 self.close_with(CLOSE_INTERNAL_ERROR, "invalid frame");
             }
         }
@@ -456,7 +457,7 @@ impl SocketCore {
                 });
             }
             _ => {
-                tracing::debug!(topic = %frame.topic, event = %frame.event, "dropping stale frame");
+                tracing::debug!(topic = %Untrusted(&frame.topic), event = %Untrusted(&frame.event), "dropping stale frame");
             }
         }
     }

@@ -28,6 +28,9 @@ pub enum RegisterError<M> {
     /// The process is not alive.
     #[error("process is not alive")]
     Noproc,
+    /// The registry already holds its most names (see [`Registry::bounded`]).
+    #[error("the registry holds its limit of {0} names")]
+    Full(usize),
 }
 
 /// Why starting a named process failed.
@@ -35,22 +38,29 @@ pub enum RegisterError<M> {
 pub enum StartError<M> {
     #[error("already started as {}", .0.pid())]
     AlreadyStarted(Addr<M>),
+    /// The registry holds its most names: nothing new may start until one is released.
+    #[error("the registry holds its limit of {0} names")]
+    Full(usize),
     #[error("failed to start: {0}")]
     Failed(String),
 }
 
 /// A start failure other than losing the race, surfaced by [`Registry::whereis_or_start`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("failed to start {name:?}: {reason}")]
-pub struct JoinError {
-    pub name: String,
-    pub reason: String,
+pub enum JoinError {
+    /// The name is not running and the registry is at its limit of names.
+    #[error("cannot start {name:?}: the registry holds its limit of {max} names")]
+    Full { name: String, max: usize },
+    #[error("failed to start {name:?}: {reason}")]
+    Failed { name: String, reason: String },
 }
 
 /// Names → processes accepting `M`. Cheap to clone; clones share the table.
 pub struct Registry<M> {
     sys: System,
     names: Arc<Mutex<Names<Addr<M>>>>,
+    /// Most names held at once; a registration of a new name beyond it is refused.
+    max_names: usize,
 }
 
 impl<M> Clone for Registry<M> {
@@ -58,6 +68,7 @@ impl<M> Clone for Registry<M> {
         Registry {
             sys: self.sys.clone(),
             names: self.names.clone(),
+            max_names: self.max_names,
         }
     }
 }
@@ -70,10 +81,29 @@ impl<M> fmt::Debug for Registry<M> {
 
 impl<M: Send + 'static> Registry<M> {
     pub fn new(sys: &System) -> Self {
+        Registry::bounded(sys, usize::MAX)
+    }
+
+    /// A registry that holds at most `max_names` names at once: registering one more is
+    /// refused with [`RegisterError::Full`] (checked under the table's lock, so racing
+    /// registrations never overshoot). A name is freed as usual, when its process exits or
+    /// gives it up.
+    pub fn bounded(sys: &System, max_names: usize) -> Self {
         Registry {
             sys: sys.clone(),
             names: Arc::new(Mutex::new(Names::default())),
+            max_names,
         }
+    }
+
+    /// How many names are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no name is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, Names<Addr<M>>> {
@@ -90,6 +120,10 @@ impl<M: Send + 'static> Registry<M> {
     /// the others get `AlreadyStarted(winner)`. The name is released when the process exits.
     pub fn register(&self, name: &str, addr: &Addr<M>) -> Result<(), RegisterError<M>> {
         let mut names = self.lock();
+        // A held name answers `AlreadyStarted` below whatever the count: only new names count.
+        if names.len() >= self.max_names && names.get(name).is_none() {
+            return Err(RegisterError::Full(self.max_names));
+        }
         let gen = names
             .insert(name, addr.pid(), addr.clone())
             .map_err(|r| match r {
@@ -176,12 +210,14 @@ impl<M: Send + 'static> Registry<M> {
                 Ok(addr)
             }
             Err(RegisterError::AlreadyStarted(winner)) => Err(StartError::AlreadyStarted(winner)),
+            Err(RegisterError::Full(max)) => Err(StartError::Full(max)),
             Err(e) => Err(StartError::Failed(e.to_string())),
         }
     }
 
     /// The tutorial's join logic: look `name` up; if absent, `start` it; if the start loses
-    /// the race (`AlreadyStarted(winner)`), use the winner; any other failure is an error.
+    /// the race (`AlreadyStarted(winner)`), use the winner; any other failure (the registry at
+    /// its limit included) is an error.
     pub async fn whereis_or_start<F>(&self, name: &str, start: F) -> Result<Addr<M>, JoinError>
     where
         F: FnOnce() -> Result<Addr<M>, StartError<M>>,
@@ -197,7 +233,11 @@ impl<M: Send + 'static> Registry<M> {
                 tracing::debug!(name, winner = %addr.pid(), "start lost the registration race");
                 Ok(addr)
             }
-            Err(StartError::Failed(reason)) => Err(JoinError {
+            Err(StartError::Full(max)) => Err(JoinError::Full {
+                name: name.to_string(),
+                max,
+            }),
+            Err(StartError::Failed(reason)) => Err(JoinError::Failed {
                 name: name.to_string(),
                 reason,
             }),

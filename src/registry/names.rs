@@ -41,6 +41,10 @@ impl<A> Default for Names<A> {
 }
 
 impl<A: Clone> Names<A> {
+    pub(crate) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&Entry<A>> {
         self.by_name.get(name)
     }

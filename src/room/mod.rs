@@ -10,7 +10,13 @@
 //! It also owns the room's media plane and executes the plane commands the session decides; the
 //! plane's reports come back as [`RoomMsg::Plane`] and go straight into the session.
 //!
+//! A peer holds one of the room's `max_peers_per_room` slots from its join, but the others only
+//! see it once it is in the media session; one that stays outside longer than
+//! `connect_grace` (see `grace.rs`) is dropped: its channel is told why and closes.
+//!
 //! Never blocks on a peer: a channel whose mailbox is full is a slow consumer and is killed.
+
+mod grace;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +26,7 @@ use crate::app::App;
 use crate::channel::ChannelMsg;
 use crate::engine::{MediaPlane, Out, PlaneEvent, PlaneSink, Session, TrackNegotiation};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
+use grace::ConnectGrace;
 
 /// What a room accepts.
 /// What a room reports about itself.
@@ -63,12 +70,43 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     let mut plane = app.plane_factory.build(&name, plane_sink(ctx.addr()));
     let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
     let mut by_pid: BTreeMap<Pid, String> = BTreeMap::new();
+    let mut grace = ConnectGrace::new(app.limits.connect_grace);
     tracing::debug!(room = %name, pid = %ctx.pid(), "room started");
     loop {
+        // Checked before waiting, so a busy mailbox cannot put the drop off.
+        if grace.poll_timeout().is_some_and(|d| d <= rt::time::now()) {
+            let reason = grace.reason();
+            for peer_id in grace.expired(rt::time::now()) {
+                let Some(p) = peers.remove(&peer_id) else {
+                    continue;
+                };
+                by_pid.remove(&p.channel.pid());
+                ctx.demonitor(p.mref);
+                tracing::debug!(room = %name, peer = %peer_id, "peer dropped: no connect within the grace");
+                // It is outside the session, so this tells nobody; it only forgets the peer.
+                let outs = session.remove_peer(&peer_id);
+                dispatch(&ctx, &peers, plane.as_mut(), outs);
+                if p.channel
+                    .try_send(ChannelMsg::Dropped(reason.clone()))
+                    .is_err()
+                {
+                    ctx.system().kill(p.channel.pid());
+                }
+            }
+            if peers.is_empty() {
+                break;
+            }
+        }
         let received = if peers.is_empty() {
             match rt::time::timeout(app.limits.empty_room_linger, ctx.recv()).await {
                 Some(r) => r,
                 None => break,
+            }
+        } else if let Some(deadline) = grace.poll_timeout() {
+            let wait = deadline.saturating_duration_since(rt::time::now());
+            match rt::time::timeout(wait, ctx.recv()).await {
+                Some(r) => r,
+                None => continue,
             }
         } else {
             ctx.recv().await
@@ -85,12 +123,15 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                 }
                 let mref = ctx.monitor(channel.pid());
                 by_pid.insert(channel.pid(), peer_id.clone());
+                grace.update(&peer_id, false, rt::time::now());
                 peers.insert(peer_id, Peer { channel, mref });
                 let _ = ack.send(Ok(()));
             }
             Received::Msg(RoomMsg::MediaEvent { peer_id, data }) => {
                 if peers.contains_key(&peer_id) {
                     let outs = session.handle_event(&peer_id, &data);
+                    let connected = session.roster().contains(&peer_id);
+                    grace.update(&peer_id, connected, rt::time::now());
                     dispatch(&ctx, &peers, plane.as_mut(), outs);
                 }
             }
@@ -120,6 +161,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                 };
                 if peers.get(&peer_id).is_some_and(|p| p.mref == d.mref) {
                     peers.remove(&peer_id);
+                    grace.remove(&peer_id);
                     tracing::debug!(room = %name, peer = %peer_id, reason = %d.reason, "peer left");
                     let outs = session.remove_peer(&peer_id);
                     dispatch(&ctx, &peers, plane.as_mut(), outs);

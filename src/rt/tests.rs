@@ -161,6 +161,35 @@ async fn late_cleanup_spares_a_newer_registration() {
     ));
 }
 
+/// A bounded registry refuses a new name at its limit (a held name still answers
+/// `AlreadyStarted`), and takes new names again once a holder exits.
+#[tokio::test]
+async fn bounded_registry_refuses_new_names_at_its_limit() {
+    use crate::registry::{RegisterError, StartError};
+    let sys = System::new();
+    let reg: Registry<Cmd> = Registry::bounded(&sys, 2);
+    let (a, b, c) = (puppet(&sys), puppet(&sys), puppet(&sys));
+    reg.register("a", &a).unwrap();
+    reg.register("b", &b).unwrap();
+    assert!(matches!(reg.register("c", &c), Err(RegisterError::Full(2))));
+    assert!(matches!(
+        reg.register("a", &c),
+        Err(RegisterError::AlreadyStarted(w)) if w.pid() == a.pid()
+    ));
+    let started = reg.start("c", 1, |_ctx: Ctx<Cmd>| async { ExitReason::Normal });
+    assert!(matches!(started, Err(StartError::Full(2))), "{started:?}");
+    assert_eq!(reg.len(), 2);
+    sys.kill(a.pid());
+    sys.wait_exit(a.pid()).await;
+    assert_eq!(reg.len(), 1);
+    reg.register("c", &c).unwrap();
+    assert_eq!(
+        sys.live_count(),
+        2,
+        "the refused start left no process behind"
+    );
+}
+
 /// A name given up while its holder lives takes its exit hook with it (no hook piles up on a
 /// process that registers and releases names over and over), and the holder keeps running.
 #[tokio::test]

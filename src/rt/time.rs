@@ -1,11 +1,17 @@
 //! Time for actors: simulated under madsim (std's clock is intercepted there), real otherwise.
 //! Cores never read the clock; drivers read it here and pass `now` in.
 
-pub use std::time::{Duration, Instant};
+pub use std::time::{Duration, Instant, SystemTime};
 
 /// The current instant (simulated time under madsim).
 pub fn now() -> Instant {
     Instant::now()
+}
+
+/// The wall clock (simulated under madsim), for what is dated in calendar time, e.g. the expiry
+/// of a join token.
+pub fn wall_clock() -> SystemTime {
+    SystemTime::now()
 }
 
 /// Sleeps for `d` (at least one millisecond under simulation, as in tokio).

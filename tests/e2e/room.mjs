@@ -10,6 +10,9 @@
 // room is refused with a clear message in the lobby. With E2E_CONTROL=1 the script asks its
 // driver to crash the room (prints `E2E_KILL_ROOM <room>`, reads one line `killed true` on stdin)
 // and checks both pages show the reconnecting state, rejoin and get media flowing again.
+// With E2E_TOKEN_LINK=?room=<name>&token=<token> (a server with a join secret) it only checks
+// token links: that link joins through the lobby and keeps its token in the address bar, and the
+// room's bare link is refused with a message saying a token is needed.
 // Prints progress lines, then `E2E_RESULT <json>`; exits non-zero on any failed check.
 // Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
 
@@ -149,6 +152,36 @@ try {
     pages[name] = page;
   }
   const { Alice: alice, Bob: bob, Carol: carol } = pages;
+
+  if (process.env.E2E_TOKEN_LINK) {
+    const linkRoom = new URLSearchParams(process.env.E2E_TOKEN_LINK).get("room");
+    await alice.goto(base + process.env.E2E_TOKEN_LINK);
+    result.tokenRoom = await alice.inputValue("#room-name");
+    await alice.fill("#display-name", "Alice");
+    await alice.click("#join");
+    await alice.waitForSelector("#room:not([hidden])", { timeout: STEP_MS });
+    await waitFor("Alice joined with the token link", async () => {
+      const st = await alice.evaluate(() => window.__videoroom.state());
+      return { ok: st.phase === "joined" && !!st.selfId, st };
+    });
+    result.tokenInAddressBar = new URL(alice.url()).searchParams.get("token") ===
+      new URLSearchParams(process.env.E2E_TOKEN_LINK).get("token");
+    log(`a token link joins room ${result.tokenRoom}; token kept: ${result.tokenInAddressBar}`);
+    await bob.goto(`${base}?room=${encodeURIComponent(linkRoom)}`);
+    await bob.fill("#display-name", "Bob");
+    await bob.click("#join");
+    await waitFor("Bob told a token is needed", async () => {
+      const visible = await bob.isVisible("#lobby-error");
+      const text = visible ? await bob.textContent("#lobby-error-text") : "";
+      return { ok: visible && /token/.test(text), text };
+    });
+    result.bareLink = await bob.textContent("#lobby-error-text");
+    log(`the bare link is refused: "${result.bareLink}"`);
+    await alice.screenshot({ path: screenshotPath });
+    console.log(`E2E_RESULT ${JSON.stringify(result)}`);
+    await browser.close();
+    process.exit(0);
+  }
 
   // The lobby validates before joining.
   await alice.goto(base);

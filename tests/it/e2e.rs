@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use videoroom::join_token::JoinSecret;
 use videoroom::server::MediaConfig;
 
 use crate::support::server::TestServer;
@@ -68,13 +69,82 @@ fn two_browsers_see_and_hear_each_other() {
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-room.png");
     let _ = std::fs::remove_file(&shot);
 
+    let (result, out) = run_script(
+        &root,
+        &chromium,
+        &srv,
+        &base,
+        &shot,
+        &[
+            ("E2E_ROOM_LIMIT", ROOM_LIMIT.to_string()),
+            ("E2E_CONTROL", "1".to_owned()),
+        ],
+    );
+    for who in ["alice", "bob"] {
+        let r = &result[who];
+        let frames = r["framesDecodedDelta"].as_f64().unwrap_or(0.0);
+        let energy = r["audioEnergyDelta"].as_f64().unwrap_or(0.0);
+        let level = r["audioLevel"].as_f64().unwrap_or(0.0);
+        assert!(frames > 5.0, "{who} decodes too few frames: {r}");
+        assert!(energy > 0.0 || level > 0.0, "{who} hears nothing: {r}");
+        let again = &result["afterCrash"][who];
+        let frames = again["framesDecodedDelta"].as_f64().unwrap_or(0.0);
+        assert!(
+            frames > 5.0,
+            "{who} decodes too few frames after the room crash: {again}"
+        );
+    }
+    for key in ["roomFull", "cameraDenied", "unreachable"] {
+        assert!(result[key].is_string(), "no {key} check in {result}");
+    }
+    assert_eq!(result["afterLeave"], serde_json::json!(["Alice (you)"]));
+    // Carol in Bob's place: Alice decodes her on the recycled m-lines, which did not grow.
+    let recycled = &result["recycled"];
+    for who in ["alice", "carol"] {
+        let frames = recycled[who]["framesDecodedDelta"].as_f64().unwrap_or(0.0);
+        assert!(
+            frames > 5.0,
+            "{who} decodes too few frames with Carol: {recycled}"
+        );
+    }
+    assert_eq!(
+        recycled["before"], recycled["after"],
+        "Alice's connection grew m-lines for Carol instead of recycling Bob's"
+    );
+    assert_eq!(recycled["after"]["recvonly"], 2, "{recycled}");
+    // Chromium makes a TURN allocation per network per ICE restart (every renegotiation) and
+    // keeps the old ones until it leaves; the quota (with idle eviction) must never refuse it.
+    let turn = srv.turn_stats().expect("the real media plane");
+    println!("TURN: {turn:?}");
+    let quota = videoroom::turn::TurnLimits::default().max_allocations_per_peer;
+    assert!(
+        turn.peak_per_peer <= quota && turn.quota_refused == 0,
+        "a browser was refused a TURN allocation (quota {quota}): {turn:?}"
+    );
+    assert!(
+        shot.is_file(),
+        "no screenshot at {} ({out})",
+        shot.display()
+    );
+    println!("screenshot: {}", shot.display());
+}
+
+/// Runs `tests/e2e/room.mjs` against `srv` with `envs`, crashing a room when it asks; returns
+/// its `E2E_RESULT` and its output. Panics with the output if it fails or overruns.
+fn run_script(
+    root: &Path,
+    chromium: &Path,
+    srv: &TestServer,
+    base: &str,
+    shot: &Path,
+    envs: &[(&str, String)],
+) -> (Value, String) {
     let mut child = Command::new("node")
         .arg(root.join("tests/e2e/room.mjs"))
-        .arg(&base)
-        .arg(&shot)
-        .env("VIDEOROOM_CHROMIUM", &chromium)
-        .env("E2E_ROOM_LIMIT", ROOM_LIMIT.to_string())
-        .env("E2E_CONTROL", "1")
+        .arg(base)
+        .arg(shot)
+        .env("VIDEOROOM_CHROMIUM", chromium)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(root.join("tests/e2e"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -142,51 +212,43 @@ fn two_browsers_see_and_hear_each_other() {
         .find_map(|l| l.strip_prefix("E2E_RESULT "))
         .and_then(|j| serde_json::from_str(j).ok())
         .unwrap_or_else(|| panic!("no E2E_RESULT line in the output:\n{out}\nstderr:\n{err}"));
-    for who in ["alice", "bob"] {
-        let r = &result[who];
-        let frames = r["framesDecodedDelta"].as_f64().unwrap_or(0.0);
-        let energy = r["audioEnergyDelta"].as_f64().unwrap_or(0.0);
-        let level = r["audioLevel"].as_f64().unwrap_or(0.0);
-        assert!(frames > 5.0, "{who} decodes too few frames: {r}");
-        assert!(energy > 0.0 || level > 0.0, "{who} hears nothing: {r}");
-        let again = &result["afterCrash"][who];
-        let frames = again["framesDecodedDelta"].as_f64().unwrap_or(0.0);
-        assert!(
-            frames > 5.0,
-            "{who} decodes too few frames after the room crash: {again}"
-        );
-    }
-    for key in ["roomFull", "cameraDenied", "unreachable"] {
-        assert!(result[key].is_string(), "no {key} check in {result}");
-    }
-    assert_eq!(result["afterLeave"], serde_json::json!(["Alice (you)"]));
-    // Carol in Bob's place: Alice decodes her on the recycled m-lines, which did not grow.
-    let recycled = &result["recycled"];
-    for who in ["alice", "carol"] {
-        let frames = recycled[who]["framesDecodedDelta"].as_f64().unwrap_or(0.0);
-        assert!(
-            frames > 5.0,
-            "{who} decodes too few frames with Carol: {recycled}"
-        );
-    }
-    assert_eq!(
-        recycled["before"], recycled["after"],
-        "Alice's connection grew m-lines for Carol instead of recycling Bob's"
+    (result, out)
+}
+
+/// A link minted for one room (`videoroom token`) joins through the lobby in Chromium on a
+/// server with a join secret, and keeps its token in the address bar; the same room's bare
+/// link is refused with a message that says a token is needed.
+#[test]
+fn a_token_link_joins_and_a_bare_link_is_told_why_not() {
+    let root = repo_root();
+    let chromium = check_browser_setup(&root);
+    let _serial = crate::support::MEDIA_EXCLUSIVE.blocking_lock();
+    let secret = JoinSecret::new(b"e2e join secret, 16+ bytes").unwrap();
+    let room = "e2e-token";
+    let token = secret.mint(
+        room,
+        std::time::SystemTime::now() + Duration::from_secs(3600),
     );
-    assert_eq!(recycled["after"]["recvonly"], 2, "{recycled}");
-    // Chromium makes a TURN allocation per network per ICE restart (every renegotiation) and
-    // keeps the old ones until it leaves; the quota (with idle eviction) must never refuse it.
-    let turn = srv.turn_stats().expect("the real media plane");
-    println!("TURN: {turn:?}");
-    let quota = videoroom::turn::TurnLimits::default().max_allocations_per_peer;
-    assert!(
-        turn.peak_per_peer <= quota && turn.quota_refused == 0,
-        "a browser was refused a TURN allocation (quota {quota}): {turn:?}"
+    let srv = TestServer::start_with(|c| {
+        c.join_secret = Some(secret);
+        c.media = MediaConfig {
+            real: true,
+            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ..MediaConfig::default()
+        };
+    });
+    let base = format!("http://{}/", srv.addr());
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-token.png");
+    let (result, out) = run_script(
+        &root,
+        &chromium,
+        &srv,
+        &base,
+        &shot,
+        &[("E2E_TOKEN_LINK", format!("?room={room}&token={token}"))],
     );
-    assert!(
-        shot.is_file(),
-        "no screenshot at {} ({out})",
-        shot.display()
-    );
-    println!("screenshot: {}", shot.display());
+    assert_eq!(result["tokenRoom"], room, "{out}");
+    assert_eq!(result["tokenInAddressBar"], true, "{out}");
+    let refused = result["bareLink"].as_str().unwrap_or_default();
+    assert!(refused.contains("a join token is required"), "{out}");
 }

@@ -1,5 +1,6 @@
 //! Integration tests on real tokio (one test binary).
 
+mod cli;
 mod e2e;
 mod media;
 mod media_server;
@@ -9,5 +10,6 @@ mod turn_policy;
 mod wire_backpressure;
 mod wire_channels;
 mod wire_http;
+mod wire_logs;
 mod wire_rooms;
 mod wire_transcripts;

@@ -293,6 +293,9 @@ impl StateMachineTest for RegistryTest {
                         assert_ne!(holder, Some(&p));
                     }
                     (Err(RegisterError::AlreadyNamed(_)), holder) => assert_ne!(holder, Some(&p)),
+                    (Err(RegisterError::Full(_)), _) => {
+                        panic!("an unbounded registry is never full")
+                    }
                     (Err(e), None) => panic!("refused ({e}) but the model has no holder"),
                 }
             }

@@ -393,3 +393,65 @@ fn oversized_frame_closes_with_1009() {
     );
     c.expect_after(close.index, ev("socket_open"));
 }
+
+/// Room names are exactly what the README and the lobby allow: look-alikes made with bidi
+/// overrides or zero-width characters are refused with the rule, before any room starts.
+#[test]
+fn look_alike_room_names_are_refused() {
+    let srv = TestServer::start();
+    let mut c = client(&srv, "c", fast_opts());
+    for name in ["abc\u{202e}def", "a\u{200b}b", "caf\u{e9}", "two words"] {
+        let topic = format!("room:{name}");
+        c.join(&topic);
+        let err = c.expect(ev("join_error").with("topic", topic.as_str()));
+        assert_eq!(
+            err["response"],
+            json!({"reason": "room name may only contain letters, digits, '.', '_' and '-'"}),
+            "{name:?}"
+        );
+    }
+    assert!(srv.app().rooms.is_empty());
+}
+
+/// With a join secret, the join payload's `token` decides: none, another room's, or an expired
+/// one is refused with its reason; a valid one joins, and phoenix.js's automatic rejoin (which
+/// resends the join payload) gets back in after a room crash.
+#[test]
+fn join_tokens_gate_the_room() {
+    use std::time::{Duration, SystemTime};
+    use videoroom::join_token::JoinSecret;
+
+    let secret = JoinSecret::new(b"wire test secret, 16+ bytes").unwrap();
+    let srv = TestServer::start_with(|c| c.join_secret = Some(secret.clone()));
+    let mut c = client(&srv, "c", fast_opts());
+    let later = SystemTime::now() + Duration::from_secs(600);
+    let earlier = SystemTime::now() - Duration::from_secs(1);
+    for (room, payload, reason) in [
+        ("a", json!({}), "a join token is required"),
+        (
+            "b",
+            json!({"token": secret.mint("x", later)}),
+            "token is for another room",
+        ),
+        (
+            "c",
+            json!({"token": secret.mint("c", earlier)}),
+            "token expired",
+        ),
+        (
+            "d",
+            json!({"token": "forged.token"}),
+            "join token is not valid",
+        ),
+    ] {
+        let topic = format!("room:{room}");
+        c.join_with(&topic, payload);
+        let err = c.expect(ev("join_error").with("topic", topic.as_str()));
+        assert_eq!(err["response"], json!({"reason": reason}));
+    }
+    assert!(srv.app().rooms.is_empty(), "no refused join started a room");
+    c.join_with("room:ok", json!({"token": secret.mint("ok", later)}));
+    c.expect(ev("join_ok").with("topic", "room:ok"));
+    srv.app().kill_room("ok").expect("room:ok runs");
+    c.expect(ev("rejoined").with("topic", "room:ok"));
+}

@@ -251,3 +251,91 @@ fn graceful_shutdown_closes_with_1012() {
         assert_eq!(close["code"], json!(1012));
     }
 }
+
+/// Waits (bounded) until `cond` holds, polling the server; panics with `what` otherwise.
+#[track_caller]
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// At `max_rooms`, a join that would start one more room is refused with a reason, while a join
+/// to a running room still works. When the clients go, every room stops: the registry and the
+/// process table are back to where they started, and new rooms may start again.
+#[test]
+fn rooms_per_node_are_capped_and_come_back_when_closed() {
+    const CAP: usize = 60;
+    let srv = TestServer::start_with(|c| c.limits.max_rooms = CAP);
+    let baseline = srv.app().sys.live_count();
+    let mut a = Driver::phx("A");
+    a.connect(&srv.url(), fast_opts());
+    for i in 0..CAP {
+        a.join(&format!("room:cap-{i}"));
+    }
+    for i in 0..CAP {
+        a.expect(ev("join_ok").with("topic", format!("room:cap-{i}")));
+    }
+    assert_eq!(srv.app().rooms.len(), CAP);
+    a.join("room:one-too-many");
+    let err = a.expect(ev("join_error").with("topic", "room:one-too-many"));
+    assert_eq!(
+        err["response"],
+        json!({"reason": "server is at its room limit"})
+    );
+    assert_eq!(srv.room_pid("one-too-many"), None);
+    let mut b = joined(&srv, "B", "room:cap-7");
+    assert_eq!(
+        srv.room_peers("cap-7").len(),
+        2,
+        "a running room still admits"
+    );
+
+    for c in [&mut a, &mut b] {
+        c.cmd(json!({"cmd": "disconnect"}));
+        c.expect(ev("disconnected"));
+    }
+    until("every room stopped and every process ended", || {
+        srv.app().rooms.is_empty() && srv.app().sys.live_count() == baseline
+    });
+    let _c = joined(&srv, "C", "room:one-too-many");
+}
+
+/// A joined channel that never sends `connect` holds a slot nobody in the room can see. After
+/// the connect grace the room drops it: its client gets `dropped` with a reason, then
+/// `phx_close` (so phoenix.js does not rejoin), and the newcomer it kept out gets in.
+#[test]
+fn a_squatter_is_dropped_after_the_grace_and_told_why() {
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_peers_per_room = 2;
+        c.limits.connect_grace = std::time::Duration::from_millis(500);
+    });
+    let t = "room:squat";
+    let mut squatter = joined(&srv, "squatter", t);
+    let mut host = joined(&srv, "host", t);
+    connect_media(&mut host, t, "host");
+    let mut guest = Driver::phx("guest");
+    guest.connect(&srv.url(), fast_opts());
+    guest.join(t);
+    let full = guest.expect(ev("join_error").with("topic", t));
+    assert_eq!(full["response"], json!({"reason": "room is full"}));
+
+    let dropped = squatter.expect(msg(t, "dropped"));
+    assert_eq!(
+        dropped["payload"],
+        json!({"reason": "did not connect to the media session within 0.5 s of joining"})
+    );
+    let closed = squatter.expect(ev("channel_close").with("topic", t));
+    assert!(
+        closed.index > dropped.index,
+        "the reason comes before the close"
+    );
+    guest.expect(ev("join_ok").with("topic", t));
+    connect_media(&mut guest, t, "guest");
+    assert_eq!(srv.room_peers("squat").len(), 2);
+    squatter.refute(ev("rejoined"));
+    squatter.refute(ev("channel_error"));
+    host.refute(media_in(t, "endpointRemoved"));
+}

@@ -21,6 +21,25 @@ const METER_EVERY_MS = 80;
 
 const $ = (id) => document.getElementById(id);
 
+// A link minted with `videoroom token` carries `?room=<name>&token=<token>`. The token admits to
+// that room only; it is sent with the join (the server ignores it unless it has a join secret).
+const link = (() => {
+  const params = new URLSearchParams(location.search);
+  const room = params.get("room");
+  const token = params.get("token");
+  return room && token ? { room, token } : null;
+})();
+
+function tokenFor(room) {
+  return link && link.room === room ? link.token : null;
+}
+
+function roomQuery(room) {
+  const token = tokenFor(room);
+  const q = `?room=${encodeURIComponent(room)}`;
+  return token ? `${q}&token=${encodeURIComponent(token)}` : q;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Validation and remembered values
 
@@ -66,7 +85,9 @@ function showLobby(error, offerWithoutMedia = false) {
   $("room").hidden = true;
   $("lobby").hidden = false;
   document.title = "videoroom";
-  if (location.search) history.replaceState(null, "", location.pathname);
+  // A token link stays in the address bar, so a reload can still join.
+  const keep = link ? roomQuery(link.room) : "";
+  if (location.search !== keep) history.replaceState(null, "", location.pathname + keep);
   const box = $("lobby-error");
   box.hidden = !error;
   $("lobby-error-text").textContent = error || "";
@@ -287,7 +308,8 @@ class RoomSession {
     });
     this.socket.connect();
 
-    this.channel = this.socket.channel(`room:${this.room}`, {});
+    const token = tokenFor(this.room);
+    this.channel = this.socket.channel(`room:${this.room}`, token ? { token } : {});
     this.channel.on("mediaEvent", (ev) => {
       if (!this.endpoint) return;
       try {
@@ -297,6 +319,12 @@ class RoomSession {
       }
     });
     this.channel.on("error", (ev) => this.setBanner(`Server error: ${ev && ev.message}`, true));
+    // The room let this peer go (e.g. it never got into the media session); the server closes
+    // the channel next, and phoenix does not rejoin a closed channel.
+    this.channel.on("dropped", (ev) => {
+      const reason = (ev && ev.reason) || "no reason given";
+      this.close(`You were removed from room "${this.room}": ${reason}.`);
+    });
     this.channel.onError(() => {
       if (this.closed) return;
       // The room or the connection went away; phoenix rejoins by itself and the join's "ok"
@@ -320,10 +348,14 @@ class RoomSession {
 
   onJoinRefused(resp) {
     const reason = (resp && resp.reason) || "unknown reason";
-    const text =
-      reason === "room is full"
-        ? `Room "${this.room}" is full. Try again later or pick another room.`
-        : `Cannot join room "${this.room}": ${reason}.`;
+    let text = `Cannot join room "${this.room}": ${reason}.`;
+    if (reason === "room is full") {
+      text = `Room "${this.room}" is full. Try again later or pick another room.`;
+    } else if (reason === "server is at its room limit") {
+      text = `The server runs as many rooms as it may. Try again later, or join a room that is already running.`;
+    } else if (/token/.test(reason)) {
+      text = `Cannot join room "${this.room}": ${reason}. Ask whoever sent you the link for a new one.`;
+    }
     this.close(text);
   }
 
@@ -628,7 +660,7 @@ async function enterRoom(room, name, withMedia) {
   $("room").hidden = false;
   $("room-title").textContent = room;
   document.title = `${room} · videoroom`;
-  history.replaceState(null, "", `?room=${encodeURIComponent(room)}`);
+  history.replaceState(null, "", roomQuery(room));
   for (const [id, label] of [["toggle-mic", "Mute"], ["toggle-camera", "Stop camera"]]) {
     $(id).setAttribute("aria-pressed", "false");
     $(id).textContent = label;

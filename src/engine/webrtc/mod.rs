@@ -52,6 +52,7 @@ use crate::engine::plane::{
 };
 use crate::fabric::sfu::FabricRuntime;
 use crate::fabric::Fabric;
+use crate::logsafe::{Untrusted, WarnBudget};
 use crate::turn::TurnServer;
 
 pub use forward::{Continuity, Fanout, Leg, NO_PAYLOAD_TYPE};
@@ -486,6 +487,8 @@ struct PeerTask {
     ingress: BTreeMap<String, JoinHandle<()>>,
     /// By mid.
     outbound: BTreeMap<String, OutSlot>,
+    /// Warnings this peer's client can cause.
+    warnings: WarnBudget,
 }
 
 impl PeerTask {
@@ -499,6 +502,7 @@ impl PeerTask {
             inbound: BTreeMap::new(),
             ingress: BTreeMap::new(),
             outbound: BTreeMap::new(),
+            warnings: WarnBudget::per_peer(),
         }
     }
 
@@ -523,7 +527,10 @@ impl PeerTask {
                     let negotiation = offer.negotiation;
                     let result = self.apply_offer(offer).await;
                     if let Err(reason) = &result {
-                        tracing::warn!(peer = %self.peer, %reason, "offer not applied");
+                        // A client can send offers webrtc refuses as fast as it likes.
+                        if let Some(suppressed) = self.warnings.admit(std::time::Instant::now()) {
+                            tracing::warn!(peer = %self.peer, reason = %Untrusted(reason), suppressed, "offer not applied");
+                        }
                     }
                     self.emit(PlaneEvent::Answer {
                         peer: self.peer.clone(),
@@ -534,7 +541,7 @@ impl PeerTask {
                 Cmd::RemoteCandidate(init) => {
                     if let Some(pc) = &self.pc {
                         if let Err(e) = pc.add_ice_candidate(init).await {
-                            tracing::debug!(peer = %self.peer, error = %e, "remote candidate rejected");
+                            tracing::debug!(peer = %self.peer, error = %Untrusted(&e), "remote candidate rejected");
                         }
                     }
                 }
@@ -557,6 +564,10 @@ impl PeerTask {
                 Cmd::Track(remote) => self.start_ingress(remote).await,
                 Cmd::InboundEnded(track_id) => self.end_ingress(&track_id),
             }
+        }
+        let suppressed = self.warnings.take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!(peer = %self.peer, suppressed, "warnings suppressed for this peer");
         }
         self.teardown().await;
     }
@@ -761,7 +772,7 @@ impl PeerTask {
             .set_direction(RTCRtpTransceiverDirection::Inactive)
             .await
         {
-            tracing::debug!(peer = %self.peer, mid, error = %e, "set_direction failed");
+            tracing::debug!(peer = %self.peer, mid = %Untrusted(mid), error = %Untrusted(&e), "set_direction failed");
         }
     }
 

@@ -301,6 +301,11 @@ impl Driver {
         self.cmd(json!({"cmd": "join", "topic": topic, "payload": {}}));
     }
 
+    /// `join` (phx driver) `topic` with `payload` (e.g. `{"token": ...}`).
+    pub fn join_with(&mut self, topic: &str, payload: Value) {
+        self.cmd(json!({"cmd": "join", "topic": topic, "payload": payload}));
+    }
+
     /// `join` and wait for `join_ok`; returns it.
     pub fn join_ok(&mut self, topic: &str) -> Seen {
         self.join(topic);

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod http;
+pub mod logs;
 pub mod server;
 #[cfg(feature = "media-webrtc")]
 pub mod sfu_peer;

@@ -26,12 +26,35 @@ impl TestServer {
 
     /// Like [`TestServer::start`], after `tweak` adjusted the configuration.
     pub fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        TestServer::start_inner(tweak, None)
+    }
+
+    /// Like [`TestServer::start_with`], with `logs` as the `tracing` subscriber of every thread
+    /// the server runs on.
+    pub fn start_logged(
+        tweak: impl FnOnce(&mut ServerConfig),
+        logs: tracing::Dispatch,
+    ) -> TestServer {
+        TestServer::start_inner(tweak, Some(logs))
+    }
+
+    fn start_inner(
+        tweak: impl FnOnce(&mut ServerConfig),
+        logs: Option<tracing::Dispatch>,
+    ) -> TestServer {
         let mut cfg = ServerConfig {
             port: 0,
             ..ServerConfig::default()
         };
         tweak(&mut cfg);
-        let rt = tokio::runtime::Builder::new_multi_thread()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(logs) = logs {
+            builder.on_thread_start(move || {
+                // The thread's default for its whole life: the guard is never dropped.
+                std::mem::forget(tracing::dispatcher::set_default(&logs));
+            });
+        }
+        let rt = builder
             .worker_threads(2)
             .enable_all()
             .build()
