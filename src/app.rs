@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::engine::{NegotiationConfig, PlaneFactory, SessionConfig};
+use crate::metrics::Metrics;
 use crate::phoenix::SocketConfig;
 use crate::registry::Registry;
 use crate::room::RoomMsg;
@@ -131,6 +132,8 @@ pub struct App {
     pub negotiation: Arc<NegotiationConfig>,
     /// Builds each room's media plane.
     pub plane_factory: PlaneFactory,
+    /// Operational counters (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -143,6 +146,7 @@ impl App {
             negotiation: Arc::new(NegotiationConfig::default()),
             // No network-capable plane is linked in yet; the fake one keeps signalling complete.
             plane_factory: PlaneFactory::fake(),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 

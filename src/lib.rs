@@ -12,6 +12,7 @@ pub mod engine;
 #[cfg(feature = "media-webrtc")]
 pub mod fabric;
 pub mod http;
+pub mod metrics;
 pub mod phoenix;
 pub mod registry;
 pub mod room;

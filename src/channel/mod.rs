@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::app::App;
 use crate::conn::ConnMsg;
+use crate::metrics::Process;
 use crate::phoenix::{ChanId, ChannelEvent};
 use crate::room::{self, RoomMsg};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Received};
@@ -57,6 +58,8 @@ pub async fn run(
     topic: String,
     mut ctx: Ctx<ChannelMsg>,
 ) -> ExitReason {
+    app.metrics.track(ctx.system(), ctx.pid(), Process::Channel);
+    let joining = rt::time::now();
     ctx.monitor(socket.pid());
     let name = topic.strip_prefix("room:").unwrap_or(&topic).to_string();
     let joined = match validate_name(&app, &name) {
@@ -83,6 +86,8 @@ pub async fn run(
     if socket.try_send(ConnMsg::Channel(ok)).is_err() {
         return ExitReason::Shutdown;
     }
+    app.metrics.join_latency.observe(joining.elapsed());
+    let _peer = app.metrics.peers.hold();
     tracing::debug!(%topic, peer = %peer_id, room = %room.pid(), "joined");
     loop {
         match ctx.recv().await {

@@ -106,6 +106,8 @@ pub struct PlaneConfig {
     /// Registers every connection's sockets here, so traffic with the TURN server's relay
     /// sockets in the same fabric is handed over in-process (see [`crate::fabric`]).
     pub fabric: Option<Arc<Fabric>>,
+    /// The server's counters (forwarded packets and bytes are added there too).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for PlaneConfig {
@@ -115,6 +117,7 @@ impl Default for PlaneConfig {
             runtime: None,
             turn: None,
             fabric: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -149,6 +152,7 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     relayed: AtomicU64,
     sent: AtomicU64,
+    pub(crate) server: Arc<crate::metrics::Metrics>,
 }
 
 /// One room's SFU. Dropping it tears every peer down (the [`MediaPlane`] contract).
@@ -200,12 +204,15 @@ impl WebRtcPlane {
         let rt = cfg.runtime.clone().unwrap_or_else(Handle::current);
         WebRtcPlane {
             inner: Arc::new(Inner {
-                cfg,
                 rt,
                 sink,
                 peers: Mutex::new(HashMap::new()),
                 fanouts: Mutex::new(HashMap::new()),
-                counters: Arc::new(Counters::default()),
+                counters: Arc::new(Counters {
+                    server: Arc::clone(&cfg.metrics),
+                    ..Counters::default()
+                }),
+                cfg,
             }),
         }
     }
