@@ -85,7 +85,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(per_room: usize) -> (ServerProcess, String) {
+fn start_server(per_room: usize, sockets: usize) -> (ServerProcess, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -93,6 +93,9 @@ fn start_server(per_room: usize) -> (ServerProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_videoroom"))
         .args(["--port", &port.to_string(), "--fake-media"])
         .args(["--max-peers-per-room", &per_room.to_string()])
+        // Every socket comes from 127.0.0.1, and the cap must not be what is measured.
+        .args(["--max-sockets-per-source", &sockets.to_string()])
+        .args(["--max-connections", &(sockets + 16).to_string()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -141,7 +144,7 @@ async fn main() {
     let channels = a.sockets * a.per_socket;
     let rooms = channels.div_ceil(a.per_room);
     let started = Instant::now();
-    let (server, addr) = start_server(a.per_room);
+    let (server, addr) = start_server(a.per_room, a.sockets);
     let pid = server.0.id();
     net_tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid);
