@@ -61,11 +61,12 @@ struct Cli {
     /// Seconds a connection not upgraded to a WebSocket may go without a byte moving.
     #[arg(long, env = "VIDEOROOM_IDLE_TIMEOUT", default_value = "30", value_parser = seconds)]
     idle_timeout: Duration,
-    /// Most open connections, WebSockets included [default: (open-file limit - 256) / 3,
+    /// Most open connections, WebSockets included [default: (open-file limit - 256) / 4,
     /// between 16 and 16384; the soft limit is raised to the hard one at start].
     #[arg(long, env = "VIDEOROOM_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Connections accepted past --max-connections that only answer /healthz (503 otherwise).
+    /// Connections accepted past --max-connections that only answer /healthz and /metrics (503
+    /// otherwise); when all are taken, the oldest makes way for the newest.
     #[arg(long, env = "VIDEOROOM_HEALTHZ_HEADROOM", default_value_t = 8)]
     healthz_headroom: usize,
     /// Most open WebSockets from one source address (IPv6: one /64); more get HTTP 429.

@@ -148,8 +148,8 @@ impl Server {
             serve::Parts {
                 cfg: cfg.edge,
                 tls,
-                router: http::router(edge),
-                headroom_router: http::headroom_router(),
+                router: http::router(edge.clone()),
+                headroom_router: http::headroom_router(edge),
                 metrics: std::sync::Arc::clone(&app.metrics),
                 shutdown: shutdown_rx,
                 hard_stop,

@@ -8,9 +8,10 @@
 /// epoll and wakers, the TURN server's socket, log files, and a margin.
 pub const RESERVED_FDS: u64 = 256;
 
-/// Descriptors one connected peer can hold: its TCP connection, its SFU ICE socket and its TURN
-/// relay socket (browsers are relay-only).
-pub const FDS_PER_CONNECTION: u64 = 3;
+/// Descriptors one connected peer holds in this process with media flowing: its TCP connection,
+/// its SFU ICE socket, its TURN relay socket, and one more socket of the webrtc stack (measured:
+/// 4 peers in one room took the real server from 13 to 29 open descriptors).
+pub const FDS_PER_CONNECTION: u64 = 4;
 
 /// The default cap never goes above this, whatever the fd limit: at ~26 KiB per idle
 /// WebSocket (BENCHMARKS.md) that is ~430 MB of socket buffers.
@@ -87,9 +88,9 @@ mod tests {
 
     #[test]
     fn the_default_cap_leaves_room_for_media_sockets_and_is_bounded() {
-        assert_eq!(default_max_connections(Some(1024)), 256);
-        assert_eq!(default_max_connections(None), 256);
-        assert_eq!(default_max_connections(Some(4096)), 1280);
+        assert_eq!(default_max_connections(Some(1024)), 192);
+        assert_eq!(default_max_connections(None), 192);
+        assert_eq!(default_max_connections(Some(4096)), 960);
         assert_eq!(
             default_max_connections(Some(1 << 20)),
             MAX_DEFAULT_CONNECTIONS

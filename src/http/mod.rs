@@ -60,16 +60,19 @@ pub fn router(edge: Edge) -> Router {
         .with_state(edge)
 }
 
-/// What a connection accepted past the cap gets: `/healthz` answers, anything else is 503.
-pub fn headroom_router() -> Router {
+/// What a connection accepted past the cap gets: `/healthz` and `/metrics` answer (the
+/// operator most needs them when the server is full), anything else is 503.
+pub fn headroom_router(edge: Edge) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server at its connection limit; try again later",
             )
         })
+        .with_state(edge)
 }
 
 async fn healthz() -> &'static str {

@@ -2,17 +2,22 @@
 //!
 //! Owns what `axum::serve` hides: the connection cap (a semaphore whose permit the socket itself
 //! carries, so an upgraded WebSocket counts until it closes), a few extra slots past the cap
-//! that only answer `/healthz` (503 for anything else) so a probe still gets through when the
-//! server is full, the TLS handshake, hyper's HTTP/1 connection with its header read timeout,
+//! that only answer `/healthz` and `/metrics` (503 for anything else) so a probe still gets
+//! through when the server is full, the TLS handshake, hyper's HTTP/1 connection with its header read timeout,
 //! the idle timeout before an upgrade, and a graceful shutdown with a bound.
+//!
+//! When the headroom is full too, the newest connection takes the oldest headroom slot: a
+//! probe sends its request at once and is gone in a round trip, while clients that fill the
+//! headroom by sitting silent are the ones that lose their place.
 //!
 //! Never looks at a request (the router does), and never lets one client's pace hold up the
 //! accept loop: every handshake and request runs in the connection's own task.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use net_tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use net_tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -43,7 +48,8 @@ pub struct EdgeConfig {
     /// Open connections (WebSockets included). `None` sizes it under the process's open-file
     /// limit ([`super::fd_limit::default_max_connections`]).
     pub max_connections: Option<usize>,
-    /// Connections accepted past the cap that only answer `/healthz` (503 otherwise) and close.
+    /// Connections accepted past the cap that only answer `/healthz` and `/metrics` (503
+    /// otherwise) and close.
     pub healthz_headroom: usize,
     /// Open WebSockets per source address (IPv6: per /64).
     pub max_sockets_per_source: usize,
@@ -107,6 +113,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a shutdown waits, after closing the stragglers, for their tasks to let go.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// How long the accept loop waits for an evicted headroom connection to give its slot back
+/// (its task only has to wake and drop the socket).
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
 /// What every connection task shares.
 struct Shared {
     router: Router,
@@ -143,6 +153,89 @@ impl Pool {
     }
 }
 
+/// The `/healthz` headroom: its slots, and who holds them (oldest first), so a newcomer can
+/// make the oldest holder give its slot up.
+#[derive(Clone)]
+struct Headroom {
+    pool: Pool,
+    holders: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A headroom slot's hold: resolves [`Eviction::evicted`] when a newer connection took the
+/// slot; leaves the holders' list when dropped.
+struct Eviction {
+    id: u64,
+    notice: oneshot::Receiver<()>,
+    holders: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>,
+}
+
+impl Headroom {
+    fn new(size: usize) -> Headroom {
+        Headroom {
+            pool: Pool::new(size),
+            holders: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+
+    fn holders(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, oneshot::Sender<()>)>> {
+        self.holders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A headroom slot: a free one, or the oldest holder's once it has let go.
+    async fn acquire(&self) -> Option<(OwnedSemaphorePermit, Eviction)> {
+        let permit = match self.pool.sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // A holder whose task already ended cannot be told; the next one can.
+                while let Some((_, tx)) = self.holders().pop_front() {
+                    if tx.send(()).is_ok() {
+                        break;
+                    }
+                }
+                let freed = self.pool.sem.clone().acquire_owned();
+                net_tokio::time::timeout(EVICTION_WAIT, freed)
+                    .await
+                    .ok()?
+                    .ok()?
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, notice) = oneshot::channel();
+        self.holders().push_back((id, tx));
+        Some((
+            permit,
+            Eviction {
+                id,
+                notice,
+                holders: Arc::clone(&self.holders),
+            },
+        ))
+    }
+}
+
+impl Eviction {
+    async fn evicted(&mut self) {
+        let _ = (&mut self.notice).await;
+    }
+}
+
+impl Drop for Eviction {
+    fn drop(&mut self) {
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        holders.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Resolves when `eviction` (if any) is served; never for an ordinary connection.
+async fn evicted(eviction: &mut Option<Eviction>) {
+    match eviction {
+        Some(e) => e.evicted().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The running accept loop; [`Running::finish`] ends it after shutdown was signalled.
 pub(crate) struct Running {
     task: net_tokio::task::JoinHandle<()>,
@@ -170,7 +263,7 @@ pub(crate) struct Parts {
 /// Starts accepting on `listener`; see [`Running::finish`] for the end.
 pub(crate) fn spawn(listener: TcpListener, parts: Parts) -> Running {
     let ordinary = Pool::new(parts.cfg.connection_cap());
-    let headroom = Pool::new(parts.cfg.healthz_headroom);
+    let headroom = Headroom::new(parts.cfg.healthz_headroom);
     let grace = parts.cfg.shutdown_grace;
     let shared = Arc::new(Shared {
         router: parts.router,
@@ -190,7 +283,7 @@ pub(crate) fn spawn(listener: TcpListener, parts: Parts) -> Running {
     Running {
         task,
         ordinary,
-        headroom,
+        headroom: headroom.pool,
         grace,
         hard_stop: parts.hard_stop,
     }
@@ -238,7 +331,12 @@ pub(crate) async fn raised(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ordinary: Pool, headroom: Pool) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    ordinary: Pool,
+    headroom: Headroom,
+) {
     let shutdown = raised(shared.shutdown.clone());
     tokio::pin!(shutdown);
     loop {
@@ -257,16 +355,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ordinary: Pool,
                 continue;
             }
         };
-        let (permit, healthz_only) = if let Ok(p) = ordinary.sem.clone().try_acquire_owned() {
-            (p, false)
-        } else if let Ok(p) = headroom.sem.clone().try_acquire_owned() {
-            shared.metrics.refused(Refusal::ConnectionLimit);
-            (p, true)
+        let (permit, eviction) = if let Ok(p) = ordinary.sem.clone().try_acquire_owned() {
+            (p, None)
         } else {
-            // Past the headroom too: close at once, before it costs anything more.
             shared.metrics.refused(Refusal::ConnectionLimit);
-            drop(stream);
-            continue;
+            match headroom.acquire().await {
+                Some((p, e)) => (p, Some(e)),
+                None => {
+                    // No slot came free: close at once, before it costs anything more.
+                    drop(stream);
+                    continue;
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let slot = Slot::new(permit, Arc::clone(&shared.metrics));
@@ -275,7 +375,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ordinary: Pool,
             stream,
             remote,
             slot,
-            healthz_only,
+            eviction,
         ));
     }
 }
@@ -404,8 +504,9 @@ async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     slot: Slot,
-    healthz_only: bool,
+    mut eviction: Option<Eviction>,
 ) {
+    let healthz_only = eviction.is_some();
     let activity = Arc::new(Activity::new());
     let io = Tracked {
         io: stream,
@@ -418,24 +519,35 @@ async fn connection(
         shared.cfg.header_read_timeout
     };
     let Some(tls) = &shared.tls else {
-        return http(&shared, io, remote, &activity, header_timeout, healthz_only).await;
+        let conn = http(&shared, io, remote, &activity, header_timeout, healthz_only);
+        tokio::select! {
+            biased;
+            _ = evicted(&mut eviction) => {}
+            _ = conn => {}
+        }
+        return;
     };
     let handshake = tokio::select! {
         biased;
         _ = raised(shared.shutdown.clone()) => return,
+        _ = evicted(&mut eviction) => return,
         r = net_tokio::time::timeout(header_timeout, tls.accept(io)) => r,
     };
     match handshake {
         Ok(Ok(tls_io)) => {
-            http(
+            let conn = http(
                 &shared,
                 tls_io,
                 remote,
                 &activity,
                 header_timeout,
                 healthz_only,
-            )
-            .await;
+            );
+            tokio::select! {
+                biased;
+                _ = evicted(&mut eviction) => {}
+                _ = conn => {}
+            }
         }
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
         Err(_) => shared.metrics.timed_out(EdgeTimeout::TlsHandshake),

@@ -89,8 +89,9 @@ fn a_connection_where_nothing_moves_is_closed_at_the_idle_timeout() {
 }
 
 /// At the cap (an open WebSocket counts), a new connection gets 503 for anything but
-/// `/healthz`, which still answers 200; past the headroom too, connections are closed at once;
-/// a closed connection frees its slot.
+/// `/healthz`, which still answers 200; clients squatting the headroom silently give their
+/// slots up to newer ones (oldest first), so a probe still gets through; a closed connection
+/// frees its slot.
 #[test]
 fn at_the_connection_cap_only_healthz_answers() {
     let srv = with_edge(EdgeConfig {
@@ -117,27 +118,35 @@ fn at_the_connection_cap_only_healthz_answers() {
     let up = http::upgrade(srv.addr(), WS_PATH);
     assert_eq!(up.status, 503, "a WebSocket at the cap: {}", up.text);
 
-    // Fill the headroom with silent clients: the next connection is closed unanswered.
+    // Squatters fill the headroom; a probe still gets in, and the oldest squatter is the one
+    // that makes way.
     eventually(
         Duration::from_secs(2),
         "headroom connections closed",
         || srv.open_connections() == 3,
     );
-    let squatters: Vec<_> = (0..2).map(|_| http::connect(srv.addr())).collect();
+    let mut oldest = http::connect(srv.addr());
+    eventually(Duration::from_secs(2), "first squatter held", || {
+        srv.open_connections() == 4
+    });
+    let mut newer = http::connect(srv.addr());
     eventually(Duration::from_secs(2), "headroom full", || {
         srv.open_connections() == 5
     });
-    let mut late = http::connect(srv.addr());
-    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .ok();
-    let mut buf = Vec::new();
-    let _ = late.read_to_end(&mut buf);
-    assert!(
-        buf.is_empty(),
-        "past the headroom nothing is answered: {:?}",
-        String::from_utf8_lossy(&buf)
+    let probe = http::get(srv.addr(), "/healthz");
+    assert_eq!(
+        probe.status, 200,
+        "/healthz with the headroom full: {}",
+        probe.text
     );
-    drop(squatters);
+    assert_closed_by_server(&mut oldest, "the oldest squatter");
+    newer.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(newer.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the newer squatter keeps its slot"
+    );
+    drop(newer);
 
     // Closing the WebSocket gives its slot back.
     drop(ws);
