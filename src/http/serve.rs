@@ -153,12 +153,15 @@ impl Pool {
     }
 }
 
+/// Headroom holders, oldest first: an id and the way to tell the holder to make way.
+type Holders = Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>;
+
 /// The `/healthz` headroom: its slots, and who holds them (oldest first), so a newcomer can
 /// make the oldest holder give its slot up.
 #[derive(Clone)]
 struct Headroom {
     pool: Pool,
-    holders: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>,
+    holders: Holders,
     next_id: Arc<AtomicU64>,
 }
 
@@ -167,7 +170,7 @@ struct Headroom {
 struct Eviction {
     id: u64,
     notice: oneshot::Receiver<()>,
-    holders: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>,
+    holders: Holders,
 }
 
 impl Headroom {
