@@ -25,7 +25,9 @@ pub mod fd_limit;
 pub mod origin;
 pub mod per_source;
 pub mod serve;
+mod slots;
 pub mod tls;
+mod tracked;
 
 use crate::app::App;
 use crate::conn::{self, Transport, WsIn, WsOut};

@@ -1,37 +1,31 @@
 //! The edge's accept loop and every connection's life, from accept to close.
 //!
-//! Owns what `axum::serve` hides: the connection cap (a semaphore whose permit the socket itself
-//! carries, so an upgraded WebSocket counts until it closes), a few extra slots past the cap
-//! that only answer `/healthz` and `/metrics` (503 for anything else) so a probe still gets
-//! through when the server is full, the TLS handshake, hyper's HTTP/1 connection with its header read timeout,
-//! the idle timeout before an upgrade, and a graceful shutdown with a bound.
-//!
-//! When the headroom is full too, the newest connection takes the oldest headroom slot: a
-//! probe sends its request at once and is gone in a round trip, while clients that fill the
-//! headroom by sitting silent are the ones that lose their place.
+//! Owns what `axum::serve` hides: the connection cap with, past it, a few slots that only
+//! answer `/healthz` and `/metrics` (503 for anything else) so a probe still gets through when
+//! the server is full (the counting is [`super::slots`]), the TLS handshake, hyper's HTTP/1
+//! connection with its header read timeout, the idle timeout before an upgrade
+//! ([`super::tracked`] notes the bytes moving), and a graceful shutdown with a bound.
 //!
 //! Never looks at a request (the router does), and never lets one client's pace hold up the
 //! accept loop: every handshake and request runs in the connection's own task.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use net_tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use net_tokio::io::{AsyncRead, AsyncWrite};
 use net_tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use super::slots::{evicted, Eviction, Headroom, Pool, Slot};
+use super::tracked::{Activity, Tracked};
 use crate::metrics::{EdgeTimeout, Metrics, Refusal};
 
 /// The edge's limits and timeouts (each has a CLI flag; see `main.rs` and the README).
@@ -113,10 +107,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a shutdown waits, after closing the stragglers, for their tasks to let go.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// How long the accept loop waits for an evicted headroom connection to give its slot back
-/// (its task only has to wake and drop the socket).
-const EVICTION_WAIT: Duration = Duration::from_millis(100);
-
 /// What every connection task shares.
 struct Shared {
     router: Router,
@@ -126,117 +116,6 @@ struct Shared {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     hard_stop: watch::Receiver<bool>,
-}
-
-/// A semaphore and its size, to wait for every permit to come back.
-#[derive(Clone)]
-struct Pool {
-    sem: Arc<Semaphore>,
-    size: u32,
-}
-
-impl Pool {
-    fn new(size: usize) -> Pool {
-        let size = u32::try_from(size).unwrap_or(u32::MAX);
-        Pool {
-            sem: Arc::new(Semaphore::new(size as usize)),
-            size,
-        }
-    }
-
-    fn in_use(&self) -> usize {
-        self.size as usize - self.sem.available_permits()
-    }
-
-    async fn all_returned(&self) {
-        let _ = self.sem.acquire_many(self.size).await;
-    }
-}
-
-/// Headroom holders, oldest first: an id and the way to tell the holder to make way.
-type Holders = Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>;
-
-/// The `/healthz` headroom: its slots, and who holds them (oldest first), so a newcomer can
-/// make the oldest holder give its slot up.
-#[derive(Clone)]
-struct Headroom {
-    pool: Pool,
-    holders: Holders,
-    next_id: Arc<AtomicU64>,
-}
-
-/// A headroom slot's hold: resolves [`Eviction::evicted`] when a newer connection took the
-/// slot; leaves the holders' list when dropped.
-struct Eviction {
-    id: u64,
-    notice: oneshot::Receiver<()>,
-    holders: Holders,
-}
-
-impl Headroom {
-    fn new(size: usize) -> Headroom {
-        Headroom {
-            pool: Pool::new(size),
-            holders: Arc::default(),
-            next_id: Arc::default(),
-        }
-    }
-
-    fn holders(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, oneshot::Sender<()>)>> {
-        self.holders.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A headroom slot: a free one, or the oldest holder's once it has let go.
-    async fn acquire(&self) -> Option<(OwnedSemaphorePermit, Eviction)> {
-        let permit = match self.pool.sem.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                // A holder whose task already ended cannot be told; the next one can.
-                while let Some((_, tx)) = self.holders().pop_front() {
-                    if tx.send(()).is_ok() {
-                        break;
-                    }
-                }
-                let freed = self.pool.sem.clone().acquire_owned();
-                net_tokio::time::timeout(EVICTION_WAIT, freed)
-                    .await
-                    .ok()?
-                    .ok()?
-            }
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, notice) = oneshot::channel();
-        self.holders().push_back((id, tx));
-        Some((
-            permit,
-            Eviction {
-                id,
-                notice,
-                holders: Arc::clone(&self.holders),
-            },
-        ))
-    }
-}
-
-impl Eviction {
-    async fn evicted(&mut self) {
-        let _ = (&mut self.notice).await;
-    }
-}
-
-impl Drop for Eviction {
-    fn drop(&mut self) {
-        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
-        holders.retain(|(id, _)| *id != self.id);
-    }
-}
-
-/// Resolves when `eviction` (if any) is served; never for an ordinary connection.
-async fn evicted(eviction: &mut Option<Eviction>) {
-    match eviction {
-        Some(e) => e.evicted().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The running accept loop; [`Running::finish`] ends it after shutdown was signalled.
@@ -380,125 +259,6 @@ async fn accept_loop(
             slot,
             eviction,
         ));
-    }
-}
-
-/// One connection's place under the cap, and in the open-connections gauge.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
-}
-
-impl Slot {
-    fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Slot {
-        metrics.http_connections.inc();
-        Slot {
-            _permit: permit,
-            metrics,
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.metrics.http_connections.dec();
-    }
-}
-
-/// When a byte last moved on a connection.
-struct Activity {
-    origin: Instant,
-    /// Milliseconds since `origin`.
-    last: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            origin: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last.load(Ordering::Relaxed))
-    }
-
-    /// Resolves once nothing has moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let deadline = self.last() + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            net_tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-/// The TCP stream, carrying its slot (released when the socket closes, upgraded or not) and
-/// noting every byte that moves.
-struct Tracked {
-    io: TcpStream,
-    activity: Arc<Activity>,
-    _slot: Slot,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
