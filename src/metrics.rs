@@ -214,6 +214,10 @@ impl Metrics {
         self.slow_consumers[queue as usize].inc();
     }
 
+    pub fn slow_consumers(&self, queue: SlowQueue) -> u64 {
+        self.slow_consumers[queue as usize].get()
+    }
+
     pub fn refused(&self, why: Refusal) {
         self.refusals[why as usize].inc();
     }
