@@ -96,7 +96,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(per_room: usize, rooms: usize) -> (ServerProcess, String) {
+fn start_server(per_room: usize, rooms: usize, sockets: usize) -> (ServerProcess, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -106,6 +106,9 @@ fn start_server(per_room: usize, rooms: usize) -> (ServerProcess, String) {
         .args(["--max-peers-per-room", &per_room.to_string()])
         .args(["--max-rooms", &rooms.max(1).to_string()])
         .args(["--connect-grace", "86400"])
+        // Every socket comes from 127.0.0.1, and the cap must not be what is measured.
+        .args(["--max-sockets-per-source", &sockets.to_string()])
+        .args(["--max-connections", &(sockets + 16).to_string()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,7 +157,7 @@ async fn main() {
     let channels = a.sockets * a.per_socket;
     let rooms = channels.div_ceil(a.per_room);
     let started = Instant::now();
-    let (server, addr) = start_server(a.per_room, rooms);
+    let (server, addr) = start_server(a.per_room, rooms, a.sockets);
     let pid = server.0.id();
     net_tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid);

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::{NegotiationConfig, PlaneFactory, SessionConfig};
 use crate::join_token::JoinSecret;
+use crate::metrics::Metrics;
 use crate::phoenix::SocketConfig;
 use crate::registry::Registry;
 use crate::room::RoomMsg;
@@ -160,6 +161,8 @@ pub struct App {
     pub plane_factory: PlaneFactory,
     /// With a secret, every join needs a token signed with it (`crate::join_token`).
     pub join_secret: Option<Arc<JoinSecret>>,
+    /// Operational counters (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -173,6 +176,7 @@ impl App {
             // No network-capable plane is linked in yet; the fake one keeps signalling complete.
             plane_factory: PlaneFactory::fake(),
             join_secret: None,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod fabric;
 pub mod http;
 pub mod join_token;
 pub mod logsafe;
+pub mod metrics;
 pub mod phoenix;
 pub mod registry;
 pub mod room;

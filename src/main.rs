@@ -1,10 +1,13 @@
 //! `videoroom`: serve the video room (by default on http://127.0.0.1:4000).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use videoroom::http::fd_limit;
 use videoroom::join_token::{self, JoinSecret};
-use videoroom::server::{MediaConfig, Server, ServerConfig, ServerLimits};
+use videoroom::server::{EdgeConfig, MediaConfig, Server, ServerConfig, ServerLimits, TlsFiles};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A self-hosted video-conferencing server")]
@@ -17,8 +20,9 @@ struct Cli {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "VIDEOROOM_PORT", default_value_t = 4000)]
     port: u16,
-    /// Origin allowed to open the WebSocket, e.g. https://meet.example.org (repeatable;
-    /// none allows every origin).
+    /// Origin allowed to open the WebSocket besides the server's own, exactly
+    /// scheme://host[:port], e.g. https://meet.example.org (repeatable). Pages served by this
+    /// server (same host and port, http or https) and non-browser clients are always allowed.
     #[arg(
         long = "allowed-origin",
         env = "VIDEOROOM_ALLOWED_ORIGINS",
@@ -67,6 +71,36 @@ struct Cli {
     /// drops it and frees its slot.
     #[arg(long, env = "VIDEOROOM_CONNECT_GRACE", default_value_t = 10)]
     connect_grace: u64,
+    /// Serve HTTPS and WSS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "VIDEOROOM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "VIDEOROOM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a client has to send a complete request head (and finish a TLS handshake).
+    #[arg(long, env = "VIDEOROOM_HEADER_READ_TIMEOUT", default_value = "10", value_parser = seconds)]
+    header_read_timeout: Duration,
+    /// Seconds a connection not upgraded to a WebSocket may go without a byte moving.
+    #[arg(long, env = "VIDEOROOM_IDLE_TIMEOUT", default_value = "30", value_parser = seconds)]
+    idle_timeout: Duration,
+    /// Most open connections, WebSockets included [default: (open-file limit - 256) / 4,
+    /// between 16 and 16384; the soft limit is raised to the hard one at start].
+    #[arg(long, env = "VIDEOROOM_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Connections accepted past --max-connections that only answer /healthz and /metrics (503
+    /// otherwise); when all are taken, the oldest makes way for the newest.
+    #[arg(long, env = "VIDEOROOM_HEALTHZ_HEADROOM", default_value_t = 8)]
+    healthz_headroom: usize,
+    /// Most open WebSockets from one source address (IPv6: one /64); more get HTTP 429.
+    /// Behind a reverse proxy every client has the proxy's address: raise it there.
+    #[arg(long, env = "VIDEOROOM_MAX_SOCKETS_PER_SOURCE", default_value_t = 64)]
+    max_sockets_per_source: usize,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for connections to close before dropping them.
+    #[arg(long, env = "VIDEOROOM_SHUTDOWN_GRACE", default_value = "5", value_parser = seconds)]
+    shutdown_grace: Duration,
+    /// Log line format.
+    #[arg(long, env = "VIDEOROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
     /// Shared secret (at least 16 bytes) that turns on join tokens: every join then needs a
     /// token for its room minted with `videoroom token` (default: none, anyone may join).
     #[arg(
@@ -127,14 +161,37 @@ fn print_token_link(
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// A positive number of seconds, fractions allowed.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 86_400.0) {
+        return Err(format!(
+            "{s} s is out of range (more than 0, at most 86400)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 #[net_tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Pretty => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let secret = match join_secret(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -160,12 +217,38 @@ async fn main() -> std::process::ExitCode {
         eprintln!("videoroom: {e}");
         return std::process::ExitCode::from(2);
     }
+    match fd_limit::raise_to_hard() {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit; the connection cap is sized under the current one")
+        }
+    }
+    let edge = EdgeConfig {
+        header_read_timeout: cli.header_read_timeout,
+        idle_timeout: cli.idle_timeout,
+        max_connections: cli.max_connections,
+        healthz_headroom: cli.healthz_headroom,
+        max_sockets_per_source: cli.max_sockets_per_source,
+        shutdown_grace: cli.shutdown_grace,
+    };
+    let tls = match (cli.tls_cert, cli.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let cap = edge.connection_cap();
     let cfg = ServerConfig {
         join_secret: secret,
         bind: cli.bind,
         port: cli.port,
-        allowed_origins: cli.allowed_origins,
+        allowed_origins: cli
+            .allowed_origins
+            .into_iter()
+            .filter(|o| !o.is_empty())
+            .collect(),
         limits,
+        edge,
+        tls,
         media: MediaConfig {
             real: !cli.fake_media,
             ice_ips: cli.ice_ips,
@@ -179,11 +262,15 @@ async fn main() -> std::process::ExitCode {
     let server = match Server::start(cfg).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("videoroom: cannot listen on {}:{}: {e}", cli.bind, cli.port);
+            eprintln!("videoroom: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!("videoroom listening on http://{}", server.local_addr());
+    tracing::info!(
+        max_connections = cap,
+        "videoroom listening on {scheme}://{}",
+        server.local_addr()
+    );
     shutdown_signal().await;
     tracing::info!("shutting down: closing every connection with 1012");
     server.shutdown().await;

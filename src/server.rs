@@ -1,27 +1,37 @@
 //! A running server: binds the listener, serves the HTTP edge in the background, and shuts
-//! down gracefully (every socket closed with 1012 so clients reconnect elsewhere or later).
+//! down gracefully (every socket closed with 1012 so clients reconnect elsewhere or later)
+//! within the configured grace.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::app::{App, Limits};
-use crate::http::{self, Edge};
+use crate::http::per_source::PerSource;
+use crate::http::{self, serve, Edge};
 use crate::join_token::JoinSecret;
 
 pub use crate::app::Limits as ServerLimits;
+pub use crate::http::serve::EdgeConfig;
+pub use crate::http::tls::TlsFiles;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub bind: IpAddr,
     /// 0 picks a free port.
     pub port: u16,
-    /// Origins allowed to open a WebSocket (exact `scheme://host[:port]`); empty allows all.
-    /// Requests without an Origin header (non-browser clients) are always allowed.
+    /// Origins allowed to open a WebSocket besides the server's own (the request's Host, over
+    /// http or https); exact `scheme://host[:port]`. Requests without an Origin header
+    /// (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
     /// With a secret, every join needs a token for its room (`crate::join_token`).
     pub join_secret: Option<JoinSecret>,
+    /// The HTTP edge's connection cap, timeouts and per-source limit.
+    pub edge: EdgeConfig,
+    /// Serve HTTPS and WSS with this certificate and key (PEM) instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// The media plane. The default is the network-free fake plane (signalling tests); the
     /// binary turns the real one on.
     pub media: MediaConfig,
@@ -76,6 +86,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             limits: Limits::default(),
             join_secret: None,
+            edge: EdgeConfig::default(),
+            tls: None,
             media: MediaConfig::default(),
         }
     }
@@ -85,18 +97,30 @@ pub struct Server {
     addr: SocketAddr,
     app: App,
     shutdown: watch::Sender<bool>,
-    task: net_tokio::task::JoinHandle<std::io::Result<()>>,
+    edge: serve::Running,
     #[cfg(feature = "media-webrtc")]
     turn: Option<std::sync::Arc<crate::turn::TurnServer>>,
 }
 
 impl Server {
-    /// Binds and starts serving in the background.
+    /// Binds and starts serving in the background. Errors say what failed (bad limits, TLS
+    /// files, the address taken) in a sentence fit for an operator.
     pub async fn start(cfg: ServerConfig) -> std::io::Result<Server> {
-        cfg.limits
-            .validate()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = net_tokio::net::TcpListener::bind((cfg.bind, cfg.port)).await?;
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        cfg.limits.validate().map_err(invalid)?;
+        cfg.edge.validate().map_err(invalid)?;
+        let tls = match &cfg.tls {
+            Some(files) => Some(http::tls::acceptor(files).map_err(|e| invalid(e.to_string()))?),
+            None => None,
+        };
+        let listener = net_tokio::net::TcpListener::bind((cfg.bind, cfg.port))
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {}:{}: {e}", cfg.bind, cfg.port),
+                )
+            })?;
         let addr = listener.local_addr()?;
         let app = App::new(cfg.limits).with_join_secret(cfg.join_secret);
         #[cfg(feature = "media-webrtc")]
@@ -107,24 +131,46 @@ impl Server {
             (app, None)
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (hard_stop, hard_stop_rx) = watch::channel(false);
+        #[cfg(feature = "media-webrtc")]
+        let probe_turn = turn.clone();
+        let turn_allocations: http::Probe = std::sync::Arc::new(move || {
+            #[cfg(feature = "media-webrtc")]
+            let turn = probe_turn.clone();
+            async move {
+                #[cfg(feature = "media-webrtc")]
+                return allocations_of(turn.as_deref()).await;
+                #[cfg(not(feature = "media-webrtc"))]
+                0
+            }
+            .boxed()
+        });
         let edge = Edge {
             app: app.clone(),
             allowed_origins: cfg.allowed_origins,
             shutdown: shutdown_rx.clone(),
+            hard_stop: hard_stop_rx,
+            per_source: PerSource::new(cfg.edge.max_sockets_per_source),
+            turn_allocations,
+            connection_cap: cfg.edge.connection_cap(),
         };
-        let mut stop = shutdown_rx;
-        let task = net_tokio::spawn(async move {
-            axum::serve(listener, http::router(edge))
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let running = serve::spawn(
+            listener,
+            serve::Parts {
+                cfg: cfg.edge,
+                tls,
+                router: http::router(edge.clone()),
+                headroom_router: http::headroom_router(edge),
+                metrics: std::sync::Arc::clone(&app.metrics),
+                shutdown: shutdown_rx,
+                hard_stop,
+            },
+        );
         Ok(Server {
             addr,
             app,
             shutdown,
-            task,
+            edge: running,
             #[cfg(feature = "media-webrtc")]
             turn,
         })
@@ -149,10 +195,14 @@ impl Server {
     /// Live allocations on the integrated TURN server (0 without the real media plane).
     pub async fn turn_allocations(&self) -> usize {
         #[cfg(feature = "media-webrtc")]
-        if let Some(turn) = &self.turn {
-            return turn.allocation_count();
-        }
+        return allocations_of(self.turn.as_deref()).await;
+        #[cfg(not(feature = "media-webrtc"))]
         0
+    }
+
+    /// Open HTTP connections, WebSockets included.
+    pub fn open_connections(&self) -> usize {
+        self.edge.open_connections()
     }
 
     /// The integrated TURN server's counters (`None` without the real media plane).
@@ -168,14 +218,22 @@ impl Server {
         self.turn.as_ref().map(|t| t.fabric_stats())
     }
 
-    /// Closes every socket with 1012 and stops accepting connections.
+    /// Stops accepting, closes every socket with 1012, lets requests in flight finish, and
+    /// returns once every connection is closed or the shutdown grace ran out (then the rest
+    /// are dropped).
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "server task failed"),
-        }
+        self.edge.finish().await;
+    }
+}
+
+/// What [`Server::turn_allocations`] and `/metrics` read (one place, whatever the TURN server
+/// becomes).
+#[cfg(feature = "media-webrtc")]
+async fn allocations_of(turn: Option<&crate::turn::TurnServer>) -> usize {
+    match turn {
+        Some(turn) => turn.allocation_count(),
+        None => 0,
     }
 }
 
@@ -255,6 +313,7 @@ async fn real_media(
         runtime: Some(net_tokio::runtime::Handle::current()),
         turn: Some(std::sync::Arc::clone(&turn)),
         fabric,
+        metrics: std::sync::Arc::clone(&app.metrics),
     };
     Ok((app.with_media(negotiation, factory(plane)), turn))
 }

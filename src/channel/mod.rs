@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::app::App;
 use crate::conn::ConnMsg;
+use crate::metrics::Process;
 use crate::phoenix::{ChanId, ChannelEvent};
 use crate::registry::JoinError;
 use crate::room::{self, RoomMsg};
@@ -70,6 +71,8 @@ pub async fn run(
     payload: Value,
     mut ctx: Ctx<ChannelMsg>,
 ) -> ExitReason {
+    app.metrics.track(ctx.system(), ctx.pid(), Process::Channel);
+    let joining = rt::time::now();
     ctx.monitor(socket.pid());
     let name = topic.strip_prefix("room:").unwrap_or(&topic).to_string();
     let joined = match admit(&app, &name, &payload) {
@@ -96,6 +99,8 @@ pub async fn run(
     if socket.try_send(ConnMsg::Channel(ok)).is_err() {
         return ExitReason::Shutdown;
     }
+    app.metrics.join_latency.observe(joining.elapsed());
+    let _peer = app.metrics.peers.hold();
     tracing::debug!(%topic, peer = %peer_id, room = %room.pid(), "joined");
     loop {
         match ctx.recv().await {

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::app::App;
 use crate::channel::{self, ChannelMsg};
+use crate::metrics::{Process, SlowQueue};
 use crate::phoenix::{ChanId, ChannelEvent, Output, SocketCore};
 use crate::rt::{self, Addr, Ctx, ExitReason, Pid, Received, SendError};
 
@@ -62,6 +63,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     mut ctx: Ctx<ConnMsg>,
 ) -> ExitReason {
+    app.metrics.track(ctx.system(), ctx.pid(), Process::Socket);
     let mut core = SocketCore::new(app.limits.socket.clone(), rt::time::now());
     let mut chans = Chans {
         by_id: BTreeMap::new(),
@@ -133,6 +135,7 @@ fn drive(
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::warn!("client too slow: outbound queue full, dropping connection");
+                        app.metrics.slow_consumer_dropped(SlowQueue::Socket);
                         healthy = false;
                     }
                     // The transport is gone (the client left); the process ends with it.

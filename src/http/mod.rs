@@ -1,41 +1,109 @@
-//! The HTTP edge (axum): the WebSocket endpoint `/socket/websocket`, `/healthz`, and the web
-//! app (`/` and `/assets/...`, see [`assets`]).
+//! The HTTP edge (axum): the WebSocket endpoint `/socket/websocket`, `/healthz`, `/metrics`,
+//! and the web app (`/` and `/assets/...`, see [`assets`]). The connection side (accept loop,
+//! cap, timeouts, TLS, shutdown) is [`serve`].
 //!
-//! Owns the handshake checks (protocol version, origin allow-list, subprotocol) and the pumps
-//! between axum's WebSocket and a socket process's frame queues. Holds no protocol logic: the
-//! socket process and its core decide everything about frames.
+//! Owns the handshake checks (protocol version, [`origin`], subprotocol, WebSockets
+//! [`per_source`]) and the pumps between axum's WebSocket and a socket process's frame queues.
+//! Holds no protocol logic: the socket process and its core decide everything about frames.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 mod assets;
+pub mod fd_limit;
+pub mod origin;
+pub mod per_source;
+pub mod serve;
+mod slots;
+pub mod tls;
+mod tracked;
 
 use crate::app::App;
 use crate::conn::{self, Transport, WsIn, WsOut};
+use crate::metrics::Refusal;
+use per_source::{PerSource, SourceSlot};
+
+/// Reads a gauge that lives outside the app at scrape time (TURN allocations).
+pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, usize> + Send + Sync>;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Edge {
     pub app: App,
+    /// Origins allowed besides the server's own (exact `scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
     pub shutdown: watch::Receiver<bool>,
+    /// Turns true when the shutdown grace ran out: every WebSocket still open is dropped.
+    pub hard_stop: watch::Receiver<bool>,
+    pub per_source: PerSource,
+    pub turn_allocations: Probe,
+    /// The connection cap in force (reported by `/metrics`).
+    pub connection_cap: usize,
 }
 
 pub fn router(edge: Edge) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{name}", get(assets::asset))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/socket/websocket", get(websocket))
         .with_state(edge)
+}
+
+/// What a connection accepted past the cap gets: `/healthz` and `/metrics` answer (the
+/// operator most needs them when the server is full), anything else is 503.
+pub fn headroom_router(edge: Edge) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server at its connection limit; try again later",
+            )
+        })
+        .with_state(edge)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(edge): State<Edge>) -> Response {
+    let turn = (edge.turn_allocations)().await;
+    let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    let body = edge.app.metrics.render(&[
+        (
+            "videoroom_turn_allocations",
+            "Allocations on the integrated TURN server.",
+            gauge(turn),
+        ),
+        (
+            "videoroom_http_connection_limit",
+            "The connection cap (connections past it only get /healthz).",
+            gauge(edge.connection_cap),
+        ),
+    ]);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn forbidden(why: &'static str) -> Response {
@@ -47,6 +115,7 @@ const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
 
 async fn websocket(
     State(edge): State<Edge>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -55,17 +124,24 @@ async fn websocket(
     if params.get("vsn").map(String::as_str) != Some("2.0.0") {
         return forbidden("unsupported protocol version: use vsn=2.0.0");
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        if !edge.allowed_origins.is_empty() && !edge.allowed_origins.iter().any(|o| o == origin) {
-            return forbidden("origin not allowed");
-        }
+    // A header that is not text is no origin at all, so it can only match nothing.
+    let text = |h| headers.get(h).map(|v| v.to_str().unwrap_or(""));
+    if !origin::allowed(
+        text(header::ORIGIN),
+        text(header::HOST),
+        &edge.allowed_origins,
+    ) {
+        edge.app.metrics.refused(Refusal::Origin);
+        return forbidden("origin not allowed: open the page from this server, or list the origin with --allowed-origin");
     }
     // tungstenite's 128 KiB read and write buffers were most of an idle socket's ~150 KiB
     // (benches/idle_channels.rs); Phoenix frames are small, and a larger one is still read and
-    // written whole, just in more than one step.
+    // written whole, just in more than one step. A frame is refused at its header when it
+    // announces more than a message may hold, before any of it is buffered.
+    let max = edge.app.limits.socket.max_frame_bytes;
     let mut ws = ws
-        .max_message_size(edge.app.limits.socket.max_frame_bytes)
+        .max_message_size(max)
+        .max_frame_size(max)
         .read_buffer_size(SOCKET_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES);
     if let Some(protos) = headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
@@ -75,7 +151,15 @@ async fn websocket(
         }
         ws = ws.protocols(["phoenix"]);
     }
-    ws.on_upgrade(move |socket| serve_socket(edge, socket))
+    let Some(slot) = edge.per_source.try_acquire(remote.ip()) else {
+        edge.app.metrics.refused(Refusal::SocketsPerSource);
+        let why = format!(
+            "too many WebSocket connections from your address (limit {})",
+            edge.per_source.limit()
+        );
+        return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
+    };
+    ws.on_upgrade(move |socket| serve_socket(edge, socket, slot))
 }
 
 fn is_too_long(e: axum::Error) -> bool {
@@ -85,7 +169,17 @@ fn is_too_long(e: axum::Error) -> bool {
     )
 }
 
-async fn serve_socket(edge: Edge, socket: WebSocket) {
+/// Runs one WebSocket until it closes, or until a shutdown outlasted its grace. `_slot` is the
+/// source's count for it, given back when this returns.
+async fn serve_socket(edge: Edge, socket: WebSocket, _slot: SourceSlot) {
+    tokio::select! {
+        biased;
+        _ = serve::raised(edge.hard_stop.clone()) => {}
+        _ = pump(edge, socket) => {}
+    }
+}
+
+async fn pump(edge: Edge, socket: WebSocket) {
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, mut out_rx) = mpsc::channel(edge.app.limits.outbound_frames);
     let transport = Transport {

@@ -134,7 +134,7 @@ impl<M: Send + 'static> Registry<M> {
         // runs it (and frees the name) or is already dead (and we undo the grant).
         let table = self.names.clone();
         let (n, pid) = (name.to_string(), addr.pid());
-        let hook = Box::new(move || {
+        let hook = Box::new(move |_: &crate::rt::ExitReason| {
             table
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::app::App;
 use crate::channel::ChannelMsg;
 use crate::engine::{MediaPlane, Out, PlaneEvent, PlaneSink, Session, TrackNegotiation};
+use crate::metrics::{Metrics, Process, SlowQueue};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
 use grace::ConnectGrace;
 
@@ -63,6 +64,7 @@ struct Peer {
 
 /// The room's body, to be started under its name by `Registry::start`.
 pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
+    app.metrics.track(ctx.system(), ctx.pid(), Process::Room);
     let mut session = Session::with_negotiation(
         app.session_config(),
         TrackNegotiation::new((*app.negotiation).clone()),
@@ -85,7 +87,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                 tracing::debug!(room = %name, peer = %peer_id, "peer dropped: no connect within the grace");
                 // It is outside the session, so this tells nobody; it only forgets the peer.
                 let outs = session.remove_peer(&peer_id);
-                dispatch(&ctx, &peers, plane.as_mut(), outs);
+                dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
                 if p.channel
                     .try_send(ChannelMsg::Dropped(reason.clone()))
                     .is_err()
@@ -132,7 +134,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                     let outs = session.handle_event(&peer_id, &data);
                     let connected = session.roster().contains(&peer_id);
                     grace.update(&peer_id, connected, rt::time::now());
-                    dispatch(&ctx, &peers, plane.as_mut(), outs);
+                    dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
                 }
             }
             Received::Msg(RoomMsg::Peers(tx)) => {
@@ -153,7 +155,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
             }
             Received::Msg(RoomMsg::Plane(event)) => {
                 let outs = session.handle_plane_event(event);
-                dispatch(&ctx, &peers, plane.as_mut(), outs);
+                dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
             }
             Received::Down(d) => {
                 let Some(peer_id) = by_pid.remove(&d.pid) else {
@@ -164,7 +166,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                     grace.remove(&peer_id);
                     tracing::debug!(room = %name, peer = %peer_id, reason = %d.reason, "peer left");
                     let outs = session.remove_peer(&peer_id);
-                    dispatch(&ctx, &peers, plane.as_mut(), outs);
+                    dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
                     if peers.is_empty() {
                         break;
                     }
@@ -206,6 +208,7 @@ fn dispatch(
     peers: &BTreeMap<String, Peer>,
     plane: &mut dyn MediaPlane,
     outs: Vec<Out>,
+    metrics: &Metrics,
 ) {
     for out in outs {
         let (peer, data) = match out {
@@ -221,6 +224,7 @@ fn dispatch(
             Err(SendError::Full(_)) => {
                 // A slow consumer must not hold the room back: drop it; its DOWN removes it.
                 tracing::warn!(peer = %peer, "peer channel backlog full: disconnecting it");
+                metrics.slow_consumer_dropped(SlowQueue::Channel);
                 ctx.system().kill(p.channel.pid());
             }
             // Already gone: its DOWN is on the way.

@@ -81,7 +81,8 @@ pub struct Down {
     pub reason: ExitReason,
 }
 
-pub(crate) type ExitHook = Box<dyn FnOnce() + Send>;
+/// Run when its process exits, with the reason (registry names, metrics).
+pub(crate) type ExitHook = Box<dyn FnOnce(&ExitReason) + Send>;
 
 struct Proc {
     sink: DownSink,
@@ -320,7 +321,7 @@ impl System {
         }
         drop(k);
         for hook in proc.hooks.into_values() {
-            hook();
+            hook(&reason);
         }
         for (mref, watcher) in downs {
             let k = self.lock();

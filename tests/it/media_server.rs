@@ -206,6 +206,23 @@ async fn three_peers_through_the_server_forward_leave_and_relay_pli() {
     let worst = exchange(&mut peers, 200).await;
     assert!(worst < Duration::from_secs(1), "latency {worst:?}");
 
+    // /metrics saw the call: every packet each peer received was counted as forwarded, with
+    // its payload, and every peer holds a TURN allocation.
+    let (_, body) = crate::support::http::get_body_async(server.local_addr(), "/metrics").await;
+    let m = crate::support::http::parse_metrics(&body);
+    let received: usize = peers
+        .iter()
+        .map(|p| p.locals.len() * (peers.len() - 1) * 200)
+        .sum();
+    let packets = m["videoroom_forwarded_packets_total"];
+    assert!(
+        packets >= received as f64,
+        "{packets} forwarded, {received} received"
+    );
+    assert!(m["videoroom_forwarded_bytes_total"] >= (received * PAYLOAD) as f64);
+    assert!(m["videoroom_turn_allocations"] >= 3.0, "{body}");
+    assert_eq!(m["videoroom_peers"], 3.0);
+
     // PLI relay: B asks for a keyframe of A's video; A must be asked. Setup-time requests were
     // all sent before media was in sync, and have been counted already.
     assert_pli_relayed(&peers[1], &peers[0], &mut a_keyframes).await;

@@ -7,6 +7,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use videoroom::app::Limits;
+use videoroom::metrics::SlowQueue;
 
 use crate::support::server::TestServer;
 
@@ -148,6 +149,9 @@ fn a_slow_consumer_is_dropped_and_the_room_carries_on() {
             "the slow client was never dropped ({sent} updates sent, {got} frames received)"
         );
         println!("slow client dropped after {sent} updates");
+        let m = &srv.app().metrics;
+        let counted = m.slow_consumers(SlowQueue::Socket) + m.slow_consumers(SlowQueue::Channel);
+        assert!(counted >= 1, "the drop is counted for /metrics");
 
         // The fast client is untouched: its heartbeat is answered on the same socket.
         tx.send(frame("", "hb", "phoenix", "heartbeat", json!({})))

@@ -191,11 +191,17 @@ impl Fanout {
                 continue;
             };
             leg.continuity.map(leg.source, &mut out.header);
+            let bytes = out.payload.len();
             // `write_rtp` only waits when the connection's driver queue is full; polling it
             // once and dropping it then means that leg loses this packet, not everyone.
             match leg.track.write_rtp(out).now_or_never() {
-                Some(Ok(())) => counters.forwarded.fetch_add(1, Ordering::Relaxed),
-                _ => counters.dropped.fetch_add(1, Ordering::Relaxed),
+                Some(Ok(())) => {
+                    counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    counters.server.forwarded(bytes);
+                }
+                _ => {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             };
         }
     }

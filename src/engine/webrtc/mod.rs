@@ -107,6 +107,8 @@ pub struct PlaneConfig {
     /// sockets in the same fabric only, handed over in-process (see [`crate::fabric`]); a
     /// fabric without a TURN server in it leaves the SFU talking to no one.
     pub fabric: Arc<Fabric>,
+    /// The server's counters (forwarded packets and bytes are added there too).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for PlaneConfig {
@@ -116,6 +118,7 @@ impl Default for PlaneConfig {
             runtime: None,
             turn: None,
             fabric: Arc::new(Fabric::new(crate::fabric::DEFAULT_INBOX_CAPACITY)),
+            metrics: Arc::default(),
         }
     }
 }
@@ -150,6 +153,7 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     relayed: AtomicU64,
     sent: AtomicU64,
+    pub(crate) server: Arc<crate::metrics::Metrics>,
 }
 
 /// One room's SFU. Dropping it tears every peer down (the [`MediaPlane`] contract).
@@ -201,12 +205,15 @@ impl WebRtcPlane {
         let rt = cfg.runtime.clone().unwrap_or_else(Handle::current);
         WebRtcPlane {
             inner: Arc::new(Inner {
-                cfg,
                 rt,
                 sink,
                 peers: Mutex::new(HashMap::new()),
                 fanouts: Mutex::new(HashMap::new()),
-                counters: Arc::new(Counters::default()),
+                counters: Arc::new(Counters {
+                    server: Arc::clone(&cfg.metrics),
+                    ..Counters::default()
+                }),
+                cfg,
             }),
         }
     }

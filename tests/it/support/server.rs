@@ -93,6 +93,14 @@ impl TestServer {
         self.server.as_ref().expect("server is running").app()
     }
 
+    /// Open HTTP connections on the server, WebSockets included.
+    pub fn open_connections(&self) -> usize {
+        self.server
+            .as_ref()
+            .expect("server is running")
+            .open_connections()
+    }
+
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.as_ref().expect("runtime").block_on(f)
     }

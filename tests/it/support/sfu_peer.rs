@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use videoroom::app::Limits;
 use videoroom::engine::webrtc::{interceptors, media_engine};
-use videoroom::server::{MediaConfig, Server, ServerConfig};
+use videoroom::server::{EdgeConfig, MediaConfig, Server, ServerConfig};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -867,11 +867,16 @@ fn sections(sdp: &str) -> Vec<Section> {
 }
 
 /// The real server on 127.0.0.1 port 0, with the webrtc plane and the integrated TURN server on
-/// an ephemeral port: what the synthetic peers run against.
+/// an ephemeral port: what the synthetic peers run against. Every peer connects from
+/// 127.0.0.1, so the per-source WebSocket limit is lifted.
 pub async fn start_media_server(limits: Limits) -> Server {
     Server::start(ServerConfig {
         port: 0,
         limits,
+        edge: EdgeConfig {
+            max_sockets_per_source: 100_000,
+            ..EdgeConfig::default()
+        },
         media: MediaConfig {
             real: true,
             turn_bind: SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
