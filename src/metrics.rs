@@ -362,6 +362,59 @@ impl Metrics {
     }
 }
 
+/// The integrated TURN server's counters and the relay policy's, read at scrape time (all zero
+/// without the real media plane).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnReport {
+    pub allocations: u64,
+    /// 403: a permission or channel for anything but the SFU's sockets.
+    pub refused_forbidden: u64,
+    /// 486 or 508: the per-peer quota or the server's capacity.
+    pub refused_quota: u64,
+    /// 401, 438, 441: no valid credential (a departed peer's, a forged one, a stale nonce).
+    pub refused_auth: u64,
+    /// Idle allocations replaced by a newer one of the same peer at its quota.
+    pub evicted: u64,
+    /// Datagrams the TURN server dropped (no allocation, permission or channel; a refused peer).
+    pub dropped: u64,
+    /// Datagrams an SFU or relay socket tried to send outside the policy.
+    pub policy_refused: u64,
+}
+
+impl TurnReport {
+    /// Appends the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        counter(
+            out,
+            "videoroom_turn_refused_total",
+            "TURN requests refused, by reason.",
+            &[
+                ("reason=\"forbidden\"", self.refused_forbidden),
+                ("reason=\"quota\"", self.refused_quota),
+                ("reason=\"auth\"", self.refused_auth),
+            ],
+        );
+        counter(
+            out,
+            "videoroom_turn_evicted_total",
+            "Idle TURN allocations replaced at their peer's quota.",
+            &[("", self.evicted)],
+        );
+        counter(
+            out,
+            "videoroom_turn_dropped_total",
+            "Datagrams the TURN server dropped.",
+            &[("", self.dropped)],
+        );
+        counter(
+            out,
+            "videoroom_relay_policy_refused_total",
+            "Datagrams an SFU or relay socket tried to send outside the relay policy.",
+            &[("", self.policy_refused)],
+        );
+    }
+}
+
 fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
     for (labels, v) in series {

@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::app::{App, Limits};
@@ -134,16 +133,11 @@ impl Server {
         let (hard_stop, hard_stop_rx) = watch::channel(false);
         #[cfg(feature = "media-webrtc")]
         let probe_turn = turn.clone();
-        let turn_allocations: http::Probe = std::sync::Arc::new(move || {
+        let turn_report: http::Probe = std::sync::Arc::new(move || {
             #[cfg(feature = "media-webrtc")]
-            let turn = probe_turn.clone();
-            async move {
-                #[cfg(feature = "media-webrtc")]
-                return allocations_of(turn.as_deref()).await;
-                #[cfg(not(feature = "media-webrtc"))]
-                0
-            }
-            .boxed()
+            return turn_report(probe_turn.as_deref());
+            #[cfg(not(feature = "media-webrtc"))]
+            crate::metrics::TurnReport::default()
         });
         let edge = Edge {
             app: app.clone(),
@@ -151,7 +145,7 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             hard_stop: hard_stop_rx,
             per_source: PerSource::new(cfg.edge.max_sockets_per_source),
-            turn_allocations,
+            turn_report,
             connection_cap: cfg.edge.connection_cap(),
         };
         let running = serve::spawn(
@@ -195,7 +189,7 @@ impl Server {
     /// Live allocations on the integrated TURN server (0 without the real media plane).
     pub async fn turn_allocations(&self) -> usize {
         #[cfg(feature = "media-webrtc")]
-        return allocations_of(self.turn.as_deref()).await;
+        return turn_report(self.turn.as_deref()).allocations as usize;
         #[cfg(not(feature = "media-webrtc"))]
         0
     }
@@ -227,13 +221,22 @@ impl Server {
     }
 }
 
-/// What [`Server::turn_allocations`] and `/metrics` read (one place, whatever the TURN server
-/// becomes).
+/// What [`Server::turn_allocations`] and `/metrics` read of the TURN server and the relay
+/// policy (all zero without the real media plane).
 #[cfg(feature = "media-webrtc")]
-async fn allocations_of(turn: Option<&crate::turn::TurnServer>) -> usize {
-    match turn {
-        Some(turn) => turn.allocation_count(),
-        None => 0,
+fn turn_report(turn: Option<&crate::turn::TurnServer>) -> crate::metrics::TurnReport {
+    let Some(turn) = turn else {
+        return crate::metrics::TurnReport::default();
+    };
+    let (t, f) = (turn.stats(), turn.fabric_stats());
+    crate::metrics::TurnReport {
+        allocations: t.allocations as u64,
+        refused_forbidden: t.forbidden,
+        refused_quota: t.quota_refused,
+        refused_auth: t.auth_refused,
+        evicted: t.evicted,
+        dropped: t.dropped,
+        policy_refused: f.refused,
     }
 }
 

@@ -16,7 +16,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
@@ -34,8 +33,8 @@ use crate::conn::{self, Transport, WsIn, WsOut};
 use crate::metrics::Refusal;
 use per_source::{PerSource, SourceSlot};
 
-/// Reads a gauge that lives outside the app at scrape time (TURN allocations).
-pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, usize> + Send + Sync>;
+/// Reads what lives outside the app at scrape time (the TURN server's counters).
+pub type Probe = Arc<dyn Fn() -> crate::metrics::TurnReport + Send + Sync>;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,7 +46,7 @@ pub struct Edge {
     /// Turns true when the shutdown grace ran out: every WebSocket still open is dropped.
     pub hard_stop: watch::Receiver<bool>,
     pub per_source: PerSource,
-    pub turn_allocations: Probe,
+    pub turn_report: Probe,
     /// The connection cap in force (reported by `/metrics`).
     pub connection_cap: usize,
 }
@@ -82,13 +81,13 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(edge): State<Edge>) -> Response {
-    let turn = (edge.turn_allocations)().await;
+    let turn = (edge.turn_report)();
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    let body = edge.app.metrics.render(&[
+    let mut body = edge.app.metrics.render(&[
         (
             "videoroom_turn_allocations",
             "Allocations on the integrated TURN server.",
-            gauge(turn),
+            i64::try_from(turn.allocations).unwrap_or(i64::MAX),
         ),
         (
             "videoroom_http_connection_limit",
@@ -96,6 +95,7 @@ async fn metrics(State(edge): State<Edge>) -> Response {
             gauge(edge.connection_cap),
         ),
     ]);
+    turn.render(&mut body);
     (
         [(
             header::CONTENT_TYPE,

@@ -88,6 +88,12 @@ async fn the_relay_reaches_nothing_but_the_sfu() {
     assert!(stats.forbidden >= 9, "{stats:?}");
     assert_eq!(stats.relayed_out, 0, "{stats:?}");
     assert_eq!(stats.relayed_in, 0, "{stats:?}");
+    // What the operator sees.
+    let (_, body) = crate::support::http::get_body_async(server.local_addr(), "/metrics").await;
+    let m = crate::support::http::parse_metrics(&body);
+    let forbidden = m["videoroom_turn_refused_total{reason=\"forbidden\"}"];
+    assert_eq!(forbidden, stats.forbidden as f64, "{body}");
+    assert_eq!(m["videoroom_turn_allocations"], 1.0, "{body}");
 }
 
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
