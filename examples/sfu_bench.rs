@@ -15,9 +15,13 @@
 //! the phases were an accident of how long each join took (BENCHMARKS.md, "Where forwarding
 //! latency goes").
 //!
-//! `run`: one configuration, bounded by a watchdog (60 s). `soak`: K cycles of a peer joining,
-//! publishing and leaving next to a resident peer, with RSS and fd counts.
+//! `run`: one configuration, bounded by a watchdog (60 s). `soak`: K cycles (or S seconds) of a
+//! peer joining, publishing and leaving next to a resident peer, with RSS and fd counts;
+//! `--hostile` mixes in what an outsider throws at the server (`support/hostile.rs`), and
+//! `--check` turns the report into a verdict (exit 1 unless everything came back).
 
+#[path = "support/hostile.rs"]
+mod hostile;
 #[path = "../tests/it/support/sfu_peer.rs"]
 mod sfu_peer;
 
@@ -67,6 +71,17 @@ enum Mode {
         /// Print live-object gauges every N cycles (0: only at the end).
         #[arg(long, default_value_t = 0)]
         report_every: usize,
+        /// Run for this many seconds instead of a number of cycles.
+        #[arg(long)]
+        secs: Option<u64>,
+        /// Mix in hostile traffic: malformed frames and media events, squatters, TURN abuse,
+        /// slow HTTP connections.
+        #[arg(long)]
+        hostile: bool,
+        /// Exit 1 unless, once everyone left, every live-object gauge is back to zero, the
+        /// descriptors are back to where they started, and memory grew less than a bound.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -478,9 +493,57 @@ async fn gauges(server: &Server) -> String {
     )
 }
 
-fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
-    // A cycle is about one join-to-media time (~1.2 s here); the watchdog scales with the count.
-    watchdog(Duration::from_secs(30) + Duration::from_secs(3) * cycles as u32);
+#[derive(Clone, Copy)]
+enum SoakLength {
+    Cycles(usize),
+    Secs(u64),
+}
+
+#[derive(Clone, Copy)]
+struct SoakPlan {
+    length: SoakLength,
+    rotate_anchor: usize,
+    report_every: usize,
+    hostile: bool,
+}
+
+/// Live objects the server holds for peers; all zero once everyone left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct Live {
+    peer_tasks: usize,
+    connections: usize,
+    fanouts: usize,
+    turn_allocations: usize,
+    fabric_endpoints: usize,
+    http_connections: usize,
+}
+
+async fn live(server: &Server) -> Live {
+    let l = videoroom::engine::webrtc::live_objects();
+    Live {
+        peer_tasks: l.peer_tasks,
+        connections: l.connections,
+        fanouts: l.fanouts,
+        turn_allocations: server.turn_allocations().await,
+        fabric_endpoints: server.fabric_stats().map_or(0, |f| f.endpoints),
+        http_connections: server.open_connections(),
+    }
+}
+
+/// A soak's memory may grow by at most this much per cycle after warm-up (a visitor measured
+/// 4.7 KiB once m-lines were recycled), and the process's RSS once everyone left (after
+/// `malloc_trim`) by at most this much over what it was before the first peer.
+const SOAK_SLOPE_KIB: f64 = 16.0;
+const SOAK_RSS_GROWTH_KIB: u64 = 48 * 1024;
+
+/// Runs the soak; `Err` says what did not come back.
+fn soak(plan: SoakPlan) -> Result<(), String> {
+    // A cycle is about one join-to-media time (~1.2 s here); the watchdog scales with the plan.
+    let budget = match plan.length {
+        SoakLength::Cycles(c) => Duration::from_secs(3) * c as u32,
+        SoakLength::Secs(s) => Duration::from_secs(s),
+    };
+    watchdog(Duration::from_secs(90) + budget + budget / 2);
     let sfu = runtime("sfu-rt");
     let cli = runtime("cli-rt");
     let server = sfu.block_on(start_server());
@@ -491,13 +554,20 @@ fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
         audio: true,
         video: true,
     };
-    cli.block_on(async {
+    let verdict = cli.block_on(async {
         let shared = Arc::new(Shared {
             measuring: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
+        trim_heap();
         let rss_before = rss_kib();
+        let fds_before = fd_count();
         println!("before any peer: {}", gauges(&server).await);
+        let hostile_stop = Arc::new(AtomicBool::new(false));
+        let hostile_counts = plan.hostile.then(|| {
+            let turn = server.turn_addr().expect("the real media plane");
+            hostile::spawn_all(addr, turn, Arc::clone(&hostile_stop))
+        });
         let mut anchor = Peer::join(addr, opts("anchor".into())).await.expect("join");
         let mut anchor_stop = Arc::new(Shared {
             measuring: AtomicBool::new(false),
@@ -505,11 +575,22 @@ fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
         });
         spawn_sender(&anchor, Arc::clone(&anchor_stop), Instant::now());
         let start = (rss_kib(), fd_count(), thread_count());
-        let warmup = (cycles / 10).max(5).min(cycles);
-        let mut after_warmup = start;
         let t0 = Instant::now();
-        for k in 0..cycles {
-            if rotate_anchor > 0 && k > 0 && k % rotate_anchor == 0 {
+        let (warmup_cycles, warmup_time) = match plan.length {
+            SoakLength::Cycles(c) => ((c / 10).clamp(5, c), Duration::MAX),
+            SoakLength::Secs(s) => (usize::MAX, Duration::from_secs(s) / 10),
+        };
+        let mut after_warmup: Option<((u64, usize, usize), usize)> = None;
+        let mut k = 0usize;
+        loop {
+            let more = match plan.length {
+                SoakLength::Cycles(c) => k < c,
+                SoakLength::Secs(s) => t0.elapsed() < Duration::from_secs(s),
+            };
+            if !more {
+                break;
+            }
+            if plan.rotate_anchor > 0 && k > 0 && k % plan.rotate_anchor == 0 {
                 anchor_stop.stop.store(true, Ordering::Relaxed);
                 let old = std::mem::replace(
                     &mut anchor,
@@ -566,31 +647,39 @@ fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
                 .await
                 .unwrap_or_else(|| panic!("cycle {k}: anchor never saw the leave"));
             while anchor.media.try_recv().is_ok() {}
-            if k + 1 == warmup {
-                after_warmup = (rss_kib(), fd_count(), thread_count());
+            k += 1;
+            if after_warmup.is_none() && (k >= warmup_cycles || t0.elapsed() >= warmup_time) {
+                after_warmup = Some(((rss_kib(), fd_count(), thread_count()), k));
             }
-            if report_every > 0 && (k + 1) % report_every == 0 {
+            if plan.report_every > 0 && k % plan.report_every == 0 {
                 println!(
-                    "cycle {:>4} ({:>5} ms): {}",
-                    k + 1,
+                    "cycle {:>4} ({:>5} ms, {:>4.0} s): {}",
+                    k,
                     tc.elapsed().as_millis(),
+                    t0.elapsed().as_secs_f64(),
                     gauges(&server).await
                 );
             }
         }
+        let cycles = k;
         let end = (rss_kib(), fd_count(), thread_count());
-        let per = (end.0 as f64 - after_warmup.0 as f64) / (cycles - warmup).max(1) as f64;
+        let (warm, warm_k) = after_warmup.unwrap_or((start, 0));
+        let per = (end.0 as f64 - warm.0 as f64) / (cycles - warm_k).max(1) as f64;
         println!(
-            "soak: {cycles} join/publish/leave cycles in {:.1}s",
-            t0.elapsed().as_secs_f64()
+            "soak: {cycles} join/publish/leave cycles in {:.1}s{}",
+            t0.elapsed().as_secs_f64(),
+            if plan.hostile { ", with hostile traffic" } else { "" }
         );
+        if let Some(c) = &hostile_counts {
+            println!("  {c}");
+        }
         println!(
             "  start:         RSS {} KiB, fds {}, threads {}",
             start.0, start.1, start.2
         );
         println!(
-            "  after {warmup:>4}:    RSS {} KiB, fds {}, threads {}",
-            after_warmup.0, after_warmup.1, after_warmup.2
+            "  after {warm_k:>4}:    RSS {} KiB, fds {}, threads {}",
+            warm.0, warm.1, warm.2
         );
         println!(
             "  end:           RSS {} KiB, fds {}, threads {}",
@@ -600,19 +689,61 @@ fn soak(cycles: usize, rotate_anchor: usize, report_every: usize) {
         println!("  with the resident: {}", gauges(&server).await);
         shared.stop.store(true, Ordering::Relaxed);
         anchor_stop.stop.store(true, Ordering::Relaxed);
+        hostile_stop.store(true, Ordering::Relaxed);
         anchor.leave().await;
-        // Teardown is asynchronous (plane tasks, TURN revocation): give it time.
-        net_tokio::time::sleep(Duration::from_secs(3)).await;
+        // Teardown is asynchronous (plane tasks, TURN revocation, the hostile workers' last
+        // connections and the squatters' grace): wait for it, bounded.
+        let settle = Instant::now() + Duration::from_secs(30);
+        let mut gone = live(&server).await;
+        while gone != Live::default() && Instant::now() < settle {
+            net_tokio::time::sleep(Duration::from_millis(100)).await;
+            gone = live(&server).await;
+        }
         println!("  everyone left:     {}", gauges(&server).await);
         trim_heap();
+        let (rss_after, fds_after) = (rss_kib(), fd_count());
         println!(
-            "  after malloc_trim: RSS {} KiB (before any peer: {rss_before} KiB)",
-            rss_kib()
+            "  after malloc_trim: RSS {rss_after} KiB, fds {fds_after} (before any peer: {rss_before} KiB, {fds_before} fds)"
         );
+        let mut problems = Vec::new();
+        // Nothing the clients did may have made a process panic.
+        use videoroom::metrics::Process;
+        let panic = videoroom::rt::ExitReason::Crashed(String::new());
+        for kind in [Process::Room, Process::Channel, Process::Socket] {
+            let n = server.app().metrics.crashes(kind, &panic);
+            if n > 0 {
+                problems.push(format!("{n} {kind:?} processes panicked"));
+            }
+        }
+        if gone != Live::default() {
+            problems.push(format!("live objects remain after everyone left: {gone:?}"));
+        }
+        if fds_after > fds_before {
+            problems.push(format!(
+                "descriptors: {fds_before} before any peer, {fds_after} after everyone left"
+            ));
+        }
+        if per > SOAK_SLOPE_KIB {
+            problems.push(format!(
+                "RSS grew {per:.1} KiB per cycle after warm-up (bound {SOAK_SLOPE_KIB})"
+            ));
+        }
+        if rss_after > rss_before + SOAK_RSS_GROWTH_KIB {
+            problems.push(format!(
+                "RSS after everyone left is {} KiB over the start (bound {SOAK_RSS_GROWTH_KIB})",
+                rss_after - rss_before
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     });
     sfu.block_on(server.shutdown());
     drop(cli);
     sfu.shutdown_timeout(Duration::from_secs(2));
+    verdict
 }
 
 fn main() {
@@ -628,6 +759,27 @@ fn main() {
             cycles,
             rotate_anchor,
             report_every,
-        } => soak(cycles.max(1), rotate_anchor, report_every),
+            secs,
+            hostile,
+            check,
+        } => {
+            let plan = SoakPlan {
+                length: match secs {
+                    Some(s) => SoakLength::Secs(s.max(1)),
+                    None => SoakLength::Cycles(cycles.max(1)),
+                },
+                rotate_anchor,
+                report_every,
+                hostile,
+            };
+            let verdict = soak(plan);
+            if check {
+                if let Err(why) = verdict {
+                    eprintln!("soak check FAILED: {why}");
+                    std::process::exit(1);
+                }
+                println!("soak check passed");
+            }
+        }
     }
 }

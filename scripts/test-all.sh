@@ -34,6 +34,10 @@ step "clippy (simulation build)"
 step "tests (tokio build)"
 cargo test
 
+step "hostile soak: join/publish/leave churn with malformed input, resources must come back"
+cargo build --example sfu_bench
+"$target/debug/examples/sfu_bench" soak --secs "${SOAK_SECS:-180}" --hostile --check --report-every 100
+
 step "simulation tests (madsim build, release with debug assertions)"
 "${sim_env[@]}" cargo test -p videoroom-sim --profile sim
 
