@@ -113,7 +113,7 @@ async fn bad_frames(server: SocketAddr, stop: Arc<AtomicBool>, n: Arc<Counts>) {
                 n.frames.fetch_add(1, Ordering::Relaxed);
             }
             // 101 joins on one socket: the channel limit refuses the last ones.
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 for k in 0..101u64 {
                     let topic = format!("room:soak-many-{}", k % 3);
                     if ws
@@ -188,7 +188,7 @@ async fn bad_media(server: SocketAddr, stop: Arc<AtomicBool>, n: Arc<Counts>) {
             let _ = ws.close(None).await;
         }
         i += 1;
-        net_tokio::time::sleep(PAUSE * if i % 2 == 0 { 1 } else { 3 }).await;
+        net_tokio::time::sleep(PAUSE * if i.is_multiple_of(2) { 1 } else { 3 }).await;
     }
 }
 
@@ -250,7 +250,7 @@ async fn turn_noise(server: SocketAddr, turn: SocketAddr, stop: Arc<AtomicBool>,
                 n.turn_datagrams.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if round % 20 == 0 {
+        if round.is_multiple_of(20) {
             stolen_credentials(server, &n).await;
         }
         round += 1;
