@@ -590,7 +590,7 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
             if !more {
                 break;
             }
-            if plan.rotate_anchor > 0 && k > 0 && k % plan.rotate_anchor == 0 {
+            if plan.rotate_anchor > 0 && k > 0 && k.is_multiple_of(plan.rotate_anchor) {
                 anchor_stop.stop.store(true, Ordering::Relaxed);
                 let old = std::mem::replace(
                     &mut anchor,
@@ -651,7 +651,7 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
             if after_warmup.is_none() && (k >= warmup_cycles || t0.elapsed() >= warmup_time) {
                 after_warmup = Some(((rss_kib(), fd_count(), thread_count()), k));
             }
-            if plan.report_every > 0 && k % plan.report_every == 0 {
+            if plan.report_every > 0 && k.is_multiple_of(plan.report_every) {
                 println!(
                     "cycle {:>4} ({:>5} ms, {:>4.0} s): {}",
                     k,
