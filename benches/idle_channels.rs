@@ -108,6 +108,7 @@ fn start_server(per_room: usize, rooms: usize, sockets: usize) -> (ServerProcess
         .args(["--connect-grace", "86400"])
         // Every socket comes from 127.0.0.1, and the cap must not be what is measured.
         .args(["--max-sockets-per-source", &sockets.to_string()])
+        .args(["--max-connections-per-source", &(sockets + 16).to_string()])
         .args(["--max-connections", &(sockets + 16).to_string()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

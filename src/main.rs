@@ -95,6 +95,14 @@ struct Cli {
     /// Behind a reverse proxy every client has the proxy's address: raise it there.
     #[arg(long, env = "VIDEOROOM_MAX_SOCKETS_PER_SOURCE", default_value_t = 64)]
     max_sockets_per_source: usize,
+    /// Most open connections of any kind from one source address (IPv6: one /64); more are
+    /// closed at accept. Behind a reverse proxy, raise it as well as --max-sockets-per-source.
+    #[arg(
+        long,
+        env = "VIDEOROOM_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 128
+    )]
+    max_connections_per_source: usize,
     /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for connections to close before dropping them.
     #[arg(long, env = "VIDEOROOM_SHUTDOWN_GRACE", default_value = "5", value_parser = seconds)]
     shutdown_grace: Duration,
@@ -229,6 +237,7 @@ async fn main() -> std::process::ExitCode {
         max_connections: cli.max_connections,
         healthz_headroom: cli.healthz_headroom,
         max_sockets_per_source: cli.max_sockets_per_source,
+        max_connections_per_source: cli.max_connections_per_source,
         shutdown_grace: cli.shutdown_grace,
     };
     let tls = match (cli.tls_cert, cli.tls_key) {

@@ -145,9 +145,16 @@ pub enum Refusal {
     SocketsPerSource = 1,
     /// An Origin that is neither the server's own nor allowed (HTTP 403).
     Origin = 2,
+    /// Too many connections of any kind from one source address (closed at accept).
+    ConnectionsPerSource = 3,
 }
 
-const REFUSALS: [&str; 3] = ["connection_limit", "sockets_per_source", "origin"];
+const REFUSALS: [&str; 4] = [
+    "connection_limit",
+    "sockets_per_source",
+    "origin",
+    "connections_per_source",
+];
 
 /// Where the HTTP edge closed a connection for taking too long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,7 +187,7 @@ pub struct Metrics {
     slow_consumers: [Counter; 2],
     /// Open TCP (or TLS) connections of the edge, upgraded ones included.
     pub http_connections: Gauge,
-    refusals: [Counter; 3],
+    refusals: [Counter; 4],
     edge_timeouts: [Counter; 3],
 }
 

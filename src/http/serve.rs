@@ -47,6 +47,10 @@ pub struct EdgeConfig {
     pub healthz_headroom: usize,
     /// Open WebSockets per source address (IPv6: per /64).
     pub max_sockets_per_source: usize,
+    /// Open connections of any kind per source address (IPv6: per /64), counted at accept: a
+    /// single client cannot hold the connection cap with silent connections. Past it a
+    /// connection is closed at once.
+    pub max_connections_per_source: usize,
     /// How long a shutdown waits for connections to finish before closing the rest.
     pub shutdown_grace: Duration,
 }
@@ -59,6 +63,7 @@ impl Default for EdgeConfig {
             max_connections: None,
             healthz_headroom: 8,
             max_sockets_per_source: 64,
+            max_connections_per_source: 128,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -87,6 +92,10 @@ impl EdgeConfig {
             ("max_connections", self.connection_cap()),
             ("healthz_headroom", self.healthz_headroom),
             ("max_sockets_per_source", self.max_sockets_per_source),
+            (
+                "max_connections_per_source",
+                self.max_connections_per_source,
+            ),
         ] {
             if v == 0 || v > max {
                 return Err(format!("{name} = {v} must be between 1 and {max}"));
@@ -116,6 +125,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     hard_stop: watch::Receiver<bool>,
+    /// Open connections per source.
+    sources: super::per_source::PerSource,
 }
 
 /// The running accept loop; [`Running::finish`] ends it after shutdown was signalled.
@@ -147,6 +158,7 @@ pub(crate) fn spawn(listener: TcpListener, parts: Parts) -> Running {
     let ordinary = Pool::new(parts.cfg.connection_cap());
     let headroom = Headroom::new(parts.cfg.healthz_headroom);
     let grace = parts.cfg.shutdown_grace;
+    let sources = super::per_source::PerSource::new(parts.cfg.max_connections_per_source);
     let shared = Arc::new(Shared {
         router: parts.router,
         headroom_router: parts.headroom_router,
@@ -155,6 +167,7 @@ pub(crate) fn spawn(listener: TcpListener, parts: Parts) -> Running {
         metrics: parts.metrics,
         shutdown: parts.shutdown,
         hard_stop: parts.hard_stop.subscribe(),
+        sources,
     });
     let task = net_tokio::spawn(accept_loop(
         listener,
@@ -237,6 +250,12 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(source) = shared.sources.try_acquire(remote.ip()) else {
+            // One client holding this many connections is not a household behind a NAT.
+            shared.metrics.refused(Refusal::ConnectionsPerSource);
+            drop(stream);
+            continue;
+        };
         let (permit, eviction) = if let Ok(p) = ordinary.sem.clone().try_acquire_owned() {
             (p, None)
         } else {
@@ -251,7 +270,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let slot = Slot::new(permit, Arc::clone(&shared.metrics));
+        let slot = Slot::new(permit, source, Arc::clone(&shared.metrics));
         net_tokio::spawn(connection(
             Arc::clone(&shared),
             stream,

@@ -131,14 +131,21 @@ pub(super) async fn evicted(eviction: &mut Option<Eviction>) {
 /// One connection's place under the cap, and in the open-connections gauge.
 pub(super) struct Slot {
     _permit: OwnedSemaphorePermit,
+    /// The connection's place in its source's count.
+    _source: super::per_source::SourceSlot,
     metrics: Arc<Metrics>,
 }
 
 impl Slot {
-    pub(super) fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Slot {
+    pub(super) fn new(
+        permit: OwnedSemaphorePermit,
+        source: super::per_source::SourceSlot,
+        metrics: Arc<Metrics>,
+    ) -> Slot {
         metrics.http_connections.inc();
         Slot {
             _permit: permit,
+            _source: source,
             metrics,
         }
     }

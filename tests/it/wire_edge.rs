@@ -266,3 +266,37 @@ fn websockets_per_source_are_capped() {
         h.status == 101
     });
 }
+
+/// One source holding silent connections hits its own limit, not the server's: past it, its
+/// connections are closed at accept, and the server keeps serving everyone else.
+#[test]
+fn connections_per_source_are_capped_at_accept() {
+    let srv = with_edge(EdgeConfig {
+        max_connections_per_source: 3,
+        max_connections: Some(100),
+        header_read_timeout: Duration::from_secs(60),
+        ..EdgeConfig::default()
+    });
+    let silent: Vec<_> = (0..3).map(|_| http::connect(srv.addr())).collect();
+    eventually(Duration::from_secs(2), "three connections held", || {
+        srv.open_connections() == 3
+    });
+    let mut fourth = http::connect(srv.addr());
+    assert_closed_by_server(&mut fourth, "a connection past the per-source limit");
+    assert_eq!(srv.open_connections(), 3, "the refused one holds nothing");
+    // Closing them gives their places back (this client's probe included).
+    drop(silent);
+    eventually(Duration::from_secs(5), "places given back", || {
+        srv.open_connections() == 0
+    });
+    let m = metrics(&srv);
+    assert!(
+        m["videoroom_http_refused_total{reason=\"connections_per_source\"}"] >= 1.0,
+        "{m:?}"
+    );
+}
+
+fn metrics(srv: &TestServer) -> std::collections::BTreeMap<String, f64> {
+    let (_, body) = http::get_body(srv.addr(), "/metrics");
+    http::parse_metrics(&body)
+}
