@@ -52,9 +52,11 @@ struct Cli {
     /// UDP address of the integrated TURN server.
     #[arg(long, env = "VIDEOROOM_TURN_BIND", default_value = "127.0.0.1:3478")]
     turn_bind: std::net::SocketAddr,
-    /// Most TURN allocations open at once (each holds a UDP socket); beyond it, 508.
-    #[arg(long, env = "VIDEOROOM_TURN_MAX_ALLOCATIONS", default_value_t = 2048)]
-    turn_max_allocations: usize,
+    /// Most TURN allocations open at once (each holds a UDP socket); at it the longest-idle
+    /// one makes way, else 508 [default: as --max-connections, sized under the open-file
+    /// limit].
+    #[arg(long, env = "VIDEOROOM_TURN_MAX_ALLOCATIONS")]
+    turn_max_allocations: Option<usize>,
     /// Most TURN allocations one peer's credential holds at once; at the quota a new one
     /// replaces the peer's longest-idle allocation (idle 8 s), else 486.
     #[arg(
@@ -63,6 +65,14 @@ struct Cli {
         default_value_t = 32
     )]
     turn_allocations_per_peer: usize,
+    /// Most TURN allocations from one source address (IPv6: one /64), whatever credentials
+    /// it uses; at it the source's longest-idle one makes way, else 486.
+    #[arg(
+        long,
+        env = "VIDEOROOM_TURN_ALLOCATIONS_PER_SOURCE",
+        default_value_t = 128
+    )]
+    turn_allocations_per_source: usize,
     /// Most rooms running at once; a join that would start one more is refused with "server is
     /// at its room limit" (joining a running room still works).
     #[arg(long, env = "VIDEOROOM_MAX_ROOMS", default_value_t = 1000)]
@@ -263,8 +273,10 @@ async fn main() -> std::process::ExitCode {
             ice_ips: cli.ice_ips,
             public_ip: cli.public_ip,
             turn_bind: cli.turn_bind,
-            turn_max_allocations: cli.turn_max_allocations,
+            // The same budget as connections: each holds one descriptor.
+            turn_max_allocations: cli.turn_max_allocations.unwrap_or(cap),
             turn_max_allocations_per_peer: cli.turn_allocations_per_peer,
+            turn_max_allocations_per_source: cli.turn_allocations_per_source,
             ..MediaConfig::default()
         },
     };

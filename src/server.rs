@@ -57,9 +57,10 @@ pub struct MediaConfig {
     /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare
     /// (the relay policy is the same either way).
     pub in_process_turn: bool,
-    /// TURN quotas: allocations in all and per peer.
+    /// TURN quotas: allocations in all, per peer and per source address.
     pub turn_max_allocations: usize,
     pub turn_max_allocations_per_peer: usize,
+    pub turn_max_allocations_per_source: usize,
 }
 
 impl Default for MediaConfig {
@@ -73,6 +74,7 @@ impl Default for MediaConfig {
             in_process_turn: true,
             turn_max_allocations: 2048,
             turn_max_allocations_per_peer: 32,
+            turn_max_allocations_per_source: 128,
         }
     }
 }
@@ -263,7 +265,10 @@ async fn real_media(
             format!("ICE address {ip} must be a unicast address: the TURN relay reaches the SFU at exactly those addresses"),
         ));
     }
-    if media.turn_max_allocations == 0 || media.turn_max_allocations_per_peer == 0 {
+    if media.turn_max_allocations == 0
+        || media.turn_max_allocations_per_peer == 0
+        || media.turn_max_allocations_per_source == 0
+    {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "TURN allocation limits must be at least 1: browsers reach the SFU only through TURN",
@@ -290,6 +295,7 @@ async fn real_media(
         limits: crate::turn::TurnLimits {
             max_allocations: media.turn_max_allocations,
             max_allocations_per_peer: media.turn_max_allocations_per_peer,
+            max_allocations_per_source: media.turn_max_allocations_per_source,
             ..crate::turn::TurnLimits::default()
         },
         ..TurnConfig::new(std::sync::Arc::clone(&fabric))

@@ -60,14 +60,19 @@ pub struct AllocId {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub realm: String,
-    /// Allocations open at once, over all clients (each holds a socket).
+    /// Allocations open at once, over all clients (each holds a socket). At it, the
+    /// longest-idle allocation makes way if idle long enough, else 508.
     pub max_allocations: usize,
     /// Allocations one peer's credential may hold at once. At the quota, a new allocation
     /// replaces the peer's longest-idle one if that has been idle for `idle_eviction`, and is
     /// refused (486) otherwise. Chromium makes one allocation per network per ICE restart
     /// (every renegotiation) and keeps the old ones until it leaves.
     pub max_allocations_per_peer: usize,
-    /// How long an allocation relays nothing before a newer one of its peer may replace it.
+    /// Allocations one source address (IPv4, or IPv6 /64) holds at once, whatever credentials
+    /// it uses: one client with many joined peers cannot take the whole capacity.
+    pub max_allocations_per_source: usize,
+    /// How long an allocation relays nothing before a newer one may replace it (at its peer's
+    /// or source's quota, or at the server's capacity).
     /// A live ICE pair carries media, RTCP or at least consent checks (every 4–6 s, RFC 7675).
     pub idle_eviction: Duration,
     pub max_permissions: usize,
@@ -85,6 +90,7 @@ impl Default for Config {
             realm: "videoroom".into(),
             max_allocations: 2048,
             max_allocations_per_peer: 32,
+            max_allocations_per_source: 128,
             idle_eviction: Duration::from_secs(8),
             max_permissions: 16,
             max_channels: 64,
@@ -124,7 +130,7 @@ pub struct Stats {
     pub forbidden: u64,
     /// Allocations refused by a quota (486) or the capacity (508).
     pub quota_refused: u64,
-    /// Idle allocations replaced by a newer one of the same peer at its quota.
+    /// Idle allocations replaced by a newer one at a quota or the capacity.
     pub evicted: u64,
     /// Requests refused for want of valid credentials (401, 438, 441).
     pub auth_refused: u64,
@@ -137,6 +143,8 @@ pub struct Stats {
 struct Allocation<R> {
     seq: u64,
     peer: String,
+    /// The client's address as quotas count it ([`source_of`]).
+    source: IpAddr,
     username: String,
     relay: R,
     relayed: SocketAddr,
@@ -161,6 +169,7 @@ pub struct Core<R> {
     book: Book,
     allocations: HashMap<SocketAddr, Allocation<R>>,
     per_peer: HashMap<String, usize>,
+    per_source: HashMap<IpAddr, usize>,
     closed: Vec<R>,
     next_seq: u64,
     next_txid: u64,
@@ -205,6 +214,7 @@ impl<R: Clone> Core<R> {
             cfg,
             allocations: HashMap::new(),
             per_peer: HashMap::new(),
+            per_source: HashMap::new(),
             closed: Vec::new(),
             next_seq: 1,
             next_txid: 0,
@@ -282,14 +292,28 @@ impl<R: Clone> Core<R> {
 
     fn remove(&mut self, client: SocketAddr) {
         if let Some(a) = self.allocations.remove(&client) {
-            if let Some(n) = self.per_peer.get_mut(&a.peer) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_peer.remove(&a.peer);
-                }
-            }
+            release(&mut self.per_peer, &a.peer);
+            release(&mut self.per_source, &a.source);
             self.closed.push(a.relay);
         }
+    }
+
+    /// Ends the longest-idle allocation among those `within` picks, if it has relayed nothing
+    /// for the idle-eviction time. True if one made way.
+    fn evict_idle(&mut self, now: Instant, within: impl Fn(&Allocation<R>) -> bool) -> bool {
+        let idle = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| within(a))
+            .min_by_key(|(_, a)| a.last_used)
+            .filter(|(_, a)| now.saturating_duration_since(a.last_used) >= self.cfg.idle_eviction)
+            .map(|(client, _)| *client);
+        let Some(client) = idle else {
+            return false;
+        };
+        self.remove(client);
+        self.stats.evicted += 1;
+        true
     }
 
     /// A datagram that arrived at allocation `id`'s relay socket from `from`. Returns the
@@ -554,23 +578,20 @@ impl<R: Clone> Core<R> {
             Some([0x02, ..]) => true,
             Some(_) => return Err(Refuse(440, "Address Family not Supported")),
         };
-        if self.per_peer.get(peer).copied().unwrap_or(0) >= self.cfg.max_allocations_per_peer {
-            let idle = self
-                .allocations
-                .iter()
-                .filter(|(_, a)| a.peer == peer)
-                .min_by_key(|(_, a)| a.last_used)
-                .filter(|(_, a)| {
-                    now.saturating_duration_since(a.last_used) >= self.cfg.idle_eviction
-                })
-                .map(|(client, _)| *client);
-            let Some(idle) = idle else {
-                return Err(Refuse(486, "Allocation Quota Reached"));
-            };
-            self.remove(idle);
-            self.stats.evicted += 1;
+        // Each bound in turn: the peer's quota, its source address's, the server's capacity.
+        // At a bound, the longest-idle allocation inside it makes way, if one is idle enough.
+        let source = source_of(from.ip());
+        if self.per_peer.get(peer).copied().unwrap_or(0) >= self.cfg.max_allocations_per_peer
+            && !self.evict_idle(now, |a| a.peer == peer)
+        {
+            return Err(Refuse(486, "Allocation Quota Reached"));
         }
-        if self.allocations.len() >= self.cfg.max_allocations {
+        if self.per_source.get(&source).copied().unwrap_or(0) >= self.cfg.max_allocations_per_source
+            && !self.evict_idle(now, |a| a.source == source)
+        {
+            return Err(Refuse(486, "Allocation Quota Reached"));
+        }
+        if self.allocations.len() >= self.cfg.max_allocations && !self.evict_idle(now, |_| true) {
             return Err(Refuse(508, "Insufficient Capacity"));
         }
         let id = AllocId {
@@ -588,6 +609,7 @@ impl<R: Clone> Core<R> {
             Allocation {
                 seq: id.seq,
                 peer: peer.to_owned(),
+                source,
                 username: username.to_owned(),
                 relay,
                 relayed,
@@ -599,6 +621,7 @@ impl<R: Clone> Core<R> {
                 by_peer: HashMap::new(),
             },
         );
+        *self.per_source.entry(source).or_default() += 1;
         let held = self.per_peer.entry(peer.to_owned()).or_default();
         *held += 1;
         self.stats.peak_per_peer = self.stats.peak_per_peer.max(*held);
@@ -741,6 +764,28 @@ impl<R: Clone> Core<R> {
             &m.transaction_id(),
         );
         Ok(buf)
+    }
+}
+
+/// Takes one from a count, forgetting keys that reach zero (the maps hold live entries only).
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// What quotas count as one source: an IPv4 address, or an IPv6 /64 (one subscriber's usual
+/// block, so cycling addresses inside it gains nothing).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
     }
 }
 

@@ -294,8 +294,13 @@ impl Env for DriverEnv<'_> {
     }
 }
 
-/// Large enough for any UDP datagram, so nothing is truncated.
+/// What the listening socket reads into: large enough for any UDP datagram, so a client's is
+/// never truncated.
 const DATAGRAM: usize = 65_536;
+
+/// What a relay reads into: the SFU sends datagrams of at most one MTU, and anything longer
+/// from elsewhere is dropped anyway. Every allocation has one, so it stays small.
+const RELAY_DATAGRAM: usize = 2048;
 
 async fn serve(shared: Arc<Shared>) {
     let mut buf = vec![0u8; DATAGRAM];
@@ -326,12 +331,15 @@ async fn serve(shared: Arc<Shared>) {
 }
 
 async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<Relay>, id: AllocId) {
-    let mut buf = vec![0u8; DATAGRAM];
+    let mut buf = vec![0u8; RELAY_DATAGRAM];
     let mut out = Vec::with_capacity(1500);
     while let Some((n, from)) = relay.recv(&mut buf).await {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if n > buf.len() {
+            continue;
+        }
         let client = {
             let env = DriverEnv { shared: &shared };
             shared

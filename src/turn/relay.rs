@@ -66,7 +66,8 @@ impl Relay {
     }
 
     /// The next datagram (from the fabric or the kernel), alternating between the two so a
-    /// busy one never starves the other. `None` once closed.
+    /// busy one never starves the other: its length and source. A length over `buf.len()`
+    /// means it did not fit and `buf` holds nothing of it. `None` once closed.
     pub async fn recv(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
         let ep = self.endpoint.as_ref()?;
         futures::future::poll_fn(|cx| {
@@ -74,11 +75,14 @@ impl Relay {
             if ep.is_closed() {
                 return Poll::Ready(None);
             }
+            // A datagram longer than `buf` reports its full length and copies nothing: the
+            // caller drops it rather than relay a truncated one.
             let inbox = |cx: &mut std::task::Context<'_>, buf: &mut [u8]| {
                 ep.poll_recv(cx).map(|d| {
-                    let n = d.data.len().min(buf.len());
-                    buf[..n].copy_from_slice(&d.data[..n]);
-                    Some((n, d.src))
+                    if let Some(dst) = buf.get_mut(..d.data.len()) {
+                        dst.copy_from_slice(&d.data);
+                    }
+                    Some((d.data.len(), d.src))
                 })
             };
             let kernel = |cx: &mut std::task::Context<'_>, buf: &mut [u8]| {

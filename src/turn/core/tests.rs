@@ -699,3 +699,67 @@ fn at_its_quota_a_peer_replaces_its_longest_idle_allocation() {
     assert!(w.allocate(&fourth).ok());
     assert!(w.refresh(&w.at(&b, "192.0.2.2:1"), 600).ok());
 }
+
+#[test]
+fn one_source_cannot_take_the_capacity_with_many_peers() {
+    // A client joined as many peers (each with its own credential) from one address.
+    let mut w = world_with(Config {
+        max_allocations_per_source: 3,
+        max_allocations: 10,
+        ..Config::default()
+    });
+    for (i, peer) in ["p1", "p2", "p3"].iter().enumerate() {
+        let c = w.client(peer, &format!("192.0.2.1:{}", 1000 + i));
+        assert!(w.allocate(&c).ok(), "{peer}");
+    }
+    let fourth = w.client("p4", "192.0.2.1:2000");
+    assert_eq!(
+        w.allocate(&fourth).code,
+        Some(486),
+        "the source is at its quota"
+    );
+    // IPv6 sources are counted per /64: another address in the block is the same source.
+    let mut v6 = world_with(Config {
+        max_allocations_per_source: 1,
+        ..Config::default()
+    });
+    let a = v6.client("a", "[2001:db8:1:2::1]:5000");
+    let b = v6.client("b", "[2001:db8:1:2::ffff]:5000");
+    let other_block = v6.client("c", "[2001:db8:1:3::1]:5000");
+    assert!(v6.allocate(&a).ok());
+    assert_eq!(v6.allocate(&b).code, Some(486));
+    assert!(v6.allocate(&other_block).ok());
+    // Someone else is not held back.
+    let other = w.client("p5", "192.0.2.9:1000");
+    assert!(w.allocate(&other).ok());
+    // Once the source's oldest has been idle long enough, it makes way.
+    w.advance(9);
+    let fourth = w.at(&fourth, "192.0.2.1:2000");
+    assert!(w.allocate(&fourth).ok());
+    assert_eq!(w.core.stats().evicted, 1);
+}
+
+#[test]
+fn at_capacity_the_longest_idle_allocation_makes_way() {
+    let mut w = world_with(Config {
+        max_allocations: 2,
+        ..Config::default()
+    });
+    let a = w.client("a", "192.0.2.1:1");
+    let b = w.client("b", "192.0.2.2:1");
+    assert!(w.allocate(&a).ok());
+    assert!(w.allocate(&b).ok());
+    assert!(w.bind(&b, 0x4001, SFU).ok());
+    let c = w.client("c", "192.0.2.3:1");
+    assert_eq!(w.allocate(&c).code, Some(508), "nobody idle yet");
+    w.advance(5);
+    assert!(w.channel_data(&b, 0x4001, b"rtp").is_some());
+    w.advance(4);
+    let c = w.at(&c, "192.0.2.3:1");
+    assert!(w.allocate(&c).ok(), "a's allocation sat idle for 9 s");
+    assert_eq!(w.core.take_closed(), vec![1]);
+    assert!(
+        w.channel_data(&b, 0x4001, b"rtp").is_some(),
+        "b's is in use"
+    );
+}
