@@ -507,9 +507,11 @@ struct SoakPlan {
     hostile: bool,
 }
 
-/// Live objects the server holds for peers; all zero once everyone left.
+/// Live objects the server holds for peers, and the synthetic clients' connections (they
+/// share the process's descriptors); all zero once everyone left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct Live {
+    client_connections: usize,
     peer_tasks: usize,
     connections: usize,
     fanouts: usize,
@@ -521,6 +523,7 @@ struct Live {
 async fn live(server: &Server) -> Live {
     let l = videoroom::engine::webrtc::live_objects();
     Live {
+        client_connections: sfu_peer::LIVE_CLIENT_CONNECTIONS.load(Ordering::Relaxed),
         peer_tasks: l.peer_tasks,
         connections: l.connections,
         fanouts: l.fanouts,
