@@ -566,10 +566,9 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
         let rss_before = rss_kib();
         let fds_before = fd_count();
         println!("before any peer: {}", gauges(&server).await);
-        let hostile_stop = Arc::new(AtomicBool::new(false));
-        let hostile_counts = plan.hostile.then(|| {
+        let hostile = plan.hostile.then(|| {
             let turn = server.turn_addr().expect("the real media plane");
-            hostile::spawn_all(addr, turn, Arc::clone(&hostile_stop))
+            hostile::spawn_all(addr, turn)
         });
         let mut anchor = Peer::join(addr, opts("anchor".into())).await.expect("join");
         let mut anchor_stop = Arc::new(Shared {
@@ -581,7 +580,9 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
         let t0 = Instant::now();
         let (warmup_cycles, warmup_time) = match plan.length {
             SoakLength::Cycles(c) => ((c / 10).clamp(5, c), Duration::MAX),
-            SoakLength::Secs(s) => (usize::MAX, Duration::from_secs(s) / 10),
+            // Allocator and runtime caches take a while to reach their working size; the slope
+            // is read over the last two thirds.
+            SoakLength::Secs(s) => (usize::MAX, Duration::from_secs(s) / 3),
         };
         let mut after_warmup: Option<((u64, usize, usize), usize)> = None;
         let mut k = 0usize;
@@ -673,8 +674,8 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
             t0.elapsed().as_secs_f64(),
             if plan.hostile { ", with hostile traffic" } else { "" }
         );
-        if let Some(c) = &hostile_counts {
-            println!("  {c}");
+        if let Some(h) = &hostile {
+            println!("  {}", h.counts);
         }
         println!(
             "  start:         RSS {} KiB, fds {}, threads {}",
@@ -692,7 +693,9 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
         println!("  with the resident: {}", gauges(&server).await);
         shared.stop.store(true, Ordering::Relaxed);
         anchor_stop.stop.store(true, Ordering::Relaxed);
-        hostile_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = hostile {
+            h.stop().await;
+        }
         anchor.leave().await;
         // Teardown is asynchronous (plane tasks, TURN revocation, the hostile workers' last
         // connections and the squatters' grace): wait for it, bounded.

@@ -45,17 +45,46 @@ impl std::fmt::Display for Counts {
     }
 }
 
+/// The running workers.
+pub struct Hostile {
+    pub counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<net_tokio::task::JoinHandle<()>>,
+}
+
+impl Hostile {
+    /// Stops every worker and waits until each has let go of its sockets (bounded).
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            if net_tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .is_err()
+            {
+                eprintln!("a hostile worker did not stop within 30 s");
+            }
+        }
+    }
+}
+
 /// Starts every worker on the current runtime.
-pub fn spawn_all(server: SocketAddr, turn: SocketAddr, stop: Arc<AtomicBool>) -> Arc<Counts> {
+pub fn spawn_all(server: SocketAddr, turn: SocketAddr) -> Hostile {
     let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
     let c = || Arc::clone(&counts);
     let s = || Arc::clone(&stop);
-    net_tokio::spawn(bad_frames(server, s(), c()));
-    net_tokio::spawn(bad_media(server, s(), c()));
-    net_tokio::spawn(squatters(server, s(), c()));
-    net_tokio::spawn(turn_noise(server, turn, s(), c()));
-    net_tokio::spawn(slow_http(server, s(), c()));
-    counts
+    let tasks = vec![
+        net_tokio::spawn(bad_frames(server, s(), c())),
+        net_tokio::spawn(bad_media(server, s(), c())),
+        net_tokio::spawn(squatters(server, s(), c())),
+        net_tokio::spawn(turn_noise(server, turn, s(), c())),
+        net_tokio::spawn(slow_http(server, s(), c())),
+    ];
+    Hostile {
+        counts,
+        stop,
+        tasks,
+    }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
