@@ -15,6 +15,7 @@ pub mod http;
 pub mod join_token;
 pub mod logsafe;
 pub mod metrics;
+pub mod per_source;
 pub mod phoenix;
 pub mod registry;
 pub mod room;

@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::sync::watch;
 
 use crate::app::{App, Limits};
-use crate::http::per_source::PerSource;
 use crate::http::{self, serve, Edge};
 use crate::join_token::JoinSecret;
+use crate::per_source::PerSource;
 
 pub use crate::app::Limits as ServerLimits;
 pub use crate::http::serve::EdgeConfig;

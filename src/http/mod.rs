@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, watch};
 mod assets;
 pub mod fd_limit;
 pub mod origin;
-pub mod per_source;
 pub mod serve;
 mod slots;
 pub mod tls;
@@ -31,7 +30,7 @@ mod tracked;
 use crate::app::App;
 use crate::conn::{self, Transport, WsIn, WsOut};
 use crate::metrics::Refusal;
-use per_source::{PerSource, SourceSlot};
+use crate::per_source::{PerSource, SourceSlot};
 
 /// Reads what lives outside the app at scrape time (the TURN server's counters).
 pub type Probe = Arc<dyn Fn() -> crate::metrics::TurnReport + Send + Sync>;

@@ -126,7 +126,7 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     hard_stop: watch::Receiver<bool>,
     /// Open connections per source.
-    sources: super::per_source::PerSource,
+    sources: crate::per_source::PerSource,
 }
 
 /// The running accept loop; [`Running::finish`] ends it after shutdown was signalled.
@@ -158,7 +158,7 @@ pub(crate) fn spawn(listener: TcpListener, parts: Parts) -> Running {
     let ordinary = Pool::new(parts.cfg.connection_cap());
     let headroom = Headroom::new(parts.cfg.healthz_headroom);
     let grace = parts.cfg.shutdown_grace;
-    let sources = super::per_source::PerSource::new(parts.cfg.max_connections_per_source);
+    let sources = crate::per_source::PerSource::new(parts.cfg.max_connections_per_source);
     let shared = Arc::new(Shared {
         router: parts.router,
         headroom_router: parts.headroom_router,

@@ -132,14 +132,14 @@ pub(super) async fn evicted(eviction: &mut Option<Eviction>) {
 pub(super) struct Slot {
     _permit: OwnedSemaphorePermit,
     /// The connection's place in its source's count.
-    _source: super::per_source::SourceSlot,
+    _source: crate::per_source::SourceSlot,
     metrics: Arc<Metrics>,
 }
 
 impl Slot {
     pub(super) fn new(
         permit: OwnedSemaphorePermit,
-        source: super::per_source::SourceSlot,
+        source: crate::per_source::SourceSlot,
         metrics: Arc<Metrics>,
     ) -> Slot {
         metrics.http_connections.inc();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::auth::{Book, Issued, NonceError, Refusal};
 use super::stun::{self, attr, method, Class, Message, Writer};
+use crate::per_source::source_of;
 
 /// What the core asks of its surroundings.
 pub trait Env {
@@ -773,18 +774,6 @@ fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
         *n -= 1;
         if *n == 0 {
             counts.remove(key);
-        }
-    }
-}
-
-/// What quotas count as one source: an IPv4 address, or an IPv6 /64 (one subscriber's usual
-/// block, so cycling addresses inside it gains nothing).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
     }
 }

@@ -729,6 +729,24 @@ fn one_source_cannot_take_the_capacity_with_many_peers() {
     assert!(v6.allocate(&a).ok());
     assert_eq!(v6.allocate(&b).code, Some(486));
     assert!(v6.allocate(&other_block).ok());
+    // On a dual-stack socket IPv4 clients arrive v4-mapped: each is still its own source.
+    let mut dual = world_with(Config {
+        max_allocations_per_source: 1,
+        ..Config::default()
+    });
+    let x = dual.client("x", "[::ffff:192.0.2.1]:5000");
+    let y = dual.client("y", "[::ffff:192.0.2.2]:5000");
+    let x2 = dual.client("x2", "192.0.2.1:6000");
+    assert!(dual.allocate(&x).ok());
+    assert!(
+        dual.allocate(&y).ok(),
+        "another IPv4 client is another source"
+    );
+    assert_eq!(
+        dual.allocate(&x2).code,
+        Some(486),
+        "mapped or not, the same address"
+    );
     // Someone else is not held back.
     let other = w.client("p5", "192.0.2.9:1000");
     assert!(w.allocate(&other).ok());

@@ -1,9 +1,11 @@
-//! Concurrent WebSockets per source address.
+//! Counting what one client source address holds: connections, WebSockets, joined channels
+//! (each a [`PerSource`] of its own), and what the TURN server counts its quota by.
 //!
-//! Owns the count of open WebSockets per source and the guard that gives a slot back when its
-//! socket closes (however it closes: the guard lives as long as the socket's task). An IPv4
-//! source is one address; an IPv6 source is its /64, the block one subscriber usually gets, so
-//! a client cannot step around the limit by cycling addresses inside its own prefix.
+//! Owns the counts per source and the guard that gives a slot back when what it counts ends
+//! (however it ends: the guard lives as long as the connection, socket or channel). An IPv4
+//! source is one address (IPv4-mapped IPv6 included); an IPv6 source is its /64, the block one
+//! subscriber usually gets, so a client cannot step around a limit by cycling addresses inside
+//! its own prefix.
 //!
 //! Never trusts a forwarded-for header: behind a reverse proxy every client has the proxy's
 //! address, and the limit must be raised to suit (README).
@@ -82,7 +84,7 @@ impl Drop for SourceSlot {
 
 /// The key a source is counted under: the IPv4 address (IPv4-mapped IPv6 included), or the
 /// IPv6 /64.
-fn source_of(ip: IpAddr) -> IpAddr {
+pub fn source_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
