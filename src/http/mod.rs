@@ -137,12 +137,16 @@ async fn websocket(
     // (benches/idle_channels.rs); Phoenix frames are small, and a larger one is still read and
     // written whole, just in more than one step. A frame is refused at its header when it
     // announces more than a message may hold, before any of it is buffered.
+    // The write buffer is bounded too: what piles up there (pongs to a client that pings and
+    // never reads, frames to one that stopped reading) ends the connection at the bound rather
+    // than growing with the client's bandwidth.
     let max = edge.app.limits.socket.max_frame_bytes;
     let mut ws = ws
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(SOCKET_BUFFER_BYTES)
-        .write_buffer_size(SOCKET_BUFFER_BYTES);
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
+        .max_write_buffer_size(2 * max);
     if let Some(protos) = headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let offered = protos.to_str().unwrap_or("");
         if !offered.split(',').any(|p| p.trim() == "phoenix") {
@@ -251,7 +255,11 @@ async fn pump(edge: Edge, socket: WebSocket) {
         _ = &mut writer => {
             let _ = crate::rt::time::timeout(grace, reader).await;
         }
-        _ = &mut reader => writer.await,
+        // The reader also ends on an error, such as the write buffer over its bound while it
+        // answered a ping: the writer may then be stuck on a client that reads nothing.
+        _ = &mut reader => {
+            let _ = crate::rt::time::timeout(grace, writer).await;
+        }
         _ = &mut process_gone => {
             let _ = crate::rt::time::timeout(std::time::Duration::from_secs(1), writer).await;
         }
