@@ -203,8 +203,8 @@ fn seconds(s: &str) -> Result<Duration, String> {
 #[net_tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| videoroom::logsafe::DEFAULT_FILTER.into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match cli.log_format {
         LogFormat::Pretty => logs.init(),

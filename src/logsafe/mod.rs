@@ -9,6 +9,8 @@
 
 mod budget;
 mod escape;
+mod filter;
 
 pub use budget::WarnBudget;
 pub use escape::{Untrusted, UntrustedDebug, MAX_FIELD_BYTES};
+pub use filter::DEFAULT_FILTER;
