@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let parsed = ClientEvent::parse(&text);
     let Ok(value) = serde_json::from_str::<Value>(&text) else {
-        assert!(parsed.is_err(), "text that is not JSON parsed as {parsed:?}");
+        assert!(
+            parsed.is_err(),
+            "text that is not JSON parsed as {parsed:?}"
+        );
         return;
     };
     let again = ClientEvent::parse(&value.to_string());

@@ -90,7 +90,8 @@ impl Room {
                     if let PlaneCommand::Offer { offer, .. } = &command {
                         let sdp = Sdp::parse(&offer.sdp).expect("the core offers parsed SDP");
                         let mids: Vec<&str> = sdp.media.iter().map(|m| m.mid.as_str()).collect();
-                        let lines: Vec<&str> = offer.mlines.iter().map(|l| l.mid.as_str()).collect();
+                        let lines: Vec<&str> =
+                            offer.mlines.iter().map(|l| l.mid.as_str()).collect();
                         assert_eq!(mids, lines, "plane offer m-lines differ from its SDP");
                     }
                     self.plane.apply(command);
@@ -104,21 +105,33 @@ impl Room {
 
     fn check_event(&mut self, sender: Option<&str>, peer: &str, data: &str) {
         let event: Value = serde_json::from_str(data).expect("media events out are JSON");
-        let kind = event["type"].as_str().expect("media events have a string type");
+        let kind = event["type"]
+            .as_str()
+            .expect("media events have a string type");
         let connected = self.session.roster().contains(peer);
         assert!(
             connected || (kind == "error" && sender == Some(peer)),
             "{kind} to {peer}, which is not connected"
         );
         if kind == "error" {
-            let message = event["data"]["message"].as_str().expect("errors have a message");
-            assert!(message.len() <= 256 + '…'.len_utf8(), "{}-byte error", message.len());
+            let message = event["data"]["message"]
+                .as_str()
+                .expect("errors have a message");
+            assert!(
+                message.len() <= 256 + '…'.len_utf8(),
+                "{}-byte error",
+                message.len()
+            );
         }
         let offer_data = &event["data"]["data"];
         if kind == "custom" && event["data"]["type"] == "offerData" {
             let now = (
-                offer_data["tracksTypes"]["audio"].as_u64().expect("audio count"),
-                offer_data["tracksTypes"]["video"].as_u64().expect("video count"),
+                offer_data["tracksTypes"]["audio"]
+                    .as_u64()
+                    .expect("audio count"),
+                offer_data["tracksTypes"]["video"]
+                    .as_u64()
+                    .expect("video count"),
             );
             if let Some(before) = self.tracks_types.insert(peer.to_owned(), now) {
                 assert!(
@@ -186,7 +199,11 @@ impl Room {
         }
         self.deliver(usize::MAX);
         assert_eq!(self.session.endpoints().count(), 0);
-        assert_eq!(self.session.negotiation().peer_count(), 0, "leaked engine peers");
+        assert_eq!(
+            self.session.negotiation().peer_count(),
+            0,
+            "leaked engine peers"
+        );
     }
 }
 
@@ -196,5 +213,8 @@ fuzz_target!(|data: &[u8]| {
     first.run(&script);
     let mut second = Room::new();
     second.run(&script);
-    assert!(first.log == second.log, "the same script gave different outputs");
+    assert!(
+        first.log == second.log,
+        "the same script gave different outputs"
+    );
 });

@@ -185,14 +185,21 @@ fuzz_target!(|data: &[u8]| {
             assert!(deadline > now && deadline <= now + idle);
         }
         if silent {
-            assert!(outs.is_empty(), "a channel that is not live produced {outs:?}");
+            assert!(
+                outs.is_empty(),
+                "a channel that is not live produced {outs:?}"
+            );
         }
         if answers_join {
             let first = match outs.first() {
                 Some(Output::Send(text)) => frame::decode(text).ok().map(|f| f.event),
                 _ => None,
             };
-            assert_eq!(first.as_deref(), Some(EV_REPLY), "a join answer must reply first");
+            assert_eq!(
+                first.as_deref(),
+                Some(EV_REPLY),
+                "a join answer must reply first"
+            );
         }
         if let Some(msg_ref) = heartbeat {
             let [Output::Send(text)] = outs.as_slice() else {
@@ -214,7 +221,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Output::StopChannel { chan, .. } => {
                     assert!(chan.0 < m.started, "{chan:?} stopped before it started");
-                    assert!(m.dead.insert(chan), "{chan:?} stopped twice or after it ended");
+                    assert!(
+                        m.dead.insert(chan),
+                        "{chan:?} stopped twice or after it ended"
+                    );
                 }
                 Output::ToChannel { chan, .. } => {
                     assert!(!m.closed, "a channel message after close");

@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(sdp.media.len() <= MAX_MLINES);
     let mut mids = BTreeSet::new();
     for m in &sdp.media {
-        assert!(!m.mid.is_empty() && m.mid.chars().all(is_token_char), "mid {:?}", m.mid);
+        assert!(
+            !m.mid.is_empty() && m.mid.chars().all(is_token_char),
+            "mid {:?}",
+            m.mid
+        );
         assert!(mids.insert(m.mid.as_str()), "mid {:?} twice", m.mid);
     }
     let mlines: Vec<MLine> = sdp

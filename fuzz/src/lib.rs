@@ -25,27 +25,8 @@ pub fn op(line: &str) -> Option<(char, &str)> {
 /// A leading decimal number of at most 6 digits (0 when there is none), and what follows it
 /// without one separating space.
 pub fn number(rest: &str) -> (u64, &str) {
-    let digits = rest
-        .bytes()
-        .take(6)
-        .take_while(u8::is_ascii_digit)
-        .count();
+    let digits = rest.bytes().take(6).take_while(u8::is_ascii_digit).count();
     let n = rest[..digits].parse().unwrap_or(0);
     let tail = &rest[digits..];
     (n, tail.strip_prefix(' ').unwrap_or(tail))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_lines_and_numbers() {
-        assert_eq!(lines(b"a\r\nb\n\xff"), ["a", "b", "\u{fffd}"]);
-        assert_eq!(op("k12 {}"), Some(('k', "12 {}")));
-        assert_eq!(op(""), None);
-        assert_eq!(number("12 {}"), (12, "{}"));
-        assert_eq!(number("x"), (0, "x"));
-        assert_eq!(number("1234567"), (123_456, "7"));
-    }
 }

@@ -323,7 +323,10 @@ mod tests {
         let twice = decode(&once.encode()).unwrap();
         assert_eq!(twice, once);
         assert_eq!(twice.encode(), once.encode());
-        assert_eq!(once.payload.as_f64(), Some(1_111_111_111_441_114_133.323_34));
+        assert_eq!(
+            once.payload.as_f64(),
+            Some(1_111_111_111_441_114_133.323_34)
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
