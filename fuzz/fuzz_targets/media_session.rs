@@ -16,10 +16,11 @@
 //!
 //! Checked: no panic (the core's own assertions, e.g. `tracksTypes` never decreasing, included);
 //! every media event out is a JSON object with a string `type`; it goes to a connected peer, or
-//! is an `error` to the sender; an `error` message is at most 256 bytes and an ellipsis; the
-//! `tracksTypes` of successive `offerData` to one connected peer never decrease; every plane
-//! offer lists exactly the m-lines (mids, in order) of its SDP; and once every peer is gone the
-//! session and the negotiation core hold no endpoint.
+//! is an `error` to the sender; an `error` message is at most 256 bytes and an ellipsis; every
+//! active mid of an `sdpAnswer` is in its `midToTrackId`; the `tracksTypes` of successive
+//! `offerData` to one connected peer never decrease; every plane offer lists exactly the
+//! m-lines (mids, in order) of its SDP; and once every peer is gone the session and the
+//! negotiation core hold no endpoint.
 #![no_main]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use videoroom::engine::sdp::Sdp;
+use videoroom::engine::sdp::{Direction, Sdp};
 use videoroom::engine::{
     FakePlane, MediaPlane, NegotiationConfig, Out, PlaneCommand, PlaneEvent, PlaneSink, Session,
     SessionConfig, TrackNegotiation, TurnServer,
@@ -124,6 +125,22 @@ impl Room {
             );
         }
         let offer_data = &event["data"]["data"];
+        if kind == "custom" && event["data"]["type"] == "sdpAnswer" {
+            let answer = &event["data"]["data"];
+            let sdp = answer["sdp"].as_str().expect("answers carry SDP");
+            let sdp = Sdp::parse(sdp).expect("the fake plane's answers parse");
+            for m in sdp
+                .media
+                .iter()
+                .filter(|m| m.direction != Direction::Inactive)
+            {
+                assert!(
+                    answer["midToTrackId"].get(&m.mid).is_some(),
+                    "active mid {} of an answer to {peer} is not in midToTrackId",
+                    m.mid
+                );
+            }
+        }
         if kind == "custom" && event["data"]["type"] == "offerData" {
             let now = (
                 offer_data["tracksTypes"]["audio"]
