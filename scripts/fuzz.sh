@@ -5,10 +5,11 @@
 #   scripts/fuzz.sh run TARGET SECONDS   one target
 #   scripts/fuzz.sh repro TARGET INPUT   run one input once (what a failure prints)
 #   scripts/fuzz.sh cmin                 merge what the runs found into fuzz/corpus, minimized
+#                                        (files named regression-* are always kept)
 #   scripts/fuzz.sh list                 the targets
 #
-# Installs its pinned cargo-fuzz with `cargo install --locked` when missing. Builds with
-# `--sanitizer none` (the sanitizers need nightly; see fuzz/README.md) in its own target dir,
+# Installs its pinned cargo-fuzz with `cargo install --locked` when missing. Builds on stable
+# with `--sanitizer none` (fuzz/README.md says why) in its own target dir,
 # "${CARGO_TARGET_DIR:-target}/fuzz", so it never invalidates the other builds. Runs read the
 # committed corpus fuzz/corpus/TARGET and write what they find to the target dir's
 # corpus/TARGET, which persists between runs; `cmin` folds it back into fuzz/corpus. A target
@@ -36,18 +37,28 @@ targets() { (cd fuzz && cargo fuzz list); }
 build() {
   install
   say "building the fuzz targets in $target_dir"
-  # -s none: no sanitizer runtime (stable Rust); -a: debug assertions on, overflow checks too
-  # (fuzz/Cargo.toml's release profile).
-  (cd fuzz && cargo fuzz build --sanitizer none --debug-assertions --target-dir "$target_dir" "$@")
+  # --sanitizer none: the sanitizers need nightly. -max-loads-per-memcmp=0: keep every
+  # `memcmp`/`bcmp` a call, so libFuzzer's own interceptors see what the code compares input
+  # against (`v=0`, `phx_join`...) instead of inlined loads it cannot read; fuzz/README.md.
+  # --debug-assertions, and overflow checks from fuzz/Cargo.toml's release profile.
+  (cd fuzz && RUSTFLAGS="-Cllvm-args=-max-loads-per-memcmp=0" cargo fuzz build \
+    --sanitizer none --debug-assertions --target-dir "$target_dir" "$@")
+}
+
+# libFuzzer options of a target, for runs and merges alike.
+options() {
+  # A session script with two or three (slimmed) real offers fits in 8 KiB; longer scripts
+  # mostly repeat, make the corpus large and the runs slow.
+  [ "$1" = media_session ] && echo "-max_len=8192"
+  true
 }
 
 run_one() {
   local t="$1" secs="$2" work="$target_dir/corpus/$1" art="$target_dir/artifacts/$1/"
   local dict=() log="$target_dir/logs/$1.log"
   mkdir -p "$work" "$art" "$(dirname "$log")"
-  local corpus=("$work") opts=()
-  # A session script with a few real SDP offers fits in 32 KiB; longer ones only slow it down.
-  [ "$t" = media_session ] && opts=(-max_len=32768)
+  local corpus=("$work") opts
+  read -ra opts <<<"$(options "$t")"
   [ -f "fuzz/dict/$t.dict" ] && dict=("-dict=fuzz/dict/$t.dict")
   [ -d "fuzz/corpus/$t" ] && corpus+=("fuzz/corpus/$t")
   say "$t: ${secs}s"
@@ -87,8 +98,14 @@ case "${1:-60}" in
       fresh="$target_dir/cmin/$t"
       rm -rf "$fresh" && mkdir -p "$fresh" "$target_dir/corpus/$t"
       mkdir -p "fuzz/corpus/$t"
-      "$bin_dir/$t" -merge=1 -timeout="$TIMEOUT_SECS" "$fresh" "fuzz/corpus/$t" "$target_dir/corpus/$t" \
-        >"$target_dir/cmin-$t.log" 2>&1 || die "$t: merge failed, see $target_dir/cmin-$t.log"
+      # -use_counters=0: keep the fewest inputs that reach every edge (not every hit-count
+      # bucket), so the committed corpus stays small; runs rebuild the rest from it.
+      read -ra opts <<<"$(options "$t")"
+      "$bin_dir/$t" "${opts[@]}" -merge=1 -use_counters=0 -timeout="$TIMEOUT_SECS" "$fresh" "fuzz/corpus/$t" \
+        "$target_dir/corpus/$t" >"$target_dir/cmin-$t.log" 2>&1 ||
+        die "$t: merge failed, see $target_dir/cmin-$t.log"
+      # Inputs that once failed stay whatever their coverage: every run replays them first.
+      find "fuzz/corpus/$t" -name 'regression-*' -exec cp {} "$fresh/" \;
       rm -rf "fuzz/corpus/$t" && mkdir -p "fuzz/corpus/$t" && cp "$fresh"/* "fuzz/corpus/$t/"
       say "$t: $(ls "fuzz/corpus/$t" | wc -l) inputs, $(du -sh "fuzz/corpus/$t" | cut -f1)"
     done ;;

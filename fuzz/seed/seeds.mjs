@@ -10,8 +10,9 @@
 //   `X<chan>` for phx_error); see fuzz_targets/phoenix_socket.rs
 // - media_event: every mediaEvent data string, either direction
 // - media_session: per recording, every client's mediaEvent data in wire order from peers
-//   p0, p1, ... (their server-given ids rewritten, so track ids keep their `<peer>:` prefix),
-//   each followed by `*` (the plane answers at once), and `-<d>` when the client leaves
+//   p0, p1, ... (their server-given ids rewritten, so track ids keep their `<peer>:` prefix;
+//   offers slimmed, see slimSdp), each followed by `*` (the plane answers at once), and `-<d>`
+//   when the client leaves
 // - sdp: every SDP offer and answer
 // scripts/fuzz.sh then merges them into fuzz/corpus/<target> (minimized).
 
@@ -46,6 +47,29 @@ function read(path) {
   return frames;
 }
 
+// Session scripts carry the offers with only the first codec of each m-line (and no header
+// extensions or SSRC lines): the session reads m-lines, mids and directions, and the rest would
+// make every script 5 times longer (and slower to fuzz). The sdp target keeps them whole.
+function slimSdp(sdp) {
+  let first = null;
+  return sdp
+    .split("\r\n")
+    .filter((line) => {
+      if (line.startsWith("m=")) first = line.split(" ")[3];
+      const codec = /^a=(rtpmap|fmtp|rtcp-fb):(\d+)/.exec(line);
+      if (codec) return codec[2] === first;
+      return !/^a=(extmap|ssrc|rtcp-xr)/.test(line);
+    })
+    .join("\r\n");
+}
+
+function slimEvent(data) {
+  const ev = JSON.parse(data);
+  if (ev.type !== "custom" || ev.data?.type !== "sdpOffer") return data;
+  ev.data.data.sdpOffer.sdp = slimSdp(ev.data.data.sdpOffer.sdp);
+  return JSON.stringify(ev);
+}
+
 for (const path of recordings) {
   const frames = read(path).map((f) => ({ ...f, frame: JSON.parse(f.text) }));
   const socket = new Map(); // page -> {lines, chans: join_ref -> chan, next}
@@ -78,7 +102,7 @@ for (const path of recordings) {
     if (inner?.type === "sdpAnswer") add("sdp", inner.data.sdp);
     if (dir === "sent" && !peers.has(page)) peers.set(page, { name: `p${peers.size}`, id: null });
     if (dir === "recv" && ev.type === "connected" && peers.has(page)) peers.get(page).id = ev.data.id;
-    if (dir === "sent") session.push({ page, data });
+    if (dir === "sent") session.push({ page, data: slimEvent(data) });
   }
   for (const { lines } of socket.values()) add("phoenix_socket", lines.join("\n") + "\n");
   const rewrite = (data) =>
