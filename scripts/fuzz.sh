@@ -49,8 +49,11 @@ build() {
 options() {
   # A session script with two or three (slimmed) real offers fits in 8 KiB; longer scripts
   # mostly repeat, make the corpus large and the runs slow.
-  [ "$1" = media_session ] && echo "-max_len=8192"
-  true
+  # A socket script needs a frame over the 8 KiB limit (1009), not many.
+  case "$1" in
+    media_session) echo "-max_len=8192" ;;
+    phoenix_socket) echo "-max_len=16384" ;;
+  esac
 }
 
 run_one() {
@@ -66,9 +69,9 @@ run_one() {
   "$bin_dir/$t" "${dict[@]}" "${opts[@]}" -max_total_time="$secs" -timeout="$TIMEOUT_SECS" \
     -print_final_stats=1 -artifact_prefix="$art" "${corpus[@]}" >"$log" 2>&1 || status=$?
   if [ "$status" -ne 0 ]; then
-    grep -E "panicked at|^SUMMARY|ERROR: libFuzzer" -A 4 "$log" | head -n 30 >&2 || true
+    grep -aE "panicked at|^SUMMARY|ERROR: libFuzzer" -A 4 "$log" | head -n 30 >&2 || true
     local input
-    input="$(grep -oE "Test unit written to [^ ]+" "$log" | tail -n 1 | cut -d' ' -f5 || true)"
+    input="$(grep -aoE "Test unit written to [^ ]+" "$log" | tail -n 1 | cut -d' ' -f5 || true)"
     [ -n "$input" ] || input="$(ls -t "$art" 2>/dev/null | head -n 1 | sed "s|^|$art|")"
     printf '\nfuzz.sh: %s FAILED (exit %s); log: %s\n' "$t" "$status" "$log" >&2
     if [ -n "$input" ] && [ -f "$input" ]; then
@@ -79,7 +82,7 @@ run_one() {
     exit 1
   fi
   # libFuzzer's last status line: runs, coverage (cov: edges, ft: features), corpus, exec/s.
-  say "$t: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 |
+  say "$t: $(grep -aE '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 |
     sed -E 's/^#([0-9]+)[[:space:]]+DONE[[:space:]]+/\1 runs, /')"
 }
 
