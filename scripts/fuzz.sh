@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS]            every target for SECONDS each (default 60)
 #   scripts/fuzz.sh run TARGET SECONDS   one target
 #   scripts/fuzz.sh repro TARGET INPUT   run one input once (what a failure prints)
-#   scripts/fuzz.sh cmin                 merge what the runs found into fuzz/corpus, minimized
+#   scripts/fuzz.sh cmin [TARGET]        merge what the runs found into fuzz/corpus, minimized
 #                                        (files named regression-* are always kept)
 #   scripts/fuzz.sh list                 the targets
 #
@@ -100,7 +100,7 @@ case "${1:-60}" in
     RUST_BACKTRACE=1 "$bin_dir/$2" -runs=1 "$3" ;;
   cmin)
     build
-    for t in $(targets); do
+    for t in ${2:-$(targets)}; do
       fresh="$target_dir/cmin/$t"
       rm -rf "$fresh" && mkdir -p "$fresh" "$target_dir/corpus/$t"
       mkdir -p "fuzz/corpus/$t"

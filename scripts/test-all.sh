@@ -39,7 +39,7 @@ cargo test
 step "simulation tests (madsim build, release with debug assertions)"
 "${sim_env[@]}" cargo test -p videoroom-sim --profile sim
 
-step "fuzz targets, 15 s each (cargo-fuzz, own target dir \$target/fuzz)"
-CARGO_TARGET_DIR="$target" scripts/fuzz.sh 15
+step "fuzz targets, 10 s each (cargo-fuzz, own target dir \$target/fuzz)"
+CARGO_TARGET_DIR="$target" scripts/fuzz.sh 10
 
 step "all tests passed"
