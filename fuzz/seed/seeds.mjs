@@ -13,7 +13,7 @@
 //   p0, p1, ... (their server-given ids rewritten, so track ids keep their `<peer>:` prefix;
 //   offers slimmed, see slimSdp), each followed by `*` (the plane answers at once), and `-<d>`
 //   when the client leaves
-// - sdp: every SDP offer and answer
+// - sdp, sdp_webrtc: every SDP offer and answer
 // scripts/fuzz.sh then merges them into fuzz/corpus/<target> (minimized).
 
 import { createHash } from "node:crypto";
@@ -98,8 +98,10 @@ for (const path of recordings) {
     add("media_event", data);
     const ev = JSON.parse(data);
     const inner = ev.type === "custom" ? ev.data : null;
-    if (inner?.type === "sdpOffer") add("sdp", inner.data.sdpOffer.sdp);
-    if (inner?.type === "sdpAnswer") add("sdp", inner.data.sdp);
+    for (const target of ["sdp", "sdp_webrtc"]) {
+      if (inner?.type === "sdpOffer") add(target, inner.data.sdpOffer.sdp);
+      if (inner?.type === "sdpAnswer") add(target, inner.data.sdp);
+    }
     if (dir === "sent" && !peers.has(page)) peers.set(page, { name: `p${peers.size}`, id: null });
     if (dir === "recv" && ev.type === "connected" && peers.has(page)) peers.get(page).id = ev.data.id;
     if (dir === "sent") session.push({ page, data: slimEvent(data) });
