@@ -17,7 +17,8 @@
 //! Checked: no panic (the core's own assertions, e.g. `tracksTypes` never decreasing, included);
 //! every media event out is a JSON object with a string `type`; it goes to a connected peer, or
 //! is an `error` to the sender; an `error` message is at most 256 bytes and an ellipsis; every
-//! active mid of an `sdpAnswer` is in its `midToTrackId`; the `tracksTypes` of successive
+//! active mid of an `sdpAnswer` is in its `midToTrackId`; `tracksRemoved` names only tracks an
+//! `sdpAnswer` gave that peer (the client throws otherwise); the `tracksTypes` of successive
 //! `offerData` to one connected peer never decrease; every plane offer lists exactly the
 //! m-lines (mids, in order) of its SDP; and once every peer is gone the session and the
 //! negotiation core hold no endpoint.
@@ -45,6 +46,8 @@ struct Room {
     queue: Queue,
     /// Last `tracksTypes` (audio, video) sent to each connected peer.
     tracks_types: BTreeMap<String, (u64, u64)>,
+    /// Track ids some `sdpAnswer` to each connected peer mapped a mid to.
+    answered: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// Every output, for the determinism check.
     log: Vec<Out>,
 }
@@ -77,6 +80,7 @@ impl Room {
             plane: FakePlane::new(sink),
             queue,
             tracks_types: BTreeMap::new(),
+            answered: BTreeMap::new(),
             log: Vec::new(),
         }
     }
@@ -102,6 +106,7 @@ impl Room {
         // A peer that left starts over with its next `connect`.
         let roster = self.session.roster();
         self.tracks_types.retain(|peer, _| roster.contains(peer));
+        self.answered.retain(|peer, _| roster.contains(peer));
     }
 
     fn check_event(&mut self, sender: Option<&str>, peer: &str, data: &str) {
@@ -129,6 +134,10 @@ impl Room {
             let answer = &event["data"]["data"];
             let sdp = answer["sdp"].as_str().expect("answers carry SDP");
             let sdp = Sdp::parse(sdp).expect("the fake plane's answers parse");
+            let known = self.answered.entry(peer.to_owned()).or_default();
+            for t in answer["midToTrackId"].as_object().expect("a map").values() {
+                known.insert(t.as_str().expect("track ids").to_owned());
+            }
             for m in sdp
                 .media
                 .iter()
@@ -138,6 +147,16 @@ impl Room {
                     answer["midToTrackId"].get(&m.mid).is_some(),
                     "active mid {} of an answer to {peer} is not in midToTrackId",
                     m.mid
+                );
+            }
+        }
+        if kind == "tracksRemoved" {
+            let known = self.answered.get(peer);
+            for t in event["data"]["trackIds"].as_array().expect("track ids") {
+                let t = t.as_str().expect("a track id");
+                assert!(
+                    known.is_some_and(|k| k.contains(t)),
+                    "{peer} told to remove {t}, which no answer gave it"
                 );
             }
         }
