@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project, as CI does: the committed web bundle against its
 # sources, formatting, lints (normal and simulation builds), the tokio test suite (with the
-# headless-Chromium end-to-end test), and the madsim simulation suite.
+# headless-Chromium end-to-end test), the madsim simulation suite, and a short run of every
+# fuzz target (scripts/fuzz.sh).
 # Simulation builds (--cfg madsim) use their own target dir so the two builds don't
 # invalidate each other. Honours CARGO_TARGET_DIR for a build cache outside the clone.
 set -euo pipefail
@@ -24,6 +25,7 @@ scripts/build-web.sh --check
 
 step "cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --all --check
 
 step "clippy (tokio build)"
 cargo clippy --all-targets -- -D warnings
@@ -40,5 +42,8 @@ cargo build --example sfu_bench
 
 step "simulation tests (madsim build, release with debug assertions)"
 "${sim_env[@]}" cargo test -p videoroom-sim --profile sim
+
+step "fuzz targets, 10 s each (cargo-fuzz, own target dir \$target/fuzz)"
+CARGO_TARGET_DIR="$target" scripts/fuzz.sh 10
 
 step "all tests passed"

@@ -470,6 +470,20 @@ mod tests {
         assert!(data.contains(r#"{"id":"p1","type":"webrtc","metadata":{"name":"A2"}"#));
     }
 
+    /// serde_json's default float parser read this number one ULP off, so the others were
+    /// told 1.111111111441114e+18 (found by fuzz/ phoenix_frame; fixed by `float_roundtrip`).
+    #[test]
+    fn metadata_numbers_are_relayed_exactly() {
+        let mut s = three_peers();
+        let update =
+            r#"{"type":"updateEndpointMetadata","data":{"metadata":{"n":1.1111111114411141e+18}}}"#;
+        let expected = r#"{"type":"endpointUpdated","data":{"id":"p1","metadata":{"n":1.1111111114411141e+18}}}"#;
+        assert_eq!(
+            s.handle_event("p1", update),
+            [to("p3", expected), to("p2", expected)]
+        );
+    }
+
     #[test]
     fn malformed_events_get_an_error_and_change_nothing() {
         let mut s = three_peers();

@@ -659,10 +659,12 @@ enum JoinOutcome {
     Crashed,
 }
 
-#[cfg(test)]
+// Also compiled under `--cfg fuzzing` (cargo-fuzz sets it) for fuzz/ phoenix_socket.
+#[cfg(any(test, fuzzing))]
 impl SocketCore {
-    /// Internal consistency, checked after every step of the property test.
-    fn check_invariants(&self) {
+    /// Internal consistency, checked after every step of the property test and the fuzz target.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
         assert!(self.channels.len() <= self.config.max_channels);
         assert_eq!(self.channels.len(), self.topics.len());
         for (topic, chan) in &self.topics {
