@@ -96,7 +96,12 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(per_room: usize, rooms: usize, sockets: usize) -> (ServerProcess, String) {
+fn start_server(
+    per_room: usize,
+    rooms: usize,
+    sockets: usize,
+    per_socket: usize,
+) -> (ServerProcess, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -109,6 +114,11 @@ fn start_server(per_room: usize, rooms: usize, sockets: usize) -> (ServerProcess
         // Every socket comes from 127.0.0.1, and the cap must not be what is measured.
         .args(["--max-sockets-per-source", &sockets.to_string()])
         .args(["--max-connections-per-source", &(sockets + 16).to_string()])
+        .args(["--max-channels-per-socket", &per_socket.to_string()])
+        .args([
+            "--max-peers-per-source",
+            &(sockets * per_socket).max(1).to_string(),
+        ])
         .args(["--max-connections", &(sockets + 16).to_string()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -158,7 +168,7 @@ async fn main() {
     let channels = a.sockets * a.per_socket;
     let rooms = channels.div_ceil(a.per_room);
     let started = Instant::now();
-    let (server, addr) = start_server(a.per_room, rooms, a.sockets);
+    let (server, addr) = start_server(a.per_room, rooms, a.sockets, a.per_socket);
     let pid = server.0.id();
     net_tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid);

@@ -30,6 +30,10 @@ pub struct Limits {
     pub socket_mailbox: usize,
     /// Frames queued for one WebSocket before its client counts as too slow and is dropped.
     pub outbound_frames: usize,
+    /// Bytes of frames queued for one WebSocket (not yet written) before its client counts as
+    /// too slow and is dropped: a frame count alone let a client that never reads hold
+    /// megabyte `connected` frames by the thousand.
+    pub outbound_bytes: usize,
     /// How long a room with no peers waits for one before it stops.
     pub empty_room_linger: std::time::Duration,
 }
@@ -50,8 +54,17 @@ impl Limits {
             channel_mailbox: d.channel_mailbox.max(floor),
             socket_mailbox: d.socket_mailbox.max(floor),
             outbound_frames: d.outbound_frames.max(floor),
+            outbound_bytes: d.outbound_bytes.max(Limits::min_outbound_bytes(max_peers)),
             ..d
         }
+    }
+
+    /// The most a room of `peers` peers may queue for one client at once, with headroom: a
+    /// joiner's `connected` lists every other peer with its metadata and its tracks' (bounded
+    /// by the session's and the negotiation's metadata limits: under 10 KiB a peer), then a
+    /// `tracksAdded` per publisher (under 5 KiB) and an `offerData`.
+    pub fn min_outbound_bytes(peers: usize) -> usize {
+        peers * 24 * 1024 + 64 * 1024
     }
 
     /// The largest burst of messages a room may put on one queue at once, with headroom: a
@@ -86,6 +99,16 @@ impl Limits {
                     self.max_peers_per_room
                 ));
             }
+        }
+        let min_bytes = Limits::min_outbound_bytes(self.max_peers_per_room);
+        if self.outbound_bytes < min_bytes {
+            return Err(format!(
+                "outbound_bytes = {} is below {min_bytes}, what a room of {} peers may queue for one client at once; raise it or lower max_peers_per_room",
+                self.outbound_bytes, self.max_peers_per_room
+            ));
+        }
+        if self.socket.max_channels == 0 {
+            return Err("max_channels (per socket) must be at least 1".into());
         }
         Ok(())
     }
@@ -144,6 +167,7 @@ impl Default for Limits {
             channel_mailbox: 256,
             socket_mailbox: 1024,
             outbound_frames: 1024,
+            outbound_bytes: 1024 * 1024,
             empty_room_linger: std::time::Duration::from_secs(30),
         }
     }

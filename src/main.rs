@@ -113,6 +113,13 @@ struct Cli {
         default_value_t = 128
     )]
     max_connections_per_source: usize,
+    /// Most rooms joined at once from one source address (IPv6: one /64), over all its sockets;
+    /// each is a peer with a media connection on the server. More get a join error that says so.
+    #[arg(long, env = "VIDEOROOM_MAX_PEERS_PER_SOURCE", default_value_t = 32)]
+    max_peers_per_source: usize,
+    /// Most channels (rooms) one WebSocket may join; the web app joins one.
+    #[arg(long, env = "VIDEOROOM_MAX_CHANNELS_PER_SOCKET", default_value_t = 4)]
+    max_channels_per_socket: usize,
     /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for connections to close before dropping them.
     #[arg(long, env = "VIDEOROOM_SHUTDOWN_GRACE", default_value = "5", value_parser = seconds)]
     shutdown_grace: Duration,
@@ -226,11 +233,12 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
-    let limits = ServerLimits {
+    let mut limits = ServerLimits {
         max_rooms: cli.max_rooms,
         connect_grace: std::time::Duration::from_secs(cli.connect_grace),
         ..ServerLimits::for_peers(cli.max_peers_per_room)
     };
+    limits.socket.max_channels = cli.max_channels_per_socket;
     if let Err(e) = limits.validate() {
         eprintln!("videoroom: {e}");
         return std::process::ExitCode::from(2);
@@ -248,6 +256,7 @@ async fn main() -> std::process::ExitCode {
         healthz_headroom: cli.healthz_headroom,
         max_sockets_per_source: cli.max_sockets_per_source,
         max_connections_per_source: cli.max_connections_per_source,
+        max_peers_per_source: cli.max_peers_per_source,
         shutdown_grace: cli.shutdown_grace,
     };
     let tls = match (cli.tls_cert, cli.tls_key) {

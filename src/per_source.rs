@@ -21,6 +21,27 @@ pub struct PerSource {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
+/// One client's view of a [`PerSource`]: slots for its own address.
+#[derive(Clone, Debug)]
+pub struct ForSource {
+    per_source: PerSource,
+    ip: IpAddr,
+}
+
+impl ForSource {
+    pub fn new(per_source: PerSource, ip: IpAddr) -> ForSource {
+        ForSource { per_source, ip }
+    }
+
+    pub fn try_acquire(&self) -> Option<SourceSlot> {
+        self.per_source.try_acquire(self.ip)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.per_source.limit()
+    }
+}
+
 /// One open WebSocket's slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct SourceSlot {

@@ -147,6 +147,7 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             hard_stop: hard_stop_rx,
             per_source: PerSource::new(cfg.edge.max_sockets_per_source),
+            peer_sources: PerSource::new(cfg.edge.max_peers_per_source),
             turn_report,
             connection_cap: cfg.edge.connection_cap(),
         };

@@ -46,9 +46,12 @@ async fn connection(app: App, stream: madsim::net::TcpStream, shutdown: watch::R
     let (mut reader, mut writer) = wire::split(stream);
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, mut out_rx) = mpsc::channel(app.limits.outbound_frames);
+    let queued = conn::QueuedBytes::new(app.limits.outbound_bytes);
     let transport = Transport {
         incoming: in_rx,
         outgoing: out_tx,
+        queued: std::sync::Arc::clone(&queued),
+        channel_slots: None,
     };
     let app2 = app.clone();
     let socket = app.sys.spawn(app.limits.socket_mailbox, move |ctx| {
@@ -57,12 +60,17 @@ async fn connection(app: App, stream: madsim::net::TcpStream, shutdown: watch::R
     app.sys.set_label(socket.pid(), SOCKET_LABEL);
     let write = async move {
         while let Some(out) = out_rx.recv().await {
-            let f = match out {
-                WsOut::Text(t) => WireFrame::Text(t),
-                WsOut::Close(code, _) => WireFrame::Close(code),
+            let (f, n) = match out {
+                WsOut::Text(t) => {
+                    let n = t.len();
+                    (WireFrame::Text(t), n)
+                }
+                WsOut::Close(code, _) => (WireFrame::Close(code), 0),
             };
             let close = matches!(f, WireFrame::Close(_));
-            if !writer.send(&f).await || close {
+            let sent = writer.send(&f).await;
+            queued.written(n);
+            if !sent || close {
                 break;
             }
         }

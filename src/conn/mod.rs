@@ -5,16 +5,22 @@
 //! moves frames between the core and the transport. The transport is two queues of frames, so
 //! the same process runs behind axum's WebSocket in production and behind simulated sockets.
 //!
-//! Never waits on the client: if the outbound queue is full the client is too slow and the
-//! connection is dropped.
+//! Never waits on the client: if the outbound queue is full (in frames, or in bytes not yet
+//! written) the client is too slow and the connection is dropped. Never starts a channel past
+//! its client's per-source budget.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
 
 use tokio::sync::{mpsc, watch};
 
 use crate::app::App;
 use crate::channel::{self, ChannelMsg};
 use crate::metrics::{Process, SlowQueue};
+use crate::per_source::ForSource;
 use crate::phoenix::{ChanId, ChannelEvent, Output, SocketCore};
 use crate::rt::{self, Addr, Ctx, ExitReason, Pid, Received, SendError};
 
@@ -48,6 +54,50 @@ pub enum ConnMsg {
 pub struct Transport {
     pub incoming: mpsc::Receiver<WsIn>,
     pub outgoing: mpsc::Sender<WsOut>,
+    /// Bytes of the text frames in `outgoing` not yet written; the writer gives them back
+    /// ([`QueuedBytes::written`]). A frame count alone let megabyte frames pile up.
+    pub queued: Arc<QueuedBytes>,
+    /// This client's slots for joined channels, counted per source address across its sockets
+    /// (`None`: not counted, as in the simulation, which has no addresses).
+    pub channel_slots: Option<ForSource>,
+}
+
+/// Bytes queued towards one client, against a bound.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    bytes: AtomicUsize,
+    limit: usize,
+}
+
+impl QueuedBytes {
+    pub fn new(limit: usize) -> Arc<QueuedBytes> {
+        Arc::new(QueuedBytes {
+            bytes: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Counts `n` more bytes queued, unless that goes over the bound (then nothing changes).
+    fn take(&self, n: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + n <= self.limit).then_some(b + n)
+            })
+            .is_ok()
+    }
+
+    /// `n` bytes left the queue (written, or never queued after all).
+    pub fn written(&self, n: usize) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
+
+    pub fn queued(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
 }
 
 struct Chans {
@@ -70,9 +120,9 @@ pub async fn run(
         by_pid: BTreeMap::new(),
     };
     loop {
-        if !drive(&app, &mut ctx, &mut core, &mut chans, &transport.outgoing) || core.is_closed() {
+        if !drive(&app, &mut ctx, &mut core, &mut chans, &transport) || core.is_closed() {
             core.close();
-            drive(&app, &mut ctx, &mut core, &mut chans, &transport.outgoing);
+            drive(&app, &mut ctx, &mut core, &mut chans, &transport);
             return ExitReason::Normal;
         }
         let deadline = core.poll_timeout();
@@ -81,7 +131,7 @@ pub async fn run(
             _ = shutdown.changed() => {
                 let _ = transport.outgoing.try_send(WsOut::Close(CLOSE_SERVICE_RESTART, "server restart".into()));
                 core.close();
-                drive(&app, &mut ctx, &mut core, &mut chans, &transport.outgoing);
+                drive(&app, &mut ctx, &mut core, &mut chans, &transport);
                 return ExitReason::Shutdown;
             }
             r = ctx.recv() => match r {
@@ -100,7 +150,7 @@ pub async fn run(
                 Some(WsIn::TooBig) => core.handle_oversized(),
                 None => {
                     core.close();
-                    drive(&app, &mut ctx, &mut core, &mut chans, &transport.outgoing);
+                    drive(&app, &mut ctx, &mut core, &mut chans, &transport);
                     return ExitReason::Normal;
                 }
             },
@@ -122,8 +172,9 @@ fn drive(
     ctx: &mut Ctx<ConnMsg>,
     core: &mut SocketCore,
     chans: &mut Chans,
-    out: &mpsc::Sender<WsOut>,
+    transport: &Transport,
 ) -> bool {
+    let out = &transport.outgoing;
     let mut healthy = true;
     while let Some(o) = core.poll_output() {
         match o {
@@ -131,10 +182,20 @@ fn drive(
                 if !healthy {
                     continue;
                 }
-                match out.try_send(WsOut::Text(text)) {
+                let n = text.len();
+                let sent = if transport.queued.take(n) {
+                    out.try_send(WsOut::Text(text))
+                        .inspect_err(|_| transport.queued.written(n))
+                } else {
+                    Err(mpsc::error::TrySendError::Full(WsOut::Text(String::new())))
+                };
+                match sent {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::warn!("client too slow: outbound queue full, dropping connection");
+                        tracing::warn!(
+                            queued_bytes = transport.queued.queued(),
+                            "client too slow: outbound queue full, dropping connection"
+                        );
                         app.metrics.slow_consumer_dropped(SlowQueue::Socket);
                         healthy = false;
                     }
@@ -147,10 +208,29 @@ fn drive(
                 topic,
                 payload,
             } => {
+                let slot = match &transport.channel_slots {
+                    None => None,
+                    Some(slots) => match slots.try_acquire() {
+                        Some(slot) => Some(slot),
+                        None => {
+                            let reason = format!(
+                                "too many rooms joined from your address (limit {})",
+                                slots.limit()
+                            );
+                            let response = json!({ "reason": reason });
+                            core.handle_channel(ChannelEvent::JoinError { chan, response });
+                            continue;
+                        }
+                    },
+                };
                 let (app2, socket) = (app.clone(), ctx.addr());
-                let addr = app.sys.spawn(app.limits.channel_mailbox, move |c| {
-                    channel::run(app2, socket, chan, topic, payload, c)
-                });
+                let addr = app
+                    .sys
+                    .spawn(app.limits.channel_mailbox, move |c| async move {
+                        // The source's slot is held for as long as the channel runs.
+                        let _slot = slot;
+                        channel::run(app2, socket, chan, topic, payload, c).await
+                    });
                 ctx.monitor(addr.pid());
                 chans.by_pid.insert(addr.pid(), chan);
                 chans.by_id.insert(chan, addr);

@@ -40,7 +40,9 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             max_endpoints: 64,
-            max_metadata_bytes: 4096,
+            // The web app sends `{displayName}`; every connected peer gets a copy in `connected`,
+            // so this bounds what one peer makes everyone's queue hold.
+            max_metadata_bytes: 1024,
         }
     }
 }

@@ -95,7 +95,9 @@ impl Default for NegotiationConfig {
         NegotiationConfig {
             turn_servers: Vec::new(),
             turn_issuer: None,
-            max_track_metadata_bytes: 4096,
+            // The web app sends `{type, active}`; each published track's metadata is copied
+            // twice into every `connected` and once into every `tracksAdded`.
+            max_track_metadata_bytes: 512,
             max_published_tracks: 8,
             max_held_candidates: 32,
         }

@@ -30,7 +30,7 @@ mod tracked;
 use crate::app::App;
 use crate::conn::{self, Transport, WsIn, WsOut};
 use crate::metrics::Refusal;
-use crate::per_source::{PerSource, SourceSlot};
+use crate::per_source::{ForSource, PerSource, SourceSlot};
 
 /// Reads what lives outside the app at scrape time (the TURN server's counters).
 pub type Probe = Arc<dyn Fn() -> crate::metrics::TurnReport + Send + Sync>;
@@ -45,6 +45,8 @@ pub struct Edge {
     /// Turns true when the shutdown grace ran out: every WebSocket still open is dropped.
     pub hard_stop: watch::Receiver<bool>,
     pub per_source: PerSource,
+    /// Joined channels per source address, across its sockets.
+    pub peer_sources: PerSource,
     pub turn_report: Probe,
     /// The connection cap in force (reported by `/metrics`).
     pub connection_cap: usize,
@@ -146,7 +148,7 @@ async fn websocket(
         .max_frame_size(max)
         .read_buffer_size(SOCKET_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES)
-        .max_write_buffer_size(2 * max);
+        .max_write_buffer_size((2 * max).max(2 * SOCKET_BUFFER_BYTES));
     if let Some(protos) = headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let offered = protos.to_str().unwrap_or("");
         if !offered.split(',').any(|p| p.trim() == "phoenix") {
@@ -162,7 +164,8 @@ async fn websocket(
         );
         return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
     };
-    ws.on_upgrade(move |socket| serve_socket(edge, socket, slot))
+    let ip = remote.ip();
+    ws.on_upgrade(move |socket| serve_socket(edge, socket, slot, ip))
 }
 
 fn is_too_long(e: axum::Error) -> bool {
@@ -174,20 +177,23 @@ fn is_too_long(e: axum::Error) -> bool {
 
 /// Runs one WebSocket until it closes, or until a shutdown outlasted its grace. `_slot` is the
 /// source's count for it, given back when this returns.
-async fn serve_socket(edge: Edge, socket: WebSocket, _slot: SourceSlot) {
+async fn serve_socket(edge: Edge, socket: WebSocket, _slot: SourceSlot, ip: std::net::IpAddr) {
     tokio::select! {
         biased;
         _ = serve::raised(edge.hard_stop.clone()) => {}
-        _ = pump(edge, socket) => {}
+        _ = pump(edge, socket, ip) => {}
     }
 }
 
-async fn pump(edge: Edge, socket: WebSocket) {
+async fn pump(edge: Edge, socket: WebSocket, remote: std::net::IpAddr) {
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, mut out_rx) = mpsc::channel(edge.app.limits.outbound_frames);
+    let queued = conn::QueuedBytes::new(edge.app.limits.outbound_bytes);
     let transport = Transport {
         incoming: in_rx,
         outgoing: out_tx,
+        queued: std::sync::Arc::clone(&queued),
+        channel_slots: Some(ForSource::new(edge.peer_sources.clone(), remote)),
     };
     let (app, shutdown) = (edge.app.clone(), edge.shutdown.clone());
     let conn = edge
@@ -200,7 +206,12 @@ async fn pump(edge: Edge, socket: WebSocket) {
     let writer = async move {
         while let Some(out) = out_rx.recv().await {
             let r = match out {
-                WsOut::Text(t) => sink.send(Message::Text(t.into())).await,
+                WsOut::Text(t) => {
+                    let n = t.len();
+                    let r = sink.send(Message::Text(t.into())).await;
+                    queued.written(n);
+                    r
+                }
                 WsOut::Close(code, reason) => {
                     let frame = CloseFrame {
                         code,

@@ -47,6 +47,10 @@ pub struct EdgeConfig {
     pub healthz_headroom: usize,
     /// Open WebSockets per source address (IPv6: per /64).
     pub max_sockets_per_source: usize,
+    /// Joined channels (peers, each with a media connection on the server) per source address
+    /// across its sockets: one client cannot hold every room, nor a peer connection per channel
+    /// of every socket.
+    pub max_peers_per_source: usize,
     /// Open connections of any kind per source address (IPv6: per /64), counted at accept: a
     /// single client cannot hold the connection cap with silent connections. Past it a
     /// connection is closed at once.
@@ -63,6 +67,7 @@ impl Default for EdgeConfig {
             max_connections: None,
             healthz_headroom: 8,
             max_sockets_per_source: 64,
+            max_peers_per_source: 32,
             max_connections_per_source: 128,
             shutdown_grace: Duration::from_secs(5),
         }
@@ -92,6 +97,7 @@ impl EdgeConfig {
             ("max_connections", self.connection_cap()),
             ("healthz_headroom", self.healthz_headroom),
             ("max_sockets_per_source", self.max_sockets_per_source),
+            ("max_peers_per_source", self.max_peers_per_source),
             (
                 "max_connections_per_source",
                 self.max_connections_per_source,

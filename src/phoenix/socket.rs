@@ -66,7 +66,9 @@ pub struct SocketConfig {
     /// matches exactly. A `*` anywhere but the end is a configuration bug (see
     /// [`SocketCore::new`]).
     pub routes: Vec<String>,
-    /// Channels per socket, counting joins in flight. Phoenix's default is 100.
+    /// Channels per socket, counting joins in flight. Phoenix's default is 100; the web app
+    /// joins one room per socket, and every joined channel is a media peer with its own
+    /// connection on the server, so the default is a few.
     pub max_channels: usize,
     /// Largest accepted WebSocket message, in bytes.
     pub max_frame_bytes: usize,
@@ -78,7 +80,7 @@ impl Default for SocketConfig {
     fn default() -> Self {
         Self {
             routes: vec!["room:*".to_owned()],
-            max_channels: 100,
+            max_channels: 4,
             max_frame_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
         }

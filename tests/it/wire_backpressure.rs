@@ -71,15 +71,30 @@ async fn join(url: &str, name: &str) -> (Ws, String) {
 
 #[test]
 fn a_slow_consumer_is_dropped_and_the_room_carries_on() {
-    let srv = TestServer::start_with(|c| {
-        c.limits = Limits {
-            max_peers_per_room: 3,
-            outbound_frames: 64,
-            socket_mailbox: 32,
-            channel_mailbox: 32,
-            ..Limits::default()
-        }
+    slow_consumer_is_dropped(Limits {
+        max_peers_per_room: 3,
+        outbound_frames: 64,
+        socket_mailbox: 32,
+        channel_mailbox: 32,
+        ..Limits::default()
     });
+}
+
+/// The same with a frame bound the flood never reaches: the bytes queued are what count.
+#[test]
+fn a_slow_consumer_is_dropped_by_the_bytes_it_lets_pile_up() {
+    slow_consumer_is_dropped(Limits {
+        max_peers_per_room: 3,
+        outbound_frames: 1_000_000,
+        outbound_bytes: Limits::min_outbound_bytes(3),
+        socket_mailbox: 32,
+        channel_mailbox: 32,
+        ..Limits::default()
+    });
+}
+
+fn slow_consumer_is_dropped(limits: Limits) {
+    let srv = TestServer::start_with(|c| c.limits = limits);
     let url = format!("ws://{}/socket/websocket?vsn=2.0.0", srv.addr());
     srv.block_on(async {
         let (mut slow, slow_id) = join(&url, "slow").await;
@@ -96,7 +111,8 @@ fn a_slow_consumer_is_dropped_and_the_room_carries_on() {
         let (mut tx, mut rx) = fast.split();
         // From here the slow client reads nothing while the fast one floods the room with
         // metadata updates, each of which the room pushes to the slow client.
-        let big = "x".repeat(3000);
+        // Near the endpoint metadata limit (1 KiB), so each update is a sizeable frame.
+        let big = "x".repeat(900);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut sent = 0u64;
         let mut got = 0u64;

@@ -268,7 +268,12 @@ fn until(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn rooms_per_node_are_capped_and_come_back_when_closed() {
     const CAP: usize = 60;
-    let srv = TestServer::start_with(|c| c.limits.max_rooms = CAP);
+    // One socket opens every room: the per-socket and per-source limits are not under test.
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_rooms = CAP;
+        c.limits.socket.max_channels = 2 * CAP;
+        c.edge.max_peers_per_source = 2 * CAP;
+    });
     let baseline = srv.app().sys.live_count();
     let mut a = Driver::phx("A");
     a.connect(&srv.url(), fast_opts());

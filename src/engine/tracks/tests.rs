@@ -515,7 +515,7 @@ fn track_metadata_update_goes_to_subscribers() {
     );
     assert_eq!(
         h.send("A", &big),
-        [r#"A {"type":"error","data":{"message":"track metadata is larger than 4096 bytes"}}"#]
+        [r#"A {"type":"error","data":{"message":"track metadata is larger than 512 bytes"}}"#]
     );
     // A late joiner sees the current metadata.
     assert_eq!(

@@ -876,6 +876,7 @@ pub async fn start_media_server(limits: Limits) -> Server {
         edge: EdgeConfig {
             max_sockets_per_source: 100_000,
             max_connections_per_source: 100_000,
+            max_peers_per_source: 100_000,
             ..EdgeConfig::default()
         },
         media: MediaConfig {
