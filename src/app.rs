@@ -36,6 +36,10 @@ pub struct Limits {
     pub outbound_bytes: usize,
     /// How long a room with no peers waits for one before it stops.
     pub empty_room_linger: std::time::Duration,
+    /// `connect`s and metadata updates one peer may make (each is copied to every other peer):
+    /// a burst, then a rate per second; the rest are dropped.
+    pub peer_update_burst: u32,
+    pub peer_updates_per_sec: u32,
 }
 
 impl Limits {
@@ -169,6 +173,8 @@ impl Default for Limits {
             outbound_frames: 1024,
             outbound_bytes: 1024 * 1024,
             empty_room_linger: std::time::Duration::from_secs(30),
+            peer_update_burst: 20,
+            peer_updates_per_sec: 5,
         }
     }
 }
@@ -224,6 +230,8 @@ impl App {
     pub(crate) fn session_config(&self) -> SessionConfig {
         SessionConfig {
             max_endpoints: self.limits.max_peers_per_room,
+            update_burst: self.limits.peer_update_burst,
+            updates_per_sec: self.limits.peer_updates_per_sec,
             ..SessionConfig::default()
         }
     }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::events::{
     ClientEvent, Connected, Endpoint, EndpointAdded, EndpointRemoved, EndpointType,
-    EndpointUpdated, ErrorData, ServerEvent,
+    EndpointUpdated, ErrorData, NegotiationEvent, ServerEvent,
 };
 use super::negotiation::{Negotiation, NoNegotiation, Outbox};
 use super::plane::{PlaneCommand, PlaneEvent};
@@ -34,6 +34,12 @@ pub struct SessionConfig {
     pub max_endpoints: usize,
     /// Endpoint metadata is stored and copied to every peer, so its serialized size is capped.
     pub max_metadata_bytes: usize,
+    /// Metadata updates (endpoint and track) one peer may make: every one is copied to every
+    /// other peer, so a peer gets a burst of `update_burst` and then `updates_per_sec`; the
+    /// rest are dropped (a client never needs more: the web app updates on mute and camera
+    /// toggles).
+    pub update_burst: u32,
+    pub updates_per_sec: u32,
 }
 
 impl Default for SessionConfig {
@@ -43,6 +49,8 @@ impl Default for SessionConfig {
             // The web app sends `{displayName}`; every connected peer gets a copy in `connected`,
             // so this bounds what one peer makes everyone's queue hold.
             max_metadata_bytes: 1024,
+            update_burst: 20,
+            updates_per_sec: 5,
         }
     }
 }
@@ -114,6 +122,17 @@ pub struct Session<N = NoNegotiation> {
     config: SessionConfig,
     roster: Roster,
     negotiation: N,
+    /// The driver's clock ([`Session::set_clock`]), for the update budgets.
+    now: std::time::Duration,
+    /// Each connected peer's metadata-update budget.
+    budgets: BTreeMap<PeerId, UpdateBudget>,
+}
+
+/// A token bucket in thousandths of an update, refilled from the session's clock.
+#[derive(Debug, Clone, Copy)]
+struct UpdateBudget {
+    milli: u64,
+    at: std::time::Duration,
 }
 
 impl Session {
@@ -128,7 +147,34 @@ impl<N: Negotiation> Session<N> {
             config,
             roster: Roster::default(),
             negotiation,
+            now: std::time::Duration::ZERO,
+            budgets: BTreeMap::new(),
         }
+    }
+
+    /// Tells the session the time (any origin; it must not go back). The room sets it before
+    /// each event; without it every budget is its burst.
+    pub fn set_clock(&mut self, now: std::time::Duration) {
+        self.now = self.now.max(now);
+    }
+
+    /// Takes one metadata update from `peer`'s budget; false if it is spent.
+    fn take_update(&mut self, peer: &str) -> bool {
+        let burst = u64::from(self.config.update_burst) * 1000;
+        let rate = u64::from(self.config.updates_per_sec);
+        let now = self.now;
+        let b = self.budgets.entry(peer.to_owned()).or_insert(UpdateBudget {
+            milli: burst,
+            at: now,
+        });
+        let refill = (now.saturating_sub(b.at).as_millis() as u64).saturating_mul(rate);
+        b.milli = b.milli.saturating_add(refill).min(burst);
+        b.at = now;
+        if b.milli < 1000 {
+            return false;
+        }
+        b.milli -= 1000;
+        true
     }
 
     /// Handles the JSON string `from` put into a `mediaEvent` push.
@@ -149,6 +195,8 @@ impl<N: Negotiation> Session<N> {
     pub fn remove_peer(&mut self, peer: &str) -> Vec<Out> {
         let mut out = Outbox::new();
         self.leave(peer, &mut out);
+        // Kept across `disconnect`/`connect`, so cycling them does not refill it.
+        self.budgets.remove(peer);
         out.into_outs()
     }
 
@@ -180,6 +228,18 @@ impl<N: Negotiation> Session<N> {
         match event {
             ClientEvent::Ignored(kind) => {
                 tracing::debug!(peer = from, kind = %Untrusted(&kind), "media event ignored");
+            }
+            // Every `connect` and metadata update is copied to every other peer: one budget
+            // for them (a `disconnect` is never refused: a peer must always be able to go).
+            ClientEvent::Connect { .. }
+            | ClientEvent::UpdateEndpointMetadata { .. }
+            | ClientEvent::Negotiation(NegotiationEvent::UpdateTrackMetadata { .. })
+                if !self.take_update(from) =>
+            {
+                tracing::debug!(
+                    peer = from,
+                    "broadcast event over the peer's budget dropped"
+                );
             }
             ClientEvent::Connect { metadata } => self.connect(from, metadata, out),
             // Anything but `connect` from a peer that is not connected is dropped, not answered
@@ -450,6 +510,41 @@ mod tests {
             ]
         );
         assert_eq!(ids(&s), ["p3", "p2", "p1"]);
+    }
+
+    #[test]
+    fn a_peers_broadcasts_have_a_budget_that_refills_with_time() {
+        let mut s = Session::new(SessionConfig {
+            update_burst: 3,
+            updates_per_sec: 2,
+            ..SessionConfig::default()
+        });
+        s.handle_event("p1", &connect("A"));
+        s.handle_event("p2", &connect("B"));
+        let update = |n: u32| {
+            format!(r#"{{"type":"updateEndpointMetadata","data":{{"metadata":{{"n":{n}}}}}}}"#)
+        };
+        // p1's connect took one of three: two updates go out, the third is dropped.
+        assert_eq!(s.handle_event("p1", &update(1)).len(), 1);
+        assert_eq!(s.handle_event("p1", &update(2)).len(), 1);
+        assert_eq!(s.handle_event("p1", &update(3)), []);
+        assert_eq!(s.roster().metadata("p1"), Some(&json!({"n": 2})));
+        // Half a second refills one.
+        s.set_clock(std::time::Duration::from_millis(500));
+        assert_eq!(s.handle_event("p1", &update(4)).len(), 1);
+        assert_eq!(s.handle_event("p1", &update(5)), []);
+        // Another peer's budget is its own.
+        assert_eq!(s.handle_event("p2", &update(6)).len(), 1);
+        // Leaving and connecting again does not refill it: the connect is refused too.
+        s.handle_event("p1", r#"{"type":"disconnect"}"#);
+        assert_eq!(s.handle_event("p1", &connect("A")), []);
+        assert!(!s.roster().contains("p1"));
+        // A peer whose channel is gone starts afresh if its id ever came back.
+        s.remove_peer("p1");
+        assert!(!s.handle_event("p1", &connect("A")).is_empty());
+        // The clock never goes back.
+        s.set_clock(std::time::Duration::from_millis(100));
+        assert_eq!(s.now, std::time::Duration::from_millis(500));
     }
 
     #[test]
@@ -876,7 +971,11 @@ mod proptests {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn clients_reconstruct_the_roster(ops in prop::collection::vec(op(), 0..60)) {
-            let mut session = Session::new(SessionConfig { max_endpoints: 3, max_metadata_bytes: 48 });
+            let mut session = Session::new(SessionConfig {
+                max_endpoints: 3,
+                max_metadata_bytes: 48,
+                ..SessionConfig::default()
+            });
             let mut views: Vec<ClientView> = PEERS.iter().map(|_| ClientView::default()).collect();
             for op in ops {
                 let (actor, outs) = match &op {

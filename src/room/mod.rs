@@ -65,6 +65,8 @@ struct Peer {
 /// The room's body, to be started under its name by `Registry::start`.
 pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     app.metrics.track(ctx.system(), ctx.pid(), Process::Room);
+    // The session's clock (its update budgets) counts from here.
+    let started = rt::time::now();
     let mut session = Session::with_negotiation(
         app.session_config(),
         TrackNegotiation::new((*app.negotiation).clone()),
@@ -131,6 +133,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
             }
             Received::Msg(RoomMsg::MediaEvent { peer_id, data }) => {
                 if peers.contains_key(&peer_id) {
+                    session.set_clock(rt::time::now().saturating_duration_since(started));
                     let outs = session.handle_event(&peer_id, &data);
                     let connected = session.roster().contains(&peer_id);
                     grace.update(&peer_id, connected, rt::time::now());

@@ -76,6 +76,8 @@ fn a_slow_consumer_is_dropped_and_the_room_carries_on() {
         outbound_frames: 64,
         socket_mailbox: 32,
         channel_mailbox: 32,
+        // The flood is of metadata updates: their per-peer budget is not under test.
+        peer_update_burst: 1_000_000,
         ..Limits::default()
     });
 }
@@ -89,6 +91,7 @@ fn a_slow_consumer_is_dropped_by_the_bytes_it_lets_pile_up() {
         outbound_bytes: Limits::min_outbound_bytes(3),
         socket_mailbox: 32,
         channel_mailbox: 32,
+        peer_update_burst: 1_000_000,
         ..Limits::default()
     });
 }
