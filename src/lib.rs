@@ -21,5 +21,4 @@ pub mod registry;
 pub mod room;
 pub mod rt;
 pub mod server;
-#[cfg(feature = "media-webrtc")]
 pub mod turn;

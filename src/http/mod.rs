@@ -3,7 +3,7 @@
 //! cap, timeouts, TLS, shutdown) is [`serve`].
 //!
 //! Owns the handshake checks (protocol version, [`origin`], subprotocol, WebSockets
-//! [`per_source`]) and the pumps between axum's WebSocket and a socket process's frame queues.
+//! [`crate::per_source`]) and the pumps between axum's WebSocket and a socket process's frame queues.
 //! Holds no protocol logic: the socket process and its core decide everything about frames.
 
 use std::collections::HashMap;
