@@ -138,16 +138,32 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     };
     match n.checked_mul(unit_secs) {
         Some(0) => Err("the lifetime must be longer than zero".into()),
-        Some(secs) => Ok(Duration::from_secs(secs)),
-        None => Err(format!("{s:?} is too long")),
+        Some(secs) if secs <= MAX_TTL_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "{s:?} is too long: a link lives at most {} days",
+            MAX_TTL_SECS / 86_400
+        )),
     }
 }
+
+/// The longest a minted link may live: a year and a day. Longer is a link that never expires
+/// in practice (and far longer overflows the clock).
+pub const MAX_TTL_SECS: u64 = 366 * 86_400;
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_ttl_is_at_most_a_year_and_a_day() {
+        assert_eq!(parse_ttl("366d"), Ok(Duration::from_secs(366 * 86_400)));
+        for long in ["367d", "9999999999999d", "18446744073709551615s"] {
+            let e = parse_ttl(long).unwrap_err();
+            assert!(e.contains("at most 366 days"), "{long}: {e}");
+        }
+    }
 
     fn secret() -> JoinSecret {
         JoinSecret::new(b"0123456789abcdef-test").unwrap()
