@@ -62,9 +62,9 @@ fn fixed_campaign_and_regression_seeds() {
                 "no seed reached {branch:?}"
             );
         }
-        for f in videoroom_sim::swarm::FAULTS {
+        for f in videoroom_sim::faults::Fault::ALL {
             assert!(
-                faults.get(*f).copied().unwrap_or(0) > 0,
+                faults.get(f.name()).copied().unwrap_or(0) > 0,
                 "no seed injected {f}"
             );
         }
