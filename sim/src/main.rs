@@ -431,6 +431,7 @@ fn fuzz(c: Campaign) -> ExitCode {
             .map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0)),
     }));
     let started = Instant::now();
+    let cpu_at_start = cpu_seconds();
     let plan = match (c.seeds, c.minutes) {
         (Some(n), _) => format!("{n} seeds"),
         (_, Some(m)) => format!("{m} minutes"),
@@ -519,9 +520,20 @@ fn fuzz(c: Campaign) -> ExitCode {
     let rate = done as f64 / secs;
     let per_core = rate / jobs.min(cores) as f64;
     let sim_speed = simulated / secs;
+    // Per CPU second of this process: what a core gives when it is not shared. Wall-clock
+    // rates undercount on a loaded machine. (In-process runs only: children are not counted.)
+    let cpu = match (cpu_at_start, cpu_seconds()) {
+        (Some(a), Some(b)) if !c.fresh_processes && b > a => Some(b - a),
+        _ => None,
+    };
+    let per_cpu = cpu.map(|s| done as f64 / s);
+    let sim_per_cpu = cpu.map(|s| simulated / s);
     println!(
         "{done} seeds in {secs:.1}s: {rate:.1} seeds/s, {per_core:.1} seeds/s per core, {sim_speed:.1} simulated s per wall s, {checks} invariant checks"
     );
+    if let (Some(cpu), Some(p), Some(s)) = (cpu, per_cpu, sim_per_cpu) {
+        println!("cpu: {cpu:.1}s, {p:.1} seeds per cpu second, {s:.1} simulated s per cpu second");
+    }
     println!("verdicts: {}", fmt_counts(&verdicts, false));
     println!("faults exercised: {}", fmt_counts(&faults, false));
     println!("branches reached: {}", fmt_counts(&coverage, true));
@@ -554,12 +566,23 @@ fn fuzz(c: Campaign) -> ExitCode {
             json!({"scenario": c.scenario, "overrides": c.knobs.to_string(), "seeds": done,
                    "seconds": secs, "jobs": jobs, "seeds_per_sec": rate,
                    "seeds_per_sec_per_core": per_core, "simulated_secs": simulated,
-                   "simulated_secs_per_wall_sec": sim_speed, "checks": checks,
+                   "simulated_secs_per_wall_sec": sim_speed, "cpu_secs": cpu,
+                   "seeds_per_cpu_sec": per_cpu, "simulated_secs_per_cpu_sec": sim_per_cpu,
+                   "checks": checks,
                    "verdicts": verdicts, "faults": faults, "coverage": coverage,
                    "failing": fails, "exit": exit})
         );
     }
     ExitCode::from(exit)
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux only).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ, 100 on every Linux target Rust supports.
+    Some(ticks as f64 / 100.0)
 }
 
 /// `name=count` pairs separated by ", "; names that could hold a separator are JSON-quoted.
