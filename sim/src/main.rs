@@ -505,7 +505,7 @@ fn fuzz(c: Campaign) -> ExitCode {
         );
         if tty {
             eprint!("\r{line}");
-        } else if done % 100 == 0 {
+        } else if done.is_multiple_of(100) {
             eprintln!("{line}");
         }
         let _ = std::io::stderr().flush();
