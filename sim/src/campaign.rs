@@ -180,17 +180,21 @@ pub fn replay_command(seed: u64) -> String {
     Job::swarm(seed).replay_command()
 }
 
+/// Where a failing job's record goes: `sim-failures/seed-N.txt`, or `SCENARIO-seed-N.txt`.
+pub fn failure_path(job: &Job) -> PathBuf {
+    let name = match job.scenario.as_str() {
+        "swarm" => format!("seed-{}.txt", job.seed),
+        s => format!("{s}-seed-{}.txt", job.seed),
+    };
+    PathBuf::from("sim-failures").join(name)
+}
+
 /// Writes seed, scenario, overrides, verdict, replay command and trace of a failing run to
 /// `sim-failures/`; returns the file written.
 pub fn record_failure(o: &Outcome) -> Option<PathBuf> {
     o.failure.as_ref()?;
-    let dir = PathBuf::from("sim-failures");
-    std::fs::create_dir_all(&dir).ok()?;
-    let name = match o.job.scenario.as_str() {
-        "swarm" => format!("seed-{}.txt", o.seed),
-        s => format!("{s}-seed-{}.txt", o.seed),
-    };
-    let path = dir.join(name);
+    let path = failure_path(&o.job);
+    std::fs::create_dir_all(path.parent()?).ok()?;
     let overrides = if o.job.overrides.is_empty() {
         "none".to_string()
     } else {

@@ -463,7 +463,13 @@ fn fuzz(c: Campaign) -> ExitCode {
             };
             let j = job(seed, scenario.clone(), knobs.clone());
             let s = if fresh {
-                Summary::from_json(seed, child(&j))
+                let mut s = Summary::from_json(seed, child(&j));
+                // The child wrote its own failure file.
+                if s.exit != 0 {
+                    let path = campaign::failure_path(&j);
+                    s.file = path.exists().then(|| path.display().to_string());
+                }
+                s
             } else {
                 let o = campaign::run_job(&j, false);
                 if o.failure.is_some() {
