@@ -212,6 +212,27 @@ fn exit_codes_distinguish_failures() {
             "the failure file holds the trace:\n{text}"
         );
     }
+    // The same with one process per seed.
+    let (code, out, _) = sim_in(
+        &dir,
+        &[
+            "fuzz",
+            "--scenario",
+            "no-time-to-settle",
+            "--seeds",
+            "1",
+            "--from",
+            "20",
+            "--json",
+            "--fresh-processes",
+        ],
+    );
+    assert_eq!(code, Some(4), "{out}");
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect("summary");
+    assert_eq!(
+        v["failing"][0]["file"],
+        "sim-failures/no-time-to-settle-seed-20.txt"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
