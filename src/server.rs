@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use tokio::sync::watch;
+use crate::rt::watch;
 
 use crate::app::{App, Limits};
 use crate::http::{self, serve, Edge};

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use videoroom::phoenix::{decode, Frame};
+use videoroom::rt::watch;
 use videoroom::rt::{self, time};
 
 use crate::negotiator::Negotiator;

@@ -47,6 +47,10 @@ impl<S: Subscriber> Layer<S> for Counter {
 
 /// Counts events on this thread until the guard drops (a world runs on one thread).
 pub fn install(counts: &Counts) -> tracing::subscriber::DefaultGuard {
-    let subscriber = tracing_subscriber::registry().with(Counter(counts.clone()));
+    // Events only: with spans filtered out, madsim's per-task spans are never built, which
+    // otherwise cost every task poll a trip through the registry.
+    let only_events = tracing_subscriber::filter::filter_fn(|m| m.is_event());
+    let subscriber =
+        tracing_subscriber::registry().with(Counter(counts.clone()).with_filter(only_events));
     tracing::subscriber::set_default(subscriber)
 }

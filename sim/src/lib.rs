@@ -6,11 +6,15 @@
 pub mod campaign;
 pub mod client;
 pub mod coverage;
+pub mod faults;
+pub mod knobs;
+pub mod named;
 pub mod negotiator;
 pub mod oracle;
 pub mod registry_race;
 pub mod scenarios;
 pub mod server;
+pub mod streams;
 pub mod swarm;
 pub mod trace;
 pub mod wire;

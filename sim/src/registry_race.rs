@@ -6,11 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use videoroom::registry::{Registry, StartError};
-use videoroom::rt::{self, time, Ctx, ExitReason, Pid, Received, System};
+use videoroom::rt::{self, time, watch, Ctx, ExitReason, Pid, Received, System};
 
-use crate::trace::{digest, Trace};
+use crate::trace::Trace;
 
 pub const JOINERS: usize = 50;
 const NAME: &str = "room:lobby";
@@ -93,7 +92,7 @@ async fn join(reg: &Registry<()>, state: &State, trace: &Trace) -> Pid {
 pub async fn scenario() -> Result<Outcome, String> {
     let sys = System::new();
     let reg: Registry<()> = Registry::new(&sys);
-    let trace = Trace::new();
+    let trace = Trace::new(true);
     let state: State = Arc::default();
     let (done_tx, done_rx) = watch::channel(false);
     let kills = rt::rand::below(4) as usize;
@@ -178,7 +177,7 @@ pub async fn scenario() -> Result<Outcome, String> {
         return Err(problems.join("; "));
     }
     Ok(Outcome {
-        digest: digest(&lines),
+        digest: trace.digest(),
         trace: lines,
         kills,
         races_lost: s.races_lost,

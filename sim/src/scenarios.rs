@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::swarm::{Swarm, ACTIONS};
+use crate::faults::Fault;
+use crate::swarm::{weights, Action, Swarm, Weights};
 use crate::world::Options;
 
 /// A scenario: its name, what it does, and its options.
@@ -46,6 +47,14 @@ pub fn by_name(name: &str) -> Option<fn() -> Options> {
     ALL.iter().find(|(n, _, _)| *n == name).map(|(_, _, f)| *f)
 }
 
+/// The scenario called `name`, or an error listing the valid names.
+pub fn parse(name: &str) -> Result<fn() -> Options, String> {
+    by_name(name).ok_or_else(|| {
+        let names: Vec<&str> = ALL.iter().map(|(n, _, _)| *n).collect();
+        format!("unknown scenario {name:?}; valid: {}", names.join(", "))
+    })
+}
+
 fn quiet(clients: usize, rooms: usize) -> Swarm {
     Swarm {
         clients,
@@ -53,12 +62,13 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         burst: true,
         faults: Vec::new(),
         fault_gap_ms: 1_000_000,
-        action_weights: vec![0; ACTIONS.len()],
+        actions: Weights::new(),
         action_gap_ms: 1_000,
         max_peers_per_room: 64,
         queue_cap: 0,
         squatters: 0,
         max_rooms: None,
+        workload: Default::default(),
     }
 }
 
@@ -78,10 +88,14 @@ pub fn room_cap() -> Options {
         swarm: Some(Swarm {
             burst: false,
             max_rooms: Some(2),
-            faults: vec!["room_crash", "socket_drop"],
+            faults: vec![Fault::RoomCrash, Fault::SocketDrop],
             fault_gap_ms: 300,
-            // media, leave (moves rooms), disconnect.
-            action_weights: vec![3, 2, 0, 0, 1, 0, 0, 0],
+            // Leave moves rooms.
+            actions: weights(&[
+                (Action::Media, 3),
+                (Action::Leave, 2),
+                (Action::Disconnect, 1),
+            ]),
             action_gap_ms: 100,
             ..quiet(8, 3)
         }),
@@ -95,8 +109,8 @@ pub fn fifty_join_crash_twice() -> Options {
         // The first crash lands while the joins are still arriving, the second while the
         // clients are rejoining the room that replaced it.
         script: vec![
-            (Duration::from_millis(3), "room_crash"),
-            (Duration::from_millis(60), "engine_crash"),
+            (Duration::from_millis(3), Fault::RoomCrash),
+            (Duration::from_millis(60), Fault::EngineCrash),
         ],
         chaos: Duration::from_millis(500),
         ..Options::default()
@@ -107,9 +121,19 @@ pub fn restart_under_churn() -> Options {
     Options {
         swarm: Some(Swarm {
             burst: false,
-            faults: vec!["server_restart", "socket_drop", "loss"],
+            faults: vec![Fault::ServerRestart, Fault::SocketDrop, Fault::Loss],
             fault_gap_ms: 200,
-            action_weights: vec![5, 2, 1, 1, 1, 2, 1],
+            // Until the weights were keyed by action, this list was one short and `flood` off.
+            actions: weights(&[
+                (Action::Media, 5),
+                (Action::Leave, 2),
+                (Action::Duplicate, 1),
+                (Action::Garbage, 1),
+                (Action::Disconnect, 1),
+                (Action::Publish, 2),
+                (Action::Unpublish, 1),
+                (Action::Flood, 1),
+            ]),
             action_gap_ms: 50,
             max_peers_per_room: 32,
             ..quiet(8, 2)

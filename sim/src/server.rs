@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use madsim::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use videoroom::app::{App, Limits};
 use videoroom::conn::{self, Transport, WsIn, WsOut};
+use videoroom::rt::watch;
 
 use crate::wire::{self, WireFrame};
 

@@ -1,36 +1,39 @@
 //! Swarm testing: each seed switches workload actions and faults on or off and picks their
 //! rates, so rare combinations are not drowned by frequent ones. The choice is printed with
-//! every run and is part of its trace.
+//! every run and is part of its trace. The draw comes from the world's "swarm" stream, each
+//! client's action choices from its own "workload" stream (see `streams`).
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use videoroom::rt;
+use crate::faults::Fault;
+use crate::named_enum;
+use crate::streams::Stream;
 
-/// Faults the injector can apply.
-pub const FAULTS: &[&str] = &[
-    "room_crash",
-    "channel_crash",
-    "engine_crash",
-    "socket_drop",
-    "latency",
-    "loss",
-    "clog",
-    "partition",
-    "server_restart",
-];
+named_enum! {
+    /// What a simulated client may do between protocol steps (the workload). Weights are keyed
+    /// by this type, so a scenario cannot switch an action off by miscounting a list.
+    pub enum Action ("action") {
+        Media = "media",
+        Leave = "leave",
+        Duplicate = "duplicate",
+        Garbage = "garbage",
+        Disconnect = "disconnect",
+        Publish = "publish",
+        Unpublish = "unpublish",
+        Flood = "flood",
+    }
+}
 
-/// Client actions.
-pub const ACTIONS: &[&str] = &[
-    "media",
-    "leave",
-    "duplicate",
-    "garbage",
-    "disconnect",
-    "publish",
-    "unpublish",
-    "flood",
-];
+/// Action weights (absent or 0 = off).
+pub type Weights = BTreeMap<Action, u64>;
+
+/// Weights from a list of `(action, weight)`.
+pub fn weights(list: &[(Action, u64)]) -> Weights {
+    list.iter().copied().filter(|(_, w)| *w > 0).collect()
+}
 
 #[derive(Clone, Debug)]
 pub struct Swarm {
@@ -38,11 +41,10 @@ pub struct Swarm {
     pub rooms: usize,
     /// Share of clients that pile into the first room within the first milliseconds.
     pub burst: bool,
-    pub faults: Vec<&'static str>,
+    pub faults: Vec<Fault>,
     /// Mean gap between two faults.
     pub fault_gap_ms: u64,
-    /// Action weights, in `ACTIONS` order (0 = off).
-    pub action_weights: Vec<u64>,
+    pub actions: Weights,
     /// Mean gap between two actions of one client.
     pub action_gap_ms: u64,
     pub max_peers_per_room: usize,
@@ -54,90 +56,116 @@ pub struct Swarm {
     pub squatters: usize,
     /// The server's room limit, if not the production default. Named scenarios only.
     pub max_rooms: Option<usize>,
+    /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
+    pub workload: Arc<Mutex<Stream>>,
 }
 
 impl Swarm {
-    /// Draws a swarm configuration from the seed's RNG (call first thing in the world).
-    pub fn draw() -> Swarm {
-        let faults = FAULTS
+    /// Draws a swarm configuration from the world's swarm stream.
+    pub fn draw(rng: &mut Stream) -> Swarm {
+        let faults = Fault::ALL
             .iter()
             .copied()
-            .filter(|_| rt::rand::chance(0.5))
+            .filter(|_| rng.chance(0.5))
             .collect();
-        let action_weights = ACTIONS
+        let actions = Action::ALL
             .iter()
-            .map(|a| match *a {
-                // Media events are the bread and butter of a room: usually on, and frequent.
-                "media" => rt::rand::below(10),
-                _ if rt::rand::chance(0.5) => 1 + rt::rand::below(3),
-                _ => 0,
+            .map(|a| {
+                let w = match a {
+                    // Media events are the bread and butter of a room: usually on, and frequent.
+                    Action::Media => rng.below(10),
+                    _ if rng.chance(0.5) => 1 + rng.below(3),
+                    _ => 0,
+                };
+                (*a, w)
             })
+            .filter(|(_, w)| *w > 0)
             .collect();
         Swarm {
-            clients: 2 + rt::rand::below(11) as usize,
-            rooms: 1 + rt::rand::below(3) as usize,
-            burst: rt::rand::chance(0.5),
+            clients: 2 + rng.below(11) as usize,
+            rooms: 1 + rng.below(3) as usize,
+            burst: rng.chance(0.5),
             faults,
-            fault_gap_ms: 20 + rt::rand::below(400),
-            action_weights,
-            action_gap_ms: 20 + rt::rand::below(300),
+            fault_gap_ms: 20 + rng.below(400),
+            actions,
+            action_gap_ms: 20 + rng.below(300),
             max_peers_per_room: 32,
             queue_cap: 0,
             squatters: 0,
             max_rooms: None,
+            workload: Arc::default(),
         }
-        .squeeze()
+        .squeeze(rng)
     }
 
     /// Sometimes small rooms, sometimes also queues as small as the server accepts for them.
-    fn squeeze(mut self) -> Swarm {
-        if rt::rand::chance(0.2) {
+    fn squeeze(mut self, rng: &mut Stream) -> Swarm {
+        if rng.chance(0.2) {
             self.max_peers_per_room = 3;
         }
-        if rt::rand::chance(0.2) {
+        if rng.chance(0.2) {
             self.max_peers_per_room = 3;
             let floor = videoroom::app::Limits::for_peers(3).min_queue();
-            self.queue_cap = floor + rt::rand::below(8) as usize;
+            self.queue_cap = floor + rng.below(8) as usize;
         }
         self
     }
 
-    pub fn action_gap(&self) -> Duration {
-        Duration::from_millis(1 + rt::rand::below(2 * self.action_gap_ms))
-    }
-
-    pub fn fault_gap(&self) -> Duration {
-        Duration::from_millis(1 + rt::rand::below(2 * self.fault_gap_ms))
-    }
-
-    pub fn pick_action(&self) -> &'static str {
-        let total: u64 = self.action_weights.iter().sum();
-        if total == 0 {
-            return "none";
+    /// This configuration with client `idx`'s own workload stream.
+    pub fn for_client(&self, workload: &Stream, idx: usize) -> Swarm {
+        Swarm {
+            workload: Arc::new(Mutex::new(workload.fork(idx as u64))),
+            ..self.clone()
         }
-        let mut x = rt::rand::below(total);
-        for (a, w) in ACTIONS.iter().zip(&self.action_weights) {
+    }
+
+    fn workload(&self) -> std::sync::MutexGuard<'_, Stream> {
+        self.workload.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn action_gap(&self) -> Duration {
+        Duration::from_millis(1 + self.workload().below(2 * self.action_gap_ms))
+    }
+
+    pub fn fault_gap(&self, rng: &mut Stream) -> Duration {
+        Duration::from_millis(1 + rng.below(2 * self.fault_gap_ms))
+    }
+
+    /// The next action of this client, by name (`"none"` when every action is off).
+    pub fn pick_action(&self) -> &'static str {
+        self.pick().map_or("none", Action::name)
+    }
+
+    /// The next action of this client, drawn by weight.
+    pub fn pick(&self) -> Option<Action> {
+        let total: u64 = self.actions.values().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut x = self.workload().below(total);
+        for (a, w) in &self.actions {
             if x < *w {
-                return a;
+                return Some(*a);
             }
             x -= w;
         }
-        "none"
+        None
     }
 
-    pub fn pick_fault(&self) -> Option<&'static str> {
+    pub fn pick_fault(&self, rng: &mut Stream) -> Option<Fault> {
         if self.faults.is_empty() {
             return None;
         }
-        Some(self.faults[rt::rand::below(self.faults.len() as u64) as usize])
+        Some(self.faults[rng.below(self.faults.len() as u64) as usize])
     }
 }
 
 impl fmt::Display for Swarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let actions: Vec<String> = ACTIONS
+        let faults: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
+        let actions: Vec<String> = self
+            .actions
             .iter()
-            .zip(&self.action_weights)
             .filter(|(_, w)| **w > 0)
             .map(|(a, w)| format!("{a}:{w}"))
             .collect();
@@ -149,7 +177,7 @@ impl fmt::Display for Swarm {
             self.burst,
             self.max_peers_per_room,
             self.queue_cap,
-            self.faults.join(","),
+            faults.join(","),
             self.fault_gap_ms,
             actions.join(","),
             self.action_gap_ms
@@ -162,5 +190,30 @@ impl fmt::Display for Swarm {
             write!(f, " max_rooms={n}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_valid_ones() {
+        for a in Action::ALL {
+            assert_eq!(a.name().parse::<Action>(), Ok(*a));
+        }
+        let e = "flod".parse::<Action>().unwrap_err();
+        assert!(e.contains("flood") && e.contains("media"), "{e}");
+    }
+
+    #[test]
+    fn every_weighted_action_can_be_drawn() {
+        let s = Swarm {
+            actions: weights(&[(Action::Media, 5), (Action::Flood, 1)]),
+            ..Swarm::draw(&mut Stream::new(1, "swarm"))
+        }
+        .for_client(&Stream::new(1, "workload"), 0);
+        let drawn: std::collections::BTreeSet<Action> = (0..500).filter_map(|_| s.pick()).collect();
+        assert_eq!(drawn, [Action::Media, Action::Flood].into());
     }
 }

@@ -3,7 +3,7 @@
 //! network faults (latency, loss, clogs, partitions, node restarts) apply to them.
 
 use madsim::net::TcpStream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 
 /// One frame on the simulated WebSocket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,12 +12,13 @@ pub enum WireFrame {
     Close(u16),
 }
 
-pub struct Reader(ReadHalf<TcpStream>);
+/// Buffered: a frame is three reads, each a trip through the split stream's lock otherwise.
+pub struct Reader(BufReader<ReadHalf<TcpStream>>);
 pub struct Writer(WriteHalf<TcpStream>);
 
 pub fn split(s: TcpStream) -> (Reader, Writer) {
     let (r, w) = tokio::io::split(s);
-    (Reader(r), Writer(w))
+    (Reader(BufReader::new(r)), Writer(w))
 }
 
 impl Reader {
@@ -28,7 +29,9 @@ impl Reader {
         let mut buf = vec![0; len];
         self.0.read_exact(&mut buf).await.ok()?;
         match kind {
-            0 => Some(WireFrame::Text(String::from_utf8_lossy(&buf).into_owned())),
+            0 => Some(WireFrame::Text(String::from_utf8(buf).unwrap_or_else(
+                |e| String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            ))),
             1 if len == 2 => Some(WireFrame::Close(u16::from_be_bytes([buf[0], buf[1]]))),
             _ => None,
         }

@@ -11,16 +11,18 @@ use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
-use tokio::sync::watch;
 use videoroom::app::{App, Limits};
 use videoroom::channel::ROOM_LIMIT_REASON;
-use videoroom::rt::{self, time, ExitReason};
+use videoroom::rt::{time, watch};
 
 use crate::client::{Client, Phase, Views};
+use crate::faults::{Fault, Injector};
+use crate::knobs::Overrides;
 use crate::oracle::Oracles;
 use crate::server::{self, CurrentApp};
+use crate::streams::Stream;
 use crate::swarm::Swarm;
-use crate::trace::{digest, Trace};
+use crate::trace::Trace;
 
 /// How a run ended badly; each has its own exit code in the CLI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +52,11 @@ pub struct Options {
     /// A fixed configuration instead of the seed's swarm draw (named scenarios).
     pub swarm: Option<Swarm>,
     /// Faults at fixed times of the chaos phase, on top of the swarm's random ones.
-    pub script: Vec<(Duration, &'static str)>,
+    pub script: Vec<(Duration, Fault)>,
+    /// Knobs set on the command line, applied on top of the seed's draw (or the scenario).
+    pub overrides: Overrides,
+    /// Keep the trace's text (replays, failure files); otherwise only its digest.
+    pub record: bool,
 }
 
 impl Default for Options {
@@ -61,6 +67,8 @@ impl Default for Options {
             teardown_limit: Duration::from_secs(60),
             swarm: None,
             script: Vec::new(),
+            overrides: Overrides::default(),
+            record: true,
         }
     }
 }
@@ -71,14 +79,20 @@ fn current(app: &CurrentApp) -> Option<App> {
     app.lock().unwrap().clone()
 }
 
-/// Runs the world; must be called inside a fresh madsim runtime.
-pub async fn run(opts: Options) -> Report {
+/// Runs the world of `seed`; must be called inside a fresh madsim runtime seeded with `seed`.
+pub async fn run(seed: u64, mut opts: Options) -> Report {
     let counts = crate::coverage::Counts::default();
     let _counting = crate::coverage::install(&counts);
-    let swarm = opts.swarm.clone().unwrap_or_else(Swarm::draw);
-    let trace = Trace::new();
+    // The simulator's own choices come from sub-seeded streams (see `streams`).
+    let mut swarm = opts
+        .swarm
+        .clone()
+        .unwrap_or_else(|| Swarm::draw(&mut Stream::new(seed, "swarm")));
+    opts.overrides.apply(&mut swarm, &mut opts.chaos);
+    let workload = Stream::new(seed, "workload");
+    let trace = Trace::new(opts.record);
     let oracles = Oracles::default();
-    trace.log(format!("swarm {swarm}"));
+    trace.log(format_args!("swarm {swarm}"));
     let handle = Handle::current();
     let limits = Limits {
         max_rooms: swarm.max_rooms.unwrap_or(Limits::default().max_rooms),
@@ -123,7 +137,7 @@ pub async fn run(opts: Options) -> Report {
             idx,
             SocketAddr::new(IpAddr::V4(SERVER_IP), server::PORT),
             rooms,
-            swarm.clone(),
+            swarm.for_client(&workload, idx),
             trace.clone(),
             oracles.clone(),
             views.clone(),
@@ -138,51 +152,54 @@ pub async fn run(opts: Options) -> Report {
         done.push(node.spawn(c.run()));
     }
 
-    // Chaos: faults while the safety oracles watch.
-    let mut faults = BTreeMap::new();
+    // Chaos: faults start (and network episodes heal) while the safety oracles watch.
     let chaos_start = time::now();
     let chaos_end = chaos_start + opts.chaos;
-    let mut script: Vec<(time::Instant, &'static str)> = opts
+    let mut script: Vec<(time::Instant, Fault)> = opts
         .script
         .iter()
         .map(|(at, f)| (chaos_start + *at, *f))
         .collect();
-    let mut next_fault = time::now() + swarm.fault_gap();
     let net = NetSim::current();
-    let injector = Injector {
-        app: &app,
-        views: &views,
-        oracles: &oracles,
-        trace: &trace,
-        net: &net,
-        server: server.id(),
-        clients: &client_nodes,
-    };
+    let mut injector = Injector::new(
+        &app,
+        &views,
+        &oracles,
+        &trace,
+        &net,
+        server.id(),
+        &client_nodes,
+        Stream::new(seed, "faults"),
+    );
+    let mut next_fault = time::now() + swarm.fault_gap(&mut injector.rng);
     while time::now() < chaos_end {
         check_server(&app, &oracles);
+        injector.heal_due();
         let tick = time::now() + Duration::from_millis(5);
         while let Some(&(at, f)) = script.first() {
             if time::now() < at {
                 break;
             }
             // A scripted fault waits for its target to exist (e.g. a room to crash).
-            if !inject(f, &injector, &mut faults).await {
+            if !injector.inject(f).await {
                 break;
             }
             script.remove(0);
         }
         if time::now() >= next_fault {
-            next_fault = time::now() + swarm.fault_gap();
-            if let Some(f) = swarm.pick_fault() {
-                inject(f, &injector, &mut faults).await;
+            next_fault = time::now() + swarm.fault_gap(&mut injector.rng);
+            if let Some(f) = swarm.pick_fault(&mut injector.rng) {
+                injector.inject(f).await;
             }
         }
         // A scripted fault still pending (waiting for its target) is retried at the next tick;
         // never sleep until an instant already past, or simulated time would stand still.
         let next_script = script.first().map_or(tick, |(at, _)| (*at).max(tick));
+        let next_heal = injector.next_heal().map_or(tick, |t| t.max(tick));
         time::sleep(
             tick.min(next_fault)
                 .min(next_script)
+                .min(next_heal)
                 .saturating_duration_since(time::now())
                 .max(Duration::from_millis(1)),
         )
@@ -191,7 +208,9 @@ pub async fn run(opts: Options) -> Report {
 
     // Settle: heal everything, then every client must converge.
     trace.log("settle: faults off, network healed");
-    heal(&net, server.id(), &client_nodes);
+    injector.heal_all();
+    let faults = std::mem::take(&mut injector.applied);
+    drop(injector);
     phase_tx.send_replace(Phase::Settle);
     let settle_end = time::now() + opts.settle_limit;
     let mut reason;
@@ -205,7 +224,7 @@ pub async fn run(opts: Options) -> Report {
     }
     let mut failure = None;
     if let Some(r) = &reason {
-        trace.log(format!("liveness: not converged: {r}"));
+        trace.log(format_args!("liveness: not converged: {r}"));
         failure = Some(Failure::Liveness(r.clone()));
     } else {
         trace.log("settled: every client in the one live room of its name, seeing all its peers");
@@ -233,8 +252,17 @@ pub async fn run(opts: Options) -> Report {
                 break;
             }
             if time::now() >= end {
-                let r = format!("{live} processes still alive after every client left");
-                trace.log(format!("liveness: {r}"));
+                let left = current(&app).map_or_else(String::new, |a| {
+                    let named: Vec<String> = a
+                        .sys
+                        .live()
+                        .into_iter()
+                        .map(|(pid, label)| format!("{pid} ({})", label.as_deref().unwrap_or("-")))
+                        .collect();
+                    named.join(", ")
+                });
+                let r = format!("{live} processes still alive after every client left: {left}");
+                trace.log(format_args!("liveness: {r}"));
                 failure = Some(Failure::Liveness(r));
                 break;
             }
@@ -245,15 +273,14 @@ pub async fn run(opts: Options) -> Report {
     if !violations.is_empty() {
         failure = Some(Failure::Safety(violations));
     }
-    let lines = trace.lines();
     let mut coverage = counts.0.lock().unwrap().clone();
     for (k, v) in oracles.reached_counts() {
         coverage.insert(k.to_string(), v);
     }
     Report {
         swarm: swarm.to_string(),
-        digest: digest(&lines),
-        trace: lines,
+        digest: trace.digest(),
+        trace: trace.lines(),
         checks: oracles.checks(),
         coverage,
         faults,
@@ -369,161 +396,4 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
         }
     }
     None
-}
-
-fn heal(net: &NetSim, server: madsim::task::NodeId, clients: &[madsim::task::NodeId]) {
-    net.update_config(|c| {
-        c.packet_loss_rate = 0.0;
-        c.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
-    });
-    net.unclog_node(server);
-    for c in clients {
-        net.unclog_node(*c);
-        net.unclog_link(*c, server);
-        net.unclog_link(server, *c);
-    }
-}
-
-/// What the fault injector reaches into.
-struct Injector<'a> {
-    app: &'a CurrentApp,
-    views: &'a Views,
-    oracles: &'a Oracles,
-    trace: &'a Trace,
-    net: &'a NetSim,
-    server: madsim::task::NodeId,
-    clients: &'a [madsim::task::NodeId],
-}
-
-/// Applies `fault` and counts it in `applied`; false if it had no target (e.g. no room yet).
-async fn inject(
-    fault: &'static str,
-    ctx: &Injector<'_>,
-    applied: &mut BTreeMap<&'static str, u64>,
-) -> bool {
-    let done = apply(fault, ctx).await;
-    if done {
-        *applied.entry(fault).or_default() += 1;
-    }
-    done
-}
-
-async fn apply(fault: &'static str, ctx: &Injector<'_>) -> bool {
-    let Injector {
-        app,
-        views,
-        oracles,
-        trace,
-        net,
-        server,
-        clients,
-    } = *ctx;
-    let pick = |n: usize| rt::rand::below(n as u64) as usize;
-    match fault {
-        "room_crash" | "engine_crash" => {
-            let Some(app) = current(app) else {
-                return false;
-            };
-            let rooms = app.rooms.entries();
-            if rooms.is_empty() {
-                return false;
-            }
-            let (name, pid) = rooms[pick(rooms.len())].clone();
-            // Every channel joined to it must get exactly one phx_error.
-            let peers: BTreeSet<String> = app
-                .room_peers(&name)
-                .await
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect();
-            for (idx, v) in views.lock().unwrap().iter() {
-                if let (Some(p), Some(jr)) = (&v.peer_id, &v.join_ref) {
-                    if peers.contains(p) {
-                        oracles.expect_error(*idx, jr.clone());
-                    }
-                }
-            }
-            let reason = if fault == "room_crash" {
-                ExitReason::Killed
-            } else {
-                ExitReason::Crashed("engine crashed (injected)".into())
-            };
-            trace.log(format!(
-                "fault {fault}: {name} {pid} with {} peers",
-                peers.len()
-            ));
-            app.sys.exit(pid, reason)
-        }
-        "channel_crash" => {
-            let Some(app) = current(app) else {
-                return false;
-            };
-            let rooms = app.rooms.entries();
-            if rooms.is_empty() {
-                return false;
-            }
-            let (name, _) = &rooms[pick(rooms.len())];
-            let peers = app.room_peers(name).await;
-            if peers.is_empty() {
-                return false;
-            }
-            let (peer, pid) = &peers[pick(peers.len())];
-            trace.log(format!("fault channel_crash: peer {peer} {pid}"));
-            app.sys.kill(*pid)
-        }
-        "socket_drop" => {
-            let Some(app) = current(app) else {
-                return false;
-            };
-            let sockets = app.sys.labelled(server::SOCKET_LABEL);
-            if sockets.is_empty() {
-                return false;
-            }
-            let pid = sockets[pick(sockets.len())];
-            trace.log(format!("fault socket_drop: {pid}"));
-            app.sys.kill(pid)
-        }
-        "latency" => {
-            let hi = 2 + rt::rand::below(200);
-            trace.log(format!("fault latency: 1..{hi}ms"));
-            net.update_config(|c| {
-                c.send_latency = Duration::from_millis(1)..Duration::from_millis(hi)
-            });
-            true
-        }
-        "loss" => {
-            let p = rt::rand::below(30) as f64 / 100.0;
-            trace.log(format!("fault loss: {p}"));
-            net.update_config(|c| c.packet_loss_rate = p);
-            true
-        }
-        "clog" => {
-            let c = clients[pick(clients.len())];
-            if rt::rand::chance(0.5) {
-                trace.log(format!("fault clog: node {c}"));
-                net.clog_node(c);
-            } else {
-                trace.log(format!("fault unclog: node {c}"));
-                net.unclog_node(c);
-            }
-            true
-        }
-        "partition" => {
-            let c = clients[pick(clients.len())];
-            trace.log(format!("fault partition: node {c} from server"));
-            net.clog_link(c, server);
-            net.clog_link(server, c);
-            true
-        }
-        "server_restart" => {
-            trace.log("fault server_restart");
-            *app.lock().unwrap() = None;
-            // `restart` alone keeps the old incarnation's sockets bound (madsim resets a node's
-            // network only on `kill`), so the new listener could never bind.
-            Handle::current().kill(server);
-            Handle::current().restart(server);
-            true
-        }
-        _ => false,
-    }
 }

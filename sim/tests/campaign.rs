@@ -1,6 +1,7 @@
-//! The fixed campaign the test command runs, through the `videoroom-sim` binary so that every
-//! seed runs in a fresh process (the only faithful replay): a seed range plus the regression
-//! seeds, a determinism check, the named scenarios, and pinned trace summaries.
+//! The fixed campaign the test command runs, through the `videoroom-sim` binary (seeds run
+//! in-process there; `inprocess.rs` holds that to a fresh process's digest): a seed range plus
+//! the regression seeds, a determinism check against fresh processes, the named scenarios, the
+//! CLI's verdicts, exit codes, failure files and knobs, and pinned trace summaries.
 //!
 //! `VIDEOROOM_SIM_CAMPAIGN=N` changes the number of seeds (default 500).
 
@@ -62,9 +63,9 @@ fn fixed_campaign_and_regression_seeds() {
                 "no seed reached {branch:?}"
             );
         }
-        for f in videoroom_sim::swarm::FAULTS {
+        for f in videoroom_sim::faults::Fault::ALL {
             assert!(
-                faults.get(*f).copied().unwrap_or(0) > 0,
+                faults.get(f.name()).copied().unwrap_or(0) > 0,
                 "no seed injected {f}"
             );
         }
@@ -143,26 +144,227 @@ fn the_room_limit_holds_under_churn() {
     );
 }
 
+fn sim_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_videoroom-sim"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run videoroom-sim");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("videoroom-sim-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 /// Exit codes tell failure kinds apart; a world given no time to settle must be a liveness
-/// failure (4), not a pass.
+/// failure (4), not a pass, from `run` and from `fuzz`, each writing the failure file whose
+/// replay command names the scenario.
 #[test]
 fn exit_codes_distinguish_failures() {
-    let out = Command::new(env!("CARGO_BIN_EXE_videoroom-sim"))
-        .args(["run", "--seed", "1", "--scenario", "no-time-to-settle"])
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let dir = scratch("exit");
+    let (code, out, _) = sim_in(
+        &dir,
+        &["run", "--seed", "1", "--scenario", "no-time-to-settle"],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_videoroom-sim"))
-        .args(["run", "--seed", "1", "--scenario", "nonsense"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(code, Some(4), "{out}");
+    let file = std::fs::read_to_string(dir.join("sim-failures/no-time-to-settle-seed-1.txt"))
+        .expect("run writes a failure file");
+    assert!(file.contains("verdict: LIVENESS"), "{file}");
+    assert!(
+        file.contains("replay --seed 1 --scenario no-time-to-settle"),
+        "{file}"
+    );
+
+    let (code, out, _) = sim_in(
+        &dir,
+        &[
+            "fuzz",
+            "--scenario",
+            "no-time-to-settle",
+            "--seeds",
+            "2",
+            "--from",
+            "10",
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(4), "{out}");
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect("summary");
+    assert_eq!(v["exit"], 4);
+    assert_eq!(v["verdicts"]["liveness"], 2);
+    for f in v["failing"].as_array().expect("failing") {
+        assert_eq!(f["verdict"], "liveness");
+        let replay = f["replay"].as_str().unwrap_or("");
+        assert!(replay.contains("--scenario no-time-to-settle"), "{replay}");
+        let path = dir.join(f["file"].as_str().expect("fuzz writes a failure file"));
+        let text = std::fs::read_to_string(&path).expect("failure file");
+        assert!(text.contains("scenario: no-time-to-settle"), "{text}");
+        assert!(
+            text.lines().count() > 10,
+            "the failure file holds the trace:\n{text}"
+        );
+    }
+    // The same with one process per seed.
+    let (code, out, _) = sim_in(
+        &dir,
+        &[
+            "fuzz",
+            "--scenario",
+            "no-time-to-settle",
+            "--seeds",
+            "1",
+            "--from",
+            "20",
+            "--json",
+            "--fresh-processes",
+        ],
+    );
+    assert_eq!(code, Some(4), "{out}");
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect("summary");
+    assert_eq!(
+        v["failing"][0]["file"],
+        "sim-failures/no-time-to-settle-seed-20.txt"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Unknown scenario, fault and action names are usage errors (exit 1) that list the valid ones.
+#[test]
+fn unknown_names_are_rejected_with_the_valid_ones() {
+    let dir = scratch("names");
+    for (args, valid) in [
+        (
+            vec!["run", "--seed", "1", "--scenario", "nonsense"],
+            "no-time-to-settle",
+        ),
+        (
+            vec!["run", "--seed", "1", "--faults", "loss,meteor"],
+            "server_restart",
+        ),
+        (
+            vec!["fuzz", "--seeds", "1", "--actions", "media:2,dance"],
+            "flood",
+        ),
+        (vec!["check-determinism", "--scenario", "nope"], "room-cap"),
+    ] {
+        let (code, out, err) = sim_in(&dir, &args);
+        assert_eq!(code, Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains(valid),
+            "{args:?} must list the valid names: {err}"
+        );
+    }
+}
+
+/// Knob overrides apply on top of the seed's draw, change only their knob (the other draws
+/// come from streams they do not consume), and are echoed in the replay command and the
+/// failure file.
+#[test]
+fn overrides_apply_alone_and_are_echoed_for_replay() {
+    let dir = scratch("knobs");
+    let swarm = |args: &[&str]| -> String {
+        let mut all = vec!["run", "--seed", "5", "--json"];
+        all.extend_from_slice(args);
+        let (_, out, _) = sim_in(&dir, &all);
+        let v: Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect("summary");
+        v["swarm"].as_str().unwrap_or("").to_string()
+    };
+    let drawn = swarm(&[]);
+    let knobbed = swarm(&["--faults", "loss,partition"]);
+    assert!(knobbed.contains("faults=[loss,partition]"), "{knobbed}");
+    let without_faults = |s: &str| -> Vec<String> {
+        s.split(' ')
+            .filter(|w| !w.starts_with("faults="))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(without_faults(&drawn), without_faults(&knobbed));
+
+    let (code, out, _) = sim_in(
+        &dir,
+        &[
+            "fuzz",
+            "--scenario",
+            "no-time-to-settle",
+            "--seeds",
+            "1",
+            "--from",
+            "3",
+            "--clients",
+            "5",
+            "--chaos-ms",
+            "0",
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(4), "{out}");
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect("summary");
+    let replay = v["failing"][0]["replay"].as_str().unwrap_or("");
+    assert!(
+        replay.ends_with("replay --seed 3 --scenario no-time-to-settle --clients 5 --chaos-ms 0"),
+        "{replay}"
+    );
+    let file = std::fs::read_to_string(dir.join(v["failing"][0]["file"].as_str().unwrap_or("")))
+        .expect("failure file");
+    assert!(
+        file.contains("overrides: --clients 5 --chaos-ms 0"),
+        "{file}"
+    );
+    assert!(
+        file.contains("clients=5 "),
+        "the override reached the world: {file}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Network faults are episodes that heal during chaos, not only when settle heals everything.
+#[test]
+fn network_faults_heal_during_chaos() {
+    let (_, out) = sim(&[
+        "replay",
+        "--seed",
+        "2",
+        "--faults",
+        "latency,loss,clog,partition",
+        "--fault-gap-ms",
+        "60",
+    ]);
+    let settle = out.find("settle: faults off").expect("a settle line");
+    for kind in ["latency", "loss", "clog", "partition"] {
+        let heal = out.find(&format!("heal {kind}:"));
+        assert!(
+            heal.is_some_and(|h| h < settle),
+            "no {kind} episode healed before settle"
+        );
+    }
+}
+
+/// Every action of a scenario's weights is on: `restart-under-churn` listed one weight too
+/// few while weights were a list in action order, which silently switched `flood` off.
+#[test]
+fn restart_under_churn_floods_too() {
+    let (_, out) = sim(&[
+        "run",
+        "--seed",
+        "0",
+        "--scenario",
+        "restart-under-churn",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect("summary");
+    assert!(
+        v["swarm"].as_str().unwrap_or("").contains("flood:1"),
+        "{}",
+        v["swarm"]
+    );
 }
 
 fn summary(seed: u64, replay_output: &str) -> String {

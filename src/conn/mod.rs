@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::channel::{self, ChannelMsg};
 use crate::metrics::{Process, SlowQueue};
 use crate::per_source::ForSource;
 use crate::phoenix::{ChanId, ChannelEvent, Output, SocketCore};
-use crate::rt::{self, Addr, Ctx, ExitReason, Pid, Received, SendError};
+use crate::rt::{self, watch, Addr, Ctx, ExitReason, Pid, Received, SendError};
 
 /// Close code for a server shutting down or restarting (clients reconnect).
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 mod assets;
 pub mod fd_limit;
@@ -31,6 +31,7 @@ use crate::app::App;
 use crate::conn::{self, Transport, WsIn, WsOut};
 use crate::metrics::Refusal;
 use crate::per_source::{ForSource, PerSource, SourceSlot};
+use crate::rt::watch;
 
 /// Reads what lives outside the app at scrape time (the TURN server's counters).
 pub type Probe = Arc<dyn Fn() -> crate::metrics::TurnReport + Send + Sync>;

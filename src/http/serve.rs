@@ -20,13 +20,14 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use net_tokio::io::{AsyncRead, AsyncWrite};
 use net_tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::slots::{evicted, Eviction, Headroom, Pool, Slot};
 use super::tracked::{Activity, Tracked};
 use crate::metrics::{EdgeTimeout, Metrics, Refusal};
+use crate::rt::watch;
 
 /// The edge's limits and timeouts (each has a CLI flag; see `main.rs` and the README).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,6 +18,7 @@ pub mod sim;
 #[cfg(test)]
 mod tests;
 pub mod time;
+pub mod watch;
 
 pub use mailbox::{Addr, Received, SendError};
 pub use process::{Ctx, Down, ExitReason, MonitorRef, Pid, Prepared, System};

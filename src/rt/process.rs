@@ -221,6 +221,15 @@ impl System {
         self.lock().procs.len()
     }
 
+    /// Live processes with their labels, in pid order (names what a leak left behind).
+    pub fn live(&self) -> Vec<(Pid, Option<String>)> {
+        let k = self.lock();
+        k.procs
+            .iter()
+            .map(|(pid, p)| (*pid, p.label.clone()))
+            .collect()
+    }
+
     /// Number of monitors on `pid` (an oracle for leaked monitors).
     pub fn monitor_count(&self, pid: Pid) -> usize {
         self.lock().procs.get(&pid).map_or(0, |p| p.monitors.len())

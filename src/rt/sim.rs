@@ -1,5 +1,12 @@
 //! Simulation-only controls (compiled under `--cfg madsim` only): running a seed in a fresh
 //! deterministic world. The `sim/` crate drives the world through these.
+//!
+//! A world must not depend on what ran before it in the process, so campaigns can run seeds
+//! in-process, several threads at once. Per-thread state (std's hash seeds, tokio's
+//! thread-local context) is fresh because every world gets its own thread. Process-global state
+//! is the danger: madsim's task-id counter (ids never reach a decision or the trace), tracing's
+//! callsite interest cache (decides only whether an event is counted), and tokio's RNG seed
+//! counter, which does reach decisions through tokio's watch channel: hence `rt::watch`.
 
 use std::future::Future;
 use std::time::Duration;

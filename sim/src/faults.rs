@@ -1,0 +1,306 @@
+//! The fault injector: what it can break (`Fault`), and the atlas of running episodes. Crashes
+//! are instantaneous; network faults (latency, loss, clog, partition) are episodes that start
+//! and heal during chaos after a drawn time, so the world also recovers from them under
+//! load, not only once settle heals everything. Every choice here (targets, parameters,
+//! durations) comes from the world's "faults" stream, never from the product's RNG. It must
+//! never decide a verdict: it only breaks things and tells the oracles what to expect.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+use madsim::task::NodeId;
+use videoroom::app::App;
+use videoroom::rt::{time, ExitReason};
+
+use crate::client::Views;
+use crate::named_enum;
+use crate::oracle::Oracles;
+use crate::server::{self, CurrentApp};
+use crate::streams::Stream;
+use crate::trace::Trace;
+
+named_enum! {
+    /// Faults the injector can apply.
+    pub enum Fault ("fault") {
+        RoomCrash = "room_crash",
+        ChannelCrash = "channel_crash",
+        EngineCrash = "engine_crash",
+        SocketDrop = "socket_drop",
+        Latency = "latency",
+        Loss = "loss",
+        Clog = "clog",
+        Partition = "partition",
+        ServerRestart = "server_restart",
+    }
+}
+
+/// The network's latency when no latency episode runs.
+const BASE_LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Duration::from_millis(10);
+
+/// A network fault in force until `until`.
+#[derive(Clone, Debug, PartialEq)]
+enum Episode {
+    Latency(u64),
+    Loss(f64),
+    Clog(NodeId),
+    Partition(NodeId),
+}
+
+/// What the injector reaches into, its stream, and the episodes in force.
+pub struct Injector<'a> {
+    pub app: &'a CurrentApp,
+    pub views: &'a Views,
+    pub oracles: &'a Oracles,
+    pub trace: &'a Trace,
+    pub net: &'a NetSim,
+    pub server: NodeId,
+    pub clients: &'a [NodeId],
+    pub rng: Stream,
+    /// Faults applied, by name.
+    pub applied: BTreeMap<&'static str, u64>,
+    running: Vec<(time::Instant, Episode)>,
+}
+
+fn current(app: &CurrentApp) -> Option<App> {
+    app.lock().unwrap().clone()
+}
+
+impl<'a> Injector<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        app: &'a CurrentApp,
+        views: &'a Views,
+        oracles: &'a Oracles,
+        trace: &'a Trace,
+        net: &'a NetSim,
+        server: NodeId,
+        clients: &'a [NodeId],
+        rng: Stream,
+    ) -> Self {
+        Injector {
+            app,
+            views,
+            oracles,
+            trace,
+            net,
+            server,
+            clients,
+            rng,
+            applied: BTreeMap::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Applies `fault` and counts it; false if it had no target (e.g. no room yet).
+    pub async fn inject(&mut self, fault: Fault) -> bool {
+        let done = self.apply(fault).await;
+        if done {
+            *self.applied.entry(fault.name()).or_default() += 1;
+        }
+        done
+    }
+
+    /// When the next running episode ends, if any.
+    pub fn next_heal(&self) -> Option<time::Instant> {
+        self.running.iter().map(|(t, _)| *t).min()
+    }
+
+    /// Ends the episodes whose time is up.
+    pub fn heal_due(&mut self) {
+        let now = time::now();
+        while let Some(i) = self.running.iter().position(|(t, _)| *t <= now) {
+            let (_, ep) = self.running.remove(i);
+            self.end(&ep);
+        }
+    }
+
+    /// Ends every episode and restores the healthy network (the start of settle).
+    pub fn heal_all(&mut self) {
+        self.running.clear();
+        let net = self.net;
+        net.update_config(|c| {
+            c.packet_loss_rate = 0.0;
+            c.send_latency = BASE_LATENCY;
+        });
+        net.unclog_node(self.server);
+        for c in self.clients {
+            net.unclog_node(*c);
+            net.unclog_link(*c, self.server);
+            net.unclog_link(self.server, *c);
+        }
+    }
+
+    fn pick(&mut self, n: usize) -> usize {
+        self.rng.below(n as u64) as usize
+    }
+
+    fn start(&mut self, ep: Episode) -> Duration {
+        let d = Duration::from_millis(50 + self.rng.below(2_500));
+        self.running.push((time::now() + d, ep));
+        d
+    }
+
+    /// Ends one episode; overlapping ones of the same kind keep their effect.
+    fn end(&mut self, ep: &Episode) {
+        let net = self.net;
+        match ep {
+            Episode::Latency(_) => {
+                let hi = self
+                    .running
+                    .iter()
+                    .filter_map(|(_, e)| match e {
+                        Episode::Latency(hi) => Some(*hi),
+                        _ => None,
+                    })
+                    .max();
+                self.trace.log(format_args!(
+                    "heal latency: {}",
+                    hi.map_or("base".to_string(), |h| format!("1..{h}ms"))
+                ));
+                net.update_config(|c| {
+                    c.send_latency = hi.map_or(BASE_LATENCY, |h| {
+                        Duration::from_millis(1)..Duration::from_millis(h)
+                    })
+                });
+            }
+            Episode::Loss(_) => {
+                let p = self
+                    .running
+                    .iter()
+                    .filter_map(|(_, e)| match e {
+                        Episode::Loss(p) => Some(*p),
+                        _ => None,
+                    })
+                    .fold(0.0, f64::max);
+                self.trace.log(format_args!("heal loss: {p}"));
+                net.update_config(|c| c.packet_loss_rate = p);
+            }
+            Episode::Clog(n) => {
+                if !self.running.iter().any(|(_, e)| e == ep) {
+                    self.trace.log(format_args!("heal clog: node {n}"));
+                    net.unclog_node(*n);
+                }
+            }
+            Episode::Partition(n) => {
+                if !self.running.iter().any(|(_, e)| e == ep) {
+                    self.trace.log(format_args!("heal partition: node {n}"));
+                    net.unclog_link(*n, self.server);
+                    net.unclog_link(self.server, *n);
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, fault: Fault) -> bool {
+        let (app, trace, net, server) = (self.app, self.trace, self.net, self.server);
+        match fault {
+            Fault::RoomCrash | Fault::EngineCrash => {
+                let Some(app) = current(app) else {
+                    return false;
+                };
+                let rooms = app.rooms.entries();
+                if rooms.is_empty() {
+                    return false;
+                }
+                let (name, pid) = rooms[self.pick(rooms.len())].clone();
+                // Every channel joined to it must get exactly one phx_error.
+                let peers: BTreeSet<String> = app
+                    .room_peers(&name)
+                    .await
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect();
+                for (idx, v) in self.views.lock().unwrap().iter() {
+                    if let (Some(p), Some(jr)) = (&v.peer_id, &v.join_ref) {
+                        if peers.contains(p) {
+                            self.oracles.expect_error(*idx, jr.clone());
+                        }
+                    }
+                }
+                let reason = if fault == Fault::RoomCrash {
+                    ExitReason::Killed
+                } else {
+                    ExitReason::Crashed("engine crashed (injected)".into())
+                };
+                trace.log(format_args!(
+                    "fault {fault}: {name} {pid} with {} peers",
+                    peers.len()
+                ));
+                app.sys.exit(pid, reason)
+            }
+            Fault::ChannelCrash => {
+                let Some(app) = current(app) else {
+                    return false;
+                };
+                let rooms = app.rooms.entries();
+                if rooms.is_empty() {
+                    return false;
+                }
+                let (name, _) = &rooms[self.pick(rooms.len())];
+                let peers = app.room_peers(name).await;
+                if peers.is_empty() {
+                    return false;
+                }
+                let (peer, pid) = &peers[self.pick(peers.len())];
+                trace.log(format_args!("fault channel_crash: peer {peer} {pid}"));
+                app.sys.kill(*pid)
+            }
+            Fault::SocketDrop => {
+                let Some(app) = current(app) else {
+                    return false;
+                };
+                let sockets = app.sys.labelled(server::SOCKET_LABEL);
+                if sockets.is_empty() {
+                    return false;
+                }
+                let pid = sockets[self.pick(sockets.len())];
+                trace.log(format_args!("fault socket_drop: {pid}"));
+                app.sys.kill(pid)
+            }
+            Fault::Latency => {
+                let hi = 2 + self.rng.below(200);
+                let d = self.start(Episode::Latency(hi));
+                trace.log(format_args!("fault latency: 1..{hi}ms for {d:?}"));
+                net.update_config(|c| {
+                    c.send_latency = Duration::from_millis(1)..Duration::from_millis(hi)
+                });
+                true
+            }
+            Fault::Loss => {
+                let p = self.rng.below(30) as f64 / 100.0;
+                let d = self.start(Episode::Loss(p));
+                trace.log(format_args!("fault loss: {p} for {d:?}"));
+                net.update_config(|c| c.packet_loss_rate = p);
+                true
+            }
+            Fault::Clog => {
+                let c = self.clients[self.pick(self.clients.len())];
+                let d = self.start(Episode::Clog(c));
+                trace.log(format_args!("fault clog: node {c} for {d:?}"));
+                net.clog_node(c);
+                true
+            }
+            Fault::Partition => {
+                let c = self.clients[self.pick(self.clients.len())];
+                let d = self.start(Episode::Partition(c));
+                trace.log(format_args!(
+                    "fault partition: node {c} from server for {d:?}"
+                ));
+                net.clog_link(c, server);
+                net.clog_link(server, c);
+                true
+            }
+            Fault::ServerRestart => {
+                trace.log("fault server_restart");
+                *app.lock().unwrap() = None;
+                // `restart` alone keeps the old incarnation's sockets bound (madsim resets a
+                // node's network only on `kill`), so the new listener could never bind.
+                Handle::current().kill(server);
+                Handle::current().restart(server);
+                true
+            }
+        }
+    }
+}
