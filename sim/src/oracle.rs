@@ -1,9 +1,28 @@
 //! Safety oracles and coverage counters shared by the world's tasks. A violation is recorded
 //! (not panicked) so the run can finish its trace and report every broken promise with the
 //! seed that replays it.
+//!
+//! The product's probe events arrive here synchronously ([`Oracles::install_probe`]): they are
+//! counted (coverage), fed to the runtime's promise model (`rt::promises`, checked at the moment
+//! of emission), and panics caught at a process's crash boundary are kept with their simulated
+//! time, since every such panic is a bug (injected faults never panic).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use videoroom::rt::probe::{self, Event, SinkGuard};
+use videoroom::rt::promises::{Panicked, Promises, Violation};
+use videoroom::rt::time;
+
+use crate::coverage::Counts;
+use crate::trace::Trace;
+
+/// A panic caught at a crash boundary, when it happened.
+#[derive(Clone, Debug)]
+pub struct Crash {
+    pub at: time::Duration,
+    pub panic: Panicked,
+}
 
 #[derive(Default)]
 struct Inner {
@@ -11,8 +30,12 @@ struct Inner {
     checks: u64,
     /// (client, join_ref) that must get exactly one phx_error (their room crashed).
     expected_errors: BTreeMap<(usize, String), bool>,
-    /// Client-side branches reached (coverage the server's logs cannot see).
+    /// Client-side branches reached (coverage the server's events cannot see).
     reached: BTreeMap<&'static str, u64>,
+    /// Server-side probe events, by name.
+    events: Counts,
+    promises: Promises,
+    crashes: Vec<Crash>,
 }
 
 #[derive(Clone, Default)]
@@ -34,6 +57,50 @@ impl Oracles {
 
     pub fn reached_counts(&self) -> BTreeMap<&'static str, u64> {
         self.0.lock().unwrap().reached.clone()
+    }
+
+    /// Probe events counted, by event name.
+    pub fn event_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap().events.get().clone()
+    }
+
+    /// Routes this world's probe events here until the guard drops. `started` is the world's
+    /// time origin (crash times are relative to it); broken promises and panics are also
+    /// written to the trace, with the time they happened.
+    pub fn install_probe(&self, trace: &Trace, started: time::Instant) -> SinkGuard {
+        let (me, trace) = (self.clone(), trace.clone());
+        probe::install(move |e| me.observe(e, &trace, started))
+    }
+
+    fn observe(&self, e: &Event<'_>, trace: &Trace, started: time::Instant) {
+        let mut i = self.0.lock().unwrap();
+        i.events.count(e);
+        let (v0, p0) = (i.promises.violations().len(), i.promises.panics().len());
+        i.promises.observe(e);
+        if i.promises.violations().len() == v0 && i.promises.panics().len() == p0 {
+            return;
+        }
+        let new_v: Vec<Violation> = i.promises.violations()[v0..].to_vec();
+        let new_p: Vec<Panicked> = i.promises.panics()[p0..].to_vec();
+        let at = time::now().saturating_duration_since(started);
+        for panic in new_p {
+            trace.log(format!("crash boundary: {panic}"));
+            i.crashes.push(Crash { at, panic });
+        }
+        drop(i);
+        for v in new_v {
+            trace.log(format!("broken promise: {v}"));
+        }
+    }
+
+    /// Broken runtime/registry promises and never-events reached, in the order they happened.
+    pub fn promise_violations(&self) -> Vec<Violation> {
+        self.0.lock().unwrap().promises.violations().to_vec()
+    }
+
+    /// Panics caught at crash boundaries, in the order they happened.
+    pub fn crashes(&self) -> Vec<Crash> {
+        self.0.lock().unwrap().crashes.clone()
     }
 
     pub fn fail(&self, what: String) {

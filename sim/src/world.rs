@@ -25,7 +25,9 @@ use crate::trace::{digest, Trace};
 /// How a run ended badly; each has its own exit code in the CLI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// The world panicked (a bug that crashed the simulation itself).
+    /// A process panicked (its crash boundary contained it, but every panic is a bug: injected
+    /// faults never panic), or the world itself panicked. The text names the process and
+    /// carries the panic message.
     Crash(String),
     Safety(Vec<String>),
     Liveness(String),
@@ -73,11 +75,11 @@ fn current(app: &CurrentApp) -> Option<App> {
 
 /// Runs the world; must be called inside a fresh madsim runtime.
 pub async fn run(opts: Options) -> Report {
-    let counts = crate::coverage::Counts::default();
-    let _counting = crate::coverage::install(&counts);
     let swarm = opts.swarm.clone().unwrap_or_else(Swarm::draw);
     let trace = Trace::new();
     let oracles = Oracles::default();
+    // Before the server exists: every probe event of this world, and only of this world.
+    let _probe = oracles.install_probe(&trace, time::now());
     trace.log(format!("swarm {swarm}"));
     let handle = Handle::current();
     let limits = Limits {
@@ -241,12 +243,21 @@ pub async fn run(opts: Options) -> Report {
             time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let violations = oracles.violations();
+    let mut violations = oracles.violations();
+    violations.extend(promise_violations(&oracles));
     if !violations.is_empty() {
         failure = Some(Failure::Safety(violations));
     }
+    // A panic the boundary contained is still a bug: it outranks what it caused downstream.
+    if let Some(crash) = crash_verdict(&oracles) {
+        failure = Some(Failure::Crash(crash));
+    }
     let lines = trace.lines();
-    let mut coverage = counts.0.lock().unwrap().clone();
+    let mut coverage: BTreeMap<String, u64> = oracles
+        .event_counts()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     for (k, v) in oracles.reached_counts() {
         coverage.insert(k.to_string(), v);
     }
@@ -259,6 +270,38 @@ pub async fn run(opts: Options) -> Report {
         faults,
         failure,
     }
+}
+
+/// Most broken promises spelled out in a verdict; the trace has them all.
+const VERDICT_VIOLATIONS: usize = 10;
+
+/// The promises the runtime, registry and room broke, first ones first, as verdict lines.
+fn promise_violations(oracles: &Oracles) -> Vec<String> {
+    let all = oracles.promise_violations();
+    let mut out: Vec<String> = all
+        .iter()
+        .take(VERDICT_VIOLATIONS)
+        .map(|v| format!("promise: {v}"))
+        .collect();
+    if all.len() > VERDICT_VIOLATIONS {
+        out.push(format!(
+            "and {} more broken promises (see the trace)",
+            all.len() - VERDICT_VIOLATIONS
+        ));
+    }
+    out
+}
+
+/// The crash verdict: every panic caught at a crash boundary, the first spelled out with its
+/// process and simulated time.
+fn crash_verdict(oracles: &Oracles) -> Option<String> {
+    let crashes = oracles.crashes();
+    let first = crashes.first()?;
+    let mut v = format!("{} at {:.3}ms", first.panic, first.at.as_secs_f64() * 1e3);
+    if crashes.len() > 1 {
+        v.push_str(&format!(" (and {} more panics)", crashes.len() - 1));
+    }
+    Some(v)
 }
 
 /// Server-side safety: at most one live room per name; no name on a dead process; never more

@@ -11,7 +11,9 @@
 //! `BTreeMap`s.
 
 mod mailbox;
+pub mod probe;
 mod process;
+pub mod promises;
 pub mod rand;
 #[cfg(madsim)]
 pub mod sim;
