@@ -17,7 +17,7 @@ use videoroom::channel::ROOM_LIMIT_REASON;
 use videoroom::rt::{self, time, ExitReason};
 
 use crate::client::{Client, Phase, Views};
-use crate::oracle::Oracles;
+use crate::oracle::{Oracles, ProbeLog};
 use crate::server::{self, CurrentApp};
 use crate::swarm::Swarm;
 use crate::trace::{digest, Trace};
@@ -79,7 +79,8 @@ pub async fn run(opts: Options) -> Report {
     let trace = Trace::new();
     let oracles = Oracles::default();
     // Before the server exists: every probe event of this world, and only of this world.
-    let _probe = oracles.install_probe(&trace, time::now());
+    let probe = ProbeLog::default();
+    let _probe = probe.install(&trace, time::now());
     trace.log(format!("swarm {swarm}"));
     let handle = Handle::current();
     let limits = Limits {
@@ -244,17 +245,17 @@ pub async fn run(opts: Options) -> Report {
         }
     }
     let mut violations = oracles.violations();
-    violations.extend(promise_violations(&oracles));
+    violations.extend(promise_violations(&probe));
     if !violations.is_empty() {
         failure = Some(Failure::Safety(violations));
     }
     // A panic the boundary contained is still a bug: it outranks what it caused downstream.
-    if let Some(crash) = crash_verdict(&oracles) {
+    if let Some(crash) = crash_verdict(&probe) {
         failure = Some(Failure::Crash(crash));
     }
     let lines = trace.lines();
-    let mut coverage: BTreeMap<String, u64> = oracles
-        .event_counts()
+    let mut coverage: BTreeMap<String, u64> = probe
+        .counts()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
@@ -276,8 +277,8 @@ pub async fn run(opts: Options) -> Report {
 const VERDICT_VIOLATIONS: usize = 10;
 
 /// The promises the runtime, registry and room broke, first ones first, as verdict lines.
-fn promise_violations(oracles: &Oracles) -> Vec<String> {
-    let all = oracles.promise_violations();
+fn promise_violations(probe: &ProbeLog) -> Vec<String> {
+    let all = probe.violations();
     let mut out: Vec<String> = all
         .iter()
         .take(VERDICT_VIOLATIONS)
@@ -294,8 +295,8 @@ fn promise_violations(oracles: &Oracles) -> Vec<String> {
 
 /// The crash verdict: every panic caught at a crash boundary, the first spelled out with its
 /// process and simulated time.
-fn crash_verdict(oracles: &Oracles) -> Option<String> {
-    let crashes = oracles.crashes();
+fn crash_verdict(probe: &ProbeLog) -> Option<String> {
+    let crashes = probe.crashes();
     let first = crashes.first()?;
     let mut v = format!("{} at {:.3}ms", first.panic, first.at.as_secs_f64() * 1e3);
     if crashes.len() > 1 {

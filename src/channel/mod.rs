@@ -118,6 +118,7 @@ pub async fn run(
                             data: data.to_string(),
                         };
                         if room.try_send(msg).is_err() {
+                            probe::emit(Event::ChannelRoomUnreachable);
                             // Full: the room is overwhelmed; dead: its DOWN follows. Either way
                             // this peer's view is broken, so fail and let the client rejoin.
                             return ExitReason::Error("room unreachable".into());

@@ -242,7 +242,7 @@ fn dispatch(
                 ctx.system().kill(p.channel.pid());
             }
             // Already gone: its DOWN is on the way.
-            Err(SendError::Dead(_)) => {}
+            Err(SendError::Dead(_)) => probe::emit(Event::RoomSendToGonePeer),
         }
     }
 }

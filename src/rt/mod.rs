@@ -12,6 +12,8 @@
 
 mod mailbox;
 pub mod probe;
+#[cfg(test)]
+mod probe_tests;
 mod process;
 pub mod promises;
 pub mod rand;

@@ -169,12 +169,17 @@ pub enum Event<'a> {
     SlowConsumerDropped {
         queue: SlowQueue,
     },
+    /// A room's send to a peer's channel found it dead: its DOWN is on the way (a DOWN racing
+    /// a send).
+    RoomSendToGonePeer,
     /// Never: a DOWN for a channel the room does not hold (it flushes the refs it drops).
     RoomDownForUnknownPeer,
 
     // --- channel ---
     ChannelJoined,
     ChannelRoomDown,
+    /// A joined channel's send to its room failed (full or dead): the channel fails.
+    ChannelRoomUnreachable,
     JoinRefusedRoomLimit,
     /// Never: starting a room failed for a reason other than the race or the limit.
     RoomStartFailed,
@@ -237,6 +242,8 @@ impl Event<'_> {
                 queue: SlowQueue::Socket,
             } => "SlowConsumerDropped.socket",
             Event::RoomDownForUnknownPeer => "RoomDownForUnknownPeer",
+            Event::RoomSendToGonePeer => "RoomSendToGonePeer",
+            Event::ChannelRoomUnreachable => "ChannelRoomUnreachable",
             Event::ChannelJoined => "ChannelJoined",
             Event::ChannelRoomDown => "ChannelRoomDown",
             Event::JoinRefusedRoomLimit => "JoinRefusedRoomLimit",
@@ -365,6 +372,13 @@ mod sink {
     }
 
     pub(super) fn next_id() -> u32 {
+        // No world listening (production tests, a table built outside any world): no ids.
+        let listening = SINK
+            .try_with(|s| s.try_borrow().map_or(true, |s| s.is_some()))
+            .unwrap_or(false);
+        if !listening {
+            return 0;
+        }
         NEXT_ID
             .try_with(|n| {
                 let id = n.get() + 1;
