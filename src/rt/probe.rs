@@ -112,6 +112,13 @@ pub enum Event<'a> {
         mref: MonitorRef,
         watcher: Pid,
     },
+    /// Never: an envelope left a mailbox out of the order it was enqueued in (lost or
+    /// overtaken), breaking the one FIFO for messages and DOWNs.
+    MailboxOutOfOrder {
+        pid: Pid,
+        expected: u64,
+        got: u64,
+    },
     /// Never: a DOWN reached a process that holds no such monitor (not pending, not flushed).
     DownForUnknownMonitor {
         sys: SysId,
@@ -226,6 +233,7 @@ impl Event<'_> {
             Event::DownSent { .. } => "DownSent",
             Event::DownReceived { .. } => "DownReceived",
             Event::DownForUnknownMonitor { .. } => "DownForUnknownMonitor",
+            Event::MailboxOutOfOrder { .. } => "MailboxOutOfOrder",
             Event::NameRegistered { .. } => "NameRegistered",
             Event::NameReleased { .. } => "NameReleased",
             Event::NameUnregistered { .. } => "NameUnregistered",
@@ -274,6 +282,7 @@ impl Event<'_> {
         matches!(
             self,
             Event::DownForUnknownMonitor { .. }
+                | Event::MailboxOutOfOrder { .. }
                 | Event::RoomDownForUnknownPeer
                 | Event::RoomStartFailed
                 | Event::ChannelMessageBeforeJoin
