@@ -29,13 +29,24 @@ pub(crate) struct Stamp;
 
 /// Hands out stamps in enqueue order; shared by every sender of one mailbox.
 #[cfg(any(madsim, test))]
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Stamper(Arc<std::sync::atomic::AtomicU64>);
 #[cfg(not(any(madsim, test)))]
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Stamper;
 
 impl Stamper {
+    fn new() -> Self {
+        #[cfg(any(madsim, test))]
+        {
+            Stamper(Arc::default())
+        }
+        #[cfg(not(any(madsim, test)))]
+        {
+            Stamper
+        }
+    }
+
     #[inline(always)]
     fn next(&self) -> Stamp {
         #[cfg(any(madsim, test))]
@@ -238,7 +249,7 @@ pub(crate) fn mailbox<M>(pid: Pid, capacity: usize) -> (Addr<M>, Inbox<M>) {
             pid,
             tx,
             permits: permits.clone(),
-            stamps: Stamper::default(),
+            stamps: Stamper::new(),
         },
         Inbox {
             rx,

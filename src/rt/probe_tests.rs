@@ -9,12 +9,10 @@ use super::promises::{Promises, Violation};
 use super::*;
 use crate::registry::Registry;
 
+type Shared<T> = Rc<RefCell<T>>;
+
 /// Installs a sink that feeds a fresh model and keeps every event name, in order.
-fn observe() -> (
-    probe::SinkGuard,
-    Rc<RefCell<Promises>>,
-    Rc<RefCell<Vec<String>>>,
-) {
+fn observe() -> (probe::SinkGuard, Shared<Promises>, Shared<Vec<String>>) {
     let model = Rc::new(RefCell::new(Promises::default()));
     let names = Rc::new(RefCell::new(Vec::new()));
     let (m, n) = (model.clone(), names.clone());

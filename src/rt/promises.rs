@@ -207,10 +207,8 @@ impl Promises {
             Event::ProcessPrepared { sys, pid } => {
                 self.live.insert((sys, pid));
             }
-            Event::ProcessStarted { sys, pid } => {
-                if self.losers.contains(&(sys, pid)) {
-                    self.violations.push(Violation::LoserRan { pid });
-                }
+            Event::ProcessStarted { sys, pid } if self.losers.contains(&(sys, pid)) => {
+                self.violations.push(Violation::LoserRan { pid });
             }
             Event::ProcessLabelled { sys, pid, label } => {
                 self.labels.insert((sys, pid), label.to_string());
@@ -351,31 +349,25 @@ impl Promises {
                 name,
                 pid,
                 gen,
-                removed,
+                removed: Some(removed),
                 by,
             } => {
-                if let Some(removed) = removed {
-                    // An undo removes what the same call just granted; nothing stale about it.
-                    if removed != (pid, gen) && by != ReleaseBy::Undo {
-                        self.violations.push(Violation::StaleReleaseRemovedNewer {
-                            name: name.to_string(),
-                            by: (pid, gen),
-                            removed,
-                        });
-                    }
-                    self.release(sys, reg, name, removed);
+                // An undo removes what the same call just granted; nothing stale about it.
+                if removed != (pid, gen) && by != ReleaseBy::Undo {
+                    self.violations.push(Violation::StaleReleaseRemovedNewer {
+                        name: name.to_string(),
+                        by: (pid, gen),
+                        removed,
+                    });
                 }
+                self.release(sys, reg, name, removed);
             }
             Event::NameUnregistered {
                 sys,
                 reg,
                 name,
-                removed,
-            } => {
-                if let Some(removed) = removed {
-                    self.release(sys, reg, name, removed);
-                }
-            }
+                removed: Some(removed),
+            } => self.release(sys, reg, name, removed),
             Event::StartLostRace { sys, loser, .. } => {
                 self.losers.insert((sys, loser));
             }
