@@ -1,56 +1,44 @@
-//! Coverage from the server's own log events: every `tracing` event the real code emits inside
-//! a world is counted by its message, so a campaign can show which interesting branches it
-//! reached (a lost registration race, a join racing a room's stop, a slow consumer...) without
-//! any test hook in production code.
+//! Coverage from the typed events the product emits (`videoroom::rt::probe`): each event is
+//! counted under its stable name, so a campaign shows which interesting branches it reached (a
+//! lost registration race, a join racing a room's stop, a slow consumer dropped...) without
+//! reading log text. Counting is a map increment: no formatting on the probe path.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::prelude::*;
+use videoroom::rt::probe::Event;
 
+/// Races and branches the fixed campaign must reach ("sometimes" assertions): a campaign that
+/// never reaches one proves nothing about it. Names are [`Event::name`]s or client-side
+/// `reached` names.
+pub const SOMETIMES: &[&str] = &[
+    // Start-and-register lost the registration race (`AlreadyStarted`): the loser never runs.
+    "StartLostRace",
+    // A join queued in a room that stopped empty: the ack is dropped, the join retried.
+    "JoinRetriedAfterRoomStop",
+    // A room's send to a channel that had just died (its DOWN still on the way).
+    "RoomSendToGonePeer",
+    // A demonitor (a join given up, a peer dropped for the grace).
+    "Demonitored",
+    "ChannelRoomDown",
+    "RoomStoppedEmpty",
+    "RoomRefusedFull",
+    "UndecodableFrame",
+    "BroadcastOverBudget",
+    "InboundTrackEnded",
+    "client: sdpAnswer applied",
+    "client: tracksRemoved",
+];
+
+/// Event counts of one world, by event name.
 #[derive(Clone, Default)]
-pub struct Counts(pub Arc<Mutex<BTreeMap<String, u64>>>);
+pub struct Counts(BTreeMap<&'static str, u64>);
 
-struct Message(Option<String>);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = Some(format!("{value:?}"));
-        }
+impl Counts {
+    pub fn count(&mut self, e: &Event<'_>) {
+        *self.0.entry(e.name()).or_default() += 1;
     }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = Some(value.to_string());
-        }
+
+    pub fn get(&self) -> &BTreeMap<&'static str, u64> {
+        &self.0
     }
-}
-
-struct Counter(Counts);
-
-impl<S: Subscriber> Layer<S> for Counter {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        // Only the product's own branches; the simulator's internals are not coverage.
-        if !event.metadata().target().starts_with("videoroom") {
-            return;
-        }
-        let mut m = Message(None);
-        event.record(&mut m);
-        if let Some(msg) = m.0 {
-            *self.0 .0.lock().unwrap().entry(msg).or_default() += 1;
-        }
-    }
-}
-
-/// Counts events on this thread until the guard drops (a world runs on one thread).
-pub fn install(counts: &Counts) -> tracing::subscriber::DefaultGuard {
-    // Events only: with spans filtered out, madsim's per-task spans are never built, which
-    // otherwise cost every task poll a trip through the registry.
-    let only_events = tracing_subscriber::filter::filter_fn(|m| m.is_event());
-    let subscriber =
-        tracing_subscriber::registry().with(Counter(counts.clone()).with_filter(only_events));
-    tracing::subscriber::set_default(subscriber)
 }

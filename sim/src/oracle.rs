@@ -1,9 +1,30 @@
 //! Safety oracles and coverage counters shared by the world's tasks. A violation is recorded
 //! (not panicked) so the run can finish its trace and report every broken promise with the
 //! seed that replays it.
+//!
+//! The product's probe events arrive synchronously in the world's [`ProbeLog`]: they are
+//! counted (coverage), fed to the runtime's promise model (`rt::promises`, checked at the moment
+//! of emission), and panics caught at a process's crash boundary are kept with their simulated
+//! time, since every such panic is a bug (injected faults never panic).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+
+use videoroom::rt::probe::{self, Event, SinkGuard};
+use videoroom::rt::promises::{Panicked, Promises, Violation};
+use videoroom::rt::time;
+
+use crate::coverage::Counts;
+use crate::trace::Trace;
+
+/// A panic caught at a crash boundary, when it happened.
+#[derive(Clone, Debug)]
+pub struct Crash {
+    pub at: time::Duration,
+    pub panic: Panicked,
+}
 
 #[derive(Default)]
 struct Inner {
@@ -11,7 +32,7 @@ struct Inner {
     checks: u64,
     /// (client, join_ref) that must get exactly one phx_error (their room crashed).
     expected_errors: BTreeMap<(usize, String), bool>,
-    /// Client-side branches reached (coverage the server's logs cannot see).
+    /// Client-side branches reached (coverage the server's events cannot see).
     reached: BTreeMap<&'static str, u64>,
 }
 
@@ -76,5 +97,61 @@ impl Oracles {
 
     pub fn checks(&self) -> u64 {
         self.0.lock().unwrap().checks
+    }
+}
+
+#[derive(Default)]
+struct ProbeInner {
+    events: Counts,
+    promises: Promises,
+    crashes: Vec<Crash>,
+}
+
+/// One world's probe events: counts, the promise model and the crashes. Lives on the world's
+/// thread (the sink is called synchronously there), so no lock is taken per event.
+#[derive(Clone, Default)]
+pub struct ProbeLog(Rc<RefCell<ProbeInner>>);
+
+impl ProbeLog {
+    /// Routes this thread's probe events here until the guard drops. `started` is the world's
+    /// time origin (crash times are relative to it); broken promises and panics are also
+    /// written to the trace, with the time they happened.
+    pub fn install(&self, trace: &Trace, started: time::Instant) -> SinkGuard {
+        let (me, trace) = (self.clone(), trace.clone());
+        probe::install(move |e| me.observe(e, &trace, started))
+    }
+
+    fn observe(&self, e: &Event<'_>, trace: &Trace, started: time::Instant) {
+        let mut i = self.0.borrow_mut();
+        i.events.count(e);
+        let (v0, p0) = (i.promises.violations().len(), i.promises.panics().len());
+        i.promises.observe(e);
+        if i.promises.violations().len() == v0 && i.promises.panics().len() == p0 {
+            return;
+        }
+        let at = time::now().saturating_duration_since(started);
+        for v in &i.promises.violations()[v0..] {
+            trace.log(format!("broken promise: {v}"));
+        }
+        let new_p: Vec<Panicked> = i.promises.panics()[p0..].to_vec();
+        for panic in new_p {
+            trace.log(format!("crash boundary: {panic}"));
+            i.crashes.push(Crash { at, panic });
+        }
+    }
+
+    /// Probe events counted, by event name.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.0.borrow().events.get().clone()
+    }
+
+    /// Broken runtime/registry promises and never-events reached, in the order they happened.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.0.borrow().promises.violations().to_vec()
+    }
+
+    /// Panics caught at crash boundaries, in the order they happened.
+    pub fn crashes(&self) -> Vec<Crash> {
+        self.0.borrow().crashes.clone()
     }
 }

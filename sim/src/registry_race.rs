@@ -90,9 +90,13 @@ async fn join(reg: &Registry<()>, state: &State, trace: &Trace) -> Pid {
 
 /// Runs one seed's scenario; must be called inside a madsim world.
 pub async fn scenario() -> Result<Outcome, String> {
+    let trace = Trace::new(true);
+    // The runtime's promises (name released before DOWN, the loser never runs...) are checked
+    // at every event of the race, not just at the steps this scenario samples.
+    let probe = crate::oracle::ProbeLog::default();
+    let _probe = probe.install(&trace, time::now());
     let sys = System::new();
     let reg: Registry<()> = Registry::new(&sys);
-    let trace = Trace::new(true);
     let state: State = Arc::default();
     let (done_tx, done_rx) = watch::channel(false);
     let kills = rt::rand::below(4) as usize;
@@ -153,6 +157,13 @@ pub async fn scenario() -> Result<Outcome, String> {
 
     let s = state.lock().unwrap();
     let mut problems = s.violations.clone();
+    problems.extend(probe.violations().iter().map(|v| format!("promise: {v}")));
+    problems.extend(
+        probe
+            .crashes()
+            .iter()
+            .map(|c| format!("crash: {}", c.panic)),
+    );
     if held.len() != JOINERS {
         problems.push(format!("{} of {JOINERS} joiners reported", held.len()));
     }

@@ -18,7 +18,7 @@ use videoroom::rt::{time, watch};
 use crate::client::{Client, Phase, Views};
 use crate::faults::{Fault, Injector};
 use crate::knobs::Overrides;
-use crate::oracle::Oracles;
+use crate::oracle::{Oracles, ProbeLog};
 use crate::server::{self, CurrentApp};
 use crate::streams::Stream;
 use crate::swarm::Swarm;
@@ -27,7 +27,9 @@ use crate::trace::Trace;
 /// How a run ended badly; each has its own exit code in the CLI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// The world panicked (a bug that crashed the simulation itself).
+    /// A process panicked (its crash boundary contained it, but every panic is a bug: injected
+    /// faults never panic), or the world itself panicked. The text names the process and
+    /// carries the panic message.
     Crash(String),
     Safety(Vec<String>),
     Liveness(String),
@@ -81,8 +83,6 @@ fn current(app: &CurrentApp) -> Option<App> {
 
 /// Runs the world of `seed`; must be called inside a fresh madsim runtime seeded with `seed`.
 pub async fn run(seed: u64, mut opts: Options) -> Report {
-    let counts = crate::coverage::Counts::default();
-    let _counting = crate::coverage::install(&counts);
     // The simulator's own choices come from sub-seeded streams (see `streams`).
     let mut swarm = opts
         .swarm
@@ -92,6 +92,9 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let workload = Stream::new(seed, "workload");
     let trace = Trace::new(opts.record);
     let oracles = Oracles::default();
+    // Before the server exists: every probe event of this world, and only of this world.
+    let probe = ProbeLog::default();
+    let _probe = probe.install(&trace, time::now());
     trace.log(format_args!("swarm {swarm}"));
     let handle = Handle::current();
     let limits = Limits {
@@ -269,11 +272,20 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
             time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let violations = oracles.violations();
+    let mut violations = oracles.violations();
+    violations.extend(promise_violations(&probe));
     if !violations.is_empty() {
         failure = Some(Failure::Safety(violations));
     }
-    let mut coverage = counts.0.lock().unwrap().clone();
+    // A panic the boundary contained is still a bug: it outranks what it caused downstream.
+    if let Some(crash) = crash_verdict(&probe) {
+        failure = Some(Failure::Crash(crash));
+    }
+    let mut coverage: BTreeMap<String, u64> = probe
+        .counts()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     for (k, v) in oracles.reached_counts() {
         coverage.insert(k.to_string(), v);
     }
@@ -286,6 +298,38 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         faults,
         failure,
     }
+}
+
+/// Most broken promises spelled out in a verdict; the trace has them all.
+const VERDICT_VIOLATIONS: usize = 10;
+
+/// The promises the runtime, registry and room broke, first ones first, as verdict lines.
+fn promise_violations(probe: &ProbeLog) -> Vec<String> {
+    let all = probe.violations();
+    let mut out: Vec<String> = all
+        .iter()
+        .take(VERDICT_VIOLATIONS)
+        .map(|v| format!("promise: {v}"))
+        .collect();
+    if all.len() > VERDICT_VIOLATIONS {
+        out.push(format!(
+            "and {} more broken promises (see the trace)",
+            all.len() - VERDICT_VIOLATIONS
+        ));
+    }
+    out
+}
+
+/// The crash verdict: every panic caught at a crash boundary, the first spelled out with its
+/// process and simulated time.
+fn crash_verdict(probe: &ProbeLog) -> Option<String> {
+    let crashes = probe.crashes();
+    let first = crashes.first()?;
+    let mut v = format!("{} at {:.3}ms", first.panic, first.at.as_secs_f64() * 1e3);
+    if crashes.len() > 1 {
+        v.push_str(&format!(" (and {} more panics)", crashes.len() - 1));
+    }
+    Some(v)
 }
 
 /// Server-side safety: at most one live room per name; no name on a dead process; never more

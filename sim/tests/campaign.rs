@@ -48,21 +48,14 @@ fn fixed_campaign_and_regression_seeds() {
             serde_json::from_value(v["coverage"].clone()).expect("coverage");
         let faults: BTreeMap<String, u64> =
             serde_json::from_value(v["faults"].clone()).expect("faults");
-        // The campaign must reach what it exists for, or it proves nothing.
-        for branch in [
-            "start lost the registration race",
-            "join: room stopped with the join queued, retrying",
-            "room down",
-            "room stopped: empty",
-            "closing socket on undecodable frame",
-            "client: sdpAnswer applied",
-            "client: tracksRemoved",
-        ] {
-            assert!(
-                coverage.get(branch).copied().unwrap_or(0) > 0,
-                "no seed reached {branch:?}"
-            );
-        }
+        // The campaign must reach what it exists for, or it proves nothing ("sometimes"
+        // assertions over the product's typed probe events and the client's branches).
+        let missed: Vec<&str> = videoroom_sim::coverage::SOMETIMES
+            .iter()
+            .copied()
+            .filter(|b| coverage.get(*b).copied().unwrap_or(0) == 0)
+            .collect();
+        assert!(missed.is_empty(), "no seed reached {missed:?}");
         for f in videoroom_sim::faults::Fault::ALL {
             assert!(
                 faults.get(f.name()).copied().unwrap_or(0) > 0,
@@ -124,10 +117,7 @@ fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
     let v = campaign(&["--scenario", "squatters", "--seeds", "50", "--from", "0"]);
     assert_eq!(v["failing"], Value::Array(vec![]));
     assert_eq!(v["coverage"]["client: dropped with a reason"], 150);
-    assert_eq!(
-        v["coverage"]["peer dropped: no connect within the grace"],
-        150
-    );
+    assert_eq!(v["coverage"]["PeerDroppedNoConnect"], 150);
 }
 
 /// Never more rooms than the limit, under crashes and churn (a safety oracle), and clients
@@ -136,12 +126,7 @@ fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
 fn the_room_limit_holds_under_churn() {
     let v = campaign(&["--scenario", "room-cap", "--seeds", "50", "--from", "0"]);
     assert_eq!(v["failing"], Value::Array(vec![]));
-    assert!(
-        v["coverage"]["join refused: at the room limit"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-    );
+    assert!(v["coverage"]["JoinRefusedRoomLimit"].as_u64().unwrap_or(0) > 0);
 }
 
 fn sim_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {

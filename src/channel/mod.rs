@@ -19,6 +19,7 @@ use crate::metrics::Process;
 use crate::phoenix::{ChanId, ChannelEvent};
 use crate::registry::JoinError;
 use crate::room::{self, RoomMsg};
+use crate::rt::probe::{self, Event};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Received};
 
 /// What a channel accepts.
@@ -102,6 +103,7 @@ pub async fn run(
     app.metrics.join_latency.observe(joining.elapsed());
     let _peer = app.metrics.peers.hold();
     tracing::debug!(%topic, peer = %peer_id, room = %room.pid(), "joined");
+    probe::emit(Event::ChannelJoined);
     loop {
         match ctx.recv().await {
             Received::Msg(ChannelMsg::FromClient {
@@ -116,6 +118,7 @@ pub async fn run(
                             data: data.to_string(),
                         };
                         if room.try_send(msg).is_err() {
+                            probe::emit(Event::ChannelRoomUnreachable);
                             // Full: the room is overwhelmed; dead: its DOWN follows. Either way
                             // this peer's view is broken, so fail and let the client rejoin.
                             return ExitReason::Error("room unreachable".into());
@@ -161,6 +164,7 @@ pub async fn run(
             }
             Received::Down(d) if d.mref == room_ref => {
                 tracing::debug!(%topic, reason = %d.reason, "room down");
+                probe::emit(Event::ChannelRoomDown);
                 return ExitReason::Error(format!("room down: {}", d.reason));
             }
             // The socket is the only other process monitored.
@@ -196,10 +200,12 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
             Ok(room) => room,
             Err(JoinError::Full { max, .. }) => {
                 tracing::debug!(room = %name, max, "join refused: at the room limit");
+                probe::emit(Event::JoinRefusedRoomLimit);
                 return JoinOutcome::Refused(ROOM_LIMIT_REASON.into());
             }
             Err(e) => {
                 tracing::error!(room = %name, error = %e, "failed to start room");
+                probe::emit(Event::RoomStartFailed);
                 return JoinOutcome::Refused("failed to start room".into());
             }
         };
@@ -213,6 +219,7 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
         };
         if room.try_send(add).is_err() {
             tracing::debug!(room = %name, "join: room unreachable, retrying");
+            probe::emit(Event::JoinRoomUnreachable);
             ctx.demonitor(mref);
             continue;
         }
@@ -223,12 +230,14 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
                     Ok(Ok(())) => return JoinOutcome::Joined(Joined { room, mref, peer_id }),
                     Ok(Err(reason)) => {
                         tracing::debug!(room = %name, %reason, "join: refused by the room");
+                        probe::emit(Event::JoinRefusedByRoom);
                         ctx.demonitor(mref);
                         return JoinOutcome::Refused(reason);
                     }
                     // The room stopped with our request queued: try again.
                     Err(_) => {
                         tracing::debug!(room = %name, "join: room stopped with the join queued, retrying");
+                        probe::emit(Event::JoinRetriedAfterRoomStop);
                         ctx.demonitor(mref);
                         break;
                     }
@@ -236,11 +245,12 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
                 r = ctx.recv() => match r {
                     Received::Down(d) if d.mref == mref => {
                         tracing::debug!(room = %name, reason = %d.reason, "join: room down before taking the join, retrying");
+                        probe::emit(Event::JoinRetriedAfterRoomDown);
                         break;
                     }
                     Received::Down(_) | Received::Msg(ChannelMsg::Stop) => return JoinOutcome::Stopped,
                     // Nothing else is sent to a channel before it has joined.
-                    Received::Msg(_) => {}
+                    Received::Msg(_) => probe::emit(Event::ChannelMessageBeforeJoin),
                 },
             }
         }

@@ -197,6 +197,9 @@ fn drive(
                             "client too slow: outbound queue full, dropping connection"
                         );
                         app.metrics.slow_consumer_dropped(SlowQueue::Socket);
+                        crate::rt::probe::emit(crate::rt::probe::Event::SlowConsumerDropped {
+                            queue: crate::rt::probe::SlowQueue::Socket,
+                        });
                         healthy = false;
                     }
                     // The transport is gone (the client left); the process ends with it.

@@ -240,6 +240,7 @@ impl<N: Negotiation> Session<N> {
                     peer = from,
                     "broadcast event over the peer's budget dropped"
                 );
+                crate::rt::probe::emit(crate::rt::probe::Event::BroadcastOverBudget);
             }
             ClientEvent::Connect { metadata } => self.connect(from, metadata, out),
             // Anything but `connect` from a peer that is not connected is dropped, not answered
@@ -249,6 +250,7 @@ impl<N: Negotiation> Session<N> {
             // before `connected` (`addTrack` throws).
             _ if !self.roster.contains(from) => {
                 tracing::debug!(peer = from, event = %UntrustedDebug(&event), "media event before connect dropped");
+                crate::rt::probe::emit(crate::rt::probe::Event::MediaEventBeforeConnect);
             }
             ClientEvent::Disconnect => self.leave(from, out),
             ClientEvent::UpdateEndpointMetadata { metadata } => {

@@ -446,6 +446,7 @@ impl TrackNegotiation {
             // The client sends one offer per `offerData`; a second one would be answered
             // with SDP the client no longer expects.
             tracing::debug!(peer, "sdpOffer while an answer is outstanding dropped");
+            crate::rt::probe::emit(crate::rt::probe::Event::SdpOfferWhileAnswerOutstanding);
             return;
         }
         if let Err(message) = self.check_offer(&offer) {
@@ -675,6 +676,7 @@ impl TrackNegotiation {
             } if *n == negotiation => (mid_to_track_id.clone(), retiring.clone()),
             _ => {
                 tracing::debug!(peer, negotiation, "stale answer dropped");
+                crate::rt::probe::emit(crate::rt::probe::Event::StaleAnswerDropped);
                 return;
             }
         };
@@ -991,6 +993,7 @@ impl Negotiation for TrackNegotiation {
             }
             PlaneEvent::TrackEnded { peer, track_id } => {
                 tracing::debug!(%peer, track_id = %Untrusted(&track_id), "inbound track ended");
+                crate::rt::probe::emit(crate::rt::probe::Event::InboundTrackEnded);
             }
             PlaneEvent::Connected { peer } => self.keyframes_for_subscriber(&peer, out),
             PlaneEvent::Failed { peer, reason } => {

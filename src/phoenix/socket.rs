@@ -34,6 +34,7 @@ use serde_json::{json, Value};
 
 use super::frame::{self, Frame, EV_HEARTBEAT, EV_JOIN, EV_LEAVE, HEARTBEAT_TOPIC};
 use crate::logsafe::Untrusted;
+use crate::rt::probe::{self, Event};
 
 /// Close code: the server is going away or the connection was idle too long.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -272,6 +273,7 @@ impl SocketCore {
             Ok(frame) => self.handle_frame(frame, text.len()),
             Err(err) => {
                 tracing::debug!(err = %Untrusted(&err), "closing socket on undecodable frame");
+                probe::emit(Event::UndecodableFrame);
                 self.close_with(CLOSE_INTERNAL_ERROR, "invalid frame");
             }
         }
@@ -319,11 +321,13 @@ impl SocketCore {
             } => {
                 let Some((join_ref, topic)) = self.joined(chan) else {
                     tracing::debug!(?chan, %event, "dropping push from a channel not joined");
+                    probe::emit(Event::PushFromUnjoinedChannel);
                     return;
                 };
                 if !payload.is_object() {
                     // A channel bug, but the client must not be handed a frame it cannot read.
                     tracing::error!(?chan, %event, "dropping push whose payload is not an object");
+                    probe::emit(Event::PushNotObject);
                     return;
                 }
                 let frame = Frame::push(join_ref, topic, event, payload);
@@ -337,6 +341,7 @@ impl SocketCore {
             } => {
                 let Some((join_ref, topic)) = self.joined(chan) else {
                     tracing::debug!(?chan, "dropping reply from a channel not joined");
+                    probe::emit(Event::ReplyFromUnjoinedChannel);
                     return;
                 };
                 let frame = Frame::reply(join_ref, msg_ref, topic, status, response);
@@ -460,6 +465,7 @@ impl SocketCore {
             }
             _ => {
                 tracing::debug!(topic = %Untrusted(&frame.topic), event = %Untrusted(&frame.event), "dropping stale frame");
+                probe::emit(Event::StaleFrameIgnored);
             }
         }
     }
@@ -544,6 +550,7 @@ impl SocketCore {
     fn resolve_join(&mut self, chan: ChanId, outcome: JoinOutcome) {
         let Some(ch) = self.channels.get_mut(&chan) else {
             tracing::debug!(?chan, "dropping join outcome of a forgotten channel");
+            probe::emit(Event::JoinOutcomeOfForgottenChannel);
             return;
         };
         let ChanState::Joining {
@@ -554,6 +561,7 @@ impl SocketCore {
         else {
             // A second answer to one join is an actor bug; the first answer stands.
             tracing::error!(?chan, "dropping a second join outcome");
+            probe::emit(Event::SecondJoinOutcome);
             return;
         };
         let join_ref = ch.join_ref.clone();

@@ -13,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::rt::probe::{self, Event, RegId, ReleaseBy};
 use crate::rt::{self, Addr, Ctx, ExitReason, Pid, System};
 use names::{Names, Refused};
 
@@ -61,6 +62,8 @@ pub struct Registry<M> {
     names: Arc<Mutex<Names<Addr<M>>>>,
     /// Most names held at once; a registration of a new name beyond it is refused.
     max_names: usize,
+    /// Names this registry in probe events.
+    id: RegId,
 }
 
 impl<M> Clone for Registry<M> {
@@ -69,6 +72,7 @@ impl<M> Clone for Registry<M> {
             sys: self.sys.clone(),
             names: self.names.clone(),
             max_names: self.max_names,
+            id: self.id,
         }
     }
 }
@@ -93,6 +97,7 @@ impl<M: Send + 'static> Registry<M> {
             sys: sys.clone(),
             names: Arc::new(Mutex::new(Names::default())),
             max_names,
+            id: probe::next_reg(),
         }
     }
 
@@ -134,11 +139,29 @@ impl<M: Send + 'static> Registry<M> {
         // runs it (and frees the name) or is already dead (and we undo the grant).
         let table = self.names.clone();
         let (n, pid) = (name.to_string(), addr.pid());
+        let (sys, reg) = (self.sys.id(), self.id);
+        probe::emit(Event::NameRegistered {
+            sys,
+            reg,
+            name,
+            pid,
+            gen,
+        });
         let hook = Box::new(move |_: &crate::rt::ExitReason| {
-            table
+            let removed = table
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .release(&n, pid, gen);
+                .release(&n, pid, gen)
+                .map(|e| (e.pid, e.gen));
+            probe::emit(Event::NameReleased {
+                sys,
+                reg,
+                name: &n,
+                pid,
+                gen,
+                removed,
+                by: ReleaseBy::Exit,
+            });
         });
         match self.sys.add_exit_hook(pid, hook) {
             Some(id) => {
@@ -146,7 +169,16 @@ impl<M: Send + 'static> Registry<M> {
                 Ok(())
             }
             None => {
-                names.release(name, pid, gen);
+                let removed = names.release(name, pid, gen).map(|e| (e.pid, e.gen));
+                probe::emit(Event::NameReleased {
+                    sys,
+                    reg,
+                    name,
+                    pid,
+                    gen,
+                    removed,
+                    by: ReleaseBy::Undo,
+                });
                 Err(RegisterError::Noproc)
             }
         }
@@ -155,6 +187,12 @@ impl<M: Send + 'static> Registry<M> {
     /// Removes `name` whoever holds it (idempotent).
     pub fn unregister(&self, name: &str) {
         let removed = self.lock().remove(name);
+        probe::emit(Event::NameUnregistered {
+            sys: self.sys.id(),
+            reg: self.id,
+            name,
+            removed: removed.as_ref().map(|e| (e.pid, e.gen)),
+        });
         self.detach(removed);
     }
 
@@ -177,11 +215,23 @@ impl<M: Send + 'static> Registry<M> {
             match names.get(name) {
                 Some(e) if e.pid == pid => {
                     let gen = e.gen;
-                    names.release(name, pid, gen)
+                    names.release(name, pid, gen).map(|e| (gen, e))
                 }
                 _ => None,
             }
         };
+        if let Some((gen, e)) = &removed {
+            probe::emit(Event::NameReleased {
+                sys: self.sys.id(),
+                reg: self.id,
+                name,
+                pid,
+                gen: *gen,
+                removed: Some((e.pid, e.gen)),
+                by: ReleaseBy::Owner,
+            });
+        }
+        let removed = removed.map(|(_, e)| e);
         let found = removed.is_some();
         self.detach(removed);
         found
@@ -209,7 +259,14 @@ impl<M: Send + 'static> Registry<M> {
                 p.start(body);
                 Ok(addr)
             }
-            Err(RegisterError::AlreadyStarted(winner)) => Err(StartError::AlreadyStarted(winner)),
+            Err(RegisterError::AlreadyStarted(winner)) => {
+                probe::emit(Event::StartLostRace {
+                    sys: self.sys.id(),
+                    loser: addr.pid(),
+                    winner: winner.pid(),
+                });
+                Err(StartError::AlreadyStarted(winner))
+            }
             Err(RegisterError::Full(max)) => Err(StartError::Full(max)),
             Err(e) => Err(StartError::Failed(e.to_string())),
         }

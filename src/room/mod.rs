@@ -26,6 +26,7 @@ use crate::app::App;
 use crate::channel::ChannelMsg;
 use crate::engine::{MediaPlane, Out, PlaneEvent, PlaneSink, Session, TrackNegotiation};
 use crate::metrics::{Metrics, Process, SlowQueue};
+use crate::rt::probe::{self, Event};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
 use grace::ConnectGrace;
 
@@ -76,6 +77,8 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     let mut by_pid: BTreeMap<Pid, String> = BTreeMap::new();
     let mut grace = ConnectGrace::new(app.limits.connect_grace);
     tracing::debug!(room = %name, pid = %ctx.pid(), "room started");
+    let (sys, me) = (ctx.system().id(), ctx.pid());
+    probe::emit(Event::RoomStarted { sys, pid: me });
     loop {
         // Checked before waiting, so a busy mailbox cannot put the drop off.
         if grace.poll_timeout().is_some_and(|d| d <= rt::time::now()) {
@@ -87,6 +90,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                 by_pid.remove(&p.channel.pid());
                 ctx.demonitor(p.mref);
                 tracing::debug!(room = %name, peer = %peer_id, "peer dropped: no connect within the grace");
+                probe::emit(Event::PeerDroppedNoConnect);
                 // It is outside the session, so this tells nobody; it only forgets the peer.
                 let outs = session.remove_peer(&peer_id);
                 dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
@@ -122,6 +126,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                 ack,
             }) => {
                 if peers.len() >= app.limits.max_peers_per_room {
+                    probe::emit(Event::RoomRefusedFull);
                     let _ = ack.send(Err("room is full".into()));
                     continue;
                 }
@@ -162,12 +167,14 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
             }
             Received::Down(d) => {
                 let Some(peer_id) = by_pid.remove(&d.pid) else {
+                    probe::emit(Event::RoomDownForUnknownPeer);
                     continue;
                 };
                 if peers.get(&peer_id).is_some_and(|p| p.mref == d.mref) {
                     peers.remove(&peer_id);
                     grace.remove(&peer_id);
                     tracing::debug!(room = %name, peer = %peer_id, reason = %d.reason, "peer left");
+                    probe::emit(Event::PeerLeft);
                     let outs = session.remove_peer(&peer_id);
                     dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
                     if peers.is_empty() {
@@ -184,6 +191,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     app.rooms.unregister_own(&name, ctx.pid());
     while ctx.try_recv().is_some() {}
     tracing::debug!(room = %name, "room stopped: empty");
+    probe::emit(Event::RoomStoppedEmpty { sys, pid: me });
     ExitReason::Normal
 }
 
@@ -228,10 +236,13 @@ fn dispatch(
                 // A slow consumer must not hold the room back: drop it; its DOWN removes it.
                 tracing::warn!(peer = %peer, "peer channel backlog full: disconnecting it");
                 metrics.slow_consumer_dropped(SlowQueue::Channel);
+                probe::emit(Event::SlowConsumerDropped {
+                    queue: probe::SlowQueue::Channel,
+                });
                 ctx.system().kill(p.channel.pid());
             }
             // Already gone: its DOWN is on the way.
-            Err(SendError::Dead(_)) => {}
+            Err(SendError::Dead(_)) => probe::emit(Event::RoomSendToGonePeer),
         }
     }
 }

@@ -13,8 +13,51 @@ use tokio::sync::{mpsc, Semaphore};
 use super::process::{Down, Pid};
 
 pub(crate) enum Envelope<M> {
-    Msg(M),
-    Down(Down),
+    Msg(M, Stamp),
+    Down(Down, Stamp),
+}
+
+/// The order an envelope was enqueued in, checked on the way out (one FIFO for messages and
+/// DOWNs is what keeps a dead process's last messages ahead of its DOWN). Observed builds only;
+/// in production it is empty and costs nothing.
+#[cfg(any(madsim, test))]
+#[derive(Clone, Copy)]
+pub(crate) struct Stamp(u64);
+#[cfg(not(any(madsim, test)))]
+#[derive(Clone, Copy)]
+pub(crate) struct Stamp;
+
+/// Hands out stamps in enqueue order; shared by every sender of one mailbox.
+#[cfg(any(madsim, test))]
+#[derive(Clone)]
+struct Stamper(Arc<std::sync::atomic::AtomicU64>);
+#[cfg(not(any(madsim, test)))]
+#[derive(Clone)]
+struct Stamper;
+
+impl Stamper {
+    fn new() -> Self {
+        #[cfg(any(madsim, test))]
+        {
+            Stamper(Arc::default())
+        }
+        #[cfg(not(any(madsim, test)))]
+        {
+            Stamper
+        }
+    }
+
+    #[inline(always)]
+    fn next(&self) -> Stamp {
+        #[cfg(any(madsim, test))]
+        {
+            Stamp(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        }
+        #[cfg(not(any(madsim, test)))]
+        {
+            Stamp
+        }
+    }
 }
 
 /// What a process takes out of its mailbox.
@@ -55,6 +98,7 @@ pub struct Addr<M> {
     pid: Pid,
     tx: mpsc::UnboundedSender<Envelope<M>>,
     permits: Arc<Semaphore>,
+    stamps: Stamper,
 }
 
 impl<M> Clone for Addr<M> {
@@ -63,6 +107,7 @@ impl<M> Clone for Addr<M> {
             pid: self.pid,
             tx: self.tx.clone(),
             permits: self.permits.clone(),
+            stamps: self.stamps.clone(),
         }
     }
 }
@@ -92,10 +137,17 @@ impl<M> Addr<M> {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(SendError::Full(msg)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(SendError::Dead(msg)),
         }
-        self.tx.send(Envelope::Msg(msg)).map_err(|e| match e.0 {
-            Envelope::Msg(m) => SendError::Dead(m),
-            Envelope::Down(_) => unreachable!("sent a message"),
-        })
+        self.enqueue(msg)
+    }
+
+    fn enqueue(&self, msg: M) -> Result<(), SendError<M>> {
+        let stamp = self.stamps.next();
+        self.tx
+            .send(Envelope::Msg(msg, stamp))
+            .map_err(|e| match e.0 {
+                Envelope::Msg(m, _) => SendError::Dead(m),
+                Envelope::Down(..) => unreachable!("sent a message"),
+            })
     }
 
     /// Delivers `msg`, waiting while the mailbox is full; fails only if the process is gone.
@@ -104,10 +156,7 @@ impl<M> Addr<M> {
             Ok(p) => p.forget(),
             Err(_) => return Err(SendError::Dead(msg)),
         }
-        self.tx.send(Envelope::Msg(msg)).map_err(|e| match e.0 {
-            Envelope::Msg(m) => SendError::Dead(m),
-            Envelope::Down(_) => unreachable!("sent a message"),
-        })
+        self.enqueue(msg)
     }
 
     /// True once the process's mailbox is gone (it exited).
@@ -119,10 +168,10 @@ impl<M> Addr<M> {
     where
         M: Send + 'static,
     {
-        let tx = self.tx.clone();
+        let (tx, stamps) = (self.tx.clone(), self.stamps.clone());
         Box::new(move |d| {
             // A watcher that has exited has no mailbox; its DOWN has nowhere to go (M7).
-            let _ = tx.send(Envelope::Down(d));
+            let _ = tx.send(Envelope::Down(d, stamps.next()));
         })
     }
 }
@@ -133,6 +182,10 @@ pub(crate) type DownSink = Box<dyn Fn(Down) + Send + Sync>;
 pub(crate) struct Inbox<M> {
     rx: mpsc::UnboundedReceiver<Envelope<M>>,
     permits: Arc<Semaphore>,
+    pid: Pid,
+    /// The stamp the next envelope must carry.
+    #[cfg(any(madsim, test))]
+    expect: u64,
 }
 
 impl<M> Inbox<M> {
@@ -150,14 +203,33 @@ impl<M> Inbox<M> {
         self.rx.try_recv().ok().map(|env| self.unwrap(env))
     }
 
-    fn unwrap(&self, env: Envelope<M>) -> Received<M> {
-        match env {
-            Envelope::Msg(m) => {
+    fn unwrap(&mut self, env: Envelope<M>) -> Received<M> {
+        let (r, stamp) = match env {
+            Envelope::Msg(m, s) => {
                 self.permits.add_permits(1);
-                Received::Msg(m)
+                (Received::Msg(m), s)
             }
-            Envelope::Down(d) => Received::Down(d),
+            Envelope::Down(d, s) => (Received::Down(d), s),
+        };
+        self.check(stamp);
+        r
+    }
+
+    #[inline(always)]
+    fn check(&mut self, stamp: Stamp) {
+        #[cfg(any(madsim, test))]
+        {
+            if stamp.0 != self.expect {
+                super::probe::emit(super::probe::Event::MailboxOutOfOrder {
+                    pid: self.pid,
+                    expected: self.expect,
+                    got: stamp.0,
+                });
+            }
+            self.expect = stamp.0 + 1;
         }
+        #[cfg(not(any(madsim, test)))]
+        let _ = (stamp, &self.pid);
     }
 }
 
@@ -177,7 +249,52 @@ pub(crate) fn mailbox<M>(pid: Pid, capacity: usize) -> (Addr<M>, Inbox<M>) {
             pid,
             tx,
             permits: permits.clone(),
+            stamps: Stamper::new(),
         },
-        Inbox { rx, permits },
+        Inbox {
+            rx,
+            permits,
+            pid,
+            #[cfg(any(madsim, test))]
+            expect: 0,
+        },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::rt::probe;
+
+    #[test]
+    fn envelopes_leave_in_the_order_they_were_enqueued_or_it_is_reported() {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let s = seen.clone();
+        let _g = probe::install(move |e| s.borrow_mut().push(e.to_string()));
+        let (addr, mut inbox) = mailbox::<u32>(Pid(7), 4);
+        addr.try_send(1).unwrap();
+        (addr.down_sink())(Down {
+            mref: crate::rt::MonitorRef(1),
+            pid: Pid(8),
+            reason: crate::rt::ExitReason::Normal,
+        });
+        addr.try_send(2).unwrap();
+        assert!(matches!(inbox.try_recv(), Some(Received::Msg(1))));
+        assert!(matches!(inbox.try_recv(), Some(Received::Down(_))));
+        assert!(matches!(inbox.try_recv(), Some(Received::Msg(2))));
+        assert!(seen.borrow().is_empty(), "{:?}", seen.borrow());
+        // A test double of a queue that let an envelope overtake another: stamp 5 comes first.
+        inbox.check(Stamp(5));
+        inbox.check(Stamp(4));
+        assert_eq!(
+            *seen.borrow(),
+            vec![
+                "MailboxOutOfOrder { pid: Pid(7), expected: 3, got: 5 }".to_string(),
+                "MailboxOutOfOrder { pid: Pid(7), expected: 6, got: 4 }".to_string(),
+            ]
+        );
+    }
 }

@@ -11,7 +11,11 @@
 //! `BTreeMap`s.
 
 mod mailbox;
+pub mod probe;
+#[cfg(test)]
+mod probe_tests;
 mod process;
+pub mod promises;
 pub mod rand;
 #[cfg(madsim)]
 pub mod sim;

@@ -21,6 +21,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use super::mailbox::{mailbox, Addr, DownSink, Inbox, Received};
+use super::probe::{self, Event, SysId};
 
 /// A process id, unique within its [`System`] and never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,9 +107,22 @@ struct Kernel {
 }
 
 /// One node's process table. Cheap to clone; all clones share it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct System {
     kernel: Arc<Mutex<Kernel>>,
+    /// Names this table in probe events (per world).
+    id: SysId,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        let id = probe::next_sys();
+        probe::emit(Event::SystemStarted { sys: id });
+        System {
+            kernel: Arc::default(),
+            id,
+        }
+    }
 }
 
 impl fmt::Debug for System {
@@ -120,6 +134,11 @@ impl fmt::Debug for System {
 impl System {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This table's id in probe events.
+    pub fn id(&self) -> SysId {
+        self.id
     }
 
     fn lock(&self) -> MutexGuard<'_, Kernel> {
@@ -149,6 +168,7 @@ impl System {
             },
         );
         drop(k);
+        probe::emit(Event::ProcessPrepared { sys: self.id, pid });
         Prepared {
             sys: self.clone(),
             ctx: Some(Ctx {
@@ -200,6 +220,11 @@ impl System {
         if let Some(p) = self.lock().procs.get_mut(&pid) {
             p.label = Some(label.to_string());
         }
+        probe::emit(Event::ProcessLabelled {
+            sys: self.id,
+            pid,
+            label,
+        });
     }
 
     /// Live processes carrying `label`, in pid order (an oracle: e.g. rooms of one name).
@@ -278,13 +303,28 @@ impl System {
         let mut k = self.lock();
         k.next_ref += 1;
         let mref = MonitorRef(k.next_ref);
+        let set = Event::MonitorSet {
+            sys: self.id,
+            mref,
+            watcher: watcher.pid(),
+            target,
+        };
         if let Some(t) = k.procs.get_mut(&target) {
             t.monitors.insert(mref, watcher.pid());
             if let Some(w) = k.procs.get_mut(&watcher.pid()) {
                 w.watching.insert(mref, target);
             }
+            drop(k);
+            probe::emit(set);
         } else {
             drop(k);
+            probe::emit(set);
+            probe::emit(Event::DownSent {
+                sys: self.id,
+                mref,
+                watcher: watcher.pid(),
+                pid: target,
+            });
             (watcher.down_sink())(Down {
                 mref,
                 pid: target,
@@ -336,6 +376,12 @@ impl System {
             let k = self.lock();
             // The watcher may have exited since; then its mailbox is gone with it.
             if let Some(w) = k.procs.get(&watcher) {
+                probe::emit(Event::DownSent {
+                    sys: self.id,
+                    mref,
+                    watcher,
+                    pid,
+                });
                 (w.sink)(Down {
                     mref,
                     pid,
@@ -346,6 +392,11 @@ impl System {
         for w in proc.waiters {
             let _ = w.send(reason.clone());
         }
+        probe::emit(Event::ProcessExited {
+            sys: self.id,
+            pid,
+            reason: &reason,
+        });
     }
 }
 
@@ -380,15 +431,30 @@ impl<M: Send + 'static> Prepared<M> {
             pid: ctx.pid(),
             reason: None,
         };
+        let (sys, pid) = (self.sys.id, ctx.pid());
         tokio::spawn(async move {
             let mut guard = guard;
-            let run = AssertUnwindSafe(async move { body(ctx).await }).catch_unwind();
+            let run = AssertUnwindSafe(async move {
+                probe::emit(Event::ProcessStarted { sys, pid });
+                body(ctx).await
+            })
+            .catch_unwind();
             let reason = tokio::select! {
                 biased;
                 r = kill_rx => r.unwrap_or(ExitReason::Killed),
                 r = run => match r {
                     Ok(reason) => reason,
-                    Err(panic) => ExitReason::Crashed(panic_message(&*panic)),
+                    Err(panic) => {
+                        let message = panic_message(&*panic);
+                        // Every panic is a bug (injected faults use `exit`/`kill`): an observer
+                        // must hear of it even though the boundary contains it.
+                        probe::emit(Event::ProcessPanicked {
+                            sys,
+                            pid,
+                            message: &message,
+                        });
+                        ExitReason::Crashed(message)
+                    }
                 },
             };
             guard.reason = Some(reason);
@@ -491,6 +557,12 @@ impl<M: Send + 'static> Ctx<M> {
             return false;
         }
         let active = self.sys.demonitor(self.pid(), mref);
+        probe::emit(Event::Demonitored {
+            sys: self.sys.id,
+            mref,
+            watcher: self.pid(),
+            active,
+        });
         if !active {
             // The target exited first: its DOWN is queued (or being queued) for us.
             self.flushed.insert(mref);
@@ -499,11 +571,26 @@ impl<M: Send + 'static> Ctx<M> {
     }
 
     fn admit(&mut self, r: Received<M>) -> Option<Received<M>> {
-        if let Received::Down(d) = &r {
-            if self.flushed.remove(&d.mref) {
-                return None;
+        let (sys, me) = (self.sys.id, self.pid());
+        match &r {
+            Received::Down(d) => {
+                if self.flushed.remove(&d.mref) {
+                    return None;
+                }
+                if !self.pending.remove(&d.mref) {
+                    probe::emit(Event::DownForUnknownMonitor {
+                        sys,
+                        mref: d.mref,
+                        watcher: me,
+                    });
+                }
+                probe::emit(Event::DownReceived {
+                    sys,
+                    mref: d.mref,
+                    watcher: me,
+                });
             }
-            self.pending.remove(&d.mref);
+            Received::Msg(_) => probe::emit(Event::MessageReceived { sys, pid: me }),
         }
         Some(r)
     }
