@@ -30,6 +30,10 @@ pub const ACTIONS: &[&str] = &[
     "publish",
     "unpublish",
     "flood",
+    // A frame on a join_ref the client let go of (client.rs `send_stale`).
+    "stale",
+    // Publish/unpublish/leave/rejoin churn, also right after an offer (client.rs `burst`).
+    "burst",
 ];
 
 #[derive(Clone, Debug)]
