@@ -98,6 +98,8 @@ pub struct Client {
     replies: BTreeMap<String, u32>,
     /// Join refs lost with their connection.
     lost: BTreeSet<String>,
+    /// Join refs used on the current connection.
+    on_conn: BTreeSet<String>,
     /// Join refs the client sent `phx_leave` for (their `phx_close` is allowed).
     left: BTreeSet<String>,
     /// Join refs replaced by a duplicate join (their `phx_close` is allowed, S15).
@@ -160,6 +162,7 @@ impl Client {
             chan: None,
             replies: BTreeMap::new(),
             lost: BTreeSet::new(),
+            on_conn: BTreeSet::new(),
             left: BTreeSet::new(),
             replaced: BTreeSet::new(),
             dropped_on: BTreeSet::new(),
@@ -264,12 +267,13 @@ impl Client {
         }
     }
 
-    /// The connection ended: its channel with it (a phx_error for it could never arrive).
+    /// The connection ended, and its channels with it: a phx_error still owed for any of them
+    /// (even one the client had left, whose phx_error was already on its way) can never arrive.
     fn lose_channel(&mut self) {
         if let Some(c) = self.chan.take() {
-            self.lost.insert(c.join_ref.clone());
             self.let_go(c.join_ref, c.topic);
         }
+        self.lost.append(&mut self.on_conn);
     }
 
     /// Remembers a join_ref the client no longer uses, for the stale sender.
@@ -296,6 +300,7 @@ impl Client {
             self.replaced.insert(old.join_ref.clone());
             self.let_go(old.join_ref, old.topic);
         }
+        self.on_conn.insert(r.clone());
         self.chan = Some(Chan {
             topic: topic.clone(),
             join_ref: r.clone(),

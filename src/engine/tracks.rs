@@ -706,11 +706,13 @@ impl TrackNegotiation {
         }
         let mut keyframes = Vec::new();
         for o in &mut state.outbound {
+            // The answer must name this very track: a slot recycled while the answer was being
+            // made still maps its mid to the old track in it.
             if o.carried
                 || !o
                     .mid
                     .as_ref()
-                    .is_some_and(|m| mid_to_track_id.contains_key(m))
+                    .is_some_and(|m| mid_to_track_id.get(m) == Some(&o.track_id))
             {
                 continue;
             }
