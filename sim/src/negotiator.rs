@@ -117,13 +117,17 @@ impl Negotiator {
         }
     }
 
+    /// Every track of the endpoint is gone for the client, also one announced whose answer is
+    /// still on its way (the server promises track ids start with `<endpoint id>:`).
     pub fn on_endpoint_removed(&mut self, endpoint: &str) {
         let prefix = format!("{endpoint}:");
         let gone: Vec<String> = self
             .carried
             .values()
-            .map(|(t, _)| t.clone())
+            .map(|(t, _)| t)
+            .chain(&self.announced)
             .filter(|t| t.starts_with(&prefix))
+            .cloned()
             .collect();
         self.gone.extend(gone);
     }
