@@ -545,7 +545,8 @@ impl Client {
         for _ in 0..n {
             let ok = match rt::rand::below(8) {
                 0 => {
-                    if !self.chan.as_ref().is_some_and(|c| c.joined) || self.pending_leave.is_some() {
+                    if !self.chan.as_ref().is_some_and(|c| c.joined) || self.pending_leave.is_some()
+                    {
                         return true;
                     }
                     return self.leave(w).await;
@@ -711,7 +712,8 @@ impl Client {
     async fn on_reply(&mut self, w: &mut wire::Writer, f: &Frame, text: &str) -> bool {
         let idx = self.idx;
         let Some(r) = f.msg_ref.clone() else {
-            self.oracles.fail(format!("c{idx}: reply without ref: {text}"));
+            self.oracles
+                .fail(format!("c{idx}: reply without ref: {text}"));
             return true;
         };
         match self.replies.get_mut(&r) {
@@ -725,13 +727,19 @@ impl Client {
                 .oracles
                 .fail(format!("c{idx}: reply to unknown ref {r}")),
         }
-        let status = f.payload.get("status").and_then(Value::as_str).unwrap_or("");
+        let status = f
+            .payload
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let ok = status == "ok";
         // phoenix.js hands a reply to its push only if it echoes the channel's join_ref (or
         // none): any other is dropped and the push times out, a reply lost for the user.
         if let (Some(got), Some(Some(sent))) = (&f.join_ref, self.sent_on.get(&r)) {
             self.oracles.check(got == sent, || {
-                format!("c{idx}: reply to ref {r} carries join_ref {got}, the push was sent on {sent}")
+                format!(
+                    "c{idx}: reply to ref {r} carries join_ref {got}, the push was sent on {sent}"
+                )
             });
         }
         if let Some((jr, leave)) = self.stale_refs.remove(&r) {
@@ -823,9 +831,7 @@ impl Client {
             // was full when it answered.
             "join crashed" => has("channel_crash") || sw.queue_cap > 0,
             // The room kept dying under the join, or its mailbox stayed full.
-            "failed to start room" => {
-                has("room_crash") || has("engine_crash") || sw.queue_cap > 0
-            }
+            "failed to start room" => has("room_crash") || has("engine_crash") || sw.queue_cap > 0,
             _ => false,
         };
         self.oracles.reached("client: join refused");
@@ -834,23 +840,30 @@ impl Client {
         });
     }
 
-    /// Once the current channel has joined, nothing may arrive on an older channel of this
-    /// connection but the `phx_close` of the one a duplicate join replaced (S15): the server
-    /// forgot the older ones before it answered the join.
+    /// A push carries a join_ref this connection joined with. Once the current channel has
+    /// joined, nothing may arrive on an older channel of this connection but the `phx_close` of
+    /// the one a duplicate join replaced (S15): the server forgot the older ones before it
+    /// answered the join.
     fn check_not_stale(&mut self, f: &Frame, current: bool) {
         let Some(jr) = &f.join_ref else { return };
+        if !self.on_conn.contains(jr) {
+            let idx = self.idx;
+            self.oracles.fail(format!(
+                "c{idx}: {} on {} with join_ref {jr}, which this connection never joined with",
+                f.event, f.topic
+            ));
+            return;
+        }
         let Some(c) = self.chan.as_ref().filter(|c| c.joined) else {
             return;
         };
         if current || (f.event == "phx_close" && self.replaced.contains(jr)) {
             return;
         }
-        let known = self.sent_on.values().any(|s| s.as_ref() == Some(jr));
         let idx = self.idx;
         let (event, topic, cur) = (&f.event, &f.topic, &c.join_ref);
         self.oracles.fail(format!(
-            "c{idx}: {event} on {topic} with join_ref {jr} ({}) after channel {cur} joined",
-            if known { "an older channel" } else { "never used" }
+            "c{idx}: {event} on {topic} with older join_ref {jr} after channel {cur} joined"
         ));
     }
 
@@ -900,7 +913,11 @@ impl Client {
             })
         };
         let endpoints: Vec<&Value> = match ev["type"].as_str().unwrap_or("") {
-            "connected" => data["otherEndpoints"].as_array().into_iter().flatten().collect(),
+            "connected" => data["otherEndpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect(),
             "endpointAdded" | "endpointUpdated" => vec![data],
             _ => Vec::new(),
         };

@@ -79,9 +79,9 @@ pub async fn run(opts: Options) -> Report {
     let trace = Trace::new();
     let oracles = Oracles::default();
     trace.log(format!("swarm {swarm}"));
-    // How long the rooms' media plane takes to answer an offer: half the worlds answer at
-    // once, the others open negotiation windows (renegotiation or leave with an answer due).
-    let plane_latency = if rt::rand::chance(0.5) {
+    // How long the rooms' media plane takes to answer an offer: a quarter of the worlds answer
+    // at once, the others open negotiation windows (renegotiation or leave with an answer due).
+    let plane_latency = if rt::rand::chance(0.25) {
         Duration::ZERO
     } else {
         Duration::from_millis(1 + rt::rand::below(150))

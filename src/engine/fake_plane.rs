@@ -151,45 +151,45 @@ impl FakePlane {
 /// What the plane reports for one offer of `peer`, updating what it knows of the peer.
 fn answer_events(state: &mut FakePeer, peer: &str, offer: &PlaneOffer) -> Vec<PlaneEvent> {
     let mut out = Vec::new();
-        state.answers += 1;
-        let result = fake_answer(offer, state.answers);
-        let ok = result.is_ok();
-        out.push(PlaneEvent::Answer {
+    state.answers += 1;
+    let result = fake_answer(offer, state.answers);
+    let ok = result.is_ok();
+    out.push(PlaneEvent::Answer {
+        peer: peer.to_owned(),
+        negotiation: offer.negotiation,
+        result,
+    });
+    if !ok {
+        return out;
+    }
+    out.push(PlaneEvent::LocalCandidate {
+        peer: peer.to_owned(),
+        candidate: FAKE_CANDIDATE.to_owned(),
+    });
+    let inbound: BTreeSet<TrackId> = offer
+        .mlines
+        .iter()
+        .filter_map(|m| match &m.role {
+            MLineRole::Inbound { track_id, .. } => Some(track_id.clone()),
+            _ => None,
+        })
+        .collect();
+    for track_id in state.inbound.difference(&inbound) {
+        out.push(PlaneEvent::TrackEnded {
             peer: peer.to_owned(),
-            negotiation: offer.negotiation,
-            result,
+            track_id: track_id.clone(),
         });
-        if !ok {
-            return out;
-        }
-        out.push(PlaneEvent::LocalCandidate {
+    }
+    for track_id in inbound.difference(&state.inbound) {
+        out.push(PlaneEvent::TrackStarted {
             peer: peer.to_owned(),
-            candidate: FAKE_CANDIDATE.to_owned(),
+            track_id: track_id.clone(),
         });
-        let inbound: BTreeSet<TrackId> = offer
-            .mlines
-            .iter()
-            .filter_map(|m| match &m.role {
-                MLineRole::Inbound { track_id, .. } => Some(track_id.clone()),
-                _ => None,
-            })
-            .collect();
-        for track_id in state.inbound.difference(&inbound) {
-            out.push(PlaneEvent::TrackEnded {
-                peer: peer.to_owned(),
-                track_id: track_id.clone(),
-            });
-        }
-        for track_id in inbound.difference(&state.inbound) {
-            out.push(PlaneEvent::TrackStarted {
-                peer: peer.to_owned(),
-                track_id: track_id.clone(),
-            });
-        }
-        state.inbound = inbound;
-        out.push(PlaneEvent::Connected {
-            peer: peer.to_owned(),
-        });
+    }
+    state.inbound = inbound;
+    out.push(PlaneEvent::Connected {
+        peer: peer.to_owned(),
+    });
     out
 }
 
@@ -429,5 +429,4 @@ mod tests {
             assert!(!matches!(e, PlaneEvent::Answer { .. }), "late {e:?}");
         }
     }
-
 }

@@ -454,7 +454,9 @@ fn a_slot_recycled_while_an_answer_is_outstanding_is_not_carried_by_that_answer(
     );
     let lines = h.send("A", &camera);
     assert!(
-        lines.iter().any(|l| l.contains(r#""tracksAdded""#) && l.contains("A:v2")),
+        lines
+            .iter()
+            .any(|l| l.contains(r#""tracksAdded""#) && l.contains("A:v2")),
         "{lines:#?}"
     );
     // The outstanding answer still maps mid 1 to the old track.
@@ -474,7 +476,9 @@ fn a_slot_recycled_while_an_answer_is_outstanding_is_not_carried_by_that_answer(
     );
     let lines = h.send("A", &stop);
     assert!(
-        !lines.iter().any(|l| l.starts_with("B ") && l.contains("tracksRemoved")),
+        !lines
+            .iter()
+            .any(|l| l.starts_with("B ") && l.contains("tracksRemoved")),
         "B told to remove A:v2, which no answer gave it: {lines:#?}"
     );
 }
