@@ -708,12 +708,12 @@ impl TrackNegotiation {
         for o in &mut state.outbound {
             // The answer must name this very track: a slot recycled while the answer was being
             // made still maps its mid to the old track in it.
-            if o.carried
-                || !o
-                    .mid
-                    .as_ref()
-                    .is_some_and(|m| mid_to_track_id.get(m) == Some(&o.track_id))
-            {
+            let named = o
+                .mid
+                .as_ref()
+                .and_then(|m| mid_to_track_id.get(m))
+                .is_some_and(|t| *t == o.track_id);
+            if o.carried || !named {
                 continue;
             }
             o.carried = true;
