@@ -1,7 +1,19 @@
-//! A simulated browser: phoenix.js's channel behaviour (join refs, heartbeats, rejoin after
-//! `phx_error`, reconnect after a dropped socket) plus the media-event client's roster, speaking
-//! real Phoenix V2 frames. It checks the server's promises as frames arrive (the client-side
-//! safety oracles) and reports its view for the liveness check.
+//! A simulated browser: phoenix.js 1.8.16's channel behaviour plus the media-event client's
+//! roster, speaking real Phoenix V2 frames. It checks the server's promises as frames arrive
+//! (the client-side safety oracles) and reports its view for the liveness check.
+//!
+//! It forgives nothing phoenix.js would not: a `phx_error` is rejoined with backoff, a refused
+//! join is retried forever, a dropped socket reconnects and rejoins under a new join_ref, but a
+//! server `phx_close` removes the channel for good, so a close the client did not ask for
+//! strands the user and is a safety violation unless the server promised it (the reply to its
+//! own `phx_leave`, the old channel of its duplicate join, a squatter `dropped` after the
+//! connect grace). A refused join is checked against the refusals the server may give in the
+//! world's configuration. Inbound frames whose join_ref is not the channel's current one are
+//! dropped, as phoenix.js drops them, and one arriving where the server promised it cannot (a
+//! reply echoing another join_ref, a push on an old channel after the new one joined) is a
+//! violation. Like a slow tab with buffered pushes, the client also keeps sending on join_refs
+//! it let go of for a while (S13/S14: the server must ignore those, never act on them for the
+//! new channel), and it fires bursts of publish/unpublish/leave/rejoin while an offer is open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -37,10 +49,10 @@ pub struct View {
     pub joined: bool,
     pub peer_id: Option<String>,
     pub join_ref: Option<String>,
-    /// Join refs this client let go of (left, re-joined over, lost with its socket).
-    pub gone: BTreeSet<String>,
-    /// Other clients this client sees in its room (by client index, from endpoint metadata).
-    pub sees: BTreeSet<usize>,
+    /// Join refs whose connection ended (nothing could arrive on them any more).
+    pub lost: BTreeSet<String>,
+    /// The endpoints this client sees in its room: peer id → client index (from metadata).
+    pub sees: BTreeMap<String, usize>,
     pub connected: bool,
     /// The reason of the last refused join, if the last join was refused.
     pub refused: Option<String>,
@@ -48,6 +60,12 @@ pub struct View {
     pub squatter: bool,
     /// The reason the server gave when it dropped this client's channel.
     pub dropped: Option<String>,
+    /// The server closed this client's channel without an allowed reason: phoenix.js never
+    /// rejoins, the user is stranded (already reported as a safety violation).
+    pub stranded: bool,
+    /// Negotiation the server still owes this client, if any (an open offer, a renegotiation
+    /// asked for and not started).
+    pub owed: Option<&'static str>,
 }
 
 pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
@@ -78,8 +96,25 @@ pub struct Client {
     chan: Option<Chan>,
     /// Refs of requests sent on this connection, and how many replies each got.
     replies: BTreeMap<String, u32>,
-    /// Join refs whose channel the client let go of (leave, duplicate join, errored).
-    gone: BTreeSet<String>,
+    /// Join refs lost with their connection.
+    lost: BTreeSet<String>,
+    /// Join refs used on the current connection.
+    on_conn: BTreeSet<String>,
+    /// Join refs the client sent `phx_leave` for (their `phx_close` is allowed).
+    left: BTreeSet<String>,
+    /// Join refs replaced by a duplicate join (their `phx_close` is allowed, S15).
+    replaced: BTreeSet<String>,
+    /// Join refs the server sent `dropped` on (their `phx_close` is allowed).
+    dropped_on: BTreeSet<String>,
+    /// Join refs the client let go of, newest last, with the topic: the stale sender's stock.
+    old: Vec<(String, String)>,
+    /// Refs of frames sent on an old join_ref, with that join_ref and whether it was a leave.
+    stale_refs: BTreeMap<String, (String, bool)>,
+    /// Join_ref each request was sent on.
+    sent_on: BTreeMap<String, Option<String>>,
+    stranded: bool,
+    /// A burst of negotiation actions is due (right after an offer went out).
+    burst_at: Option<time::Instant>,
     /// Join refs that got their phx_close / phx_error (nothing may follow on them).
     closed: BTreeSet<String>,
     errors: BTreeMap<String, u32>,
@@ -126,7 +161,16 @@ impl Client {
             room,
             chan: None,
             replies: BTreeMap::new(),
-            gone: BTreeSet::new(),
+            lost: BTreeSet::new(),
+            on_conn: BTreeSet::new(),
+            left: BTreeSet::new(),
+            replaced: BTreeSet::new(),
+            dropped_on: BTreeSet::new(),
+            old: Vec::new(),
+            stale_refs: BTreeMap::new(),
+            sent_on: BTreeMap::new(),
+            stranded: false,
+            burst_at: None,
             closed: BTreeSet::new(),
             errors: BTreeMap::new(),
             my_seq: 0,
@@ -149,16 +193,22 @@ impl Client {
             joined: self.chan.as_ref().is_some_and(|c| c.joined),
             peer_id: self.chan.as_ref().and_then(|c| c.peer_id.clone()),
             join_ref: self.chan.as_ref().map(|c| c.join_ref.clone()),
-            gone: self.gone.clone(),
+            lost: self.lost.clone(),
             sees: self
                 .chan
                 .as_ref()
-                .map(|c| c.roster.values().copied().collect())
+                .map(|c| c.roster.clone())
                 .unwrap_or_default(),
             connected,
             refused: self.refused.clone(),
             squatter: self.squatter,
             dropped: self.dropped.clone(),
+            stranded: self.stranded,
+            owed: self
+                .chan
+                .as_ref()
+                .filter(|c| c.joined)
+                .and_then(|c| c.neg.owed()),
         };
         self.views.lock().unwrap().insert(self.idx, v);
     }
@@ -194,18 +244,18 @@ impl Client {
             self.log("socket open");
             let (mut reader, mut writer) = wire::split(stream);
             // A new connection forgets every channel, as phoenix.js does.
-            if let Some(c) = self.chan.take() {
-                self.gone.insert(c.join_ref);
-            }
+            self.lose_channel();
             self.replies.clear();
+            self.sent_on.clear();
+            self.stale_refs.clear();
             self.pending_leave = None;
-            // A dropped squatter stays out, as phoenix.js does with a closed channel.
-            self.rejoin_at = self.dropped.is_none().then(time::now);
+            self.burst_at = None;
+            // A channel the server closed stays closed (phoenix.js removed it from the socket);
+            // one the socket lost is rejoined on the new socket.
+            self.rejoin_at = (self.dropped.is_none() && !self.stranded).then(time::now);
             self.publish_view(true);
             let step = self.connected(&mut reader, &mut writer).await;
-            if let Some(c) = self.chan.take() {
-                self.gone.insert(c.join_ref);
-            }
+            self.lose_channel();
             self.publish_view(false);
             match step {
                 Step::Reconnect => {
@@ -217,9 +267,27 @@ impl Client {
         }
     }
 
+    /// The connection ended, and its channels with it: a phx_error still owed for any of them
+    /// (even one the client had left, whose phx_error was already on its way) can never arrive.
+    fn lose_channel(&mut self) {
+        if let Some(c) = self.chan.take() {
+            self.let_go(c.join_ref, c.topic);
+        }
+        self.lost.append(&mut self.on_conn);
+    }
+
+    /// Remembers a join_ref the client no longer uses, for the stale sender.
+    fn let_go(&mut self, join_ref: String, topic: String) {
+        self.old.push((join_ref, topic));
+        if self.old.len() > 4 {
+            self.old.remove(0);
+        }
+    }
+
     async fn send(&mut self, w: &mut wire::Writer, f: Frame) -> bool {
         if let Some(r) = &f.msg_ref {
             self.replies.insert(r.clone(), 0);
+            self.sent_on.insert(r.clone(), f.join_ref.clone());
         }
         w.send(&WireFrame::Text(f.encode())).await
     }
@@ -229,8 +297,10 @@ impl Client {
         let topic = format!("room:{}", self.room);
         if let Some(old) = self.chan.take() {
             // A join over a live channel is the duplicate-join path: the server closes the old.
-            self.gone.insert(old.join_ref);
+            self.replaced.insert(old.join_ref.clone());
+            self.let_go(old.join_ref, old.topic);
         }
+        self.on_conn.insert(r.clone());
         self.chan = Some(Chan {
             topic: topic.clone(),
             join_ref: r.clone(),
@@ -241,6 +311,8 @@ impl Client {
             neg: Negotiator::default(),
         });
         self.log(format!("join {topic} ref {r}"));
+        // At once, so a room crash injected from now on expects no phx_error for the old one.
+        self.publish_view(true);
         let f = Frame {
             join_ref: Some(r.clone()),
             msg_ref: Some(r),
@@ -280,6 +352,7 @@ impl Client {
                 Some(heartbeat),
                 next_rejoin,
                 (phase == Phase::Chaos).then_some(action),
+                self.burst_at.filter(|_| phase == Phase::Chaos),
             ]
             .into_iter()
             .flatten()
@@ -325,6 +398,10 @@ impl Client {
                         action = now + self.swarm.action_gap();
                         if !self.act(w).await { return Step::Reconnect; }
                     }
+                    if phase == Phase::Chaos && self.burst_at.is_some_and(|t| now >= t) {
+                        self.burst_at = None;
+                        if !self.burst(w).await { return Step::Reconnect; }
+                    }
                 }
             }
         }
@@ -339,23 +416,7 @@ impl Client {
                 let seq = self.my_seq;
                 self.media(w, json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}})).await
             }
-            "leave" if joined && self.pending_leave.is_none() => {
-                let c = self.chan.take().expect("joined");
-                let r = self.fresh_ref();
-                self.log(format!("leave {} ref {r}", c.topic));
-                self.gone.insert(c.join_ref.clone());
-                self.pending_leave = Some(r.clone());
-                // Maybe move to another room ("joins across rooms").
-                self.room = self.rooms[rt::rand::below(self.rooms.len() as u64) as usize].clone();
-                let f = Frame {
-                    join_ref: Some(c.join_ref),
-                    msg_ref: Some(r),
-                    topic: c.topic,
-                    event: "phx_leave".into(),
-                    payload: json!({}),
-                };
-                self.send(w, f).await
-            }
+            "leave" if joined && self.pending_leave.is_none() => self.leave(w).await,
             "duplicate" if self.chan.is_some() => {
                 self.log("duplicate join");
                 self.join(w).await
@@ -406,8 +467,115 @@ impl Client {
                 self.log("drops its socket");
                 false
             }
+            "stale" => self.send_stale(w).await,
+            "burst" if joined => self.burst(w).await,
             _ => true,
         }
+    }
+
+    async fn leave(&mut self, w: &mut wire::Writer) -> bool {
+        let Some(c) = self.chan.take() else {
+            return true;
+        };
+        let r = self.fresh_ref();
+        self.log(format!("leave {} ref {r}", c.topic));
+        self.left.insert(c.join_ref.clone());
+        self.let_go(c.join_ref.clone(), c.topic.clone());
+        self.pending_leave = Some(r.clone());
+        // At once, so a room crash injected from now on expects no phx_error for it.
+        self.publish_view(true);
+        // Maybe move to another room ("joins across rooms").
+        self.room = self.rooms[rt::rand::below(self.rooms.len() as u64) as usize].clone();
+        let f = Frame {
+            join_ref: Some(c.join_ref),
+            msg_ref: Some(r),
+            topic: c.topic,
+            event: "phx_leave".into(),
+            payload: json!({}),
+        };
+        self.send(w, f).await
+    }
+
+    /// A frame on a join_ref the client already let go of, as a slow tab flushing buffered
+    /// pushes would send (S13/S14: the server must drop it, never act on it for a newer
+    /// channel). Metadata updates carry the stale join_ref, so receivers can tell them apart.
+    async fn send_stale(&mut self, w: &mut wire::Writer) -> bool {
+        let Some((jr, topic)) = self.old.last().cloned() else {
+            return true;
+        };
+        let r = self.fresh_ref();
+        let (event, payload) = match rt::rand::below(4) {
+            0 => ("phx_leave", json!({})),
+            1 => (
+                "mediaEvent",
+                json!({"data": json!({"type":"disconnect"}).to_string()}),
+            ),
+            2 => (
+                "mediaEvent",
+                json!({"data": json!({"type":"custom","data":{"type":"renegotiateTracks","data":{}}}).to_string()}),
+            ),
+            _ => (
+                "mediaEvent",
+                json!({"data": json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": 0, "stale": jr}}}).to_string()}),
+            ),
+        };
+        self.log(format!("stale {event} on {topic} jr {jr} ref {r}"));
+        self.oracles.reached("client: sent on a stale join_ref");
+        self.stale_refs
+            .insert(r.clone(), (jr.clone(), event == "phx_leave"));
+        let f = Frame {
+            join_ref: Some(jr),
+            msg_ref: Some(r),
+            topic,
+            event: event.into(),
+            payload,
+        };
+        self.send(w, f).await
+    }
+
+    /// Negotiation churn while an offer or answer is in flight: publish/unpublish in quick
+    /// succession, sometimes a leave or a rejoin in the middle, sometimes a stale frame.
+    async fn burst(&mut self, w: &mut wire::Writer) -> bool {
+        let n = 2 + rt::rand::below(4);
+        let open = self.chan.as_ref().is_some_and(|c| c.neg.offer_open());
+        self.log(format!("burst of {n} (offer open: {open})"));
+        if open {
+            self.oracles.reached("client: burst while an offer is open");
+        }
+        for _ in 0..n {
+            let ok = match rt::rand::below(8) {
+                0 => {
+                    if !self.chan.as_ref().is_some_and(|c| c.joined) || self.pending_leave.is_some()
+                    {
+                        return true;
+                    }
+                    return self.leave(w).await;
+                }
+                1 => {
+                    self.log("duplicate join");
+                    return self.join(w).await;
+                }
+                2 => self.send_stale(w).await,
+                _ => {
+                    let Some(c) = self.chan.as_mut().filter(|c| c.joined) else {
+                        return true;
+                    };
+                    let Some(peer) = c.peer_id.clone() else {
+                        return true;
+                    };
+                    let ev = if c.neg.is_publishing() {
+                        c.neg.unpublish()
+                    } else {
+                        c.neg.publish(&peer)
+                    };
+                    self.media(w, ev).await
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
     }
 
     /// Handles one inbound frame; false to drop the connection.
@@ -452,94 +620,56 @@ impl Client {
             }
         }
         if f.event == "phx_reply" {
-            let Some(r) = &f.msg_ref else {
-                self.oracles
-                    .fail(format!("c{}: reply without ref: {text}", self.idx));
-                return true;
-            };
-            match self.replies.get_mut(r) {
-                Some(n) => {
-                    *n += 1;
-                    let n = *n;
-                    self.oracles
-                        .check(n == 1, || format!("c{}: {n} replies to ref {r}", self.idx));
-                }
-                None => self
-                    .oracles
-                    .fail(format!("c{}: reply to unknown ref {r}", self.idx)),
-            }
-            let ok = f.payload.get("status").and_then(Value::as_str) == Some("ok");
-            if self.pending_leave.as_deref() == Some(r.as_str()) {
-                self.pending_leave = None;
-                self.rejoin_at = Some(time::now() + Duration::from_millis(rt::rand::below(100)));
-                return true;
-            }
-            let is_join = self
-                .chan
-                .as_ref()
-                .is_some_and(|c| Some(&c.join_ref) == f.msg_ref.as_ref());
-            if is_join {
-                self.oracles.check(f.join_ref == f.msg_ref, || {
-                    format!("c{}: join reply join_ref mismatch", self.idx)
-                });
-                self.refused = (!ok).then(|| {
-                    f.payload["response"]["reason"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string()
-                });
-                if ok {
-                    self.chan.as_mut().expect("join").joined = true;
-                    self.joined_at = Some(time::now());
-                    self.publish_view(true);
-                    if self.squatter {
-                        self.log("squats: never connects");
-                        return true;
-                    }
-                    return self.media(w, json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}})).await;
-                }
-                // Refused (e.g. room full): phoenix.js retries after a backoff.
-                if let Some(c) = self.chan.take() {
-                    self.gone.insert(c.join_ref);
-                }
-                self.rejoin_at =
-                    Some(time::now() + Duration::from_millis(100 + rt::rand::below(200)));
-                self.publish_view(true);
-            }
-            return true;
+            return self.on_reply(w, &f, text).await;
         }
         let current = self
             .chan
             .as_ref()
             .is_some_and(|c| f.join_ref.as_ref() == Some(&c.join_ref));
+        self.check_not_stale(&f, current);
         match f.event.as_str() {
             "phx_error" | "phx_close" => {
-                if let Some(jr) = &f.join_ref {
-                    self.closed.insert(jr.clone());
-                    if f.event == "phx_error" {
-                        let n = self.errors.entry(jr.clone()).or_default();
-                        *n += 1;
-                        let n = *n;
-                        self.oracles.check(n == 1, || {
-                            format!("c{}: {n} phx_error for join_ref {jr}", self.idx)
-                        });
-                        self.oracles.errored(self.idx, jr);
-                    }
+                let Some(jr) = f.join_ref.clone() else {
+                    self.oracles.fail(format!(
+                        "c{}: {} on {} without a join_ref",
+                        self.idx, f.event, f.topic
+                    ));
+                    return true;
+                };
+                self.closed.insert(jr.clone());
+                if f.event == "phx_error" {
+                    let n = self.errors.entry(jr.clone()).or_default();
+                    *n += 1;
+                    let n = *n;
+                    self.oracles.check(n == 1, || {
+                        format!("c{}: {n} phx_error for join_ref {jr}", self.idx)
+                    });
+                    self.oracles.errored(self.idx, &jr);
+                } else {
+                    self.check_close_allowed(&jr, &f.topic);
                 }
                 if current {
                     let c = self.chan.take().expect("current");
-                    self.gone.insert(c.join_ref);
-                    self.publish_view(true);
-                    // phoenix.js rejoins an errored channel by itself; a closed one only if we
-                    // did not mean to leave (a server-side close of a live channel). A dropped
-                    // squatter was told why and stays out.
-                    if self.dropped.is_none() {
+                    self.let_go(c.join_ref, c.topic);
+                    if f.event == "phx_error" {
+                        // phoenix.js rejoins an errored channel by itself, after a backoff.
                         self.rejoin_at =
                             Some(time::now() + Duration::from_millis(50 + rt::rand::below(150)));
+                    } else if self.dropped.is_none() {
+                        // phoenix.js removed the channel from the socket: it is never rejoined
+                        // and this user is stranded (reported by check_close_allowed).
+                        self.stranded = true;
+                        self.log("stranded: the server closed its channel");
                     }
+                    self.publish_view(true);
                 }
             }
-            "dropped" if current => self.on_dropped(&f.payload),
+            "dropped" if current => {
+                if let Some(jr) = &f.join_ref {
+                    self.dropped_on.insert(jr.clone());
+                }
+                self.on_dropped(&f.payload)
+            }
             "mediaEvent" if current => {
                 let data = f.payload.get("data").and_then(Value::as_str).unwrap_or("");
                 let replies = match serde_json::from_str::<Value>(data) {
@@ -553,14 +683,188 @@ impl Client {
                 };
                 self.publish_view(true);
                 for ev in replies {
+                    let offer = ev["data"]["type"] == "sdpOffer";
                     if !self.media(w, ev).await {
                         return false;
+                    }
+                    // Sometimes churn right away, while the answer is outstanding.
+                    if offer && self.weight("burst") > 0 && rt::rand::chance(0.5) {
+                        self.burst_at =
+                            Some(time::now() + Duration::from_millis(rt::rand::below(40)));
                     }
                 }
             }
             _ => {}
         }
         true
+    }
+
+    /// The swarm's weight of `action` (0 when off).
+    fn weight(&self, action: &str) -> u64 {
+        action
+            .parse::<crate::swarm::Action>()
+            .ok()
+            .and_then(|a| self.swarm.actions.get(&a).copied())
+            .unwrap_or(0)
+    }
+
+    /// A `phx_reply`: counted, matched to what it answers, and checked.
+    async fn on_reply(&mut self, w: &mut wire::Writer, f: &Frame, text: &str) -> bool {
+        let idx = self.idx;
+        let Some(r) = f.msg_ref.clone() else {
+            self.oracles
+                .fail(format!("c{idx}: reply without ref: {text}"));
+            return true;
+        };
+        match self.replies.get_mut(&r) {
+            Some(n) => {
+                *n += 1;
+                let n = *n;
+                self.oracles
+                    .check(n == 1, || format!("c{idx}: {n} replies to ref {r}"));
+            }
+            None => self
+                .oracles
+                .fail(format!("c{idx}: reply to unknown ref {r}")),
+        }
+        let status = f
+            .payload
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let ok = status == "ok";
+        // phoenix.js hands a reply to its push only if it echoes the channel's join_ref (or
+        // none): any other is dropped and the push times out, a reply lost for the user.
+        if let (Some(got), Some(Some(sent))) = (&f.join_ref, self.sent_on.get(&r)) {
+            self.oracles.check(got == sent, || {
+                format!(
+                    "c{idx}: reply to ref {r} carries join_ref {got}, the push was sent on {sent}"
+                )
+            });
+        }
+        if let Some((jr, leave)) = self.stale_refs.remove(&r) {
+            // S7 (topic not joined: error, null join_ref) or S12 (a leave of a topic not
+            // joined: ok). Anything else means a newer channel handled it.
+            // (That the reply does not carry the current channel's join_ref is checked above.)
+            self.oracles.check(!ok || leave, || {
+                format!("c{idx}: the mediaEvent it sent on stale join_ref {jr} was answered ok")
+            });
+            return true;
+        }
+        if self.pending_leave.as_deref() == Some(r.as_str()) {
+            self.pending_leave = None;
+            self.rejoin_at = Some(time::now() + Duration::from_millis(rt::rand::below(100)));
+            return true;
+        }
+        let is_join = self
+            .chan
+            .as_ref()
+            .is_some_and(|c| Some(&c.join_ref) == f.msg_ref.as_ref());
+        if !is_join {
+            return true;
+        }
+        self.oracles.check(f.join_ref == f.msg_ref, || {
+            format!("c{idx}: join reply join_ref mismatch")
+        });
+        self.refused = (!ok).then(|| {
+            f.payload["response"]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        });
+        if ok {
+            self.chan.as_mut().expect("join").joined = true;
+            self.joined_at = Some(time::now());
+            self.publish_view(true);
+            if self.squatter {
+                self.log("squats: never connects");
+                return true;
+            }
+            return self.media(w, json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}})).await;
+        }
+        let reason = self.refused.clone().unwrap_or_default();
+        self.check_refusal(&reason);
+        // Refused: phoenix.js retries after a backoff, forever, whatever the reason.
+        if let Some(c) = self.chan.take() {
+            self.let_go(c.join_ref, c.topic);
+        }
+        self.rejoin_at = Some(time::now() + Duration::from_millis(100 + rt::rand::below(200)));
+        self.publish_view(true);
+        true
+    }
+
+    /// A server `phx_close` is allowed only where the server promises one: the reply to the
+    /// client's own `phx_leave` (S11), the old channel of its duplicate join (S15), a channel
+    /// the room dropped after telling why (`dropped`, a squatter past the connect grace).
+    fn check_close_allowed(&mut self, jr: &str, topic: &str) {
+        let idx = self.idx;
+        let allowed =
+            self.left.contains(jr) || self.replaced.contains(jr) || self.dropped_on.contains(jr);
+        self.oracles.check(allowed, || {
+            format!("server closed c{idx}'s channel jr {jr} on {topic} without an allowed reason")
+        });
+    }
+
+    /// A refusal only for a reason the server may give in this world (README: a full room, the
+    /// room limit, a join that crashed or could not start its room under faults).
+    fn check_refusal(&mut self, reason: &str) {
+        let idx = self.idx;
+        let sw = &self.swarm;
+        let has = |f: &str| sw.faults.iter().any(|x| x.name() == f);
+        // Slots held by peers whose client already moved on: a connection the server has not
+        // yet seen die (network faults, a dropped socket), or the old channel of a duplicate
+        // join whose exit the room has not yet processed.
+        let ghosts = ["clog", "partition", "loss", "latency", "socket_drop"]
+            .iter()
+            .any(|f| has(f))
+            || self.weight("disconnect") > 0
+            || self.weight("duplicate") > 0
+            || self.weight("burst") > 0
+            || self.weight("stale") > 0;
+        let max_rooms = sw
+            .max_rooms
+            .unwrap_or(videoroom::app::Limits::default().max_rooms);
+        let allowed = match reason {
+            "room is full" => sw.clients > sw.max_peers_per_room || ghosts,
+            r if r == videoroom::channel::ROOM_LIMIT_REASON => max_rooms < sw.rooms,
+            // The channel died before answering: killed by a fault, or its socket's mailbox
+            // was full when it answered.
+            "join crashed" => has("channel_crash") || sw.queue_cap > 0,
+            // The room kept dying under the join, or its mailbox stayed full.
+            "failed to start room" => has("room_crash") || has("engine_crash") || sw.queue_cap > 0,
+            _ => false,
+        };
+        self.oracles.reached("client: join refused");
+        self.oracles.check(allowed, || {
+            format!("c{idx}: join refused for {reason:?}, which this world cannot justify")
+        });
+    }
+
+    /// A push carries a join_ref this connection joined with. Once the current channel has
+    /// joined, nothing may arrive on an older channel of this connection but the `phx_close` of
+    /// the one a duplicate join replaced (S15): the server forgot the older ones before it
+    /// answered the join.
+    fn check_not_stale(&mut self, f: &Frame, current: bool) {
+        let Some(jr) = &f.join_ref else { return };
+        if !self.on_conn.contains(jr) {
+            let idx = self.idx;
+            self.oracles.fail(format!(
+                "c{idx}: {} on {} with join_ref {jr}, which this connection never joined with",
+                f.event, f.topic
+            ));
+            return;
+        }
+        let Some(c) = self.chan.as_ref().filter(|c| c.joined) else {
+            return;
+        };
+        if current || (f.event == "phx_close" && self.replaced.contains(jr)) {
+            return;
+        }
+        let idx = self.idx;
+        let (event, topic, cur) = (&f.event, &f.topic, &c.join_ref);
+        self.oracles.fail(format!(
+            "c{idx}: {event} on {topic} with older join_ref {jr} after channel {cur} joined"
+        ));
     }
 
     /// The server dropped this channel. Only a client that never connects may be dropped, never
@@ -598,6 +902,30 @@ impl Client {
         };
         let data = &ev["data"];
         let client_of = |e: &Value| e["metadata"]["client"].as_u64().map(|x| x as usize);
+        // A metadata update sent on an old join_ref (S14) must never become a peer's metadata.
+        let stale_meta = |e: &Value| {
+            let stale = &e["metadata"]["stale"];
+            (!stale.is_null()).then(|| {
+                format!(
+                    "{who}: peer {} carries metadata its client sent on stale join_ref {stale}",
+                    e["id"].as_str().unwrap_or("?")
+                )
+            })
+        };
+        let endpoints: Vec<&Value> = match ev["type"].as_str().unwrap_or("") {
+            "connected" => data["otherEndpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect(),
+            "endpointAdded" | "endpointUpdated" => vec![data],
+            _ => Vec::new(),
+        };
+        for e in endpoints {
+            if let Some(v) = stale_meta(e) {
+                self.oracles.fail(v);
+            }
+        }
         match ev["type"].as_str().unwrap_or("") {
             "connected" => {
                 c.peer_id = data["id"].as_str().map(str::to_string);

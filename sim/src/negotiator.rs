@@ -5,7 +5,9 @@
 //! `offerData` never counts tracks the client was not told about (`tracksAdded` comes first),
 //! every active mid of an answer is in its `midToTrackId`, `tracksRemoved` only names
 //! tracks an answer gave this client, and a recycled mid carries a new track only after an
-//! answer made it inactive once the client knew its old track was gone.
+//! answer made it inactive once the client knew its old track was gone. What the server still
+//! owes ([`Negotiator::owed`]: an answer to the open offer, an `offerData` after a
+//! `renegotiateTracks`) must be nothing once the world has settled.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +31,8 @@ pub struct Negotiator {
     last_types: (u64, u64),
     /// An offer was sent and its answer has not come yet.
     offer_open: bool,
+    /// `renegotiateTracks` was sent and no `offerData` has come since.
+    asked: bool,
     /// Tracks other endpoints were announced with (connected + tracksAdded), ever.
     announced: BTreeSet<String>,
     /// Tracks some answer mapped to one of this client's m-lines.
@@ -56,6 +60,21 @@ impl Negotiator {
         self.published().next().is_some()
     }
 
+    pub fn offer_open(&self) -> bool {
+        self.offer_open
+    }
+
+    /// What the server still owes this client's negotiation, if anything.
+    pub fn owed(&self) -> Option<&'static str> {
+        if self.offer_open {
+            Some("an sdpAnswer to its sdpOffer")
+        } else if self.asked {
+            Some("an offerData after its renegotiateTracks")
+        } else {
+            None
+        }
+    }
+
     /// Adds an audio and a video track; returns the event asking for a negotiation.
     pub fn publish(&mut self, peer_id: &str) -> Value {
         for kind in ["audio", "video"] {
@@ -68,6 +87,7 @@ impl Negotiator {
                 track: Some(format!("{peer_id}:{kind}{}", self.next_track)),
             });
         }
+        self.asked = true;
         custom("renegotiateTracks", json!({}))
     }
 
@@ -76,6 +96,7 @@ impl Negotiator {
         for m in self.mlines.iter_mut().filter(|m| m.track.is_some()) {
             m.dir = "inactive";
         }
+        self.asked = true;
         custom("renegotiateTracks", json!({}))
     }
 
@@ -96,13 +117,17 @@ impl Negotiator {
         }
     }
 
+    /// Every track of the endpoint is gone for the client, also one announced whose answer is
+    /// still on its way (the server promises track ids start with `<endpoint id>:`).
     pub fn on_endpoint_removed(&mut self, endpoint: &str) {
         let prefix = format!("{endpoint}:");
         let gone: Vec<String> = self
             .carried
             .values()
-            .map(|(t, _)| t.clone())
+            .map(|(t, _)| t)
+            .chain(&self.announced)
             .filter(|t| t.starts_with(&prefix))
+            .cloned()
             .collect();
         self.gone.extend(gone);
     }
@@ -147,6 +172,7 @@ impl Negotiator {
             }
         }
         self.offer_open = true;
+        self.asked = false;
         self.negotiations += 1;
         oracles.reached("client: offerData answered with an offer");
         let mut sdp = String::from("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");

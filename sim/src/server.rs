@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use videoroom::app::{App, Limits};
 use videoroom::conn::{self, Transport, WsIn, WsOut};
 use videoroom::rt::watch;
+use videoroom::engine::PlaneFactory;
 
 use crate::wire::{self, WireFrame};
 
@@ -20,8 +21,11 @@ pub const SOCKET_LABEL: &str = "socket";
 /// The current incarnation's App (replaced when the node restarts), for the oracles.
 pub type CurrentApp = Arc<Mutex<Option<App>>>;
 
-pub async fn serve(current: CurrentApp, limits: Limits) {
+/// `plane_latency`: the most a room's fake media plane takes to answer an offer (0: at once).
+pub async fn serve(current: CurrentApp, limits: Limits, plane_latency: std::time::Duration) {
     let app = App::new(limits);
+    let negotiation = (*app.negotiation).clone();
+    let app = app.with_media(negotiation, PlaneFactory::fake_with_latency(plane_latency));
     *current.lock().unwrap() = Some(app.clone());
     // The world kills the node before restarting it, which frees its ports; retry anyway in
     // case a previous incarnation's listener is still being torn down.

@@ -24,6 +24,10 @@ named_enum! {
         Publish = "publish",
         Unpublish = "unpublish",
         Flood = "flood",
+        // A frame on a join_ref the client let go of (client.rs `send_stale`).
+        Stale = "stale",
+        // Publish/unpublish/leave/rejoin churn, also right after an offer (client.rs `burst`).
+        Burst = "burst",
     }
 }
 

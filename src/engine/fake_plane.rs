@@ -5,11 +5,22 @@
 //! credentials and fingerprint, the offer's own codecs), then reports one fake host candidate,
 //! the start or end of inbound tracks, and `Connected`.
 //!
-//! It must never read a clock, draw randomness or touch a socket: for one sequence of calls it
-//! reports the same events byte for byte.
+//! Built with [`FakePlane::with_latency`] (the simulation does), each offer's events are held
+//! back for a seeded random delay, as a real plane's ICE gathering and handshakes are, so the
+//! negotiation windows open: a renegotiation while an answer is outstanding, a leave or a room
+//! crash while it is in flight. Delays never reorder: one plane's events go out in the order of
+//! the offers that caused them, and none after the plane is dropped.
+//!
+//! It must never touch a socket; without latency it never reads a clock or draws randomness,
+//! and for one sequence of calls it reports the same events byte for byte.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::rt;
 
 use super::events::TrackId;
 use super::plane::{MLineRole, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink};
@@ -27,10 +38,24 @@ struct FakePeer {
     inbound: BTreeSet<TrackId>,
 }
 
+/// Where an offer's events go: straight to the sink, or through the delaying task.
+#[derive(Debug)]
+enum Outbox {
+    Now(PlaneSink),
+    Later {
+        tx: mpsc::UnboundedSender<(rt::time::Instant, Vec<PlaneEvent>)>,
+        max: Duration,
+        /// The delivery instant of the last batch: later batches never go out before it.
+        last: Option<rt::time::Instant>,
+        /// Dropped with the plane: the task then discards what is still waiting.
+        _alive: oneshot::Sender<()>,
+    },
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct FakePlane {
-    sink: PlaneSink,
+    out: Outbox,
     peers: BTreeMap<PeerId, FakePeer>,
     keyframe_requests: u64,
 }
@@ -38,7 +63,40 @@ pub struct FakePlane {
 impl FakePlane {
     pub fn new(sink: PlaneSink) -> Self {
         FakePlane {
-            sink,
+            out: Outbox::Now(sink),
+            peers: BTreeMap::new(),
+            keyframe_requests: 0,
+        }
+    }
+
+    /// A plane whose answers (and the events that follow them) arrive after a delay drawn
+    /// uniformly below `max` from `rt::rand` (seeded under simulation). Spawns the delivering
+    /// task, so it must be called inside the runtime. `max` zero is [`Self::new`].
+    pub fn with_latency(sink: PlaneSink, max: Duration) -> Self {
+        if max.is_zero() {
+            return Self::new(sink);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<(rt::time::Instant, Vec<PlaneEvent>)>();
+        let (alive, mut gone) = oneshot::channel::<()>();
+        rt::spawn_task(async move {
+            while let Some((at, events)) = rx.recv().await {
+                tokio::select! {
+                    biased;
+                    _ = &mut gone => return,
+                    _ = rt::time::sleep_until(at) => {}
+                }
+                for e in events {
+                    sink.send(e);
+                }
+            }
+        });
+        FakePlane {
+            out: Outbox::Later {
+                tx,
+                max,
+                last: None,
+                _alive: alive,
+            },
             peers: BTreeMap::new(),
             keyframe_requests: 0,
         }
@@ -63,45 +121,8 @@ impl MediaPlane for FakePlane {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
-        state.answers += 1;
-        let result = fake_answer(&offer, state.answers);
-        let ok = result.is_ok();
-        self.sink.send(PlaneEvent::Answer {
-            peer: peer.to_owned(),
-            negotiation: offer.negotiation,
-            result,
-        });
-        if !ok {
-            return;
-        }
-        self.sink.send(PlaneEvent::LocalCandidate {
-            peer: peer.to_owned(),
-            candidate: FAKE_CANDIDATE.to_owned(),
-        });
-        let inbound: BTreeSet<TrackId> = offer
-            .mlines
-            .iter()
-            .filter_map(|m| match &m.role {
-                MLineRole::Inbound { track_id, .. } => Some(track_id.clone()),
-                _ => None,
-            })
-            .collect();
-        for track_id in state.inbound.difference(&inbound) {
-            self.sink.send(PlaneEvent::TrackEnded {
-                peer: peer.to_owned(),
-                track_id: track_id.clone(),
-            });
-        }
-        for track_id in inbound.difference(&state.inbound) {
-            self.sink.send(PlaneEvent::TrackStarted {
-                peer: peer.to_owned(),
-                track_id: track_id.clone(),
-            });
-        }
-        state.inbound = inbound;
-        self.sink.send(PlaneEvent::Connected {
-            peer: peer.to_owned(),
-        });
+        let events = answer_events(state, peer, &offer);
+        self.deliver(events);
     }
 
     fn remote_candidate(&mut self, _peer: &str, _candidate: &str, _index: Option<u32>) {}
@@ -109,6 +130,67 @@ impl MediaPlane for FakePlane {
     fn request_keyframe(&mut self, _publisher: &str, _track_id: &str) {
         self.keyframe_requests += 1;
     }
+}
+
+impl FakePlane {
+    fn deliver(&mut self, events: Vec<PlaneEvent>) {
+        match &mut self.out {
+            Outbox::Now(sink) => events.into_iter().for_each(|e| sink.send(e)),
+            Outbox::Later { tx, max, last, .. } => {
+                let delay = Duration::from_micros(rt::rand::below(max.as_micros() as u64));
+                let at = rt::time::now() + delay;
+                let at = last.map_or(at, |l| l.max(at));
+                *last = Some(at);
+                // The task only ends when this sender is dropped.
+                let _ = tx.send((at, events));
+            }
+        }
+    }
+}
+
+/// What the plane reports for one offer of `peer`, updating what it knows of the peer.
+fn answer_events(state: &mut FakePeer, peer: &str, offer: &PlaneOffer) -> Vec<PlaneEvent> {
+    let mut out = Vec::new();
+    state.answers += 1;
+    let result = fake_answer(offer, state.answers);
+    let ok = result.is_ok();
+    out.push(PlaneEvent::Answer {
+        peer: peer.to_owned(),
+        negotiation: offer.negotiation,
+        result,
+    });
+    if !ok {
+        return out;
+    }
+    out.push(PlaneEvent::LocalCandidate {
+        peer: peer.to_owned(),
+        candidate: FAKE_CANDIDATE.to_owned(),
+    });
+    let inbound: BTreeSet<TrackId> = offer
+        .mlines
+        .iter()
+        .filter_map(|m| match &m.role {
+            MLineRole::Inbound { track_id, .. } => Some(track_id.clone()),
+            _ => None,
+        })
+        .collect();
+    for track_id in state.inbound.difference(&inbound) {
+        out.push(PlaneEvent::TrackEnded {
+            peer: peer.to_owned(),
+            track_id: track_id.clone(),
+        });
+    }
+    for track_id in inbound.difference(&state.inbound) {
+        out.push(PlaneEvent::TrackStarted {
+            peer: peer.to_owned(),
+            track_id: track_id.clone(),
+        });
+    }
+    state.inbound = inbound;
+    out.push(PlaneEvent::Connected {
+        peer: peer.to_owned(),
+    });
+    out
 }
 
 /// The answer the fake plane gives to `offer`; `version` distinguishes successive answers to
@@ -310,5 +392,41 @@ mod tests {
                 r#"Connected { peer: "p" }"#,
             ]
         );
+    }
+
+    /// With latency the same events arrive, in offer order, once the delays have passed; a
+    /// dropped plane reports nothing more.
+    #[tokio::test]
+    async fn latency_delays_without_reordering_and_stops_when_dropped() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = PlaneSink::new(move |e| {
+            let _ = tx.send(e);
+        });
+        let mut plane = FakePlane::with_latency(sink.clone(), Duration::from_millis(5));
+        plane.add_peer("p");
+        let negotiations: Vec<u64> = (1..=20).collect();
+        for n in &negotiations {
+            let mut o = offer();
+            o.negotiation = *n;
+            plane.offer("p", o);
+        }
+        let mut answered = Vec::new();
+        while answered.len() < negotiations.len() {
+            if let Some(PlaneEvent::Answer { negotiation, .. }) = rx.recv().await {
+                answered.push(negotiation);
+            }
+        }
+        assert_eq!(answered, negotiations);
+
+        let mut dropped = FakePlane::with_latency(sink, Duration::from_secs(3600));
+        dropped.add_peer("q");
+        dropped.offer("q", offer());
+        drop(dropped);
+        drop(plane);
+        // Every sender is gone once both delivering tasks have ended; a batch still waiting
+        // would be a message here.
+        while let Some(e) = rx.recv().await {
+            assert!(!matches!(e, PlaneEvent::Answer { .. }), "late {e:?}");
+        }
     }
 }

@@ -186,6 +186,12 @@ impl PlaneFactory {
         PlaneFactory::new(|_room, sink| Box::new(super::FakePlane::new(sink)))
     }
 
+    /// The network-free plane answering after a seeded delay below `max` (see
+    /// [`FakePlane::with_latency`](super::FakePlane::with_latency)): what the simulation runs.
+    pub fn fake_with_latency(max: std::time::Duration) -> Self {
+        PlaneFactory::new(move |_room, sink| Box::new(super::FakePlane::with_latency(sink, max)))
+    }
+
     pub fn build(&self, room: &str, sink: PlaneSink) -> Box<dyn MediaPlane> {
         (self.0)(room, sink)
     }

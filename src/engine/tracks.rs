@@ -708,12 +708,14 @@ impl TrackNegotiation {
         }
         let mut keyframes = Vec::new();
         for o in &mut state.outbound {
-            if o.carried
-                || !o
-                    .mid
-                    .as_ref()
-                    .is_some_and(|m| mid_to_track_id.contains_key(m))
-            {
+            // The answer must name this very track: a slot recycled while the answer was being
+            // made still maps its mid to the old track in it.
+            let named = o
+                .mid
+                .as_ref()
+                .and_then(|m| mid_to_track_id.get(m))
+                .is_some_and(|t| *t == o.track_id);
+            if o.carried || !named {
                 continue;
             }
             o.carried = true;

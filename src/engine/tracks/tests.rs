@@ -422,6 +422,67 @@ fn removed_track_keeps_its_m_line_until_an_inactive_answer_then_the_slot_is_recy
     );
 }
 
+/// A retired slot recycled while the subscriber's answer is still being made: that answer maps
+/// the mid to the OLD track, so the new track is not carried yet and its removal must wait for
+/// an answer that names it (the simulation found this once the plane answered with latency).
+#[test]
+fn a_slot_recycled_while_an_answer_is_outstanding_is_not_carried_by_that_answer() {
+    let mut h = b_subscribed();
+    h.send("A", RENEGOTIATE);
+    let removed = sdp_offer(
+        &[("0", "audio", "sendonly"), ("1", "video", "inactive")],
+        &[("0", "A:a")],
+        &[],
+    );
+    h.send("A", &removed);
+    h.answer("A");
+    // B's answer makes mid 1 inactive after tracksRemoved: the slot is retired.
+    h.send("B", &b_receives_two());
+    h.answer("B");
+    // B answers its next offerData; its answer is outstanding while A publishes a new camera.
+    h.send("B", &b_receives_two());
+    assert!(h.offers.contains_key("B"));
+    h.send("A", RENEGOTIATE);
+    let camera = sdp_offer(
+        &[
+            ("0", "audio", "sendonly"),
+            ("1", "video", "inactive"),
+            ("2", "video", "sendonly"),
+        ],
+        &[("0", "A:a"), ("2", "A:v2")],
+        &[],
+    );
+    let lines = h.send("A", &camera);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""tracksAdded""#) && l.contains("A:v2")),
+        "{lines:#?}"
+    );
+    // The outstanding answer still maps mid 1 to the old track.
+    let lines = h.answer("B");
+    assert_eq!(lines[0], answer("B", r#""0":"A:a","1":"A:v""#));
+    h.answer("A");
+    // A stops the new camera before any answer gave it to B: no tracksRemoved for it yet.
+    h.send("A", RENEGOTIATE);
+    let stop = sdp_offer(
+        &[
+            ("0", "audio", "sendonly"),
+            ("1", "video", "inactive"),
+            ("2", "video", "inactive"),
+        ],
+        &[("0", "A:a")],
+        &[],
+    );
+    let lines = h.send("A", &stop);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("B ") && l.contains("tracksRemoved")),
+        "B told to remove A:v2, which no answer gave it: {lines:#?}"
+    );
+}
+
 #[test]
 fn leave_sends_tracks_removed_then_endpoint_removed_then_offer_data() {
     let mut h = b_subscribed();
