@@ -25,6 +25,11 @@ pub const SOMETIMES: &[&str] = &[
     "UndecodableFrame",
     "BroadcastOverBudget",
     "InboundTrackEnded",
+    // A frame on a join_ref the connection let go of, dropped by the socket core.
+    "StaleFrameIgnored",
+    "client: sent on a stale join_ref",
+    // Publish/unpublish/leave churn while the client's offer waits for its answer.
+    "client: burst while an offer is open",
     "client: sdpAnswer applied",
     "client: tracksRemoved",
 ];
