@@ -6,6 +6,7 @@
 #   scripts/plants.sh 05 sim/plants/17-*   only these (a number prefix or a path)
 #   scripts/plants.sh --tokio 13 22        also run the tokio suite on the plants the
 #                                          simulation missed (cargo test --lib, --test it)
+#   scripts/plants.sh --tokio-only 13 22   only the tokio suite (for plants already measured)
 #
 # Each patch is applied to a scratch git worktree of HEAD under $PLANTS_OUT (the caller's
 # working tree is never touched: commit what you want measured), the simulation test binary is
@@ -22,7 +23,8 @@
 # the unplanted tree is run once (the baseline); if it fails, every "caught" is suspect and the
 # script says so.
 #
-# Output: a table on stdout, $PLANTS_OUT/results.tsv and results.json, logs in $PLANTS_OUT/logs.
+# Output: a table on stdout, $PLANTS_OUT/results.tsv and results.json (PLANTS_RESULTS=path.tsv
+# for another name), logs in $PLANTS_OUT/logs.
 # Environment: PLANTS_OUT (default target/plants), PLANTS_TIMEOUT (seconds per plant for the
 # simulation suite, default 900), PLANTS_TOKIO_TIMEOUT (per tokio command, default 900),
 # PLANTS_REV (default HEAD), PLANTS_NO_BASELINE=1 to skip the baseline.
@@ -31,10 +33,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root="$PWD"
 
 tokio=0
+skip_sim=0
 sel=()
 for a in "$@"; do
   case "$a" in
     --tokio) tokio=1 ;;
+    --tokio-only) tokio=1 skip_sim=1 ;;
     -h | --help)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
       exit 0
@@ -88,7 +92,11 @@ fi
 # Seed the plants' target dirs from the caller's (compiled dependencies are path-independent).
 [ -d "$sim_target" ] || { [ -d "$root/target/sim" ] && cp -a "$root/target/sim" "$sim_target"; } || true
 
-sim_env=(env RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim" CARGO_TARGET_DIR="$sim_target")
+# Incremental compilation in the sim profile (own target dir only): a one-line plant then
+# rebuilds in a fraction of the time; the optimisation level and debug assertions are the test
+# command's.
+sim_env=(env RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim" CARGO_TARGET_DIR="$sim_target"
+  CARGO_PROFILE_SIM_INCREMENTAL=true)
 sim_test=(cargo test -p videoroom-sim --profile sim)
 
 # Runs the simulation suite in $tree; sets run_rc, run_secs; log in $1.
@@ -145,7 +153,50 @@ meta() { # class and module from a patch's header and diff
   printf '%s\t%s' "${class:-?}" "${module:-?}"
 }
 
-if [ "${PLANTS_NO_BASELINE:-0}" != 1 ]; then
+# The rest of the suite (unit tests, then the wire tests on real tokio) in $tree; prints
+# "missed", "caught(<tests>)" for tests that fail here but not on the unplanted tree, or
+# "caught-timeout(<command>)". Logs go to $1.tokio-*.log.
+run_tokio() {
+  local log="$1" t rc failed new
+  for t in lib it; do
+    local args=(--lib)
+    [ "$t" = it ] && args=(--test it)
+    set +e
+    (cd "$tree" && CARGO_TARGET_DIR="$tokio_target" timeout -k 20 "$tokio_limit" \
+      cargo test "${args[@]}") >"$log.tokio-$t.log" 2>&1
+    rc=$?
+    set -e
+    [ "$rc" = 0 ] && continue
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      echo "caught-timeout($t)"
+      return
+    fi
+    failed=$(grep -E '^test .* \.\.\. FAILED$' "$log.tokio-$t.log" | awk '{print $2}' | sort -u)
+    [ -n "$failed" ] || failed="(build or harness: see log)"
+    new=$(comm -23 <(printf '%s\n' "$failed") <(printf '%s\n' "${tokio_baseline[@]}" | sort -u))
+    if [ -n "$new" ]; then
+      echo "caught($(sed 's/.*:://' <<<"$new" | paste -sd, -))"
+      return
+    fi
+  done
+  echo missed
+}
+
+tokio_baseline=()
+if [ "$tokio" = 1 ]; then
+  echo "==> tokio baseline: cargo test --lib and --test it on the unplanted tree"
+  for t in lib it; do
+    args=(--lib)
+    [ "$t" = it ] && args=(--test it)
+    (cd "$tree" && CARGO_TARGET_DIR="$tokio_target" timeout -k 20 "$tokio_limit" \
+      cargo test "${args[@]}") >"$out/logs/baseline.tokio-$t.log" 2>&1 || true
+    while IFS= read -r f; do tokio_baseline+=("$f"); done \
+      < <(grep -E '^test .* \.\.\. FAILED$' "$out/logs/baseline.tokio-$t.log" | awk '{print $2}')
+  done
+  echo "tokio baseline: ${#tokio_baseline[@]} failing tests${tokio_baseline[*]:+ (${tokio_baseline[*]}; not counted as catches)}"
+fi
+
+if [ "${PLANTS_NO_BASELINE:-0}" != 1 ] && [ "$skip_sim" = 0 ]; then
   echo "==> baseline: the simulation suite on the unplanted tree ($rev)"
   if ! (cd "$tree" && "${sim_env[@]}" "${sim_test[@]}" --no-run) >"$out/logs/baseline.build.log" 2>&1; then
     echo "baseline does not build; see $out/logs/baseline.build.log" >&2
@@ -161,7 +212,7 @@ if [ "${PLANTS_NO_BASELINE:-0}" != 1 ]; then
   fi
 fi
 
-tsv="$out/results.tsv"
+tsv="${PLANTS_RESULTS:-$out/results.tsv}"
 printf 'plant\tclass\tmodule\tverdict\tfailing_tests\tfirst_seed\tkind\tdetail\tbuild_s\trun_s\ttokio\n' >"$tsv"
 n=0
 for p in "${patches[@]}"; do
@@ -175,7 +226,9 @@ for p in "${patches[@]}"; do
     verdict=stale
   else
     t0=$(date +%s)
-    if ! (cd "$tree" && "${sim_env[@]}" "${sim_test[@]}" --no-run) >"$log.build.log" 2>&1; then
+    if [ "$skip_sim" = 1 ]; then
+      verdict=not-run
+    elif ! (cd "$tree" && "${sim_env[@]}" "${sim_test[@]}" --no-run) >"$log.build.log" 2>&1; then
       verdict=unviable
     fi
     build_s=$(($(date +%s) - t0))
@@ -191,17 +244,8 @@ for p in "${patches[@]}"; do
           ;;
       esac
     fi
-    if [ "$tokio" = 1 ] && [ "$verdict" = missed ]; then
-      # The rest of the suite: unit tests and the wire tests on real tokio.
-      tokio_v=missed
-      for t in "--lib" "--test it"; do
-        # shellcheck disable=SC2086
-        if ! (cd "$tree" && CARGO_TARGET_DIR="$tokio_target" timeout -k 20 "$tokio_limit" \
-          cargo test $t) >"$log.tokio${t// /-}.log" 2>&1; then
-          tokio_v="caught(${t#--})"
-          break
-        fi
-      done
+    if [ "$tokio" = 1 ] && { [ "$verdict" = missed ] || [ "$verdict" = not-run ]; }; then
+      tokio_v=$(run_tokio "$log")
     fi
   fi
   printf '%-15s build %4ss run %4ss' "$verdict" "$build_s" "$run_s"
@@ -215,7 +259,7 @@ reset_tree
 
 # results.json: the same rows.
 jq -R -s 'split("\n") | map(select(length > 0) | split("\t")) | .[0] as $h
-  | .[1:] | map([$h, .] | transpose | map({(.[0]): .[1]}) | add)' "$tsv" >"$out/results.json"
+  | .[1:] | map([$h, .] | transpose | map({(.[0]): .[1]}) | add)' "$tsv" >"${tsv%.tsv}.json"
 
 echo
 column -t -s $'\t' < <(cut -f1,2,4,6,7,11 "$tsv")
@@ -239,4 +283,4 @@ awk -F'\t' 'NR > 1 {
     print "by module:"
     for (m in mods) printf "  %-28s caught %d, missed %d\n", m, mod[m "\tcaught"], mod[m "\tmissed"]
   }' "$tsv"
-echo "results: $tsv, $out/results.json; logs: $out/logs"
+echo "results: $tsv, ${tsv%.tsv}.json; logs: $out/logs"
