@@ -89,8 +89,6 @@ reset_tree
 if [ "$tokio" = 1 ] && [ -d "$root/tests/node/node_modules" ] && [ ! -e "$tree/tests/node/node_modules" ]; then
   ln -s "$root/tests/node/node_modules" "$tree/tests/node/node_modules"
 fi
-# Seed the plants' target dirs from the caller's (compiled dependencies are path-independent).
-[ -d "$sim_target" ] || { [ -d "$root/target/sim" ] && cp -a "$root/target/sim" "$sim_target"; } || true
 
 # Incremental compilation in the sim profile (own target dir only): a one-line plant then
 # rebuilds in a fraction of the time; the optimisation level and debug assertions are the test
