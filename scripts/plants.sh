@@ -243,7 +243,9 @@ for p in "${patches[@]}"; do
       esac
     fi
     if [ "$tokio" = 1 ] && { [ "$verdict" = missed ] || [ "$verdict" = not-run ]; }; then
+      t0=$(date +%s)
       tokio_v=$(run_tokio "$log")
+      tokio_v="$tokio_v in $(($(date +%s) - t0))s"
     fi
   fi
   printf '%-15s build %4ss run %4ss' "$verdict" "$build_s" "$run_s"
