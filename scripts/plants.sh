@@ -17,10 +17,12 @@
 # snapshots and fails on any change of behaviour, harmful or not, so it is a change detector,
 # not an oracle. VIDEOROOM_SIM_CAMPAIGN and VIDEOROOM_SIM_SEEDS are passed through.
 #
-# Verdicts: caught (a test failed: first failing seed and its verdict kind when the output
-# names one), caught-timeout (the suite ran past PLANTS_TIMEOUT: counted as caught, flagged),
-# missed, stale (the patch no longer applies), unviable (it does not build). Before the plants,
-# the unplanted tree is run once (the baseline); if it fails, every "caught" is suspect and the
+# A patch that no longer applies as is is merged three-way from the blobs it was made against
+# ("(3-way)"), else applied with its context lines allowed to differ (`patch -F3`, "(fuzz)").
+# Verdicts: caught (a test failed: first failing seed and its verdict kind when the output names
+# one), caught-timeout (the suite ran past PLANTS_TIMEOUT: counted as caught, flagged), missed,
+# stale (the patch applies no way), unviable (it does not build). Before the plants, the
+# unplanted tree is run once (the baseline); if it fails, every "caught" is suspect and the
 # script says so.
 #
 # Output: a table on stdout, $PLANTS_OUT/results.tsv and results.json (PLANTS_RESULTS=path.tsv
@@ -220,9 +222,24 @@ for p in "${patches[@]}"; do
   printf '[%d/%d] %-50s ' "$n" "${#patches[@]}" "$name"
   reset_tree
   verdict="" detail=$'-\t-\t-\t-' build_s=0 run_s=0 tokio_v=-
+  how=""
   if ! git -C "$tree" apply "$p" 2>"$log.apply.log"; then
-    verdict=stale
-  else
+    # The code changed around the patch since it was written (e.g. probe lines added
+    # nearby): a three-way merge from the blobs it was made against.
+    reset_tree
+    if git -C "$tree" apply --3way "$p" >>"$log.apply.log" 2>&1; then
+      how=" (3-way)"
+    else
+      # Adjacent lines changed (a 3-way conflict): let the context lines differ.
+      reset_tree
+      if (cd "$tree" && patch -p1 -F3 --no-backup-if-mismatch -s) <"$p" >>"$log.apply.log" 2>&1; then
+        how=" (fuzz)"
+      else
+        verdict=stale
+      fi
+    fi
+  fi
+  if [ "$verdict" != stale ]; then
     t0=$(date +%s)
     if [ "$skip_sim" = 1 ]; then
       verdict=not-run
@@ -248,7 +265,7 @@ for p in "${patches[@]}"; do
       tokio_v="$tokio_v in $(($(date +%s) - t0))s"
     fi
   fi
-  printf '%-15s build %4ss run %4ss' "$verdict" "$build_s" "$run_s"
+  printf '%-15s build %4ss run %4ss%s' "$verdict" "$build_s" "$run_s" "$how"
   [ "$tokio_v" = - ] || printf '  tokio: %s' "$tokio_v"
   [ "$verdict" = caught ] && printf '  %s' "$(cut -f2,3 <<<"$detail" | tr '\t' ' ')"
   echo
