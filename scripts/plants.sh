@@ -29,7 +29,8 @@
 # for another name), logs in $PLANTS_OUT/logs.
 # Environment: PLANTS_OUT (default target/plants), PLANTS_TIMEOUT (seconds per plant for the
 # simulation suite, default 900), PLANTS_TOKIO_TIMEOUT (per tokio command, default 900),
-# PLANTS_REV (default HEAD), PLANTS_NO_BASELINE=1 to skip the baseline.
+# PLANTS_TOKIO_TESTS (default "lib it": the unit tests, then tests/it), PLANTS_REV (default
+# HEAD), PLANTS_NO_BASELINE=1 to skip the baseline.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root="$PWD"
@@ -57,6 +58,7 @@ sim_target="$out/sim-target"
 tokio_target="$out/tokio-target"
 limit="${PLANTS_TIMEOUT:-900}"
 tokio_limit="${PLANTS_TOKIO_TIMEOUT:-900}"
+tokio_tests="${PLANTS_TOKIO_TESTS:-lib it}"
 rev="$(git rev-parse "${PLANTS_REV:-HEAD}")"
 export INSTA_UPDATE=no
 
@@ -158,7 +160,7 @@ meta() { # class and module from a patch's header and diff
 # "caught-timeout(<command>)". Logs go to $1.tokio-*.log.
 run_tokio() {
   local log="$1" t rc failed new
-  for t in lib it; do
+  for t in $tokio_tests; do
     local args=(--lib)
     [ "$t" = it ] && args=(--test it)
     set +e
@@ -185,7 +187,7 @@ run_tokio() {
 tokio_baseline=()
 if [ "$tokio" = 1 ]; then
   echo "==> tokio baseline: cargo test --lib and --test it on the unplanted tree"
-  for t in lib it; do
+  for t in $tokio_tests; do
     args=(--lib)
     [ "$t" = it ] && args=(--test it)
     (cd "$tree" && CARGO_TARGET_DIR="$tokio_target" timeout -k 20 "$tokio_limit" \
