@@ -186,7 +186,7 @@ run_tokio() {
 
 tokio_baseline=()
 if [ "$tokio" = 1 ]; then
-  echo "==> tokio baseline: cargo test --lib and --test it on the unplanted tree"
+  echo "==> tokio baseline: cargo test ($tokio_tests) on the unplanted tree"
   for t in $tokio_tests; do
     args=(--lib)
     [ "$t" = it ] && args=(--test it)
