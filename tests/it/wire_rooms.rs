@@ -318,11 +318,16 @@ fn a_squatter_is_dropped_after_the_grace_and_told_why() {
         c.limits.connect_grace = std::time::Duration::from_millis(500);
     });
     let t = "room:squat";
-    let mut squatter = joined(&srv, "squatter", t);
-    let mut host = joined(&srv, "host", t);
-    connect_media(&mut host, t, "host");
+    // Every client's process is up and connected before the squatter's grace starts: starting
+    // a Node process can take longer than the grace on a loaded machine, and the guest must be
+    // refused while the squatter still holds its slot.
     let mut guest = Driver::phx("guest");
     guest.connect(&srv.url(), fast_opts());
+    let mut host = Driver::phx("host");
+    host.connect(&srv.url(), fast_opts());
+    let mut squatter = joined(&srv, "squatter", t);
+    host.join_ok(t);
+    connect_media(&mut host, t, "host");
     guest.join(t);
     let full = guest.expect(ev("join_error").with("topic", t));
     assert_eq!(full["response"], json!({"reason": "room is full"}));
