@@ -44,7 +44,11 @@ impl Oracles {
         let mut i = self.0.lock().unwrap();
         i.checks += 1;
         if !ok {
-            i.violations.push(what());
+            // A state checked on every tick reports a lasting breach once, not once per tick.
+            let v = what();
+            if !i.violations.contains(&v) {
+                i.violations.push(v);
+            }
         }
     }
 

@@ -264,7 +264,8 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         let end = time::now() + opts.teardown_limit;
         loop {
             let live = current(&app).map_or(0, |a| a.sys.live_count());
-            if live == 0 {
+            let blocked = current(&app).map_or(0, |a| a.sys.blocked_sends());
+            if live == 0 && blocked == 0 {
                 trace.log("teardown: no process left");
                 break;
             }
@@ -278,7 +279,9 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
                         .collect();
                     named.join(", ")
                 });
-                let r = format!("{live} processes still alive after every client left: {left}");
+                let r = format!(
+                    "{live} processes still alive after every client left: {left}; {blocked} senders waiting for room in a mailbox"
+                );
                 trace.log(format_args!("liveness: {r}"));
                 failure = Some(Failure::Liveness(r));
                 break;
@@ -350,6 +353,10 @@ fn crash_verdict(probe: &ProbeLog) -> Option<String> {
 /// rooms than the limit.
 fn check_server(app: &CurrentApp, oracles: &Oracles) {
     let Some(app) = current(app) else { return };
+    // The process table's own bookkeeping (monitors held on both ends, none on the dead).
+    for bad in app.sys.audit() {
+        oracles.fail(format!("process table: {bad}"));
+    }
     let entries = app.rooms.entries();
     oracles.check(entries.len() <= app.limits.max_rooms, || {
         format!(

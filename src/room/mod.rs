@@ -184,6 +184,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
             }
         }
     }
+    probe::emit(Event::RoomStopping { sys, pid: me });
     // Closes every media connection before the name is free for a fresh room.
     drop(plane);
     // Give up the name before exiting: from here on new joins start a fresh room; joins already

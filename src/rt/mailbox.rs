@@ -99,6 +99,34 @@ pub struct Addr<M> {
     tx: mpsc::UnboundedSender<Envelope<M>>,
     permits: Arc<Semaphore>,
     stamps: Stamper,
+    /// Senders of the whole System waiting for room in some mailbox (see [`Blocked`]).
+    blocked: Blocked,
+}
+
+/// How many `send`s of one System are waiting for room in a full mailbox. A sender still
+/// waiting after every process has exited waits forever (a mailbox that went away without
+/// waking it): an oracle for leaked tasks.
+#[derive(Clone, Default)]
+pub(crate) struct Blocked(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Blocked {
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> BlockedGuard<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BlockedGuard(self)
+    }
+}
+
+/// Counts one waiting sender until dropped (also when its `send` future is dropped).
+struct BlockedGuard<'a>(&'a Blocked);
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<M> Clone for Addr<M> {
@@ -108,6 +136,7 @@ impl<M> Clone for Addr<M> {
             tx: self.tx.clone(),
             permits: self.permits.clone(),
             stamps: self.stamps.clone(),
+            blocked: self.blocked.clone(),
         }
     }
 }
@@ -152,9 +181,16 @@ impl<M> Addr<M> {
 
     /// Delivers `msg`, waiting while the mailbox is full; fails only if the process is gone.
     pub async fn send(&self, msg: M) -> Result<(), SendError<M>> {
-        match self.permits.acquire().await {
+        match self.permits.try_acquire() {
             Ok(p) => p.forget(),
-            Err(_) => return Err(SendError::Dead(msg)),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(SendError::Dead(msg)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let _waiting = self.blocked.enter();
+                match self.permits.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Err(SendError::Dead(msg)),
+                }
+            }
         }
         self.enqueue(msg)
     }
@@ -241,7 +277,7 @@ impl<M> Drop for Inbox<M> {
     }
 }
 
-pub(crate) fn mailbox<M>(pid: Pid, capacity: usize) -> (Addr<M>, Inbox<M>) {
+pub(crate) fn mailbox<M>(pid: Pid, capacity: usize, blocked: Blocked) -> (Addr<M>, Inbox<M>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let permits = Arc::new(Semaphore::new(capacity.max(1)));
     (
@@ -250,6 +286,7 @@ pub(crate) fn mailbox<M>(pid: Pid, capacity: usize) -> (Addr<M>, Inbox<M>) {
             tx,
             permits: permits.clone(),
             stamps: Stamper::new(),
+            blocked,
         },
         Inbox {
             rx,

@@ -165,6 +165,13 @@ pub enum Event<'a> {
         sys: SysId,
         pid: Pid,
     },
+    /// The room decided to stop (its last peer is gone or nobody came); from here it must give
+    /// up its name before it takes another message, so no join lands in a room that will not
+    /// serve it.
+    RoomStopping {
+        sys: SysId,
+        pid: Pid,
+    },
     /// The room gave up its name and is about to exit (last peer gone or nobody came).
     RoomStoppedEmpty {
         sys: SysId,
@@ -239,6 +246,7 @@ impl Event<'_> {
             Event::NameUnregistered { .. } => "NameUnregistered",
             Event::StartLostRace { .. } => "StartLostRace",
             Event::RoomStarted { .. } => "RoomStarted",
+            Event::RoomStopping { .. } => "RoomStopping",
             Event::RoomStoppedEmpty { .. } => "RoomStoppedEmpty",
             Event::RoomRefusedFull => "RoomRefusedFull",
             Event::PeerLeft => "PeerLeft",

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use super::mailbox::{mailbox, Addr, DownSink, Inbox, Received};
+use super::mailbox::{mailbox, Addr, Blocked, DownSink, Inbox, Received};
 use super::probe::{self, Event, SysId};
 
 /// A process id, unique within its [`System`] and never reused.
@@ -110,6 +110,8 @@ struct Kernel {
 #[derive(Clone)]
 pub struct System {
     kernel: Arc<Mutex<Kernel>>,
+    /// Senders waiting for room in one of this table's mailboxes.
+    blocked: Blocked,
     /// Names this table in probe events (per world).
     id: SysId,
 }
@@ -120,6 +122,7 @@ impl Default for System {
         probe::emit(Event::SystemStarted { sys: id });
         System {
             kernel: Arc::default(),
+            blocked: Blocked::default(),
             id,
         }
     }
@@ -154,7 +157,7 @@ impl System {
         let mut k = self.lock();
         k.next_pid += 1;
         let pid = Pid(k.next_pid);
-        let (addr, inbox) = mailbox(pid, capacity);
+        let (addr, inbox) = mailbox(pid, capacity, self.blocked.clone());
         k.procs.insert(
             pid,
             Proc {
@@ -253,6 +256,47 @@ impl System {
             .iter()
             .map(|(pid, p)| (*pid, p.label.clone()))
             .collect()
+    }
+
+    /// `send`s waiting for room in a full mailbox of this table (an oracle: once every process
+    /// has exited, a waiting sender waits forever).
+    pub fn blocked_sends(&self) -> usize {
+        self.blocked.count()
+    }
+
+    /// Checks the process table's own bookkeeping (an oracle, cheap enough to run often): every
+    /// monitor on a live process belongs to a live watcher that holds it for that target, and
+    /// every monitor a live process holds is on a live target that lists it. A dead watcher's
+    /// monitors left on their targets (M7) or a half-removed monitor shows up here.
+    pub fn audit(&self) -> Vec<String> {
+        let k = self.lock();
+        let mut bad = Vec::new();
+        for (pid, p) in &k.procs {
+            for (mref, watcher) in &p.monitors {
+                let held = k.procs.get(watcher).and_then(|w| w.watching.get(mref));
+                if held != Some(pid) {
+                    let state = if k.procs.contains_key(watcher) {
+                        "live"
+                    } else {
+                        "dead"
+                    };
+                    bad.push(format!(
+                        "monitor {} on {pid} belongs to {watcher} ({state}), which does not hold it",
+                        mref.0
+                    ));
+                }
+            }
+            for (mref, target) in &p.watching {
+                let on = k.procs.get(target).and_then(|t| t.monitors.get(mref));
+                if on != Some(pid) {
+                    bad.push(format!(
+                        "{pid} holds monitor {} on {target}, which does not list it",
+                        mref.0
+                    ));
+                }
+            }
+        }
+        bad
     }
 
     /// Number of monitors on `pid` (an oracle for leaked monitors).

@@ -60,6 +60,8 @@ pub enum Violation {
     NameOutlivedProcess { name: String, pid: Pid },
     /// A room stopped (about to exit) without having given up its name.
     RoomStoppedHoldingName { name: String, pid: Pid },
+    /// A room that had decided to stop took a message while its name still mapped to it.
+    StoppingRoomReceivedWhileNamed { name: String, pid: Pid },
     /// A branch that must never run was reached.
     Never { event: String },
 }
@@ -112,6 +114,10 @@ impl fmt::Display for Violation {
             Violation::RoomStoppedHoldingName { name, pid } => {
                 write!(f, "room {pid} stopped still registered as {name:?}")
             }
+            Violation::StoppingRoomReceivedWhileNamed { name, pid } => write!(
+                f,
+                "room {pid} took a message after deciding to stop, still registered as {name:?}"
+            ),
             Violation::Never { event } => write!(f, "never-event reached: {event}"),
         }
     }
@@ -158,6 +164,8 @@ pub struct Promises {
     monitors: BTreeMap<(SysId, MonitorRef), Mon>,
     live: BTreeSet<(SysId, Pid)>,
     losers: BTreeSet<(SysId, Pid)>,
+    /// Rooms that decided to stop (and must give up their name before taking a message).
+    stopping: BTreeSet<(SysId, Pid)>,
     labels: BTreeMap<(SysId, Pid), String>,
     violations: Vec<Violation>,
     panics: Vec<Panicked>,
@@ -223,6 +231,14 @@ impl Promises {
                     self.violations.push(Violation::LoserReceived { pid });
                 } else if !self.live.contains(&(sys, pid)) {
                     self.violations.push(Violation::MessageAfterExit { pid });
+                } else if self.stopping.contains(&(sys, pid)) {
+                    if let Some(name) = self.held_name(sys, pid) {
+                        self.violations
+                            .push(Violation::StoppingRoomReceivedWhileNamed {
+                                name: name.to_string(),
+                                pid,
+                            });
+                    }
                 }
             }
             Event::ProcessExited { sys, pid, .. } => {
@@ -370,6 +386,9 @@ impl Promises {
             } => self.release(sys, reg, name, removed),
             Event::StartLostRace { sys, loser, .. } => {
                 self.losers.insert((sys, loser));
+            }
+            Event::RoomStopping { sys, pid } => {
+                self.stopping.insert((sys, pid));
             }
             Event::RoomStoppedEmpty { sys, pid } => {
                 if let Some(name) = self.held_name(sys, pid) {
