@@ -70,6 +70,9 @@ pub struct View {
 
 pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
 
+/// How long a join may wait for its reply on a connection whose heartbeats are answered.
+const JOIN_ANSWER_LIMIT: Duration = Duration::from_secs(5);
+
 struct Chan {
     topic: String,
     join_ref: String,
@@ -80,6 +83,8 @@ struct Chan {
     /// Highest metadata sequence seen per peer (FIFO oracle).
     seq: BTreeMap<String, u64>,
     neg: Negotiator,
+    /// When the join went out (every join is answered while its connection lives).
+    sent_at: time::Instant,
 }
 
 pub struct Client {
@@ -309,6 +314,7 @@ impl Client {
             roster: BTreeMap::new(),
             seq: BTreeMap::new(),
             neg: Negotiator::default(),
+            sent_at: time::now(),
         });
         self.log(format!("join {topic} ref {r}"));
         // At once, so a room crash injected from now on expects no phx_error for the old one.
@@ -384,6 +390,18 @@ impl Client {
                                 self.log("heartbeat timeout");
                                 return Step::Reconnect;
                             }
+                        }
+                        // The connection is alive (its last heartbeat was answered), so the
+                        // socket answers a join on it: ok, error, or "join crashed" if the
+                        // channel died first (Phoenix S3-S5). phoenix.js would time out after
+                        // 10 s and rejoin, hiding a join the server forgot.
+                        if let Some(c) = self.chan.as_ref().filter(|c| !c.joined) {
+                            let waited = now.saturating_duration_since(c.sent_at);
+                            let idx = self.idx;
+                            let jr = c.join_ref.clone();
+                            self.oracles.check(waited < JOIN_ANSWER_LIMIT, || {
+                                format!("c{idx}: join ref {jr} unanswered for {JOIN_ANSWER_LIMIT:?} on a live connection")
+                            });
                         }
                         let r = self.fresh_ref();
                         pending_heartbeat = Some(r.clone());

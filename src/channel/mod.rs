@@ -74,11 +74,11 @@ pub async fn run(
 ) -> ExitReason {
     app.metrics.track(ctx.system(), ctx.pid(), Process::Channel);
     let joining = rt::time::now();
-    ctx.monitor(socket.pid());
+    let socket_ref = ctx.monitor(socket.pid());
     let name = topic.strip_prefix("room:").unwrap_or(&topic).to_string();
     let joined = match admit(&app, &name, &payload) {
         Err(reason) => JoinOutcome::Refused(reason),
-        Ok(()) => join(&app, &name, &mut ctx).await,
+        Ok(()) => join(&app, &name, socket_ref, &mut ctx).await,
     };
     let Joined {
         room,
@@ -167,8 +167,9 @@ pub async fn run(
                 probe::emit(Event::ChannelRoomDown);
                 return ExitReason::Error(format!("room down: {}", d.reason));
             }
-            // The socket is the only other process monitored.
-            Received::Down(_) => return ExitReason::Shutdown,
+            Received::Down(d) if d.mref == socket_ref => return ExitReason::Shutdown,
+            // A monitor this channel should have dropped (e.g. on a room it retried away from).
+            Received::Down(_) => probe::emit(Event::ChannelDownForUnknownMonitor),
         }
     }
 }
@@ -185,7 +186,12 @@ fn admit(app: &App, name: &str, payload: &Value) -> Result<(), String> {
 }
 
 /// The seed's join, made robust: a room that stops or dies before it took us is retried.
-async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
+async fn join(
+    app: &App,
+    name: &str,
+    socket_ref: MonitorRef,
+    ctx: &mut Ctx<ChannelMsg>,
+) -> JoinOutcome {
     for _ in 0..JOIN_ATTEMPTS {
         let started = app
             .rooms
@@ -248,7 +254,9 @@ async fn join(app: &App, name: &str, ctx: &mut Ctx<ChannelMsg>) -> JoinOutcome {
                         probe::emit(Event::JoinRetriedAfterRoomDown);
                         break;
                     }
-                    Received::Down(_) | Received::Msg(ChannelMsg::Stop) => return JoinOutcome::Stopped,
+                    Received::Down(d) if d.mref == socket_ref => return JoinOutcome::Stopped,
+                    Received::Msg(ChannelMsg::Stop) => return JoinOutcome::Stopped,
+                    Received::Down(_) => probe::emit(Event::ChannelDownForUnknownMonitor),
                     // Nothing else is sent to a channel before it has joined.
                     Received::Msg(_) => probe::emit(Event::ChannelMessageBeforeJoin),
                 },

@@ -204,6 +204,9 @@ pub enum Event<'a> {
     JoinRetriedAfterRoomDown,
     /// Never: a channel got a message other than `Stop` before it joined.
     ChannelMessageBeforeJoin,
+    /// Never: a channel got the DOWN of a monitor it no longer holds (neither its socket's nor
+    /// its current room's: a monitor it should have dropped).
+    ChannelDownForUnknownMonitor,
 
     // --- socket (phoenix core and conn driver) ---
     UndecodableFrame,
@@ -269,6 +272,7 @@ impl Event<'_> {
             Event::JoinRetriedAfterRoomStop => "JoinRetriedAfterRoomStop",
             Event::JoinRetriedAfterRoomDown => "JoinRetriedAfterRoomDown",
             Event::ChannelMessageBeforeJoin => "ChannelMessageBeforeJoin",
+            Event::ChannelDownForUnknownMonitor => "ChannelDownForUnknownMonitor",
             Event::UndecodableFrame => "UndecodableFrame",
             Event::StaleFrameIgnored => "StaleFrameIgnored",
             Event::PushFromUnjoinedChannel => "PushFromUnjoinedChannel",
@@ -294,6 +298,7 @@ impl Event<'_> {
                 | Event::RoomDownForUnknownPeer
                 | Event::RoomStartFailed
                 | Event::ChannelMessageBeforeJoin
+                | Event::ChannelDownForUnknownMonitor
                 | Event::PushNotObject
                 | Event::SecondJoinOutcome
         )
