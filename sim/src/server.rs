@@ -9,8 +9,8 @@ use madsim::net::TcpListener;
 use tokio::sync::mpsc;
 use videoroom::app::{App, Limits};
 use videoroom::conn::{self, Transport, WsIn, WsOut};
-use videoroom::rt::watch;
 use videoroom::engine::PlaneFactory;
+use videoroom::rt::watch;
 
 use crate::wire::{self, WireFrame};
 
