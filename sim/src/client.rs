@@ -915,6 +915,9 @@ impl Client {
     fn on_media_event(&mut self, ev: &Value) -> Vec<Value> {
         let idx = self.idx;
         let who = format!("c{idx}");
+        // A client that sends garbage frames sometimes also sends an offer the server cannot parse.
+        let breaks_offer = self.weight("garbage") > 0 && rt::rand::chance(0.2);
+        let unparsable = rt::rand::chance(0.5);
         let Some(c) = self.chan.as_mut() else {
             return Vec::new();
         };
@@ -983,11 +986,17 @@ impl Client {
             "tracksRemoved" => c.neg.on_tracks_removed(&who, data, &self.oracles),
             "custom" => match data["type"].as_str().unwrap_or("") {
                 "offerData" => {
-                    return vec![c.neg.on_offer_data(&who, &data["data"], &self.oracles)];
+                    let offer = c.neg.on_offer_data(&who, &data["data"], &self.oracles);
+                    if breaks_offer {
+                        self.oracles.reached("client: sent an unparsable sdpOffer");
+                        return c.neg.break_offer(unparsable);
+                    }
+                    return vec![offer];
                 }
                 "sdpAnswer" => c.neg.on_answer(&who, &data["data"], &self.oracles),
                 _ => {}
             },
+            "error" if c.neg.take_error() => {}
             "error" => self
                 .oracles
                 .fail(format!("c{idx}: server sent media error {data}")),

@@ -43,6 +43,8 @@ pub struct Negotiator {
     /// inactive with that track already gone (only then may the mid carry another track).
     carried: BTreeMap<String, (String, bool)>,
     pub negotiations: u64,
+    /// An unparsable offer was sent: the server owes one media `error` for it.
+    error_due: bool,
 }
 
 fn custom(kind: &str, data: Value) -> Value {
@@ -73,6 +75,39 @@ impl Negotiator {
         } else {
             None
         }
+    }
+
+    /// Turns the offer just built by [`on_offer_data`](Self::on_offer_data) into one the server
+    /// must refuse (a broken or malicious client), and asks for a negotiation again at once, as
+    /// a client that wants its tracks would. The server must answer the bad offer with one
+    /// media `error` and close that cycle, so the new request gets its `offerData` (owed).
+    /// `unparsable`: an offer whose SDP does not parse; else one that is not an offer at all.
+    pub fn break_offer(&mut self, unparsable: bool) -> Vec<Value> {
+        self.offer_open = false;
+        self.error_due = true;
+        self.asked = true;
+        let offer = if unparsable {
+            json!({"type": "offer", "sdp": "v=0\r\nm=audio\r\n"})
+        } else {
+            json!({"type": "pranswer", "sdp": "v=0\r\n"})
+        };
+        vec![
+            custom(
+                "sdpOffer",
+                json!({
+                    "sdpOffer": offer,
+                    "trackIdToTrackMetadata": {},
+                    "trackIdToTrackBitrates": {},
+                    "midToTrackId": {},
+                }),
+            ),
+            custom("renegotiateTracks", json!({})),
+        ]
+    }
+
+    /// A media `error` arrived: true if it answers a broken offer of this client.
+    pub fn take_error(&mut self) -> bool {
+        std::mem::take(&mut self.error_due)
     }
 
     /// Adds an audio and a video track; returns the event asking for a negotiation.
