@@ -311,7 +311,7 @@ mod tests {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let s = seen.clone();
         let _g = probe::install(move |e| s.borrow_mut().push(e.to_string()));
-        let (addr, mut inbox) = mailbox::<u32>(Pid(7), 4);
+        let (addr, mut inbox) = mailbox::<u32>(Pid(7), 4, Blocked::default());
         addr.try_send(1).unwrap();
         (addr.down_sink())(Down {
             mref: crate::rt::MonitorRef(1),
