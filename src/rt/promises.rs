@@ -32,6 +32,8 @@ pub enum Violation {
         pid: Pid,
         state: &'static str,
     },
+    /// A monitor set on a process already dead did not yield its DOWN `noproc` at once.
+    NoNoprocDown { mref: MonitorRef, pid: Pid },
     /// A watcher received a DOWN after `demonitor` returned for its ref.
     DownReceivedAfterDemonitor { mref: MonitorRef, watcher: Pid },
     /// A watcher received a second DOWN for one monitor.
@@ -118,6 +120,11 @@ impl fmt::Display for Violation {
                 f,
                 "room {pid} took a message after deciding to stop, still registered as {name:?}"
             ),
+            Violation::NoNoprocDown { mref, pid } => write!(
+                f,
+                "monitor {} on dead {pid} gave no DOWN noproc at once",
+                mref.0
+            ),
             Violation::Never { event } => write!(f, "never-event reached: {event}"),
         }
     }
@@ -164,6 +171,8 @@ pub struct Promises {
     monitors: BTreeMap<(SysId, MonitorRef), Mon>,
     live: BTreeSet<(SysId, Pid)>,
     losers: BTreeSet<(SysId, Pid)>,
+    /// A monitor just set on a dead process: its DOWN `noproc` must be the very next event.
+    noproc_due: Option<(SysId, MonitorRef, Pid)>,
     /// Rooms that decided to stop (and must give up their name before taking a message).
     stopping: BTreeSet<(SysId, Pid)>,
     labels: BTreeMap<(SysId, Pid), String>,
@@ -205,6 +214,14 @@ impl Promises {
     }
 
     pub fn observe(&mut self, e: &Event<'_>) {
+        if let Some((due_sys, due, pid)) = self.noproc_due.take() {
+            let sent =
+                matches!(*e, Event::DownSent { sys, mref, .. } if sys == due_sys && mref == due);
+            if !sent {
+                self.violations
+                    .push(Violation::NoNoprocDown { mref: due, pid });
+            }
+        }
         if e.is_never() {
             self.violations.push(Violation::Never {
                 event: e.to_string(),
@@ -274,6 +291,9 @@ impl Promises {
                 watcher,
                 target,
             } => {
+                if !self.live.contains(&(sys, target)) {
+                    self.noproc_due = Some((sys, mref, target));
+                }
                 self.monitors.insert(
                     (sys, mref),
                     Mon {
