@@ -187,6 +187,7 @@ fn one_down_per_monitor_and_none_after_demonitor() {
         watcher: w,
     };
     let v = feed(&[
+        Event::ProcessPrepared { sys: S, pid: p },
         set(m1),
         set(m2),
         set(m3),
@@ -356,4 +357,32 @@ fn never_events_are_violations_and_ordinary_ones_are_not() {
     ]);
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].to_string(), "never-event reached: SecondJoinOutcome");
+}
+
+#[test]
+fn a_monitor_on_a_dead_pid_must_yield_its_noproc_down_at_once() {
+    let (dead, w, m) = (Pid(9), Pid(2), MonitorRef(1));
+    let set = || Event::MonitorSet {
+        sys: S,
+        mref: m,
+        watcher: w,
+        target: dead,
+    };
+    let sent = Event::DownSent {
+        sys: S,
+        mref: m,
+        watcher: w,
+        pid: dead,
+    };
+    assert_eq!(feed(&[set(), sent]), vec![]);
+    assert_eq!(
+        feed(&[
+            set(),
+            Event::ProcessPrepared {
+                sys: S,
+                pid: Pid(10)
+            }
+        ]),
+        vec![Violation::NoNoprocDown { mref: m, pid: dead }]
+    );
 }
