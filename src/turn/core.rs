@@ -418,6 +418,12 @@ impl<R: Clone> Core<R> {
             a.last_used = now;
             Some((a.relay.clone(), peer, payload))
         });
+        self.relay_or_drop(relay)
+    }
+
+    /// A client datagram the policy let through is relayed and counted; anything else is
+    /// dropped and counted.
+    fn relay_or_drop<'a>(&mut self, relay: Option<(R, SocketAddr, &'a [u8])>) -> Step<'a, R> {
         match relay {
             Some((via, to, data)) => {
                 self.stats.relayed_out += 1;
@@ -447,16 +453,7 @@ impl<R: Clone> Core<R> {
             a.last_used = now;
             Some((a.relay.clone(), to, data))
         })();
-        match relay {
-            Some((via, to, data)) => {
-                self.stats.relayed_out += 1;
-                Step::Relay { via, to, data }
-            }
-            None => {
-                self.stats.dropped += 1;
-                Step::Nothing
-            }
-        }
+        self.relay_or_drop(relay)
     }
 
     /// An authenticated request's answer (RFC 5389 §10.2.2 for the authentication steps).
