@@ -603,6 +603,10 @@ impl Client {
                 .fail(format!("c{}: undecodable frame {text:?}", self.idx));
             return false;
         };
+        // A media event's data is parsed once: the trace line names its type, the handler
+        // applies it.
+        let media = (f.event == "mediaEvent")
+            .then(|| serde_json::from_str::<Value>(f.payload["data"].as_str().unwrap_or("")).ok());
         match f.event.as_str() {
             "phx_reply" => self.log(format!(
                 "<- {} reply {} {} {}",
@@ -612,10 +616,10 @@ impl Client {
                 f.payload["response"]
             )),
             "mediaEvent" => {
-                let data = f.payload["data"].as_str().unwrap_or("");
-                let kind = serde_json::from_str::<Value>(data)
-                    .ok()
-                    .and_then(|v| v["type"].as_str().map(str::to_string))
+                let kind = media
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .and_then(|v| v["type"].as_str())
                     .unwrap_or_default();
                 self.log(format!(
                     "<- {} media {kind} jr {}",
@@ -689,10 +693,9 @@ impl Client {
                 self.on_dropped(&f.payload)
             }
             "mediaEvent" if current => {
-                let data = f.payload.get("data").and_then(Value::as_str).unwrap_or("");
-                let replies = match serde_json::from_str::<Value>(data) {
-                    Ok(ev) => self.on_media_event(&ev),
-                    Err(_) => {
+                let replies = match media.flatten() {
+                    Some(ev) => self.on_media_event(&ev),
+                    None => {
                         let idx = self.idx;
                         self.oracles
                             .fail(format!("c{idx}: mediaEvent data is not JSON"));

@@ -263,14 +263,15 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     if failure.is_none() {
         let end = time::now() + opts.teardown_limit;
         loop {
-            let live = current(&app).map_or(0, |a| a.sys.live_count());
-            let blocked = current(&app).map_or(0, |a| a.sys.blocked_sends());
+            let now_app = current(&app);
+            let live = now_app.as_ref().map_or(0, |a| a.sys.live_count());
+            let blocked = now_app.as_ref().map_or(0, |a| a.sys.blocked_sends());
             if live == 0 && blocked == 0 {
                 trace.log("teardown: no process left");
                 break;
             }
             if time::now() >= end {
-                let left = current(&app).map_or_else(String::new, |a| {
+                let left = now_app.as_ref().map_or_else(String::new, |a| {
                     let named: Vec<String> = a
                         .sys
                         .live()
