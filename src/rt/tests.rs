@@ -309,3 +309,57 @@ async fn unstarted_loser_never_runs() {
         "the loser was finished without running"
     );
 }
+
+/// A sender waiting on a full mailbox is counted until it is served or its target dies, and a
+/// dying process wakes it (`Dead`), so once every process is gone no sender waits.
+#[tokio::test]
+async fn senders_blocked_on_a_full_mailbox_are_counted_and_freed_when_it_dies() {
+    let sys = System::new();
+    let deaf: Addr<u32> = sys.spawn(1, |ctx: Ctx<u32>| async move {
+        // Holds its mailbox and never reads it.
+        let _inbox = ctx;
+        std::future::pending::<()>().await;
+        ExitReason::Normal
+    });
+    deaf.try_send(1).expect("room for one");
+    let waiting = {
+        let deaf = deaf.clone();
+        tokio::spawn(async move { deaf.send(2).await })
+    };
+    for _ in 0..100 {
+        if sys.blocked_sends() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(sys.blocked_sends(), 1);
+    assert!(sys.kill(deaf.pid()));
+    // Bounded: a mailbox that went away without waking its senders would hang here.
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the dying mailbox wakes its waiting sender");
+    assert_eq!(woken.expect("sender task"), Err(SendError::Dead(2)));
+    assert_eq!(sys.blocked_sends(), 0);
+}
+
+/// The process table's audit finds nothing in a table whose monitors were set, fired, and died
+/// with their watcher through the API.
+#[tokio::test]
+async fn the_audit_of_a_consistent_table_is_empty() {
+    let sys = System::new();
+    let (a, b) = (puppet(&sys), puppet(&sys));
+    let target = b.pid();
+    ask(&a, |tx| Cmd::Monitor(target, tx)).await;
+    assert_eq!(sys.audit(), Vec::<String>::new());
+    b.try_send(Cmd::Stop(ExitReason::Normal)).expect("alive");
+    sys.wait_exit(target).await;
+    assert!(next_down(&a).await.is_some());
+    assert_eq!(sys.audit(), Vec::<String>::new());
+    // A watcher that exits takes its monitors with it (M7).
+    let c = puppet(&sys);
+    let c_pid = c.pid();
+    ask(&a, |tx| Cmd::Monitor(c_pid, tx)).await;
+    a.try_send(Cmd::Stop(ExitReason::Normal)).expect("alive");
+    sys.wait_exit(a.pid()).await;
+    assert_eq!(sys.audit(), Vec::<String>::new());
+}
