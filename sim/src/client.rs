@@ -85,6 +85,19 @@ struct Chan {
     neg: Negotiator,
     /// When the join went out (every join is answered while its connection lives).
     sent_at: time::Instant,
+    /// Sent the media `disconnect`: no endpoint until a new `connected` (media events still in
+    /// flight from before are ignored, as the JS client's torn-down session ignores them).
+    hung_up: bool,
+    /// When to send `connect` again after hanging up (and again, until `connected` comes: a
+    /// `connect` over the peer's update budget is dropped by the server).
+    reconnect_at: Option<time::Instant>,
+}
+
+impl Chan {
+    /// Joined and an endpoint of the room's media session (or about to be).
+    fn live(&self) -> bool {
+        self.joined && !self.hung_up
+    }
 }
 
 pub struct Client {
@@ -132,6 +145,16 @@ pub struct Client {
     /// When the current channel's join was answered ok.
     joined_at: Option<time::Instant>,
     dropped: Option<String>,
+    /// Joins on this connection not answered yet (the socket holds frames for them).
+    joins_pending: BTreeSet<String>,
+    /// Frames sent while some join was pending, since none last was, and the most ever: at
+    /// least as many as the socket can have held at once.
+    held: usize,
+    held_peak: usize,
+    /// Heartbeats in flight on this connection: ref → when it went out.
+    heartbeats: BTreeMap<String, time::Instant>,
+    /// When the newest answered heartbeat went out: the server saw a frame no earlier.
+    alive_at: Option<time::Instant>,
 }
 
 enum Step {
@@ -185,6 +208,11 @@ impl Client {
             squatter,
             joined_at: None,
             dropped: None,
+            joins_pending: BTreeSet::new(),
+            held: 0,
+            held_peak: 0,
+            heartbeats: BTreeMap::new(),
+            alive_at: None,
         }
     }
 
@@ -253,6 +281,10 @@ impl Client {
             self.replies.clear();
             self.sent_on.clear();
             self.stale_refs.clear();
+            self.heartbeats.clear();
+            self.alive_at = None;
+            self.joins_pending.clear();
+            (self.held, self.held_peak) = (0, 0);
             self.pending_leave = None;
             self.burst_at = None;
             // A channel the server closed stays closed (phoenix.js removed it from the socket);
@@ -290,6 +322,10 @@ impl Client {
     }
 
     async fn send(&mut self, w: &mut wire::Writer, f: Frame) -> bool {
+        if f.topic != "phoenix" && !self.joins_pending.is_empty() {
+            self.held += 1;
+            self.held_peak = self.held_peak.max(self.held);
+        }
         if let Some(r) = &f.msg_ref {
             self.replies.insert(r.clone(), 0);
             self.sent_on.insert(r.clone(), f.join_ref.clone());
@@ -315,18 +351,38 @@ impl Client {
             seq: BTreeMap::new(),
             neg: Negotiator::default(),
             sent_at: time::now(),
+            hung_up: false,
+            reconnect_at: None,
         });
         self.log(format!("join {topic} ref {r}"));
         // At once, so a room crash injected from now on expects no phx_error for the old one.
         self.publish_view(true);
         let f = Frame {
             join_ref: Some(r.clone()),
-            msg_ref: Some(r),
+            msg_ref: Some(r.clone()),
             topic,
             event: "phx_join".into(),
             payload: json!({}),
         };
-        self.send(w, f).await
+        if !self.send(w, f).await {
+            return false;
+        }
+        self.joins_pending.insert(r);
+        if self.weight("pipeline") > 0 && rt::rand::chance(0.5) {
+            let n = 1 + rt::rand::below(4);
+            self.log(format!("pipelines {n} updates behind its join"));
+            self.oracles
+                .reached("client: pipelined frames behind a join");
+            for _ in 0..n {
+                self.my_seq += 1;
+                let seq = self.my_seq;
+                let ev = json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}});
+                if !self.media(w, ev).await {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     async fn media(&mut self, w: &mut wire::Writer, event: Value) -> bool {
@@ -359,6 +415,7 @@ impl Client {
                 next_rejoin,
                 (phase == Phase::Chaos).then_some(action),
                 self.burst_at.filter(|_| phase == Phase::Chaos),
+                self.chan.as_ref().and_then(|c| c.reconnect_at),
             ]
             .into_iter()
             .flatten()
@@ -371,6 +428,12 @@ impl Client {
                     None => return Step::Reconnect,
                     Some(WireFrame::Close(code)) => {
                         self.oracles.check(code != 1000, || format!("c{}: server closed with 1000", self.idx));
+                        if code == videoroom::phoenix::CLOSE_GOING_AWAY {
+                            self.check_idle_close();
+                        }
+                        if code == videoroom::phoenix::CLOSE_POLICY_VIOLATION {
+                            self.check_held_close();
+                        }
                         return Step::Reconnect;
                     }
                     Some(WireFrame::Text(t)) => {
@@ -405,12 +468,18 @@ impl Client {
                         }
                         let r = self.fresh_ref();
                         pending_heartbeat = Some(r.clone());
+                        self.heartbeats.insert(r.clone(), now);
                         let f = Frame { join_ref: None, msg_ref: Some(r), topic: "phoenix".into(), event: "heartbeat".into(), payload: json!({}) };
                         if !self.send(w, f).await { return Step::Reconnect; }
                     }
                     if self.rejoin_at.is_some_and(|t| now >= t) {
                         self.rejoin_at = None;
                         if !self.join(w).await { return Step::Reconnect; }
+                    }
+                    if self.chan.as_ref().and_then(|c| c.reconnect_at).is_some_and(|t| now >= t)
+                        && !self.reconnect(w).await
+                    {
+                        return Step::Reconnect;
                     }
                     if phase == Phase::Chaos && now >= action {
                         action = now + self.swarm.action_gap();
@@ -427,7 +496,13 @@ impl Client {
 
     /// One workload action, drawn from the seed's mix.
     async fn act(&mut self, w: &mut wire::Writer) -> bool {
-        let joined = self.chan.as_ref().is_some_and(|c| c.joined);
+        let joined = self.chan.as_ref().is_some_and(Chan::live);
+        if self.squatter && joined {
+            // Busy but never in the session: events before `connect` must not keep its slot.
+            self.my_seq += 1;
+            let seq = self.my_seq;
+            return self.media(w, json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}})).await;
+        }
         match self.swarm.pick_action() {
             "media" if joined => {
                 self.my_seq += 1;
@@ -487,8 +562,43 @@ impl Client {
             }
             "stale" => self.send_stale(w).await,
             "burst" if joined => self.burst(w).await,
+            "hangup" if joined && !self.squatter => self.hang_up(w).await,
             _ => true,
         }
+    }
+
+    /// The media-level `disconnect` on a live channel: the others must see this endpoint
+    /// removed, and after a pause it connects again on the same channel (a new `connected`).
+    async fn hang_up(&mut self, w: &mut wire::Writer) -> bool {
+        let Some(c) = self.chan.as_mut() else {
+            return true;
+        };
+        if c.peer_id.is_none() {
+            return true;
+        }
+        c.hung_up = true;
+        c.peer_id = None;
+        c.roster.clear();
+        c.seq.clear();
+        c.neg = Negotiator::default();
+        c.reconnect_at = Some(time::now() + Duration::from_millis(20 + rt::rand::below(400)));
+        self.log("hangs up (media disconnect)");
+        self.oracles
+            .reached("client: media disconnect on a live channel");
+        self.publish_view(true);
+        self.media(w, json!({"type": "disconnect"})).await
+    }
+
+    /// `connect` again after hanging up; repeated each second until `connected` arrives.
+    async fn reconnect(&mut self, w: &mut wire::Writer) -> bool {
+        let Some(c) = self.chan.as_mut() else {
+            return true;
+        };
+        c.reconnect_at = Some(time::now() + Duration::from_secs(1));
+        self.log("connects again");
+        let ev =
+            json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}});
+        self.media(w, ev).await
     }
 
     async fn leave(&mut self, w: &mut wire::Writer) -> bool {
@@ -575,7 +685,7 @@ impl Client {
                 }
                 2 => self.send_stale(w).await,
                 _ => {
-                    let Some(c) = self.chan.as_mut().filter(|c| c.joined) else {
+                    let Some(c) = self.chan.as_mut().filter(|c| c.live()) else {
                         return true;
                     };
                     let Some(peer) = c.peer_id.clone() else {
@@ -748,6 +858,13 @@ impl Client {
                 .oracles
                 .fail(format!("c{idx}: reply to unknown ref {r}")),
         }
+        if self.joins_pending.remove(&r) && self.joins_pending.is_empty() {
+            self.held = 0;
+        }
+        if let Some(sent) = self.heartbeats.remove(&r) {
+            self.alive_at = Some(self.alive_at.map_or(sent, |t| t.max(sent)));
+            self.check_grace_kept(sent);
+        }
         let status = f
             .payload
             .get("status")
@@ -812,6 +929,54 @@ impl Client {
         self.rejoin_at = Some(time::now() + Duration::from_millis(100 + rt::rand::below(200)));
         self.publish_view(true);
         true
+    }
+
+    /// The server closed the connection as idle (1001; the simulated server never shuts down
+    /// otherwise). It saw this client's answered heartbeat no earlier than it was sent, so the
+    /// idle timeout cannot have run out before that send time plus the timeout.
+    fn check_idle_close(&mut self) {
+        let idx = self.idx;
+        let idle = self.swarm.idle_timeout;
+        self.oracles.reached("client: socket closed as idle");
+        if let Some(t) = self.alive_at {
+            let quiet = time::now().saturating_duration_since(t);
+            self.oracles.check(quiet >= idle, || {
+                format!("c{idx}: closed as idle {quiet:?} after a heartbeat the server answered (idle timeout {idle:?})")
+            });
+        }
+    }
+
+    /// A squatter's slot is dropped at the connect grace after its join, whatever it sends
+    /// meanwhile (only `connect` stops the clock). The socket answers frames in order, so a
+    /// heartbeat it answered that went out well after the grace had passed comes after the
+    /// `dropped` push.
+    fn check_grace_kept(&mut self, heartbeat_sent: time::Instant) {
+        let (Some(joined), None) = (self.joined_at, &self.dropped) else {
+            return;
+        };
+        if !self.squatter || !self.chan.as_ref().is_some_and(|c| c.joined) {
+            return;
+        }
+        let grace = videoroom::app::Limits::default().connect_grace;
+        let held = heartbeat_sent.saturating_duration_since(joined);
+        let idx = self.idx;
+        self.oracles
+            .check(held <= grace + Duration::from_millis(100), || {
+                format!("c{idx} still holds its slot {held:?} after its join without ever connecting (grace {grace:?})")
+            });
+    }
+
+    /// The server closed the connection for too many frames held for pending joins (1008): it
+    /// holds at most `MAX_HELD_FRAMES` and gives them back as it answers each join, so the
+    /// client must have sent more than that while some join of its was unanswered.
+    fn check_held_close(&mut self) {
+        let (idx, peak) = (self.idx, self.held_peak);
+        let max = videoroom::phoenix::MAX_HELD_FRAMES;
+        self.oracles
+            .reached("client: closed for too many held frames");
+        self.oracles.check(peak > max, || {
+            format!("c{idx}: closed for too many frames held for a pending join, but it never sent more than {peak} while a join was pending (the socket holds {max})")
+        });
     }
 
     /// A server `phx_close` is allowed only where the server promises one: the reply to the
@@ -925,6 +1090,18 @@ impl Client {
             return Vec::new();
         };
         let data = &ev["data"];
+        if c.hung_up {
+            // Its first `connected` came before it hung up, and the server ignores a second
+            // `connect` of a connected peer: a `connected` now answers the new `connect`.
+            if ev["type"] != "connected" {
+                // Still in flight from before the disconnect: the session it was for is gone.
+                return Vec::new();
+            }
+            c.hung_up = false;
+            c.reconnect_at = None;
+            self.oracles
+                .reached("client: connected again on the same channel");
+        }
         let client_of = |e: &Value| e["metadata"]["client"].as_u64().map(|x| x as usize);
         // A metadata update sent on an old join_ref (S14) must never become a peer's metadata.
         let stale_meta = |e: &Value| {
@@ -963,7 +1140,13 @@ impl Client {
             }
             "endpointAdded" => {
                 if let (Some(id), Some(k)) = (data["id"].as_str(), client_of(data)) {
-                    c.roster.insert(id.to_string(), k);
+                    // An endpoint is added once per connect and removed before it can connect
+                    // again: added while listed means its removal was never told.
+                    if c.roster.insert(id.to_string(), k).is_some() {
+                        self.oracles.fail(format!(
+                            "{who}: endpointAdded for {id}, which it already lists (no endpointRemoved in between)"
+                        ));
+                    }
                 }
             }
             "endpointRemoved" => {
@@ -997,6 +1180,7 @@ impl Client {
                     return vec![offer];
                 }
                 "sdpAnswer" => c.neg.on_answer(&who, &data["data"], &self.oracles),
+                "candidate" => c.neg.on_candidate(&who, &data["data"], &self.oracles),
                 _ => {}
             },
             "error" if c.neg.take_error() => {}

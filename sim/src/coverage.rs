@@ -32,6 +32,13 @@ pub const SOMETIMES: &[&str] = &[
     "client: burst while an offer is open",
     "client: sdpAnswer applied",
     "client: tracksRemoved",
+    // The plane's candidates trickle in any phase of a negotiation; they reach the client.
+    "client: server candidate applied",
+    // The media `disconnect` on a live channel, and `connect` again on it.
+    "client: media disconnect on a live channel",
+    "client: connected again on the same channel",
+    // Frames behind a pending join, held by the socket until the reply.
+    "client: pipelined frames behind a join",
 ];
 
 /// Event counts of one world, by event name.

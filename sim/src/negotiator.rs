@@ -43,6 +43,8 @@ pub struct Negotiator {
     /// inactive with that track already gone (only then may the mid carry another track).
     carried: BTreeMap<String, (String, bool)>,
     pub negotiations: u64,
+    /// Answers applied: a local candidate of the server needs a remote description to go to.
+    answers: u64,
     /// An unparsable offer was sent: the server owes one media `error` for it.
     error_due: bool,
 }
@@ -289,6 +291,16 @@ impl Negotiator {
         for t in map.values().filter_map(Value::as_str) {
             self.answered.insert(t.to_string());
         }
+        self.answers += 1;
         oracles.reached("client: sdpAnswer applied");
+    }
+
+    /// A server ICE candidate: the browser adds it to its remote description, which only an
+    /// answer sets (`addIceCandidate` before one fails and ICE may never connect).
+    pub fn on_candidate(&mut self, who: &str, data: &Value, oracles: &Oracles) {
+        oracles.reached("client: server candidate applied");
+        oracles.check(self.answers > 0, || {
+            format!("{who}: server candidate {data} before any sdpAnswer")
+        });
     }
 }

@@ -68,6 +68,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         queue_cap: 0,
         squatters: 0,
         max_rooms: None,
+        idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
         workload: Default::default(),
     }
 }

@@ -28,6 +28,12 @@ named_enum! {
         Stale = "stale",
         // Publish/unpublish/leave/rejoin churn, also right after an offer (client.rs `burst`).
         Burst = "burst",
+        // The media-level `disconnect` on a live channel ("leave call" keeping the page), then
+        // `connect` again on the same channel a little later (client.rs `hang_up`).
+        Hangup = "hangup",
+        // Media events pipelined right behind a `phx_join`, before its reply (not phoenix.js,
+        // which buffers them; a client of its own might): the socket holds them for the join.
+        Pipeline = "pipeline",
     }
 }
 
@@ -60,6 +66,9 @@ pub struct Swarm {
     pub squatters: usize,
     /// The server's room limit, if not the production default. Named scenarios only.
     pub max_rooms: Option<usize>,
+    /// The server's idle timeout (a socket with no frame for this long is closed with 1001).
+    /// Drawn by the world from its own stream, short enough that worlds reach it.
+    pub idle_timeout: Duration,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
     pub workload: Arc<Mutex<Stream>>,
 }
@@ -97,6 +106,7 @@ impl Swarm {
             queue_cap: 0,
             squatters: 0,
             max_rooms: None,
+            idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
             workload: Arc::default(),
         }
         .squeeze(rng)

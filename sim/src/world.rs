@@ -106,10 +106,22 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         Duration::from_millis(1 + plane.below(150))
     };
     trace.log(format_args!("plane latency below {plane_latency:?}"));
+    // An idle timeout a world reaches (the production 60 s never is): a socket that heartbeats
+    // every 500 ms must never hit it, one whose link is clogged for longer must.
+    let mut server_draw = Stream::new(seed, "server");
+    swarm.idle_timeout = Duration::from_millis(1_000 + server_draw.below(2_000));
+    trace.log(format_args!("idle timeout {:?}", swarm.idle_timeout));
     let handle = Handle::current();
     let limits = Limits {
         max_rooms: swarm.max_rooms.unwrap_or(Limits::default().max_rooms),
         ..Limits::for_peers(swarm.max_peers_per_room)
+    };
+    let limits = Limits {
+        socket: videoroom::phoenix::SocketConfig {
+            idle_timeout: swarm.idle_timeout,
+            ..limits.socket
+        },
+        ..limits
     };
     let limits = match swarm.queue_cap {
         0 => limits,
@@ -357,6 +369,9 @@ fn check_server(app: &CurrentApp, oracles: &Oracles) {
     // The process table's own bookkeeping (monitors held on both ends, none on the dead).
     for bad in app.sys.audit() {
         oracles.fail(format!("process table: {bad}"));
+    }
+    for bad in app.rooms.audit() {
+        oracles.fail(format!("room registry: {bad}"));
     }
     let entries = app.rooms.entries();
     oracles.check(entries.len() <= app.limits.max_rooms, || {

@@ -8,8 +8,11 @@
 //! Built with [`FakePlane::with_latency`] (the simulation does), each offer's events are held
 //! back for a seeded random delay, as a real plane's ICE gathering and handshakes are, so the
 //! negotiation windows open: a renegotiation while an answer is outstanding, a leave or a room
-//! crash while it is in flight. Delays never reorder: one plane's events go out in the order of
-//! the offers that caused them, and none after the plane is dropped.
+//! crash while it is in flight. Candidates then also trickle as a real agent's do: sometimes one
+//! as soon as the peer is added (gathering starts before any offer, so it can land in any phase
+//! of the first negotiation) and sometimes one more some time after an answer. Delays never
+//! reorder: one plane's events go out in the order of the calls that caused them, and none
+//! after the plane is dropped.
 //!
 //! It must never touch a socket; without latency it never reads a clock or draws randomness,
 //! and for one sequence of calls it reports the same events byte for byte.
@@ -111,6 +114,9 @@ impl FakePlane {
 impl MediaPlane for FakePlane {
     fn add_peer(&mut self, peer: &str) {
         self.peers.entry(peer.to_owned()).or_default();
+        if self.trickles() {
+            self.deliver(vec![candidate(peer)]);
+        }
     }
 
     fn remove_peer(&mut self, peer: &str) {
@@ -122,7 +128,14 @@ impl MediaPlane for FakePlane {
             return;
         };
         let events = answer_events(state, peer, &offer);
+        let answered = matches!(
+            events.first(),
+            Some(PlaneEvent::Answer { result: Ok(_), .. })
+        );
         self.deliver(events);
+        if answered && self.trickles() {
+            self.deliver(vec![candidate(peer)]);
+        }
     }
 
     fn remote_candidate(&mut self, _peer: &str, _candidate: &str, _index: Option<u32>) {}
@@ -133,6 +146,11 @@ impl MediaPlane for FakePlane {
 }
 
 impl FakePlane {
+    /// Whether to report one more candidate on its own (with latency only, half the time).
+    fn trickles(&self) -> bool {
+        matches!(self.out, Outbox::Later { .. }) && rt::rand::chance(0.5)
+    }
+
     fn deliver(&mut self, events: Vec<PlaneEvent>) {
         match &mut self.out {
             Outbox::Now(sink) => events.into_iter().for_each(|e| sink.send(e)),
@@ -145,6 +163,13 @@ impl FakePlane {
                 let _ = tx.send((at, events));
             }
         }
+    }
+}
+
+fn candidate(peer: &str) -> PlaneEvent {
+    PlaneEvent::LocalCandidate {
+        peer: peer.to_owned(),
+        candidate: FAKE_CANDIDATE.to_owned(),
     }
 }
 
@@ -162,10 +187,7 @@ fn answer_events(state: &mut FakePeer, peer: &str, offer: &PlaneOffer) -> Vec<Pl
     if !ok {
         return out;
     }
-    out.push(PlaneEvent::LocalCandidate {
-        peer: peer.to_owned(),
-        candidate: FAKE_CANDIDATE.to_owned(),
-    });
+    out.push(candidate(peer));
     let inbound: BTreeSet<TrackId> = offer
         .mlines
         .iter()

@@ -20,4 +20,5 @@ pub use frame::{decode, DecodeError, Frame};
 pub use socket::{
     ChanId, ChannelEvent, Output, SocketConfig, SocketCore, StopReason, CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA,
+    MAX_HELD_FRAMES,
 };

@@ -53,7 +53,7 @@ pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 /// produces such frames on a join timeout (one leave and one join per retry, every 10 s or
 /// more), so a well-behaved client stays below it unless a channel never answers its join, and
 /// then a reconnect is the right way out.
-const MAX_HELD_FRAMES: usize = 16;
+pub const MAX_HELD_FRAMES: usize = 16;
 
 /// A channel of this socket. Allocated by the core and never reused within one socket, so an
 /// event from a channel the core has forgotten can never be mistaken for a newer channel.

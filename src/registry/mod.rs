@@ -111,7 +111,7 @@ impl<M: Send + 'static> Registry<M> {
         self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, Names<Addr<M>>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Names<Addr<M>>> {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -182,6 +182,28 @@ impl<M: Send + 'static> Registry<M> {
                 Err(RegisterError::Noproc)
             }
         }
+    }
+
+    /// The table's own bookkeeping, for the simulation's per-tick check: every grant has the
+    /// exit hook that releases it attached to its live holder (a grant without one would
+    /// outlive its process; one whose id was not recorded could never be detached). Empty
+    /// when sound.
+    pub fn audit(&self) -> Vec<String> {
+        let names = self.lock();
+        names
+            .iter()
+            .filter_map(|(name, e)| match e.hook {
+                None => Some(format!(
+                    "{name:?} granted to {} without its exit hook",
+                    e.pid
+                )),
+                Some(id) if !self.sys.has_exit_hook(e.pid, id) => Some(format!(
+                    "{name:?} granted to {} records exit hook {id}, which {} does not carry",
+                    e.pid, e.pid
+                )),
+                Some(_) => None,
+            })
+            .collect()
     }
 
     /// Removes `name` whoever holds it (idempotent).

@@ -27,10 +27,18 @@ pub(crate) struct Stamp(u64);
 #[derive(Clone, Copy)]
 pub(crate) struct Stamp;
 
-/// Hands out stamps in enqueue order; shared by every sender of one mailbox.
+/// Hands out stamps in enqueue order and counts the messages (not DOWNs) queued; shared by
+/// every sender of one mailbox and its inbox. Observed builds only: the inbox checks that free
+/// slots and queued messages always add up to the capacity (see [`Inbox::check_bound`]).
 #[cfg(any(madsim, test))]
-#[derive(Clone)]
-struct Stamper(Arc<std::sync::atomic::AtomicU64>);
+#[derive(Clone, Default)]
+struct Stamper(Arc<Ledger>);
+#[cfg(any(madsim, test))]
+#[derive(Default)]
+struct Ledger {
+    next: std::sync::atomic::AtomicU64,
+    queued: std::sync::atomic::AtomicUsize,
+}
 #[cfg(not(any(madsim, test)))]
 #[derive(Clone)]
 struct Stamper;
@@ -51,12 +59,37 @@ impl Stamper {
     fn next(&self) -> Stamp {
         #[cfg(any(madsim, test))]
         {
-            Stamp(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            Stamp(
+                self.0
+                    .next
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            )
         }
         #[cfg(not(any(madsim, test)))]
         {
             Stamp
         }
+    }
+
+    /// One more (`true`) or one fewer message in the queue.
+    #[inline(always)]
+    fn count(&self, more: bool) {
+        #[cfg(any(madsim, test))]
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            if more {
+                self.0.queued.fetch_add(1, Relaxed);
+            } else {
+                self.0.queued.fetch_sub(1, Relaxed);
+            }
+        }
+        #[cfg(not(any(madsim, test)))]
+        let _ = more;
+    }
+
+    #[cfg(any(madsim, test))]
+    fn queued(&self) -> usize {
+        self.0.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -171,12 +204,16 @@ impl<M> Addr<M> {
 
     fn enqueue(&self, msg: M) -> Result<(), SendError<M>> {
         let stamp = self.stamps.next();
-        self.tx
-            .send(Envelope::Msg(msg, stamp))
-            .map_err(|e| match e.0 {
-                Envelope::Msg(m, _) => SendError::Dead(m),
+        match self.tx.send(Envelope::Msg(msg, stamp)) {
+            Ok(()) => {
+                self.stamps.count(true);
+                Ok(())
+            }
+            Err(e) => match e.0 {
+                Envelope::Msg(m, _) => Err(SendError::Dead(m)),
                 Envelope::Down(..) => unreachable!("sent a message"),
-            })
+            },
+        }
     }
 
     /// Delivers `msg`, waiting while the mailbox is full; fails only if the process is gone.
@@ -222,6 +259,11 @@ pub(crate) struct Inbox<M> {
     /// The stamp the next envelope must carry.
     #[cfg(any(madsim, test))]
     expect: u64,
+    /// The senders' ledger (queued messages) and the bound it was made with.
+    #[cfg(any(madsim, test))]
+    ledger: Stamper,
+    #[cfg(any(madsim, test))]
+    capacity: usize,
 }
 
 impl<M> Inbox<M> {
@@ -248,7 +290,39 @@ impl<M> Inbox<M> {
             Envelope::Down(d, s) => (Received::Down(d), s),
         };
         self.check(stamp);
+        if matches!(r, Received::Msg(_)) {
+            self.count_taken();
+        }
+        self.check_bound();
         r
+    }
+
+    #[inline(always)]
+    fn count_taken(&self) {
+        #[cfg(any(madsim, test))]
+        self.ledger.count(false);
+    }
+
+    /// Only messages count against the bound, each holding one slot from `send` until it is
+    /// taken: free slots plus queued messages must always be the capacity, or the bound has
+    /// drifted for good (a DOWN handing back a slot it never took, a slot lost). Checked where
+    /// the receiver hands slots back; senders on other threads could be mid-send (slot taken,
+    /// not yet queued), so it only means something where one thread runs the world, which is
+    /// where the probe listens.
+    #[inline(always)]
+    fn check_bound(&self) {
+        #[cfg(any(madsim, test))]
+        {
+            let (free, queued) = (self.permits.available_permits(), self.ledger.queued());
+            if free + queued != self.capacity {
+                super::probe::emit(super::probe::Event::MailboxBoundBroken {
+                    pid: self.pid,
+                    capacity: self.capacity,
+                    free,
+                    queued,
+                });
+            }
+        }
     }
 
     #[inline(always)]
@@ -279,13 +353,15 @@ impl<M> Drop for Inbox<M> {
 
 pub(crate) fn mailbox<M>(pid: Pid, capacity: usize, blocked: Blocked) -> (Addr<M>, Inbox<M>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let permits = Arc::new(Semaphore::new(capacity.max(1)));
+    let capacity = capacity.max(1);
+    let permits = Arc::new(Semaphore::new(capacity));
+    let stamps = Stamper::new();
     (
         Addr {
             pid,
             tx,
             permits: permits.clone(),
-            stamps: Stamper::new(),
+            stamps: stamps.clone(),
             blocked,
         },
         Inbox {
@@ -294,6 +370,10 @@ pub(crate) fn mailbox<M>(pid: Pid, capacity: usize, blocked: Blocked) -> (Addr<M
             pid,
             #[cfg(any(madsim, test))]
             expect: 0,
+            #[cfg(any(madsim, test))]
+            ledger: stamps,
+            #[cfg(any(madsim, test))]
+            capacity,
         },
     )
 }
@@ -332,6 +412,34 @@ mod tests {
                 "MailboxOutOfOrder { pid: Pid(7), expected: 3, got: 5 }".to_string(),
                 "MailboxOutOfOrder { pid: Pid(7), expected: 6, got: 4 }".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn free_slots_and_queued_messages_add_up_to_the_capacity_or_it_is_reported() {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let s = seen.clone();
+        let _g = probe::install(move |e| s.borrow_mut().push(e.to_string()));
+        let (addr, mut inbox) = mailbox::<u32>(Pid(3), 2, Blocked::default());
+        addr.try_send(1).unwrap();
+        addr.try_send(2).unwrap();
+        assert!(matches!(addr.try_send(3), Err(SendError::Full(3))));
+        (addr.down_sink())(Down {
+            mref: crate::rt::MonitorRef(1),
+            pid: Pid(4),
+            reason: crate::rt::ExitReason::Normal,
+        });
+        for _ in 0..3 {
+            assert!(inbox.try_recv().is_some());
+        }
+        assert!(seen.borrow().is_empty(), "{:?}", seen.borrow());
+        // A test double of a slot handed back twice: the bound has grown by one.
+        inbox.permits.add_permits(1);
+        addr.try_send(5).unwrap();
+        assert!(matches!(inbox.try_recv(), Some(Received::Msg(5))));
+        assert_eq!(
+            *seen.borrow(),
+            vec!["MailboxBoundBroken { pid: Pid(3), capacity: 2, free: 3, queued: 0 }".to_string()]
         );
     }
 }

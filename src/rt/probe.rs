@@ -119,6 +119,14 @@ pub enum Event<'a> {
         expected: u64,
         got: u64,
     },
+    /// Never: a mailbox's free slots and queued messages no longer add up to its capacity
+    /// (a permit returned twice or lost: the bound grows or shrinks for good).
+    MailboxBoundBroken {
+        pid: Pid,
+        capacity: usize,
+        free: usize,
+        queued: usize,
+    },
     /// Never: a DOWN reached a process that holds no such monitor (not pending, not flushed).
     DownForUnknownMonitor {
         sys: SysId,
@@ -244,6 +252,7 @@ impl Event<'_> {
             Event::DownReceived { .. } => "DownReceived",
             Event::DownForUnknownMonitor { .. } => "DownForUnknownMonitor",
             Event::MailboxOutOfOrder { .. } => "MailboxOutOfOrder",
+            Event::MailboxBoundBroken { .. } => "MailboxBoundBroken",
             Event::NameRegistered { .. } => "NameRegistered",
             Event::NameReleased { .. } => "NameReleased",
             Event::NameUnregistered { .. } => "NameUnregistered",
@@ -295,6 +304,7 @@ impl Event<'_> {
             self,
             Event::DownForUnknownMonitor { .. }
                 | Event::MailboxOutOfOrder { .. }
+                | Event::MailboxBoundBroken { .. }
                 | Event::RoomDownForUnknownPeer
                 | Event::RoomStartFailed
                 | Event::ChannelMessageBeforeJoin

@@ -337,6 +337,14 @@ impl System {
         self.lock().procs.get(&pid).map_or(0, |p| p.hooks.len())
     }
 
+    /// Whether live `pid` carries the exit hook `id` (the registry's audit).
+    pub(crate) fn has_exit_hook(&self, pid: Pid, id: u64) -> bool {
+        self.lock()
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.hooks.contains_key(&id))
+    }
+
     pub(crate) fn remove_exit_hook(&self, pid: Pid, id: u64) {
         if let Some(p) = self.lock().procs.get_mut(&pid) {
             p.hooks.remove(&id);

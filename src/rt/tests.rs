@@ -199,6 +199,17 @@ async fn released_names_leave_no_exit_hook_behind() {
     let a = puppet(&sys);
     reg.register("r", &a).unwrap();
     assert_eq!(sys.exit_hook_count(a.pid()), 1);
+    assert_eq!(reg.audit(), Vec::<String>::new());
+    // The audit sees a grant whose hook went missing (a test double of a lost hook id).
+    let (pid, id) = {
+        let names = reg.lock();
+        let e = names.get("r").unwrap();
+        (e.pid, e.hook.unwrap())
+    };
+    sys.remove_exit_hook(pid, id);
+    assert_eq!(reg.audit().len(), 1, "{:?}", reg.audit());
+    reg.unregister("r");
+    reg.register("r", &a).unwrap();
     reg.unregister("r");
     assert_eq!(sys.exit_hook_count(a.pid()), 0, "unregister");
     reg.register("r", &a).unwrap();
