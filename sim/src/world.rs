@@ -111,6 +111,19 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let mut server_draw = Stream::new(seed, "server");
     swarm.idle_timeout = Duration::from_millis(1_000 + server_draw.below(2_000));
     trace.log(format_args!("idle timeout {:?}", swarm.idle_timeout));
+    // Half the worlds have slow processes: mailboxes fill, joins are caught half-way.
+    let (lag_chance, lag_max) = if server_draw.chance(0.5) {
+        (
+            0.05 + server_draw.below(30) as f64 / 100.0,
+            Duration::from_micros(500 + server_draw.below(15_000)),
+        )
+    } else {
+        (0.0, Duration::ZERO)
+    };
+    videoroom::rt::sim::set_lag(lag_chance, lag_max);
+    trace.log(format_args!(
+        "process lag: {lag_chance:.2} of receives, below {lag_max:?}"
+    ));
     let handle = Handle::current();
     let limits = Limits {
         max_rooms: swarm.max_rooms.unwrap_or(Limits::default().max_rooms),

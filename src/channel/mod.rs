@@ -43,6 +43,9 @@ pub mod room_name;
 #[cfg(test)]
 mod tests;
 
+/// The label of channel processes in the process table (what a leak report or a fault names).
+pub const PROCESS_LABEL: &str = "channel";
+
 /// The join error's reason when starting the room would pass `max_rooms`.
 pub const ROOM_LIMIT_REASON: &str = "server is at its room limit";
 /// The event that tells a client why its channel was dropped (`{"reason": ...}`).

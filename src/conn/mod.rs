@@ -234,6 +234,7 @@ fn drive(
                         let _slot = slot;
                         channel::run(app2, socket, chan, topic, payload, c).await
                     });
+                app.sys.set_label(addr.pid(), channel::PROCESS_LABEL);
                 ctx.monitor(addr.pid());
                 chans.by_pid.insert(addr.pid(), chan);
                 chans.by_id.insert(chan, addr);

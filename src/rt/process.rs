@@ -575,6 +575,8 @@ impl<M: Send + 'static> Ctx<M> {
 
     /// The next message or DOWN, in arrival order. Cancel-safe (usable in `select!`).
     pub async fn recv(&mut self) -> Received<M> {
+        #[cfg(madsim)]
+        super::sim::lag().await;
         loop {
             let r = self.inbox.recv().await;
             if let Some(r) = self.admit(r) {

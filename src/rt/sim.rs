@@ -8,8 +8,32 @@
 //! callsite interest cache (decides only whether an event is counted), and tokio's RNG seed
 //! counter, which does reach decisions through tokio's watch channel: hence `rt::watch`.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::time::Duration;
+
+thread_local! {
+    // Per world: each world runs on its own thread (see `run`), so nothing carries over.
+    static LAG: Cell<(f64, Duration)> = const { Cell::new((0.0, Duration::ZERO)) };
+}
+
+/// Makes processes of this world slow: before taking its next message a process is busy, with
+/// probability `chance`, for a time drawn below `max` (a loaded CPU, a long handler). Under the
+/// simulator every process otherwise runs the instant it is woken, so a mailbox never fills
+/// and a join is never caught half-way; with lag, messages pile up behind a busy process and
+/// faults land mid-protocol. Draws from the seeded RNG, so a world replays exactly.
+pub fn set_lag(chance: f64, max: Duration) {
+    LAG.with(|l| l.set((chance, max)));
+}
+
+/// The lag before a process takes its next message (see [`set_lag`]).
+pub(crate) async fn lag() {
+    let (chance, max) = LAG.with(Cell::get);
+    if chance > 0.0 && !max.is_zero() && super::rand::chance(chance) {
+        let d = Duration::from_micros(super::rand::below(max.as_micros() as u64));
+        super::time::sleep(d).await;
+    }
+}
 
 /// Runs `f` in a fresh madsim runtime seeded with `seed`, on a fresh OS thread (madsim seeds
 /// per-thread state, such as std's hash seeds, when a thread first uses it). Returns the
