@@ -28,6 +28,7 @@ use videoroom::rt::{self, time};
 use crate::negotiator::Negotiator;
 use crate::oracle::Oracles;
 use crate::swarm::Swarm;
+use crate::tabs::{Tabs, TOO_MANY_CHANNELS};
 use crate::trace::Trace;
 use crate::wire::{self, WireFrame};
 
@@ -151,6 +152,8 @@ pub struct Client {
     /// least as many as the socket can have held at once.
     held: usize,
     held_peak: usize,
+    /// Extra channels on this socket (other tabs).
+    tabs: Tabs,
     /// Heartbeats in flight on this connection: ref → when it went out.
     heartbeats: BTreeMap<String, time::Instant>,
     /// When the newest answered heartbeat went out: the server saw a frame no earlier.
@@ -211,6 +214,7 @@ impl Client {
             joins_pending: BTreeSet::new(),
             held: 0,
             held_peak: 0,
+            tabs: Tabs::default(),
             heartbeats: BTreeMap::new(),
             alive_at: None,
         }
@@ -285,6 +289,7 @@ impl Client {
             self.alive_at = None;
             self.joins_pending.clear();
             (self.held, self.held_peak) = (0, 0);
+            self.tabs.reset();
             self.pending_leave = None;
             self.burst_at = None;
             // A channel the server closed stays closed (phoenix.js removed it from the socket);
@@ -409,6 +414,9 @@ impl Client {
             if phase == Phase::Teardown {
                 return Step::Continue;
             }
+            if phase != Phase::Chaos {
+                self.tabs.settle();
+            }
             let next_rejoin = self.rejoin_at;
             let deadline = [
                 Some(heartbeat),
@@ -416,6 +424,7 @@ impl Client {
                 (phase == Phase::Chaos).then_some(action),
                 self.burst_at.filter(|_| phase == Phase::Chaos),
                 self.chan.as_ref().and_then(|c| c.reconnect_at),
+                self.tabs.due(),
             ]
             .into_iter()
             .flatten()
@@ -475,6 +484,9 @@ impl Client {
                     if self.rejoin_at.is_some_and(|t| now >= t) {
                         self.rejoin_at = None;
                         if !self.join(w).await { return Step::Reconnect; }
+                    }
+                    for f in self.tabs.leaves_due(&mut self.next_ref) {
+                        if !self.send(w, f).await { return Step::Reconnect; }
                     }
                     if self.chan.as_ref().and_then(|c| c.reconnect_at).is_some_and(|t| now >= t)
                         && !self.reconnect(w).await
@@ -563,6 +575,20 @@ impl Client {
             "stale" => self.send_stale(w).await,
             "burst" if joined => self.burst(w).await,
             "hangup" if joined && !self.squatter => self.hang_up(w).await,
+            "tabs" if self.tabs.is_empty() => {
+                let n = 1 + rt::rand::below(5) as usize;
+                let main = self.chan.as_ref().map(|c| c.join_ref.clone());
+                self.log(format!("opens {n} more channels on its socket"));
+                for f in self
+                    .tabs
+                    .open(self.idx, n, main.as_deref(), &mut self.next_ref)
+                {
+                    if !self.send(w, f).await {
+                        return false;
+                    }
+                }
+                true
+            }
             _ => true,
         }
     }
@@ -742,6 +768,12 @@ impl Client {
                 f.topic,
                 f.join_ref.as_deref().unwrap_or("-")
             )),
+        }
+        self.tabs.note_ended(&f);
+        if self.tabs.owns(&f) {
+            let max = videoroom::app::Limits::default().socket.max_channels;
+            self.tabs.on_frame(self.idx, &f, max, &self.oracles);
+            return true;
         }
         if let Some(jr) = &f.join_ref {
             if self.closed.contains(jr) && f.event != "phx_reply" {
@@ -1013,6 +1045,8 @@ impl Client {
         let allowed = match reason {
             "room is full" => sw.clients > sw.max_peers_per_room || ghosts,
             r if r == videoroom::channel::ROOM_LIMIT_REASON => max_rooms < sw.rooms,
+            // Its other tabs hold the socket's channels.
+            TOO_MANY_CHANNELS => self.weight("tabs") > 0,
             // The channel died before answering: killed by a fault, or its socket's mailbox
             // was full when it answered.
             "join crashed" => has("channel_crash") || sw.queue_cap > 0,

@@ -39,6 +39,8 @@ pub const SOMETIMES: &[&str] = &[
     "client: connected again on the same channel",
     // Frames behind a pending join, held by the socket until the reply.
     "client: pipelined frames behind a join",
+    // A socket at its channel limit refuses one more.
+    "client: tab refused at the channel limit",
 ];
 
 /// Event counts of one world, by event name.

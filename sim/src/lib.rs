@@ -16,6 +16,7 @@ pub mod scenarios;
 pub mod server;
 pub mod streams;
 pub mod swarm;
+pub mod tabs;
 pub mod trace;
 pub mod wire;
 pub mod world;

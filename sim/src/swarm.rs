@@ -34,6 +34,8 @@ named_enum! {
         // Media events pipelined right behind a `phx_join`, before its reply (not phoenix.js,
         // which buffers them; a client of its own might): the socket holds them for the join.
         Pipeline = "pipeline",
+        // More channels on the same socket, up to and past its limit (tabs.rs).
+        Tabs = "tabs",
     }
 }
 
