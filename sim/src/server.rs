@@ -21,8 +21,33 @@ pub const SOCKET_LABEL: &str = "socket";
 /// The current incarnation's App (replaced when the node restarts), for the oracles.
 pub type CurrentApp = Arc<Mutex<Option<App>>>;
 
+/// The clients' downlinks, as the server's writes see them: some connections drain slowly (a
+/// phone on a weak network, a tab the browser throttles), so the server's outbound queue for
+/// them fills as a real socket's send buffer does, and the slow-consumer path runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Links {
+    /// Share of connections whose downlink is slow (0: none).
+    pub slow_share: f64,
+    /// A slow downlink's rate, bytes per second, drawn per connection in this range.
+    pub slow_bytes_per_sec: (u64, u64),
+}
+
+impl Links {
+    /// This connection's downlink rate, if it is slow.
+    fn draw(&self) -> Option<u64> {
+        let (lo, hi) = self.slow_bytes_per_sec;
+        (self.slow_share > 0.0 && videoroom::rt::rand::chance(self.slow_share))
+            .then(|| lo + videoroom::rt::rand::below(hi.saturating_sub(lo).max(1)))
+    }
+}
+
 /// `plane_latency`: the most a room's fake media plane takes to answer an offer (0: at once).
-pub async fn serve(current: CurrentApp, limits: Limits, plane_latency: std::time::Duration) {
+pub async fn serve(
+    current: CurrentApp,
+    limits: Limits,
+    plane_latency: std::time::Duration,
+    links: Links,
+) {
     let app = App::new(limits);
     let negotiation = (*app.negotiation).clone();
     let app = app.with_media(negotiation, PlaneFactory::fake_with_latency(plane_latency));
@@ -43,11 +68,18 @@ pub async fn serve(current: CurrentApp, limits: Limits, plane_latency: std::time
             continue;
         };
         let (app, shutdown) = (app.clone(), shutdown.clone());
-        tokio::spawn(async move { connection(app, stream, shutdown).await });
+        let downlink = links.draw();
+        tokio::spawn(async move { connection(app, stream, shutdown, downlink).await });
     }
 }
 
-async fn connection(app: App, stream: madsim::net::TcpStream, shutdown: watch::Receiver<bool>) {
+/// `downlink`: the client's rate in bytes per second when its link is slow.
+async fn connection(
+    app: App,
+    stream: madsim::net::TcpStream,
+    shutdown: watch::Receiver<bool>,
+    downlink: Option<u64>,
+) {
     let (mut reader, mut writer) = wire::split(stream);
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, mut out_rx) = mpsc::channel(app.limits.outbound_frames);
@@ -74,6 +106,11 @@ async fn connection(app: App, stream: madsim::net::TcpStream, shutdown: watch::R
             };
             let close = matches!(f, WireFrame::Close(_));
             let sent = writer.send(&f).await;
+            if let Some(rate) = downlink.filter(|_| n > 0) {
+                // The next write waits until this frame has drained.
+                let micros = n as u64 * 1_000_000 / rate.max(1);
+                tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+            }
             queued.written(n);
             if !sent || close {
                 break;

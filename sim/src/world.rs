@@ -114,13 +114,23 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     // Half the worlds have slow processes: mailboxes fill, joins are caught half-way.
     let (lag_chance, lag_max) = if server_draw.chance(0.5) {
         (
-            0.05 + server_draw.below(30) as f64 / 100.0,
-            Duration::from_micros(500 + server_draw.below(15_000)),
+            0.05 + server_draw.below(45) as f64 / 100.0,
+            Duration::from_micros(500 + server_draw.below(40_000)),
         )
     } else {
         (0.0, Duration::ZERO)
     };
     videoroom::rt::sim::set_lag(lag_chance, lag_max);
+    // A third of the worlds have clients on slow downlinks (three in ten of their connections).
+    let links = if server_draw.chance(0.33) {
+        server::Links {
+            slow_share: 0.3,
+            slow_bytes_per_sec: (2_000, 16_000),
+        }
+    } else {
+        server::Links::default()
+    };
+    trace.log(format_args!("links: {links:?}"));
     trace.log(format_args!(
         "process lag: {lag_chance:.2} of receives, below {lag_max:?}"
     ));
@@ -157,7 +167,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
             .create_node()
             .name("server")
             .ip(IpAddr::V4(SERVER_IP))
-            .init(move || server::serve(app.clone(), limits.clone(), plane_latency))
+            .init(move || server::serve(app.clone(), limits.clone(), plane_latency, links))
             .build()
     };
     let rooms: Vec<String> = (0..swarm.rooms).map(|i| format!("r{i}")).collect();
