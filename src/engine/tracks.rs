@@ -172,7 +172,6 @@ struct PeerState {
     phase: Phase,
     /// A renegotiation was asked for while a cycle was open.
     pending: bool,
-    next_negotiation: u64,
     held_candidates: Vec<String>,
     /// An `sdpAnswer` reached the client: before that it has no remote description to add
     /// candidates to.
@@ -195,7 +194,6 @@ impl PeerState {
             turn_servers,
             phase: Phase::Idle,
             pending: false,
-            next_negotiation: 1,
             held_candidates: Vec::new(),
             answered: false,
             inbound: BTreeMap::new(),
@@ -248,6 +246,11 @@ pub struct TrackNegotiation {
     peers: BTreeMap<PeerId, PeerState>,
     /// Peers that lost carried tracks of a leaver: renegotiated after `endpointRemoved`.
     renegotiate_after_leave: Vec<PeerId>,
+    /// Negotiation ids are unique in the room, not per peer: a peer that sends `disconnect`
+    /// and `connect` again keeps its id but starts a new session, and the plane's answer to
+    /// an offer of the old session may still be on its way; with a per-peer count it would
+    /// carry the number the new session's first offer gets and be taken for its answer.
+    next_negotiation: u64,
 }
 
 impl TrackNegotiation {
@@ -256,6 +259,7 @@ impl TrackNegotiation {
             config,
             peers: BTreeMap::new(),
             renegotiate_after_leave: Vec::new(),
+            next_negotiation: 1,
         }
     }
 
@@ -601,8 +605,8 @@ impl TrackNegotiation {
             };
             new_tracks.push((track_id, kind, metadata));
         }
-        let negotiation = state.next_negotiation;
-        state.next_negotiation += 1;
+        let negotiation = self.next_negotiation;
+        self.next_negotiation += 1;
         state.phase = Phase::AwaitingAnswer {
             negotiation,
             mid_to_track_id,

@@ -269,7 +269,7 @@ fn publish_and_subscribe() {
     );
     assert_eq!(
         h.send("B", &b_receives_two()),
-        ["plane offer B #1 [0=out A:a msid A, 1=out A:v msid A]"]
+        ["plane offer B #2 [0=out A:a msid A, 1=out A:v msid A]"]
     );
     let offer = h.offers["B"].clone();
     assert_eq!(
@@ -358,7 +358,7 @@ fn removed_track_keeps_its_m_line_until_an_inactive_answer_then_the_slot_is_recy
     assert_eq!(
         h.send("A", &removed),
         [
-            "plane offer A #2 [0=in A:a, 1=inactive]".to_owned(),
+            "plane offer A #3 [0=in A:a, 1=inactive]".to_owned(),
             r#"B {"type":"tracksRemoved","data":{"endpointId":"A","trackIds":["A:v"]}}"#.to_owned(),
             offer_data("B", 1, 1),
         ]
@@ -371,7 +371,7 @@ fn removed_track_keeps_its_m_line_until_an_inactive_answer_then_the_slot_is_recy
     // the slot is not free yet, so the new track needs a new m-line.
     assert_eq!(
         h.send("B", &b_receives_two()),
-        ["plane offer B #2 [0=out A:a msid A, 1=inactive]"]
+        ["plane offer B #4 [0=out A:a msid A, 1=inactive]"]
     );
     h.send("A", RENEGOTIATE);
     let again = sdp_offer(
@@ -386,7 +386,7 @@ fn removed_track_keeps_its_m_line_until_an_inactive_answer_then_the_slot_is_recy
     let lines = h.send("A", &again);
     assert_eq!(
         lines[0],
-        "plane offer A #3 [0=in A:a, 1=inactive, 2=in A:v2]"
+        "plane offer A #5 [0=in A:a, 1=inactive, 2=in A:v2]"
     );
     assert_eq!(
         h.session.negotiation().tracks_types("B"),
@@ -497,7 +497,7 @@ fn leave_sends_tracks_removed_then_endpoint_removed_then_offer_data() {
     );
     assert_eq!(
         h.send("B", &b_receives_two()),
-        ["plane offer B #2 [0=inactive, 1=inactive]"]
+        ["plane offer B #3 [0=inactive, 1=inactive]"]
     );
     h.answer("B");
     assert_eq!(h.leave("B"), ["plane remove B"]);
@@ -522,7 +522,7 @@ fn no_tracks_removed_for_a_track_never_in_an_answer() {
     // B's offer still has a recvonly m-line for the removed video: it is paired, inactive.
     assert_eq!(
         h.send("B", &b_receives_two()),
-        ["plane offer B #1 [0=out A:a msid A, 1=inactive]"]
+        ["plane offer B #3 [0=out A:a msid A, 1=inactive]"]
     );
     // Only once an answer gave the client the mid can it erase the track.
     assert_eq!(
@@ -547,7 +547,7 @@ fn no_tracks_removed_for_a_track_never_in_an_answer() {
     );
     assert_eq!(
         h.send("B", &b_receives_two()),
-        ["plane offer B #1 [0=inactive, 1=inactive]"]
+        ["plane offer B #2 [0=inactive, 1=inactive]"]
     );
     assert_eq!(
         h.answer("B"),
@@ -842,4 +842,32 @@ fn a_peer_is_never_offered_more_simultaneous_tracks_than_its_connection_can_carr
     assert!(!last_announced, "tracks past the budget were announced");
     let tt = h.session.negotiation().tracks_types("R").unwrap();
     assert_eq!(tt.video as usize, budget);
+}
+
+/// A peer that sends `disconnect` and then `connect` again keeps its id but starts a new
+/// session: the plane's answer to an offer of the old session, still on its way, must not be
+/// taken for the answer to the new session's first offer.
+#[test]
+fn an_answer_from_before_a_disconnect_is_not_taken_for_the_new_session() {
+    let mut h = Harness::new();
+    let publish = sdp_offer(&[("0", "audio", "sendonly")], &[("0", "A:a")], &[]);
+    h.send("A", &connect("A"));
+    h.send("A", RENEGOTIATE);
+    h.send("A", &publish);
+    let old = h.offers.remove("A").expect("the plane got the offer");
+    h.send("A", r#"{"type":"disconnect"}"#);
+    h.send("A", &connect("A"));
+    h.send("A", RENEGOTIATE);
+    h.send("A", &publish);
+    let late = PlaneEvent::Answer {
+        peer: "A".into(),
+        negotiation: old.negotiation,
+        result: fake_answer(&old, 1),
+    };
+    assert_eq!(h.plane(late), Vec::<String>::new(), "the old answer");
+    let lines = h.answer("A");
+    assert!(
+        lines[0].starts_with(r#"A {"type":"custom","data":{"type":"sdpAnswer""#),
+        "{lines:?}"
+    );
 }
