@@ -606,7 +606,7 @@ impl Client {
         c.peer_id = None;
         c.roster.clear();
         c.seq.clear();
-        c.neg = Negotiator::default();
+        c.neg = c.neg.restart();
         c.reconnect_at = Some(time::now() + Duration::from_millis(20 + rt::rand::below(400)));
         self.log("hangs up (media disconnect)");
         self.oracles
@@ -752,14 +752,17 @@ impl Client {
                 f.payload["response"]
             )),
             "mediaEvent" => {
-                let kind = media
-                    .as_ref()
-                    .and_then(Option::as_ref)
-                    .and_then(|v| v["type"].as_str())
+                let ev = media.as_ref().and_then(Option::as_ref);
+                let kind = ev.and_then(|v| v["type"].as_str()).unwrap_or_default();
+                // A custom event is named by its inner type (offerData, sdpAnswer, candidate).
+                let sub = ev
+                    .filter(|_| kind == "custom")
+                    .and_then(|v| v["data"]["type"].as_str())
                     .unwrap_or_default();
                 self.log(format!(
-                    "<- {} media {kind} jr {}",
+                    "<- {} media {kind}{}{sub} jr {}",
                     f.topic,
+                    if sub.is_empty() { "" } else { " " },
                     f.join_ref.as_deref().unwrap_or("-")
                 ))
             }
@@ -811,6 +814,12 @@ impl Client {
                     self.oracles.errored(self.idx, &jr);
                 } else {
                     self.check_close_allowed(&jr, &f.topic);
+                    if self.left.contains(&jr) || self.replaced.contains(&jr) {
+                        // The client's leave or duplicate join reached the socket before the
+                        // channel's exit did: the socket forgot the channel and closes it as
+                        // asked, so its crash has nobody left to report to (S11, S15).
+                        self.oracles.errored(self.idx, &jr);
+                    }
                 }
                 if current {
                     let c = self.chan.take().expect("current");

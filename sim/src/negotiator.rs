@@ -60,6 +60,15 @@ impl Negotiator {
             .filter(|m| m.track.is_some() && m.dir == "sendonly")
     }
 
+    /// A fresh negotiation (a new peer connection after a media `disconnect`) whose tracks
+    /// keep getting new ids, as the browser's do: a track id is never reused.
+    pub fn restart(&self) -> Negotiator {
+        Negotiator {
+            next_track: self.next_track,
+            ..Negotiator::default()
+        }
+    }
+
     pub fn is_publishing(&self) -> bool {
         self.published().next().is_some()
     }

@@ -34,12 +34,22 @@ struct Inner {
     expected_errors: BTreeMap<(usize, String), bool>,
     /// Client-side branches reached (coverage the server's events cannot see).
     reached: BTreeMap<&'static str, u64>,
+    /// Where violations are also written, at the moment they happen (see [`Oracles::traced`]).
+    trace: Option<Trace>,
 }
 
 #[derive(Clone, Default)]
 pub struct Oracles(Arc<Mutex<Inner>>);
 
 impl Oracles {
+    /// Oracles that also write each violation into `trace` when it happens, so a replay shows
+    /// it among the events that led to it.
+    pub fn traced(trace: &Trace) -> Oracles {
+        let o = Oracles::default();
+        o.0.lock().unwrap().trace = Some(trace.clone());
+        o
+    }
+
     pub fn check(&self, ok: bool, what: impl FnOnce() -> String) {
         let mut i = self.0.lock().unwrap();
         i.checks += 1;
@@ -47,6 +57,9 @@ impl Oracles {
             // A state checked on every tick reports a lasting breach once, not once per tick.
             let v = what();
             if !i.violations.contains(&v) {
+                if let Some(t) = &i.trace {
+                    t.log(format_args!("VIOLATION {v}"));
+                }
                 i.violations.push(v);
             }
         }

@@ -91,7 +91,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     opts.overrides.apply(&mut swarm, &mut opts.chaos);
     let workload = Stream::new(seed, "workload");
     let trace = Trace::new(opts.record);
-    let oracles = Oracles::default();
+    let oracles = Oracles::traced(&trace);
     // Before the server exists: every probe event of this world, and only of this world.
     let probe = ProbeLog::default();
     let _probe = probe.install(&trace, time::now());

@@ -3,7 +3,7 @@
 //! the regression seeds, a determinism check against fresh processes, the named scenarios, the
 //! CLI's verdicts, exit codes, failure files and knobs, and pinned trace summaries.
 //!
-//! `VIDEOROOM_SIM_CAMPAIGN=N` changes the number of seeds (default 500).
+//! `VIDEOROOM_SIM_CAMPAIGN=N` changes the number of seeds (default 2000).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -31,7 +31,7 @@ fn campaign(args: &[&str]) -> Value {
 }
 
 fn seeds() -> String {
-    std::env::var("VIDEOROOM_SIM_CAMPAIGN").unwrap_or_else(|_| "500".into())
+    std::env::var("VIDEOROOM_SIM_CAMPAIGN").unwrap_or_else(|_| "2000".into())
 }
 
 #[test]

@@ -180,6 +180,8 @@ impl System {
                 inbox,
                 pending: BTreeSet::new(),
                 flushed: BTreeSet::new(),
+                #[cfg(madsim)]
+                woken: None,
             }),
             kill_rx: Some(kill_rx),
         }
@@ -558,6 +560,10 @@ pub struct Ctx<M> {
     pending: BTreeSet<MonitorRef>,
     /// Refs demonitored after their DOWN was already queued: dropped when they come out.
     flushed: BTreeSet<MonitorRef>,
+    /// Simulation: the envelope that woke an idle process, held while it is not yet scheduled
+    /// (see `rt::sim::set_lag`); it comes out first, so an interrupted `recv` loses nothing.
+    #[cfg(madsim)]
+    woken: Option<Received<M>>,
 }
 
 impl<M: Send + 'static> Ctx<M> {
@@ -575,9 +581,10 @@ impl<M: Send + 'static> Ctx<M> {
 
     /// The next message or DOWN, in arrival order. Cancel-safe (usable in `select!`).
     pub async fn recv(&mut self) -> Received<M> {
-        #[cfg(madsim)]
-        super::sim::lag().await;
         loop {
+            #[cfg(madsim)]
+            let r = self.next_lagged().await;
+            #[cfg(not(madsim))]
             let r = self.inbox.recv().await;
             if let Some(r) = self.admit(r) {
                 return r;
@@ -585,9 +592,30 @@ impl<M: Send + 'static> Ctx<M> {
         }
     }
 
+    /// Simulation: a backlog is worked through at once, but an idle process woken by an
+    /// envelope runs only after a scheduling delay (`rt::sim::set_lag`), as on a loaded
+    /// machine; meanwhile more can queue behind it. Cancel-safe: the waking envelope is held in
+    /// `woken` until taken.
+    #[cfg(madsim)]
+    async fn next_lagged(&mut self) -> Received<M> {
+        if let Some(r) = self.woken.take().or_else(|| self.inbox.try_recv()) {
+            return r;
+        }
+        let r = self.inbox.recv().await;
+        self.woken = Some(r);
+        super::sim::lag().await;
+        self.woken.take().expect("held while lagging")
+    }
+
     /// The next message or DOWN if one is queued.
     pub fn try_recv(&mut self) -> Option<Received<M>> {
         loop {
+            #[cfg(madsim)]
+            let r = match self.woken.take() {
+                Some(r) => r,
+                None => self.inbox.try_recv()?,
+            };
+            #[cfg(not(madsim))]
             let r = self.inbox.try_recv()?;
             if let Some(r) = self.admit(r) {
                 return Some(r);

@@ -17,16 +17,18 @@ thread_local! {
     static LAG: Cell<(f64, Duration)> = const { Cell::new((0.0, Duration::ZERO)) };
 }
 
-/// Makes processes of this world slow: before taking its next message a process is busy, with
-/// probability `chance`, for a time drawn below `max` (a loaded CPU, a long handler). Under the
+/// Makes processes of this world slow to be scheduled: an idle process woken by a message runs,
+/// with probability `chance`, only after a delay drawn below `max` (a loaded machine); a
+/// backlog is then worked through at full speed, so throughput stays a server's. Under the
 /// simulator every process otherwise runs the instant it is woken, so a mailbox never fills
-/// and a join is never caught half-way; with lag, messages pile up behind a busy process and
-/// faults land mid-protocol. Draws from the seeded RNG, so a world replays exactly.
+/// and a join is never caught half-way; with lag, messages pile up behind a process that has
+/// not run yet and faults land mid-protocol. Draws from the seeded RNG, so a world replays
+/// exactly.
 pub fn set_lag(chance: f64, max: Duration) {
     LAG.with(|l| l.set((chance, max)));
 }
 
-/// The lag before a process takes its next message (see [`set_lag`]).
+/// The delay before a woken process runs (see [`set_lag`]).
 pub(crate) async fn lag() {
     let (chance, max) = LAG.with(Cell::get);
     if chance > 0.0 && !max.is_zero() && super::rand::chance(chance) {
