@@ -604,6 +604,7 @@ impl Client {
         }
         c.hung_up = true;
         c.peer_id = None;
+        self.oracles.forget_heard(self.idx, &c.join_ref);
         c.roster.clear();
         c.seq.clear();
         c.neg = c.neg.restart();
@@ -1205,6 +1206,7 @@ impl Client {
                 else {
                     return Vec::new();
                 };
+                self.oracles.heard(idx, &c.join_ref, id, seq);
                 let last = c.seq.insert(id.to_string(), seq).unwrap_or(0);
                 if seq <= last {
                     self.oracles.fail(format!(

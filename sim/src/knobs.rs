@@ -86,7 +86,8 @@ pub struct Overrides {
     #[arg(long, env = "VIDEOROOM_SIM_FAULTS")]
     pub faults: Option<FaultList>,
     /// Client actions as `name[:weight]`, comma-separated, or `none` [default: drawn by the
-    /// seed]. Valid: media, leave, duplicate, garbage, disconnect, publish, unpublish, flood.
+    /// seed]. Valid: media, leave, duplicate, garbage, disconnect, publish, unpublish, flood,
+    /// stale, burst, hangup, pipeline, tabs.
     #[arg(long, env = "VIDEOROOM_SIM_ACTIONS")]
     pub actions: Option<ActionList>,
     /// Peers per room the server allows [default: drawn by the seed].

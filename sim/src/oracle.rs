@@ -36,6 +36,8 @@ struct Inner {
     reached: BTreeMap<&'static str, u64>,
     /// Where violations are also written, at the moment they happen (see [`Oracles::traced`]).
     trace: Option<Trace>,
+    /// Per (client, join_ref): the metadata seqs heard per peer, in `endpointUpdated` order.
+    heard: BTreeMap<(usize, String), BTreeMap<String, Vec<u64>>>,
 }
 
 #[derive(Clone, Default)]
@@ -110,6 +112,78 @@ impl Oracles {
 
     pub fn violations(&self) -> Vec<String> {
         self.0.lock().unwrap().violations.clone()
+    }
+
+    /// Client `client`'s channel `join_ref` heard `peer`'s metadata update `seq`.
+    pub fn heard(&self, client: usize, join_ref: &str, peer: &str, seq: u64) {
+        let mut i = self.0.lock().unwrap();
+        let by_peer = i.heard.entry((client, join_ref.to_owned())).or_default();
+        match by_peer.get_mut(peer) {
+            Some(v) => v.push(seq),
+            None => {
+                by_peer.insert(peer.to_owned(), vec![seq]);
+            }
+        }
+    }
+
+    /// The channel left the media session (its roster is gone): what it heard no longer
+    /// compares with the others'.
+    pub fn forget_heard(&self, client: usize, join_ref: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .heard
+            .remove(&(client, join_ref.to_owned()));
+    }
+
+    /// Every accepted metadata update is copied to every other peer of the room: two channels
+    /// in the room for the same stretch heard the same updates of each peer. `members`: each
+    /// settled room's channels as (client, join_ref). Compared where both could have heard: from
+    /// the later of their first updates of that peer to the earlier of their last (a later one
+    /// may still be on its way to one of them).
+    pub fn check_heard(&self, members: &BTreeMap<String, Vec<(usize, String)>>) {
+        let mut bad = Vec::new();
+        {
+            let i = self.0.lock().unwrap();
+            let empty = BTreeMap::new();
+            for (room, chans) in members {
+                for (n, a) in chans.iter().enumerate() {
+                    for b in &chans[n + 1..] {
+                        let ha = i.heard.get(a).unwrap_or(&empty);
+                        let hb = i.heard.get(b).unwrap_or(&empty);
+                        for (peer, sa) in ha {
+                            let Some(sb) = hb.get(peer) else { continue };
+                            let (Some(fa), Some(fb), Some(la), Some(lb)) =
+                                (sa.first(), sb.first(), sa.last(), sb.last())
+                            else {
+                                continue;
+                            };
+                            let (lo, hi) = (*fa.max(fb), *la.min(lb));
+                            let cut = |v: &Vec<u64>| -> Vec<u64> {
+                                v.iter()
+                                    .copied()
+                                    .filter(|s| (lo..=hi).contains(s))
+                                    .collect()
+                            };
+                            let (ca, cb) = (cut(sa), cut(sb));
+                            if ca != cb {
+                                let only_a: Vec<u64> =
+                                    ca.iter().filter(|s| !cb.contains(s)).copied().collect();
+                                let only_b: Vec<u64> =
+                                    cb.iter().filter(|s| !ca.contains(s)).copied().collect();
+                                bad.push(format!(
+                                    "in {room}, c{} (jr {}) and c{} (jr {}) heard different updates of peer {peer} between seq {lo} and {hi}: only c{} got {only_a:?}, only c{} got {only_b:?}",
+                                    a.0, a.1, b.0, b.1, a.0, b.0
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for v in bad {
+            self.fail(v);
+        }
     }
 
     pub fn checks(&self) -> u64 {

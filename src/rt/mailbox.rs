@@ -252,6 +252,7 @@ impl<M> Addr<M> {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(SendError::Dead(msg)),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 let _waiting = (self.blocked.enter(), self.stamps.wait());
+                super::probe::emit(super::probe::Event::SendWaited);
                 match self.permits.acquire().await {
                     Ok(p) => p.forget(),
                     Err(_) => return Err(SendError::Dead(msg)),

@@ -119,6 +119,8 @@ pub enum Event<'a> {
         expected: u64,
         got: u64,
     },
+    /// A `send` found the mailbox full and waits for a slot (or for the process to die).
+    SendWaited,
     /// Never: a mailbox's free slots and queued messages no longer add up to its capacity
     /// (a permit returned twice or lost: the bound grows or shrinks for good).
     MailboxBoundBroken {
@@ -253,6 +255,7 @@ impl Event<'_> {
             Event::DownForUnknownMonitor { .. } => "DownForUnknownMonitor",
             Event::MailboxOutOfOrder { .. } => "MailboxOutOfOrder",
             Event::MailboxBoundBroken { .. } => "MailboxBoundBroken",
+            Event::SendWaited => "SendWaited",
             Event::NameRegistered { .. } => "NameRegistered",
             Event::NameReleased { .. } => "NameReleased",
             Event::NameUnregistered { .. } => "NameUnregistered",
