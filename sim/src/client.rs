@@ -1206,7 +1206,7 @@ impl Client {
                 else {
                     return Vec::new();
                 };
-                self.oracles.heard(idx, &c.join_ref, id, seq);
+                self.oracles.heard(idx, &c.join_ref, &c.topic, id, seq);
                 let last = c.seq.insert(id.to_string(), seq).unwrap_or(0);
                 if seq <= last {
                     self.oracles.fail(format!(

@@ -36,8 +36,9 @@ struct Inner {
     reached: BTreeMap<&'static str, u64>,
     /// Where violations are also written, at the moment they happen (see [`Oracles::traced`]).
     trace: Option<Trace>,
-    /// Per (client, join_ref): the metadata seqs heard per peer, in `endpointUpdated` order.
-    heard: BTreeMap<(usize, String), BTreeMap<String, Vec<u64>>>,
+    /// Per (client, join_ref): its topic, and the metadata seqs heard per peer, in
+    /// `endpointUpdated` order.
+    heard: BTreeMap<(usize, String), (String, BTreeMap<String, Vec<u64>>)>,
 }
 
 #[derive(Clone, Default)]
@@ -114,10 +115,13 @@ impl Oracles {
         self.0.lock().unwrap().violations.clone()
     }
 
-    /// Client `client`'s channel `join_ref` heard `peer`'s metadata update `seq`.
-    pub fn heard(&self, client: usize, join_ref: &str, peer: &str, seq: u64) {
+    /// Client `client`'s channel `join_ref` on `topic` heard `peer`'s metadata update `seq`.
+    pub fn heard(&self, client: usize, join_ref: &str, topic: &str, peer: &str, seq: u64) {
         let mut i = self.0.lock().unwrap();
-        let by_peer = i.heard.entry((client, join_ref.to_owned())).or_default();
+        let (_, by_peer) = i
+            .heard
+            .entry((client, join_ref.to_owned()))
+            .or_insert_with(|| (topic.to_owned(), BTreeMap::new()));
         match by_peer.get_mut(peer) {
             Some(v) => v.push(seq),
             None => {
@@ -137,45 +141,49 @@ impl Oracles {
     }
 
     /// Every accepted metadata update is copied to every other peer of the room: two channels
-    /// in the room for the same stretch heard the same updates of each peer. `members`: each
-    /// settled room's channels as (client, join_ref). Compared where both could have heard: from
-    /// the later of their first updates of that peer to the earlier of their last (a later one
-    /// may still be on its way to one of them).
-    pub fn check_heard(&self, members: &BTreeMap<String, Vec<(usize, String)>>) {
+    /// that were in the room at once heard the same updates of each peer while both did. Each
+    /// pair of channels of one topic is compared from the later of their first updates of a
+    /// peer to the earlier of their last (a channel that ended, or one still waiting for a
+    /// later update, heard nothing past its last). Channels never in the room together share no
+    /// such stretch; a room that crashed and restarted has new peer ids.
+    pub fn check_heard(&self) {
         let mut bad = Vec::new();
         {
             let i = self.0.lock().unwrap();
-            let empty = BTreeMap::new();
-            for (room, chans) in members {
-                for (n, a) in chans.iter().enumerate() {
-                    for b in &chans[n + 1..] {
-                        let ha = i.heard.get(a).unwrap_or(&empty);
-                        let hb = i.heard.get(b).unwrap_or(&empty);
-                        for (peer, sa) in ha {
-                            let Some(sb) = hb.get(peer) else { continue };
-                            let (Some(fa), Some(fb), Some(la), Some(lb)) =
-                                (sa.first(), sb.first(), sa.last(), sb.last())
-                            else {
-                                continue;
-                            };
-                            let (lo, hi) = (*fa.max(fb), *la.min(lb));
-                            let cut = |v: &Vec<u64>| -> Vec<u64> {
-                                v.iter()
-                                    .copied()
-                                    .filter(|s| (lo..=hi).contains(s))
-                                    .collect()
-                            };
-                            let (ca, cb) = (cut(sa), cut(sb));
-                            if ca != cb {
-                                let only_a: Vec<u64> =
-                                    ca.iter().filter(|s| !cb.contains(s)).copied().collect();
-                                let only_b: Vec<u64> =
-                                    cb.iter().filter(|s| !ca.contains(s)).copied().collect();
-                                bad.push(format!(
-                                    "in {room}, c{} (jr {}) and c{} (jr {}) heard different updates of peer {peer} between seq {lo} and {hi}: only c{} got {only_a:?}, only c{} got {only_b:?}",
-                                    a.0, a.1, b.0, b.1, a.0, b.0
-                                ));
-                            }
+            let all: Vec<(&(usize, String), &(String, BTreeMap<String, Vec<u64>>))> =
+                i.heard.iter().collect();
+            for (n, (a, (topic, ha))) in all.iter().enumerate() {
+                for (b, (topic_b, hb)) in &all[n + 1..] {
+                    if topic != topic_b {
+                        continue;
+                    }
+                    for (peer, sa) in ha {
+                        let Some(sb) = hb.get(peer) else { continue };
+                        let (Some(fa), Some(fb), Some(la), Some(lb)) =
+                            (sa.first(), sb.first(), sa.last(), sb.last())
+                        else {
+                            continue;
+                        };
+                        let (lo, hi) = (*fa.max(fb), *la.min(lb));
+                        if lo > hi {
+                            continue;
+                        }
+                        let cut = |v: &Vec<u64>| -> Vec<u64> {
+                            v.iter()
+                                .copied()
+                                .filter(|s| (lo..=hi).contains(s))
+                                .collect()
+                        };
+                        let (ca, cb) = (cut(sa), cut(sb));
+                        if ca != cb {
+                            let only_a: Vec<u64> =
+                                ca.iter().filter(|s| !cb.contains(s)).copied().collect();
+                            let only_b: Vec<u64> =
+                                cb.iter().filter(|s| !ca.contains(s)).copied().collect();
+                            bad.push(format!(
+                                "on {topic}, c{} (jr {}) and c{} (jr {}) heard different updates of peer {peer} between seq {lo} and {hi}: only c{} got {only_a:?}, only c{} got {only_b:?}",
+                                a.0, a.1, b.0, b.1, a.0, b.0
+                            ));
                         }
                     }
                 }
