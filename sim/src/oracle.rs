@@ -26,6 +26,9 @@ pub struct Crash {
     pub panic: Panicked,
 }
 
+/// A channel's topic, and the metadata seqs it heard per peer.
+type Heard = (String, BTreeMap<String, Vec<u64>>);
+
 #[derive(Default)]
 struct Inner {
     violations: Vec<String>,
@@ -38,7 +41,7 @@ struct Inner {
     trace: Option<Trace>,
     /// Per (client, join_ref): its topic, and the metadata seqs heard per peer, in
     /// `endpointUpdated` order.
-    heard: BTreeMap<(usize, String), (String, BTreeMap<String, Vec<u64>>)>,
+    heard: BTreeMap<(usize, String), Heard>,
 }
 
 #[derive(Clone, Default)]
@@ -150,8 +153,7 @@ impl Oracles {
         let mut bad = Vec::new();
         {
             let i = self.0.lock().unwrap();
-            let all: Vec<(&(usize, String), &(String, BTreeMap<String, Vec<u64>>))> =
-                i.heard.iter().collect();
+            let all: Vec<(&(usize, String), &Heard)> = i.heard.iter().collect();
             for (n, (a, (topic, ha))) in all.iter().enumerate() {
                 for (b, (topic_b, hb)) in &all[n + 1..] {
                     if topic != topic_b {
