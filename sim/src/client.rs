@@ -54,6 +54,8 @@ pub struct View {
     pub lost: BTreeSet<String>,
     /// The endpoints this client sees in its room: peer id → client index (from metadata).
     pub sees: BTreeMap<String, usize>,
+    /// The metadata `seq` it last got for each endpoint it sees.
+    pub meta: BTreeMap<String, u64>,
     pub connected: bool,
     /// The reason of the last refused join, if the last join was refused.
     pub refused: Option<String>,
@@ -81,6 +83,8 @@ struct Chan {
     peer_id: Option<String>,
     /// peer id → client index.
     roster: BTreeMap<String, usize>,
+    /// peer id → the metadata `seq` last heard (connected, endpointAdded, endpointUpdated).
+    meta: BTreeMap<String, u64>,
     /// Highest metadata sequence seen per peer (FIFO oracle).
     seq: BTreeMap<String, u64>,
     neg: Negotiator,
@@ -236,6 +240,11 @@ impl Client {
                 .as_ref()
                 .map(|c| c.roster.clone())
                 .unwrap_or_default(),
+            meta: self
+                .chan
+                .as_ref()
+                .map(|c| c.meta.clone())
+                .unwrap_or_default(),
             connected,
             refused: self.refused.clone(),
             squatter: self.squatter,
@@ -353,6 +362,7 @@ impl Client {
             joined: false,
             peer_id: None,
             roster: BTreeMap::new(),
+            meta: BTreeMap::new(),
             seq: BTreeMap::new(),
             neg: Negotiator::default(),
             sent_at: time::now(),
@@ -606,6 +616,7 @@ impl Client {
         c.peer_id = None;
         self.oracles.forget_heard(self.idx, &c.join_ref);
         c.roster.clear();
+        c.meta.clear();
         c.seq.clear();
         c.neg = c.neg.restart();
         c.reconnect_at = Some(time::now() + Duration::from_millis(20 + rt::rand::below(400)));
@@ -1176,14 +1187,23 @@ impl Client {
             "connected" => {
                 c.peer_id = data["id"].as_str().map(str::to_string);
                 c.roster.clear();
+                c.meta.clear();
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
                     c.neg.on_tracks_announced(&e["tracks"]);
                     if let (Some(id), Some(k)) = (e["id"].as_str(), client_of(e)) {
                         c.roster.insert(id.to_string(), k);
+                        if let Some(seq) = e["metadata"]["seq"].as_u64() {
+                            c.meta.insert(id.to_string(), seq);
+                        }
                     }
                 }
             }
             "endpointAdded" => {
+                if let (Some(id), Some(seq)) =
+                    (data["id"].as_str(), data["metadata"]["seq"].as_u64())
+                {
+                    c.meta.insert(id.to_string(), seq);
+                }
                 if let (Some(id), Some(k)) = (data["id"].as_str(), client_of(data)) {
                     // An endpoint is added once per connect and removed before it can connect
                     // again: added while listed means its removal was never told.
@@ -1197,6 +1217,7 @@ impl Client {
             "endpointRemoved" => {
                 if let Some(id) = data["id"].as_str() {
                     c.roster.remove(id);
+                    c.meta.remove(id);
                     c.seq.remove(id);
                     c.neg.on_endpoint_removed(id);
                 }
@@ -1207,6 +1228,7 @@ impl Client {
                     return Vec::new();
                 };
                 self.oracles.heard(idx, &c.join_ref, &c.topic, id, seq);
+                c.meta.insert(id.to_string(), seq);
                 let last = c.seq.insert(id.to_string(), seq).unwrap_or(0);
                 if seq <= last {
                     self.oracles.fail(format!(

@@ -524,6 +524,20 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
                     v.sees
                 ));
             }
+            // And each with its current metadata, as the room holds it (a lost update leaves
+            // a stale name or mute state on someone's screen for good).
+            for (p, m) in &info.metadata {
+                if p.as_str() == own {
+                    continue;
+                }
+                let want = m["seq"].as_u64();
+                let got = v.meta.get(p).copied();
+                if got != want {
+                    return Some(format!(
+                        "c{idx} in {room} has metadata seq {got:?} for {p}, the room holds {want:?}"
+                    ));
+                }
+            }
         }
     }
     None

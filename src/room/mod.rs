@@ -38,6 +38,9 @@ pub struct RoomInfo {
     pub peers: Vec<(String, Pid)>,
     /// Peers the media session counts as connected endpoints, in join order.
     pub endpoints: Vec<String>,
+    /// Each endpoint's current metadata (what every other peer must end up seeing), in join
+    /// order.
+    pub metadata: Vec<(String, serde_json::Value)>,
 }
 
 #[derive(Debug)]
@@ -159,6 +162,13 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                         .map(|(id, p)| (id.clone(), p.channel.pid()))
                         .collect(),
                     endpoints: session.endpoints().map(str::to_string).collect(),
+                    metadata: session
+                        .endpoints()
+                        .map(|id| {
+                            let m = session.roster().metadata(id).cloned().unwrap_or_default();
+                            (id.to_string(), m)
+                        })
+                        .collect(),
                 });
             }
             Received::Msg(RoomMsg::Plane(event)) => {
