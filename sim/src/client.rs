@@ -1060,7 +1060,10 @@ impl Client {
             || self.weight("disconnect") > 0
             || self.weight("duplicate") > 0
             || self.weight("burst") > 0
-            || self.weight("stale") > 0;
+            || self.weight("stale") > 0
+            // A channel killed as a slow consumer (or whose room's queue was full) holds its
+            // slot until the room has its DOWN; its client may already be rejoining.
+            || sw.queue_cap > 0;
         let max_rooms = sw
             .max_rooms
             .unwrap_or(videoroom::app::Limits::default().max_rooms);

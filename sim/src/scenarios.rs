@@ -37,6 +37,11 @@ pub const ALL: &[Scenario] = &[
         squatters,
     ),
     (
+        "backpressure",
+        "three peers flood one room with the smallest queues, slow processes and slow downlinks: slow consumers are dropped and rejoin, and nobody silently misses an update",
+        backpressure,
+    ),
+    (
         "room-cap",
         "eight clients churn through three rooms on a server that may run two, while rooms crash and sockets drop",
         room_cap,
@@ -79,6 +84,25 @@ pub fn squatters() -> Options {
             squatters: 3,
             max_peers_per_room: 3,
             ..quiet(6, 1)
+        }),
+        ..Options::default()
+    }
+}
+
+pub fn backpressure() -> Options {
+    let floor = videoroom::app::Limits::for_peers(3).min_queue();
+    Options {
+        swarm: Some(Swarm {
+            actions: weights(&[(Action::Media, 3), (Action::Flood, 2)]),
+            action_gap_ms: 150,
+            max_peers_per_room: 3,
+            queue_cap: floor,
+            ..quiet(3, 1)
+        }),
+        lag: Some((0.5, Duration::from_millis(40))),
+        links: Some(crate::server::Links {
+            slow_share: 0.5,
+            slow_bytes_per_sec: (4_000, 16_000),
         }),
         ..Options::default()
     }

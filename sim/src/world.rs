@@ -59,6 +59,10 @@ pub struct Options {
     pub overrides: Overrides,
     /// Keep the trace's text (replays, failure files); otherwise only its digest.
     pub record: bool,
+    /// Process lag (chance, max) instead of the seed's draw (named scenarios).
+    pub lag: Option<(f64, Duration)>,
+    /// Client downlinks instead of the seed's draw (named scenarios).
+    pub links: Option<server::Links>,
 }
 
 impl Default for Options {
@@ -71,6 +75,8 @@ impl Default for Options {
             script: Vec::new(),
             overrides: Overrides::default(),
             record: true,
+            lag: None,
+            links: None,
         }
     }
 }
@@ -120,6 +126,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     } else {
         (0.0, Duration::ZERO)
     };
+    let (lag_chance, lag_max) = opts.lag.unwrap_or((lag_chance, lag_max));
     videoroom::rt::sim::set_lag(lag_chance, lag_max);
     // A third of the worlds have clients on slow downlinks (three in ten of their connections).
     let links = if server_draw.chance(0.33) {
@@ -130,6 +137,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     } else {
         server::Links::default()
     };
+    let links = opts.links.unwrap_or(links);
     trace.log(format_args!("links: {links:?}"));
     trace.log(format_args!(
         "process lag: {lag_chance:.2} of receives, below {lag_max:?}"

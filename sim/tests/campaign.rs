@@ -129,6 +129,34 @@ fn the_room_limit_holds_under_churn() {
     assert!(v["coverage"]["JoinRefusedRoomLimit"].as_u64().unwrap_or(0) > 0);
 }
 
+/// Slow consumers under a flood (a channel whose mailbox is full, a socket whose client reads
+/// slowly) are dropped and rejoin; nobody stays with a silently broken view: every channel in
+/// the room heard the same updates, and the settled peers see each other's current metadata.
+#[test]
+fn slow_consumers_are_dropped_never_silently_starved() {
+    let v = campaign(&[
+        "--scenario",
+        "backpressure",
+        "--seeds",
+        "200",
+        "--from",
+        "0",
+    ]);
+    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert!(
+        v["coverage"]["SlowConsumerDropped.channel"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
+    assert!(
+        v["coverage"]["SlowConsumerDropped.socket"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
+}
+
 fn sim_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_videoroom-sim"))
         .args(args)
