@@ -490,6 +490,6 @@ mod tests {
         assert!(matches!(inbox.try_recv(), Some(Received::Msg(1))));
         assert!(futures::poll!(&mut waiting).is_ready());
         assert!(matches!(inbox.try_recv(), Some(Received::Msg(2))));
-        assert!(seen.borrow().is_empty(), "{:?}", seen.borrow());
+        assert_eq!(*seen.borrow(), ["SendWaited"]);
     }
 }
