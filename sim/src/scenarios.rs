@@ -38,7 +38,7 @@ pub const ALL: &[Scenario] = &[
     ),
     (
         "backpressure",
-        "three peers flood one room with the smallest queues, slow processes and slow downlinks: slow consumers are dropped and rejoin, and nobody silently misses an update",
+        "three peers flood and publish in one room with the smallest queues, slow processes and slow downlinks, and the room crashes now and then: slow consumers are dropped and rejoin, nobody silently misses an update, nobody waits forever on a dead room",
         backpressure,
     ),
     (
@@ -93,10 +93,19 @@ pub fn backpressure() -> Options {
     let floor = videoroom::app::Limits::for_peers(3).min_queue();
     Options {
         swarm: Some(Swarm {
-            actions: weights(&[(Action::Media, 3), (Action::Flood, 2)]),
+            actions: weights(&[
+                (Action::Media, 3),
+                (Action::Flood, 2),
+                (Action::Publish, 1),
+                (Action::Unpublish, 1),
+            ]),
             action_gap_ms: 150,
             max_peers_per_room: 3,
             queue_cap: floor,
+            // The room dies now and then with its mailbox full and its plane's reports waiting
+            // for a slot: nobody may be left waiting on it.
+            faults: vec![Fault::RoomCrash],
+            fault_gap_ms: 400,
             ..quiet(3, 1)
         }),
         lag: Some((0.5, Duration::from_millis(40))),
