@@ -1,0 +1,141 @@
+//! The client's promise checks on what the server closed, refused or let pass: each judged
+//! from what this client itself saw and sent, never from the world's configuration alone where
+//! the client can know better. Only observes and records violations; never sends.
+
+use std::time::Duration;
+
+use videoroom::phoenix::Frame;
+use videoroom::rt::time;
+
+use super::Client;
+use crate::tabs::TOO_MANY_CHANNELS;
+
+impl Client {
+    /// The server closed the connection as idle (1001; the simulated server never shuts down
+    /// otherwise). It saw this client's answered heartbeat no earlier than it was sent, so the
+    /// idle timeout cannot have run out before that send time plus the timeout.
+    pub(super) fn check_idle_close(&mut self) {
+        let idx = self.idx;
+        let idle = self.swarm.idle_timeout;
+        self.oracles.reached("client: socket closed as idle");
+        if let Some(t) = self.alive_at {
+            let quiet = time::now().saturating_duration_since(t);
+            self.oracles.check(quiet >= idle, || {
+                format!("c{idx}: closed as idle {quiet:?} after a heartbeat the server answered (idle timeout {idle:?})")
+            });
+        }
+    }
+
+    /// A squatter's slot is dropped at the connect grace after its join, whatever it sends
+    /// meanwhile (only `connect` stops the clock). The socket answers frames in order, so a
+    /// heartbeat it answered that went out well after the grace had passed comes after the
+    /// `dropped` push.
+    pub(super) fn check_grace_kept(&mut self, heartbeat_sent: time::Instant) {
+        let (Some(joined), None) = (self.joined_at, &self.dropped) else {
+            return;
+        };
+        if !self.squatter || !self.chan.as_ref().is_some_and(|c| c.joined) {
+            return;
+        }
+        let grace = videoroom::app::Limits::default().connect_grace;
+        let held = heartbeat_sent.saturating_duration_since(joined);
+        let idx = self.idx;
+        self.oracles
+            // The drop crosses the room, the channel and the socket, each of which may lag.
+            .check(held <= grace + Duration::from_millis(250), || {
+                format!("c{idx} still holds its slot {held:?} after its join without ever connecting (grace {grace:?})")
+            });
+    }
+
+    /// The server closed the connection for too many frames held for pending joins (1008): it
+    /// holds at most `MAX_HELD_FRAMES` and gives them back as it answers each join, so the
+    /// client must have sent more than that while some join of its was unanswered.
+    pub(super) fn check_held_close(&mut self) {
+        let (idx, peak) = (self.idx, self.held_peak);
+        let max = videoroom::phoenix::MAX_HELD_FRAMES;
+        self.oracles
+            .reached("client: closed for too many held frames");
+        self.oracles.check(peak > max, || {
+            format!("c{idx}: closed for too many frames held for a pending join, but it never sent more than {peak} while a join was pending (the socket holds {max})")
+        });
+    }
+
+    /// A server `phx_close` is allowed only where the server promises one: the reply to the
+    /// client's own `phx_leave` (S11), the old channel of its duplicate join (S15), a channel
+    /// the room dropped after telling why (`dropped`, a squatter past the connect grace).
+    pub(super) fn check_close_allowed(&mut self, jr: &str, topic: &str) {
+        let idx = self.idx;
+        let allowed =
+            self.left.contains(jr) || self.replaced.contains(jr) || self.dropped_on.contains(jr);
+        self.oracles.check(allowed, || {
+            format!("server closed c{idx}'s channel jr {jr} on {topic} without an allowed reason")
+        });
+    }
+
+    /// A refusal only for a reason the server may give in this world (README: a full room, the
+    /// room limit, a join that crashed or could not start its room under faults).
+    pub(super) fn check_refusal(&mut self, reason: &str) {
+        let idx = self.idx;
+        let sw = &self.swarm;
+        let has = |f: &str| sw.faults.iter().any(|x| x.name() == f);
+        // Slots held by peers whose client already moved on: a connection the server has not
+        // yet seen die (network faults, a dropped socket), or the old channel of a duplicate
+        // join whose exit the room has not yet processed.
+        let ghosts = ["clog", "partition", "loss", "latency", "socket_drop"]
+            .iter()
+            .any(|f| has(f))
+            || self.weight("disconnect") > 0
+            || self.weight("duplicate") > 0
+            || self.weight("burst") > 0
+            || self.weight("stale") > 0
+            // A channel killed as a slow consumer (or whose room's queue was full) holds its
+            // slot until the room has its DOWN; its client may already be rejoining.
+            || sw.queue_cap > 0;
+        let max_rooms = sw
+            .max_rooms
+            .unwrap_or(videoroom::app::Limits::default().max_rooms);
+        let allowed = match reason {
+            "room is full" => sw.clients > sw.max_peers_per_room || ghosts,
+            r if r == videoroom::channel::ROOM_LIMIT_REASON => max_rooms < sw.rooms,
+            // Its other tabs hold the socket's channels.
+            TOO_MANY_CHANNELS => self.weight("tabs") > 0,
+            // The channel died before answering: killed by a fault, or its socket's mailbox
+            // was full when it answered.
+            "join crashed" => has("channel_crash") || sw.queue_cap > 0,
+            // The room kept dying under the join, or its mailbox stayed full.
+            "failed to start room" => has("room_crash") || has("engine_crash") || sw.queue_cap > 0,
+            _ => false,
+        };
+        self.oracles.reached("client: join refused");
+        self.oracles.check(allowed, || {
+            format!("c{idx}: join refused for {reason:?}, which this world cannot justify")
+        });
+    }
+
+    /// A push carries a join_ref this connection joined with. Once the current channel has
+    /// joined, nothing may arrive on an older channel of this connection but the `phx_close` of
+    /// the one a duplicate join replaced (S15): the server forgot the older ones before it
+    /// answered the join.
+    pub(super) fn check_not_stale(&mut self, f: &Frame, current: bool) {
+        let Some(jr) = &f.join_ref else { return };
+        if !self.on_conn.contains(jr) {
+            let idx = self.idx;
+            self.oracles.fail(format!(
+                "c{idx}: {} on {} with join_ref {jr}, which this connection never joined with",
+                f.event, f.topic
+            ));
+            return;
+        }
+        let Some(c) = self.chan.as_ref().filter(|c| c.joined) else {
+            return;
+        };
+        if current || (f.event == "phx_close" && self.replaced.contains(jr)) {
+            return;
+        }
+        let idx = self.idx;
+        let (event, topic, cur) = (&f.event, &f.topic, &c.join_ref);
+        self.oracles.fail(format!(
+            "c{idx}: {event} on {topic} with older join_ref {jr} after channel {cur} joined"
+        ));
+    }
+}
