@@ -18,6 +18,12 @@ use videoroom::rt::{self, time};
 
 use crate::oracle::Oracles;
 
+/// The next of the client's message refs (its counter, shared with the client's own frames).
+fn fresh(next_ref: &mut u64) -> String {
+    *next_ref += 1;
+    next_ref.to_string()
+}
+
 /// The socket's refusal of a join beyond the channel limit.
 pub const TOO_MANY_CHANNELS: &str = "too many channels joined";
 
@@ -87,10 +93,6 @@ impl Tabs {
         main: Option<&str>,
         next_ref: &mut u64,
     ) -> Vec<Frame> {
-        let mut fresh_ref = || {
-            *next_ref += 1;
-            next_ref.to_string()
-        };
         let mut out = Vec::new();
         for _ in 0..n {
             let mut held_before: BTreeSet<String> = self
@@ -100,7 +102,7 @@ impl Tabs {
                 .map(|(jr, _)| jr.clone())
                 .collect();
             held_before.extend(main.map(str::to_owned));
-            let r = fresh_ref();
+            let r = fresh(next_ref);
             self.next += 1;
             let topic = format!("room:t{idx}-{}", self.next % 6);
             if self.tabs.values().any(|t| t.topic == topic) {
@@ -198,10 +200,6 @@ impl Tabs {
 
     /// The `phx_leave`s due now.
     pub fn leaves_due(&mut self, next_ref: &mut u64) -> Vec<Frame> {
-        let mut fresh_ref = || {
-            *next_ref += 1;
-            next_ref.to_string()
-        };
         let now = time::now();
         let mut out = Vec::new();
         for (jr, t) in self.tabs.iter_mut() {
@@ -209,7 +207,7 @@ impl Tabs {
                 t.state = State::Leaving;
                 out.push(Frame {
                     join_ref: Some(jr.clone()),
-                    msg_ref: Some(fresh_ref()),
+                    msg_ref: Some(fresh(next_ref)),
                     topic: t.topic.clone(),
                     event: "phx_leave".into(),
                     payload: json!({}),

@@ -390,16 +390,27 @@ impl Client {
             self.log(format!("pipelines {n} updates behind its join"));
             self.oracles
                 .reached("client: pipelined frames behind a join");
-            for _ in 0..n {
-                self.my_seq += 1;
-                let seq = self.my_seq;
-                let ev = json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}});
-                if !self.media(w, ev).await {
-                    return false;
-                }
+            return self.send_updates(w, n).await;
+        }
+        true
+    }
+
+    /// `n` metadata updates, each with the client's next `seq` (its receivers check their order).
+    async fn send_updates(&mut self, w: &mut wire::Writer, n: u64) -> bool {
+        for _ in 0..n {
+            self.my_seq += 1;
+            let seq = self.my_seq;
+            let ev = json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}});
+            if !self.media(w, ev).await {
+                return false;
             }
         }
         true
+    }
+
+    /// The media `connect`, carrying the client's current metadata.
+    fn connect_event(&self) -> Value {
+        json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}})
     }
 
     async fn media(&mut self, w: &mut wire::Writer, event: Value) -> bool {
@@ -523,16 +534,10 @@ impl Client {
         let joined = self.chan.as_ref().is_some_and(Chan::live);
         if self.squatter && joined {
             // Busy but never in the session: events before `connect` must not keep its slot.
-            self.my_seq += 1;
-            let seq = self.my_seq;
-            return self.media(w, json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}})).await;
+            return self.send_updates(w, 1).await;
         }
         match self.swarm.pick_action() {
-            "media" if joined => {
-                self.my_seq += 1;
-                let seq = self.my_seq;
-                self.media(w, json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}})).await
-            }
+            "media" if joined => self.send_updates(w, 1).await,
             "leave" if joined && self.pending_leave.is_none() => self.leave(w).await,
             "duplicate" if self.chan.is_some() => {
                 self.log("duplicate join");
@@ -564,15 +569,7 @@ impl Client {
                 // A misbehaving client: a burst of metadata updates, far faster than a person.
                 let n = 20 + rt::rand::below(300);
                 self.log(format!("floods {n} updates"));
-                for _ in 0..n {
-                    self.my_seq += 1;
-                    let seq = self.my_seq;
-                    let ev = json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}});
-                    if !self.media(w, ev).await {
-                        return false;
-                    }
-                }
-                true
+                self.send_updates(w, n).await
             }
             "garbage" => {
                 self.log("sends garbage");
@@ -636,8 +633,7 @@ impl Client {
         };
         c.reconnect_at = Some(time::now() + Duration::from_secs(1));
         self.log("connects again");
-        let ev =
-            json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}});
+        let ev = self.connect_event();
         self.media(w, ev).await
     }
 
@@ -973,7 +969,8 @@ impl Client {
                 self.log("squats: never connects");
                 return true;
             }
-            return self.media(w, json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}})).await;
+            let ev = self.connect_event();
+            return self.media(w, ev).await;
         }
         let reason = self.refused.clone().unwrap_or_default();
         self.check_refusal(&reason);
