@@ -418,11 +418,17 @@ mod tests {
     use super::*;
     use crate::rt::probe;
 
-    #[test]
-    fn envelopes_leave_in_the_order_they_were_enqueued_or_it_is_reported() {
+    /// The probe events this thread emits from now on, as text, until the guard drops.
+    fn listen() -> (Rc<RefCell<Vec<String>>>, probe::SinkGuard) {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let s = seen.clone();
-        let _g = probe::install(move |e| s.borrow_mut().push(e.to_string()));
+        let g = probe::install(move |e| s.borrow_mut().push(e.to_string()));
+        (seen, g)
+    }
+
+    #[test]
+    fn envelopes_leave_in_the_order_they_were_enqueued_or_it_is_reported() {
+        let (seen, _g) = listen();
         let (addr, mut inbox) = mailbox::<u32>(Pid(7), 4, Blocked::default());
         addr.try_send(1).unwrap();
         (addr.down_sink())(Down {
@@ -449,9 +455,7 @@ mod tests {
 
     #[test]
     fn free_slots_and_queued_messages_add_up_to_the_capacity_or_it_is_reported() {
-        let seen = Rc::new(RefCell::new(Vec::new()));
-        let s = seen.clone();
-        let _g = probe::install(move |e| s.borrow_mut().push(e.to_string()));
+        let (seen, _g) = listen();
         let (addr, mut inbox) = mailbox::<u32>(Pid(3), 2, Blocked::default());
         addr.try_send(1).unwrap();
         addr.try_send(2).unwrap();
@@ -479,9 +483,7 @@ mod tests {
     /// when it next runs: not a drift.
     #[tokio::test]
     async fn a_slot_handed_to_a_waiting_sender_is_not_a_drift() {
-        let seen = Rc::new(RefCell::new(Vec::new()));
-        let s = seen.clone();
-        let _g = probe::install(move |e| s.borrow_mut().push(e.to_string()));
+        let (seen, _g) = listen();
         let (addr, mut inbox) = mailbox::<u32>(Pid(5), 1, Blocked::default());
         addr.try_send(1).unwrap();
         let sender = addr.clone();
