@@ -74,6 +74,8 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         squatters: 0,
         max_rooms: None,
         idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
+        join_secret: None,
+        metadata_pad: 0,
         workload: Default::default(),
     }
 }

@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 use videoroom::app::{App, Limits};
 use videoroom::conn::{self, Transport, WsIn, WsOut};
 use videoroom::engine::PlaneFactory;
+use videoroom::join_token::JoinSecret;
 use videoroom::rt::watch;
 
+use crate::oracle::Oracles;
 use crate::wire::{self, WireFrame};
 
 pub const PORT: u16 = 4000;
@@ -41,17 +43,27 @@ impl Links {
     }
 }
 
-/// `plane_latency`: the most a room's fake media plane takes to answer an offer (0: at once).
-pub async fn serve(
-    current: CurrentApp,
-    limits: Limits,
-    plane_latency: std::time::Duration,
-    links: Links,
-) {
-    let app = App::new(limits);
+/// What a server node is started with (again at each restart).
+#[derive(Clone)]
+pub struct Node {
+    /// Where the running incarnation's App is published for the oracles.
+    pub current: CurrentApp,
+    pub limits: Limits,
+    /// The most a room's fake media plane takes to answer an offer (0: at once).
+    pub plane_latency: std::time::Duration,
+    pub links: Links,
+    pub join_secret: Option<JoinSecret>,
+    pub oracles: Oracles,
+}
+
+pub async fn serve(node: Node) {
+    let app = App::new(node.limits).with_join_secret(node.join_secret);
     let negotiation = (*app.negotiation).clone();
-    let app = app.with_media(negotiation, PlaneFactory::fake_with_latency(plane_latency));
-    *current.lock().unwrap() = Some(app.clone());
+    let app = app.with_media(
+        negotiation,
+        PlaneFactory::fake_with_latency(node.plane_latency),
+    );
+    *node.current.lock().unwrap() = Some(app.clone());
     // The world kills the node before restarting it, which frees its ports; retry anyway in
     // case a previous incarnation's listener is still being torn down.
     let listener = loop {
@@ -67,9 +79,9 @@ pub async fn serve(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (app, shutdown) = (app.clone(), shutdown.clone());
-        let downlink = links.draw();
-        tokio::spawn(async move { connection(app, stream, shutdown, downlink).await });
+        let (app, shutdown, oracles) = (app.clone(), shutdown.clone(), node.oracles.clone());
+        let downlink = node.links.draw();
+        tokio::spawn(async move { connection(app, stream, shutdown, downlink, oracles).await });
     }
 }
 
@@ -79,6 +91,7 @@ async fn connection(
     stream: madsim::net::TcpStream,
     shutdown: watch::Receiver<bool>,
     downlink: Option<u64>,
+    oracles: Oracles,
 ) {
     let (mut reader, mut writer) = wire::split(stream);
     let (in_tx, in_rx) = mpsc::channel(64);
@@ -95,11 +108,13 @@ async fn connection(
         conn::run(app2, transport, shutdown, ctx)
     });
     app.sys.set_label(socket.pid(), SOCKET_LABEL);
+    let budget = app.limits.outbound_bytes;
     let write = async move {
         while let Some(out) = out_rx.recv().await {
             let (f, n) = match out {
                 WsOut::Text(t) => {
                     let n = t.len();
+                    check_budget(&oracles, queued.queued(), n, budget);
                     (WireFrame::Text(t), n)
                 }
                 WsOut::Close(code, _) => (WireFrame::Close(code), 0),
@@ -135,5 +150,19 @@ async fn connection(
         biased;
         _ = write => {}
         _ = read => {}
+    }
+}
+
+/// The outbound byte bound (README "Limits"): a text frame's bytes are counted from when it
+/// is queued until it is written, so a frame taken off the queue is among the bytes counted,
+/// and the count never passes the budget.
+fn check_budget(oracles: &Oracles, queued: usize, frame: usize, budget: usize) {
+    oracles.check(queued >= frame && queued <= budget, || {
+        format!(
+            "outbound queue counts {queued} bytes while a frame of {frame} bytes is in it (budget {budget})"
+        )
+    });
+    if queued > budget / 2 {
+        oracles.reached("server: outbound bytes past half the budget");
     }
 }

@@ -36,6 +36,11 @@ named_enum! {
         Pipeline = "pipeline",
         // More channels on the same socket, up to and past its limit (tabs.rs).
         Tabs = "tabs",
+        // Joins the server must refuse, each for its own reason: a bad room name, a topic no
+        // route takes, and in worlds with a join secret a missing, forged, expired or
+        // other room's token (tabs.rs `trespass`). Drawn after every other knob, so the worlds
+        // drawn before it existed kept their shape (and the regression seeds their meaning).
+        Trespass = "trespass",
     }
 }
 
@@ -71,6 +76,12 @@ pub struct Swarm {
     /// The server's idle timeout (a socket with no frame for this long is closed with 1001).
     /// Drawn by the world from its own stream, short enough that worlds reach it.
     pub idle_timeout: Duration,
+    /// The server's join secret, when the world has one (drawn by the world from its server
+    /// stream): every join must then carry a token, which the clients mint with it.
+    pub join_secret: Option<Arc<videoroom::join_token::JoinSecret>>,
+    /// Bytes of padding in each metadata update (0: none). Drawn by the world where the
+    /// per-socket byte budget, not the frame count, is the outbound bound a slow client meets.
+    pub metadata_pad: usize,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
     pub workload: Arc<Mutex<Stream>>,
 }
@@ -85,6 +96,7 @@ impl Swarm {
             .collect();
         let actions = Action::ALL
             .iter()
+            .filter(|a| **a != Action::Trespass)
             .map(|a| {
                 let w = match a {
                     // Media events are the bread and butter of a room: usually on, and frequent.
@@ -109,9 +121,19 @@ impl Swarm {
             squatters: 0,
             max_rooms: None,
             idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
+            join_secret: None,
+            metadata_pad: 0,
             workload: Arc::default(),
         }
         .squeeze(rng)
+        .trespass(rng)
+    }
+
+    fn trespass(mut self, rng: &mut Stream) -> Swarm {
+        if rng.chance(0.5) {
+            self.actions.insert(Action::Trespass, 1 + rng.below(3));
+        }
+        self
     }
 
     /// Sometimes small rooms, sometimes also queues as small as the server accepts for them.

@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
+use videoroom::channel::room_name::RoomNameError;
+use videoroom::join_token::{JoinSecret, TokenError};
 use videoroom::phoenix::Frame;
 use videoroom::rt::{self, time};
 
@@ -40,6 +42,27 @@ enum State {
 struct Tab {
     topic: String,
     state: State,
+    /// A trespasser's join: the reason the server must refuse it with.
+    expect: Option<String>,
+}
+
+/// A tab's join the server refused.
+pub struct Refusal {
+    pub reason: String,
+    /// For a trespasser, the reason it had to be refused with.
+    pub expected: Option<String>,
+}
+
+/// A join's payload: a token for `topic`'s room, valid for an hour, where the world has a
+/// join secret.
+pub fn join_payload(secret: Option<&JoinSecret>, topic: &str) -> Value {
+    match secret {
+        None => json!({}),
+        Some(s) => {
+            let room = topic.strip_prefix("room:").unwrap_or(topic);
+            json!({ "token": s.mint(room, time::wall_clock() + Duration::from_secs(3600)) })
+        }
+    }
 }
 
 #[derive(Default)]
@@ -91,44 +114,128 @@ impl Tabs {
         idx: usize,
         n: usize,
         main: Option<&str>,
+        secret: Option<&JoinSecret>,
         next_ref: &mut u64,
     ) -> Vec<Frame> {
         let mut out = Vec::new();
         for _ in 0..n {
-            let mut held_before: BTreeSet<String> = self
-                .tabs
-                .iter()
-                .filter(|(_, t)| !matches!(t.state, State::Leaving))
-                .map(|(jr, _)| jr.clone())
-                .collect();
-            held_before.extend(main.map(str::to_owned));
-            let r = fresh(next_ref);
             self.next += 1;
             let topic = format!("room:t{idx}-{}", self.next % 6);
             if self.tabs.values().any(|t| t.topic == topic) {
                 continue;
             }
-            self.tabs.insert(
-                r.clone(),
-                Tab {
-                    topic: topic.clone(),
-                    state: State::Joining { held_before },
-                },
-            );
-            out.push(Frame {
-                join_ref: Some(r.clone()),
-                msg_ref: Some(r),
-                topic,
-                event: "phx_join".into(),
-                payload: json!({}),
-            });
+            let payload = join_payload(secret, &topic);
+            out.push(self.join(topic, payload, None, main, next_ref));
         }
         out
     }
 
-    /// A frame on a tab's join_ref.
-    pub fn on_frame(&mut self, idx: usize, f: &Frame, max_channels: usize, oracles: &Oracles) {
-        let Some(jr) = f.join_ref.clone() else { return };
+    /// The join of a trespasser the server must refuse, and why: a bad room name or a topic
+    /// no route takes, or (with a secret) a valid name with a missing, forged, expired or
+    /// other room's token.
+    pub fn trespass(
+        &mut self,
+        idx: usize,
+        main: Option<&str>,
+        secret: Option<&JoinSecret>,
+        next_ref: &mut u64,
+    ) -> (Frame, String) {
+        let max = videoroom::app::Limits::default().max_room_name_bytes;
+        let kinds = if secret.is_some() { 9 } else { 5 };
+        self.next += 1;
+        // Each on a topic of its own (a tab's join on a topic already joined is a duplicate).
+        let own = format!("t{idx}-x{}", self.next);
+        let named = |name: &str| format!("room:{name}");
+        let (topic, payload, why) = match rt::rand::below(kinds) {
+            0 => (named(""), json!({}), RoomNameError::Empty.to_string()),
+            1 => (
+                named(&format!("{own} x")),
+                json!({}),
+                RoomNameError::BadCharacter.to_string(),
+            ),
+            2 => (
+                named(&format!("{own}\u{202e}")),
+                json!({}),
+                RoomNameError::BadCharacter.to_string(),
+            ),
+            3 => (
+                named(&format!("{own}{}", "y".repeat(max))),
+                json!({}),
+                RoomNameError::TooLong { max }.to_string(),
+            ),
+            4 => (format!("lobby:{own}"), json!({}), "unmatched topic".into()),
+            k => {
+                let secret = secret.expect("token kinds only with a secret");
+                let now = time::wall_clock();
+                let hour = Duration::from_secs(3600);
+                let (token, why) = match k {
+                    5 => (Value::Null, TokenError::Missing),
+                    6 => (
+                        json!(secret.mint(&format!("{own}-other"), now + hour)),
+                        TokenError::OtherRoom,
+                    ),
+                    7 => (
+                        json!(
+                            secret.mint(&own, now - Duration::from_secs(1 + rt::rand::below(600)))
+                        ),
+                        TokenError::Expired,
+                    ),
+                    _ => {
+                        let forger = JoinSecret::new(b"a secret this server never had")
+                            .expect("long enough");
+                        (json!(forger.mint(&own, now + hour)), TokenError::Invalid)
+                    }
+                };
+                (named(&own), json!({ "token": token }), why.to_string())
+            }
+        };
+        let f = self.join(topic, payload, Some(why.clone()), main, next_ref);
+        (f, why)
+    }
+
+    /// A tab's `phx_join`, remembering the channels the socket certainly held before it.
+    fn join(
+        &mut self,
+        topic: String,
+        payload: Value,
+        expect: Option<String>,
+        main: Option<&str>,
+        next_ref: &mut u64,
+    ) -> Frame {
+        let mut held_before: BTreeSet<String> = self
+            .tabs
+            .iter()
+            .filter(|(_, t)| !matches!(t.state, State::Leaving))
+            .map(|(jr, _)| jr.clone())
+            .collect();
+        held_before.extend(main.map(str::to_owned));
+        let r = fresh(next_ref);
+        self.tabs.insert(
+            r.clone(),
+            Tab {
+                topic: topic.clone(),
+                state: State::Joining { held_before },
+                expect,
+            },
+        );
+        Frame {
+            join_ref: Some(r.clone()),
+            msg_ref: Some(r),
+            topic,
+            event: "phx_join".into(),
+            payload,
+        }
+    }
+
+    /// A frame on a tab's join_ref; a refused join is returned for the client to judge.
+    pub fn on_frame(
+        &mut self,
+        idx: usize,
+        f: &Frame,
+        max_channels: usize,
+        oracles: &Oracles,
+    ) -> Option<Refusal> {
+        let jr = f.join_ref.clone()?;
         let Some(tab) = self.tabs.get_mut(&jr) else {
             // Over: only the reply to a leave that crossed its end may still come.
             oracles.check(f.event == "phx_reply", || {
@@ -137,7 +244,7 @@ impl Tabs {
                     f.event, f.topic
                 )
             });
-            return;
+            return None;
         };
         match (&tab.state, f.event.as_str()) {
             (State::Joining { held_before }, "phx_reply") if f.msg_ref.as_ref() == Some(&jr) => {
@@ -146,8 +253,18 @@ impl Tabs {
                     if reason == TOO_MANY_CHANNELS {
                         oracles.reached("client: tab refused at the channel limit");
                     }
+                    let refusal = Refusal {
+                        reason: reason.to_owned(),
+                        expected: tab.expect.clone(),
+                    };
                     self.end(&jr);
-                    return;
+                    return Some(refusal);
+                }
+                if let Some(why) = &tab.expect {
+                    oracles.fail(format!(
+                        "c{idx}: join of {:?} accepted, though it must be refused: {why}",
+                        tab.topic
+                    ));
                 }
                 let held: Vec<&String> = held_before.difference(&self.ended).collect();
                 oracles.check(held.len() < max_channels, || {
@@ -170,6 +287,7 @@ impl Tabs {
             (_, "phx_close" | "phx_error") => self.end(&jr),
             _ => {}
         }
+        None
     }
 
     fn end(&mut self, jr: &str) {

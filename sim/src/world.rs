@@ -13,6 +13,7 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use videoroom::app::{App, Limits};
 use videoroom::channel::ROOM_LIMIT_REASON;
+use videoroom::join_token::JoinSecret;
 use videoroom::rt::{time, watch};
 
 use crate::client::{Client, Phase, Views};
@@ -21,7 +22,7 @@ use crate::knobs::Overrides;
 use crate::oracle::{Oracles, ProbeLog};
 use crate::server::{self, CurrentApp};
 use crate::streams::Stream;
-use crate::swarm::Swarm;
+use crate::swarm::{Action, Swarm};
 use crate::trace::Trace;
 
 /// How a run ended badly; each has its own exit code in the CLI.
@@ -83,6 +84,12 @@ impl Default for Options {
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
+/// Slow downlinks on three in ten connections.
+const SLOW_LINKS: server::Links = server::Links {
+    slow_share: 0.3,
+    slow_bytes_per_sec: (2_000, 16_000),
+};
+
 fn current(app: &CurrentApp) -> Option<App> {
     app.lock().unwrap().clone()
 }
@@ -130,12 +137,32 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     videoroom::rt::sim::set_lag(lag_chance, lag_max);
     // A third of the worlds have clients on slow downlinks (three in ten of their connections).
     let links = if server_draw.chance(0.33) {
-        server::Links {
-            slow_share: 0.3,
-            slow_bytes_per_sec: (2_000, 16_000),
-        }
+        SLOW_LINKS
     } else {
         server::Links::default()
+    };
+    // A third of the worlds require join tokens: the clients mint theirs with the world's
+    // secret, trespassers (the `trespass` action) come without, or with bad ones.
+    if server_draw.chance(0.33) {
+        let key = format!("the simulated join secret of seed {seed}");
+        let secret = JoinSecret::new(key.as_bytes()).expect("a key longer than the minimum");
+        swarm.join_secret = Some(Arc::new(secret));
+        trace.log(format_args!("join secret: on"));
+    }
+    // Where rooms are small, half the worlds bound a client's outbound queue by bytes before
+    // frames: padded metadata, a room that lets updates through in bursts, floods, slow
+    // downlinks. Elsewhere the frame count always trips first and the byte bound is never met.
+    let byte_bound = swarm.max_peers_per_room <= 3 && server_draw.chance(0.5);
+    let links = if byte_bound {
+        swarm.metadata_pad = 600 + server_draw.below(300) as usize;
+        swarm.actions.entry(Action::Flood).or_insert(2);
+        trace.log(format_args!(
+            "byte-bound outbound queues, metadata padded by {} bytes",
+            swarm.metadata_pad
+        ));
+        SLOW_LINKS
+    } else {
+        links
     };
     let links = opts.links.unwrap_or(links);
     trace.log(format_args!("links: {links:?}"));
@@ -164,18 +191,36 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
             ..limits
         },
     };
+    let limits = if byte_bound {
+        Limits {
+            outbound_frames: Limits::default().outbound_frames,
+            outbound_bytes: Limits::min_outbound_bytes(swarm.max_peers_per_room),
+            peer_update_burst: 200,
+            peer_updates_per_sec: 100,
+            ..limits
+        }
+    } else {
+        limits
+    };
     // The world must run a configuration the real server would accept.
     if let Err(e) = limits.validate() {
         panic!("the swarm drew limits the server refuses: {e}");
     }
     let app: CurrentApp = Arc::new(Mutex::new(None));
     let server = {
-        let (app, limits) = (app.clone(), limits.clone());
+        let node = server::Node {
+            current: app.clone(),
+            limits: limits.clone(),
+            plane_latency,
+            links,
+            join_secret: swarm.join_secret.as_deref().cloned(),
+            oracles: oracles.clone(),
+        };
         handle
             .create_node()
             .name("server")
             .ip(IpAddr::V4(SERVER_IP))
-            .init(move || server::serve(app.clone(), limits.clone(), plane_latency, links))
+            .init(move || server::serve(node.clone()))
             .build()
     };
     let rooms: Vec<String> = (0..swarm.rooms).map(|i| format!("r{i}")).collect();

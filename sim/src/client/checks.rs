@@ -8,7 +8,7 @@ use videoroom::phoenix::Frame;
 use videoroom::rt::time;
 
 use super::Client;
-use crate::tabs::TOO_MANY_CHANNELS;
+use crate::tabs::{Refusal, TOO_MANY_CHANNELS};
 
 impl Client {
     /// The server closed the connection as idle (1001; the simulated server never shuts down
@@ -98,7 +98,7 @@ impl Client {
             "room is full" => sw.clients > sw.max_peers_per_room || ghosts,
             r if r == videoroom::channel::ROOM_LIMIT_REASON => max_rooms < sw.rooms,
             // Its other tabs hold the socket's channels.
-            TOO_MANY_CHANNELS => self.weight("tabs") > 0,
+            TOO_MANY_CHANNELS => self.weight("tabs") > 0 || self.weight("trespass") > 0,
             // The channel died before answering: killed by a fault, or its socket's mailbox
             // was full when it answered.
             "join crashed" => has("channel_crash") || sw.queue_cap > 0,
@@ -110,6 +110,29 @@ impl Client {
         self.oracles.check(allowed, || {
             format!("c{idx}: join refused for {reason:?}, which this world cannot justify")
         });
+    }
+
+    /// A tab's refused join: a trespasser only for the reason it had to be refused with (or
+    /// the socket's channel limit, counted first, or a crash the world can justify); any other
+    /// tab as the client's own channel.
+    pub(super) fn check_tab_refusal(&mut self, topic: &str, r: Refusal) {
+        let Some(expected) = r.expected else {
+            if r.reason != TOO_MANY_CHANNELS {
+                self.check_refusal(&r.reason);
+            }
+            return;
+        };
+        if r.reason == expected {
+            self.oracles.reached("client: trespasser refused");
+        } else if r.reason == "join crashed" || r.reason == TOO_MANY_CHANNELS {
+            self.check_refusal(&r.reason);
+        } else {
+            let idx = self.idx;
+            self.oracles.fail(format!(
+                "c{idx}: join of {topic:?} refused for {:?}, where the reason is {expected:?}",
+                r.reason
+            ));
+        }
     }
 
     /// A push carries a join_ref this connection joined with. Once the current channel has

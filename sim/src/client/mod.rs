@@ -30,7 +30,7 @@ mod checks;
 use crate::negotiator::Negotiator;
 use crate::oracle::Oracles;
 use crate::swarm::Swarm;
-use crate::tabs::Tabs;
+use crate::tabs::{self, Tabs};
 use crate::trace::Trace;
 use crate::wire::{self, WireFrame};
 
@@ -377,9 +377,9 @@ impl Client {
         let f = Frame {
             join_ref: Some(r.clone()),
             msg_ref: Some(r.clone()),
-            topic,
+            topic: topic.clone(),
             event: "phx_join".into(),
-            payload: json!({}),
+            payload: self.join_payload(&topic),
         };
         if !self.send(w, f).await {
             return false;
@@ -400,7 +400,8 @@ impl Client {
         for _ in 0..n {
             self.my_seq += 1;
             let seq = self.my_seq;
-            let ev = json!({"type":"updateEndpointMetadata","data":{"metadata":{"client": self.idx, "seq": seq}}});
+            let ev =
+                json!({"type":"updateEndpointMetadata","data":{"metadata": self.metadata(seq)}});
             if !self.media(w, ev).await {
                 return false;
             }
@@ -410,7 +411,20 @@ impl Client {
 
     /// The media `connect`, carrying the client's current metadata.
     fn connect_event(&self) -> Value {
-        json!({"type":"connect","data":{"metadata":{"client": self.idx, "seq": self.my_seq}}})
+        json!({"type":"connect","data":{"metadata": self.metadata(self.my_seq)}})
+    }
+
+    /// This client's metadata at `seq`, padded where the world bounds queues by bytes.
+    fn metadata(&self, seq: u64) -> Value {
+        match self.swarm.metadata_pad {
+            0 => json!({"client": self.idx, "seq": seq}),
+            n => json!({"client": self.idx, "seq": seq, "pad": "p".repeat(n)}),
+        }
+    }
+
+    /// A join's payload: a token for `topic`'s room where the world requires one.
+    fn join_payload(&self, topic: &str) -> Value {
+        tabs::join_payload(self.swarm.join_secret.as_deref(), topic)
     }
 
     async fn media(&mut self, w: &mut wire::Writer, event: Value) -> bool {
@@ -588,15 +602,31 @@ impl Client {
                 let n = 1 + rt::rand::below(5) as usize;
                 let main = self.chan.as_ref().map(|c| c.join_ref.clone());
                 self.log(format!("opens {n} more channels on its socket"));
-                for f in self
-                    .tabs
-                    .open(self.idx, n, main.as_deref(), &mut self.next_ref)
-                {
+                let secret = self.swarm.join_secret.clone();
+                for f in self.tabs.open(
+                    self.idx,
+                    n,
+                    main.as_deref(),
+                    secret.as_deref(),
+                    &mut self.next_ref,
+                ) {
                     if !self.send(w, f).await {
                         return false;
                     }
                 }
                 true
+            }
+            "trespass" => {
+                let main = self.chan.as_ref().map(|c| c.join_ref.clone());
+                let secret = self.swarm.join_secret.clone();
+                let (f, why) = self.tabs.trespass(
+                    self.idx,
+                    main.as_deref(),
+                    secret.as_deref(),
+                    &mut self.next_ref,
+                );
+                self.log(format!("trespasses on {} ({why})", f.topic));
+                self.send(w, f).await
             }
             _ => true,
         }
@@ -785,7 +815,9 @@ impl Client {
         self.tabs.note_ended(&f);
         if self.tabs.owns(&f) {
             let max = videoroom::app::Limits::default().socket.max_channels;
-            self.tabs.on_frame(self.idx, &f, max, &self.oracles);
+            if let Some(r) = self.tabs.on_frame(self.idx, &f, max, &self.oracles) {
+                self.check_tab_refusal(&f.topic, r);
+            }
             return true;
         }
         if let Some(jr) = &f.join_ref {
