@@ -108,6 +108,10 @@ enum Cmd {
         /// End with one JSON line summarising the campaign.
         #[arg(long)]
         json: bool,
+        /// Stop at the first failing seed (worlds already running finish): for bisecting and
+        /// for mutation runs, where one failing seed is the verdict [default: off].
+        #[arg(long, env = "VIDEOROOM_SIM_FAIL_FAST")]
+        fail_fast: bool,
     },
 }
 
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
             jobs,
             fresh_processes,
             json,
+            fail_fast,
         } => fuzz(Campaign {
             seeds,
             minutes,
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
             jobs,
             fresh_processes,
             json,
+            fail_fast,
         }),
     }
 }
@@ -278,6 +284,7 @@ struct Campaign {
     jobs: Option<usize>,
     fresh_processes: bool,
     json: bool,
+    fail_fast: bool,
 }
 
 fn read_seed_file(path: &std::path::Path) -> Result<Vec<u64>, String> {
@@ -509,6 +516,11 @@ fn fuzz(c: Campaign) -> ExitCode {
         *verdicts.entry(s.kind.clone()).or_default() += 1;
         if s.exit != 0 {
             failing.push(s);
+            if c.fail_fast {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.regressions.clear();
+                q.total = 0;
+            }
         }
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let line = format!(
