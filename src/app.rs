@@ -7,10 +7,10 @@ use tokio::sync::oneshot;
 
 use crate::engine::{NegotiationConfig, PlaneFactory, SessionConfig};
 use crate::join_token::JoinSecret;
+use crate::messages::{RoomInfo, RoomMsg};
 use crate::metrics::Metrics;
 use crate::phoenix::SocketConfig;
 use crate::registry::Registry;
-use crate::room::RoomMsg;
 use crate::rt::{Pid, System};
 
 /// Every bound the server enforces.
@@ -253,7 +253,7 @@ impl App {
     }
 
     /// A room's peers and media endpoints; `None` if no such room runs.
-    pub async fn room_info(&self, room: &str) -> Option<crate::room::RoomInfo> {
+    pub async fn room_info(&self, room: &str) -> Option<RoomInfo> {
         let addr = self.rooms.whereis(room)?;
         let (tx, rx) = oneshot::channel();
         addr.try_send(RoomMsg::Info(tx)).ok()?;

@@ -14,6 +14,7 @@ pub mod fabric;
 pub mod http;
 pub mod join_token;
 pub mod logsafe;
+pub mod messages;
 pub mod metrics;
 pub mod per_source;
 pub mod phoenix;

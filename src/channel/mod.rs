@@ -14,30 +14,13 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::app::App;
-use crate::conn::ConnMsg;
+use crate::messages::{ChannelMsg, ConnMsg, RoomMsg};
 use crate::metrics::Process;
 use crate::phoenix::{ChanId, ChannelEvent};
 use crate::registry::JoinError;
-use crate::room::{self, RoomMsg};
+use crate::room;
 use crate::rt::probe::{self, Event};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Received};
-
-/// What a channel accepts.
-#[derive(Debug)]
-pub enum ChannelMsg {
-    /// An event from the client on this topic.
-    FromClient {
-        event: String,
-        msg_ref: Option<String>,
-        payload: Value,
-    },
-    /// A media event from the room, to push to the client.
-    MediaEvent(String),
-    /// The socket stopped this channel (leave, duplicate join, socket closed).
-    Stop,
-    /// The room let go of this peer for `reason`; the client is told, then the channel closes.
-    Dropped(String),
-}
 
 pub mod room_name;
 #[cfg(test)]

@@ -18,7 +18,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::app::App;
-use crate::channel::{self, ChannelMsg};
+use crate::channel;
+use crate::messages::{ChannelMsg, ConnMsg};
 use crate::metrics::{Process, SlowQueue};
 use crate::per_source::ForSource;
 use crate::phoenix::{ChanId, ChannelEvent, Output, SocketCore};
@@ -42,12 +43,6 @@ pub enum WsOut {
     Text(String),
     /// Close with this code and reason, then stop writing.
     Close(u16, String),
-}
-
-/// What a socket process accepts from its channels.
-#[derive(Debug)]
-pub enum ConnMsg {
-    Channel(ChannelEvent),
 }
 
 /// The transport ends given to [`run`].

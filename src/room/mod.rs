@@ -20,46 +20,15 @@ mod grace;
 
 use std::collections::BTreeMap;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::app::App;
-use crate::channel::ChannelMsg;
-use crate::engine::{MediaPlane, Out, PlaneEvent, PlaneSink, Session, TrackNegotiation};
+use crate::engine::{MediaPlane, Out, PlaneSink, Session, TrackNegotiation};
+use crate::messages::{ChannelMsg, RoomInfo, RoomMsg};
 use crate::metrics::{Metrics, Process, SlowQueue};
 use crate::rt::probe::{self, Event};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
 use grace::ConnectGrace;
-
-/// What a room accepts.
-/// What a room reports about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RoomInfo {
-    /// (peer id, channel pid), in peer-id order.
-    pub peers: Vec<(String, Pid)>,
-    /// Peers the media session counts as connected endpoints, in join order.
-    pub endpoints: Vec<String>,
-    /// Each endpoint's current metadata (what every other peer must end up seeing), in join
-    /// order.
-    pub metadata: Vec<(String, serde_json::Value)>,
-}
-
-#[derive(Debug)]
-pub enum RoomMsg {
-    /// A channel joins as `peer_id`; answered once the room has taken it (or refused it).
-    AddPeerChannel {
-        peer_id: String,
-        channel: Addr<ChannelMsg>,
-        ack: oneshot::Sender<Result<(), String>>,
-    },
-    /// A media event from a peer's client (a JSON string).
-    MediaEvent { peer_id: String, data: String },
-    /// The peers, as (peer id, channel pid).
-    Peers(oneshot::Sender<Vec<(String, Pid)>>),
-    /// The room's state as observers see it (diagnostics and oracles).
-    Info(oneshot::Sender<RoomInfo>),
-    /// A report of the room's media plane.
-    Plane(PlaneEvent),
-}
 
 struct Peer {
     channel: Addr<ChannelMsg>,
