@@ -9,10 +9,14 @@
 //! `dropped {reason}` and closes, so the client is told why and does not rejoin.
 //!
 //! Never blocks on its socket or room: a full mailbox on either side ends the channel.
+//!
+//! Its decisions (what a push becomes, how a DOWN ends it, how a join retries) are the sans-IO
+//! `core.rs`; this actor asks the registry, sends, waits, and does what the core says.
 
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use self::core::{client_push, joined_down, Attempt, Attempts, Next, Push, FAILED_TO_START};
 use crate::app::App;
 use crate::messages::{ChannelMsg, ConnMsg, RoomMsg};
 use crate::metrics::Process;
@@ -22,6 +26,7 @@ use crate::room;
 use crate::rt::probe::{self, Event};
 use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Received};
 
+mod core;
 pub mod room_name;
 #[cfg(test)]
 mod tests;
@@ -33,9 +38,6 @@ pub const PROCESS_LABEL: &str = "channel";
 pub const ROOM_LIMIT_REASON: &str = "server is at its room limit";
 /// The event that tells a client why its channel was dropped (`{"reason": ...}`).
 pub const DROPPED_EVENT: &str = "dropped";
-
-/// How many times a join retries when its room stops or dies under it.
-const JOIN_ATTEMPTS: usize = 8;
 
 struct Joined {
     room: Addr<RoomMsg>,
@@ -97,8 +99,8 @@ pub async fn run(
                 msg_ref,
                 payload,
             }) => {
-                if event == "mediaEvent" {
-                    if let Some(data) = payload.get("data").and_then(Value::as_str) {
+                let reason = match client_push(&event, &payload) {
+                    Push::ToRoom(data) => {
                         let msg = RoomMsg::MediaEvent {
                             peer_id: peer_id.clone(),
                             data: data.to_string(),
@@ -111,11 +113,7 @@ pub async fn run(
                         }
                         continue;
                     }
-                }
-                let reason = if event == "mediaEvent" {
-                    "mediaEvent needs a string `data`"
-                } else {
-                    "unknown event"
+                    Push::Refuse(reason) => reason,
                 };
                 let reply = ChannelEvent::Reply {
                     chan,
@@ -148,14 +146,16 @@ pub async fn run(
                 // A graceful exit: the client gets `phx_close`, so it stays out.
                 return ExitReason::Shutdown;
             }
-            Received::Down(d) if d.mref == room_ref => {
-                tracing::debug!(%topic, reason = %d.reason, "room down");
-                probe::emit(Event::ChannelRoomDown);
-                return ExitReason::Error(format!("room down: {}", d.reason));
-            }
-            Received::Down(d) if d.mref == socket_ref => return ExitReason::Shutdown,
-            // A monitor this channel should have dropped (e.g. on a room it retried away from).
-            Received::Down(_) => probe::emit(Event::ChannelDownForUnknownMonitor),
+            Received::Down(d) => match joined_down(d.mref, room_ref, socket_ref, &d.reason) {
+                Some(exit @ ExitReason::Error(_)) => {
+                    tracing::debug!(%topic, reason = %d.reason, "room down");
+                    probe::emit(Event::ChannelRoomDown);
+                    return exit;
+                }
+                Some(exit) => return exit,
+                // A monitor this channel should have dropped (e.g. on a room it retried away from).
+                None => probe::emit(Event::ChannelDownForUnknownMonitor),
+            },
         }
     }
 }
@@ -178,7 +178,8 @@ async fn join(
     socket_ref: MonitorRef,
     ctx: &mut Ctx<ChannelMsg>,
 ) -> JoinOutcome {
-    for _ in 0..JOIN_ATTEMPTS {
+    let mut attempts = Attempts::default();
+    while attempts.start() {
         let started = app
             .rooms
             .whereis_or_start(name, || {
@@ -198,56 +199,82 @@ async fn join(
             Err(e) => {
                 tracing::error!(room = %name, error = %e, "failed to start room");
                 probe::emit(Event::RoomStartFailed);
-                return JoinOutcome::Refused("failed to start room".into());
+                return JoinOutcome::Refused(FAILED_TO_START.into());
             }
         };
-        let mref = ctx.monitor(room.pid());
-        let peer_id = rt::rand::uuid_v4().to_string();
-        let (ack_tx, mut ack_rx) = oneshot::channel();
-        let add = RoomMsg::AddPeerChannel {
-            peer_id: peer_id.clone(),
-            channel: ctx.addr(),
-            ack: ack_tx,
+        let tried = try_room(room, name, socket_ref, ctx).await;
+        let a = match tried {
+            Tried::Joined(j) => return JoinOutcome::Joined(j),
+            Tried::Stopped => return JoinOutcome::Stopped,
+            Tried::Ended(a) => a,
         };
-        if room.try_send(add).is_err() {
-            tracing::debug!(room = %name, "join: room unreachable, retrying");
-            probe::emit(Event::JoinRoomUnreachable);
-            ctx.demonitor(mref);
-            continue;
-        }
-        loop {
-            tokio::select! {
-                biased;
-                ack = &mut ack_rx => match ack {
-                    Ok(Ok(())) => return JoinOutcome::Joined(Joined { room, mref, peer_id }),
-                    Ok(Err(reason)) => {
-                        tracing::debug!(room = %name, %reason, "join: refused by the room");
-                        probe::emit(Event::JoinRefusedByRoom);
-                        ctx.demonitor(mref);
-                        return JoinOutcome::Refused(reason);
-                    }
-                    // The room stopped with our request queued: try again.
-                    Err(_) => {
-                        tracing::debug!(room = %name, "join: room stopped with the join queued, retrying");
-                        probe::emit(Event::JoinRetriedAfterRoomStop);
-                        ctx.demonitor(mref);
-                        break;
-                    }
-                },
-                r = ctx.recv() => match r {
-                    Received::Down(d) if d.mref == mref => {
-                        tracing::debug!(room = %name, reason = %d.reason, "join: room down before taking the join, retrying");
-                        probe::emit(Event::JoinRetriedAfterRoomDown);
-                        break;
-                    }
-                    Received::Down(d) if d.mref == socket_ref => return JoinOutcome::Stopped,
-                    Received::Msg(ChannelMsg::Stop) => return JoinOutcome::Stopped,
-                    Received::Down(_) => probe::emit(Event::ChannelDownForUnknownMonitor),
-                    // Nothing else is sent to a channel before it has joined.
-                    Received::Msg(_) => probe::emit(Event::ChannelMessageBeforeJoin),
-                },
-            }
+        match attempts.outcome(a) {
+            Next::Retry => continue,
+            Next::Refused(reason) => return JoinOutcome::Refused(reason),
         }
     }
-    JoinOutcome::Refused("failed to start room".into())
+    JoinOutcome::Refused(FAILED_TO_START.into())
+}
+
+enum Tried {
+    Joined(Joined),
+    Ended(Attempt),
+    /// The socket went away or stopped the channel meanwhile.
+    Stopped,
+}
+
+/// One attempt: ask `room` to take a fresh peer and wait for its answer, watching it die.
+async fn try_room(
+    room: Addr<RoomMsg>,
+    name: &str,
+    socket_ref: MonitorRef,
+    ctx: &mut Ctx<ChannelMsg>,
+) -> Tried {
+    let mref = ctx.monitor(room.pid());
+    let peer_id = rt::rand::uuid_v4().to_string();
+    let (ack_tx, mut ack_rx) = oneshot::channel();
+    let add = RoomMsg::AddPeerChannel {
+        peer_id: peer_id.clone(),
+        channel: ctx.addr(),
+        ack: ack_tx,
+    };
+    if room.try_send(add).is_err() {
+        tracing::debug!(room = %name, "join: room unreachable, retrying");
+        probe::emit(Event::JoinRoomUnreachable);
+        ctx.demonitor(mref);
+        return Tried::Ended(Attempt::Lost);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            ack = &mut ack_rx => match ack {
+                Ok(Ok(())) => return Tried::Joined(Joined { room, mref, peer_id }),
+                Ok(Err(reason)) => {
+                    tracing::debug!(room = %name, %reason, "join: refused by the room");
+                    probe::emit(Event::JoinRefusedByRoom);
+                    ctx.demonitor(mref);
+                    return Tried::Ended(Attempt::Refused(reason));
+                }
+                // The room stopped with our request queued: try again.
+                Err(_) => {
+                    tracing::debug!(room = %name, "join: room stopped with the join queued, retrying");
+                    probe::emit(Event::JoinRetriedAfterRoomStop);
+                    ctx.demonitor(mref);
+                    return Tried::Ended(Attempt::Lost);
+                }
+            },
+            r = ctx.recv() => match r {
+                Received::Down(d) if d.mref == mref => {
+                    tracing::debug!(room = %name, reason = %d.reason, "join: room down before taking the join, retrying");
+                    probe::emit(Event::JoinRetriedAfterRoomDown);
+                    return Tried::Ended(Attempt::Lost);
+                }
+                Received::Down(d) if d.mref == socket_ref => return Tried::Stopped,
+                Received::Msg(ChannelMsg::Stop) => return Tried::Stopped,
+                Received::Down(_) => probe::emit(Event::ChannelDownForUnknownMonitor),
+                // Nothing else is sent to a channel before it has joined.
+                Received::Msg(_) => probe::emit(Event::ChannelMessageBeforeJoin),
+            },
+        }
+    }
 }

@@ -15,153 +15,91 @@
 //! `connect_grace` (see `grace.rs`) is dropped: its channel is told why and closes.
 //!
 //! Never blocks on a peer: a channel whose mailbox is full is a slow consumer and is killed.
+//!
+//! The decisions (full, grace, linger and stop, who hears what) are the sans-IO `RoomCore`
+//! (`core.rs`); this actor only feeds it and carries out its steps.
 
+mod core;
 mod grace;
-
-use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
 
+use self::core::{RoomCore, Step};
 use crate::app::App;
-use crate::engine::{MediaPlane, Out, PlaneSink, Session, TrackNegotiation};
-use crate::messages::{ChannelMsg, RoomInfo, RoomMsg};
+use crate::engine::{MediaPlane, PlaneSink, Session, TrackNegotiation};
+use crate::messages::{ChannelMsg, RoomMsg};
 use crate::metrics::{Metrics, Process, SlowQueue};
 use crate::rt::probe::{self, Event};
-use crate::rt::{self, Addr, Ctx, ExitReason, MonitorRef, Pid, Received, SendError};
-use grace::ConnectGrace;
-
-struct Peer {
-    channel: Addr<ChannelMsg>,
-    mref: MonitorRef,
-}
+use crate::rt::{self, Addr, Ctx, ExitReason, Received, SendError};
 
 /// The room's body, to be started under its name by `Registry::start`.
 pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     app.metrics.track(ctx.system(), ctx.pid(), Process::Room);
-    // The session's clock (its update budgets) counts from here.
-    let started = rt::time::now();
-    let mut session = Session::with_negotiation(
+    let session = Session::with_negotiation(
         app.session_config(),
         TrackNegotiation::new((*app.negotiation).clone()),
     );
+    let mut core = RoomCore::new(
+        app.limits.max_peers_per_room,
+        app.limits.empty_room_linger,
+        app.limits.connect_grace,
+        session,
+        rt::time::now(),
+    );
     let mut plane = app.plane_factory.build(&name, plane_sink(ctx.addr()));
-    let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
-    let mut by_pid: BTreeMap<Pid, String> = BTreeMap::new();
-    let mut grace = ConnectGrace::new(app.limits.connect_grace);
     tracing::debug!(room = %name, pid = %ctx.pid(), "room started");
     let (sys, me) = (ctx.system().id(), ctx.pid());
     probe::emit(Event::RoomStarted { sys, pid: me });
     loop {
-        // Checked before waiting, so a busy mailbox cannot put the drop off.
-        if grace.poll_timeout().is_some_and(|d| d <= rt::time::now()) {
-            let reason = grace.reason();
-            for peer_id in grace.expired(rt::time::now()) {
-                let Some(p) = peers.remove(&peer_id) else {
-                    continue;
-                };
-                by_pid.remove(&p.channel.pid());
-                ctx.demonitor(p.mref);
-                tracing::debug!(room = %name, peer = %peer_id, "peer dropped: no connect within the grace");
-                probe::emit(Event::PeerDroppedNoConnect);
-                // It is outside the session, so this tells nobody; it only forgets the peer.
-                let outs = session.remove_peer(&peer_id);
-                dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
-                if p.channel
-                    .try_send(ChannelMsg::Dropped(reason.clone()))
-                    .is_err()
-                {
-                    ctx.system().kill(p.channel.pid());
+        // Checked before waiting, so a busy mailbox cannot put a drop or the stop off.
+        let now = rt::time::now();
+        if core.poll_timeout().is_some_and(|d| d <= now) {
+            let steps = core.handle_timeout(now);
+            execute(&mut ctx, plane.as_mut(), steps, &app.metrics);
+        }
+        if core.is_stopped() {
+            break;
+        }
+        let received = match core.poll_timeout() {
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(rt::time::now());
+                match rt::time::timeout(wait, ctx.recv()).await {
+                    Some(r) => r,
+                    None => continue,
                 }
             }
-            if peers.is_empty() {
-                break;
-            }
-        }
-        let received = if peers.is_empty() {
-            match rt::time::timeout(app.limits.empty_room_linger, ctx.recv()).await {
-                Some(r) => r,
-                None => break,
-            }
-        } else if let Some(deadline) = grace.poll_timeout() {
-            let wait = deadline.saturating_duration_since(rt::time::now());
-            match rt::time::timeout(wait, ctx.recv()).await {
-                Some(r) => r,
-                None => continue,
-            }
-        } else {
-            ctx.recv().await
+            None => ctx.recv().await,
         };
-        match received {
+        let steps = match received {
             Received::Msg(RoomMsg::AddPeerChannel {
                 peer_id,
                 channel,
                 ack,
             }) => {
-                if peers.len() >= app.limits.max_peers_per_room {
-                    probe::emit(Event::RoomRefusedFull);
-                    let _ = ack.send(Err("room is full".into()));
-                    continue;
-                }
-                let mref = ctx.monitor(channel.pid());
-                by_pid.insert(channel.pid(), peer_id.clone());
-                grace.update(&peer_id, false, rt::time::now());
-                peers.insert(peer_id, Peer { channel, mref });
-                let _ = ack.send(Ok(()));
+                let pid = channel.pid();
+                let now = rt::time::now();
+                let added = core.add_peer(peer_id, pid, channel, now, || ctx.monitor(pid));
+                let _ = ack.send(added);
+                continue;
             }
             Received::Msg(RoomMsg::MediaEvent { peer_id, data }) => {
-                if peers.contains_key(&peer_id) {
-                    session.set_clock(rt::time::now().saturating_duration_since(started));
-                    let outs = session.handle_event(&peer_id, &data);
-                    let connected = session.roster().contains(&peer_id);
-                    grace.update(&peer_id, connected, rt::time::now());
-                    dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
-                }
+                core.media_event(&peer_id, &data, rt::time::now())
             }
             Received::Msg(RoomMsg::Peers(tx)) => {
-                let list = peers
-                    .iter()
-                    .map(|(id, p)| (id.clone(), p.channel.pid()))
-                    .collect();
-                let _ = tx.send(list);
+                let _ = tx.send(core.peers());
+                continue;
             }
             Received::Msg(RoomMsg::Info(tx)) => {
-                let _ = tx.send(RoomInfo {
-                    peers: peers
-                        .iter()
-                        .map(|(id, p)| (id.clone(), p.channel.pid()))
-                        .collect(),
-                    endpoints: session.endpoints().map(str::to_string).collect(),
-                    metadata: session
-                        .endpoints()
-                        .map(|id| {
-                            let m = session.roster().metadata(id).cloned().unwrap_or_default();
-                            (id.to_string(), m)
-                        })
-                        .collect(),
-                });
+                let _ = tx.send(core.info());
+                continue;
             }
-            Received::Msg(RoomMsg::Plane(event)) => {
-                let outs = session.handle_plane_event(event);
-                dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
-            }
+            Received::Msg(RoomMsg::Plane(event)) => core.plane_event(event),
             Received::Down(d) => {
-                let Some(peer_id) = by_pid.remove(&d.pid) else {
-                    probe::emit(Event::RoomDownForUnknownPeer);
-                    continue;
-                };
-                if peers.get(&peer_id).is_some_and(|p| p.mref == d.mref) {
-                    peers.remove(&peer_id);
-                    grace.remove(&peer_id);
-                    tracing::debug!(room = %name, peer = %peer_id, reason = %d.reason, "peer left");
-                    probe::emit(Event::PeerLeft);
-                    let outs = session.remove_peer(&peer_id);
-                    dispatch(&ctx, &peers, plane.as_mut(), outs, &app.metrics);
-                    if peers.is_empty() {
-                        break;
-                    }
-                }
+                tracing::debug!(room = %name, pid = %d.pid, reason = %d.reason, "down");
+                core.down(d.pid, d.mref)
             }
-        }
+        };
+        execute(&mut ctx, plane.as_mut(), steps, &app.metrics);
     }
     probe::emit(Event::RoomStopping { sys, pid: me });
     // Closes every media connection before the name is free for a fresh room.
@@ -194,35 +132,40 @@ fn plane_sink(room: Addr<RoomMsg>) -> PlaneSink {
     })
 }
 
-fn dispatch(
-    ctx: &Ctx<RoomMsg>,
-    peers: &BTreeMap<String, Peer>,
+/// Carries out the core's steps. Never blocks on a peer: a channel whose mailbox is full is a
+/// slow consumer and is killed.
+fn execute(
+    ctx: &mut Ctx<RoomMsg>,
     plane: &mut dyn MediaPlane,
-    outs: Vec<Out>,
+    steps: Vec<Step<Addr<ChannelMsg>>>,
     metrics: &Metrics,
 ) {
-    for out in outs {
-        let (peer, data) = match out {
-            Out::To { peer, data } => (peer, data),
-            Out::Plane(command) => {
-                plane.apply(command);
-                continue;
+    for step in steps {
+        match step {
+            Step::Plane(command) => plane.apply(command),
+            Step::Demonitor(mref) => {
+                ctx.demonitor(mref);
             }
-        };
-        let Some(p) = peers.get(&peer) else { continue };
-        match p.channel.try_send(ChannelMsg::MediaEvent(data)) {
-            Ok(()) => {}
-            Err(SendError::Full(_)) => {
-                // A slow consumer must not hold the room back: drop it; its DOWN removes it.
-                tracing::warn!(peer = %peer, "peer channel backlog full: disconnecting it");
-                metrics.slow_consumer_dropped(SlowQueue::Channel);
-                probe::emit(Event::SlowConsumerDropped {
-                    queue: probe::SlowQueue::Channel,
-                });
-                ctx.system().kill(p.channel.pid());
+            Step::Drop { to, reason } => {
+                tracing::debug!(pid = %to.pid(), "peer dropped: no connect within the grace");
+                if to.try_send(ChannelMsg::Dropped(reason)).is_err() {
+                    ctx.system().kill(to.pid());
+                }
             }
-            // Already gone: its DOWN is on the way.
-            Err(SendError::Dead(_)) => probe::emit(Event::RoomSendToGonePeer),
+            Step::Push { to, data } => match to.try_send(ChannelMsg::MediaEvent(data)) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => {
+                    // A slow consumer must not hold the room back: drop it; its DOWN removes it.
+                    tracing::warn!(pid = %to.pid(), "peer channel backlog full: disconnecting it");
+                    metrics.slow_consumer_dropped(SlowQueue::Channel);
+                    probe::emit(Event::SlowConsumerDropped {
+                        queue: probe::SlowQueue::Channel,
+                    });
+                    ctx.system().kill(to.pid());
+                }
+                // Already gone: its DOWN is on the way.
+                Err(SendError::Dead(_)) => probe::emit(Event::RoomSendToGonePeer),
+            },
         }
     }
 }
