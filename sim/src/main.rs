@@ -103,14 +103,14 @@ enum Cmd {
         #[arg(long, env = "VIDEOROOM_SIM_JOBS")]
         jobs: Option<usize>,
         /// Run every seed in a fresh process instead (slower; a cross-check) [default: off].
-        #[arg(long, env = "VIDEOROOM_SIM_FRESH_PROCESSES")]
+        #[arg(long, env = "VIDEOROOM_SIM_FRESH_PROCESSES", value_parser = clap::builder::BoolishValueParser::new())]
         fresh_processes: bool,
         /// End with one JSON line summarising the campaign.
         #[arg(long)]
         json: bool,
         /// Stop at the first failing seed (worlds already running finish): for bisecting and
         /// for mutation runs, where one failing seed is the verdict [default: off].
-        #[arg(long, env = "VIDEOROOM_SIM_FAIL_FAST")]
+        #[arg(long, env = "VIDEOROOM_SIM_FAIL_FAST", value_parser = clap::builder::BoolishValueParser::new())]
         fail_fast: bool,
     },
 }

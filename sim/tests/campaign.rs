@@ -419,3 +419,22 @@ fn pinned_trace_summaries() {
         });
     }
 }
+
+/// The `VIDEOROOM_SIM_*` switches take the usual spellings: `1` was once a usage error, which
+/// made a mutation run's every campaign fail before any world ran.
+#[test]
+fn switch_variables_take_1_and_true() {
+    for v in ["1", "true", "0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_videoroom-sim"))
+            .args(["fuzz", "--seeds", "1", "--from", "0", "--json"])
+            .env("VIDEOROOM_SIM_FAIL_FAST", v)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run videoroom-sim");
+        assert!(
+            out.status.success(),
+            "VIDEOROOM_SIM_FAIL_FAST={v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
