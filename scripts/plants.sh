@@ -97,8 +97,10 @@ fi
 # Incremental compilation in the sim profile (own target dir only): a one-line plant then
 # rebuilds in a fraction of the time; the optimisation level and debug assertions are the test
 # command's.
+# One failing seed is the verdict (VIDEOROOM_SIM_FAIL_FAST): a plant that breaks most worlds
+# otherwise makes each campaign record and write up every failing seed.
 sim_env=(env RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim" CARGO_TARGET_DIR="$sim_target"
-  CARGO_PROFILE_SIM_INCREMENTAL=true)
+  CARGO_PROFILE_SIM_INCREMENTAL=true VIDEOROOM_SIM_FAIL_FAST=1)
 sim_test=(cargo test -p videoroom-sim --profile sim)
 
 # Runs the simulation suite in $tree; sets run_rc, run_secs; log in $1.
