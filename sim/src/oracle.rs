@@ -29,9 +29,14 @@ pub struct Crash {
 /// A channel's topic, and the metadata seqs it heard per peer.
 type Heard = (String, BTreeMap<String, Vec<u64>>);
 
+/// Violations kept word for word; later ones are counted.
+const MAX_VIOLATIONS: usize = 10;
+
 #[derive(Default)]
 struct Inner {
     violations: Vec<String>,
+    /// Breaches past the first [`MAX_VIOLATIONS`] distinct ones (a lasting one counts each time).
+    more: u64,
     checks: u64,
     /// (client, join_ref) that must get exactly one phx_error (their room crashed).
     expected_errors: BTreeMap<(usize, String), bool>,
@@ -66,7 +71,13 @@ impl Oracles {
                 if let Some(t) = &i.trace {
                     t.log(format_args!("VIOLATION {v}"));
                 }
-                i.violations.push(v);
+                // The first ones tell the story; the rest (often the same breach at every
+                // frame) are counted, so a failure line stays readable.
+                if i.violations.len() < MAX_VIOLATIONS {
+                    i.violations.push(v);
+                } else {
+                    i.more += 1;
+                }
             }
         }
     }
@@ -115,7 +126,12 @@ impl Oracles {
     }
 
     pub fn violations(&self) -> Vec<String> {
-        self.0.lock().unwrap().violations.clone()
+        let i = self.0.lock().unwrap();
+        let mut v = i.violations.clone();
+        if i.more > 0 {
+            v.push(format!("and {} more breaches (see the trace)", i.more));
+        }
+        v
     }
 
     /// Client `client`'s channel `join_ref` on `topic` heard `peer`'s metadata update `seq`.
@@ -243,7 +259,7 @@ impl ProbeLog {
 
     /// Probe events counted, by event name.
     pub fn counts(&self) -> BTreeMap<&'static str, u64> {
-        self.0.borrow().events.get().clone()
+        self.0.borrow().events.get()
     }
 
     /// Broken runtime/registry promises and never-events reached, in the order they happened.

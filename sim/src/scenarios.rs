@@ -115,6 +115,8 @@ pub fn backpressure() -> Options {
             slow_share: 0.5,
             slow_bytes_per_sec: (4_000, 16_000),
         }),
+        // Bursts of candidates larger than the room's mailbox: its plane forwarder waits.
+        candidate_burst: Some(floor + 8),
         ..Options::default()
     }
 }

@@ -51,6 +51,8 @@ pub struct Node {
     pub limits: Limits,
     /// The most a room's fake media plane takes to answer an offer (0: at once).
     pub plane_latency: std::time::Duration,
+    /// Candidates per plane trickle.
+    pub candidate_burst: usize,
     pub links: Links,
     pub join_secret: Option<JoinSecret>,
     pub oracles: Oracles,
@@ -61,7 +63,7 @@ pub async fn serve(node: Node) {
     let negotiation = (*app.negotiation).clone();
     let app = app.with_media(
         negotiation,
-        PlaneFactory::fake_with_latency(node.plane_latency),
+        PlaneFactory::fake_trickling(node.plane_latency, node.candidate_burst),
     );
     *node.current.lock().unwrap() = Some(app.clone());
     // The world kills the node before restarting it, which frees its ports; retry anyway in

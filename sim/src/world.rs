@@ -64,6 +64,8 @@ pub struct Options {
     pub lag: Option<(f64, Duration)>,
     /// Client downlinks instead of the seed's draw (named scenarios).
     pub links: Option<server::Links>,
+    /// Candidates per plane trickle instead of the seed's draw (named scenarios).
+    pub candidate_burst: Option<usize>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             record: true,
             lag: None,
             links: None,
+            candidate_burst: None,
         }
     }
 }
@@ -119,6 +122,17 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         Duration::from_millis(1 + plane.below(150))
     };
     trace.log(format_args!("plane latency below {plane_latency:?}"));
+    // A fifth of the worlds trickle candidates in bursts (a host with many interfaces), so the
+    // plane's reports alone can fill a room's mailbox and its forwarder waits for a slot.
+    let burst = if plane.chance(0.2) {
+        2 + plane.below(40) as usize
+    } else {
+        1
+    };
+    let burst = opts.candidate_burst.unwrap_or(burst);
+    if burst > 1 {
+        trace.log(format_args!("plane trickles {burst} candidates at once"));
+    }
     // An idle timeout a world reaches (the production 60 s never is): a socket that heartbeats
     // every 500 ms must never hit it, one whose link is clogged for longer must.
     let mut server_draw = Stream::new(seed, "server");
@@ -212,6 +226,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
             current: app.clone(),
             limits: limits.clone(),
             plane_latency,
+            candidate_burst: burst,
             links,
             join_secret: swarm.join_secret.as_deref().cloned(),
             oracles: oracles.clone(),

@@ -61,6 +61,8 @@ pub struct FakePlane {
     out: Outbox,
     peers: BTreeMap<PeerId, FakePeer>,
     keyframe_requests: u64,
+    /// Candidates reported by one trickle (see [`Self::trickling`]).
+    burst: usize,
 }
 
 impl FakePlane {
@@ -69,7 +71,15 @@ impl FakePlane {
             out: Outbox::Now(sink),
             peers: BTreeMap::new(),
             keyframe_requests: 0,
+            burst: 1,
         }
+    }
+
+    /// Each trickle reports `n` candidates at once (a host with many interfaces), so the
+    /// room's mailbox can fill with the plane's reports alone.
+    pub fn trickling(mut self, n: usize) -> Self {
+        self.burst = n.max(1);
+        self
     }
 
     /// A plane whose answers (and the events that follow them) arrive after a delay drawn
@@ -102,6 +112,7 @@ impl FakePlane {
             },
             peers: BTreeMap::new(),
             keyframe_requests: 0,
+            burst: 1,
         }
     }
 
@@ -115,7 +126,7 @@ impl MediaPlane for FakePlane {
     fn add_peer(&mut self, peer: &str) {
         self.peers.entry(peer.to_owned()).or_default();
         if self.trickles() {
-            self.deliver(vec![candidate(peer)]);
+            self.deliver(vec![candidate(peer); self.burst]);
         }
     }
 
@@ -134,7 +145,7 @@ impl MediaPlane for FakePlane {
         );
         self.deliver(events);
         if answered && self.trickles() {
-            self.deliver(vec![candidate(peer)]);
+            self.deliver(vec![candidate(peer); self.burst]);
         }
     }
 

@@ -189,7 +189,14 @@ impl PlaneFactory {
     /// The network-free plane answering after a seeded delay below `max` (see
     /// [`FakePlane::with_latency`](super::FakePlane::with_latency)): what the simulation runs.
     pub fn fake_with_latency(max: std::time::Duration) -> Self {
-        PlaneFactory::new(move |_room, sink| Box::new(super::FakePlane::with_latency(sink, max)))
+        Self::fake_trickling(max, 1)
+    }
+
+    /// Fake planes answering within `max` whose trickles report `burst` candidates each.
+    pub fn fake_trickling(max: std::time::Duration, burst: usize) -> Self {
+        PlaneFactory::new(move |_room, sink| {
+            Box::new(super::FakePlane::with_latency(sink, max).trickling(burst))
+        })
     }
 
     pub fn build(&self, room: &str, sink: PlaneSink) -> Box<dyn MediaPlane> {

@@ -226,8 +226,10 @@ impl Client {
         }
     }
 
-    fn log(&self, s: impl AsRef<str>) {
-        self.trace.log(format!("c{} {}", self.idx, s.as_ref()));
+    /// One trace line of this client; pass `format_args!(..)` on per-frame paths (rendered
+    /// only when the trace records, hashed otherwise).
+    fn log(&self, s: impl std::fmt::Display) {
+        self.trace.log(format_args!("c{} {s}", self.idx));
     }
 
     fn publish_view(&self, connected: bool) {
@@ -784,7 +786,7 @@ impl Client {
         let media = (f.event == "mediaEvent")
             .then(|| serde_json::from_str::<Value>(f.payload["data"].as_str().unwrap_or("")).ok());
         match f.event.as_str() {
-            "phx_reply" => self.log(format!(
+            "phx_reply" => self.log(format_args!(
                 "<- {} reply {} {} {}",
                 f.topic,
                 f.msg_ref.as_deref().unwrap_or("-"),
@@ -799,14 +801,14 @@ impl Client {
                     .filter(|_| kind == "custom")
                     .and_then(|v| v["data"]["type"].as_str())
                     .unwrap_or_default();
-                self.log(format!(
+                self.log(format_args!(
                     "<- {} media {kind}{}{sub} jr {}",
                     f.topic,
                     if sub.is_empty() { "" } else { " " },
                     f.join_ref.as_deref().unwrap_or("-")
                 ))
             }
-            e => self.log(format!(
+            e => self.log(format_args!(
                 "<- {} {e} jr {}",
                 f.topic,
                 f.join_ref.as_deref().unwrap_or("-")
