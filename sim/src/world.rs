@@ -385,9 +385,15 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
                         .collect();
                     named.join(", ")
                 });
-                let r = format!(
-                    "{live} processes still alive after every client left: {left}; {blocked} senders waiting for room in a mailbox"
-                );
+                let r = match (live, blocked) {
+                    (_, 0) => format!("{live} processes still alive after every client left: {left}"),
+                    (0, _) => format!(
+                        "{blocked} senders still waiting for room in a mailbox after every client left"
+                    ),
+                    _ => format!(
+                        "{live} processes still alive after every client left: {left}; {blocked} senders waiting for room in a mailbox"
+                    ),
+                };
                 trace.log(format_args!("liveness: {r}"));
                 failure = Some(Failure::Liveness(r));
                 break;
