@@ -9,7 +9,6 @@ pub mod coverage;
 pub mod faults;
 pub mod knobs;
 pub mod named;
-pub mod negotiator;
 pub mod oracle;
 pub mod registry_race;
 pub mod scenarios;

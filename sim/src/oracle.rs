@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+use videoroom::engine::client_model::Judge;
 use videoroom::rt::probe::{self, Event, SinkGuard};
 use videoroom::rt::promises::{Panicked, Promises, Violation};
 use videoroom::rt::time;
@@ -214,6 +215,17 @@ impl Oracles {
 
     pub fn checks(&self) -> u64 {
         self.0.lock().unwrap().checks
+    }
+}
+
+/// The client model's verdicts count and read like the simulated client's own.
+impl Judge for Oracles {
+    fn check(&self, ok: bool, what: impl FnOnce() -> String) {
+        Oracles::check(self, ok, what);
+    }
+
+    fn reached(&self, what: &'static str) {
+        Oracles::reached(self, what);
     }
 }
 

@@ -11,6 +11,8 @@
 //! deterministic for a given input sequence); panic on client input (malformed events become an
 //! `error` media event to the sender).
 
+#[cfg(any(test, madsim))]
+pub mod client_model;
 mod events;
 mod fake_plane;
 mod negotiation;

@@ -21,13 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use videoroom::engine::client_model::Negotiator;
 use videoroom::phoenix::{decode, Frame};
 use videoroom::rt::watch;
 use videoroom::rt::{self, time};
 
 mod checks;
 
-use crate::negotiator::Negotiator;
 use crate::oracle::Oracles;
 use crate::swarm::Swarm;
 use crate::tabs::{self, Tabs};

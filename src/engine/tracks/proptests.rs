@@ -1,7 +1,9 @@
-//! Random sequences of connects, renegotiation requests, offers (well-formed ones built by a
-//! model of the 0.5.3 client, and garbage), plane answers and leaves, checked against what a
-//! client may receive.
+//! Random sequences of connects, renegotiation requests, offers (well-formed ones built by the
+//! shared model of the 0.5.3 client, the one the simulation runs, and garbage), plane answers
+//! and leaves, checked against what a client may receive: by that model, and by the checks
+//! here that it does not make.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
@@ -9,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::tests::{connect, offer_sdp, RENEGOTIATE};
 use super::*;
+use crate::engine::client_model::{Judge, Negotiator};
 use crate::engine::fake_plane::{fake_answer, FAKE_CANDIDATE};
 use crate::engine::session::{Out, Session, SessionConfig};
 
@@ -20,7 +23,8 @@ const DIRS: [&str; 4] = ["sendonly", "recvonly", "sendrecv", "inactive"];
 enum Op {
     Connect(usize),
     Renegotiate(usize),
-    /// A well-formed offer: maybe publish a new track of a kind, maybe stop the n-th own track.
+    /// A well-formed offer: maybe publish a new track of a kind (audio or video), maybe stop
+    /// the n-th published track.
     Offer(usize, Option<usize>, Option<usize>),
     /// m-lines as (mid, kind, direction) indices, and midToTrackId as (mid, owner) indices.
     Garbage(usize, Vec<(u8, usize, usize)>, Vec<(u8, usize)>),
@@ -48,24 +52,12 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// What one client has and knows.
-#[derive(Debug, Default)]
+/// What one client knows beyond the shared model of 0.5.3, which builds its offers and
+/// applies what the server sends.
+#[derive(Default)]
 struct Client {
-    /// (mid, kind, direction, own track id).
-    mlines: Vec<(String, &'static str, &'static str, Option<String>)>,
-    next_mid: u32,
-    next_track: u32,
-    tracks_types: Option<TracksTypes>,
-    outstanding_offer_data: bool,
-    /// Track ids some answer mapped a mid to.
-    answered: BTreeSet<TrackId>,
-    /// Tracks the client was told are gone (`tracksRemoved`, or their endpoint removed).
-    gone: BTreeSet<TrackId>,
-    /// For each mid the server sent on: its track, and whether an answer made the mid
-    /// inactive after the client knew that track was gone (only then may it carry another).
-    carried: BTreeMap<String, (TrackId, bool)>,
+    model: Negotiator,
     endpoints: BTreeSet<String>,
-    answers: u32,
     /// A garbage offer was processed: pairing guarantees no longer apply.
     tainted: bool,
     last_sent_well_formed: bool,
@@ -74,74 +66,35 @@ struct Client {
     may_offer: bool,
 }
 
-impl Client {
-    fn own_tracks(&self) -> Vec<(String, String)> {
-        self.mlines
-            .iter()
-            .filter_map(|(mid, _, _, t)| t.clone().map(|t| (mid.clone(), t)))
-            .collect()
+/// Keeps the model's verdicts, so any breach fails the case in the model's own words.
+#[derive(Default)]
+struct Violations(RefCell<Vec<String>>);
+
+impl Judge for Violations {
+    fn check(&self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.borrow_mut().push(what());
+        }
     }
 
-    fn well_formed_offer(&mut self, me: &str, add: Option<usize>, remove: Option<usize>) -> String {
-        if let Some(n) = remove {
-            let own: Vec<usize> = (0..self.mlines.len())
-                .filter(|i| self.mlines[*i].3.is_some())
-                .collect();
-            if !own.is_empty() {
-                let i = own[n % own.len()];
-                self.mlines[i].2 = "inactive";
-                self.mlines[i].3 = None;
-            }
+    fn reached(&self, _: &'static str) {}
+}
+
+impl Violations {
+    fn verdict(&self) -> Result<(), TestCaseError> {
+        let v = std::mem::take(&mut *self.0.borrow_mut());
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(TestCaseError::fail(v.join("; ")))
         }
-        if let (Some(k), true) = (add, self.own_tracks().len() < 3) {
-            let track = format!("{me}:t{}", self.next_track);
-            self.next_track += 1;
-            let mid = self.next_mid.to_string();
-            self.next_mid += 1;
-            self.mlines.push((mid, KINDS[k], "sendonly", Some(track)));
-        }
-        let types = self
-            .tracks_types
-            .unwrap_or(TracksTypes { audio: 0, video: 0 });
-        for (kind, want) in [("audio", types.audio), ("video", types.video)] {
-            let have = self
-                .mlines
-                .iter()
-                .filter(|m| m.1 == kind && m.2 == "recvonly")
-                .count() as u32;
-            // The client throws a RangeError when the count shrinks (research §5.1).
-            assert!(
-                want >= have,
-                "tracksTypes below existing {kind} transceivers"
-            );
-            for _ in have..want {
-                let mid = self.next_mid.to_string();
-                self.next_mid += 1;
-                self.mlines.push((mid, kind, "recvonly", None));
-            }
-        }
-        let lines: Vec<(&str, &str, &str)> = self
-            .mlines
-            .iter()
-            .map(|(m, k, d, _)| (m.as_str(), *k, *d))
-            .collect();
-        let own = self.own_tracks();
-        let mid_to_track: BTreeMap<_, _> = own.iter().cloned().collect();
-        let meta: BTreeMap<_, _> = own
-            .iter()
-            .map(|(_, t)| (t.clone(), json!({"type":"x"})))
-            .collect();
-        json!({"type":"custom","data":{"type":"sdpOffer","data":{
-            "sdpOffer":{"type":"offer","sdp":offer_sdp(&lines)},
-            "trackIdToTrackMetadata":meta,
-            "midToTrackId":mid_to_track}}})
-        .to_string()
     }
 }
 
 struct World {
     session: Session<TrackNegotiation>,
     clients: Vec<Client>,
+    judge: Violations,
     offers: BTreeMap<PeerId, PlaneOffer>,
     answer_version: u64,
 }
@@ -178,14 +131,17 @@ impl World {
             } else {
                 (ev["type"].as_str().unwrap(), &ev["data"])
             };
+            let judge = &self.judge;
             match kind {
                 "connected" => {
-                    c.endpoints = d["otherEndpoints"]
-                        .as_array()
-                        .unwrap()
+                    let others = d["otherEndpoints"].as_array().unwrap();
+                    c.endpoints = others
                         .iter()
                         .map(|e| e["id"].as_str().unwrap().to_owned())
                         .collect();
+                    for e in others {
+                        c.model.on_tracks_announced(&e["tracks"]);
+                    }
                 }
                 "endpointAdded" => {
                     c.endpoints.insert(d["id"].as_str().unwrap().to_owned());
@@ -193,51 +149,29 @@ impl World {
                 "endpointRemoved" => {
                     let id = d["id"].as_str().unwrap();
                     prop_assert!(c.endpoints.remove(id));
-                    let prefix = format!("{id}:");
-                    let gone: Vec<TrackId> = c
-                        .carried
-                        .values()
-                        .map(|(t, _)| t.clone())
-                        .filter(|t| t.starts_with(&prefix))
-                        .collect();
-                    c.gone.extend(gone);
+                    c.model.on_endpoint_removed(id);
                 }
                 "tracksAdded" => {
                     let from = d["endpointId"].as_str().unwrap();
                     prop_assert!(from != peer && c.endpoints.contains(from), "{}", data);
+                    c.model.on_tracks_announced(&d["tracks"]);
                 }
                 "tracksRemoved" => {
                     let from = d["endpointId"].as_str().unwrap();
                     prop_assert!(c.endpoints.contains(from), "{}", data);
-                    for t in d["trackIds"].as_array().unwrap() {
-                        prop_assert!(
-                            c.answered.contains(t.as_str().unwrap()),
-                            "{} told to remove {} it never got in an answer",
-                            peer,
-                            t
-                        );
-                        c.gone.insert(t.as_str().unwrap().to_owned());
-                    }
+                    prop_assert!(d["trackIds"].is_array(), "{}", data);
+                    c.model.on_tracks_removed(&peer, d, judge);
                 }
                 "trackUpdated" => {
                     prop_assert!(c.endpoints.contains(d["endpointId"].as_str().unwrap()));
                 }
                 "offerData" => {
-                    prop_assert!(!c.outstanding_offer_data, "second offerData to {}", peer);
-                    c.outstanding_offer_data = true;
+                    let t = &d["tracksTypes"];
+                    prop_assert!(t["audio"].is_u64() && t["video"].is_u64(), "{}", data);
+                    c.model.take_offer_data(&peer, d, judge);
                     c.may_offer = true;
-                    let t = TracksTypes {
-                        audio: d["tracksTypes"]["audio"].as_u64().unwrap() as u32,
-                        video: d["tracksTypes"]["video"].as_u64().unwrap() as u32,
-                    };
-                    if let Some(prev) = c.tracks_types {
-                        prop_assert!(t.audio >= prev.audio && t.video >= prev.video);
-                    }
-                    c.tracks_types = Some(t);
                 }
                 "sdpAnswer" => {
-                    c.outstanding_offer_data = false;
-                    c.answers += 1;
                     let map: BTreeMap<String, String> =
                         serde_json::from_value(d["midToTrackId"].clone()).unwrap();
                     let sdp = Sdp::parse(d["sdp"].as_str().unwrap()).unwrap();
@@ -245,10 +179,10 @@ impl World {
                     for mid in map.keys() {
                         prop_assert!(mids.contains(mid.as_str()), "{} not in the answer", mid);
                     }
-                    for m in &sdp.media {
-                        if (c.awaiting_well_formed && !c.tainted)
-                            || m.direction != Direction::Inactive
-                        {
+                    // The model asks this of active mids only; an answer to the client's own
+                    // offer maps every mid.
+                    if c.awaiting_well_formed && !c.tainted {
+                        for m in &sdp.media {
                             prop_assert!(
                                 map.contains_key(&m.mid),
                                 "mid {} unmapped: {}",
@@ -257,45 +191,26 @@ impl World {
                             );
                         }
                     }
-                    // A recycled mid: the browser only reports the new track if the mid went
-                    // inactive in between, and the client must have dropped the old one.
-                    for m in &sdp.media {
-                        let Some(track) = map.get(&m.mid) else {
-                            continue;
-                        };
-                        match m.direction {
-                            Direction::SendOnly => {
-                                if let Some((old, freed)) = c.carried.get(&m.mid) {
-                                    prop_assert!(
-                                        old == track || *freed,
-                                        "{} mid {} went from {} to {} without an inactive answer \
-                                         after the removal",
-                                        peer,
-                                        m.mid,
-                                        old,
-                                        track
-                                    );
-                                }
-                                c.carried.insert(m.mid.clone(), (track.clone(), false));
-                            }
-                            Direction::Inactive => {
-                                if let Some((old, freed)) = c.carried.get_mut(&m.mid) {
-                                    *freed |= c.gone.contains(old.as_str());
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    c.answered.extend(map.into_values());
+                    c.model.on_answer(&peer, d, judge);
                 }
                 "candidate" => {
-                    prop_assert!(c.answers > 0, "candidate before any answer");
+                    c.model.on_candidate(&peer, d, judge);
                     prop_assert_eq!(&d["sdpMLineIndex"], &json!(0));
                     prop_assert!(d["sdpMid"].is_null() && d["usernameFragment"].is_null());
                 }
-                "error" => c.outstanding_offer_data = false,
+                "error" => {
+                    // Every error this world can cause refuses an offer.
+                    prop_assert!(
+                        c.model.offer_open(),
+                        "{} got {} with no offer open",
+                        peer,
+                        data
+                    );
+                    c.model.offer_refused();
+                }
                 other => prop_assert!(false, "unexpected {}", other),
             }
+            self.judge.verdict()?;
         }
         Ok(())
     }
@@ -310,9 +225,26 @@ impl World {
                     return Ok(());
                 }
                 c.may_offer = false;
-                let offer = c.well_formed_offer(PEERS[*p], *add, *remove);
+                let published = |c: &Client| -> Vec<String> {
+                    c.model
+                        .tracks()
+                        .filter(|(_, on)| *on)
+                        .map(|(t, _)| t.to_owned())
+                        .collect()
+                };
+                if let Some(n) = remove {
+                    let own = published(c);
+                    if !own.is_empty() {
+                        c.model.stop_track(&own[n % own.len()]);
+                    }
+                }
+                if let (Some(k), true) = (add, published(c).len() < 3) {
+                    c.model
+                        .add_track(PEERS[*p], [MediaKind::Audio, MediaKind::Video][*k]);
+                }
+                let offer = c.model.offer(&self.judge);
                 c.last_sent_well_formed = true;
-                self.session.handle_event(PEERS[*p], &offer)
+                self.session.handle_event(PEERS[*p], &offer.to_string())
             }
             Op::Garbage(p, lines, map) => {
                 let lines: Vec<(String, &str, &str)> = lines
@@ -325,7 +257,13 @@ impl World {
                     .iter()
                     .map(|(m, o)| (format!("g{m}"), format!("{}:g{m}", PEERS[*o])))
                     .collect();
-                self.clients[*p].last_sent_well_formed = false;
+                let c = &mut self.clients[*p];
+                c.last_sent_well_formed = false;
+                // Outside a session the server drops it; inside, it takes the owed offer's
+                // place and is answered or refused.
+                if self.session.roster().contains(PEERS[*p]) {
+                    c.model.sent_foreign_offer();
+                }
                 let offer = json!({"type":"custom","data":{"type":"sdpOffer","data":{
                     "sdpOffer":{"type":"offer","sdp":offer_sdp(&lines)},
                     "trackIdToTrackMetadata":{},"midToTrackId":map}}});
@@ -353,8 +291,13 @@ impl World {
                 outs
             }
             Op::UpdateMetadata(p, t, v) => {
+                // One of the client's tracks (published or stopped), else one it never had.
+                let track = match self.clients[*p].model.tracks().nth(*t) {
+                    Some((track, _)) => track.to_owned(),
+                    None => format!("{}:t{t}", PEERS[*p]),
+                };
                 let ev = json!({"type":"updateTrackMetadata","data":{
-                    "trackId":format!("{}:t{t}", PEERS[*p]),"trackMetadata":{"v":v}}});
+                    "trackId":track,"trackMetadata":{"v":v}}});
                 self.session.handle_event(PEERS[*p], &ev.to_string())
             }
             Op::Leave(p) => {
@@ -378,6 +321,7 @@ proptest! {
                 TrackNegotiation::new(NegotiationConfig::default()),
             ),
             clients: PEERS.iter().map(|_| Client::default()).collect(),
+            judge: Violations::default(),
             offers: BTreeMap::new(),
             answer_version: 0,
         };

@@ -1,20 +1,41 @@
-//! The simulated client's half of media negotiation, as `membrane-webrtc-js` 0.5.3 does it:
-//! publish and unpublish tracks, answer every `offerData` with an offer whose recvonly m-lines
-//! match `tracksTypes`, and apply answers. It also holds the negotiation oracles, checked as
-//! events arrive: `tracksTypes` never decreases, no `offerData` while an offer is open, an
-//! `offerData` never counts tracks the client was not told about (`tracksAdded` comes first),
-//! every active mid of an answer is in its `midToTrackId`, `tracksRemoved` only names
-//! tracks an answer gave this client, and a recycled mid carries a new track only after an
+//! A model of how `membrane-webrtc-js` 0.5.3 negotiates media, for the engine's tests and the
+//! simulated client: publish and unpublish tracks, answer every `offerData` with an offer whose
+//! recvonly m-lines match `tracksTypes`, and apply answers. One model serves both, so the
+//! negotiation core's proptest and the simulation hold the server to the same client.
+//!
+//! It owns the client's side of the cycle (its m-lines, its track ids, what it was told) and the
+//! negotiation oracles, checked as events arrive: `tracksTypes` never decreases, no `offerData`
+//! while an offer is open or still owed, an `offerData` never counts tracks the client was not
+//! told about (`tracksAdded` comes first), every active mid of an answer is in its
+//! `midToTrackId`, `tracksRemoved` only names tracks an answer gave this client, a server
+//! candidate only comes after an answer, and a recycled mid carries a new track only after an
 //! answer made it inactive once the client knew its old track was gone. What the server still
 //! owes ([`Negotiator::owed`]: an answer to the open offer, an `offerData` after a
-//! `renegotiateTracks`) must be nothing once the world has settled.
+//! `renegotiateTracks`) must be nothing once the world has settled. Its verdicts go to a
+//! [`Judge`]: the simulation's oracles, or a test's list of violations.
+//!
+//! It must never: do IO, read a clock, or draw randomness of its own. Every choice (when to
+//! publish, which track to stop, when to send the offer) is the caller's, so a seed or a
+//! proptest case replays it exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
-use videoroom::engine::sdp::{Direction, Sdp};
 
-use crate::oracle::Oracles;
+use super::plane::MediaKind;
+use super::sdp::{Direction, Sdp};
+
+/// Where the model's verdicts go.
+pub trait Judge {
+    /// A promise of the server was kept (`ok`) or broken; `what` says which, and is only built
+    /// for a breach.
+    fn check(&self, ok: bool, what: impl FnOnce() -> String);
+    /// A client-side branch was reached (coverage the server's events cannot show).
+    fn reached(&self, what: &'static str);
+    fn fail(&self, what: String) {
+        self.check(false, || what);
+    }
+}
 
 struct MLine {
     mid: String,
@@ -31,6 +52,9 @@ pub struct Negotiator {
     last_types: (u64, u64),
     /// An offer was sent and its answer has not come yet.
     offer_open: bool,
+    /// An `offerData` came and the offer for it has not gone out yet (the browser builds it
+    /// asynchronously, so the client's tracks may change meanwhile).
+    offer_due: bool,
     /// `renegotiateTracks` was sent and no `offerData` has come since.
     asked: bool,
     /// Tracks other endpoints were announced with (connected + tracksAdded), ever.
@@ -116,6 +140,20 @@ impl Negotiator {
         ]
     }
 
+    /// An offer this model did not build went out (a test's malformed or random one) in place
+    /// of the one owed: the server answers it, or refuses it with a media `error`
+    /// ([`offer_refused`](Self::offer_refused)).
+    pub fn sent_foreign_offer(&mut self) {
+        self.offer_due = false;
+        self.offer_open = true;
+    }
+
+    /// A media `error` took the place of the answer to the open offer (the server refused it,
+    /// or could not answer it): that cycle is over.
+    pub fn offer_refused(&mut self) {
+        self.offer_open = false;
+    }
+
     /// A media `error` arrived: true if it answers a broken offer of this client.
     pub fn take_error(&mut self) -> bool {
         std::mem::take(&mut self.error_due)
@@ -123,15 +161,8 @@ impl Negotiator {
 
     /// Adds an audio and a video track; returns the event asking for a negotiation.
     pub fn publish(&mut self, peer_id: &str) -> Value {
-        for kind in ["audio", "video"] {
-            self.next_track += 1;
-            let mid = self.mlines.len().to_string();
-            self.mlines.push(MLine {
-                mid,
-                kind,
-                dir: "sendonly",
-                track: Some(format!("{peer_id}:{kind}{}", self.next_track)),
-            });
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            self.add_track(peer_id, kind);
         }
         self.asked = true;
         custom("renegotiateTracks", json!({}))
@@ -146,17 +177,54 @@ impl Negotiator {
         custom("renegotiateTracks", json!({}))
     }
 
+    /// Adds one track on a new sendonly m-line and returns its id. Nothing is asked of the
+    /// server: the track goes out with the next offer, whoever asks for it.
+    pub fn add_track(&mut self, peer_id: &str, kind: MediaKind) -> String {
+        self.next_track += 1;
+        let kind = kind.as_str();
+        let track = format!("{peer_id}:{kind}{}", self.next_track);
+        self.mlines.push(MLine {
+            mid: self.mlines.len().to_string(),
+            kind,
+            dir: "sendonly",
+            track: Some(track.clone()),
+        });
+        track
+    }
+
+    /// Stops one published track (its m-line becomes inactive, never reused); false if it is
+    /// not published. Like [`add_track`](Self::add_track), it waits for the next offer.
+    pub fn stop_track(&mut self, track: &str) -> bool {
+        let Some(m) = self
+            .mlines
+            .iter_mut()
+            .find(|m| m.dir == "sendonly" && m.track.as_deref() == Some(track))
+        else {
+            return false;
+        };
+        m.dir = "inactive";
+        true
+    }
+
+    /// This client's own tracks in the order they were added, each with whether it is still
+    /// published.
+    pub fn tracks(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.mlines
+            .iter()
+            .filter_map(|m| Some((m.track.as_deref()?, m.dir == "sendonly")))
+    }
+
     pub fn on_tracks_announced(&mut self, tracks: &Value) {
         for id in tracks.as_object().into_iter().flatten().map(|(k, _)| k) {
             self.announced.insert(id.clone());
         }
     }
 
-    pub fn on_tracks_removed(&mut self, who: &str, data: &Value, oracles: &Oracles) {
-        oracles.reached("client: tracksRemoved");
+    pub fn on_tracks_removed(&mut self, who: &str, data: &Value, judge: &impl Judge) {
+        judge.reached("client: tracksRemoved");
         for id in data["trackIds"].as_array().into_iter().flatten() {
             let id = id.as_str().unwrap_or("");
-            oracles.check(self.answered.contains(id), || {
+            judge.check(self.answered.contains(id), || {
                 format!("{who}: tracksRemoved for {id}, which no answer gave it")
             });
             self.gone.insert(id.to_string());
@@ -179,20 +247,33 @@ impl Negotiator {
     }
 
     /// `offerData`: checks it, then returns the `sdpOffer` to send.
-    pub fn on_offer_data(&mut self, who: &str, data: &Value, oracles: &Oracles) -> Value {
+    pub fn on_offer_data(&mut self, who: &str, data: &Value, judge: &impl Judge) -> Value {
+        self.take_offer_data(who, data, judge);
+        self.offer(judge)
+    }
+
+    /// `offerData` whose offer goes out later ([`offer`](Self::offer)): checks it and adds the
+    /// recvonly m-lines its `tracksTypes` asks for, which the client does before building the
+    /// offer.
+    pub fn take_offer_data(&mut self, who: &str, data: &Value, judge: &impl Judge) {
         let types = &data["tracksTypes"];
         let (a, v) = (
             types["audio"].as_u64().unwrap_or(0),
             types["video"].as_u64().unwrap_or(0),
         );
         let (la, lv) = self.last_types;
-        oracles.check(a >= la && v >= lv, || {
+        judge.check(a >= la && v >= lv, || {
             format!("{who}: tracksTypes went from {la}/{lv} to {a}/{v}")
         });
-        oracles.check(!self.offer_open, || {
-            format!("{who}: offerData while its previous offer is still open")
+        let open = self.offer_open;
+        judge.check(!open && !self.offer_due, || {
+            if open {
+                format!("{who}: offerData while its previous offer is still open")
+            } else {
+                format!("{who}: offerData while the offer for the previous one is still owed")
+            }
         });
-        oracles.check(a + v <= self.announced.len() as u64, || {
+        judge.check(a + v <= self.announced.len() as u64, || {
             format!(
                 "{who}: offerData counts {} tracks, only {} were announced",
                 a + v,
@@ -217,10 +298,17 @@ impl Negotiator {
                 });
             }
         }
-        self.offer_open = true;
         self.asked = false;
+        self.offer_due = true;
+    }
+
+    /// The `sdpOffer` for the last `offerData`: every m-line as it is now, its published
+    /// tracks mapped and described.
+    pub fn offer(&mut self, judge: &impl Judge) -> Value {
+        self.offer_due = false;
+        self.offer_open = true;
         self.negotiations += 1;
-        oracles.reached("client: offerData answered with an offer");
+        judge.reached("client: offerData answered with an offer");
         let mut sdp = String::from("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
         let mut mid_to_track = serde_json::Map::new();
         let mut metadata = serde_json::Map::new();
@@ -249,8 +337,8 @@ impl Negotiator {
         )
     }
 
-    pub fn on_answer(&mut self, who: &str, data: &Value, oracles: &Oracles) {
-        oracles.check(self.offer_open, || {
+    pub fn on_answer(&mut self, who: &str, data: &Value, judge: &impl Judge) {
+        judge.check(self.offer_open, || {
             format!("{who}: sdpAnswer with no offer open")
         });
         self.offer_open = false;
@@ -262,7 +350,7 @@ impl Negotiator {
             Ok(sdp) => {
                 for m in &sdp.media {
                     if m.direction != Direction::Inactive {
-                        oracles.check(map.contains_key(&m.mid), || {
+                        judge.check(map.contains_key(&m.mid), || {
                             format!("{who}: answer mid {} missing from midToTrackId", m.mid)
                         });
                     }
@@ -273,9 +361,9 @@ impl Negotiator {
                         Direction::SendOnly => {
                             if let Some((old, freed)) = self.carried.get(&m.mid) {
                                 if old != track {
-                                    oracles.reached("client: recycled m-line carries a new track");
+                                    judge.reached("client: recycled m-line carries a new track");
                                 }
-                                oracles.check(old == track || *freed, || {
+                                judge.check(old == track || *freed, || {
                                     format!(
                                         "{who}: mid {} went from {old} to {track} without an \
                                          inactive answer after the removal",
@@ -295,20 +383,20 @@ impl Negotiator {
                     }
                 }
             }
-            Err(e) => oracles.fail(format!("{who}: unparsable answer: {e}")),
+            Err(e) => judge.fail(format!("{who}: unparsable answer: {e}")),
         }
         for t in map.values().filter_map(Value::as_str) {
             self.answered.insert(t.to_string());
         }
         self.answers += 1;
-        oracles.reached("client: sdpAnswer applied");
+        judge.reached("client: sdpAnswer applied");
     }
 
     /// A server ICE candidate: the browser adds it to its remote description, which only an
     /// answer sets (`addIceCandidate` before one fails and ICE may never connect).
-    pub fn on_candidate(&mut self, who: &str, data: &Value, oracles: &Oracles) {
-        oracles.reached("client: server candidate applied");
-        oracles.check(self.answers > 0, || {
+    pub fn on_candidate(&mut self, who: &str, data: &Value, judge: &impl Judge) {
+        judge.reached("client: server candidate applied");
+        judge.check(self.answers > 0, || {
             format!("{who}: server candidate {data} before any sdpAnswer")
         });
     }
