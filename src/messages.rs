@@ -22,6 +22,8 @@ pub struct RoomInfo {
     /// Each endpoint's current metadata (what every other peer must end up seeing), in join
     /// order.
     pub metadata: Vec<(String, serde_json::Value)>,
+    /// Peers the negotiation core holds state for: exactly the endpoints, or state leaks.
+    pub negotiation_peers: usize,
 }
 
 /// What a room accepts.

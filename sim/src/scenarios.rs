@@ -75,7 +75,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         max_rooms: None,
         idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
         join_secret: None,
-        metadata_pad: 0,
+        metadata_bytes: 0,
         workload: Default::default(),
     }
 }

@@ -79,9 +79,10 @@ pub struct Swarm {
     /// The server's join secret, when the world has one (drawn by the world from its server
     /// stream): every join must then carry a token, which the clients mint with it.
     pub join_secret: Option<Arc<videoroom::join_token::JoinSecret>>,
-    /// Bytes of padding in each metadata update (0: none). Drawn by the world where the
-    /// per-socket byte budget, not the frame count, is the outbound bound a slow client meets.
-    pub metadata_pad: usize,
+    /// Size of each metadata update, serialised, padded up to it (0: unpadded). Drawn by the
+    /// world where the per-socket byte budget, not the frame count, is the outbound bound a
+    /// slow client meets; at most the server's metadata limit.
+    pub metadata_bytes: usize,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
     pub workload: Arc<Mutex<Stream>>,
 }
@@ -122,7 +123,7 @@ impl Swarm {
             max_rooms: None,
             idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
             join_secret: None,
-            metadata_pad: 0,
+            metadata_bytes: 0,
             workload: Arc::default(),
         }
         .squeeze(rng)

@@ -168,11 +168,14 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     // downlinks. Elsewhere the frame count always trips first and the byte bound is never met.
     let byte_bound = swarm.max_peers_per_room <= 3 && server_draw.chance(0.5);
     let links = if byte_bound {
-        swarm.metadata_pad = 600 + server_draw.below(300) as usize;
+        // Half of them exactly at the server's metadata limit (accepted), the others below.
+        let limit = videoroom::engine::SessionConfig::default().max_metadata_bytes;
+        let slack = server_draw.below(300) as usize;
+        swarm.metadata_bytes = limit - if slack < 150 { 0 } else { slack };
         swarm.actions.entry(Action::Flood).or_insert(2);
         trace.log(format_args!(
-            "byte-bound outbound queues, metadata padded by {} bytes",
-            swarm.metadata_pad
+            "byte-bound outbound queues, metadata padded to {} bytes",
+            swarm.metadata_bytes
         ));
         SLOW_LINKS
     } else {
@@ -562,6 +565,14 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
         if endpoints != peer_ids {
             return Some(format!(
                 "room {room}: engine endpoints {endpoints:?} but peers {peer_ids:?}"
+            ));
+        }
+        // Nor leaked negotiation state: one per endpoint, dropped when it leaves.
+        if info.negotiation_peers != endpoints.len() {
+            return Some(format!(
+                "room {room}: the negotiation holds {} peers for {} endpoints",
+                info.negotiation_peers,
+                endpoints.len()
             ));
         }
         // Every member's own peer id is a server peer, and they are all the server's peers.

@@ -279,6 +279,7 @@ impl TrackNegotiation {
     }
 
     /// True while `peer` has an `offerData` or an answer outstanding.
+    #[cfg(test)]
     pub fn is_negotiating(&self, peer: &str) -> bool {
         self.peers.get(peer).is_some_and(|p| p.phase != Phase::Idle)
     }

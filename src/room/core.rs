@@ -209,6 +209,7 @@ impl<C: Clone> RoomCore<C> {
                     (id.to_string(), m)
                 })
                 .collect(),
+            negotiation_peers: s.negotiation().peer_count(),
         }
     }
 

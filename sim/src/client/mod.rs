@@ -416,12 +416,17 @@ impl Client {
         json!({"type":"connect","data":{"metadata": self.metadata(self.my_seq)}})
     }
 
-    /// This client's metadata at `seq`, padded where the world bounds queues by bytes.
+    /// This client's metadata at `seq`; where the world bounds queues by bytes, padded to
+    /// exactly `metadata_bytes` serialised (the server's limit in half those worlds, which it
+    /// must accept).
     fn metadata(&self, seq: u64) -> Value {
-        match self.swarm.metadata_pad {
-            0 => json!({"client": self.idx, "seq": seq}),
-            n => json!({"client": self.idx, "seq": seq, "pad": "p".repeat(n)}),
+        let mut m = json!({"client": self.idx, "seq": seq});
+        if self.swarm.metadata_bytes > 0 {
+            m["pad"] = json!("");
+            let bare = m.to_string().len();
+            m["pad"] = json!("p".repeat(self.swarm.metadata_bytes.saturating_sub(bare)));
         }
+        m
     }
 
     /// A join's payload: a token for `topic`'s room where the world requires one.
