@@ -192,6 +192,43 @@ impl Negotiator {
         track
     }
 
+    /// Adds a sendonly m-line claiming a track this client may not publish (a malicious
+    /// client): another endpoint's stream (`how` 0), an id past the length limit (1), a track
+    /// another endpoint published and this client was told of (2), or a second m-line for a
+    /// track it already publishes (3); a choice that does not apply falls back to 0. The server
+    /// must leave the line inactive and tell nobody; the line stays (a transceiver is never
+    /// removed) and is offered again. Returns what was forged.
+    pub fn forge(&mut self, peer_id: &str, how: u64) -> String {
+        self.next_track += 1;
+        let n = self.next_track;
+        let own = self
+            .mlines
+            .iter()
+            .find(|m| {
+                m.dir == "sendonly" && m.track.as_deref().is_some_and(|t| t.starts_with(peer_id))
+            })
+            .and_then(|m| m.track.clone());
+        let (track, what) = match how {
+            1 => (
+                format!("{peer_id}:{}", "x".repeat(300)),
+                "an overlong track id",
+            ),
+            2 if !self.announced.is_empty() => (
+                self.announced.iter().next().cloned().unwrap_or_default(),
+                "another endpoint's track",
+            ),
+            3 if own.is_some() => (own.unwrap_or_default(), "its own track on a second m-line"),
+            _ => (format!("intruder:video{n}"), "a track of another stream"),
+        };
+        self.mlines.push(MLine {
+            mid: self.mlines.len().to_string(),
+            kind: "video",
+            dir: "sendonly",
+            track: Some(track),
+        });
+        what.to_string()
+    }
+
     /// Stops one published track (its m-line becomes inactive, never reused); false if it is
     /// not published. Like [`add_track`](Self::add_track), it waits for the next offer.
     pub fn stop_track(&mut self, track: &str) -> bool {

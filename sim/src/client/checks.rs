@@ -162,3 +162,30 @@ impl Client {
         ));
     }
 }
+
+/// Tracks announced for `endpoint` (README: a client publishes only its own tracks): each id is
+/// in the endpoint's own stream (`<endpoint>:`) and within the id length limit, and no id is
+/// announced for two endpoints.
+pub(super) fn track_owners(
+    oracles: &crate::oracle::Oracles,
+    who: &str,
+    owners: &mut std::collections::BTreeMap<String, String>,
+    endpoint: &str,
+    tracks: &serde_json::Value,
+) {
+    for id in tracks.as_object().into_iter().flatten().map(|(k, _)| k) {
+        let own = id
+            .strip_prefix(endpoint)
+            .is_some_and(|r| r.starts_with(':'));
+        oracles.check(own && id.len() <= endpoint.len() + 1 + 256, || {
+            format!("{who}: track {id:.80} announced for endpoint {endpoint}, not of its stream or too long")
+        });
+        if let Some(first) = owners.insert(id.clone(), endpoint.to_owned()) {
+            oracles.check(first == endpoint, || {
+                format!(
+                    "{who}: track {id:.80} announced for {endpoint}, already announced for {first}"
+                )
+            });
+        }
+    }
+}

@@ -89,6 +89,8 @@ struct Chan {
     meta: BTreeMap<String, u64>,
     /// Highest metadata sequence seen per peer (FIFO oracle).
     seq: BTreeMap<String, u64>,
+    /// Track id → the endpoint it was announced for, this media session.
+    owners: BTreeMap<String, String>,
     neg: Negotiator,
     /// When the join went out (every join is answered while its connection lives).
     sent_at: time::Instant,
@@ -366,6 +368,7 @@ impl Client {
             joined: false,
             peer_id: None,
             roster: BTreeMap::new(),
+            owners: BTreeMap::new(),
             meta: BTreeMap::new(),
             seq: BTreeMap::new(),
             neg: Negotiator::default(),
@@ -1055,6 +1058,7 @@ impl Client {
         // A client that sends garbage frames sometimes also sends an offer the server cannot parse.
         let breaks_offer = self.weight("garbage") > 0 && rt::rand::chance(0.2);
         let unparsable = rt::rand::chance(0.5);
+        let trespasser = self.weight("trespass") > 0;
         let Some(c) = self.chan.as_mut() else {
             return Vec::new();
         };
@@ -1101,7 +1105,16 @@ impl Client {
                 c.peer_id = data["id"].as_str().map(str::to_string);
                 c.roster.clear();
                 c.meta.clear();
+                c.owners.clear();
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
+                    let endpoint = e["id"].as_str().unwrap_or("");
+                    checks::track_owners(
+                        &self.oracles,
+                        &who,
+                        &mut c.owners,
+                        endpoint,
+                        &e["tracks"],
+                    );
                     c.neg.on_tracks_announced(&e["tracks"]);
                     if let (Some(id), Some(k)) = (e["id"].as_str(), client_of(e)) {
                         c.roster.insert(id.to_string(), k);
@@ -1149,10 +1162,28 @@ impl Client {
                     ));
                 }
             }
-            "tracksAdded" => c.neg.on_tracks_announced(&data["tracks"]),
+            "tracksAdded" => {
+                let endpoint = data["endpointId"].as_str().unwrap_or("");
+                checks::track_owners(
+                    &self.oracles,
+                    &who,
+                    &mut c.owners,
+                    endpoint,
+                    &data["tracks"],
+                );
+                c.neg.on_tracks_announced(&data["tracks"]);
+            }
             "tracksRemoved" => c.neg.on_tracks_removed(&who, data, &self.oracles),
             "custom" => match data["type"].as_str().unwrap_or("") {
                 "offerData" => {
+                    // A trespasser sometimes also claims a track that is not its to publish.
+                    if trespasser && rt::rand::chance(0.3) {
+                        let own = c.peer_id.clone().unwrap_or_default();
+                        let what = c.neg.forge(&own, rt::rand::below(4));
+                        self.oracles.reached("client: forged a track in its offer");
+                        self.trace
+                            .log(format_args!("{who} forges {what} in its offer"));
+                    }
                     let offer = c.neg.on_offer_data(&who, &data["data"], &self.oracles);
                     if breaks_offer {
                         self.oracles.reached("client: sent an unparsable sdpOffer");
