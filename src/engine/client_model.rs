@@ -49,6 +49,8 @@ struct MLine {
 pub struct Negotiator {
     mlines: Vec<MLine>,
     next_track: u64,
+    /// Metadata updates sent for its own tracks (each carries the next number).
+    track_updates: u64,
     last_types: (u64, u64),
     /// An offer was sent and its answer has not come yet.
     offer_open: bool,
@@ -190,6 +192,22 @@ impl Negotiator {
             track: Some(track.clone()),
         });
         track
+    }
+
+    /// A metadata update of one of its published tracks that an answer carried (a mute
+    /// toggle): `updateTrackMetadata` with `{type, active, track, seq}`, so receivers can tell
+    /// whose metadata they hold and in what order it came. None while nothing is published.
+    pub fn track_update(&mut self) -> Option<Value> {
+        let m = self.mlines.iter().find(|m| {
+            m.dir == "sendonly" && m.track.as_ref().is_some_and(|t| self.answered.contains(t))
+        })?;
+        let (kind, track) = (m.kind, m.track.clone()?);
+        self.track_updates += 1;
+        let n = self.track_updates;
+        Some(json!({"type": "updateTrackMetadata", "data": {
+            "trackId": track,
+            "trackMetadata": {"type": kind, "active": n % 2 == 0, "track": track, "seq": n},
+        }}))
     }
 
     /// Adds a sendonly m-line claiming a track this client may not publish (a malicious

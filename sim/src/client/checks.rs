@@ -180,6 +180,8 @@ pub(super) fn track_owners(
         oracles.check(own && id.len() <= endpoint.len() + 1 + 256, || {
             format!("{who}: track {id:.80} announced for endpoint {endpoint}, not of its stream or too long")
         });
+        let meta = &tracks[id]["metadata"];
+        check_track_metadata(oracles, who, id, meta);
         if let Some(first) = owners.insert(id.clone(), endpoint.to_owned()) {
             oracles.check(first == endpoint, || {
                 format!(
@@ -187,5 +189,49 @@ pub(super) fn track_owners(
                 )
             });
         }
+    }
+}
+
+/// A track's metadata names the track it was sent for, when its publisher put one in (only
+/// updates do): the server keeps each track's metadata with that track.
+fn check_track_metadata(
+    oracles: &crate::oracle::Oracles,
+    who: &str,
+    id: &str,
+    meta: &serde_json::Value,
+) {
+    if let Some(named) = meta["track"].as_str() {
+        oracles.check(named == id, || {
+            format!("{who}: track {id:.80} carries the metadata of track {named:.80}")
+        });
+    }
+}
+
+/// `trackUpdated`: only for a track announced for that endpoint this session, with its own
+/// metadata, in the order its publisher sent the updates.
+pub(super) fn track_updated(
+    oracles: &crate::oracle::Oracles,
+    who: &str,
+    owners: &std::collections::BTreeMap<String, String>,
+    track_seq: &mut std::collections::BTreeMap<String, u64>,
+    data: &serde_json::Value,
+) {
+    let (endpoint, id) = (
+        data["endpointId"].as_str().unwrap_or(""),
+        data["trackId"].as_str().unwrap_or(""),
+    );
+    oracles.reached("client: trackUpdated");
+    oracles.check(owners.get(id).is_some_and(|e| e == endpoint), || {
+        format!(
+            "{who}: trackUpdated for track {id:.80} of {endpoint}, which was not announced for it"
+        )
+    });
+    let meta = &data["metadata"];
+    check_track_metadata(oracles, who, id, meta);
+    if let Some(seq) = meta["seq"].as_u64() {
+        let last = track_seq.insert(id.to_owned(), seq).unwrap_or(0);
+        oracles.check(seq > last, || {
+            format!("{who}: track {id:.80} metadata {seq} after {last}")
+        });
     }
 }

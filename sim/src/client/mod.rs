@@ -91,6 +91,8 @@ struct Chan {
     seq: BTreeMap<String, u64>,
     /// Track id → the endpoint it was announced for, this media session.
     owners: BTreeMap<String, String>,
+    /// Track id → the last metadata number heard for it (`trackUpdated` order).
+    track_seq: BTreeMap<String, u64>,
     neg: Negotiator,
     /// When the join went out (every join is answered while its connection lives).
     sent_at: time::Instant,
@@ -369,6 +371,7 @@ impl Client {
             peer_id: None,
             roster: BTreeMap::new(),
             owners: BTreeMap::new(),
+            track_seq: BTreeMap::new(),
             meta: BTreeMap::new(),
             seq: BTreeMap::new(),
             neg: Negotiator::default(),
@@ -571,9 +574,17 @@ impl Client {
                 let Some(c) = self.chan.as_mut() else {
                     return true;
                 };
-                let (Some(peer), false) = (c.peer_id.clone(), c.neg.is_publishing()) else {
+                let Some(peer) = c.peer_id.clone() else {
                     return true;
                 };
+                if c.neg.is_publishing() {
+                    // Already publishing: toggles a track's mute state (its metadata) instead.
+                    let Some(ev) = c.neg.track_update() else {
+                        return true;
+                    };
+                    self.log("updates a track's metadata");
+                    return self.media(w, ev).await;
+                }
                 let ev = c.neg.publish(&peer);
                 self.log("publishes audio+video");
                 self.media(w, ev).await
@@ -1106,6 +1117,7 @@ impl Client {
                 c.roster.clear();
                 c.meta.clear();
                 c.owners.clear();
+                c.track_seq.clear();
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
                     let endpoint = e["id"].as_str().unwrap_or("");
                     checks::track_owners(
@@ -1174,6 +1186,9 @@ impl Client {
                 c.neg.on_tracks_announced(&data["tracks"]);
             }
             "tracksRemoved" => c.neg.on_tracks_removed(&who, data, &self.oracles),
+            "trackUpdated" => {
+                checks::track_updated(&self.oracles, &who, &c.owners, &mut c.track_seq, data)
+            }
             "custom" => match data["type"].as_str().unwrap_or("") {
                 "offerData" => {
                     // A trespasser sometimes also claims a track that is not its to publish.
