@@ -24,6 +24,9 @@ pub struct RoomInfo {
     pub metadata: Vec<(String, serde_json::Value)>,
     /// Peers the negotiation core holds state for: exactly the endpoints, or state leaks.
     pub negotiation_peers: usize,
+    /// Each endpoint's published tracks with their current metadata: (endpoint, track id,
+    /// metadata), what every subscriber must end up holding.
+    pub tracks: Vec<(String, String, serde_json::Value)>,
 }
 
 /// What a room accepts.

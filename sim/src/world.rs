@@ -623,6 +623,26 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
                     ));
                 }
             }
+            // It receives exactly the others' published tracks, each with the metadata the
+            // room holds (a lost trackUpdated leaves a wrong mute state on screen for good).
+            let want: BTreeMap<&str, &serde_json::Value> = info
+                .tracks
+                .iter()
+                .filter(|(e, _, _)| e.as_str() != own)
+                .map(|(_, t, m)| (t.as_str(), m))
+                .collect();
+            let got: BTreeMap<&str, &serde_json::Value> =
+                v.track_meta.iter().map(|(t, m)| (t.as_str(), m)).collect();
+            if got != want {
+                let differ: Vec<&&str> = want
+                    .keys()
+                    .chain(got.keys())
+                    .filter(|t| want.get(*t) != got.get(*t))
+                    .collect();
+                return Some(format!(
+                    "c{idx} in {room} holds other tracks or metadata than the room for {differ:.200?}"
+                ));
+            }
         }
     }
     None

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Out, PlaneCommand, PlaneEvent, Session, TrackNegotiation};
+use crate::engine::{Negotiation, Out, PlaneCommand, PlaneEvent, Session, TrackNegotiation};
 use crate::messages::RoomInfo;
 use crate::rt::probe::{self, Event};
 use crate::rt::{MonitorRef, Pid};
@@ -210,6 +210,15 @@ impl<C: Clone> RoomCore<C> {
                 })
                 .collect(),
             negotiation_peers: s.negotiation().peer_count(),
+            tracks: s
+                .endpoints()
+                .flat_map(|id| {
+                    let published = s.negotiation().published_tracks(id);
+                    published
+                        .into_iter()
+                        .map(move |(t, info)| (id.to_string(), t, info.metadata))
+                })
+                .collect(),
         }
     }
 

@@ -71,6 +71,8 @@ pub struct View {
     /// Negotiation the server still owes this client, if any (an open offer, a renegotiation
     /// asked for and not started).
     pub owed: Option<&'static str>,
+    /// The tracks it receives, with the metadata it holds for each.
+    pub track_meta: BTreeMap<String, Value>,
 }
 
 pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
@@ -93,6 +95,8 @@ struct Chan {
     owners: BTreeMap<String, String>,
     /// Track id → the last metadata number heard for it (`trackUpdated` order).
     track_seq: BTreeMap<String, u64>,
+    /// The tracks it receives now (announced, not removed) → their current metadata.
+    track_meta: BTreeMap<String, Value>,
     neg: Negotiator,
     /// When the join went out (every join is answered while its connection lives).
     sent_at: time::Instant,
@@ -263,6 +267,11 @@ impl Client {
                 .as_ref()
                 .filter(|c| c.joined)
                 .and_then(|c| c.neg.owed()),
+            track_meta: self
+                .chan
+                .as_ref()
+                .map(|c| c.track_meta.clone())
+                .unwrap_or_default(),
         };
         self.views.lock().unwrap().insert(self.idx, v);
     }
@@ -372,6 +381,7 @@ impl Client {
             roster: BTreeMap::new(),
             owners: BTreeMap::new(),
             track_seq: BTreeMap::new(),
+            track_meta: BTreeMap::new(),
             meta: BTreeMap::new(),
             seq: BTreeMap::new(),
             neg: Negotiator::default(),
@@ -668,6 +678,7 @@ impl Client {
         c.roster.clear();
         c.meta.clear();
         c.seq.clear();
+        c.track_meta.clear();
         c.neg = c.neg.restart();
         c.reconnect_at = Some(time::now() + Duration::from_millis(20 + rt::rand::below(400)));
         self.log("hangs up (media disconnect)");
@@ -1118,6 +1129,7 @@ impl Client {
                 c.meta.clear();
                 c.owners.clear();
                 c.track_seq.clear();
+                c.track_meta.clear();
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
                     let endpoint = e["id"].as_str().unwrap_or("");
                     checks::track_owners(
@@ -1127,6 +1139,7 @@ impl Client {
                         endpoint,
                         &e["tracks"],
                     );
+                    hold_tracks(&mut c.track_meta, &e["tracks"]);
                     c.neg.on_tracks_announced(&e["tracks"]);
                     if let (Some(id), Some(k)) = (e["id"].as_str(), client_of(e)) {
                         c.roster.insert(id.to_string(), k);
@@ -1157,6 +1170,8 @@ impl Client {
                     c.roster.remove(id);
                     c.meta.remove(id);
                     c.seq.remove(id);
+                    let prefix = format!("{id}:");
+                    c.track_meta.retain(|t, _| !t.starts_with(&prefix));
                     c.neg.on_endpoint_removed(id);
                 }
             }
@@ -1183,11 +1198,20 @@ impl Client {
                     endpoint,
                     &data["tracks"],
                 );
+                hold_tracks(&mut c.track_meta, &data["tracks"]);
                 c.neg.on_tracks_announced(&data["tracks"]);
             }
-            "tracksRemoved" => c.neg.on_tracks_removed(&who, data, &self.oracles),
+            "tracksRemoved" => {
+                for id in data["trackIds"].as_array().into_iter().flatten() {
+                    c.track_meta.remove(id.as_str().unwrap_or(""));
+                }
+                c.neg.on_tracks_removed(&who, data, &self.oracles)
+            }
             "trackUpdated" => {
-                checks::track_updated(&self.oracles, &who, &c.owners, &mut c.track_seq, data)
+                checks::track_updated(&self.oracles, &who, &c.owners, &mut c.track_seq, data);
+                if let Some(held) = c.track_meta.get_mut(data["trackId"].as_str().unwrap_or("")) {
+                    *held = data["metadata"].clone();
+                }
             }
             "custom" => match data["type"].as_str().unwrap_or("") {
                 "offerData" => {
@@ -1217,5 +1241,12 @@ impl Client {
             _ => {}
         }
         Vec::new()
+    }
+}
+
+/// Holds the metadata of announced tracks (`connected`'s endpoints, `tracksAdded`).
+fn hold_tracks(held: &mut BTreeMap<String, Value>, tracks: &Value) {
+    for (id, t) in tracks.as_object().into_iter().flatten() {
+        held.insert(id.clone(), t["metadata"].clone());
     }
 }
