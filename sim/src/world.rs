@@ -634,7 +634,7 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
             let got: BTreeMap<&str, &serde_json::Value> =
                 v.track_meta.iter().map(|(t, m)| (t.as_str(), m)).collect();
             if got != want {
-                let differ: Vec<&&str> = want
+                let differ: BTreeSet<&&str> = want
                     .keys()
                     .chain(got.keys())
                     .filter(|t| want.get(*t) != got.get(*t))
