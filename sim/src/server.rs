@@ -134,11 +134,18 @@ async fn connection(
             }
         }
     };
+    // As the production transport does, a frame over the limit is refused, not passed on.
+    let max_frame = app.limits.socket.max_frame_bytes;
     let read = async move {
         while let Some(f) = reader.next().await {
             match f {
                 WireFrame::Text(t) => {
-                    if in_tx.send(WsIn::Text(t)).await.is_err() {
+                    let input = if t.len() > max_frame {
+                        WsIn::TooBig
+                    } else {
+                        WsIn::Text(t)
+                    };
+                    if in_tx.send(input).await.is_err() {
                         break;
                     }
                 }

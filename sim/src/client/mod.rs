@@ -166,6 +166,9 @@ pub struct Client {
     /// least as many as the socket can have held at once.
     held: usize,
     held_peak: usize,
+    /// The message ref counter when this connection sent a frame over the server's size
+    /// limit: the server must close the connection (1009) before answering anything later.
+    oversized_at: Option<u64>,
     /// Extra channels on this socket (other tabs).
     tabs: Tabs,
     /// Heartbeats in flight on this connection: ref → when it went out.
@@ -228,6 +231,7 @@ impl Client {
             joins_pending: BTreeSet::new(),
             held: 0,
             held_peak: 0,
+            oversized_at: None,
             tabs: Tabs::default(),
             heartbeats: BTreeMap::new(),
             alive_at: None,
@@ -315,6 +319,7 @@ impl Client {
             self.alive_at = None;
             self.joins_pending.clear();
             (self.held, self.held_peak) = (0, 0);
+            self.oversized_at = None;
             self.tabs.reset();
             self.pending_leave = None;
             self.burst_at = None;
@@ -503,6 +508,12 @@ impl Client {
                         if code == videoroom::phoenix::CLOSE_POLICY_VIOLATION {
                             self.check_held_close();
                         }
+                        if code == videoroom::phoenix::CLOSE_TOO_BIG {
+                            self.oracles.reached("client: closed for an oversized frame");
+                            self.oracles.check(self.oversized_at.is_some(), || {
+                                format!("c{}: closed 1009 without having sent an oversized frame", self.idx)
+                            });
+                        }
                         return Step::Reconnect;
                     }
                     Some(WireFrame::Text(t)) => {
@@ -615,6 +626,14 @@ impl Client {
                 let n = 20 + rt::rand::below(300);
                 self.log(format!("floods {n} updates"));
                 self.send_updates(w, n).await
+            }
+            "garbage" if rt::rand::chance(0.1) => {
+                // A frame one byte over the limit (a paste gone wrong, a hostile client).
+                self.log("sends a frame over the size limit");
+                self.oversized_at = Some(self.next_ref);
+                let max = videoroom::phoenix::SocketConfig::default().max_frame_bytes;
+                w.send(&WireFrame::Text("x".repeat(max + 1))).await;
+                true
             }
             "garbage" => {
                 self.log("sends garbage");
@@ -962,6 +981,11 @@ impl Client {
                 .fail(format!("c{idx}: reply without ref: {text}"));
             return true;
         };
+        if let (Some(at), Ok(n)) = (self.oversized_at, r.parse::<u64>()) {
+            self.oracles.check(n <= at, || {
+                format!("c{idx}: reply to ref {n}, sent after its oversized frame: the connection should be closed")
+            });
+        }
         match self.replies.get_mut(&r) {
             Some(n) => {
                 *n += 1;
