@@ -206,7 +206,7 @@ impl Negotiator {
         let n = self.track_updates;
         Some(json!({"type": "updateTrackMetadata", "data": {
             "trackId": track,
-            "trackMetadata": {"type": kind, "active": n % 2 == 0, "track": track, "seq": n},
+            "trackMetadata": {"type": kind, "active": n.is_multiple_of(2), "track": track, "seq": n},
         }}))
     }
 
