@@ -303,7 +303,14 @@ impl World {
             Op::Leave(p) => {
                 let outs = self.session.remove_peer(PEERS[*p]);
                 self.offers.remove(PEERS[*p]);
-                self.clients[*p] = Client::default();
+                // A client that comes back never reuses a track id (0.5.3 draws them at
+                // random): with a fresh counter, its new track would share the id of one the
+                // others still hold a slot for, and the count check would blame the server.
+                let model = self.clients[*p].model.restart();
+                self.clients[*p] = Client {
+                    model,
+                    ..Client::default()
+                };
                 outs
             }
         };
