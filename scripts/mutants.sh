@@ -87,7 +87,9 @@ while IFS= read -r m; do
 done <"$out/sim/mutants.out/missed.txt"
 if [ ${#missed[@]} -gt 0 ]; then
   scripts/setup-node.sh
-  CARGO_TARGET_DIR="$target" cargo mutants "${common[@]}" "${missed[@]}" \
+  # Its own target dir: test binaries built from cargo-mutants' temporary copy bake in that
+  # copy's paths, and a later `cargo test` of the real tree would reuse them and fail.
+  CARGO_TARGET_DIR="$target/mutants-tokio" cargo mutants "${common[@]}" "${missed[@]}" \
     --timeout 120 --build-timeout 600 -o "$out/tokio" "${extra[@]}" || true
 fi
 
