@@ -113,6 +113,16 @@ impl Chan {
     fn live(&self) -> bool {
         self.joined && !self.hung_up
     }
+
+    /// Tracks announced for `endpoint` (`connected`'s endpoints, `tracksAdded`): checked,
+    /// held with their metadata, and told to the negotiation model.
+    fn announced(&mut self, oracles: &Oracles, who: &str, endpoint: &str, tracks: &Value) {
+        checks::track_owners(oracles, who, &mut self.owners, endpoint, tracks);
+        for (id, t) in tracks.as_object().into_iter().flatten() {
+            self.track_meta.insert(id.clone(), t["metadata"].clone());
+        }
+        self.neg.on_tracks_announced(tracks);
+    }
 }
 
 pub struct Client {
@@ -1155,16 +1165,12 @@ impl Client {
                 c.track_seq.clear();
                 c.track_meta.clear();
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
-                    let endpoint = e["id"].as_str().unwrap_or("");
-                    checks::track_owners(
+                    c.announced(
                         &self.oracles,
                         &who,
-                        &mut c.owners,
-                        endpoint,
+                        e["id"].as_str().unwrap_or(""),
                         &e["tracks"],
                     );
-                    hold_tracks(&mut c.track_meta, &e["tracks"]);
-                    c.neg.on_tracks_announced(&e["tracks"]);
                     if let (Some(id), Some(k)) = (e["id"].as_str(), client_of(e)) {
                         c.roster.insert(id.to_string(), k);
                         if let Some(seq) = e["metadata"]["seq"].as_u64() {
@@ -1215,15 +1221,7 @@ impl Client {
             }
             "tracksAdded" => {
                 let endpoint = data["endpointId"].as_str().unwrap_or("");
-                checks::track_owners(
-                    &self.oracles,
-                    &who,
-                    &mut c.owners,
-                    endpoint,
-                    &data["tracks"],
-                );
-                hold_tracks(&mut c.track_meta, &data["tracks"]);
-                c.neg.on_tracks_announced(&data["tracks"]);
+                c.announced(&self.oracles, &who, endpoint, &data["tracks"]);
             }
             "tracksRemoved" => {
                 for id in data["trackIds"].as_array().into_iter().flatten() {
@@ -1265,12 +1263,5 @@ impl Client {
             _ => {}
         }
         Vec::new()
-    }
-}
-
-/// Holds the metadata of announced tracks (`connected`'s endpoints, `tracksAdded`).
-fn hold_tracks(held: &mut BTreeMap<String, Value>, tracks: &Value) {
-    for (id, t) in tracks.as_object().into_iter().flatten() {
-        held.insert(id.clone(), t["metadata"].clone());
     }
 }
