@@ -11,7 +11,7 @@
 //! deterministic for a given input sequence); panic on client input (malformed events become an
 //! `error` media event to the sender).
 
-#[cfg(any(test, madsim))]
+#[cfg(any(test, feature = "client-model"))]
 pub mod client_model;
 mod events;
 mod fake_plane;
