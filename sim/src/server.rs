@@ -149,6 +149,21 @@ async fn connection(
                         break;
                     }
                 }
+                // Refused on its header, as tungstenite does: the body is never read.
+                WireFrame::Oversized(n) if n as usize > max_frame => {
+                    if in_tx.send(WsIn::TooBig).await.is_err() {
+                        break;
+                    }
+                }
+                WireFrame::Oversized(n) => {
+                    if in_tx
+                        .send(WsIn::Text("x".repeat(n as usize)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
                 WireFrame::Close(_) => break,
             }
         }

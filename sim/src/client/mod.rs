@@ -531,6 +531,10 @@ impl Client {
                             return Step::Reconnect;
                         }
                     }
+                    Some(WireFrame::Oversized(n)) => {
+                        self.oracles.check(false, || format!("c{}: the server sent a frame of {n} bytes, over any limit", self.idx));
+                        return Step::Reconnect;
+                    }
                 },
                 _ = time::sleep_until(deadline) => {
                     let now = time::now();
@@ -642,7 +646,7 @@ impl Client {
                 self.log("sends a frame over the size limit");
                 self.oversized_at = Some(self.next_ref);
                 let max = videoroom::phoenix::SocketConfig::default().max_frame_bytes;
-                w.send(&WireFrame::Text("x".repeat(max + 1))).await;
+                w.send(&WireFrame::Oversized(max as u32 + 1)).await;
                 true
             }
             "garbage" => {
