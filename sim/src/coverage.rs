@@ -43,6 +43,8 @@ pub const SOMETIMES: &[&str] = &[
     "client: tab refused at the channel limit",
     // Joins refused before any room is asked: bad names, unrouted topics, bad tokens.
     "client: trespasser refused",
+    // A media event the server cannot parse, answered with an error cut to its limit.
+    "client: malformed media event refused",
     // A slow client's outbound queue bounded by its bytes, not its frame count.
     "server: outbound bytes past half the budget",
 ];

@@ -36,5 +36,5 @@ pub use plane::{
     MLine, MLineRole, MediaKind, MediaPlane, PlaneCommand, PlaneEvent, PlaneFactory, PlaneOffer,
     PlaneSink,
 };
-pub use session::{Out, PeerId, Roster, Session, SessionConfig};
+pub use session::{Out, PeerId, Roster, Session, SessionConfig, MAX_ERROR_MESSAGE_BYTES};
 pub use tracks::{NegotiationConfig, TrackNegotiation, TurnIssuer};

@@ -25,8 +25,9 @@ pub enum Out {
     Plane(PlaneCommand),
 }
 
-/// Error messages are echoed to the client; serde's messages can quote the offending input.
-const MAX_ERROR_MESSAGE_BYTES: usize = 256;
+/// Error messages are echoed to the client; serde's messages can quote the offending input, so
+/// a longer one is cut at a character boundary at or below this and ends with `…`.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {

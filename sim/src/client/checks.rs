@@ -235,3 +235,28 @@ pub(super) fn track_updated(
         });
     }
 }
+
+/// Every media `error`: the server echoes at most its limit of a message, plus the `…` that
+/// marks a cut (README "Limits").
+pub(super) fn error_message(oracles: &crate::oracle::Oracles, who: &str, message: &str) {
+    let limit = videoroom::engine::MAX_ERROR_MESSAGE_BYTES + '…'.len_utf8();
+    oracles.check(message.len() <= limit, || {
+        format!(
+            "{who}: media error of {} bytes, over the limit of {limit}: {message:.80}…",
+            message.len()
+        )
+    });
+}
+
+/// The error for a malformed event whose message quotes a long value: cut, so it ends with `…`,
+/// and cut as late as a character boundary allows (at most three bytes before the limit).
+pub(super) fn cut_error_message(oracles: &crate::oracle::Oracles, who: &str, message: &str) {
+    let max = videoroom::engine::MAX_ERROR_MESSAGE_BYTES;
+    let kept = message.strip_suffix('…').map(str::len);
+    oracles.check(kept.is_some_and(|k| k <= max && k + 3 >= max), || {
+        format!(
+            "{who}: a long media error must be cut to {max} bytes or just below and end with …, got {} bytes: {message:.80}",
+            message.len()
+        )
+    });
+}

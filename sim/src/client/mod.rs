@@ -80,6 +80,9 @@ pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
 /// How long a join may wait for its reply on a connection whose heartbeats are answered.
 const JOIN_ANSWER_LIMIT: Duration = Duration::from_secs(5);
 
+/// How the server's error for the malformed candidate of `send_malformed` begins.
+const MALFORMED_ERROR: &str = "media event `candidate` has invalid data";
+
 struct Chan {
     topic: String,
     join_ref: String,
@@ -106,6 +109,9 @@ struct Chan {
     /// When to send `connect` again after hanging up (and again, until `connected` comes: a
     /// `connect` over the peer's update budget is dropped by the server).
     reconnect_at: Option<time::Instant>,
+    /// Malformed media events sent whose media `error` has not come yet (the server answers
+    /// each, in order, whatever else it is doing).
+    malformed_owed: u32,
 }
 
 impl Chan {
@@ -276,11 +282,13 @@ impl Client {
             squatter: self.squatter,
             dropped: self.dropped.clone(),
             stranded: self.stranded,
-            owed: self
-                .chan
-                .as_ref()
-                .filter(|c| c.joined)
-                .and_then(|c| c.neg.owed()),
+            owed: self.chan.as_ref().filter(|c| c.joined).and_then(|c| {
+                if c.malformed_owed > 0 {
+                    Some("a media error for its malformed event")
+                } else {
+                    c.neg.owed()
+                }
+            }),
             track_meta: self
                 .chan
                 .as_ref()
@@ -403,6 +411,7 @@ impl Client {
             sent_at: time::now(),
             hung_up: false,
             reconnect_at: None,
+            malformed_owed: 0,
         });
         self.log(format!("join {topic} ref {r}"));
         // At once, so a room crash injected from now on expects no phx_error for the old one.
@@ -649,6 +658,9 @@ impl Client {
                 w.send(&WireFrame::Oversized(max as u32 + 1)).await;
                 true
             }
+            "garbage" if self.chan.as_ref().is_some_and(Chan::live) && rt::rand::chance(0.3) => {
+                self.send_malformed(w).await
+            }
             "garbage" => {
                 self.log("sends garbage");
                 w.send(&WireFrame::Text("{not a phoenix frame".into()))
@@ -696,6 +708,23 @@ impl Client {
         }
     }
 
+    /// A media event the server cannot parse, whose error would quote a long value: the server
+    /// owes one media `error`, cut to its limit (the `error` arm of `on_media_event` checks it).
+    /// The value is multi-byte text after 0-3 ASCII bytes, so the cut lands inside a character
+    /// as often as not.
+    async fn send_malformed(&mut self, w: &mut wire::Writer) -> bool {
+        let lead = "x".repeat(rt::rand::below(4) as usize);
+        let value = format!("{lead}{}", "é".repeat(100 + rt::rand::below(200) as usize));
+        let ev = json!({"type": "custom", "data": {"type": "candidate", "data": {
+            "candidate": "candidate:1 1 udp 1 10.0.0.1 9 typ host", "sdpMLineIndex": value,
+        }}});
+        if let Some(c) = self.chan.as_mut() {
+            c.malformed_owed += 1;
+        }
+        self.log("sends a malformed media event");
+        self.media(w, ev).await
+    }
+
     /// The media-level `disconnect` on a live channel: the others must see this endpoint
     /// removed, and after a pause it connects again on the same channel (a new `connected`).
     async fn hang_up(&mut self, w: &mut wire::Writer) -> bool {
@@ -713,6 +742,8 @@ impl Client {
         c.seq.clear();
         c.track_meta.clear();
         c.neg = c.neg.restart();
+        // Errors still in flight are for the session it leaves, and ignored as it ignores them.
+        c.malformed_owed = 0;
         c.reconnect_at = Some(time::now() + Duration::from_millis(20 + rt::rand::below(400)));
         self.log("hangs up (media disconnect)");
         self.oracles
@@ -1260,10 +1291,19 @@ impl Client {
                 "candidate" => c.neg.on_candidate(&who, &data["data"], &self.oracles),
                 _ => {}
             },
-            "error" if c.neg.take_error() => {}
-            "error" => self
-                .oracles
-                .fail(format!("c{idx}: server sent media error {data}")),
+            "error" => {
+                let message = data["message"].as_str().unwrap_or_default();
+                checks::error_message(&self.oracles, &who, message);
+                if c.malformed_owed > 0 && message.starts_with(MALFORMED_ERROR) {
+                    c.malformed_owed -= 1;
+                    checks::cut_error_message(&self.oracles, &who, message);
+                    self.oracles
+                        .reached("client: malformed media event refused");
+                } else if !c.neg.take_error() {
+                    self.oracles
+                        .fail(format!("c{idx}: server sent media error {data}"));
+                }
+            }
             _ => {}
         }
         Vec::new()
