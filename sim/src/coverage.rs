@@ -43,6 +43,9 @@ pub const SOMETIMES: &[&str] = &[
     "client: tab refused at the channel limit",
     // Joins refused before any room is asked: bad names, unrouted topics, bad tokens.
     "client: trespasser refused",
+    // An offer refusing a line the client receives on, or reviving a stopped track's line.
+    "client: misused m-line answered",
+    "client: revived a stopped track's line",
     // A media event the server cannot parse, answered with an error cut to its limit.
     "client: malformed media event refused",
     // A slow client's outbound queue bounded by its bytes, not its frame count.

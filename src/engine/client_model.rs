@@ -43,6 +43,20 @@ struct MLine {
     dir: &'static str,
     /// The published track on a sendonly m-line.
     track: Option<String>,
+    /// Hostile: offered `inactive` although it carries a track to this client (see
+    /// [`Negotiator::misuse`]); the server must not send on it.
+    refused: bool,
+    /// Hostile: a stopped track's line offered `sendonly` again with its old track; the server
+    /// must keep it inactive (a stopped track is never revived).
+    revived: bool,
+    /// An answer mapped this line to its published track: the server knows the track on it
+    /// (a forged second line for the same track is never mapped).
+    mapped: bool,
+    /// The direction the last offer gave it.
+    offered: &'static str,
+    /// Its track was stopped and an answer to an offer that said so made it inactive: the
+    /// server knows the track ended.
+    stop_answered: bool,
 }
 
 #[derive(Default)]
@@ -73,6 +87,9 @@ pub struct Negotiator {
     answers: u64,
     /// An unparsable offer was sent: the server owes one media `error` for it.
     error_due: bool,
+    /// The open offer is not one [`offer`](Self::offer) built: its lines' directions are not
+    /// the model's.
+    foreign_offer: bool,
 }
 
 fn custom(kind: &str, data: Value) -> Value {
@@ -148,6 +165,7 @@ impl Negotiator {
     pub fn sent_foreign_offer(&mut self) {
         self.offer_due = false;
         self.offer_open = true;
+        self.foreign_offer = true;
     }
 
     /// A media `error` took the place of the answer to the open offer (the server refused it,
@@ -190,6 +208,11 @@ impl Negotiator {
             kind,
             dir: "sendonly",
             track: Some(track.clone()),
+            refused: false,
+            revived: false,
+            offered: "",
+            mapped: false,
+            stop_answered: false,
         });
         track
     }
@@ -243,8 +266,37 @@ impl Negotiator {
             kind: "video",
             dir: "sendonly",
             track: Some(track),
+            refused: false,
+            revived: false,
+            offered: "",
+            mapped: false,
+            stop_answered: false,
         });
         what.to_string()
+    }
+
+    /// A hostile offer that misuses the client's m-lines (trespassers): `refuse` offers a line
+    /// that carries a track to it as `inactive`, else a stopped track's line is offered
+    /// `sendonly` again with its old track. Only lines an answer already mapped are picked, so
+    /// the server knows the mid. The server must answer each of them inactive, in this offer
+    /// and every later one ([`on_answer`](Self::on_answer) checks). Returns what was done, or
+    /// `None` when no line qualifies.
+    pub fn misuse(&mut self, refuse: bool) -> Option<&'static str> {
+        let carried = &self.carried;
+        let line = self.mlines.iter_mut().find(|m| {
+            if refuse {
+                m.dir == "recvonly" && !m.refused && carried.contains_key(&m.mid)
+            } else {
+                m.dir == "inactive" && !m.revived && m.stop_answered
+            }
+        })?;
+        if refuse {
+            line.refused = true;
+            Some("offers a line it receives on as inactive")
+        } else {
+            line.revived = true;
+            Some("offers a stopped track's line as sendonly again")
+        }
     }
 
     /// Stops one published track (its m-line becomes inactive, never reused); false if it is
@@ -350,6 +402,11 @@ impl Negotiator {
                     kind,
                     dir: "recvonly",
                     track: None,
+                    refused: false,
+                    revived: false,
+                    offered: "",
+                    mapped: false,
+                    stop_answered: false,
                 });
             }
         }
@@ -362,21 +419,27 @@ impl Negotiator {
     pub fn offer(&mut self, judge: &impl Judge) -> Value {
         self.offer_due = false;
         self.offer_open = true;
+        self.foreign_offer = false;
         self.negotiations += 1;
         judge.reached("client: offerData answered with an offer");
         let mut sdp = String::from("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
         let mut mid_to_track = serde_json::Map::new();
         let mut metadata = serde_json::Map::new();
-        for m in &self.mlines {
+        for m in &mut self.mlines {
             let pt = if m.kind == "audio" { 111 } else { 96 };
+            let dir = match m.dir {
+                "recvonly" if m.refused => "inactive",
+                "inactive" if m.revived => "sendonly",
+                dir => dir,
+            };
+            m.offered = dir;
             sdp.push_str(&format!(
-                "m={} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\na={}\r\na=rtpmap:{pt} {}\r\n",
+                "m={} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\na={dir}\r\na=rtpmap:{pt} {}\r\n",
                 m.kind,
                 m.mid,
-                m.dir,
                 if m.kind == "audio" { "opus/48000/2" } else { "VP8/90000" }
             ));
-            if let (Some(t), "sendonly") = (&m.track, m.dir) {
+            if let (Some(t), "sendonly") = (&m.track, dir) {
                 mid_to_track.insert(m.mid.clone(), json!(t));
                 metadata.insert(t.clone(), json!({"type": m.kind, "active": true}));
             }
@@ -404,6 +467,46 @@ impl Negotiator {
         match Sdp::parse(data["sdp"].as_str().unwrap_or("")) {
             Ok(sdp) => {
                 for m in &sdp.media {
+                    let line = self.mlines.iter_mut().find(|l| l.mid == m.mid);
+                    let misused = line.as_ref().is_some_and(|l| l.refused || l.revived);
+                    if let Some(l) = line.as_ref().filter(|_| !self.foreign_offer) {
+                        // RFC 3264 6.1: an answer line is inactive where the offer's was, and
+                        // sends only where the offer's receives (and the other way round).
+                        let fits = match l.offered {
+                            "inactive" => m.direction == Direction::Inactive,
+                            "sendonly" => {
+                                matches!(m.direction, Direction::RecvOnly | Direction::Inactive)
+                            }
+                            "recvonly" => {
+                                matches!(m.direction, Direction::SendOnly | Direction::Inactive)
+                            }
+                            _ => true,
+                        };
+                        judge.check(fits, || {
+                            format!(
+                                "{who}: answer makes mid {} {:?}, offered {}",
+                                m.mid, m.direction, l.offered
+                            )
+                        });
+                    }
+                    if let Some(l) = line {
+                        l.mapped |= l.track.is_some()
+                            && map.get(&m.mid).and_then(Value::as_str) == l.track.as_deref();
+                        l.stop_answered |= l.dir == "inactive"
+                            && l.offered == "inactive"
+                            && l.mapped
+                            && m.direction == Direction::Inactive;
+                    }
+                    if misused {
+                        judge.reached("client: misused m-line answered");
+                        judge.check(m.direction == Direction::Inactive, || {
+                            format!(
+                                "{who}: answer makes mid {} {:?}, which the client offered as \
+                                 unusable (refused, or a stopped track revived)",
+                                m.mid, m.direction
+                            )
+                        });
+                    }
                     if m.direction != Direction::Inactive {
                         judge.check(map.contains_key(&m.mid), || {
                             format!("{who}: answer mid {} missing from midToTrackId", m.mid)

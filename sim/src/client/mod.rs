@@ -1280,6 +1280,19 @@ impl Client {
                         self.trace
                             .log(format_args!("{who} forges {what} in its offer"));
                     }
+                    // ... or misuses its m-lines: refuses one it receives on, or revives a
+                    // stopped track's.
+                    if trespasser && rt::rand::chance(0.3) {
+                        let refuse = rt::rand::chance(0.5);
+                        if let Some(what) = c.neg.misuse(refuse) {
+                            self.oracles.reached(if refuse {
+                                "client: refused a line it receives on"
+                            } else {
+                                "client: revived a stopped track's line"
+                            });
+                            self.trace.log(format_args!("{who} {what}"));
+                        }
+                    }
                     let offer = c.neg.on_offer_data(&who, &data["data"], &self.oracles);
                     if breaks_offer {
                         self.oracles.reached("client: sent an unparsable sdpOffer");
