@@ -25,6 +25,8 @@ pub const SOMETIMES: &[&str] = &[
     "UndecodableFrame",
     "BroadcastOverBudget",
     "InboundTrackEnded",
+    // The plane's candidates filled the buffer held for an outstanding answer.
+    "HeldCandidatesAtTheBound",
     // A frame on a join_ref the connection let go of, dropped by the socket core.
     "StaleFrameIgnored",
     "client: sent on a stale join_ref",

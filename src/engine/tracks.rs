@@ -728,6 +728,12 @@ impl TrackNegotiation {
                 keyframes.push((o.publisher.clone(), o.track_id.clone()));
             }
         }
+        if !state.held_candidates.is_empty() {
+            crate::rt::probe::emit(crate::rt::probe::Event::HeldCandidatesFlushed {
+                held: state.held_candidates.len(),
+                max: self.config.max_held_candidates,
+            });
+        }
         for candidate in std::mem::take(&mut state.held_candidates) {
             send_candidate(peer, candidate, out);
         }

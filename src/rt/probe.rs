@@ -235,6 +235,12 @@ pub enum Event<'a> {
     StaleAnswerDropped,
     InboundTrackEnded,
     MediaEventBeforeConnect,
+    /// Candidates the plane reported while the peer's answer was outstanding, sent after it:
+    /// `held` of them, of at most `max` kept (the rest were dropped).
+    HeldCandidatesFlushed {
+        held: usize,
+        max: usize,
+    },
 }
 
 impl Event<'_> {
@@ -295,6 +301,8 @@ impl Event<'_> {
             Event::BroadcastOverBudget => "BroadcastOverBudget",
             Event::SdpOfferWhileAnswerOutstanding => "SdpOfferWhileAnswerOutstanding",
             Event::StaleAnswerDropped => "StaleAnswerDropped",
+            Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
+            Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
             Event::MediaEventBeforeConnect => "MediaEventBeforeConnect",
         }

@@ -386,3 +386,15 @@ fn a_monitor_on_a_dead_pid_must_yield_its_noproc_down_at_once() {
         vec![Violation::NoNoprocDown { mref: m, pid: dead }]
     );
 }
+
+#[test]
+fn held_candidates_may_reach_their_bound_but_not_pass_it() {
+    let at_bound = Event::HeldCandidatesFlushed { held: 32, max: 32 };
+    assert_eq!(at_bound.name(), "HeldCandidatesAtTheBound");
+    assert!(feed(&[at_bound, Event::HeldCandidatesFlushed { held: 3, max: 32 }]).is_empty());
+    let v = feed(&[Event::HeldCandidatesFlushed { held: 33, max: 32 }]);
+    assert_eq!(
+        v.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["candidates held for an outstanding answer: 33 held, over the bound of 32"]
+    );
+}

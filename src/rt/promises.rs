@@ -64,6 +64,12 @@ pub enum Violation {
     RoomStoppedHoldingName { name: String, pid: Pid },
     /// A room that had decided to stop took a message while its name still mapped to it.
     StoppingRoomReceivedWhileNamed { name: String, pid: Pid },
+    /// A bounded buffer gave out more than its bound (README "Limits": every queue is bounded).
+    OverBound {
+        what: &'static str,
+        held: usize,
+        max: usize,
+    },
     /// A branch that must never run was reached.
     Never { event: String },
 }
@@ -125,6 +131,9 @@ impl fmt::Display for Violation {
                 "monitor {} on dead {pid} gave no DOWN noproc at once",
                 mref.0
             ),
+            Violation::OverBound { what, held, max } => {
+                write!(f, "{what}: {held} held, over the bound of {max}")
+            }
             Violation::Never { event } => write!(f, "never-event reached: {event}"),
         }
     }
@@ -229,6 +238,13 @@ impl Promises {
             return;
         }
         match *e {
+            Event::HeldCandidatesFlushed { held, max } if held > max => {
+                self.violations.push(Violation::OverBound {
+                    what: "candidates held for an outstanding answer",
+                    held,
+                    max,
+                });
+            }
             Event::ProcessPrepared { sys, pid } => {
                 self.live.insert((sys, pid));
             }
