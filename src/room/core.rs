@@ -168,7 +168,13 @@ impl<C: Clone> RoomCore<C> {
             return steps;
         }
         let reason = self.grace.reason();
-        for peer_id in self.grace.expired(now) {
+        let expired = self.grace.expired(now);
+        if expired.is_empty() {
+            // The grace said a peer was due and none is: the room would wake again at once
+            // and spin until one is.
+            probe::emit(Event::RoomWokeForNothing);
+        }
+        for peer_id in expired {
             let Some(p) = self.peers.remove(&peer_id) else {
                 continue;
             };

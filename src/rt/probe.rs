@@ -235,6 +235,8 @@ pub enum Event<'a> {
     StaleAnswerDropped,
     InboundTrackEnded,
     MediaEventBeforeConnect,
+    /// Never: a room's connect-grace timer fired with no peer past its grace.
+    RoomWokeForNothing,
     /// Candidates the plane reported while the peer's answer was outstanding, sent after it:
     /// `held` of them, of at most `max` kept (the rest were dropped).
     HeldCandidatesFlushed {
@@ -301,6 +303,7 @@ impl Event<'_> {
             Event::BroadcastOverBudget => "BroadcastOverBudget",
             Event::SdpOfferWhileAnswerOutstanding => "SdpOfferWhileAnswerOutstanding",
             Event::StaleAnswerDropped => "StaleAnswerDropped",
+            Event::RoomWokeForNothing => "RoomWokeForNothing",
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
@@ -322,6 +325,7 @@ impl Event<'_> {
                 | Event::ChannelDownForUnknownMonitor
                 | Event::PushNotObject
                 | Event::SecondJoinOutcome
+                | Event::RoomWokeForNothing
         )
     }
 }
