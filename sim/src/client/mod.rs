@@ -1048,6 +1048,13 @@ impl Client {
         if let Some(sent) = self.heartbeats.remove(&r) {
             self.alive_at = Some(self.alive_at.map_or(sent, |t| t.max(sent)));
             self.check_grace_kept(sent);
+            // Phoenix answers a heartbeat `ok` with an empty response, on the "phoenix" topic,
+            // whatever channels the socket holds (the socket core's S1).
+            let p = &f.payload;
+            self.oracles.check(
+                f.topic == "phoenix" && p["status"] == "ok" && p["response"] == json!({}),
+                || format!("c{idx}: heartbeat {r} answered with {} on {}", p, f.topic),
+            );
         }
         let status = f
             .payload
