@@ -52,6 +52,8 @@ struct MLine {
     /// An answer mapped this line to its published track: the server knows the track on it
     /// (a forged second line for the same track is never mapped).
     mapped: bool,
+    /// Added by [`Negotiator::forge`]: a track this client may not publish.
+    forged: bool,
     /// The direction the last offer gave it.
     offered: &'static str,
     /// Its track was stopped and an answer to an offer that said so made it inactive: the
@@ -87,6 +89,9 @@ pub struct Negotiator {
     answers: u64,
     /// An unparsable offer was sent: the server owes one media `error` for it.
     error_due: bool,
+    /// Tracks an answer mapped to a line of this client but made inactive before the client
+    /// was told they are gone: their removal is owed.
+    silenced: BTreeSet<String>,
     /// The open offer is not one [`offer`](Self::offer) built: its lines' directions are not
     /// the model's.
     foreign_offer: bool,
@@ -122,7 +127,9 @@ impl Negotiator {
 
     /// What the server still owes this client's negotiation, if anything.
     pub fn owed(&self) -> Option<&'static str> {
-        if self.offer_open {
+        if self.silenced.iter().any(|t| !self.gone.contains(t)) {
+            Some("the removal of a track whose line an answer made inactive")
+        } else if self.offer_open {
             Some("an sdpAnswer to its sdpOffer")
         } else if self.asked {
             Some("an offerData after its renegotiateTracks")
@@ -210,6 +217,7 @@ impl Negotiator {
             track: Some(track.clone()),
             refused: false,
             revived: false,
+            forged: false,
             offered: "",
             mapped: false,
             stop_answered: false,
@@ -268,6 +276,7 @@ impl Negotiator {
             track: Some(track),
             refused: false,
             revived: false,
+            forged: true,
             offered: "",
             mapped: false,
             stop_answered: false,
@@ -404,6 +413,7 @@ impl Negotiator {
                     track: None,
                     refused: false,
                     revived: false,
+                    forged: false,
                     offered: "",
                     mapped: false,
                     stop_answered: false,
@@ -488,6 +498,30 @@ impl Negotiator {
                                 m.mid, m.direction, l.offered
                             )
                         });
+                        let mapped = map.get(&m.mid).and_then(Value::as_str);
+                        // Its own track, within every limit: the server takes it (publishing
+                        // is what a room is for).
+                        if l.offered == "sendonly" && !l.forged && !l.revived {
+                            judge.check(
+                                m.direction == Direction::RecvOnly
+                                    && mapped.is_some()
+                                    && mapped == l.track.as_deref(),
+                                || {
+                                    format!(
+                                        "{who}: its track {:?} on mid {} answered {:?}, mapped to {mapped:?}",
+                                        l.track, m.mid, m.direction
+                                    )
+                                },
+                            );
+                        }
+                        // A line the server gave a track carries it, unless the track is
+                        // gone: the server may tell that only after this answer (the client
+                        // erases a removed track by its mid), so it owes the removal then.
+                        if let Some(t) = mapped.filter(|t| !self.gone.contains(*t)) {
+                            if l.offered == "recvonly" && m.direction == Direction::Inactive {
+                                self.silenced.insert(t.to_string());
+                            }
+                        }
                     }
                     if let Some(l) = line {
                         l.mapped |= l.track.is_some()
