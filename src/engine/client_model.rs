@@ -89,6 +89,8 @@ pub struct Negotiator {
     answers: u64,
     /// An unparsable offer was sent: the server owes one media `error` for it.
     error_due: bool,
+    /// What [`gone`](Self::gone) held when the open offer was made.
+    gone_at_offer: BTreeSet<String>,
     /// Tracks an answer mapped to a line of this client but made inactive before the client
     /// was told they are gone: their removal is owed.
     silenced: BTreeSet<String>,
@@ -430,6 +432,7 @@ impl Negotiator {
         self.offer_due = false;
         self.offer_open = true;
         self.foreign_offer = false;
+        self.gone_at_offer.clone_from(&self.gone);
         self.negotiations += 1;
         judge.reached("client: offerData answered with an offer");
         let mut sdp = String::from("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
@@ -517,6 +520,14 @@ impl Negotiator {
                         // A line the server gave a track carries it, unless the track is
                         // gone: the server may tell that only after this answer (the client
                         // erases a removed track by its mid), so it owes the removal then.
+                        // ... and never one the client knew was gone when it made the offer
+                        // (the server told it first, so it knew when it answered; a track
+                        // removed while the answer was being made is answered as it stood).
+                        if let Some(t) = mapped.filter(|_| m.direction == Direction::SendOnly) {
+                            judge.check(!self.gone_at_offer.contains(t), || {
+                                format!("{who}: mid {} carries {t}, gone before the offer", m.mid)
+                            });
+                        }
                         if let Some(t) = mapped.filter(|t| !self.gone.contains(*t)) {
                             if l.offered == "recvonly" && m.direction == Direction::Inactive {
                                 self.silenced.insert(t.to_string());
