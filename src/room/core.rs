@@ -168,16 +168,12 @@ impl<C: Clone> RoomCore<C> {
             return steps;
         }
         let reason = self.grace.reason();
-        let expired = self.grace.expired(now);
-        if expired.is_empty() {
-            // The grace said a peer was due and none is: the room would wake again at once
-            // and spin until one is.
-            probe::emit(Event::RoomWokeForNothing);
-        }
-        for peer_id in expired {
+        let mut dropped = 0;
+        for peer_id in self.grace.expired(now) {
             let Some(p) = self.peers.remove(&peer_id) else {
                 continue;
             };
+            dropped += 1;
             self.by_pid.remove(&p.pid);
             steps.push(Step::Demonitor(p.mref));
             probe::emit(Event::PeerDroppedNoConnect);
@@ -187,6 +183,11 @@ impl<C: Clone> RoomCore<C> {
                 to: p.channel,
                 reason: reason.clone(),
             });
+        }
+        if dropped == 0 {
+            // The grace said a peer was due and none of the room's is: it waits on a peer that
+            // already left, or its clock is wrong and the room would wake again at once.
+            probe::emit(Event::RoomWokeForNothing);
         }
         if self.peers.is_empty() {
             self.stopped = true;

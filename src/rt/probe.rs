@@ -235,7 +235,7 @@ pub enum Event<'a> {
     StaleAnswerDropped,
     InboundTrackEnded,
     MediaEventBeforeConnect,
-    /// Never: a room's connect-grace timer fired with no peer past its grace.
+    /// Never: a room's connect-grace timer fired with none of its peers past their grace.
     RoomWokeForNothing,
     /// Candidates the plane reported while the peer's answer was outstanding, sent after it:
     /// `held` of them, of at most `max` kept (the rest were dropped).
