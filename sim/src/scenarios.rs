@@ -76,6 +76,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
         join_secret: None,
         metadata_bytes: 0,
+        slow_links: false,
         workload: Default::default(),
     }
 }

@@ -83,6 +83,8 @@ pub struct Swarm {
     /// world where the per-socket byte budget, not the frame count, is the outbound bound a
     /// slow client meets; at most the server's metadata limit.
     pub metadata_bytes: usize,
+    /// Some clients' downlinks are slow (set by the world with its links).
+    pub slow_links: bool,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
     pub workload: Arc<Mutex<Stream>>,
 }
@@ -124,6 +126,7 @@ impl Swarm {
             idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
             join_secret: None,
             metadata_bytes: 0,
+            slow_links: false,
             workload: Arc::default(),
         }
         .squeeze(rng)

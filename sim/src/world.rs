@@ -182,6 +182,9 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         links
     };
     let links = opts.links.unwrap_or(links);
+    // A frozen client's idle close waits behind what is queued for it; on a slow downlink that
+    // can outlast the settle phase, so clients freeze only where downlinks are fast.
+    swarm.slow_links = links.slow_share > 0.0;
     trace.log(format_args!("links: {links:?}"));
     trace.log(format_args!(
         "process lag: {lag_chance:.2} of receives, below {lag_max:?}"

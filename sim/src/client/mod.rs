@@ -185,6 +185,8 @@ pub struct Client {
     /// The message ref counter when this connection sent a frame over the server's size
     /// limit: the server must close the connection (1009) before answering anything later.
     oversized_at: Option<u64>,
+    /// The last action froze the client (see `frozen`).
+    freeze: bool,
     /// Extra channels on this socket (other tabs).
     tabs: Tabs,
     /// Heartbeats in flight on this connection: ref → when it went out.
@@ -248,6 +250,7 @@ impl Client {
             held: 0,
             held_peak: 0,
             oversized_at: None,
+            freeze: false,
             tabs: Tabs::default(),
             heartbeats: BTreeMap::new(),
             alive_at: None,
@@ -590,6 +593,9 @@ impl Client {
                     if phase == Phase::Chaos && now >= action {
                         action = now + self.swarm.action_gap();
                         if !self.act(w).await { return Step::Reconnect; }
+                        if std::mem::take(&mut self.freeze) {
+                            return self.frozen(reader).await;
+                        }
                     }
                     if phase == Phase::Chaos && self.burst_at.is_some_and(|t| now >= t) {
                         self.burst_at = None;
@@ -667,6 +673,11 @@ impl Client {
                     .await;
                 true
             }
+            "disconnect" if !self.swarm.slow_links && rt::rand::chance(0.3) => {
+                self.log("freezes (a suspended tab: its socket stays open, silent)");
+                self.freeze = true;
+                true
+            }
             "disconnect" => {
                 self.log("drops its socket");
                 false
@@ -723,6 +734,27 @@ impl Client {
         }
         self.log("sends a malformed media event");
         self.media(w, ev).await
+    }
+
+    /// A frozen tab: sends nothing and handles nothing until the server closes the silent
+    /// socket for its idle timeout (or drops it as a slow consumer, or goes away). Its user sees
+    /// nothing meanwhile, so the view says it is not connected: a server that never closes it
+    /// leaves it frozen, and the settle phase fails on it.
+    async fn frozen(&mut self, reader: &mut wire::Reader) -> Step {
+        self.publish_view(false);
+        loop {
+            match reader.next().await {
+                None => return Step::Reconnect,
+                Some(WireFrame::Close(code)) => {
+                    if code == videoroom::phoenix::CLOSE_GOING_AWAY {
+                        self.oracles.reached("client: frozen socket closed as idle");
+                        self.check_idle_close();
+                    }
+                    return Step::Reconnect;
+                }
+                Some(_) => {}
+            }
+        }
     }
 
     /// The media-level `disconnect` on a live channel: the others must see this endpoint
