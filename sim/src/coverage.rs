@@ -48,6 +48,8 @@ pub const SOMETIMES: &[&str] = &[
     // An offer refusing a line the client receives on, or reviving a stopped track's line.
     "client: misused m-line answered",
     "client: revived a stopped track's line",
+    // A binary message, refused with 1003 before anything after it is answered.
+    "client: closed for a binary frame",
     // A frozen tab's silent socket, closed by the server's idle timeout.
     "client: frozen socket closed as idle",
     // A media event the server cannot parse, answered with an error cut to its limit.

@@ -164,6 +164,16 @@ async fn connection(
                         break;
                     }
                 }
+                WireFrame::Binary(b) => {
+                    let input = if b.len() > max_frame {
+                        WsIn::TooBig
+                    } else {
+                        WsIn::Binary(b)
+                    };
+                    if in_tx.send(input).await.is_err() {
+                        break;
+                    }
+                }
                 WireFrame::Close(_) => break,
             }
         }

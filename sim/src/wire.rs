@@ -18,11 +18,14 @@ pub enum WireFrame {
     Close(u16),
     /// A text frame of this many bytes, announced by its header only (see the module doc).
     Oversized(u32),
+    /// A binary message (the videoroom client never sends one; a hostile client may).
+    Binary(Vec<u8>),
 }
 
 const TEXT: u8 = 0;
 const CLOSE: u8 = 1;
 const OVERSIZED: u8 = 2;
+const BINARY: u8 = 3;
 const HEADER: usize = 5;
 
 /// Reads frames. Cancel-safe: a partly read frame stays in `self` until the rest arrives, so
@@ -93,6 +96,7 @@ impl Reader {
                 |e| String::from_utf8_lossy(e.as_bytes()).into_owned(),
             ))),
             CLOSE if len == 2 => Some(WireFrame::Close(u16::from_be_bytes([body[0], body[1]]))),
+            BINARY => Some(WireFrame::Binary(body)),
             _ => None,
         }
     }
@@ -110,6 +114,7 @@ impl Writer {
                 (CLOSE, 2, &close)
             }
             WireFrame::Oversized(n) => (OVERSIZED, *n as usize, &[]),
+            WireFrame::Binary(b) => (BINARY, b.len(), b),
         };
         let mut header = [kind, 0, 0, 0, 0];
         header[1..].copy_from_slice(&(len as u32).to_be_bytes());
@@ -133,6 +138,7 @@ mod tests {
             WireFrame::Text(String::new()),
             WireFrame::Oversized(1 << 20),
             WireFrame::Close(1009),
+            WireFrame::Binary(vec![0, 1, 2]),
             WireFrame::Text("é".repeat(5000)),
         ];
         let expect = sent.clone();

@@ -185,6 +185,8 @@ pub struct Client {
     /// The message ref counter when this connection sent a frame over the server's size
     /// limit: the server must close the connection (1009) before answering anything later.
     oversized_at: Option<u64>,
+    /// The ref after which a binary frame went out: the connection must close with 1003.
+    binary_at: Option<u64>,
     /// The last action froze the client (see `frozen`).
     freeze: bool,
     /// Extra channels on this socket (other tabs).
@@ -250,6 +252,7 @@ impl Client {
             held: 0,
             held_peak: 0,
             oversized_at: None,
+            binary_at: None,
             freeze: false,
             tabs: Tabs::default(),
             heartbeats: BTreeMap::new(),
@@ -341,6 +344,7 @@ impl Client {
             self.joins_pending.clear();
             (self.held, self.held_peak) = (0, 0);
             self.oversized_at = None;
+            self.binary_at = None;
             self.tabs.reset();
             self.pending_leave = None;
             self.burst_at = None;
@@ -530,6 +534,12 @@ impl Client {
                         if code == videoroom::phoenix::CLOSE_POLICY_VIOLATION {
                             self.check_held_close();
                         }
+                        if code == videoroom::phoenix::CLOSE_UNSUPPORTED_DATA {
+                            self.oracles.reached("client: closed for a binary frame");
+                            self.oracles.check(self.binary_at.is_some(), || {
+                                format!("c{}: closed 1003 without having sent a binary frame", self.idx)
+                            });
+                        }
                         if code == videoroom::phoenix::CLOSE_TOO_BIG {
                             self.oracles.reached("client: closed for an oversized frame");
                             self.oracles.check(self.oversized_at.is_some(), || {
@@ -545,6 +555,10 @@ impl Client {
                     }
                     Some(WireFrame::Oversized(n)) => {
                         self.oracles.check(false, || format!("c{}: the server sent a frame of {n} bytes, over any limit", self.idx));
+                        return Step::Reconnect;
+                    }
+                    Some(WireFrame::Binary(_)) => {
+                        self.oracles.check(false, || format!("c{}: the server sent a binary frame", self.idx));
                         return Step::Reconnect;
                     }
                 },
@@ -666,6 +680,17 @@ impl Client {
             }
             "garbage" if self.chan.as_ref().is_some_and(Chan::live) && rt::rand::chance(0.3) => {
                 self.send_malformed(w).await
+            }
+            "garbage" if rt::rand::chance(0.1) => {
+                // A binary message (phoenix.js sends one only for ArrayBuffer payloads).
+                self.log("sends a binary frame");
+                self.binary_at = Some(self.next_ref);
+                w.send(&WireFrame::Binary(vec![
+                    0x42;
+                    1 + rt::rand::below(64) as usize
+                ]))
+                .await;
+                true
             }
             "garbage" => {
                 self.log("sends garbage");
@@ -1058,10 +1083,12 @@ impl Client {
                 .fail(format!("c{idx}: reply without ref: {text}"));
             return true;
         };
-        if let (Some(at), Ok(n)) = (self.oversized_at, r.parse::<u64>()) {
-            self.oracles.check(n <= at, || {
-                format!("c{idx}: reply to ref {n}, sent after its oversized frame: the connection should be closed")
-            });
+        for (at, what) in [(self.oversized_at, "oversized"), (self.binary_at, "binary")] {
+            if let (Some(at), Ok(n)) = (at, r.parse::<u64>()) {
+                self.oracles.check(n <= at, || {
+                    format!("c{idx}: reply to ref {n}, sent after its {what} frame: the connection should be closed")
+                });
+            }
         }
         match self.replies.get_mut(&r) {
             Some(n) => {
