@@ -74,6 +74,12 @@ skips=(--skip pinned_trace_summaries --skip exit_codes_distinguish_failures
   --skip network_faults_heal_during_chaos --skip restart_under_churn_floods_too
   --skip twenty_seeds_replay_bit_for_bit)
 
+# Pass 2 selects pass 1's survivors by name, and a name carries its line: both passes must see
+# the same tree. cargo-mutants copies the tree when each pass starts, so an edit made while pass
+# 1 runs would silently make pass 2 test other mutants (or none).
+tree_state() { git rev-parse HEAD; git diff HEAD -- src; }
+start_state="$(tree_state)"
+
 echo "==> pass 1: the simulation alone"
 "${sim_env[@]}" cargo mutants "${common[@]}" --profile sim --test-package videoroom-sim \
   --timeout 240 --build-timeout 900 -o "$out/sim" "${extra[@]}" \
@@ -81,6 +87,11 @@ echo "==> pass 1: the simulation alone"
 
 echo "==> pass 2: the rest of the suite (tokio) on what pass 1 missed"
 rm -rf "$out/tokio"
+if [ "$(tree_state)" != "$start_state" ]; then
+  echo "mutants.sh: src/ or HEAD changed while pass 1 ran; pass 2 would select other mutants." >&2
+  echo "mutants.sh: skipping pass 2 (re-run it on the tree pass 1 saw)." >&2
+  exit 1
+fi
 missed=()
 while IFS= read -r m; do
   missed+=(--re "^$(printf '%s' "$m" | sed 's/[][\.^$|?*+(){}]/\\&/g')\$")
