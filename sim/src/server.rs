@@ -138,43 +138,18 @@ async fn connection(
     let max_frame = app.limits.socket.max_frame_bytes;
     let read = async move {
         while let Some(f) = reader.next().await {
-            match f {
-                WireFrame::Text(t) => {
-                    let input = if t.len() > max_frame {
-                        WsIn::TooBig
-                    } else {
-                        WsIn::Text(t)
-                    };
-                    if in_tx.send(input).await.is_err() {
-                        break;
-                    }
-                }
+            let input = match f {
+                WireFrame::Text(t) if t.len() > max_frame => WsIn::TooBig,
+                WireFrame::Text(t) => WsIn::Text(t),
                 // Refused on its header, as tungstenite does: the body is never read.
-                WireFrame::Oversized(n) if n as usize > max_frame => {
-                    if in_tx.send(WsIn::TooBig).await.is_err() {
-                        break;
-                    }
-                }
-                WireFrame::Oversized(n) => {
-                    if in_tx
-                        .send(WsIn::Text("x".repeat(n as usize)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                WireFrame::Binary(b) => {
-                    let input = if b.len() > max_frame {
-                        WsIn::TooBig
-                    } else {
-                        WsIn::Binary(b)
-                    };
-                    if in_tx.send(input).await.is_err() {
-                        break;
-                    }
-                }
+                WireFrame::Oversized(n) if n as usize > max_frame => WsIn::TooBig,
+                WireFrame::Oversized(n) => WsIn::Text("x".repeat(n as usize)),
+                WireFrame::Binary(b) if b.len() > max_frame => WsIn::TooBig,
+                WireFrame::Binary(b) => WsIn::Binary(b),
                 WireFrame::Close(_) => break,
+            };
+            if in_tx.send(input).await.is_err() {
+                break;
             }
         }
     };

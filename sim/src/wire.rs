@@ -52,18 +52,7 @@ impl Reader {
     /// The next frame; `None` when the connection is gone or sends something that is not a
     /// frame.
     pub async fn next(&mut self) -> Option<WireFrame> {
-        while self.header.len() < HEADER {
-            let want = HEADER - self.header.len();
-            if self
-                .half
-                .read_buf(&mut (&mut self.header).limit(want))
-                .await
-                .ok()?
-                == 0
-            {
-                return None;
-            }
-        }
+        fill(&mut self.half, &mut self.header, HEADER).await?;
         let kind = self.header[0];
         let len = u32::from_be_bytes([
             self.header[1],
@@ -77,18 +66,7 @@ impl Reader {
         }
         let len = len as usize;
         self.body.reserve_exact(len - self.body.len().min(len));
-        while self.body.len() < len {
-            let want = len - self.body.len();
-            if self
-                .half
-                .read_buf(&mut (&mut self.body).limit(want))
-                .await
-                .ok()?
-                == 0
-            {
-                return None;
-            }
-        }
+        fill(&mut self.half, &mut self.body, len).await?;
         self.header.clear();
         let body = std::mem::take(&mut self.body);
         match kind {
@@ -100,6 +78,18 @@ impl Reader {
             _ => None,
         }
     }
+}
+
+/// Reads into `buf` until it holds `len` bytes, never past them; `None` when the stream ends
+/// or fails first. What was read stays in `buf`, so a cancelled call loses nothing.
+async fn fill(half: &mut ReadHalf<TcpStream>, buf: &mut Vec<u8>, len: usize) -> Option<()> {
+    while buf.len() < len {
+        let want = len - buf.len();
+        if half.read_buf(&mut buf.limit(want)).await.ok()? == 0 {
+            return None;
+        }
+    }
+    Some(())
 }
 
 impl Writer {

@@ -61,6 +61,24 @@ struct MLine {
     stop_answered: bool,
 }
 
+impl MLine {
+    /// A line as the client adds it: nothing offered or answered on it yet.
+    fn new(mid: String, kind: &'static str, dir: &'static str, track: Option<String>) -> Self {
+        MLine {
+            mid,
+            kind,
+            dir,
+            track,
+            refused: false,
+            revived: false,
+            mapped: false,
+            forged: false,
+            offered: "",
+            stop_answered: false,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Negotiator {
     mlines: Vec<MLine>,
@@ -212,18 +230,9 @@ impl Negotiator {
         self.next_track += 1;
         let kind = kind.as_str();
         let track = format!("{peer_id}:{kind}{}", self.next_track);
-        self.mlines.push(MLine {
-            mid: self.mlines.len().to_string(),
-            kind,
-            dir: "sendonly",
-            track: Some(track.clone()),
-            refused: false,
-            revived: false,
-            forged: false,
-            offered: "",
-            mapped: false,
-            stop_answered: false,
-        });
+        let mid = self.mlines.len().to_string();
+        self.mlines
+            .push(MLine::new(mid, kind, "sendonly", Some(track.clone())));
         track
     }
 
@@ -271,17 +280,10 @@ impl Negotiator {
             3 if own.is_some() => (own.unwrap_or_default(), "its own track on a second m-line"),
             _ => (format!("intruder:video{n}"), "a track of another stream"),
         };
+        let mid = self.mlines.len().to_string();
         self.mlines.push(MLine {
-            mid: self.mlines.len().to_string(),
-            kind: "video",
-            dir: "sendonly",
-            track: Some(track),
-            refused: false,
-            revived: false,
             forged: true,
-            offered: "",
-            mapped: false,
-            stop_answered: false,
+            ..MLine::new(mid, "video", "sendonly", Some(track))
         });
         what.to_string()
     }
@@ -408,18 +410,7 @@ impl Negotiator {
                 .count() as u64;
             for _ in have..want {
                 let mid = self.mlines.len().to_string();
-                self.mlines.push(MLine {
-                    mid,
-                    kind,
-                    dir: "recvonly",
-                    track: None,
-                    refused: false,
-                    revived: false,
-                    forged: false,
-                    offered: "",
-                    mapped: false,
-                    stop_answered: false,
-                });
+                self.mlines.push(MLine::new(mid, kind, "recvonly", None));
             }
         }
         self.asked = false;
@@ -480,6 +471,7 @@ impl Negotiator {
         match Sdp::parse(data["sdp"].as_str().unwrap_or("")) {
             Ok(sdp) => {
                 for m in &sdp.media {
+                    let mapped = map.get(&m.mid).and_then(Value::as_str);
                     let line = self.mlines.iter_mut().find(|l| l.mid == m.mid);
                     let misused = line.as_ref().is_some_and(|l| l.refused || l.revived);
                     if let Some(l) = line.as_ref().filter(|_| !self.foreign_offer) {
@@ -501,7 +493,6 @@ impl Negotiator {
                                 m.mid, m.direction, l.offered
                             )
                         });
-                        let mapped = map.get(&m.mid).and_then(Value::as_str);
                         // Its own track, within every limit: the server takes it (publishing
                         // is what a room is for).
                         if l.offered == "sendonly" && !l.forged && !l.revived {
@@ -517,17 +508,18 @@ impl Negotiator {
                                 },
                             );
                         }
-                        // A line the server gave a track carries it, unless the track is
-                        // gone: the server may tell that only after this answer (the client
-                        // erases a removed track by its mid), so it owes the removal then.
-                        // ... and never one the client knew was gone when it made the offer
-                        // (the server told it first, so it knew when it answered; a track
-                        // removed while the answer was being made is answered as it stood).
+                        // A line never carries a track the client knew was gone when it made
+                        // the offer (the server told it first, so it knew when it answered; a
+                        // track removed while the answer was being made is answered as it
+                        // stood).
                         if let Some(t) = mapped.filter(|_| m.direction == Direction::SendOnly) {
                             judge.check(!self.gone_at_offer.contains(t), || {
                                 format!("{who}: mid {} carries {t}, gone before the offer", m.mid)
                             });
                         }
+                        // A line the server gave a track carries it, unless the track is
+                        // gone: the server may tell that only after this answer (the client
+                        // erases a removed track by its mid), so it owes the removal then.
                         if let Some(t) = mapped.filter(|t| !self.gone.contains(*t)) {
                             if l.offered == "recvonly" && m.direction == Direction::Inactive {
                                 self.silenced.insert(t.to_string());
@@ -535,8 +527,7 @@ impl Negotiator {
                         }
                     }
                     if let Some(l) = line {
-                        l.mapped |= l.track.is_some()
-                            && map.get(&m.mid).and_then(Value::as_str) == l.track.as_deref();
+                        l.mapped |= l.track.is_some() && mapped == l.track.as_deref();
                         l.stop_answered |= l.dir == "inactive"
                             && l.offered == "inactive"
                             && l.mapped
