@@ -126,7 +126,7 @@ async fn connection(
             if let Some(rate) = downlink.filter(|_| n > 0) {
                 // The next write waits until this frame has drained.
                 let micros = n as u64 * 1_000_000 / rate.max(1);
-                tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+                videoroom::rt::time::sleep(std::time::Duration::from_micros(micros)).await;
             }
             queued.written(n);
             if !sent || close {

@@ -114,6 +114,7 @@ pub async fn run(
         by_id: BTreeMap::new(),
         by_pid: BTreeMap::new(),
     };
+    let mut timer = rt::time::Timer::new();
     loop {
         if !drive(&app, &mut ctx, &mut core, &mut chans, &transport) || core.is_closed() {
             core.close();
@@ -149,15 +150,8 @@ pub async fn run(
                     return ExitReason::Normal;
                 }
             },
-            _ = sleep_until(deadline) => core.handle_timeout(rt::time::now()),
+            _ = timer.until(deadline) => core.handle_timeout(rt::time::now()),
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<rt::time::Instant>) {
-    match deadline {
-        Some(d) => rt::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::rt::probe::{self, Event, RegId, ReleaseBy};
-use crate::rt::{self, Addr, Ctx, ExitReason, Pid, System};
+use crate::rt::{self, Addr, Counted, Ctx, ExitReason, Pid, System};
 use names::{Names, Refused};
 
 /// Why a registration was refused.
@@ -59,7 +59,7 @@ pub enum JoinError {
 /// Names → processes accepting `M`. Cheap to clone; clones share the table.
 pub struct Registry<M> {
     sys: System,
-    names: Arc<Mutex<Names<Addr<M>>>>,
+    names: Arc<Mutex<Counted<Names<Addr<M>>>>>,
     /// Most names held at once; a registration of a new name beyond it is refused.
     max_names: usize,
     /// Names this registry in probe events.
@@ -95,7 +95,7 @@ impl<M: Send + 'static> Registry<M> {
     pub fn bounded(sys: &System, max_names: usize) -> Self {
         Registry {
             sys: sys.clone(),
-            names: Arc::new(Mutex::new(Names::default())),
+            names: Arc::new(Mutex::new(Counted::default())),
             max_names,
             id: probe::next_reg(),
         }
@@ -111,7 +111,12 @@ impl<M: Send + 'static> Registry<M> {
         self.len() == 0
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Names<Addr<M>>> {
+    /// A count that moves whenever the names may have changed (see [`Counted`]).
+    pub fn changes(&self) -> u64 {
+        self.lock().changes()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Counted<Names<Addr<M>>>> {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -50,6 +50,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     tracing::debug!(room = %name, pid = %ctx.pid(), "room started");
     let (sys, me) = (ctx.system().id(), ctx.pid());
     probe::emit(Event::RoomStarted { sys, pid: me });
+    let mut timer = rt::time::Timer::new();
     loop {
         // Checked before waiting, so a busy mailbox cannot put a drop or the stop off.
         let now = rt::time::now();
@@ -60,15 +61,10 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
         if core.is_stopped() {
             break;
         }
-        let received = match core.poll_timeout() {
-            Some(deadline) => {
-                let wait = deadline.saturating_duration_since(rt::time::now());
-                match rt::time::timeout(wait, ctx.recv()).await {
-                    Some(r) => r,
-                    None => continue,
-                }
-            }
-            None => ctx.recv().await,
+        let received = tokio::select! {
+            biased;
+            r = ctx.recv() => r,
+            _ = timer.until(core.poll_timeout()) => continue,
         };
         let steps = match received {
             Received::Msg(RoomMsg::AddPeerChannel {

@@ -10,6 +10,7 @@
 //! per [`System`] (never from process-global counters), and maps that can reach an output are
 //! `BTreeMap`s.
 
+mod counted;
 mod mailbox;
 pub mod probe;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod tests;
 pub mod time;
 pub mod watch;
 
+pub use counted::Counted;
 pub use mailbox::{Addr, Received, SendError};
 pub use process::{Ctx, Down, ExitReason, MonitorRef, Pid, Prepared, System};
 

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
+use super::counted::Counted;
 use super::mailbox::{mailbox, Addr, Blocked, DownSink, Inbox, Received};
 use super::probe::{self, Event, SysId};
 
@@ -109,7 +110,7 @@ struct Kernel {
 /// One node's process table. Cheap to clone; all clones share it.
 #[derive(Clone)]
 pub struct System {
-    kernel: Arc<Mutex<Kernel>>,
+    kernel: Arc<Mutex<Counted<Kernel>>>,
     /// Senders waiting for room in one of this table's mailboxes.
     blocked: Blocked,
     /// Names this table in probe events (per world).
@@ -144,7 +145,12 @@ impl System {
         self.id
     }
 
-    fn lock(&self) -> MutexGuard<'_, Kernel> {
+    /// A count that moves whenever the table may have changed (see [`Counted`]).
+    pub fn changes(&self) -> u64 {
+        self.lock().changes()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counted<Kernel>> {
         // A panic under this lock is a bug in this module, not in a process; keep going so the
         // crash boundary can still report it.
         self.kernel.lock().unwrap_or_else(|e| e.into_inner())

@@ -500,6 +500,7 @@ impl Client {
         let mut heartbeat = time::now() + Duration::from_millis(500);
         let mut pending_heartbeat: Option<String> = None;
         let mut action = time::now() + self.swarm.action_gap();
+        let mut timer = time::Timer::new();
         loop {
             let phase = *self.phase.borrow();
             if phase == Phase::Teardown {
@@ -562,7 +563,7 @@ impl Client {
                         return Step::Reconnect;
                     }
                 },
-                _ = time::sleep_until(deadline) => {
+                _ = timer.until(Some(deadline)) => {
                     let now = time::now();
                     if now >= heartbeat {
                         heartbeat = now + Duration::from_millis(500);
