@@ -111,13 +111,19 @@ fn server_restarts_under_churn_converge() {
 }
 
 /// Joined clients that never connect are dropped after the grace with a reason (the client-side
-/// oracle checks who, when and why), and the clients they kept out get in.
+/// oracle checks who, when and why), and the clients they kept out get in. Squatters sometimes
+/// leave before their grace ends and join again while the others wait (the room must forget a
+/// peer that left; a wake for it is a never-event), so not every squatter holds a slot to the
+/// end: every drop the server makes must reach its client, and the convergence check holds
+/// that no squatter still has a slot.
 #[test]
 fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
     let v = campaign(&["--scenario", "squatters", "--seeds", "50", "--from", "0"]);
     assert_eq!(v["failing"], Value::Array(vec![]));
-    assert_eq!(v["coverage"]["client: dropped with a reason"], 150);
-    assert_eq!(v["coverage"]["PeerDroppedNoConnect"], 150);
+    let drops = v["coverage"]["PeerDroppedNoConnect"].as_u64().unwrap_or(0);
+    assert!(drops > 0, "no squatter was dropped");
+    assert_eq!(v["coverage"]["client: dropped with a reason"], drops);
+    assert!(v["coverage"]["client: squatter left before its grace"].as_u64() > Some(0));
 }
 
 /// Never more rooms than the limit, under crashes and churn (a safety oracle), and clients
