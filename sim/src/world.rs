@@ -475,12 +475,16 @@ type Audited = Option<(videoroom::rt::probe::SysId, u64, u64)>;
 /// Server-side safety: at most one live room per name; no name on a dead process; never more
 /// rooms than the limit.
 fn check_server(app: &CurrentApp, oracles: &Oracles, audited: &mut Audited) {
-    let Some(app) = current(app) else { return };
-    let now = Some((app.sys.id(), app.sys.changes(), app.rooms.changes()));
+    let now = {
+        let guard = app.lock().unwrap();
+        let Some(app) = guard.as_ref() else { return };
+        Some((app.sys.id(), app.sys.changes(), app.rooms.changes()))
+    };
     if *audited == now {
         return;
     }
     *audited = now;
+    let Some(app) = current(app) else { return };
     // The process table's own bookkeeping (monitors held on both ends, none on the dead).
     for bad in app.sys.audit() {
         oracles.fail(format!("process table: {bad}"));
