@@ -5,6 +5,11 @@
 // the speaking marker lights up, and after one leaves the other loses its tile and list entry;
 // a third page then joins in the leaver's place and plays on the m-lines the server recycled.
 //
+// "Stop camera" stops the camera track (the camera light goes off) and "Start camera" swaps a new
+// one onto the same sender, after which the other side decodes video again. A page whose camera
+// is denied joins with its microphone only (and says so), and the other side hears it and shows
+// "no camera"; a page denied both joins with neither, and the other side shows "no camera · no mic".
+//
 // Usage: node tests/e2e/room.mjs <base url> <screenshot.png>
 // With E2E_ROOM_LIMIT=2 (the server's peers-per-room limit) a third page checks that a full
 // room is refused with a clear message in the lobby. With E2E_CONTROL=1 the script asks its
@@ -17,19 +22,15 @@
 // Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
 
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { STEP_MS, expectAccessible, joinRoom, launchChromium, log, waitFor } from "./lib.mjs";
 
 const [base, screenshotPath] = process.argv.slice(2);
 if (!base || !screenshotPath) {
   console.error("usage: node room.mjs <base url> <screenshot.png>");
   process.exit(2);
 }
-const executablePath = process.env.VIDEOROOM_CHROMIUM || "/usr/bin/chromium";
 const ROOM = `e2e-${Date.now().toString(36)}`;
 const ROOM_LIMIT = Number(process.env.E2E_ROOM_LIMIT || 0);
-const STEP_MS = 30_000;
-
-const log = (...a) => console.log("[e2e]", ...a);
 
 const stdinLines = [];
 let stdinWaiter = null;
@@ -51,35 +52,7 @@ async function readLine(timeoutMs = STEP_MS) {
   return stdinLines.shift();
 }
 
-async function waitFor(what, fn, timeoutMs = STEP_MS, everyMs = 250) {
-  const until = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last && last.ok) return last;
-    } catch (e) {
-      last = { error: String(e) };
-    }
-    if (Date.now() > until) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last)}`);
-    }
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-async function join(page, name) {
-  await page.goto(base);
-  await page.fill("#room-name", ROOM);
-  await page.fill("#display-name", name);
-  await page.click("#join");
-  await page.waitForSelector("#room:not([hidden])", { timeout: STEP_MS });
-  await waitFor(`${name} joined`, async () => {
-    const s = await page.evaluate(() => window.__videoroom.state());
-    return { ok: s.phase === "joined" && !!s.selfId, s };
-  });
-  log(`${name} joined room ${ROOM}`);
-}
+const join = (page, name) => joinRoom(page, base, ROOM, name);
 
 const listNames = (page) =>
   page.$$eval("#participants li .name", (els) => els.map((e) => e.textContent));
@@ -116,6 +89,35 @@ async function expectMediaFlowing(page, who) {
   }, 45_000);
 }
 
+/** Samples the inbound stats twice and requires audio energy to grow (video not needed). */
+async function expectAudioFlowing(page, who) {
+  return waitFor(`${who} hearing remote audio`, async () => {
+    const a = await stats(page);
+    await new Promise((r) => setTimeout(r, 1000));
+    const b = await stats(page);
+    const r = {
+      audioEnergyDelta: sum(b, "audio", "totalAudioEnergy") - sum(a, "audio", "totalAudioEnergy"),
+      audioPacketsDelta: sum(b, "audio", "packetsReceived") - sum(a, "audio", "packetsReceived"),
+    };
+    r.ok = r.audioEnergyDelta > 0 && r.audioPacketsDelta > 0;
+    return r;
+  }, 45_000);
+}
+
+/** The camera's state on `page`: its sender's track and the local stream's video track. */
+const localCamera = (page) => page.evaluate(() => {
+  const pc = window.__videoroom.peerConnection();
+  const sender = pc && pc.getSenders().find((s) => s.track && s.track.kind === "video");
+  return { sender: sender ? sender.track.readyState : null, local: window.__videoroom.localVideoState() };
+});
+
+/** The text of the "no camera" / "no mic" marker on `name`'s tile on `page` ("" when none). */
+const devicesMarker = (page, name) => page.evaluate((n) => {
+  const t = [...document.querySelectorAll(".tile:not(.local)")].find((x) => x.title === n);
+  const d = t && t.querySelector(".devices");
+  return t ? (d.hidden ? "" : d.textContent) : null;
+}, name);
+
 async function peerView(page, name) {
   const s = await page.evaluate(() => window.__videoroom.state());
   return (s.peers || []).find((p) => p.name === name);
@@ -123,32 +125,28 @@ async function peerView(page, name) {
 
 const result = { room: ROOM };
 const consoleLines = [];
+// Console errors and uncaught exceptions on the pages (not the deliberately offline one).
+const pageErrors = [];
+function watchConsole(page, name) {
+  page.on("console", (m) => {
+    consoleLines.push(`${name} console.${m.type()}: ${m.text()}`);
+    if (m.type() === "error") pageErrors.push(`${name}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => {
+    consoleLines.push(`${name} pageerror: ${e.message}`);
+    pageErrors.push(`${name}: ${e.message}`);
+  });
+}
 let browser;
 try {
-  browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: [
-      "--headless=new",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-device-for-media-stream",
-      "--use-fake-ui-for-media-stream",
-      "--allow-loopback-in-peer-connection",
-    ],
-  });
+  browser = await launchChromium();
   result.browser = browser.version();
   log(`chromium ${result.browser}`);
   const pages = {};
   for (const name of ["Alice", "Bob", "Carol"]) {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 720 } });
     const page = await ctx.newPage();
-    page.on("console", (m) => consoleLines.push(`${name} console.${m.type()}: ${m.text()}`));
-    page.on("pageerror", (e) => consoleLines.push(`${name} pageerror: ${e.message}`));
+    watchConsole(page, name);
     pages[name] = page;
   }
   const { Alice: alice, Bob: bob, Carol: carol } = pages;
@@ -265,15 +263,28 @@ try {
     return { ok: !!p && p.audioActive === false && p.videoActive === false && tileOff &&
       /muted/.test(entry) && /camera off/.test(entry), p, entry };
   });
+  await expectAccessible(bob, "the room with a muted peer, camera off");
   const mutedShot = screenshotPath.replace(/\.png$/, "") + "-muted.png";
   await bob.screenshot({ path: mutedShot });
   log(`screenshot (Bob's page, Alice muted, camera off): ${mutedShot}`);
+  // Stop camera stops the track (the camera light goes off), not just sends black frames.
+  result.cameraStopped = await waitFor("Alice's camera track to be stopped", async () => {
+    const c = await localCamera(alice);
+    return { ok: c.sender === "ended" && c.local === "ended", ...c };
+  });
+  log("after Stop camera:", JSON.stringify(result.cameraStopped));
   await alice.click("#toggle-mic");
   await alice.click("#toggle-camera");
   await waitFor("Bob to see Alice unmuted with the camera on", async () => {
     const p = await peerView(bob, "Alice");
     return { ok: !!p && p.audioActive === true && p.videoActive === true, p };
   });
+  result.cameraRestarted = await waitFor("Alice's new camera track on the same sender", async () => {
+    const c = await localCamera(alice);
+    return { ok: c.sender === "live" && c.local === "live", ...c };
+  });
+  result.afterCameraRestart = await expectMediaFlowing(bob, "Bob (Alice's camera restarted)");
+  log("after Start camera, Bob receives:", JSON.stringify(result.afterCameraRestart));
   log("mute and camera toggles show on the other side");
 
   if (process.env.E2E_CONTROL === "1") {
@@ -357,23 +368,71 @@ try {
   await carol.click("#leave");
   await carol.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
 
-  // Error states a person must be told about.
+  // Camera denied, microphone allowed: Frank joins with his microphone only and is told so;
+  // Alice hears him and sees "no camera" on his tile.
+  const audioOnly = await (await browser.newContext()).newPage();
+  watchConsole(audioOnly, "Frank");
+  await audioOnly.addInitScript(() => {
+    const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    navigator.mediaDevices.getUserMedia = (c) => c && c.video
+      ? Promise.reject(new DOMException("Permission denied", "NotAllowedError"))
+      : real(c);
+  });
+  await join(audioOnly, "Frank");
+  result.audioOnly = await waitFor("Frank told he joined with his microphone only", async () => {
+    const text = await audioOnly.textContent("#media-notice-text");
+    const focused = await audioOnly.evaluate(() => document.activeElement && document.activeElement.id);
+    const mic = await audioOnly.isEnabled("#toggle-mic");
+    const cam = await audioOnly.isDisabled("#toggle-camera");
+    return { ok: /^Camera unavailable: you joined with your microphone only/.test(text) &&
+      (await audioOnly.isVisible("#media-notice")) && focused === "media-notice" && mic && cam, text, focused, mic, cam };
+  });
+  log(`camera denied, microphone allowed: "${result.audioOnly.text}"`);
+  result.audioOnlyMarker = await waitFor("Alice to show Frank has no camera", async () => {
+    const marker = await devicesMarker(alice, "Frank");
+    const p = await peerView(alice, "Frank");
+    return { ok: marker === "no camera" && !!p && p.hasCamera === false && p.hasMic === true, marker };
+  });
+  result.audioOnlyHeard = await expectAudioFlowing(alice, "Alice (hearing Frank)");
+  log("Alice hears Frank:", JSON.stringify(result.audioOnlyHeard));
+  // The notice, the disabled camera button and the tiles pass axe-core too.
+  await expectAccessible(audioOnly, "the room joined with the microphone only");
+  // "Try again" asks for the devices again (a fresh join); the camera is still denied.
+  const firstId = await audioOnly.evaluate(() => window.__videoroom.state().selfId);
+  await audioOnly.click("#retry-media");
+  await waitFor("Frank to rejoin after Try again, still told about the camera", async () => {
+    const s = await audioOnly.evaluate(() => window.__videoroom.state());
+    const text = await audioOnly.textContent("#media-notice-text");
+    return { ok: s.phase === "joined" && !!s.selfId && s.selfId !== firstId && /^Camera unavailable/.test(text) &&
+      (await audioOnly.isVisible("#media-notice")), phase: s.phase, text };
+  });
+  log("Try again rejoins and still says the camera is unavailable");
+  await audioOnly.click("#leave");
+  await audioOnly.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
+
+  // Both denied: Dave joins with neither, is told so, and Alice shows that on his tile.
   const denied = await (await browser.newContext()).newPage();
+  watchConsole(denied, "Dave");
   await denied.addInitScript(() => {
     navigator.mediaDevices.getUserMedia = () =>
       Promise.reject(new DOMException("Permission denied", "NotAllowedError"));
   });
-  await denied.goto(base);
-  await denied.fill("#room-name", ROOM);
-  await denied.fill("#display-name", "Dave");
-  await denied.click("#join");
-  await waitFor("Dave told the camera was denied", async () => {
-    const text = await denied.textContent("#lobby-error-text");
-    return { ok: /denied/.test(text) && (await denied.isVisible("#join-without-media")), text };
+  await join(denied, "Dave");
+  await waitFor("Dave told he joined without camera and microphone", async () => {
+    const text = await denied.textContent("#media-notice-text");
+    return { ok: /^Camera and microphone unavailable/.test(text) && /denied/.test(text), text };
   });
-  result.cameraDenied = await denied.textContent("#lobby-error-text");
-  log(`camera denied: "${result.cameraDenied}"`);
+  result.cameraDenied = await denied.textContent("#media-notice-text");
+  log(`camera and microphone denied: "${result.cameraDenied}"`);
+  result.deniedMarker = await waitFor("Alice to show Dave has no camera and no mic", async () => {
+    const marker = await devicesMarker(alice, "Dave");
+    return { ok: marker === "no camera · no mic", marker };
+  });
+  await alice.screenshot({ path: screenshotPath.replace(/\.png$/, "") + "-no-devices.png" });
+  await denied.click("#leave");
+  await denied.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
 
+  // Error states a person must be told about.
   const offline = await (await browser.newContext()).newPage();
   await offline.addInitScript(() => {
     // Every WebSocket goes to a closed port: the server looks unreachable.
@@ -394,6 +453,7 @@ try {
     return { ok: /Cannot reach the server/.test(text), text };
   });
   result.unreachable = await offline.textContent("#banner");
+  if (pageErrors.length) throw new Error(`errors on the pages: ${JSON.stringify(pageErrors)}`);
   log(`server unreachable: "${result.unreachable}"`);
   await offline.click("#leave");
   await offline.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });

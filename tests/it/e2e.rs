@@ -4,9 +4,17 @@
 //! media flowing again after the room process crashes (phoenix rejoins, the page reconnects), and
 //! sees the other's tile go when it leaves; a third page is told the room is full, then takes
 //! the leaver's place and plays on the m-lines the server recycled; and the camera-denied and
-//! server-unreachable states show. The browser side is `tests/e2e/room.mjs`
-//! (playwright-core driving Debian's /usr/bin/chromium); `scripts/setup-chromium.sh` installs
-//! both. A screenshot of the room lands in the target dir (`e2e-room.png`).
+//! server-unreachable states show. "Stop camera" stops the camera track and "Start camera" brings
+//! video back without a rejoin; a page without a camera joins with its microphone only, one with
+//! neither joins anyway, and the others see which devices they lack. The browser side is
+//! `tests/e2e/room.mjs` (playwright-core driving Debian's /usr/bin/chromium);
+//! `scripts/setup-chromium.sh` installs both. A screenshot of the room lands in the target dir
+//! (`e2e-room.png`).
+//!
+//! A second run (`tests/e2e/layout.mjs`) checks the tile layout with 1 to 3 people at desktop and
+//! phone sizes from the tiles' bounding boxes, pinning a tile, the invite link, and axe-core
+//! accessibility checks of the lobby and the room; its screenshots (`e2e-layout-*.png`) land in
+//! the target dir too.
 #![cfg(feature = "media-webrtc")]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,17 +44,20 @@ fn check_browser_setup(root: &Path) -> PathBuf {
     let chromium = std::env::var_os("VIDEOROOM_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    let driver = root.join("tests/e2e/node_modules/playwright-core/package.json");
     let mut missing = Vec::new();
     if !chromium.is_file() {
         missing.push(format!("Chromium ({})", chromium.display()));
     }
-    if !driver.is_file() {
-        missing.push("playwright-core (tests/e2e/node_modules)".to_owned());
+    for package in ["playwright-core", "axe-core"] {
+        let manifest = root.join(format!("tests/e2e/node_modules/{package}/package.json"));
+        if !manifest.is_file() {
+            missing.push(format!("{package} (tests/e2e/node_modules)"));
+        }
     }
     assert!(
         missing.is_empty(),
-        "the browser end-to-end test needs {}: run scripts/setup-chromium.sh",
+        "the browser end-to-end test needs {}: run scripts/setup-chromium.sh \
+         (or `npm ci` in tests/e2e when only axe-core is missing)",
         missing.join(" and ")
     );
     chromium
@@ -73,8 +84,8 @@ fn two_browsers_see_and_hear_each_other() {
         &root,
         &chromium,
         &srv,
-        &base,
-        &shot,
+        "room.mjs",
+        &[&base, shot.to_str().expect("utf-8 path")],
         &[
             ("E2E_ROOM_LIMIT", ROOM_LIMIT.to_string()),
             ("E2E_CONTROL", "1".to_owned()),
@@ -97,6 +108,22 @@ fn two_browsers_see_and_hear_each_other() {
     for key in ["roomFull", "cameraDenied", "unreachable"] {
         assert!(result[key].is_string(), "no {key} check in {result}");
     }
+    // Stop camera ends the track; Start camera brings video back on the same sender.
+    assert_eq!(result["cameraStopped"]["sender"], "ended", "{result}");
+    let again = &result["afterCameraRestart"];
+    let frames = again["framesDecodedDelta"].as_f64().unwrap_or(0.0);
+    assert!(frames > 5.0, "no video after Start camera: {again}");
+    // Camera denied: the microphone alone joins and is heard; the others see what is missing.
+    let heard = &result["audioOnlyHeard"];
+    assert!(
+        heard["audioEnergyDelta"].as_f64().unwrap_or(0.0) > 0.0,
+        "the audio-only peer is not heard: {heard}"
+    );
+    assert_eq!(result["audioOnlyMarker"]["marker"], "no camera", "{result}");
+    assert_eq!(
+        result["deniedMarker"]["marker"], "no camera \u{b7} no mic",
+        "{result}"
+    );
     assert_eq!(result["afterLeave"], serde_json::json!(["Alice (you)"]));
     // Carol in Bob's place: Alice decodes her on the recycled m-lines, which did not grow.
     let recycled = &result["recycled"];
@@ -129,20 +156,19 @@ fn two_browsers_see_and_hear_each_other() {
     println!("screenshot: {}", shot.display());
 }
 
-/// Runs `tests/e2e/room.mjs` against `srv` with `envs`, crashing a room when it asks; returns
-/// its `E2E_RESULT` and its output. Panics with the output if it fails or overruns.
+/// Runs `tests/e2e/<script>` with `args` against `srv` with `envs`, crashing a room when it
+/// asks; returns its `E2E_RESULT` and its output. Panics with the output if it fails or overruns.
 fn run_script(
     root: &Path,
     chromium: &Path,
     srv: &TestServer,
-    base: &str,
-    shot: &Path,
+    script: &str,
+    args: &[&str],
     envs: &[(&str, String)],
 ) -> (Value, String) {
     let mut child = Command::new("node")
-        .arg(root.join("tests/e2e/room.mjs"))
-        .arg(base)
-        .arg(shot)
+        .arg(root.join("tests/e2e").join(script))
+        .args(args)
         .env("VIDEOROOM_CHROMIUM", chromium)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(root.join("tests/e2e"))
@@ -151,7 +177,7 @@ fn run_script(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!("cannot start `node tests/e2e/room.mjs`: {e}; install Node.js >= 20")
+            panic!("cannot start `node tests/e2e/{script}`: {e}; install Node.js >= 20")
         });
     let mut stdin = child.stdin.take().expect("stdin");
     let stdout = child.stdout.take().expect("stdout");
@@ -243,12 +269,59 @@ fn a_token_link_joins_and_a_bare_link_is_told_why_not() {
         &root,
         &chromium,
         &srv,
-        &base,
-        &shot,
+        "room.mjs",
+        &[&base, shot.to_str().expect("utf-8 path")],
         &[("E2E_TOKEN_LINK", format!("?room={room}&token={token}"))],
     );
     assert_eq!(result["tokenRoom"], room, "{out}");
     assert_eq!(result["tokenInAddressBar"], true, "{out}");
     let refused = result["bareLink"].as_str().unwrap_or_default();
     assert!(refused.contains("a join token is required"), "{out}");
+}
+
+/// Three people at 1280x800, 1024x768, 390x844 and 844x390 (and one and two before them): the
+/// tiles fill the stage without overlapping and every name stays readable; pinning a tile by
+/// click, Enter or Space enlarges it; the lobby and the room pass axe-core (no serious or critical
+/// violations); alone in the room the invite link is shown and copied. The server has its default
+/// peer limit, so three fit (the main test keeps a limit of two for its room-full check).
+#[test]
+fn the_layout_fills_the_stage_and_the_pages_are_accessible() {
+    let root = repo_root();
+    let chromium = check_browser_setup(&root);
+    let _serial = crate::support::MEDIA_EXCLUSIVE.blocking_lock();
+    let srv = TestServer::start_with(|c| {
+        c.media = MediaConfig {
+            real: true,
+            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ..MediaConfig::default()
+        };
+    });
+    let base = format!("http://{}/", srv.addr());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let sizes = ["1280x800", "1024x768", "390x844", "844x390"];
+    let shots: Vec<PathBuf> = sizes
+        .iter()
+        .map(|s| dir.join(format!("e2e-layout-3p-{s}.png")))
+        .collect();
+    for shot in &shots {
+        let _ = std::fs::remove_file(shot);
+    }
+    let (result, out) = run_script(
+        &root,
+        &chromium,
+        &srv,
+        "layout.mjs",
+        &[&base, dir.to_str().expect("utf-8 path")],
+        &[],
+    );
+    for n in 1..=3 {
+        for size in sizes {
+            let layout = &result["layouts"][format!("{n}p-{size}")];
+            assert_eq!(layout["ok"], true, "{n} people at {size}: {layout}\n{out}");
+        }
+    }
+    for shot in &shots {
+        assert!(shot.is_file(), "no screenshot at {}", shot.display());
+        println!("screenshot: {}", shot.display());
+    }
 }

@@ -18,6 +18,12 @@ const STORE_ROOM = "videoroom.lastRoom";
 const SPEAKING_LEVEL = 0.02;
 const SPEAKING_HOLD_MS = 400;
 const METER_EVERY_MS = 80;
+// Tiles are laid out in JS (not CSS auto rows) so that they fill the stage without overlapping.
+const TILE_ASPECT = 16 / 9;
+const TILE_GAP = 8;
+const VIDEO_CONSTRAINTS = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+// getUserMedia errors after which asking for each device on its own may still get the other.
+const RETRY_DEVICES_ALONE = new Set(["NotAllowedError", "NotFoundError", "NotReadableError", "OverconstrainedError"]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -92,6 +98,15 @@ function showLobby(error, offerWithoutMedia = false) {
   box.hidden = !error;
   $("lobby-error-text").textContent = error || "";
   $("join-without-media").hidden = !offerWithoutMedia;
+  // Keyboard and screen-reader users land where they can act next.
+  if (offerWithoutMedia) $("join-without-media").focus();
+  else if (error) $("lobby-error-text").focus();
+  else focusFirstLobbyField();
+}
+
+function focusFirstLobbyField() {
+  if ($("room-name").value && !$("display-name").value) $("display-name").focus();
+  else $("room-name").focus();
 }
 
 function fieldError(inputId, message) {
@@ -128,39 +143,66 @@ function initLobby() {
   for (const id of ["room-name", "display-name"]) {
     $(id).addEventListener("input", () => fieldError(id, null));
   }
-  if ($("room-name").value && !$("display-name").value) $("display-name").focus();
-  else $("room-name").focus();
+  focusFirstLobbyField();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Media helpers
 
 function mediaErrorText(err) {
+  if (!navigator.mediaDevices) {
+    return "This page cannot use the camera: open it over https or on localhost.";
+  }
+  return `Cannot open the camera or microphone: ${err && err.message ? err.message : err}`;
+}
+
+/** Why one device could not be opened, in words a person can act on. */
+function deviceReason(err) {
   switch (err && err.name) {
     case "NotAllowedError":
     case "SecurityError":
-      return "Camera and microphone access was denied. Allow it in the browser's site settings and join again, or join without them.";
+      return "Access was denied: allow it in the browser's site settings, then press Try again.";
     case "NotFoundError":
     case "OverconstrainedError":
-      return "No camera or microphone was found.";
+      return "None was found.";
     case "NotReadableError":
-      return "The camera or microphone is in use by another program.";
+      return "It is in use by another program.";
     default:
-      if (!navigator.mediaDevices) {
-        return "This page cannot use the camera: open it over https or on localhost.";
-      }
-      return `Cannot open the camera or microphone: ${err && err.message ? err.message : err}`;
+      return err && err.message ? err.message : String(err);
   }
 }
 
+/**
+ * Opens the camera and the microphone. When asking for both fails, asks for each on its own, so
+ * a denied camera does not cost the microphone. Returns `{stream, cameraError, micError}`
+ * (`stream` null when neither opened); throws only when getUserMedia cannot be used at all.
+ */
 async function openLocalMedia() {
-  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+  const media = navigator.mediaDevices;
+  if (!media || !media.getUserMedia) {
     throw Object.assign(new Error("getUserMedia unavailable"), { name: "Unavailable" });
   }
-  return navigator.mediaDevices.getUserMedia({
-    audio: true,
-    video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } },
-  });
+  try {
+    const stream = await media.getUserMedia({ audio: true, video: VIDEO_CONSTRAINTS });
+    return { stream, cameraError: null, micError: null };
+  } catch (err) {
+    if (!RETRY_DEVICES_ALONE.has(err && err.name)) throw err;
+  }
+  // One after the other: a browser shows one permission prompt at a time.
+  const mic = await media.getUserMedia({ audio: true }).then((s) => [s, null], (e) => [null, e]);
+  const cam = await media.getUserMedia({ video: VIDEO_CONSTRAINTS }).then((s) => [s, null], (e) => [null, e]);
+  const tracks = [mic[0], cam[0]].filter(Boolean).flatMap((s) => s.getTracks());
+  return { stream: tracks.length ? new MediaStream(tracks) : null, cameraError: cam[1], micError: mic[1] };
+}
+
+/** The notice for a join that lacks a device (null when both opened). */
+function missingDeviceText({ cameraError, micError }) {
+  if (cameraError && micError) {
+    return `Camera and microphone unavailable: you joined without them, so the others can neither see nor hear you. ${deviceReason(cameraError)}`;
+  }
+  if (cameraError) return `Camera unavailable: you joined with your microphone only. ${deviceReason(cameraError)}`;
+  if (micError) return `Microphone unavailable: you joined with your camera only. ${deviceReason(micError)}`;
+  return null;
 }
 
 /** Samples a track's loudness with WebAudio; `level()` is the RMS of the last window (0..1). */
@@ -199,6 +241,10 @@ function makeTile(id, name, local) {
   const tile = document.createElement("div");
   tile.className = `tile no-video${local ? " local" : ""}`;
   tile.dataset.peerId = id;
+  // A tile is a toggle button: it pins that person large (see RoomSession.togglePin).
+  tile.tabIndex = 0;
+  tile.setAttribute("role", "button");
+  tile.setAttribute("aria-pressed", "false");
   const video = document.createElement("video");
   video.autoplay = true;
   video.playsInline = true;
@@ -207,36 +253,130 @@ function makeTile(id, name, local) {
   audio.autoplay = true;
   const avatar = document.createElement("div");
   avatar.className = "avatar";
+  avatar.setAttribute("aria-hidden", "true"); // the initials only repeat the name
+  const devices = document.createElement("div");
+  devices.className = "devices";
+  // The name shrinks (ellipsis); "(you)" and "muted" never do, so they stay readable.
   const label = document.createElement("div");
   label.className = "label";
-  tile.append(video, audio, avatar, label);
+  label.innerHTML = '<span class="name"></span> <span class="you">(you)</span> <span class="badge">muted</span>';
+  label.querySelector(".you").hidden = !local;
+  // The space keeps the label's and the marker's words apart in the tile's text.
+  tile.append(video, audio, avatar, label, " ", devices);
   const entry = document.createElement("li");
   entry.dataset.peerId = id;
-  entry.innerHTML = '<span class="dot"></span><span class="who"><span class="name"></span><span class="flags"></span></span>';
-  return { id, name, local, tile, video, audio, avatar, label, entry };
+  entry.innerHTML = '<span class="dot"></span><span class="who"><span class="name"><span class="text"></span></span><span class="flags"></span></span>';
+  // As on the tile, a long name is ellipsised but "(you)" is not.
+  if (local) entry.querySelector(".name").insertAdjacentHTML("beforeend", '<span class="you"> (you)</span>');
+  return { id, name, local, tile, video, audio, avatar, devices, label, entry };
+}
+
+/** Devices a peer has none of ("no camera", "no mic"): from its endpoint metadata. */
+function missingDevices(p) {
+  const missing = [];
+  if (p.hasCamera === false) missing.push("no camera");
+  if (p.hasMic === false) missing.push("no mic");
+  return missing;
 }
 
 function renderPeer(p) {
   const you = p.local ? " (you)" : "";
-  p.avatar.textContent = initials(p.name);
-  p.label.textContent = p.name + you;
+  // Drawn by CSS (::before), so the tile's text is what its aria-label starts with.
+  p.avatar.dataset.initials = initials(p.name);
+  const nameEl = p.label.querySelector(".name");
+  nameEl.textContent = p.name;
+  nameEl.title = p.name;
   const micOff = p.audioActive === false;
   const camOff = p.videoActive === false || !p.hasVideo;
   p.tile.classList.toggle("no-video", camOff);
-  if (micOff) {
-    const badge = document.createElement("span");
-    badge.className = "badge";
-    badge.textContent = "muted";
-    p.label.append(badge);
-  }
-  p.entry.querySelector(".name").textContent = p.name + you;
-  const flags = [];
+  p.label.querySelector(".badge").hidden = !micOff;
+  const missing = missingDevices(p);
+  p.devices.textContent = missing.join(" · ");
+  p.devices.hidden = missing.length === 0;
+  p.entry.querySelector(".name .text").textContent = p.name;
+  const flags = [...missing];
   if (micOff) flags.push("muted");
   if (p.videoActive === false) flags.push("camera off");
   const flagsEl = p.entry.querySelector(".flags");
   flagsEl.textContent = flags.join(", ");
   flagsEl.hidden = flags.length === 0;
   p.tile.title = p.name;
+  // The visible text first, in order (so speech input can say what it sees), then "camera off",
+  // which only the avatar shows. Whether it is pinned is the button's aria-pressed.
+  const said = [p.name + you + (micOff ? " muted" : ""), missing.join(" · ")];
+  if (p.videoActive === false && p.hasCamera !== false) said.push("camera off");
+  p.tile.setAttribute("aria-label", said.filter(Boolean).join(", "));
+}
+
+/** Columns, rows and tile size that give n tiles of 16:9 the most area in a w x h box. */
+function bestGrid(n, w, h, gap = TILE_GAP) {
+  let best = { cols: 1, rows: n, tileW: 0, tileH: 0 };
+  for (let cols = 1; cols <= n; cols++) {
+    const rows = Math.ceil(n / cols);
+    const fitW = (w - gap * (cols - 1)) / cols;
+    const fitH = (h - gap * (rows - 1)) / rows;
+    const tileW = Math.floor(Math.min(fitW, fitH * TILE_ASPECT));
+    if (tileW > best.tileW) best = { cols, rows, tileW, tileH: Math.floor(tileW / TILE_ASPECT) };
+  }
+  return best;
+}
+
+/** Rectangles for n tiles centred in `box` ({x, y, w, h}); a short last row is centred too. */
+function gridRects(n, box) {
+  const { cols, rows, tileW, tileH } = bestGrid(n, box.w, box.h);
+  const span = (k, size) => k * size + (k - 1) * TILE_GAP;
+  const top = box.y + (box.h - span(rows, tileH)) / 2;
+  const rects = [];
+  for (let i = 0; i < n; i++) {
+    const row = Math.floor(i / cols);
+    const inRow = Math.min(cols, n - row * cols);
+    const left = box.x + (box.w - span(inRow, tileW)) / 2;
+    const x = left + (i % cols) * (tileW + TILE_GAP);
+    rects.push({ x, y: top + row * (tileH + TILE_GAP), w: tileW, h: tileH });
+  }
+  return rects;
+}
+
+// Strip tiles this tall still show a name; the strip grows (up to half the stage) to keep them so.
+const STRIP_TILE_MIN_H = 48;
+
+/**
+ * The pinned tile's box and the strip for the `others`: on the right of a very wide stage, else
+ * below. The strip starts at a fifth of the stage and grows until its tiles are tall enough.
+ */
+function splitStage(w, h, others) {
+  const wide = w / h > TILE_ASPECT * 1.3;
+  const along = wide ? w : h;
+  const stripBox = (side) => (wide ? { x: w - side, y: 0, w: side, h } : { x: 0, y: h - side, w, h: side });
+  const half = Math.floor(along / 2);
+  let side = Math.min(Math.round(Math.max(along * 0.2, 64)), wide ? 320 : 180, half);
+  while (side < half) {
+    const strip = stripBox(side);
+    if (bestGrid(others, strip.w, strip.h).tileH >= STRIP_TILE_MIN_H) break;
+    side = Math.min(Math.round(side * 1.2) + 1, half);
+  }
+  const main = wide ? { x: 0, y: 0, w: w - side - TILE_GAP, h } : { x: 0, y: 0, w, h: h - side - TILE_GAP };
+  return { main, strip: stripBox(side) };
+}
+
+/**
+ * Where n tiles go on a w x h stage: a best-fit grid, or with `pinned` (an index) that tile as
+ * large as fits and the others in a strip.
+ */
+function tileRects(n, w, h, pinned = -1) {
+  if (pinned < 0 || n < 2) return gridRects(n, { x: 0, y: 0, w, h });
+  const { main, strip } = splitStage(w, h, n - 1);
+  const rest = gridRects(n - 1, strip);
+  return [...rest.slice(0, pinned), gridRects(1, main)[0], ...rest.slice(pinned)];
+}
+
+function place(tile, r) {
+  Object.assign(tile.style, {
+    left: `${Math.floor(r.x)}px`,
+    top: `${Math.floor(r.y)}px`,
+    width: `${r.w}px`,
+    height: `${r.h}px`,
+  });
 }
 
 function setSpeaking(p, on) {
@@ -268,9 +408,13 @@ class RoomSession {
     this.reconnects = 0;
     this.closed = false;
     this.audioCtx = audioCtx;
+    this.pinnedId = null;
+    this.inviteForced = false;
     this.local = makeTile("local", name, true);
     this.local.hasVideo = !!(stream && stream.getVideoTracks().length);
-    this.local.audioActive = stream && stream.getAudioTracks().length ? true : undefined;
+    this.local.hasCamera = this.local.hasVideo;
+    this.local.hasMic = !!(stream && stream.getAudioTracks().length);
+    this.local.audioActive = this.local.hasMic ? true : undefined;
     if (stream) {
       this.local.video.srcObject = stream;
       const mic = stream.getAudioTracks()[0];
@@ -280,6 +424,7 @@ class RoomSession {
     $("participants").replaceChildren(this.local.entry);
     renderPeer(this.local);
     this.updateCount();
+    $("invite-link").value = inviteUrl(room);
     this.meterTimer = setInterval(() => this.sampleLevels(), METER_EVERY_MS);
   }
 
@@ -378,6 +523,7 @@ class RoomSession {
     ep.on("connected", (id, others) => {
       this.selfId = id;
       for (const other of others) this.addPeer(other.id, other.metadata);
+      this.updateCount();
       this.publish();
     });
     ep.on("endpointAdded", (e) => this.addPeer(e.id, e.metadata));
@@ -385,7 +531,7 @@ class RoomSession {
     ep.on("endpointUpdated", (e) => {
       const p = this.peers.get(e.id);
       if (p) {
-        p.name = displayNameOf(e.metadata);
+        Object.assign(p, peerInfoOf(e.metadata));
         renderPeer(p);
       }
     });
@@ -401,7 +547,8 @@ class RoomSession {
         this.setBanner(`Media connection problem: ${message}`, true);
       }
     });
-    ep.connect({ displayName: this.name });
+    // Which devices this peer has at all, so the others can show "no camera" / "no mic".
+    ep.connect({ displayName: this.name, camera: this.local.hasCamera, mic: this.local.hasMic });
   }
 
   publish() {
@@ -424,13 +571,15 @@ class RoomSession {
     if (pc) pc.close();
     for (const id of [...this.peers.keys()]) this.removePeer(id);
     this.selfId = null;
+    this.showInvite();
   }
 
   // --- remote peers ---
 
   addPeer(id, metadata) {
     if (id === this.selfId || this.peers.has(id)) return;
-    const p = makeTile(id, displayNameOf(metadata), false);
+    const info = peerInfoOf(metadata);
+    const p = Object.assign(makeTile(id, info.name, false), info);
     p.hasVideo = false;
     p.meter = null;
     this.peers.set(id, p);
@@ -450,6 +599,7 @@ class RoomSession {
     p.tile.remove();
     p.entry.remove();
     for (const [t, owner] of this.trackOwner) if (owner === id) this.trackOwner.delete(t);
+    if (this.pinnedId === id) this.pinnedId = null;
     this.updateCount();
   }
 
@@ -546,16 +696,59 @@ class RoomSession {
     this.sendTrackMetadata("audio", this.micOn);
   }
 
-  toggleCamera() {
-    const track = this.stream && this.stream.getVideoTracks()[0];
-    if (!track) return;
-    this.cameraOn = !this.cameraOn;
-    track.enabled = this.cameraOn;
-    this.local.videoActive = this.cameraOn;
-    $("toggle-camera").setAttribute("aria-pressed", String(!this.cameraOn));
-    $("toggle-camera").textContent = this.cameraOn ? "Stop camera" : "Start camera";
+  async toggleCamera() {
+    if (this.cameraBusy || !this.local.hasCamera) return;
+    this.cameraBusy = true;
+    try {
+      if (this.cameraOn) this.stopCamera();
+      else await this.startCamera();
+    } finally {
+      this.cameraBusy = false;
+    }
+  }
+
+  /**
+   * Stops (not just disables) the camera track, so the camera light goes off. The ended track
+   * stays on its sender: the client library finds the sender by that track for replaceTrack.
+   */
+  stopCamera() {
+    for (const t of this.stream.getVideoTracks()) t.stop();
+    this.setCameraOn(false);
+    this.sendTrackMetadata("camera", false);
+  }
+
+  /** Opens the camera again and swaps the new track onto the existing sender: no rejoin. */
+  async startCamera() {
+    let track;
+    try {
+      const s = await navigator.mediaDevices.getUserMedia({ video: VIDEO_CONSTRAINTS });
+      track = s.getVideoTracks()[0];
+    } catch (err) {
+      this.setMediaNotice(`Cannot start the camera. ${deviceReason(err)}`, false);
+      return;
+    }
+    if (this.closed) {
+      track.stop();
+      return;
+    }
+    for (const old of this.stream.getVideoTracks()) this.stream.removeTrack(old);
+    // A reconnect publishes this stream's tracks, so it must hold the live one.
+    this.stream.addTrack(track);
+    this.local.video.srcObject = this.stream;
+    const id = this.localTrackIds.camera;
+    const swapped = this.endpoint && id
+      ? await this.endpoint.replaceTrack(id, track, { type: "camera", active: true })
+      : false;
+    this.setCameraOn(true);
+    if (!swapped) this.sendTrackMetadata("camera", true);
+  }
+
+  setCameraOn(on) {
+    this.cameraOn = on;
+    this.local.videoActive = on;
+    $("toggle-camera").setAttribute("aria-pressed", String(!on));
+    $("toggle-camera").textContent = on ? "Stop camera" : "Start camera";
     renderPeer(this.local);
-    this.sendTrackMetadata("camera", this.cameraOn);
   }
 
   sendTrackMetadata(type, active) {
@@ -567,6 +760,71 @@ class RoomSession {
 
   updateCount() {
     $("participant-count").textContent = String(1 + this.peers.size);
+    this.showInvite();
+    this.layout();
+  }
+
+  // --- layout and pinning ---
+
+  /** Places every tile: a best-fit grid, or the pinned tile large with the others in a strip. */
+  layout() {
+    const grid = $("grid");
+    const w = grid.clientWidth;
+    const h = grid.clientHeight;
+    if (!w || !h) return;
+    const all = [this.local, ...this.peers.values()];
+    const pinned = all.length > 1 ? all.findIndex((p) => p.id === this.pinnedId) : -1;
+    all.forEach((p, i) => p.tile.classList.toggle("pinned", i === pinned));
+    tileRects(all.length, w, h, pinned).forEach((r, i) => place(all[i].tile, r));
+  }
+
+  togglePin(id) {
+    this.pinnedId = this.pinnedId === id ? null : id;
+    for (const p of [this.local, ...this.peers.values()]) {
+      p.tile.setAttribute("aria-pressed", String(p.id === this.pinnedId));
+    }
+    this.layout();
+  }
+
+  // --- invite link ---
+
+  /**
+   * The invite panel: while alone in the media session (not while it reconnects), otherwise only
+   * once copying had to fall back to it.
+   */
+  showInvite() {
+    const alone = this.peers.size === 0 && !!this.selfId;
+    $("invite").hidden = !(alone || this.inviteForced);
+    $("invite-text").textContent = alone
+      ? "You are the only one here. Share the link to invite others:"
+      : "Share this link to invite others:";
+  }
+
+  async copyInvite() {
+    const url = $("invite-link").value;
+    try {
+      await navigator.clipboard.writeText(url);
+      announce("Link copied");
+      return;
+    } catch (_) {
+      // No clipboard access (insecure page, or denied): let the person copy it themselves.
+    }
+    this.inviteForced = true;
+    this.showInvite();
+    this.layout();
+    const input = $("invite-link");
+    input.focus();
+    input.select();
+    announce("The link is selected: press Ctrl+C (or ⌘C) to copy it");
+  }
+
+  // --- device notice ---
+
+  setMediaNotice(text, focus = true) {
+    $("media-notice").hidden = !text;
+    $("media-notice-text").textContent = text || "";
+    if (text && focus) $("media-notice").focus();
+    this.layout();
   }
 
   setStatus(text, ok = false) {
@@ -603,6 +861,8 @@ class RoomSession {
     this.audioCtx.close().catch(() => {});
     $("grid").replaceChildren();
     $("participants").replaceChildren();
+    $("media-notice").hidden = true;
+    $("invite").hidden = true;
     if (current === this) current = null;
     showLobby(lobbyError);
   }
@@ -617,6 +877,9 @@ class RoomSession {
       videoActive: p.videoActive,
       speaking: !!p.speaking,
       level: p.lastLevel || 0,
+      hasCamera: p.hasCamera !== false,
+      hasMic: p.hasMic !== false,
+      pinned: p.id === this.pinnedId,
     });
     return {
       room: this.room,
@@ -630,9 +893,24 @@ class RoomSession {
   }
 }
 
-function displayNameOf(metadata) {
-  const n = metadata && typeof metadata.displayName === "string" ? metadata.displayName : "";
-  return n.trim() || "Guest";
+/** A peer's name and (when it says) whether it has a camera and a microphone at all. */
+function peerInfoOf(metadata) {
+  const m = metadata || {};
+  const n = typeof m.displayName === "string" ? m.displayName : "";
+  return { name: n.trim() || "Guest", hasCamera: m.camera !== false, hasMic: m.mic !== false };
+}
+
+function inviteUrl(room) {
+  return `${location.origin}${location.pathname}${roomQuery(room)}`;
+}
+
+/** Says `text` through the polite live region (cleared first, so a repeat is announced too). */
+function announce(text) {
+  const region = $("announce");
+  region.textContent = "";
+  requestAnimationFrame(() => {
+    region.textContent = text;
+  });
 }
 
 async function enterRoom(room, name, withMedia) {
@@ -644,10 +922,10 @@ async function enterRoom(room, name, withMedia) {
   audioCtx.resume().catch(() => {});
   const joinButton = $("join");
   joinButton.disabled = true;
-  let stream = null;
+  let media = { stream: null, cameraError: null, micError: null };
   if (withMedia) {
     try {
-      stream = await openLocalMedia();
+      media = await openLocalMedia();
     } catch (err) {
       joinButton.disabled = false;
       audioCtx.close().catch(() => {});
@@ -655,6 +933,7 @@ async function enterRoom(room, name, withMedia) {
       return;
     }
   }
+  const { stream } = media;
   joinButton.disabled = false;
   $("lobby").hidden = true;
   $("room").hidden = false;
@@ -669,12 +948,38 @@ async function enterRoom(room, name, withMedia) {
   $("toggle-camera").disabled = !(stream && stream.getVideoTracks().length);
   current = new RoomSession(room, name, stream, audioCtx);
   current.start();
+  const notice = missingDeviceText(media);
+  if (notice) current.setMediaNotice(notice);
+  else focusFirstControl();
+}
+
+/** After joining: the first control that does something (Mute, unless there is no mic). */
+function focusFirstControl() {
+  const first = ["toggle-mic", "toggle-camera", "copy-link"].map($).find((b) => !b.disabled);
+  first.focus();
 }
 
 function initRoomControls() {
   $("toggle-mic").addEventListener("click", () => current && current.toggleMic());
   $("toggle-camera").addEventListener("click", () => current && current.toggleCamera());
   $("leave").addEventListener("click", () => current && current.close());
+  $("copy-link").addEventListener("click", () => current && current.copyInvite());
+  $("copy-invite").addEventListener("click", () => current && current.copyInvite());
+  // Trying the devices again is a fresh join: the new tracks need a fresh media session anyway.
+  $("retry-media").addEventListener("click", () => {
+    if (current) enterRoom(current.room, current.name, true);
+  });
+  const grid = $("grid");
+  grid.addEventListener("click", (e) => {
+    const tile = e.target.closest(".tile");
+    if (tile && current) current.togglePin(tile.dataset.peerId);
+  });
+  grid.addEventListener("keydown", (e) => {
+    if ((e.key !== "Enter" && e.key !== " ") || !e.target.classList.contains("tile")) return;
+    e.preventDefault();
+    if (current) current.togglePin(e.target.dataset.peerId);
+  });
+  new ResizeObserver(() => current && current.layout()).observe(grid);
   window.addEventListener("pagehide", () => current && current.close());
 }
 
@@ -684,6 +989,13 @@ function initRoomControls() {
 window.__videoroom = {
   state: () => (current ? current.snapshot() : { phase: "lobby" }),
   peerConnection: () => (current && current.endpoint ? current.endpoint.connection || null : null),
+  /** The layout for n tiles on a w x h stage (see tileRects), to check it for any n. */
+  tileRects,
+  /** The local camera track's readyState ("ended" after Stop camera), or null without one. */
+  localVideoState() {
+    const track = current && current.stream && current.stream.getVideoTracks()[0];
+    return track ? track.readyState : null;
+  },
   /** Inbound RTP streams of the peer connection: kind, framesDecoded, audio energy and level. */
   async inboundStats() {
     const pc = this.peerConnection();

@@ -1,0 +1,77 @@
+// Helpers shared by the browser tests (room.mjs, layout.mjs): launching Debian's Chromium with
+// fake camera and microphone, waiting for a condition with a bounded timeout, joining a room
+// through the lobby, checking a page with axe-core.
+
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const AXE = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
+
+export const STEP_MS = 30_000;
+
+export const log = (...a) => console.log("[e2e]", ...a);
+
+/** Headless Chromium (VIDEOROOM_CHROMIUM or /usr/bin/chromium) with fake media devices. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.VIDEOROOM_CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless=new",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--use-fake-device-for-media-stream",
+      "--use-fake-ui-for-media-stream",
+      "--allow-loopback-in-peer-connection",
+    ],
+  });
+}
+
+/** Polls `fn` until it returns `{ok: true, ...}`; throws with its last answer after the timeout. */
+export async function waitFor(what, fn, timeoutMs = STEP_MS, everyMs = 250) {
+  const until = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last && last.ok) return last;
+    } catch (e) {
+      last = { error: String(e) };
+    }
+    if (Date.now() > until) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last)}`);
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Joins `room` as `name` through the lobby and waits until the page is in its media session. */
+export async function joinRoom(page, base, room, name) {
+  await page.goto(base);
+  await page.fill("#room-name", room);
+  await page.fill("#display-name", name);
+  await page.click("#join");
+  await page.waitForSelector("#room:not([hidden])", { timeout: STEP_MS });
+  await waitFor(`${name} joined`, async () => {
+    const s = await page.evaluate(() => window.__videoroom.state());
+    return { ok: s.phase === "joined" && !!s.selfId, phase: s.phase };
+  });
+  log(`${name} joined room ${room}`);
+}
+
+/** Runs axe-core on the page; fails on any violation with impact "serious" or "critical". */
+export async function expectAccessible(page, where) {
+  await page.addScriptTag({ path: AXE });
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ["violations"] });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" ")) }));
+  });
+  const bad = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  if (bad.length) throw new Error(`axe: ${where} has serious violations: ${JSON.stringify(bad)}`);
+  log(`axe: ${where}: no serious or critical violations (${violations.length} minor)`);
+  return violations.map((v) => `${v.impact}:${v.id}`);
+}
