@@ -22,4 +22,5 @@ pub mod registry;
 pub mod room;
 pub mod rt;
 pub mod server;
+pub mod shared_text;
 pub mod turn;

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use crate::engine::PlaneEvent;
 use crate::phoenix::ChannelEvent;
 use crate::rt::{Addr, Pid};
+use crate::shared_text::SharedText;
 
 /// What a room reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,8 +58,8 @@ pub enum ChannelMsg {
         msg_ref: Option<String>,
         payload: Value,
     },
-    /// A media event from the room, to push to the client.
-    MediaEvent(String),
+    /// A media event from the room, to push to the client (shared by a broadcast's peers).
+    MediaEvent(SharedText),
     /// The socket stopped this channel (leave, duplicate join, socket closed).
     Stop,
     /// The room let go of this peer for `reason`; the client is told, then the channel closes.

@@ -42,6 +42,7 @@ fn chan_of(ev: &ChannelEvent) -> ChanId {
         ChannelEvent::JoinOk { chan, .. }
         | ChannelEvent::JoinError { chan, .. }
         | ChannelEvent::Push { chan, .. }
+        | ChannelEvent::PushShared { chan, .. }
         | ChannelEvent::Reply { chan, .. }
         | ChannelEvent::Exited { chan, .. } => *chan,
     }
@@ -79,6 +80,12 @@ fn parse(line: &str) -> Option<Step> {
             chan,
             event: "mediaEvent".to_owned(),
             payload: json_or_empty(tail),
+        }),
+        's' => Step::Chan(ChannelEvent::PushShared {
+            chan,
+            event: "mediaEvent",
+            field: "data",
+            value: tail.to_owned().into(),
         }),
         'r' => Step::Chan(ChannelEvent::Reply {
             chan,

@@ -126,10 +126,11 @@ pub async fn run(
                 }
             }
             Received::Msg(ChannelMsg::MediaEvent(data)) => {
-                let push = ChannelEvent::Push {
+                let push = ChannelEvent::PushShared {
                     chan,
-                    event: "mediaEvent".into(),
-                    payload: json!({ "data": data }),
+                    event: "mediaEvent",
+                    field: "data",
+                    value: data,
                 };
                 if socket.try_send(ConnMsg::Channel(push)).is_err() {
                     return ExitReason::Error("socket backlog full".into());

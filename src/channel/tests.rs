@@ -217,7 +217,7 @@ async fn a_channel_that_never_connects_is_dropped_with_a_reason() {
         })
         .unwrap();
     match guest_events.recv().await {
-        Some(ChannelEvent::Push { event, .. }) => assert_eq!(event, "mediaEvent"),
+        Some(ChannelEvent::PushShared { event, .. }) => assert_eq!(event, "mediaEvent"),
         other => panic!("expected `connected`, got {other:?}"),
     }
     let got = tokio::time::timeout(std::time::Duration::from_secs(5), squatter_events.recv()).await;

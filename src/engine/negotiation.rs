@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use super::events::{NegotiationEvent, ServerEvent, TrackId, TrackInfo};
 use super::plane::{PlaneCommand, PlaneEvent};
 use super::session::{Out, Roster};
+use crate::shared_text::SharedText;
 
 /// Collects outgoing media events in the order they must reach the clients.
 #[derive(Debug, Default)]
@@ -25,13 +26,13 @@ impl Outbox {
     pub fn send(&mut self, peer: &str, event: &ServerEvent) {
         self.outs.push(Out::To {
             peer: peer.to_owned(),
-            data: event.to_json(),
+            data: event.to_json().into(),
         });
     }
 
     /// Sends to every connected endpoint except `except`, in join order.
     pub fn send_to_others(&mut self, roster: &Roster, except: &str, event: &ServerEvent) {
-        let data = event.to_json();
+        let data = SharedText::new(event.to_json());
         for peer in roster.ids().filter(|p| *p != except) {
             self.outs.push(Out::To {
                 peer: peer.to_owned(),

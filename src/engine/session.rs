@@ -12,6 +12,7 @@ use super::events::{
 use super::negotiation::{Negotiation, NoNegotiation, Outbox};
 use super::plane::{PlaneCommand, PlaneEvent};
 use crate::logsafe::{Untrusted, UntrustedDebug};
+use crate::shared_text::SharedText;
 
 /// The id the channel chose for its peer (a UUIDv4 string); also the endpoint id clients see.
 pub type PeerId = String;
@@ -19,8 +20,9 @@ pub type PeerId = String;
 /// Something the driver must deliver, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Out {
-    /// Push `data` (a serialized media event) to `peer` as `mediaEvent {data}`.
-    To { peer: PeerId, data: String },
+    /// Push `data` (a serialized media event) to `peer` as `mediaEvent {data}`; a broadcast
+    /// shares one `data` among its peers.
+    To { peer: PeerId, data: SharedText },
     /// Apply a command to the room's media plane.
     Plane(PlaneCommand),
 }
@@ -383,7 +385,7 @@ mod tests {
     fn to(peer: &str, data: &str) -> Out {
         Out::To {
             peer: peer.to_owned(),
-            data: data.to_owned(),
+            data: data.to_owned().into(),
         }
     }
 

@@ -6,6 +6,8 @@
 
 use serde_json::{json, Value};
 
+use crate::shared_text::SharedText;
+
 /// Topic the client uses for heartbeats.
 pub const HEARTBEAT_TOPIC: &str = "phoenix";
 /// Client event: heartbeat on [`HEARTBEAT_TOPIC`].
@@ -124,6 +126,30 @@ impl Frame {
         );
         // Strings, options and `Value` (whose map keys are strings) always serialise.
         serde_json::to_string(&tuple).expect("a V2 frame always serialises")
+    }
+
+    /// What `Frame::push(join_ref, topic, event, json!({field: value})).encode()` gives, byte
+    /// for byte, with `value`'s JSON literal made once for every frame that shares it.
+    pub fn encode_push_shared(
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        field: &str,
+        value: &SharedText,
+    ) -> String {
+        let head = (join_ref, None::<&str>, topic, event);
+        let head = serde_json::to_string(&head).expect("strings always serialise");
+        let field = serde_json::to_string(field).expect("strings always serialise");
+        let literal = value.json_literal();
+        let mut out = String::with_capacity(head.len() + field.len() + literal.len() + 4);
+        // `head` is `[a,b,c,d]`: reopen it for the fifth element.
+        out.push_str(&head[..head.len() - 1]);
+        out.push_str(",{");
+        out.push_str(&field);
+        out.push(':');
+        out.push_str(literal);
+        out.push_str("}]");
+        out
     }
 
     /// `[join_ref, ref, topic, "phx_reply", {"status": status, "response": response}]`.
@@ -366,6 +392,24 @@ mod tests {
         ) {
             let f = Frame { join_ref, msg_ref, topic, event, payload };
             prop_assert_eq!(decode(&f.encode()).unwrap(), f);
+        }
+
+        #[test]
+        fn a_shared_push_encodes_as_the_same_push_built_as_a_frame(
+            join_ref in proptest::option::of(".{0,4}"),
+            topic in ".{0,8}",
+            event in ".{0,8}",
+            field in ".{0,4}",
+            text in "(.|\r|\n|\\|\"){0,32}",
+        ) {
+            let shared = SharedText::new(text.clone());
+            let mut payload = serde_json::Map::new();
+            payload.insert(field.clone(), Value::String(text));
+            let frame = Frame::push(join_ref.clone(), topic.clone(), event.clone(), Value::Object(payload));
+            let fast = Frame::encode_push_shared(join_ref.as_deref(), &topic, &event, &field, &shared);
+            prop_assert_eq!(&fast, &frame.encode());
+            // The cached literal serves a second frame unchanged.
+            prop_assert_eq!(fast, Frame::encode_push_shared(join_ref.as_deref(), &topic, &event, &field, &shared));
         }
     }
 }

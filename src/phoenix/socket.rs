@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 use super::frame::{self, Frame, EV_HEARTBEAT, EV_JOIN, EV_LEAVE, HEARTBEAT_TOPIC};
 use crate::logsafe::Untrusted;
 use crate::rt::probe::{self, Event};
+use crate::shared_text::SharedText;
 
 /// Close code: the server is going away or the connection was idle too long.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -168,6 +169,15 @@ pub enum ChannelEvent {
         event: String,
         /// The payload; must be a JSON object (phoenix.js reads fields off it).
         payload: Value,
+    },
+    /// A server push whose payload is `{field: value}`, `value` a string shared with other
+    /// channels' pushes (a broadcast): its JSON literal is made once for all of them.
+    PushShared {
+        /// The channel.
+        chan: ChanId,
+        event: &'static str,
+        field: &'static str,
+        value: SharedText,
     },
     /// A reply to a client event.
     Reply {
@@ -332,6 +342,21 @@ impl SocketCore {
                 }
                 let frame = Frame::push(join_ref, topic, event, payload);
                 self.send(frame);
+            }
+            ChannelEvent::PushShared {
+                chan,
+                event,
+                field,
+                value,
+            } => {
+                let Some((join_ref, topic)) = self.joined(chan) else {
+                    tracing::debug!(?chan, %event, "dropping push from a channel not joined");
+                    probe::emit(Event::PushFromUnjoinedChannel);
+                    return;
+                };
+                let text =
+                    Frame::encode_push_shared(join_ref.as_deref(), &topic, event, field, &value);
+                self.outputs.push_back(Output::Send(text));
             }
             ChannelEvent::Reply {
                 chan,
@@ -1560,6 +1585,12 @@ mod tests {
                     event: "mediaEvent".into(),
                     payload
                 }),
+                (chan.clone(), ".{0,8}").prop_map(|(chan, text)| ChannelEvent::PushShared {
+                    chan,
+                    event: "mediaEvent",
+                    field: "data",
+                    value: SharedText::new(text),
+                }),
                 (chan.clone(), arb_ref(), arb_json()).prop_map(|(chan, msg_ref, response)| {
                     ChannelEvent::Reply {
                         chan,
@@ -1589,6 +1620,7 @@ mod tests {
                 ChannelEvent::JoinOk { chan, .. }
                 | ChannelEvent::JoinError { chan, .. }
                 | ChannelEvent::Push { chan, .. }
+                | ChannelEvent::PushShared { chan, .. }
                 | ChannelEvent::Reply { chan, .. }
                 | ChannelEvent::Exited { chan, .. } => *chan,
             }

@@ -15,6 +15,7 @@ use crate::engine::{Negotiation, Out, PlaneCommand, PlaneEvent, Session, TrackNe
 use crate::messages::RoomInfo;
 use crate::rt::probe::{self, Event};
 use crate::rt::{MonitorRef, Pid};
+use crate::shared_text::SharedText;
 
 use super::grace::ConnectGrace;
 
@@ -26,7 +27,7 @@ pub const ROOM_FULL: &str = "room is full";
 pub enum Step<C> {
     /// Push a media event to a peer's channel. A channel whose mailbox is full is a slow
     /// consumer: kill it (its DOWN removes it).
-    Push { to: C, data: String },
+    Push { to: C, data: SharedText },
     /// Apply a command to the room's media plane.
     Plane(PlaneCommand),
     /// Stop watching a peer the room let go of.
