@@ -59,6 +59,10 @@ struct MLine {
     /// Its track was stopped and an answer to an offer that said so made it inactive: the
     /// server knows the track ended.
     stop_answered: bool,
+    /// It carried a published track when an offer this model did not build went out: that
+    /// offer left the track out, which the server may have taken for its end (a stopped
+    /// track is never revived), so whether a later offer's line is taken is not known.
+    foreign_gap: bool,
 }
 
 impl MLine {
@@ -75,6 +79,7 @@ impl MLine {
             forged: false,
             offered: "",
             stop_answered: false,
+            foreign_gap: false,
         }
     }
 }
@@ -193,6 +198,9 @@ impl Negotiator {
         self.offer_due = false;
         self.offer_open = true;
         self.foreign_offer = true;
+        for l in self.mlines.iter_mut().filter(|l| l.track.is_some()) {
+            l.foreign_gap = true;
+        }
     }
 
     /// A media `error` took the place of the answer to the open offer (the server refused it,
@@ -495,7 +503,7 @@ impl Negotiator {
                         });
                         // Its own track, within every limit: the server takes it (publishing
                         // is what a room is for).
-                        if l.offered == "sendonly" && !l.forged && !l.revived {
+                        if l.offered == "sendonly" && !l.forged && !l.revived && !l.foreign_gap {
                             judge.check(
                                 m.direction == Direction::RecvOnly
                                     && mapped.is_some()
