@@ -90,75 +90,83 @@ pub async fn run(
     }
     app.metrics.join_latency.observe(joining.elapsed());
     let _peer = app.metrics.peers.hold();
-    tracing::debug!(%topic, peer = %peer_id, room = %room.pid(), "joined");
+    // Joins and leaves at the default level: what an operator asks of a room's log first.
+    tracing::info!(room = %name, peer = %peer_id, "peer joined");
     probe::emit(Event::ChannelJoined);
-    loop {
-        match ctx.recv().await {
-            Received::Msg(ChannelMsg::FromClient {
-                event,
-                msg_ref,
-                payload,
-            }) => {
-                let reason = match client_push(&event, &payload) {
-                    Push::ToRoom(data) => {
-                        let msg = RoomMsg::MediaEvent {
-                            peer_id: peer_id.clone(),
-                            data: data.to_string(),
-                        };
-                        if room.try_send(msg).is_err() {
-                            probe::emit(Event::ChannelRoomUnreachable);
-                            // Full: the room is overwhelmed; dead: its DOWN follows. Either way
-                            // this peer's view is broken, so fail and let the client rejoin.
-                            return ExitReason::Error("room unreachable".into());
-                        }
-                        continue;
-                    }
-                    Push::Refuse(reason) => reason,
-                };
-                let reply = ChannelEvent::Reply {
-                    chan,
+    // `return` in this block ends the membership; the leave is logged below, once.
+    let exit = async {
+        loop {
+            match ctx.recv().await {
+                Received::Msg(ChannelMsg::FromClient {
+                    event,
                     msg_ref,
-                    status: "error".into(),
-                    response: json!({ "reason": reason }),
-                };
-                if socket.try_send(ConnMsg::Channel(reply)).is_err() {
-                    return ExitReason::Error("socket backlog full".into());
+                    payload,
+                }) => {
+                    let reason = match client_push(&event, &payload) {
+                        Push::ToRoom(data) => {
+                            let msg = RoomMsg::MediaEvent {
+                                peer_id: peer_id.clone(),
+                                data: data.to_string(),
+                            };
+                            if room.try_send(msg).is_err() {
+                                probe::emit(Event::ChannelRoomUnreachable);
+                                // Full: the room is overwhelmed; dead: its DOWN follows. Either way
+                                // this peer's view is broken, so fail and let the client rejoin.
+                                return ExitReason::Error("room unreachable".into());
+                            }
+                            continue;
+                        }
+                        Push::Refuse(reason) => reason,
+                    };
+                    let reply = ChannelEvent::Reply {
+                        chan,
+                        msg_ref,
+                        status: "error".into(),
+                        response: json!({ "reason": reason }),
+                    };
+                    if socket.try_send(ConnMsg::Channel(reply)).is_err() {
+                        return ExitReason::Error("socket backlog full".into());
+                    }
                 }
-            }
-            Received::Msg(ChannelMsg::MediaEvent(data)) => {
-                let push = ChannelEvent::PushShared {
-                    chan,
-                    event: "mediaEvent",
-                    field: "data",
-                    value: data,
-                };
-                if socket.try_send(ConnMsg::Channel(push)).is_err() {
-                    return ExitReason::Error("socket backlog full".into());
+                Received::Msg(ChannelMsg::MediaEvent(data)) => {
+                    let push = ChannelEvent::PushShared {
+                        chan,
+                        event: "mediaEvent",
+                        field: "data",
+                        value: data,
+                    };
+                    if socket.try_send(ConnMsg::Channel(push)).is_err() {
+                        return ExitReason::Error("socket backlog full".into());
+                    }
                 }
-            }
-            Received::Msg(ChannelMsg::Stop) => return ExitReason::Shutdown,
-            Received::Msg(ChannelMsg::Dropped(reason)) => {
-                let push = ChannelEvent::Push {
-                    chan,
-                    event: DROPPED_EVENT.into(),
-                    payload: json!({ "reason": reason }),
-                };
-                let _ = socket.try_send(ConnMsg::Channel(push));
-                // A graceful exit: the client gets `phx_close`, so it stays out.
-                return ExitReason::Shutdown;
-            }
-            Received::Down(d) => match joined_down(d.mref, room_ref, socket_ref, &d.reason) {
-                Some(exit @ ExitReason::Error(_)) => {
-                    tracing::debug!(%topic, reason = %d.reason, "room down");
-                    probe::emit(Event::ChannelRoomDown);
-                    return exit;
+                Received::Msg(ChannelMsg::Stop) => return ExitReason::Shutdown,
+                Received::Msg(ChannelMsg::Dropped(reason)) => {
+                    tracing::info!(room = %name, peer = %peer_id, %reason, "peer dropped by the room");
+                    let push = ChannelEvent::Push {
+                        chan,
+                        event: DROPPED_EVENT.into(),
+                        payload: json!({ "reason": reason }),
+                    };
+                    let _ = socket.try_send(ConnMsg::Channel(push));
+                    // A graceful exit: the client gets `phx_close`, so it stays out.
+                    return ExitReason::Shutdown;
                 }
-                Some(exit) => return exit,
-                // A monitor this channel should have dropped (e.g. on a room it retried away from).
-                None => probe::emit(Event::ChannelDownForUnknownMonitor),
-            },
+                Received::Down(d) => match joined_down(d.mref, room_ref, socket_ref, &d.reason) {
+                    Some(exit @ ExitReason::Error(_)) => {
+                        tracing::debug!(%topic, reason = %d.reason, "room down");
+                        probe::emit(Event::ChannelRoomDown);
+                        return exit;
+                    }
+                    Some(exit) => return exit,
+                    // A monitor this channel should have dropped (e.g. on a room it retried away from).
+                    None => probe::emit(Event::ChannelDownForUnknownMonitor),
+                },
+            }
         }
     }
+    .await;
+    tracing::info!(room = %name, peer = %peer_id, reason = %exit, "peer left");
+    exit
 }
 
 /// What is decided before the registry is asked: the name's rules, then the token.

@@ -47,7 +47,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
         rt::time::now(),
     );
     let mut plane = app.plane_factory.build(&name, plane_sink(ctx.addr()));
-    tracing::debug!(room = %name, pid = %ctx.pid(), "room started");
+    tracing::info!(room = %name, pid = %ctx.pid(), "room started");
     let (sys, me) = (ctx.system().id(), ctx.pid());
     probe::emit(Event::RoomStarted { sys, pid: me });
     let mut timer = rt::time::Timer::new();
@@ -104,7 +104,7 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     // queued here get their ack dropped and retry.
     app.rooms.unregister_own(&name, ctx.pid());
     while ctx.try_recv().is_some() {}
-    tracing::debug!(room = %name, "room stopped: empty");
+    tracing::info!(room = %name, "room stopped: empty");
     probe::emit(Event::RoomStoppedEmpty { sys, pid: me });
     ExitReason::Normal
 }

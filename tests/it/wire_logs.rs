@@ -1,6 +1,7 @@
-//! Log hygiene over the wire: a client flooding the real media plane with offers it refuses,
-//! their SDP full of terminal escapes, carriage returns and NULs, gets a bounded number of log
-//! lines written about it, none carrying its raw bytes.
+//! Logs over the wire: a room's life and its peers' joins and leaves are told at the default
+//! level; a client flooding the real media plane with offers it refuses, their SDP full of
+//! terminal escapes, carriage returns and NULs, gets a bounded number of log lines written about
+//! it, none carrying its raw bytes.
 #![cfg(feature = "media-webrtc")]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -120,4 +121,43 @@ fn a_flood_of_refused_offers_writes_few_escaped_lines() {
         "{lines} log lines for one flooding client:\n{}",
         String::from_utf8_lossy(&bytes)
     );
+}
+
+/// What an operator looks for first: the room starting and stopping, each peer joining and
+/// leaving with why, at the default level (the webrtc crates' internals are off there).
+#[test]
+fn a_rooms_life_and_its_peers_are_logged_at_the_default_level() {
+    let logs = LogCapture::new();
+    let srv = TestServer::start_logged(|_| {}, logs.dispatch());
+    let t = "room:logged";
+    let mut c = Driver::phx("logged");
+    c.connect(&srv.url(), fast_opts());
+    c.join_ok(t);
+    c.cmd(json!({"cmd": "leave", "topic": t}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = logs.lines();
+        if lines.iter().any(|l| l.contains("room stopped")) || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let find = |what: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(what) && l.contains("room=logged"))
+    };
+    for what in [
+        "room started",
+        "peer joined",
+        "peer left",
+        "room stopped: empty",
+    ] {
+        assert!(
+            find(what).is_some(),
+            "no {what:?} line for the room in {lines:#?}"
+        );
+    }
+    let left = find("peer left").unwrap();
+    assert!(left.contains("peer=") && left.contains("reason="), "{left}");
 }
