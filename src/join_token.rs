@@ -105,7 +105,8 @@ impl JoinSecret {
             .decode(payload)
             .map_err(|_| TokenError::Invalid)?;
         let claims: Claims = serde_json::from_slice(&body).map_err(|_| TokenError::Invalid)?;
-        if claims.room != room {
+        // Room names are case-insensitive (see `channel`).
+        if !claims.room.eq_ignore_ascii_case(room) {
             return Err(TokenError::OtherRoom);
         }
         if unix_seconds(now) >= claims.exp {
@@ -178,6 +179,8 @@ mod tests {
         let s = secret();
         let t = json!(s.mint("standup", at(1_000)));
         assert_eq!(s.check(Some(&t), "standup", at(999)), Ok(()));
+        // Room names are case-insensitive.
+        assert_eq!(s.check(Some(&t), "StandUp", at(999)), Ok(()));
         assert_eq!(
             s.check(Some(&t), "standup", at(1_000)),
             Err(TokenError::Expired)

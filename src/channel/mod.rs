@@ -64,7 +64,12 @@ pub async fn run(
     let joining = rt::time::now();
     let socket_ref = ctx.monitor(socket.pid());
     let name = topic.strip_prefix("room:").unwrap_or(&topic).to_string();
-    let joined = match admit(&app, &name, &payload) {
+    let admitted = admit(&app, &name, &payload);
+    // Names are case-insensitive: `Team-Standup` and `team-standup` read as one room to the
+    // people typing them, so they are one (the registry, the logs and the room use the folded
+    // name; the client keeps its topic as it wrote it).
+    let name = name.to_ascii_lowercase();
+    let joined = match admitted {
         Err(reason) => JoinOutcome::Refused(reason),
         Ok(()) => join(&app, &name, socket_ref, &mut ctx).await,
     };

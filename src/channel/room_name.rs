@@ -3,7 +3,8 @@
 //!
 //! Anything else (spaces, control characters, bidi overrides, zero-width characters, letters
 //! from other scripts) is refused with a reason a person can act on, so two rooms can never
-//! look alike on screen while being different names on the server. Keep it in step with
+//! look alike on screen while being different names on the server (for the same reason the
+//! channel folds a name to lower case: case never makes two rooms). Keep it in step with
 //! `validateRoomName` in `web/src/app.js`.
 
 /// Why a room name is refused; the `Display` text is the join error's `reason`.

@@ -82,6 +82,22 @@ fn two_peers_exchange_media_events() {
     a.refute(media_in(t, "error"));
 }
 
+/// Room names are case-insensitive: a peer in `room:Team-Standup` meets one in
+/// `room:team-standup`, each on the topic it joined.
+#[test]
+fn room_names_differing_only_in_case_are_one_room() {
+    let srv = TestServer::start();
+    let (ta, tb) = ("room:Team-Standup", "room:team-STANDUP");
+    let mut a = joined(&srv, "A", ta);
+    let ca = connect_media(&mut a, ta, "A");
+    let a_id = ca["id"].as_str().unwrap().to_owned();
+    let mut b = joined(&srv, "B", tb);
+    let cb = connect_media(&mut b, tb, "B");
+    assert_eq!(other_ids(&cb), vec![a_id]);
+    let b_id = cb["id"].as_str().unwrap().to_owned();
+    expect_media(&mut a, ta, "endpointAdded", &b_id);
+}
+
 /// S18 (extra): when a client's WebSocket goes away (here: it disconnects), its peer is torn
 /// down and the other peer sees `endpointRemoved`.
 #[test]

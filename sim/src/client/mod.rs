@@ -399,7 +399,7 @@ impl Client {
 
     async fn join(&mut self, w: &mut wire::Writer) -> bool {
         let r = self.fresh_ref();
-        let topic = format!("room:{}", self.room);
+        let topic = format!("room:{}", cased(&self.room, self.idx));
         if let Some(old) = self.chan.take() {
             // A join over a live channel is the duplicate-join path: the server closes the old.
             self.replaced.insert(old.join_ref.clone());
@@ -1415,6 +1415,17 @@ fn metadata_text(idx: usize, seq: u64, metadata_bytes: usize) -> String {
     m.resize(m.len() + pad, b'p');
     m.extend_from_slice(tail.as_bytes());
     String::from_utf8(m).expect("ASCII")
+}
+
+/// How client `idx` spells `room` in its topic: odd clients in capitals, always (a client that
+/// rejoins, or joins twice, uses one topic, as a page does), so the clients of one room meet
+/// under two spellings: room names are case-insensitive (README).
+fn cased(room: &str, idx: usize) -> String {
+    if idx.is_multiple_of(2) {
+        room.to_owned()
+    } else {
+        room.to_ascii_uppercase()
+    }
 }
 
 #[cfg(test)]
