@@ -561,6 +561,20 @@ impl Negotiator {
                     };
                     match m.direction {
                         Direction::SendOnly => {
+                            // A line that starts receiving fires `ontrack`, where 0.5.3 looks the
+                            // track up among those it knows and throws if it forgot it
+                            // (`tracksRemoved` and `endpointRemoved` erase it).
+                            let starts =
+                                self.carried.get(&m.mid).is_none_or(|(old, _)| old != track);
+                            if starts {
+                                judge.check(!self.gone.contains(track), || {
+                                    format!(
+                                        "{who}: mid {} starts receiving {track}, which the client was told is gone \
+                                         (membrane-webrtc-js throws in ontrack)",
+                                        m.mid
+                                    )
+                                });
+                            }
                             if let Some((old, freed)) = self.carried.get(&m.mid) {
                                 if old != track {
                                     judge.reached("client: recycled m-line carries a new track");

@@ -151,6 +151,55 @@ impl Sdp {
 
 /// RFC 8866 token characters: what a mid (and a stream id) may contain so that it can be
 /// written back into an SDP line verbatim.
+/// `sdp` with the m-sections whose `a=mid` is in `mids` made `inactive` (their direction
+/// attribute replaced, or added when absent); everything else byte for byte.
+pub fn make_inactive(sdp: &str, mids: &std::collections::BTreeSet<String>) -> String {
+    if mids.is_empty() {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len() + 16);
+    // Sections start at `m=` lines; the session part before the first is kept as is.
+    let mut rest = sdp;
+    let mut sections: Vec<&str> = Vec::new();
+    while let Some(i) = rest.find("\r\nm=").or_else(|| rest.find("\nm=")) {
+        let cut = i + if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        sections.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    sections.push(rest);
+    for section in sections {
+        let is_media = section.starts_with("m=");
+        let mid = section
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=mid:"));
+        if !is_media || !mid.is_some_and(|m| mids.contains(m)) {
+            out.push_str(section);
+            continue;
+        }
+        let mut has_direction = false;
+        for line in section.split_inclusive('\n') {
+            let bare = line.trim_end_matches(['\r', '\n']);
+            if matches!(
+                bare,
+                "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+            ) {
+                has_direction = true;
+                out.push_str("a=inactive");
+                out.push_str(&line[bare.len()..]);
+            } else {
+                out.push_str(line);
+            }
+        }
+        if !has_direction {
+            if !out.ends_with('\n') {
+                out.push_str("\r\n");
+            }
+            out.push_str("a=inactive\r\n");
+        }
+    }
+    out
+}
+
 pub fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`{|}~".contains(c)
 }
@@ -158,6 +207,27 @@ pub fn is_token_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn make_inactive_silences_only_the_named_sections() {
+        let sdp = "v=0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\na=mid:0\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\n";
+        let mids = ["1".to_owned()].into_iter().collect();
+        let out = make_inactive(sdp, &mids);
+        let parsed = Sdp::parse(&out).unwrap();
+        assert_eq!(parsed.media[0].direction, Direction::SendOnly);
+        assert_eq!(parsed.media[1].direction, Direction::Inactive);
+        assert_eq!(out.len(), sdp.len() + "inactive".len() - "sendonly".len());
+        assert_eq!(make_inactive(sdp, &Default::default()), sdp);
+        // A section without a direction attribute gets one.
+        let bare = "v=0\r\nm=audio 9 RTP/AVP 0\r\na=mid:a\r\n";
+        let one = ["a".to_owned()].into_iter().collect();
+        assert_eq!(
+            Sdp::parse(&make_inactive(bare, &one)).unwrap().media[0].direction,
+            Direction::Inactive
+        );
+    }
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\

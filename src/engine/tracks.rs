@@ -22,7 +22,7 @@
 //! announced track of its kind instead, so a peer's m-lines track the most tracks it ever
 //! received *at once*.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -34,7 +34,7 @@ use super::events::{
 };
 use super::negotiation::{Negotiation, Outbox};
 use super::plane::{MLine, MLineRole, MediaKind, PlaneCommand, PlaneEvent, PlaneOffer};
-use super::sdp::{is_token_char, Direction, Sdp, MAX_MLINES};
+use super::sdp::{self, is_token_char, Direction, Sdp, MAX_MLINES};
 use super::session::{PeerId, Roster};
 use crate::logsafe::Untrusted;
 
@@ -697,6 +697,28 @@ impl TrackNegotiation {
                 return;
             }
         };
+        // A line offered for a track whose publisher left while the plane made this answer:
+        // the client was told (`endpointRemoved`) and forgot the track, and membrane-webrtc-js
+        // 0.5.3 throws in `ontrack` for a receiving line whose track it does not know. The
+        // answer keeps the line, inactive.
+        // (Its slot may even have been recycled for a newer track since.)
+        let told_gone = |t: &TrackId| {
+            state
+                .outbound
+                .iter()
+                .find(|o| o.track_id == *t)
+                .is_none_or(|o| o.removed && o.removal_settled && !o.carried)
+        };
+        let own = |t: &TrackId| state.inbound.values().any(|i| i.track_id == *t);
+        let gone: BTreeSet<String> = mid_to_track_id
+            .iter()
+            .filter(|(_, t)| !own(t) && told_gone(t))
+            .map(|(m, _)| m.clone())
+            .collect();
+        if !gone.is_empty() {
+            crate::rt::probe::emit(crate::rt::probe::Event::AnswerSilencedGoneTracks);
+        }
+        let sdp = sdp::make_inactive(&sdp, &gone);
         out.send(
             peer,
             &ServerEvent::Custom(CustomEvent::SdpAnswer(SdpAnswer {

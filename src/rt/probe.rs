@@ -232,6 +232,8 @@ pub enum Event<'a> {
     // --- media session ---
     BroadcastOverBudget,
     SdpOfferWhileAnswerOutstanding,
+    /// An answer kept lines of tracks whose publisher left while it was made, inactive.
+    AnswerSilencedGoneTracks,
     StaleAnswerDropped,
     InboundTrackEnded,
     MediaEventBeforeConnect,
@@ -303,6 +305,7 @@ impl Event<'_> {
             Event::BroadcastOverBudget => "BroadcastOverBudget",
             Event::SdpOfferWhileAnswerOutstanding => "SdpOfferWhileAnswerOutstanding",
             Event::StaleAnswerDropped => "StaleAnswerDropped",
+            Event::AnswerSilencedGoneTracks => "AnswerSilencedGoneTracks",
             Event::RoomWokeForNothing => "RoomWokeForNothing",
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
