@@ -452,6 +452,12 @@ try {
     const text = visible ? await offline.textContent("#banner") : "";
     return { ok: /Cannot reach the server/.test(text), text };
   });
+  // A long outage shows that it goes on: the attempt count and the time both move.
+  await waitFor("Erin sees the attempts and the time of the outage go on", async () => {
+    const text = await offline.textContent("#banner");
+    const m = /Attempt (\d+), for (\d+):(\d\d)/.exec(text);
+    return { ok: !!m && Number(m[1]) >= 3 && Number(m[3]) + 60 * Number(m[2]) >= 1, text };
+  });
   result.unreachable = await offline.textContent("#banner");
   if (pageErrors.length) throw new Error(`errors on the pages: ${JSON.stringify(pageErrors)}`);
   log(`server unreachable: "${result.unreachable}"`);

@@ -441,7 +441,7 @@ class RoomSession {
       if (!this.everJoined) {
         this.phase = "unreachable";
         this.setStatus("offline");
-        this.setBanner(`Cannot reach the server at ${location.host}. Retrying…`, true);
+        this.outageAttempt(`Cannot reach the server at ${location.host}. Retrying…`, true);
       }
     });
     this.socket.onClose(() => {
@@ -449,7 +449,7 @@ class RoomSession {
       if (this.phase !== "reconnecting") this.reconnects += 1;
       this.phase = "reconnecting";
       this.setStatus("reconnecting…");
-      this.setBanner("Connection to the server lost. Reconnecting…");
+      this.outageAttempt("Connection to the server lost. Reconnecting…");
     });
     this.socket.connect();
 
@@ -479,7 +479,7 @@ class RoomSession {
         this.reconnects += 1;
         this.phase = "reconnecting";
         this.setStatus("reconnecting…");
-        this.setBanner("Connection to the room lost. Reconnecting…");
+        this.outageAttempt("Connection to the room lost. Reconnecting…");
       }
     });
     this.channel
@@ -504,8 +504,37 @@ class RoomSession {
     this.close(text);
   }
 
+  /**
+   * One more failed attempt to reach the server or the room: the banner says what is wrong, which
+   * attempt this is and for how long it has lasted, refreshed every second, so a long outage
+   * does not look like a frozen page.
+   */
+  outageAttempt(text, isError = false) {
+    if (!this.outage) {
+      this.outage = { since: Date.now(), attempts: 0 };
+      this.outageTimer = setInterval(() => this.showOutage(), 1000);
+    }
+    Object.assign(this.outage, { text, isError });
+    this.outage.attempts += 1;
+    this.showOutage();
+  }
+
+  showOutage() {
+    if (!this.outage) return;
+    const { since, attempts, text, isError } = this.outage;
+    const secs = Math.floor((Date.now() - since) / 1000);
+    const clock = `${Math.floor(secs / 60)}:${String(secs % 60).padStart(2, "0")}`;
+    this.setBanner(`${text} Attempt ${attempts + 1}, for ${clock}.`, isError);
+  }
+
+  endOutage() {
+    clearInterval(this.outageTimer);
+    this.outage = null;
+  }
+
   onJoined() {
     if (this.closed) return;
+    this.endOutage();
     this.everJoined = true;
     this.phase = "joined";
     this.setStatus("joined", true);
@@ -844,6 +873,7 @@ class RoomSession {
   close(lobbyError) {
     if (this.closed) return;
     this.closed = true;
+    this.endOutage();
     if (this.endpoint) {
       const ep = this.endpoint;
       const pc = ep.connection;
