@@ -12,7 +12,7 @@
 // Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
 
 import path from "node:path";
-import { STEP_MS, expectAccessible, joinRoom, launchChromium, log, waitFor } from "./lib.mjs";
+import { STEP_MS, expectAccessible, joinRoom, log, pageConsole, runScript, waitFor } from "./lib.mjs";
 
 const [base, shotDir] = process.argv.slice(2);
 if (!base || !shotDir) {
@@ -111,24 +111,14 @@ function checkTileRects(max) {
 const expectLayout = (page, n, what) => waitFor(what, () => page.evaluate(checkTiles, n));
 
 const result = { room: ROOM, layouts: {} };
-const consoleLines = [];
-let browser;
-try {
-  browser = await launchChromium();
-  log(`chromium ${browser.version()}`);
+const pageLog = pageConsole();
+await runScript(async (browser) => {
   const pages = [];
   for (const name of NAMES) {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     await ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(base).origin });
     const page = await ctx.newPage();
-    page.on("console", (m) => {
-      consoleLines.push(`${name} console.${m.type()}: ${m.text()}`);
-      if (m.type() === "error") result.consoleErrors = (result.consoleErrors || 0) + 1;
-    });
-    page.on("pageerror", (e) => {
-      consoleLines.push(`${name} pageerror: ${e.message}`);
-      result.consoleErrors = (result.consoleErrors || 0) + 1;
-    });
+    pageLog.watch(page, name);
     pages.push(page);
   }
   const [alice] = pages;
@@ -259,13 +249,6 @@ try {
   await expectLayout(alice, 2, "two tiles below the invite link");
   log(`copy fallback: ${JSON.stringify(result.copyFallback)}`);
 
-  if (result.consoleErrors) throw new Error(`${result.consoleErrors} console errors on the pages`);
-  console.log(`E2E_RESULT ${JSON.stringify(result)}`);
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  console.error(`[e2e] FAILED: ${e && e.stack ? e.stack : e}`);
-  console.error("[e2e] page console:\n" + consoleLines.slice(-80).join("\n"));
-  if (browser) await browser.close().catch(() => {});
-  process.exit(1);
-}
+  if (pageLog.errors.length) throw new Error(`errors on the pages: ${JSON.stringify(pageLog.errors)}`);
+  return result;
+}, pageLog.lines);

@@ -75,3 +75,46 @@ export async function expectAccessible(page, where) {
   log(`axe: ${where}: no serious or critical violations (${violations.length} minor)`);
   return violations.map((v) => `${v.impact}:${v.id}`);
 }
+
+/**
+ * What the pages print: every console line and uncaught exception kept for a failure report,
+ * console errors and exceptions also in `errors` (a page must have none). `watch` a page to
+ * listen to it.
+ */
+export function pageConsole() {
+  const lines = [];
+  const errors = [];
+  const watch = (page, name) => {
+    page.on("console", (m) => {
+      lines.push(`${name} console.${m.type()}: ${m.text()}`);
+      if (m.type() === "error") errors.push(`${name}: ${m.text()}`);
+    });
+    page.on("pageerror", (e) => {
+      lines.push(`${name} pageerror: ${e.message}`);
+      errors.push(`${name}: ${e.message}`);
+    });
+  };
+  return { lines, errors, watch };
+}
+
+/**
+ * Runs a browser script's body and exits: 0 after printing `E2E_RESULT <json>` of what it
+ * returns, 1 with the error and the pages' last console lines. Closes the browser either way.
+ */
+export async function runScript(body, consoleLines) {
+  let browser;
+  try {
+    browser = await launchChromium();
+    log(`chromium ${browser.version()}`);
+    const result = await body(browser);
+    console.log(`E2E_RESULT ${JSON.stringify(result)}`);
+    await browser.close();
+    process.exit(0);
+  } catch (e) {
+    console.error(`[e2e] FAILED: ${e && e.stack ? e.stack : e}`);
+    console.error("[e2e] page console:\n" + consoleLines.slice(-80).join("\n"));
+    if (browser) await browser.close().catch(() => {});
+    process.exit(1);
+  }
+}
+

@@ -22,7 +22,7 @@
 // Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
 
 import { createInterface } from "node:readline";
-import { STEP_MS, expectAccessible, joinRoom, launchChromium, log, waitFor } from "./lib.mjs";
+import { STEP_MS, expectAccessible, joinRoom, log, pageConsole, runScript, waitFor } from "./lib.mjs";
 
 const [base, screenshotPath] = process.argv.slice(2);
 if (!base || !screenshotPath) {
@@ -124,24 +124,12 @@ async function peerView(page, name) {
 }
 
 const result = { room: ROOM };
-const consoleLines = [];
 // Console errors and uncaught exceptions on the pages (not the deliberately offline one).
-const pageErrors = [];
-function watchConsole(page, name) {
-  page.on("console", (m) => {
-    consoleLines.push(`${name} console.${m.type()}: ${m.text()}`);
-    if (m.type() === "error") pageErrors.push(`${name}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => {
-    consoleLines.push(`${name} pageerror: ${e.message}`);
-    pageErrors.push(`${name}: ${e.message}`);
-  });
-}
-let browser;
-try {
-  browser = await launchChromium();
+const pageLog = pageConsole();
+const watchConsole = pageLog.watch;
+const pageErrors = pageLog.errors;
+await runScript(async (browser) => {
   result.browser = browser.version();
-  log(`chromium ${result.browser}`);
   const pages = {};
   for (const name of ["Alice", "Bob", "Carol"]) {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 720 } });
@@ -464,12 +452,5 @@ try {
   await offline.click("#leave");
   await offline.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
 
-  console.log(`E2E_RESULT ${JSON.stringify(result)}`);
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  console.error(`[e2e] FAILED: ${e && e.stack ? e.stack : e}`);
-  console.error("[e2e] page console:\n" + consoleLines.slice(-80).join("\n"));
-  if (browser) await browser.close().catch(() => {});
-  process.exit(1);
-}
+  return result;
+}, pageLog.lines);

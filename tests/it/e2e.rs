@@ -63,6 +63,15 @@ fn check_browser_setup(root: &Path) -> PathBuf {
     chromium
 }
 
+/// The real media plane (webrtc SFU and integrated TURN) on loopback.
+fn real_media() -> MediaConfig {
+    MediaConfig {
+        real: true,
+        turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        ..MediaConfig::default()
+    }
+}
+
 #[test]
 fn two_browsers_see_and_hear_each_other() {
     let root = repo_root();
@@ -70,11 +79,7 @@ fn two_browsers_see_and_hear_each_other() {
     let _serial = crate::support::MEDIA_EXCLUSIVE.blocking_lock();
     let srv = TestServer::start_with(|c| {
         c.limits.max_peers_per_room = ROOM_LIMIT;
-        c.media = MediaConfig {
-            real: true,
-            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            ..MediaConfig::default()
-        };
+        c.media = real_media();
     });
     let base = format!("http://{}/", srv.addr());
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-room.png");
@@ -257,11 +262,7 @@ fn a_token_link_joins_and_a_bare_link_is_told_why_not() {
     );
     let srv = TestServer::start_with(|c| {
         c.join_secret = Some(secret);
-        c.media = MediaConfig {
-            real: true,
-            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            ..MediaConfig::default()
-        };
+        c.media = real_media();
     });
     let base = format!("http://{}/", srv.addr());
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-token.png");
@@ -290,11 +291,7 @@ fn the_layout_fills_the_stage_and_the_pages_are_accessible() {
     let chromium = check_browser_setup(&root);
     let _serial = crate::support::MEDIA_EXCLUSIVE.blocking_lock();
     let srv = TestServer::start_with(|c| {
-        c.media = MediaConfig {
-            real: true,
-            turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            ..MediaConfig::default()
-        };
+        c.media = real_media();
     });
     let base = format!("http://{}/", srv.addr());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
