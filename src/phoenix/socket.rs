@@ -329,9 +329,7 @@ impl SocketCore {
                 event,
                 payload,
             } => {
-                let Some((join_ref, topic)) = self.joined(chan) else {
-                    tracing::debug!(?chan, %event, "dropping push from a channel not joined");
-                    probe::emit(Event::PushFromUnjoinedChannel);
+                let Some((join_ref, topic)) = self.push_target(chan, &event) else {
                     return;
                 };
                 if !payload.is_object() {
@@ -349,9 +347,7 @@ impl SocketCore {
                 field,
                 value,
             } => {
-                let Some((join_ref, topic)) = self.joined(chan) else {
-                    tracing::debug!(?chan, %event, "dropping push from a channel not joined");
-                    probe::emit(Event::PushFromUnjoinedChannel);
+                let Some((join_ref, topic)) = self.push_target(chan, event) else {
                     return;
                 };
                 let text =
@@ -640,6 +636,17 @@ impl SocketCore {
     }
 
     /// The join_ref and topic of a channel whose join was acknowledged.
+    /// [`Self::joined`] for a push of `event`: one from a channel not (or no longer) joined is
+    /// dropped, and counted.
+    fn push_target(&self, chan: ChanId, event: &str) -> Option<(Option<String>, String)> {
+        let target = self.joined(chan);
+        if target.is_none() {
+            tracing::debug!(?chan, %event, "dropping push from a channel not joined");
+            probe::emit(Event::PushFromUnjoinedChannel);
+        }
+        target
+    }
+
     fn joined(&self, chan: ChanId) -> Option<(Option<String>, String)> {
         let ch = self.channels.get(&chan)?;
         matches!(ch.state, ChanState::Joined).then(|| (ch.join_ref.clone(), ch.topic.clone()))
