@@ -68,24 +68,7 @@ impl Timer {
             return;
         }
         #[cfg(madsim)]
-        {
-            let mut sleep = tokio_sleep_until(deadline);
-            // madsim keeps a sleep at least 1 ms long, as tokio does.
-            let target = sleep.deadline();
-            std::future::poll_fn(|cx| {
-                use std::task::Poll;
-                if sleep.is_elapsed() {
-                    return Poll::Ready(());
-                }
-                let now = now();
-                if self.armed.is_none_or(|a| a <= now || a > target) {
-                    self.armed = Some(target);
-                    let _ = std::pin::Pin::new(&mut sleep).poll(cx);
-                }
-                Poll::Pending
-            })
-            .await
-        }
+        armed_wait(tokio_sleep_until(deadline), &mut self.armed).await;
         #[cfg(not(madsim))]
         tokio_sleep_until(deadline).await
     }
@@ -103,15 +86,24 @@ fn tokio_sleep_until(deadline: Instant) -> tokio::time::Sleep {
 
 /// Polls `sleep` for registration once; later polls (spurious wakes) only look at the clock.
 #[cfg(madsim)]
-async fn once(mut sleep: tokio::time::Sleep) {
-    let mut armed = false;
+async fn once(sleep: tokio::time::Sleep) {
+    armed_wait(sleep, &mut None).await
+}
+
+/// Waits out `sleep`, registering a simulator timer only when none that fires first is
+/// `armed` already (madsim keeps a sleep at least 1 ms long, as tokio does, so its own
+/// deadline is the target).
+#[cfg(madsim)]
+async fn armed_wait(mut sleep: tokio::time::Sleep, armed: &mut Option<Instant>) {
+    let target = sleep.deadline();
     std::future::poll_fn(|cx| {
         use std::task::Poll;
         if sleep.is_elapsed() {
             return Poll::Ready(());
         }
-        if !armed {
-            armed = true;
+        let now = now();
+        if armed.is_none_or(|a| a <= now || a > target) {
+            *armed = Some(target);
             let _ = std::pin::Pin::new(&mut sleep).poll(cx);
         }
         Poll::Pending
