@@ -16,6 +16,7 @@
 //! new channel), and it fires bursts of publish/unpublish/leave/rejoin while an offer is open.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -386,15 +387,29 @@ impl Client {
     }
 
     async fn send(&mut self, w: &mut wire::Writer, f: Frame) -> bool {
-        if f.topic != "phoenix" && !self.joins_pending.is_empty() {
+        let text = f.encode();
+        self.send_encoded(w, &f.topic, f.join_ref, f.msg_ref, text)
+            .await
+    }
+
+    /// Sends a frame already encoded as `text`, with the bookkeeping of [`Self::send`].
+    async fn send_encoded(
+        &mut self,
+        w: &mut wire::Writer,
+        topic: &str,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        text: String,
+    ) -> bool {
+        if topic != "phoenix" && !self.joins_pending.is_empty() {
             self.held += 1;
             self.held_peak = self.held_peak.max(self.held);
         }
-        if let Some(r) = &f.msg_ref {
+        if let Some(r) = msg_ref {
             self.replies.insert(r.clone(), 0);
-            self.sent_on.insert(r.clone(), f.join_ref.clone());
+            self.sent_on.insert(r, join_ref);
         }
-        w.send(&WireFrame::Text(f.encode())).await
+        w.send(&WireFrame::Text(text)).await
     }
 
     async fn join(&mut self, w: &mut wire::Writer) -> bool {
@@ -454,9 +469,19 @@ impl Client {
             let seq = self.my_seq;
             // Written as text: floods send thousands of these, and building a `Value` to
             // serialise it cost a sixth of a campaign. The bytes are serde_json's (sorted keys).
-            let meta = metadata_text(self.idx, seq, self.swarm.metadata_bytes);
-            let ev = format!(r#"{{"data":{{"metadata":{meta}}},"type":"updateEndpointMetadata"}}"#);
-            if !self.media_text(w, ev).await {
+            let Some(c) = &self.chan else { return true };
+            let (join_ref, topic) = (c.join_ref.clone(), c.topic.clone());
+            let r = self.fresh_ref();
+            let text = update_frame_text(
+                [&join_ref, &r, &topic],
+                self.idx,
+                seq,
+                self.swarm.metadata_bytes,
+            );
+            if !self
+                .send_encoded(w, &topic, Some(join_ref), Some(r), text)
+                .await
+            {
                 return false;
             }
         }
@@ -489,14 +514,10 @@ impl Client {
         let (join_ref, topic) = (c.join_ref.clone(), c.topic.clone());
         // phoenix.js gives every push a ref, even those the server never answers.
         let r = self.fresh_ref();
-        let f = Frame {
-            join_ref: Some(join_ref),
-            msg_ref: Some(r),
-            topic,
-            event: "mediaEvent".into(),
-            payload: json!({ "data": event }),
-        };
-        self.send(w, f).await
+        // Written directly: floods send thousands of these (see [`media_frame_text`]).
+        let text = media_frame_text(&join_ref, &r, &topic, &event);
+        self.send_encoded(w, &topic, Some(join_ref), Some(r), text)
+            .await
     }
 
     async fn connected(&mut self, reader: &mut wire::Reader, w: &mut wire::Writer) -> Step {
@@ -1417,6 +1438,81 @@ fn metadata_text(idx: usize, seq: u64, metadata_bytes: usize) -> String {
     String::from_utf8(m).expect("ASCII")
 }
 
+/// `Frame { join_ref, msg_ref, topic, event: "mediaEvent", payload: {"data": event} }.encode()`,
+/// byte for byte, without building a `Value` or escaping through serde: the simulated clients'
+/// floods made that a twentieth of a campaign.
+fn media_frame_text(join_ref: &str, msg_ref: &str, topic: &str, event: &str) -> String {
+    let mut out = String::with_capacity(event.len() + event.len() / 8 + topic.len() + 48);
+    out.push('[');
+    push_json_str(&mut out, join_ref);
+    out.push(',');
+    push_json_str(&mut out, msg_ref);
+    out.push(',');
+    push_json_str(&mut out, topic);
+    out.push_str(r#","mediaEvent",{"data":"#);
+    push_json_str(&mut out, event);
+    out.push_str("}]");
+    out
+}
+
+/// The frame of client `idx`'s metadata update `seq`:
+/// `media_frame_text(join_ref, msg_ref, topic, event)` for
+/// `event = {"data":{"metadata":<metadata_text(idx, seq, metadata_bytes)>},"type":"updateEndpointMetadata"}`,
+/// byte for byte, with the event's escaping written out (its only escapes are the quotes
+/// around keys), so a kilobyte of padding costs a copy instead of a scan per byte.
+fn update_frame_text(
+    [join_ref, msg_ref, topic]: [&str; 3],
+    idx: usize,
+    seq: u64,
+    metadata_bytes: usize,
+) -> String {
+    let mut out = String::with_capacity(metadata_bytes + topic.len() + 128);
+    out.push('[');
+    push_json_str(&mut out, join_ref);
+    out.push(',');
+    push_json_str(&mut out, msg_ref);
+    out.push(',');
+    push_json_str(&mut out, topic);
+    out.push_str(r#","mediaEvent",{"data":"{\"data\":{\"metadata\":"#);
+    if metadata_bytes == 0 {
+        let _ = write!(out, r#"{{\"client\":{idx},\"seq\":{seq}}}"#);
+    } else {
+        // The padding is sized on the unescaped text (see `metadata_text`).
+        let head = format!(r#"{{"client":{idx},"pad":""#);
+        let tail = format!(r#"","seq":{seq}}}"#);
+        let pad = metadata_bytes.saturating_sub(head.len() + tail.len());
+        let _ = write!(out, r#"{{\"client\":{idx},\"pad\":\""#);
+        const PADDING: &str = "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp";
+        let mut left = pad;
+        while left > 0 {
+            let n = left.min(PADDING.len());
+            out.push_str(&PADDING[..n]);
+            left -= n;
+        }
+        let _ = write!(out, r#"\",\"seq\":{seq}}}"#);
+    }
+    out.push_str(r#"},\"type\":\"updateEndpointMetadata\"}"}]"#);
+    out
+}
+
+/// Appends `s` as a JSON string literal, as serde_json writes it.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'\\') {
+        out.push_str(&serde_json::to_string(s).expect("strings always serialise"));
+        return;
+    }
+    out.push('"');
+    let mut pieces = s.split('"');
+    if let Some(first) = pieces.next() {
+        out.push_str(first);
+    }
+    for piece in pieces {
+        out.push_str("\\\"");
+        out.push_str(piece);
+    }
+    out.push('"');
+}
+
 /// How client `idx` spells `room` in its topic: odd clients in capitals, always (a client that
 /// rejoins, or joins twice, uses one topic, as a page does), so the clients of one room meet
 /// under two spellings: room names are case-insensitive (README).
@@ -1430,18 +1526,56 @@ fn cased(room: &str, idx: usize) -> String {
 
 #[cfg(test)]
 mod metadata_tests {
-    use super::metadata_text;
+    use super::{media_frame_text, metadata_text, update_frame_text};
     use serde_json::json;
+    use videoroom::phoenix::Frame;
+
+    /// (client, seq, metadata bytes): unpadded, padded, padding shorter than the text.
+    const CASES: [(usize, u64, usize); 5] = [
+        (0, 0, 0),
+        (7, 12, 0),
+        (3, 99, 1024),
+        (12, 100_000, 200),
+        (1, 1, 5),
+    ];
+
+    #[test]
+    fn update_frame_text_is_the_media_frame_of_the_update() {
+        for (idx, seq, bytes) in CASES {
+            let meta = metadata_text(idx, seq, bytes);
+            let event =
+                format!(r#"{{"data":{{"metadata":{meta}}},"type":"updateEndpointMetadata"}}"#);
+            assert_eq!(
+                update_frame_text(["4", "9", "room:Ab"], idx, seq, bytes),
+                media_frame_text("4", "9", "room:Ab", &event)
+            );
+        }
+    }
+
+    #[test]
+    fn media_frame_text_is_what_frame_encode_writes() {
+        for event in [
+            String::new(),
+            r#"{"data":{"metadata":{"client":1,"pad":"ppp","seq":2}},"type":"x"}"#.to_owned(),
+            "quote \" backslash \\ newline \n tab \t bell \u{7} \u{1f} é \u{202e} 🎥".to_owned(),
+            "\"\"".to_owned(),
+        ] {
+            for topic in ["room:a", "room:\"q\"", "room:\\"] {
+                let f = Frame {
+                    join_ref: Some("3".into()),
+                    msg_ref: Some("17".into()),
+                    topic: topic.into(),
+                    event: "mediaEvent".into(),
+                    payload: json!({ "data": event }),
+                };
+                assert_eq!(media_frame_text("3", "17", topic, &event), f.encode());
+            }
+        }
+    }
 
     #[test]
     fn metadata_text_is_what_serde_json_writes_and_pads_to_the_byte() {
-        for (idx, seq, bytes) in [
-            (0, 0, 0),
-            (7, 12, 0),
-            (3, 99, 1024),
-            (12, 100_000, 200),
-            (1, 1, 5),
-        ] {
+        for (idx, seq, bytes) in CASES {
             let mut m = json!({"client": idx, "seq": seq});
             if bytes > 0 {
                 m["pad"] = json!("");
