@@ -154,6 +154,14 @@ impl Negotiator {
     pub fn owed(&self) -> Option<&'static str> {
         if self.silenced.iter().any(|t| !self.gone.contains(t)) {
             Some("the removal of a track whose line an answer made inactive")
+        } else if self
+            .carried
+            .values()
+            .any(|(t, freed)| !freed && self.gone.contains(t))
+        {
+            // The server renegotiates every connection that carried a track it removed, so
+            // the line goes inactive and its slot can be given to the next track.
+            Some("a renegotiation that frees a line whose track is gone")
         } else if self.offer_open {
             Some("an sdpAnswer to its sdpOffer")
         } else if self.asked {
