@@ -35,6 +35,7 @@ done
 
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 out="${MUTANTS_OUT:-$target/mutants}"
+mkdir -p "$out"
 default_files="src/rt/** src/registry/** src/room/** src/channel/** src/conn/**
   src/phoenix/socket.rs src/engine/tracks.rs src/engine/negotiation.rs src/engine/session.rs"
 read -r -a files <<<"$(tr '\n' ' ' <<<"${MUTANTS_FILES:-$default_files}")"
