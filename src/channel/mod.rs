@@ -159,6 +159,9 @@ pub async fn run(
                 Received::Down(d) => match joined_down(d.mref, room_ref, socket_ref, &d.reason) {
                     Some(exit @ ExitReason::Error(_)) => {
                         tracing::debug!(%topic, reason = %d.reason, "room down");
+                        if d.reason == ExitReason::Normal {
+                            probe::emit(Event::RoomStoppedUnderPeer);
+                        }
                         probe::emit(Event::ChannelRoomDown);
                         return exit;
                     }

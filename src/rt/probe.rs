@@ -239,6 +239,9 @@ pub enum Event<'a> {
     MediaEventBeforeConnect,
     /// Never: a room's connect-grace timer fired with none of its peers past their grace.
     RoomWokeForNothing,
+    /// Never: a channel in a room saw the room end normally (a room stops normally only once
+    /// it has no peer left: the last one left, or the room dropped it first).
+    RoomStoppedUnderPeer,
     /// Candidates the plane reported while the peer's answer was outstanding, sent after it:
     /// `held` of them, of at most `max` kept (the rest were dropped).
     HeldCandidatesFlushed {
@@ -307,6 +310,7 @@ impl Event<'_> {
             Event::StaleAnswerDropped => "StaleAnswerDropped",
             Event::AnswerSilencedGoneTracks => "AnswerSilencedGoneTracks",
             Event::RoomWokeForNothing => "RoomWokeForNothing",
+            Event::RoomStoppedUnderPeer => "RoomStoppedUnderPeer",
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
@@ -329,6 +333,7 @@ impl Event<'_> {
                 | Event::PushNotObject
                 | Event::SecondJoinOutcome
                 | Event::RoomWokeForNothing
+                | Event::RoomStoppedUnderPeer
         )
     }
 }
