@@ -64,6 +64,9 @@ pub struct View {
     pub refused: Option<String>,
     /// A squatter: joins, never connects.
     pub squatter: bool,
+    /// When its last join was answered `ok` (a squatter holds its slot from then until the
+    /// grace drops it).
+    pub joined_at: Option<time::Instant>,
     /// The reason the server gave when it dropped this client's channel.
     pub dropped: Option<String>,
     /// The server closed this client's channel without an allowed reason: phoenix.js never
@@ -290,6 +293,7 @@ impl Client {
             connected,
             refused: self.refused.clone(),
             squatter: self.squatter,
+            joined_at: self.joined_at,
             dropped: self.dropped.clone(),
             stranded: self.stranded,
             owed: self.chan.as_ref().filter(|c| c.joined).and_then(|c| {
@@ -469,23 +473,26 @@ impl Client {
             let seq = self.my_seq;
             // Written as text: floods send thousands of these, and building a `Value` to
             // serialise it cost a sixth of a campaign. The bytes are serde_json's (sorted keys).
-            let Some(c) = &self.chan else { return true };
-            let (join_ref, topic) = (c.join_ref.clone(), c.topic.clone());
-            let r = self.fresh_ref();
-            let text = update_frame_text(
-                [&join_ref, &r, &topic],
-                self.idx,
-                seq,
-                self.swarm.metadata_bytes,
-            );
-            if !self
-                .send_encoded(w, &topic, Some(join_ref), Some(r), text)
-                .await
-            {
+            if !self.send_update(w, seq).await {
                 return false;
             }
         }
         true
+    }
+
+    /// The metadata update carrying `seq` (the current one again is an unchanged update).
+    async fn send_update(&mut self, w: &mut wire::Writer, seq: u64) -> bool {
+        let Some(c) = &self.chan else { return true };
+        let (join_ref, topic) = (c.join_ref.clone(), c.topic.clone());
+        let r = self.fresh_ref();
+        let text = update_frame_text(
+            [&join_ref, &r, &topic],
+            self.idx,
+            seq,
+            self.swarm.metadata_bytes,
+        );
+        self.send_encoded(w, &topic, Some(join_ref), Some(r), text)
+            .await
     }
 
     /// The media `connect`, carrying the client's current metadata.
@@ -661,6 +668,14 @@ impl Client {
             return self.send_updates(w, 1).await;
         }
         match self.swarm.pick_action() {
+            "media" if joined && self.my_seq > 0 && rt::rand::chance(0.1) => {
+                // A person saving an unchanged name: the room must not pass it on (0.5.3 wipes
+                // an endpoint's tracks on every `endpointUpdated`).
+                self.log("sends its metadata again, unchanged");
+                self.oracles
+                    .reached("client: unchanged metadata sent again");
+                self.send_update(w, self.my_seq).await
+            }
             "media" if joined => self.send_updates(w, 1).await,
             "leave" if joined && self.pending_leave.is_none() => self.leave(w).await,
             "duplicate" if self.chan.is_some() => {
@@ -1345,7 +1360,12 @@ impl Client {
                     return Vec::new();
                 };
                 self.oracles.heard(idx, &c.join_ref, &c.topic, id, seq);
-                c.meta.insert(id.to_string(), seq);
+                if c.meta.insert(id.to_string(), seq) == Some(seq) {
+                    self.oracles.fail(format!(
+                        "c{idx}: endpointUpdated for peer {id} repeats the metadata it holds (seq {seq}): \
+                         membrane-webrtc-js 0.5.3 wipes the endpoint's tracks on every endpointUpdated"
+                    ));
+                }
                 let last = c.seq.insert(id.to_string(), seq).unwrap_or(0);
                 if seq <= last {
                     self.oracles.fail(format!(
