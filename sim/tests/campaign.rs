@@ -124,6 +124,10 @@ fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
     assert!(drops > 0, "no squatter was dropped");
     assert_eq!(v["coverage"]["client: dropped with a reason"], drops);
     assert!(v["coverage"]["client: squatter left before its grace"].as_u64() > Some(0));
+    // Regression: a squatter that got in late in the settle phase was judged before its grace
+    // could drop it (the settle phase now waits for it).
+    let v = campaign(&["--scenario", "squatters", "--seeds", "1", "--from", "95"]);
+    assert_eq!(v["failing"], Value::Array(vec![]));
 }
 
 /// Never more rooms than the limit, under crashes and churn (a safety oracle), and clients
