@@ -11,8 +11,12 @@ export const STEP_MS = 30_000;
 
 export const log = (...a) => console.log("[e2e]", ...a);
 
-/** Headless Chromium (VIDEOROOM_CHROMIUM or /usr/bin/chromium) with fake media devices. */
-export function launchChromium() {
+/**
+ * Headless Chromium (VIDEOROOM_CHROMIUM or /usr/bin/chromium) with fake media devices: one camera
+ * by default, `fakeDevices` options such as "device-count=2" for more. With the fake UI,
+ * getDisplayMedia shares a fake screen (1280x720) without a picker.
+ */
+export function launchChromium({ fakeDevices = "" } = {}) {
   return chromium.launch({
     executablePath: process.env.VIDEOROOM_CHROMIUM || "/usr/bin/chromium",
     headless: true,
@@ -24,7 +28,7 @@ export function launchChromium() {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
-      "--use-fake-device-for-media-stream",
+      fakeDevices ? `--use-fake-device-for-media-stream=${fakeDevices}` : "--use-fake-device-for-media-stream",
       "--use-fake-ui-for-media-stream",
       "--allow-loopback-in-peer-connection",
     ],
@@ -101,10 +105,10 @@ export function pageConsole() {
  * Runs a browser script's body and exits: 0 after printing `E2E_RESULT <json>` of what it
  * returns, 1 with the error and the pages' last console lines. Closes the browser either way.
  */
-export async function runScript(body, consoleLines) {
+export async function runScript(body, consoleLines, launchOptions = {}) {
   let browser;
   try {
-    browser = await launchChromium();
+    browser = await launchChromium(launchOptions);
     log(`chromium ${browser.version()}`);
     const result = await body(browser);
     console.log(`E2E_RESULT ${JSON.stringify(result)}`);

@@ -280,13 +280,19 @@ fn a_token_link_joins_and_a_bare_link_is_told_why_not() {
     assert!(refused.contains("a join token is required"), "{out}");
 }
 
-/// Three people at 1280x800, 1024x768, 390x844 and 844x390 (and one and two before them): the
-/// tiles fill the stage without overlapping and every name stays readable; pinning a tile by
-/// click, Enter or Space enlarges it; the lobby and the room pass axe-core (no serious or critical
-/// violations); alone in the room the invite link is shown and copied. The server has its default
-/// peer limit, so three fit (the main test keeps a limit of two for its room-full check).
-#[test]
-fn the_layout_fills_the_stage_and_the_pages_are_accessible() {
+/// A browser run against a fresh server with real media and its default peer limit; holds the
+/// media lock (one media test at a time) until dropped. Fields drop in this order: the server
+/// stops before the lock goes to the next test.
+struct RealMediaRun {
+    srv: TestServer,
+    _serial: net_tokio::sync::MutexGuard<'static, ()>,
+    root: PathBuf,
+    chromium: PathBuf,
+    base: String,
+    dir: PathBuf,
+}
+
+fn real_media_run() -> RealMediaRun {
     let root = repo_root();
     let chromium = check_browser_setup(&root);
     let _serial = crate::support::MEDIA_EXCLUSIVE.blocking_lock();
@@ -295,20 +301,38 @@ fn the_layout_fills_the_stage_and_the_pages_are_accessible() {
     });
     let base = format!("http://{}/", srv.addr());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    RealMediaRun {
+        srv,
+        _serial,
+        root,
+        chromium,
+        base,
+        dir,
+    }
+}
+
+/// Three people at 1280x800, 1024x768, 390x844 and 844x390 (and one and two before them): the
+/// tiles fill the stage without overlapping and every name stays readable; pinning a tile by
+/// click, Enter or Space enlarges it; the lobby and the room pass axe-core (no serious or critical
+/// violations); alone in the room the invite link is shown and copied. The server has its default
+/// peer limit, so three fit (the main test keeps a limit of two for its room-full check).
+#[test]
+fn the_layout_fills_the_stage_and_the_pages_are_accessible() {
+    let run = real_media_run();
     let sizes = ["1280x800", "1024x768", "390x844", "844x390"];
     let shots: Vec<PathBuf> = sizes
         .iter()
-        .map(|s| dir.join(format!("e2e-layout-3p-{s}.png")))
+        .map(|s| run.dir.join(format!("e2e-layout-3p-{s}.png")))
         .collect();
     for shot in &shots {
         let _ = std::fs::remove_file(shot);
     }
     let (result, out) = run_script(
-        &root,
-        &chromium,
-        &srv,
+        &run.root,
+        &run.chromium,
+        &run.srv,
         "layout.mjs",
-        &[&base, dir.to_str().expect("utf-8 path")],
+        &[&run.base, run.dir.to_str().expect("utf-8 path")],
         &[],
     );
     for n in 1..=3 {
@@ -321,4 +345,68 @@ fn the_layout_fills_the_stage_and_the_pages_are_accessible() {
         assert!(shot.is_file(), "no screenshot at {}", shot.display());
         println!("screenshot: {}", shot.display());
     }
+}
+
+/// Runs one part of `features.mjs` against a fresh server with real media; returns its result.
+fn run_features(part: &str) -> Value {
+    let run = real_media_run();
+    let (result, out) = run_script(
+        &run.root,
+        &run.chromium,
+        &run.srv,
+        "features.mjs",
+        &[&run.base, run.dir.to_str().expect("utf-8 path"), part],
+        &[],
+    );
+    assert_eq!(result["part"], part, "{out}");
+    result
+}
+
+/// Screen sharing: a second video track with `{type: "screensharing"}`, shown large to the
+/// others (also to one joining later) as "<name>'s screen" with the cameras in a strip; one share
+/// at a time; Stop sharing, or the browser ending the track, removes it on every page.
+#[test]
+fn a_shared_screen_shows_large_to_the_others_and_goes_when_stopped() {
+    let result = run_features("screen");
+    assert_eq!(result["aliceSharing"]["senders"], 1, "{result}");
+    assert_eq!(result["bobLabel"]["label"], "Alice's screen", "{result}");
+    assert!(
+        result["bobPlays"]["w"].as_f64().unwrap_or(0.0) > 0.0,
+        "{result}"
+    );
+    assert_eq!(result["stopped"]["senders"], 0, "{result}");
+    assert_eq!(result["hiddenWithoutDisplayMedia"], true, "{result}");
+}
+
+/// Device choice: the lobby lists the devices and previews the camera; the choice survives a
+/// reload and is what joins; the settings dialog switches camera and microphone on the same
+/// senders while the other side keeps decoding; a remembered camera that is gone falls back.
+#[test]
+fn devices_are_picked_in_the_lobby_remembered_and_switched_in_the_room() {
+    let result = run_features("devices");
+    assert_eq!(result["cameraSwitched"]["old"], "ended", "{result}");
+    assert!(
+        result["bobAfterCameraSwitch"]["delta"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 5.0,
+        "{result}"
+    );
+    assert_eq!(result["micSwitched"]["old"], "ended", "{result}");
+}
+
+/// Connection health: no marker on healthy connections; a peer whose media stops is marked
+/// "Connection interrupted" within ~6 s (a peer with its camera off and muted is not), and the
+/// marker clears when the media resumes.
+#[test]
+fn an_interrupted_peer_is_marked_and_a_quiet_one_is_not() {
+    let result = run_features("health");
+    let after = result["interruptedAfterMs"].as_f64().unwrap_or(f64::MAX);
+    assert!(after <= 6_500.0, "marked after {after} ms: {result}");
+    assert_eq!(
+        result["bobQuiet"]["marked"],
+        serde_json::json!([]),
+        "{result}"
+    );
+    assert_eq!(result["resumed"]["ok"], true, "{result}");
 }
