@@ -23,18 +23,24 @@
 //          uplink marker, his view of Alice and Alice's view of him show a quality marker (with
 //          its words for screen readers). (Alice's other tiles are only recorded: four browsers on a small, busy
 //          machine lose packets on the loopback too.)
+// speaker  (the fake microphones play a speech-like WAV) Three people, Bob and Carol muted: the
+//          Speaker view button is off by default; turned on (by keyboard on Bob's page), Alice's
+//          tile becomes the large one on Bob's and Carol's pages, never her own on hers; it stays
+//          large when she falls quiet; a pin wins over it; Carol speaking takes over after at
+//          least a second; turning the view off gives the grid back, and the speaker leaving too.
 //
-// Usage: node tests/e2e/features.mjs <base url> <screenshot dir> <screen|devices|health>
+// Usage: node tests/e2e/features.mjs <base url> <screenshot dir> <screen|devices|health|speaker>
 // Prints progress lines, then `E2E_RESULT <json>`; exits non-zero on any failed check.
 // Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
 
 import dgram from "node:dgram";
+import fs from "node:fs";
 import path from "node:path";
 import { STEP_MS, expectAccessible, joinRoom, log, pageConsole, runScript, waitFor } from "./lib.mjs";
 
 const [base, shotDir, part] = process.argv.slice(2);
-if (!base || !shotDir || !["screen", "devices", "health"].includes(part)) {
-  console.error("usage: node features.mjs <base url> <screenshot dir> <screen|devices|health>");
+if (!base || !shotDir || !["screen", "devices", "health", "speaker"].includes(part)) {
+  console.error("usage: node features.mjs <base url> <screenshot dir> <screen|devices|health|speaker>");
   process.exit(2);
 }
 const ROOM = `${part}-${Date.now().toString(36)}`;
@@ -82,23 +88,27 @@ function checkStage() {
     for (const { t: u, r: q } of tiles.slice(i + 1)) if (overlap(r, q)) problems.push(`${t.title} overlaps ${u.title}`);
     if (!inside(t.querySelector(".label").getBoundingClientRect(), r)) problems.push(`${t.title}: label outside`);
   });
-  const sorted = tiles.map(({ t, r }) => ({ title: t.title, pinned: t.classList.contains("pinned"), w: Math.round(r.width) }))
-    .sort((a, b) => b.w - a.w);
+  const sorted = tiles.map(({ t, r }) => ({ title: t.title, pinned: t.classList.contains("pinned"),
+    speaker: t.classList.contains("speaker"), w: Math.round(r.width) })).sort((a, b) => b.w - a.w);
   return { problems, tiles: sorted };
 }
 
-/** `page` shows `title` large (pinned, more than twice as wide as any other tile), laid out cleanly. */
-const expectLarge = (page, title, what) => waitFor(what, async () => {
+/**
+ * `page` shows `title` large (marked `why`: "pinned", or "speaker" by the speaker view; more than
+ * twice as wide as any other tile), laid out cleanly.
+ */
+const expectLarge = (page, title, what, why = "pinned", timeoutMs = STEP_MS) => waitFor(what, async () => {
   const s = await page.evaluate(checkStage);
   const [big, ...rest] = s.tiles;
-  return { ok: s.problems.length === 0 && !!big && big.title === title && big.pinned && rest.every((x) => x.w * 2 < big.w), ...s };
-});
+  return { ok: s.problems.length === 0 && !!big && big.title === title && big[why] && rest.every((x) => x.w * 2 < big.w), ...s };
+}, timeoutMs);
 
-/** `page` shows no screen tile and no pinned tile (the plain grid), laid out cleanly. */
+/** `page` shows no screen tile and no large tile (the plain grid), laid out cleanly. */
 const expectGrid = (page, n, what) => waitFor(what, async () => {
   const s = await page.evaluate(checkStage);
   const st = await state(page);
-  return { ok: s.problems.length === 0 && st.screens.length === 0 && s.tiles.length === n && s.tiles.every((x) => !x.pinned), ...s };
+  return { ok: s.problems.length === 0 && st.screens.length === 0 && s.tiles.length === n &&
+    s.tiles.every((x) => !x.pinned && !x.speaker), ...s };
 });
 
 /** A page in a browser context of its own at 1280x800, its console and errors watched as `name`. */
@@ -106,6 +116,17 @@ async function openPage(browser, pageLog, name) {
   const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
   pageLog.watch(page, name);
   return page;
+}
+
+/** Alice, Bob and Carol on pages of their own, joined one after the other; `then(page, name)` after each. */
+async function joinThree(browser, pageLog, then = async () => {}) {
+  const pages = {};
+  for (const name of ["Alice", "Bob", "Carol"]) {
+    pages[name] = await openPage(browser, pageLog, name);
+    await join(pages[name], name);
+    await then(pages[name], name);
+  }
+  return pages;
 }
 
 /** The page's live screen-share senders (tracks from getDisplayMedia are labelled "screen:…"). */
@@ -468,11 +489,7 @@ async function lossyRelay(target) {
 
 async function healthPart(browser, pageLog) {
   const result = {};
-  const pages = {};
-  for (const name of ["Alice", "Bob", "Carol"]) {
-    pages[name] = await openPage(browser, pageLog, name);
-    await join(pages[name], name);
-  }
+  const pages = await joinThree(browser, pageLog);
   const { Alice: alice, Bob: bob, Carol: carol } = pages;
   await expectFramesAdvancing(alice, "Alice decoding Bob and Carol", 10);
 
@@ -639,11 +656,128 @@ async function healthPart(browser, pageLog) {
   return result;
 }
 
+/**
+ * A WAV (48 kHz, 16-bit mono, 3 s, played in a loop) that sounds enough like speech for the
+ * microphone's noise suppression to let it through: a tone changing pitch and loudness every
+ * 120 ms, never silent long enough to end the speaking marker.
+ */
+function speechLikeWav(file) {
+  const rate = 48_000;
+  const n = rate * 3;
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write("RIFF", 0);
+  buf.writeUInt32LE(36 + n * 2, 4);
+  buf.write("WAVEfmt ", 8);
+  buf.writeUInt32LE(16, 16);
+  buf.writeUInt16LE(1, 20); // PCM
+  buf.writeUInt16LE(1, 22); // mono
+  buf.writeUInt32LE(rate, 24);
+  buf.writeUInt32LE(rate * 2, 28);
+  buf.writeUInt16LE(2, 32);
+  buf.writeUInt16LE(16, 34);
+  buf.write("data", 36);
+  buf.writeUInt32LE(n * 2, 40);
+  const pitches = [180, 240, 310, 210, 400, 270, 150, 350, 230];
+  let phase = 0;
+  for (let i = 0; i < n; i++) {
+    const seg = Math.floor(i / (rate * 0.12));
+    phase += (2 * Math.PI * pitches[seg % pitches.length]) / rate;
+    const amp = 0.25 + 0.2 * Math.abs(Math.sin((Math.PI * i) / (rate * 0.12)));
+    const v = amp * (Math.sin(phase) + 0.5 * Math.sin(2 * phase) + 0.25 * Math.sin(3 * phase)) / 1.75;
+    buf.writeInt16LE(Math.round(v * 32767), 44 + i * 2);
+  }
+  fs.writeFileSync(file, buf);
+  return file;
+}
+
+/** The "Speaker view" button on `page`: its name, state, whether it is focused, and what is remembered. */
+const speakerButton = (page) => page.evaluate(() => {
+  const b = document.getElementById("speaker-view");
+  return { text: b.textContent, pressed: b.getAttribute("aria-pressed"), focused: document.activeElement === b,
+    saved: localStorage.getItem("videoroom.speakerView") };
+});
+
+/** Waits until `page` hears `name` speaking, or (`on` false) no longer. */
+const expectSpeaking = (page, name, on = true) => waitFor(`${name} ${on ? "" : "not "}speaking on the page`, async () => {
+  const p = (await state(page)).peers.find((x) => x.name === name);
+  return { ok: !!p && p.speaking === on, peer: p };
+});
+
+async function speakerPart(browser, pageLog) {
+  const result = {};
+  const { Alice: alice, Bob: bob, Carol: carol } = await joinThree(browser, pageLog, async (page, name) => {
+    if (name !== "Alice") await page.click("#toggle-mic");
+  });
+  await expectSpeaking(bob, "Alice");
+  await expectSpeaking(bob, "Carol", false);
+
+  // Off by default: Alice speaking changes nothing.
+  result.buttonBefore = await speakerButton(bob);
+  if (result.buttonBefore.text !== "Speaker view" || result.buttonBefore.pressed !== "false") {
+    throw new Error(`the Speaker view button before: ${JSON.stringify(result.buttonBefore)}`);
+  }
+  await expectGrid(bob, 3, "the grid on Bob's page while the speaker view is off");
+
+  // On by keyboard on Bob's page (by click on the others'): Alice goes large, remembered.
+  await bob.focus("#speaker-view");
+  let started = Date.now();
+  await bob.keyboard.press("Enter");
+  await alice.click("#speaker-view");
+  await carol.click("#speaker-view");
+  result.buttonOn = await speakerButton(bob);
+  if (result.buttonOn.pressed !== "true" || !result.buttonOn.focused || result.buttonOn.saved !== "on") {
+    throw new Error(`the Speaker view button after Enter: ${JSON.stringify(result.buttonOn)}`);
+  }
+  result.bobSeesAlice = await expectLarge(bob, "Alice", "Alice large on Bob's page", "speaker", 10_000);
+  result.aliceLargeAfterMs = Date.now() - started;
+  await expectLarge(carol, "Alice", "Alice large on Carol's page", "speaker", 10_000);
+  // Alice has been speaking as long on her own page: it still never enlarges her.
+  await waitFor("Alice speaking on her own page", async () => ({ ok: (await state(alice)).self.speaking }));
+  await expectGrid(alice, 3, "the grid on Alice's own page");
+  result.speakerAria = await bob.evaluate(() => document.querySelector("#grid .tile.speaker").getAttribute("aria-current"));
+  await expectAccessible(bob, "the room in the speaker view");
+  await bob.screenshot({ path: path.join(shotDir, "e2e-speaker-view.png") });
+  log(`speaker view: Alice large on Bob's page after ${result.aliceLargeAfterMs} ms`);
+
+  // Nobody speaking: the last speaker stays large.
+  await alice.click("#toggle-mic");
+  await expectSpeaking(bob, "Alice", false);
+  await expectLarge(bob, "Alice", "Alice still large on Bob's page when quiet", "speaker", 1_000);
+
+  // A pin wins over the speaker; unpinned, the speaker is back.
+  await bob.click('#grid .tile[title="Carol"]');
+  await expectLarge(bob, "Carol", "Carol pinned large on Bob's page", "pinned", 5_000);
+  await bob.click('#grid .tile[title="Carol"]');
+  await expectLarge(bob, "Alice", "Alice large again on Bob's page after unpinning", "speaker", 5_000);
+  log("a pin wins over the speaker view");
+
+  // Carol speaks: she takes over once she has spoken for a second.
+  started = Date.now();
+  await carol.click("#toggle-mic");
+  result.bobSeesCarol = await expectLarge(bob, "Carol", "Carol large on Bob's page", "speaker", 10_000);
+  result.carolLargeAfterMs = Date.now() - started;
+  if (result.carolLargeAfterMs < 1_000) throw new Error(`Carol went large after ${result.carolLargeAfterMs} ms`);
+  log(`the speaker changes to Carol after ${result.carolLargeAfterMs} ms`);
+
+  // Off: the grid; on again: Carol; Carol leaves: the grid (nobody else speaks).
+  await bob.click("#speaker-view");
+  await expectGrid(bob, 3, "the grid on Bob's page with the speaker view off");
+  result.buttonOff = await speakerButton(bob);
+  await bob.click("#speaker-view");
+  await expectLarge(bob, "Carol", "Carol large on Bob's page with the speaker view on again", "speaker", 5_000);
+  await carol.click("#leave");
+  await expectGrid(bob, 2, "the grid on Bob's page after the speaker left");
+  log("speaker view off, and the speaker leaving, give the grid back");
+  return result;
+}
+
 const pageLog = pageConsole();
-const parts = { screen: screenPart, devices: devicesPart, health: healthPart };
+const parts = { screen: screenPart, devices: devicesPart, health: healthPart, speaker: speakerPart };
+const launchOptions = part === "devices" ? { fakeDevices: "device-count=3" }
+  : part === "speaker" ? { audioFile: speechLikeWav(path.join(shotDir, "e2e-speech-like.wav")) } : {};
 await runScript(async (browser) => {
   const result = { part, room: ROOM };
   Object.assign(result, await parts[part](browser, pageLog));
   if (pageLog.errors.length) throw new Error(`errors on the pages: ${JSON.stringify(pageLog.errors)}`);
   return result;
-}, pageLog.lines, part === "devices" ? { fakeDevices: "device-count=3" } : {});
+}, pageLog.lines, launchOptions);

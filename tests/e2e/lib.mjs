@@ -13,10 +13,11 @@ export const log = (...a) => console.log("[e2e]", ...a);
 
 /**
  * Headless Chromium (VIDEOROOM_CHROMIUM or /usr/bin/chromium) with fake media devices: one camera
- * by default, `fakeDevices` options such as "device-count=2" for more. With the fake UI,
- * getDisplayMedia shares a fake screen (1280x720) without a picker.
+ * by default, `fakeDevices` options such as "device-count=2" for more, `audioFile` a WAV file the
+ * fake microphone plays (in a loop) instead of its beep. With the fake UI, getDisplayMedia shares
+ * a fake screen (1280x720) without a picker.
  */
-export function launchChromium({ fakeDevices = "" } = {}) {
+export function launchChromium({ fakeDevices = "", audioFile = "" } = {}) {
   return chromium.launch({
     executablePath: process.env.VIDEOROOM_CHROMIUM || "/usr/bin/chromium",
     headless: true,
@@ -31,6 +32,7 @@ export function launchChromium({ fakeDevices = "" } = {}) {
       fakeDevices ? `--use-fake-device-for-media-stream=${fakeDevices}` : "--use-fake-device-for-media-stream",
       "--use-fake-ui-for-media-stream",
       "--allow-loopback-in-peer-connection",
+      ...(audioFile ? [`--use-file-for-fake-audio-capture=${audioFile}`] : []),
     ],
   });
 }

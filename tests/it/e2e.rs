@@ -410,3 +410,17 @@ fn an_interrupted_peer_is_marked_and_a_quiet_one_is_not() {
     );
     assert_eq!(result["resumed"]["ok"], true, "{result}");
 }
+
+/// The speaker view: off by default; turned on, whoever else has spoken for a second is shown
+/// large (never oneself), stays so while quiet, gives way to a pin, and the grid comes back when
+/// it is turned off or the speaker leaves.
+#[test]
+fn the_speaker_view_enlarges_whoever_speaks() {
+    let result = run_features("speaker");
+    assert_eq!(result["buttonBefore"]["pressed"], "false", "{result}");
+    assert_eq!(result["buttonOn"]["saved"], "on", "{result}");
+    assert_eq!(result["buttonOff"]["pressed"], "false", "{result}");
+    assert_eq!(result["speakerAria"], "true", "{result}");
+    let carol = result["carolLargeAfterMs"].as_f64().unwrap_or(0.0);
+    assert!(carol >= 1_000.0, "Carol large after {carol} ms: {result}");
+}

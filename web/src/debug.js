@@ -20,6 +20,7 @@ function snapshot(session) {
     hasCamera: p.hasCamera !== false,
     hasMic: p.hasMic !== false,
     pinned: p.id === session.pinnedId,
+    activeSpeaker: p.id === session.speakerId,
     sharing: !!p.sharing,
     interrupted: !!p.interrupted,
     quality: p.quality || "good",
@@ -36,6 +37,7 @@ function snapshot(session) {
     self: view(session.local),
     peers: [...session.peers.values()].map(view),
     sharingScreen: !!session.screenShare,
+    speakerView: session.speakerView,
     screens: [...session.screens.values()].map((x) => ({
       id: x.id,
       owner: x.owner.local ? "local" : x.owner.id,

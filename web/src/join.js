@@ -79,6 +79,7 @@ export function initRoomControls() {
   // Phones have no getDisplayMedia: no button that cannot work.
   $("share-screen").hidden = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
   $("share-screen").addEventListener("click", () => current && current.toggleScreenShare());
+  $("speaker-view").addEventListener("click", () => current && current.toggleSpeakerView());
   $("open-settings").addEventListener("click", () => current && current.openSettings());
   // Back to the button that opened it (the room may have closed meanwhile).
   $("settings").addEventListener("close", () => {

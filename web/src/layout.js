@@ -1,6 +1,7 @@
-// Where the tiles go on the stage: a best-fit grid of 16:9 tiles, or the pinned tile large with
-// the others in a strip; and pinning a tile. Tiles are laid out in JS (not CSS auto rows) so that
-// they fill the stage without overlapping. Owns the geometry; it must never build or draw a tile.
+// Where the tiles go on the stage: a best-fit grid of 16:9 tiles, or the pinned tile (else the
+// speaker view's active speaker, see speaker.js) large with the others in a strip; and pinning a
+// tile. Tiles are laid out in JS (not CSS auto rows) so that they fill the stage without
+// overlapping. Owns the geometry; it must never build or draw a tile.
 
 import { $ } from "./page.js";
 
@@ -91,16 +92,27 @@ export const layoutMethods = {
     return out;
   },
 
-  /** Places every tile: a best-fit grid, or the pinned tile large with the others in a strip. */
+  /**
+   * Places every tile: a best-fit grid, or one tile large with the others in a strip: the pinned
+   * one (by the user, or a peer's screen share), else the speaker view's active speaker.
+   */
   layout() {
     const grid = $("grid");
     const w = grid.clientWidth;
     const h = grid.clientHeight;
     if (!w || !h) return;
     const all = this.tiles();
-    const pinned = all.length > 1 ? all.findIndex((p) => p.id === this.pinnedId) : -1;
-    all.forEach((p, i) => p.tile.classList.toggle("pinned", i === pinned));
-    tileRects(all.length, w, h, pinned).forEach((r, i) => place(all[i].tile, r));
+    const at = (id) => (all.length > 1 && id ? all.findIndex((p) => p.id === id) : -1);
+    const pinned = at(this.pinnedId);
+    const speaker = pinned < 0 ? at(this.speakerTileId()) : -1;
+    all.forEach((p, i) => {
+      p.tile.classList.toggle("pinned", i === pinned);
+      p.tile.classList.toggle("speaker", i === speaker);
+      // Said when the tile is reached, never announced: speakers change too often for that.
+      if (i === speaker) p.tile.setAttribute("aria-current", "true");
+      else p.tile.removeAttribute("aria-current");
+    });
+    tileRects(all.length, w, h, pinned < 0 ? speaker : pinned).forEach((r, i) => place(all[i].tile, r));
   },
 
   togglePin(id) {

@@ -1,9 +1,9 @@
 // The room session: the phoenix socket and the `room:<name>` channel (Phoenix Channels V2), and
 // one `@jellyfish-dev/membrane-webrtc-js` 0.5.3 WebRTCEndpoint per channel join (media events in
 // `mediaEvent {data: "<json string>"}` both ways). Its methods for peers, screen sharing, local
-// media, health, layout, speaking and the page chrome live in their own modules and are mixed in
-// here. Owns the connection's lifetime; it must never show the lobby itself (its `onClosed`
-// callback does).
+// media, health, layout, speaking, the speaker view and the page chrome live in their own
+// modules and are mixed in here. Owns the connection's lifetime; it must never show the lobby
+// itself (its `onClosed` callback does).
 
 import { Socket } from "phoenix";
 import { WebRTCEndpoint } from "@jellyfish-dev/membrane-webrtc-js";
@@ -14,6 +14,7 @@ import { layoutMethods } from "./layout.js";
 import { localMediaMethods } from "./local-media.js";
 import { peerInfoOf, peerMethods } from "./peers.js";
 import { screenMethods } from "./screen.js";
+import { speakerMethods } from "./speaker.js";
 import { LevelMeter, METER_EVERY_MS, speakingMethods } from "./speaking.js";
 import { makeTile, renderPeer, renderScreen } from "./tiles.js";
 
@@ -37,6 +38,7 @@ export class RoomSession {
     this.closed = false;
     this.audioCtx = audioCtx;
     this.pinnedId = null;
+    this.initSpeakerView();
     this.inviteForced = false;
     this.screens = new Map(); // owner id ("local" for this page) -> screen tile
     this.screenShare = null; // this page's share: {stream, track}
@@ -274,5 +276,6 @@ Object.assign(
   localMediaMethods,
   peerMethods,
   screenMethods,
+  speakerMethods,
   speakingMethods,
 );

@@ -30,9 +30,10 @@ export class LevelMeter {
   }
 }
 
-function setSpeaking(p, on) {
+function setSpeaking(p, on, now) {
   if (p.speaking === on) return;
   p.speaking = on;
+  p.speakingSince = on ? now : 0; // for the speaker view (speaker.js)
   p.tile.classList.toggle("speaking", on);
   p.entry.classList.toggle("speaking", on);
 }
@@ -48,7 +49,8 @@ export const speakingMethods = {
         loud = p.lastLevel > SPEAKING_LEVEL;
       }
       if (loud) p.loudAt = now;
-      setSpeaking(p, !!p.loudAt && now - p.loudAt < SPEAKING_HOLD_MS);
+      setSpeaking(p, !!p.loudAt && now - p.loudAt < SPEAKING_HOLD_MS, now);
     }
+    this.followSpeaker(now);
   },
 };
