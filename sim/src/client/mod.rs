@@ -482,16 +482,8 @@ impl Client {
 
     /// The metadata update carrying `seq` (the current one again is an unchanged update).
     async fn send_update(&mut self, w: &mut wire::Writer, seq: u64) -> bool {
-        let Some(c) = &self.chan else { return true };
-        let (join_ref, topic) = (c.join_ref.clone(), c.topic.clone());
-        let r = self.fresh_ref();
-        let text = update_frame_text(
-            [&join_ref, &r, &topic],
-            self.idx,
-            seq,
-            self.swarm.metadata_bytes,
-        );
-        self.send_encoded(w, &topic, Some(join_ref), Some(r), text)
+        let (idx, bytes) = (self.idx, self.swarm.metadata_bytes);
+        self.send_media_frame(w, |refs| update_frame_text(refs, idx, seq, bytes))
             .await
     }
 
@@ -517,12 +509,22 @@ impl Client {
 
     /// A media event already serialised.
     async fn media_text(&mut self, w: &mut wire::Writer, event: String) -> bool {
+        self.send_media_frame(w, |refs| media_frame_text(refs, &event))
+            .await
+    }
+
+    /// A `mediaEvent` push on the current channel, its frame written by `text` from
+    /// `[join_ref, msg_ref, topic]`; nothing without a channel.
+    async fn send_media_frame(
+        &mut self,
+        w: &mut wire::Writer,
+        text: impl FnOnce([&str; 3]) -> String,
+    ) -> bool {
         let Some(c) = &self.chan else { return true };
         let (join_ref, topic) = (c.join_ref.clone(), c.topic.clone());
         // phoenix.js gives every push a ref, even those the server never answers.
         let r = self.fresh_ref();
-        // Written directly: floods send thousands of these (see [`media_frame_text`]).
-        let text = media_frame_text(&join_ref, &r, &topic, &event);
+        let text = text([&join_ref, &r, &topic]);
         self.send_encoded(w, &topic, Some(join_ref), Some(r), text)
             .await
     }
@@ -1449,20 +1451,29 @@ fn metadata_text(idx: usize, seq: u64, metadata_bytes: usize) -> String {
     if metadata_bytes == 0 {
         return format!(r#"{{"client":{idx},"seq":{seq}}}"#);
     }
-    let head = format!(r#"{{"client":{idx},"pad":""#);
-    let tail = format!(r#"","seq":{seq}}}"#);
-    let pad = metadata_bytes.saturating_sub(head.len() + tail.len());
-    let mut m = head.into_bytes();
-    m.resize(m.len() + pad, b'p');
-    m.extend_from_slice(tail.as_bytes());
-    String::from_utf8(m).expect("ASCII")
+    let pad = "p".repeat(metadata_pad(idx, seq, metadata_bytes));
+    format!(r#"{{"client":{idx},"pad":"{pad}","seq":{seq}}}"#)
+}
+
+/// How many padding bytes bring client `idx`'s metadata at `seq` to `metadata_bytes` (none
+/// where the rest is longer already).
+fn metadata_pad(idx: usize, seq: u64, metadata_bytes: usize) -> usize {
+    let unpadded = format!(r#"{{"client":{idx},"pad":"","seq":{seq}}}"#).len();
+    metadata_bytes.saturating_sub(unpadded)
 }
 
 /// `Frame { join_ref, msg_ref, topic, event: "mediaEvent", payload: {"data": event} }.encode()`,
-/// byte for byte, without building a `Value` or escaping through serde: the simulated clients'
-/// floods made that a twentieth of a campaign.
-fn media_frame_text(join_ref: &str, msg_ref: &str, topic: &str, event: &str) -> String {
-    let mut out = String::with_capacity(event.len() + event.len() / 8 + topic.len() + 48);
+/// byte for byte, without building a `Value` for the payload.
+fn media_frame_text(refs: [&str; 3], event: &str) -> String {
+    let mut out = media_frame_head(refs, event.len() + event.len() / 8);
+    push_json_str(&mut out, event);
+    out.push_str("}]");
+    out
+}
+
+/// `[join_ref,msg_ref,topic,"mediaEvent",{"data":` with room for `more` bytes after it.
+fn media_frame_head([join_ref, msg_ref, topic]: [&str; 3], more: usize) -> String {
+    let mut out = String::with_capacity(more + topic.len() + 48);
     out.push('[');
     push_json_str(&mut out, join_ref);
     out.push(',');
@@ -1470,37 +1481,21 @@ fn media_frame_text(join_ref: &str, msg_ref: &str, topic: &str, event: &str) -> 
     out.push(',');
     push_json_str(&mut out, topic);
     out.push_str(r#","mediaEvent",{"data":"#);
-    push_json_str(&mut out, event);
-    out.push_str("}]");
     out
 }
 
 /// The frame of client `idx`'s metadata update `seq`:
-/// `media_frame_text(join_ref, msg_ref, topic, event)` for
+/// `media_frame_text(refs, event)` for
 /// `event = {"data":{"metadata":<metadata_text(idx, seq, metadata_bytes)>},"type":"updateEndpointMetadata"}`,
 /// byte for byte, with the event's escaping written out (its only escapes are the quotes
 /// around keys), so a kilobyte of padding costs a copy instead of a scan per byte.
-fn update_frame_text(
-    [join_ref, msg_ref, topic]: [&str; 3],
-    idx: usize,
-    seq: u64,
-    metadata_bytes: usize,
-) -> String {
-    let mut out = String::with_capacity(metadata_bytes + topic.len() + 128);
-    out.push('[');
-    push_json_str(&mut out, join_ref);
-    out.push(',');
-    push_json_str(&mut out, msg_ref);
-    out.push(',');
-    push_json_str(&mut out, topic);
-    out.push_str(r#","mediaEvent",{"data":"{\"data\":{\"metadata\":"#);
+fn update_frame_text(refs: [&str; 3], idx: usize, seq: u64, metadata_bytes: usize) -> String {
+    let mut out = media_frame_head(refs, metadata_bytes + 80);
+    out.push_str(r#""{\"data\":{\"metadata\":"#);
     if metadata_bytes == 0 {
         let _ = write!(out, r#"{{\"client\":{idx},\"seq\":{seq}}}"#);
     } else {
-        // The padding is sized on the unescaped text (see `metadata_text`).
-        let head = format!(r#"{{"client":{idx},"pad":""#);
-        let tail = format!(r#"","seq":{seq}}}"#);
-        let pad = metadata_bytes.saturating_sub(head.len() + tail.len());
+        let pad = metadata_pad(idx, seq, metadata_bytes);
         let _ = write!(out, r#"{{\"client\":{idx},\"pad\":\""#);
         const PADDING: &str = "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp";
         let mut left = pad;
@@ -1515,22 +1510,10 @@ fn update_frame_text(
     out
 }
 
-/// Appends `s` as a JSON string literal, as serde_json writes it.
+/// Appends `s` as a JSON string literal (serde_json's escaping: a hand-written one measured
+/// no faster).
 fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().any(|b| b < 0x20 || b == b'\\') {
-        out.push_str(&serde_json::to_string(s).expect("strings always serialise"));
-        return;
-    }
-    out.push('"');
-    let mut pieces = s.split('"');
-    if let Some(first) = pieces.next() {
-        out.push_str(first);
-    }
-    for piece in pieces {
-        out.push_str("\\\"");
-        out.push_str(piece);
-    }
-    out.push('"');
+    out.push_str(&serde_json::to_string(s).expect("strings always serialise"));
 }
 
 /// How client `idx` spells `room` in its topic: odd clients in capitals, always (a client that
@@ -1567,7 +1550,7 @@ mod metadata_tests {
                 format!(r#"{{"data":{{"metadata":{meta}}},"type":"updateEndpointMetadata"}}"#);
             assert_eq!(
                 update_frame_text(["4", "9", "room:Ab"], idx, seq, bytes),
-                media_frame_text("4", "9", "room:Ab", &event)
+                media_frame_text(["4", "9", "room:Ab"], &event)
             );
         }
     }
@@ -1588,7 +1571,7 @@ mod metadata_tests {
                     event: "mediaEvent".into(),
                     payload: json!({ "data": event }),
                 };
-                assert_eq!(media_frame_text("3", "17", topic, &event), f.encode());
+                assert_eq!(media_frame_text(["3", "17", topic], &event), f.encode());
             }
         }
     }
