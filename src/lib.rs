@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod channel;
+pub mod cluster;
 pub mod conn;
 pub mod engine;
 #[cfg(feature = "media-webrtc")]
