@@ -20,6 +20,9 @@ scripts/setup-node.sh
 step "chromium and playwright-core for the browser end-to-end test"
 scripts/setup-chromium.sh
 
+step "etcd for the cluster's etcd integration and conformance tests"
+scripts/setup-etcd.sh
+
 step "web bundle matches its sources"
 scripts/build-web.sh --check
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod e2e;
+mod etcd;
 mod media;
 mod media_server;
 mod registry_model;

@@ -1,0 +1,363 @@
+//! The etcd client against real etcd (Debian's etcd-server, 3.4), and the conformance scenario
+//! that holds the simulation's etcd model to it (`snapshots/etcd_conformance.txt`).
+//!
+//! Each test starts its own etcd: 127.0.0.1 only, free ports, a temporary data directory, killed
+//! and removed on drop. The etcd.service the package installs is never used.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use videoroom::cluster::etcd::client::{EtcdClient, EtcdError};
+use videoroom::cluster::etcd::conformance::{Action, Runner};
+use videoroom::cluster::etcd::gateway::{
+    code, Compare, CompareResult, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest,
+};
+
+const ETCD: &str = "/usr/bin/etcd";
+const EXPECTED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/snapshots/etcd_conformance.txt"
+);
+
+/// One etcd process for one test.
+struct Etcd {
+    child: Child,
+    dir: PathBuf,
+    client_port: u16,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: run scripts/setup-etcd.sh (installs Debian's etcd-server)"
+        );
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "videoroom-it-etcd-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        // A free port can be taken between asking and etcd binding it: try a few.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let (client_port, peer_port) = (free_port(), free_port());
+            let log = std::fs::File::create(dir.join("etcd.log")).expect("log file");
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let child = Command::new(ETCD)
+                .args(["--name", "it", "--data-dir"])
+                .arg(dir.join("data"))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("it={peer}")])
+                .args(["--logger", "zap", "--log-outputs", "stderr"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
+            let mut etcd = Etcd {
+                child,
+                dir: dir.clone(),
+                client_port,
+            };
+            match etcd.wait_ready(Duration::from_secs(10)) {
+                Ok(()) => return etcd,
+                Err(e) => last = e,
+            }
+        }
+        panic!("etcd did not start: {last}");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Polls until etcd answers a read (it does once it has elected itself leader).
+    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+        let client = EtcdClient::new(&[self.url()], Duration::from_millis(500)).unwrap();
+        let deadline = Instant::now() + within;
+        let rt = runtime();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("etcd exited ({status}): {}", self.log_tail()));
+            }
+            let ready = rt.block_on(client.get(b"/ready")).is_ok();
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no answer within {within:?}: {}", self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, which is not reaped until we wait on it.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // A stopped etcd is killed all the same (SIGKILL needs no SIGCONT).
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn client(endpoints: &[String], timeout: Duration) -> EtcdClient {
+    EtcdClient::new(endpoints, timeout).expect("valid endpoints")
+}
+
+fn claim(key: &[u8], value: &[u8], lease: i64) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare::value(key, CompareResult::Greater, b"")],
+        success: vec![RequestOp::RequestRange(RangeRequest {
+            key: key.to_vec(),
+            ..RangeRequest::default()
+        })],
+        failure: vec![RequestOp::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease,
+        })],
+    }
+}
+
+/// Every helper against etcd, including the answers for a lease that is gone.
+#[test]
+fn client_helpers_end_to_end() {
+    let etcd = Etcd::start();
+    let c = client(&[etcd.url()], Duration::from_secs(2));
+    runtime().block_on(async {
+        let (lease, ttl) = c.grant(1).await.unwrap();
+        assert_eq!(ttl, 2, "etcd's minimum TTL");
+        let (other, ttl) = c.grant(30).await.unwrap();
+        assert_eq!(ttl, 30);
+        assert_ne!(lease, other);
+
+        let rev = c.put(b"/t/alive/n1", b"x", lease).await.unwrap();
+        let (kv, read_at) = c.get(b"/t/alive/n1").await.unwrap();
+        let kv = kv.expect("the key");
+        assert_eq!((kv.value.as_slice(), kv.lease), (&b"x"[..], lease));
+        assert_eq!(
+            (kv.create_revision, kv.mod_revision, kv.version),
+            (rev, rev, 1)
+        );
+        assert_eq!(read_at, rev);
+        assert_eq!(c.get(b"/t/none").await.unwrap(), (None, rev));
+
+        // A claim won, then lost.
+        let won = c.txn(&claim(b"/t/rooms/a", b"n2", other)).await.unwrap();
+        assert!(!won.succeeded);
+        assert_eq!(won.header.revision, rev + 1);
+        let lost = c.txn(&claim(b"/t/rooms/a", b"n1", lease)).await.unwrap();
+        assert!(lost.succeeded);
+        let ResponseOp::ResponseRange(r) = &lost.responses[0] else {
+            panic!("{lost:?}")
+        };
+        assert_eq!(r.kvs[0].value, b"n2");
+        assert_eq!(r.kvs[0].create_revision, rev + 1, "the room's epoch");
+
+        let (under, _) = c.get_prefix(b"/t/").await.unwrap();
+        let keys: Vec<&[u8]> = under.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, [&b"/t/alive/n1"[..], b"/t/rooms/a"]);
+
+        assert_eq!(c.keepalive(lease).await.unwrap(), Some(2));
+        assert_eq!(c.delete(b"/t/rooms/a").await.unwrap(), (1, rev + 2));
+        assert_eq!(c.delete(b"/t/rooms/a").await.unwrap(), (0, rev + 2));
+
+        // Revoking a lease takes its keys; the lease is then gone for every call.
+        assert_eq!(c.revoke(lease).await.unwrap(), rev + 3);
+        assert_eq!(c.get(b"/t/alive/n1").await.unwrap().0, None);
+        assert_eq!(c.keepalive(lease).await.unwrap(), None);
+        for err in [
+            c.put(b"/t/x", b"", lease).await.unwrap_err(),
+            c.revoke(lease).await.unwrap_err(),
+        ] {
+            assert!(err.is_lease_not_found(), "{err}");
+            let EtcdError::Refused(body) = &err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(body.code, code::NOT_FOUND);
+            assert_eq!(body.error, "etcdserver: requested lease not found");
+        }
+        // A path the gateway does not have: its mux's plain-text 404.
+        assert_eq!(
+            c.post_raw("/v3/kv/nothing", b"{}").await.unwrap(),
+            (404, b"Not Found\n".to_vec())
+        );
+        let dup = TxnRequest {
+            success: vec![
+                RequestOp::RequestPut(PutRequest {
+                    key: b"/t/d".to_vec(),
+                    ..PutRequest::default()
+                }),
+                RequestOp::RequestPut(PutRequest {
+                    key: b"/t/d".to_vec(),
+                    ..PutRequest::default()
+                }),
+            ],
+            ..TxnRequest::default()
+        };
+        let EtcdError::Refused(body) = c.txn(&dup).await.unwrap_err() else {
+            panic!("a duplicate key is refused")
+        };
+        assert_eq!(
+            (body.code, body.message.as_str()),
+            (
+                code::INVALID_ARGUMENT,
+                "etcdserver: duplicate key given in txn request"
+            )
+        );
+    });
+}
+
+/// A request that reached etcd but got no answer is `Indeterminate` (never retried); one that
+/// could not connect anywhere is `Unreachable`.
+#[test]
+fn stopped_then_killed_etcd() {
+    let mut etcd = Etcd::start();
+    let c = client(&[etcd.url()], Duration::from_millis(700));
+    let rt = runtime();
+    rt.block_on(c.put(b"/t/k", b"1", 0)).unwrap();
+
+    // Stopped, the kernel still accepts the connection and takes the request.
+    etcd.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let err = rt.block_on(c.put(b"/t/k", b"2", 0)).unwrap_err();
+    assert!(
+        matches!(err, EtcdError::Indeterminate(_)) && err.may_have_applied(),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the timeout"
+    );
+    etcd.signal(libc::SIGCONT);
+    // Whether that put landed is exactly what the caller cannot know; etcd answers again.
+    let (kv, _) = rt.block_on(c.get(b"/t/k")).unwrap();
+    assert!(matches!(kv.unwrap().value.as_slice(), b"1" | b"2"));
+
+    etcd.kill();
+    let err = rt.block_on(c.put(b"/t/k", b"3", 0)).unwrap_err();
+    assert!(
+        matches!(&err, EtcdError::Unreachable(m) if m.contains(&etcd.url())),
+        "{err:?}"
+    );
+    assert!(!err.may_have_applied());
+}
+
+/// A dead endpoint is skipped, and the client stays with the one that worked.
+#[test]
+fn endpoint_fallback() {
+    let etcd = Etcd::start();
+    let dead_port = free_port();
+    let dead = format!("http://127.0.0.1:{dead_port}");
+    let c = client(&[dead.clone(), etcd.url()], Duration::from_secs(2));
+    let rt = runtime();
+    assert!(rt.block_on(c.put(b"/t/k", b"v", 0)).is_ok());
+
+    // Now the dead port accepts and never answers: a client that went back to it would time
+    // out with an indeterminate put; one that stays with the live endpoint does not notice.
+    let blackhole = TcpListener::bind(("127.0.0.1", dead_port)).expect("rebind the dead port");
+    for _ in 0..3 {
+        let (kv, _) = rt
+            .block_on(c.get(b"/t/k"))
+            .expect("served by the live endpoint");
+        assert_eq!(kv.unwrap().value, b"v");
+    }
+    drop(blackhole);
+
+    // Nothing reachable: each endpoint tried once, both named.
+    let both_dead = client(
+        &[dead.clone(), format!("http://127.0.0.1:{}", free_port())],
+        Duration::from_secs(2),
+    );
+    let err = rt.block_on(both_dead.get(b"/t/k")).unwrap_err();
+    assert!(
+        matches!(&err, EtcdError::Unreachable(m) if m.contains(&dead) && m.matches("127.0.0.1").count() == 2),
+        "{err:?}"
+    );
+}
+
+/// The conformance scenario on real etcd gives `snapshots/etcd_conformance.txt` (written from
+/// here with `ETCD_CONFORMANCE_WRITE=1`; never by hand). The model's unit test replays it.
+#[test]
+fn conformance_against_real_etcd() {
+    let etcd = Etcd::start();
+    let c = client(&[etcd.url()], Duration::from_secs(2));
+    let mut runner = Runner::new();
+    let transcript = runtime().block_on(async {
+        loop {
+            match runner.next_action() {
+                Action::Post { path, body } => {
+                    let (status, answer) = c
+                        .post_raw(path, &body)
+                        .await
+                        .unwrap_or_else(|e| panic!("{path}: {e}"));
+                    runner.answer(status, answer);
+                }
+                Action::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Action::Finished(result) => break result,
+            }
+        }
+    });
+    let transcript = transcript.unwrap_or_else(|e| panic!("the scenario failed on real etcd: {e}"));
+    if std::env::var_os("ETCD_CONFORMANCE_WRITE").is_some_and(|v| v == "1") {
+        std::fs::write(EXPECTED, &transcript).expect("write the expected transcript");
+        return;
+    }
+    let expected = std::fs::read_to_string(EXPECTED)
+        .unwrap_or_else(|e| panic!("{EXPECTED}: {e} (write it with ETCD_CONFORMANCE_WRITE=1)"));
+    if transcript != expected {
+        let first = transcript
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(transcript.lines().count().min(expected.lines().count()));
+        panic!(
+            "real etcd no longer gives the committed transcript (first difference at line {}):\n  \
+             etcd now: {}\n  committed: {}",
+            first + 1,
+            transcript.lines().nth(first).unwrap_or("<end>"),
+            expected.lines().nth(first).unwrap_or("<end>")
+        );
+    }
+}
