@@ -3,4 +3,7 @@
 //! Owns the coordination with etcd. It never decides anything a single node decides today
 //! (who joins a room, what a room does): without `--etcd` none of it runs.
 
+pub mod claims;
+pub mod dist;
 pub mod etcd;
+pub mod lease;
