@@ -456,14 +456,26 @@ const markers = (page, name) => page.evaluate((n) => {
 
 /**
  * A UDP relay to the TURN server at 127.0.0.1:`target` that drops the fraction `loss` (settable)
- * of the media each way: TURN ChannelData (first byte 0x40-0x7f), not STUN, so TURN itself
- * stays whole.
+ * of the media each way, however TURN frames it: ChannelData (first byte 0x40-0x7f) and the
+ * Send and Data indications a client and the server use for a peer without a bound channel
+ * (Chrome falls back to them while a ChannelBind is outstanding or failed; a relay that let
+ * them through once left a whole direction lossless). Other STUN passes, so TURN stays whole.
  */
 async function lossyRelay(target) {
   const front = dgram.createSocket("udp4");
   const upstream = new Map();
-  const relay = { loss: 0 };
-  const drop = (m) => m.length > 0 && m[0] >= 0x40 && m[0] <= 0x7f && Math.random() < relay.loss;
+  const relay = { loss: 0, seen: { channelData: 0, indication: 0 } };
+  const media = (m) => {
+    if (m.length > 0 && m[0] >= 0x40 && m[0] <= 0x7f) return "channelData";
+    const type = m.length >= 20 && m.readUInt32BE(4) === 0x2112a442 ? m.readUInt16BE(0) : -1;
+    return type === 0x0016 || type === 0x0017 ? "indication" : null;
+  };
+  const drop = (m) => {
+    const kind = media(m);
+    if (!kind) return false;
+    relay.seen[kind] += 1;
+    return Math.random() < relay.loss;
+  };
   front.on("message", (msg, from) => {
     const key = `${from.address}:${from.port}`;
     let up = upstream.get(key);
@@ -631,6 +643,7 @@ async function healthPart(browser, pageLog) {
         daveSeesAlice: await markers(dave, "Alice"),
         aliceSeesDave: await markers(alice, "Dave"),
         daveJudges: (await state(dave)).peers.map((x) => [x.name, x.quality, x.healthSamples, x.healthFigures]),
+        relayed: { ...relay.seen },
       };
       return { ok: marked(r.daveSelf) && marked(r.daveSeesAlice) && marked(r.aliceSeesDave), ...r };
     }, 45_000, 500);
@@ -646,7 +659,7 @@ async function healthPart(browser, pageLog) {
     const s = await state(alice);
     result.aliceFigures = [s.self, ...s.peers].map((x) => [x.name, x.quality, x.healthFigures]);
     await expectAccessible(dave, "the room with quality markers");
-    log(`a lossy connection: Dave's own tile ${result.lossy.daveSelf.quality}, his view of Alice ${result.lossy.daveSeesAlice.quality}, Alice's view of him ${result.lossy.aliceSeesDave.quality}`);
+    log(`a lossy connection: Dave's own tile ${result.lossy.daveSelf.quality}, his view of Alice ${result.lossy.daveSeesAlice.quality}, Alice's view of him ${result.lossy.aliceSeesDave.quality}; media through the relay: ${JSON.stringify(relay.seen)}`);
     // Leaving while the relay still carries Dave's media.
     await dave.click("#leave");
     await dave.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
