@@ -28,6 +28,9 @@ pub struct RoomInfo {
     /// Each endpoint's published tracks with their current metadata: (endpoint, track id,
     /// metadata), what every subscriber must end up holding.
     pub tracks: Vec<(String, String, serde_json::Value)>,
+    /// (subscriber, track): video its plane forwards with no keyframe since it started (see
+    /// `MediaPlane::keyframe_waits`; always empty with a real plane).
+    pub keyframe_waits: Vec<(String, String)>,
 }
 
 /// What a room accepts.

@@ -693,6 +693,18 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
                 ));
             }
         }
+        // Every picture it receives has had a keyframe since it started (the server asks the
+        // publisher when a subscriber starts receiving, connects, or the publisher starts
+        // sending); otherwise it stays frozen until the browser's own PLI.
+        if let Some((peer, track)) = info.keyframe_waits.first() {
+            let who = member_of
+                .get(peer)
+                .map_or(peer.clone(), |i| format!("c{i}"));
+            return Some(format!(
+                "{who} in {room} never had a keyframe of {track} ({} such legs)",
+                info.keyframe_waits.len()
+            ));
+        }
     }
     None
 }

@@ -3,7 +3,7 @@
 //! It answers every offer at once with a synthetic but structurally valid SDP derived from the
 //! offer (same m-lines and mids, directions from the core's decisions, fixed fake ICE
 //! credentials and fingerprint, the offer's own codecs), then reports one fake host candidate,
-//! the start or end of inbound tracks, and `Connected`.
+//! the start or end of inbound tracks, and `Connected` after the first answer.
 //!
 //! Built with [`FakePlane::with_latency`] (the simulation does), each offer's events are held
 //! back for a seeded random delay, as a real plane's ICE gathering and handshakes are, so the
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::rt;
 
 use super::events::TrackId;
-use super::plane::{MLineRole, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink};
+use super::plane::{MLineRole, MediaKind, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink};
 use super::sdp::Sdp;
 use super::session::PeerId;
 
@@ -39,20 +39,87 @@ const FAKE_FINGERPRINT: &str = "sha-256 \
 struct FakePeer {
     answers: u64,
     inbound: BTreeSet<TrackId>,
+    /// When each inbound track's media starts flowing (its `TrackStarted` is delivered); `None`
+    /// without latency: at once.
+    started: BTreeMap<TrackId, Option<rt::time::Instant>>,
+    /// When ICE connects (the first `Connected` is delivered); unset before the first answer.
+    connected: Option<Option<rt::time::Instant>>,
+    /// What the peer receives, by track: the legs of its last offer.
+    legs: BTreeMap<TrackId, Leg>,
 }
 
-/// Where an offer's events go: straight to the sink, or through the delaying task.
+/// A track forwarded to a subscriber. A subscriber shows no picture until a keyframe reaches
+/// it, and a keyframe asked for before both ends flow is lost (the real plane's PLI goes to a
+/// publisher that sends nothing yet, or its keyframe to a transport not connected yet).
+#[derive(Debug)]
+struct Leg {
+    publisher: PeerId,
+    video: bool,
+    keyframe: bool,
+}
+
+/// Where an offer's events go: straight to the sink, or through the delaying tasks.
 #[derive(Debug)]
 enum Outbox {
     Now(PlaneSink),
     Later {
-        tx: mpsc::UnboundedSender<(rt::time::Instant, Vec<PlaneEvent>)>,
+        /// Answers, candidates, connectivity: in the order of the calls that caused them.
+        signalling: Lane,
+        /// Media starting to flow: after its answer, but not in order with other peers'
+        /// signalling (a subscriber's answer may come before a publisher's first packet).
+        media: Lane,
         max: Duration,
-        /// The delivery instant of the last batch: later batches never go out before it.
-        last: Option<rt::time::Instant>,
-        /// Dropped with the plane: the task then discards what is still waiting.
-        _alive: oneshot::Sender<()>,
     },
+}
+
+/// One ordered stream of delayed deliveries, with its task.
+#[derive(Debug)]
+struct Lane {
+    tx: mpsc::UnboundedSender<(rt::time::Instant, Vec<PlaneEvent>)>,
+    /// The delivery instant of the last batch: later batches never go out before it.
+    last: Option<rt::time::Instant>,
+    /// Dropped with the plane: the task then discards what is still waiting.
+    _alive: oneshot::Sender<()>,
+}
+
+impl Lane {
+    fn spawn(sink: PlaneSink) -> Lane {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(rt::time::Instant, Vec<PlaneEvent>)>();
+        let (alive, mut gone) = oneshot::channel::<()>();
+        rt::spawn_task(async move {
+            while let Some((at, events)) = rx.recv().await {
+                tokio::select! {
+                    biased;
+                    _ = &mut gone => return,
+                    _ = rt::time::sleep_until(at) => {}
+                }
+                for e in events {
+                    sink.send(e);
+                }
+            }
+        });
+        Lane {
+            tx,
+            last: None,
+            _alive: alive,
+        }
+    }
+
+    /// Queues `events` for a random delay below `max` after `after`, never before the last.
+    fn push(
+        &mut self,
+        events: Vec<PlaneEvent>,
+        after: rt::time::Instant,
+        max: Duration,
+    ) -> rt::time::Instant {
+        let delay = Duration::from_micros(rt::rand::below(max.as_micros() as u64));
+        let at = after + delay;
+        let at = self.last.map_or(at, |l| l.max(at));
+        self.last = Some(at);
+        // The task only ends when this sender is dropped.
+        let _ = self.tx.send((at, events));
+        at
+    }
 }
 
 /// See the module documentation.
@@ -84,31 +151,16 @@ impl FakePlane {
 
     /// A plane whose answers (and the events that follow them) arrive after a delay drawn
     /// uniformly below `max` from `rt::rand` (seeded under simulation). Spawns the delivering
-    /// task, so it must be called inside the runtime. `max` zero is [`Self::new`].
+    /// tasks, so it must be called inside the runtime. `max` zero is [`Self::new`].
     pub fn with_latency(sink: PlaneSink, max: Duration) -> Self {
         if max.is_zero() {
             return Self::new(sink);
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<(rt::time::Instant, Vec<PlaneEvent>)>();
-        let (alive, mut gone) = oneshot::channel::<()>();
-        rt::spawn_task(async move {
-            while let Some((at, events)) = rx.recv().await {
-                tokio::select! {
-                    biased;
-                    _ = &mut gone => return,
-                    _ = rt::time::sleep_until(at) => {}
-                }
-                for e in events {
-                    sink.send(e);
-                }
-            }
-        });
         FakePlane {
             out: Outbox::Later {
-                tx,
+                signalling: Lane::spawn(sink.clone()),
+                media: Lane::spawn(sink),
                 max,
-                last: None,
-                _alive: alive,
             },
             peers: BTreeMap::new(),
             keyframe_requests: 0,
@@ -143,7 +195,47 @@ impl MediaPlane for FakePlane {
             events.first(),
             Some(PlaneEvent::Answer { result: Ok(_), .. })
         );
-        self.deliver(events);
+        if answered {
+            attach_legs(state, &offer);
+        }
+        let started: Vec<TrackId> = events
+            .iter()
+            .filter_map(|e| match e {
+                PlaneEvent::TrackStarted { track_id, .. } => Some(track_id.clone()),
+                _ => None,
+            })
+            .collect();
+        let first_connect = answered && state.connected.is_none();
+        let later = matches!(self.out, Outbox::Later { .. });
+        let (media, mut events): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|e| later && matches!(e, PlaneEvent::TrackStarted { .. }));
+        // ICE connects some time after the first answer, not with it: what is asked of the
+        // subscriber's transport before then is lost.
+        let held = (first_connect && later).then(|| events.pop()).flatten();
+        let at = self.deliver(events);
+        let connected_at = match held {
+            Some(connected) => Some(self.deliver(vec![connected])),
+            None => first_connect.then_some(at),
+        };
+        // The first packet of a new inbound track comes after the answer and connectivity.
+        let media_at = match &mut self.out {
+            Outbox::Later {
+                media: lane, max, ..
+            } if !media.is_empty() => {
+                let after = connected_at.flatten().or(at).unwrap_or_else(rt::time::now);
+                Some(lane.push(media, after, *max))
+            }
+            _ => at,
+        };
+        let state = self.peers.get_mut(peer).expect("looked up above");
+        state.started.retain(|t, _| state.inbound.contains(t));
+        for t in started {
+            state.started.insert(t, media_at);
+        }
+        if let Some(c) = connected_at {
+            state.connected = Some(c);
+        }
         if answered && self.trickles() {
             self.deliver(vec![candidate(peer); self.burst]);
         }
@@ -151,9 +243,75 @@ impl MediaPlane for FakePlane {
 
     fn remote_candidate(&mut self, _peer: &str, _candidate: &str, _index: Option<u32>) {}
 
-    fn request_keyframe(&mut self, _publisher: &str, _track_id: &str) {
+    fn request_keyframe(&mut self, publisher: &str, track_id: &str) {
         self.keyframe_requests += 1;
+        let sending = self
+            .peers
+            .get(publisher)
+            .and_then(|p| p.started.get(track_id))
+            .is_some_and(|at| passed(*at));
+        if !sending {
+            return;
+        }
+        for state in self.peers.values_mut() {
+            let connected = state.connected.is_some_and(passed);
+            match state.legs.get_mut(track_id) {
+                Some(leg) if connected && leg.publisher == publisher => leg.keyframe = true,
+                _ => {}
+            }
+        }
     }
+
+    fn keyframe_waits(&self) -> Vec<(PeerId, TrackId)> {
+        let mut waits = Vec::new();
+        for (peer, state) in &self.peers {
+            if !state.connected.is_some_and(passed) {
+                continue;
+            }
+            for (track_id, leg) in &state.legs {
+                let sending = self
+                    .peers
+                    .get(&leg.publisher)
+                    .and_then(|p| p.started.get(track_id))
+                    .is_some_and(|at| passed(*at));
+                if leg.video && !leg.keyframe && sending {
+                    waits.push((peer.clone(), track_id.clone()));
+                }
+            }
+        }
+        waits
+    }
+}
+
+/// Whether a delivery time has come (`None`: delivered at once, no clock read).
+fn passed(at: Option<rt::time::Instant>) -> bool {
+    at.is_none_or(|t| t <= rt::time::now())
+}
+
+/// The legs of an answered offer: a track the peer already received keeps its keyframe state;
+/// a new one (or one moved to another publisher) waits for a keyframe.
+fn attach_legs(state: &mut FakePeer, offer: &PlaneOffer) {
+    let mut legs = BTreeMap::new();
+    for m in &offer.mlines {
+        if let MLineRole::Outbound {
+            kind,
+            publisher,
+            track_id,
+            ..
+        } = &m.role
+        {
+            let leg = match state.legs.remove(track_id) {
+                Some(leg) if leg.publisher == *publisher => leg,
+                _ => Leg {
+                    publisher: publisher.clone(),
+                    video: *kind == MediaKind::Video,
+                    keyframe: false,
+                },
+            };
+            legs.insert(track_id.clone(), leg);
+        }
+    }
+    state.legs = legs;
 }
 
 impl FakePlane {
@@ -162,17 +320,16 @@ impl FakePlane {
         matches!(self.out, Outbox::Later { .. }) && rt::rand::chance(0.5)
     }
 
-    fn deliver(&mut self, events: Vec<PlaneEvent>) {
+    /// Sends `events` on; returns when they are delivered (`None`: now, without latency).
+    fn deliver(&mut self, events: Vec<PlaneEvent>) -> Option<rt::time::Instant> {
         match &mut self.out {
-            Outbox::Now(sink) => events.into_iter().for_each(|e| sink.send(e)),
-            Outbox::Later { tx, max, last, .. } => {
-                let delay = Duration::from_micros(rt::rand::below(max.as_micros() as u64));
-                let at = rt::time::now() + delay;
-                let at = last.map_or(at, |l| l.max(at));
-                *last = Some(at);
-                // The task only ends when this sender is dropped.
-                let _ = tx.send((at, events));
+            Outbox::Now(sink) => {
+                events.into_iter().for_each(|e| sink.send(e));
+                None
             }
+            Outbox::Later {
+                signalling, max, ..
+            } => Some(signalling.push(events, rt::time::now(), *max)),
         }
     }
 }
@@ -220,9 +377,13 @@ fn answer_events(state: &mut FakePeer, peer: &str, offer: &PlaneOffer) -> Vec<Pl
         });
     }
     state.inbound = inbound;
-    out.push(PlaneEvent::Connected {
-        peer: peer.to_owned(),
-    });
+    // ICE connects once; a renegotiation (even with an ICE restart) keeps the connection's
+    // state, as a real plane's does, so nothing may lean on a `Connected` per answer.
+    if state.connected.is_none() {
+        out.push(PlaneEvent::Connected {
+            peer: peer.to_owned(),
+        });
+    }
     out
 }
 
@@ -422,7 +583,6 @@ mod tests {
                 "answer 8 true",
                 r#"LocalCandidate { peer: "p", candidate: "candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host" }"#,
                 r#"TrackEnded { peer: "p", track_id: "p:a" }"#,
-                r#"Connected { peer: "p" }"#,
             ]
         );
     }

@@ -259,6 +259,14 @@ pub trait MediaPlane: Send {
     /// Subscribers' own PLIs are relayed by the plane without the core.
     fn request_keyframe(&mut self, publisher: &str, track_id: &str);
 
+    /// Subscribers that receive a video track whose publisher sends, over a connected
+    /// transport, and have had no keyframe of it since they started receiving it: a frozen
+    /// picture. Only the fake plane tracks this (for the simulation's oracles); a real plane
+    /// answers empty.
+    fn keyframe_waits(&self) -> Vec<(PeerId, TrackId)> {
+        Vec::new()
+    }
+
     /// Applies one command of the core.
     fn apply(&mut self, command: PlaneCommand) {
         match command {

@@ -227,6 +227,7 @@ impl<C: Clone> RoomCore<C> {
                         .map(move |(t, info)| (id.to_string(), t, info.metadata))
                 })
                 .collect(),
+            keyframe_waits: Vec::new(),
         }
     }
 

@@ -86,7 +86,9 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
                 continue;
             }
             Received::Msg(RoomMsg::Info(tx)) => {
-                let _ = tx.send(core.info());
+                let mut info = core.info();
+                info.keyframe_waits = plane.keyframe_waits();
+                let _ = tx.send(info);
                 continue;
             }
             Received::Msg(RoomMsg::Plane(event)) => core.plane_event(event),
