@@ -62,17 +62,8 @@ impl std::fmt::Debug for TurnIssuer {
     }
 }
 
-// Configurations compare equal only when they share the issuer: two closures cannot be compared.
-impl PartialEq for TurnIssuer {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for TurnIssuer {}
-
 /// What the room configures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NegotiationConfig {
     /// Sent in every `offerData` when there is no [`TurnIssuer`]. The client builds its
     /// relay-only ICE configuration from the first one it receives, so production needs either

@@ -4,11 +4,6 @@
 
 use madsim::rand::{thread_rng, Rng};
 
-/// A uniformly random `u64`.
-pub fn u64() -> u64 {
-    thread_rng().gen()
-}
-
 /// A uniform draw from `range` (half-open); `range` must be non-empty.
 pub fn below(n: u64) -> u64 {
     thread_rng().gen_range(0..n.max(1))

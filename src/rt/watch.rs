@@ -176,17 +176,6 @@ mod sim {
             Ref { guard }
         }
 
-        pub fn has_changed(&self) -> Result<bool, RecvError> {
-            let s = self.shared.lock();
-            if s.version != self.seen {
-                Ok(true)
-            } else if s.sender_gone {
-                Err(RecvError(()))
-            } else {
-                Ok(false)
-            }
-        }
-
         /// Waits for a value this receiver has not seen; fails once the sender is gone
         /// without one.
         pub async fn changed(&mut self) -> Result<(), RecvError> {
