@@ -7,3 +7,4 @@ pub mod claims;
 pub mod dist;
 pub mod etcd;
 pub mod lease;
+pub mod node;

@@ -10,11 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use videoroom::cluster::claims::{lease_hex, ClaimOutcome, Keys};
 use videoroom::cluster::etcd::client::{EtcdClient, EtcdError};
 use videoroom::cluster::etcd::conformance::{Action, Runner};
 use videoroom::cluster::etcd::gateway::{
     code, Compare, CompareResult, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest,
 };
+use videoroom::cluster::lease::LeaseConfig;
+use videoroom::cluster::node::{Node, NodeConfig, NodeError, NodeRecord, NodeStatus};
 
 const ETCD: &str = "/usr/bin/etcd";
 const EXPECTED: &str = concat!(
@@ -360,4 +363,309 @@ fn conformance_against_real_etcd() {
             expected.lines().nth(first).unwrap_or("<end>")
         );
     }
+}
+
+// ---- The node driver (src/cluster/node) against real etcd ----
+
+/// Short enough that a fence happens within a test: TTL 3 s, margin 1 s, so a node acts for 2 s
+/// past its last acknowledged keepalive's send.
+fn fast_lease() -> LeaseConfig {
+    LeaseConfig {
+        ttl: Duration::from_secs(3),
+        keepalive_every: Duration::from_millis(500),
+        margin: Duration::from_secs(1),
+        retry_after: Duration::from_millis(250),
+    }
+    .checked()
+    .expect("a valid lease config")
+}
+
+fn node_config(node_id: &str) -> NodeConfig {
+    NodeConfig {
+        node_id: node_id.into(),
+        dist_addr: format!("127.0.0.1:7{}", node_id.len()),
+        lease: fast_lease(),
+        keys: Keys::default(),
+    }
+}
+
+fn start_node(etcd: &Etcd, node_id: &str) -> Node {
+    Node::start(
+        client(&[etcd.url()], Duration::from_secs(1)),
+        node_config(node_id),
+    )
+}
+
+/// The first status `f` accepts, within `within`.
+async fn status_where(
+    rx: &mut tokio::sync::watch::Receiver<NodeStatus>,
+    within: Duration,
+    what: &str,
+    f: impl FnMut(&NodeStatus) -> bool,
+) -> NodeStatus {
+    let seen = match tokio::time::timeout(within, rx.wait_for(f)).await {
+        Ok(Ok(s)) => Some(*s),
+        Ok(Err(_)) => panic!("the driver ended while waiting for {what}"),
+        Err(_) => None,
+    };
+    seen.unwrap_or_else(|| panic!("no {what} within {within:?}; last {:?}", *rx.borrow()))
+}
+
+async fn acting(node: &Node, incarnation: u64) -> (i64, Instant) {
+    let mut rx = node.status();
+    match status_where(
+        &mut rx,
+        Duration::from_secs(5),
+        "Acting",
+        |s| matches!(s, NodeStatus::Acting { incarnation: i, .. } if *i == incarnation),
+    )
+    .await
+    {
+        NodeStatus::Acting {
+            lease, deadline, ..
+        } => (lease, deadline),
+        other => unreachable!("{other:?}"),
+    }
+}
+
+/// The node record and the lease it is attached to.
+async fn node_record(c: &EtcdClient, node_id: &str) -> Option<(NodeRecord, i64)> {
+    let (kv, _) = c.get(&Keys::default().node(node_id)).await.unwrap();
+    kv.map(|kv| (NodeRecord::from_value(&kv.value).unwrap(), kv.lease))
+}
+
+/// The alive key's value and lease.
+async fn alive_key(c: &EtcdClient, node_id: &str) -> Option<(String, i64)> {
+    let (kv, _) = c.get(&Keys::default().alive(node_id)).await.unwrap();
+    kv.map(|kv| (String::from_utf8(kv.value).unwrap(), kv.lease))
+}
+
+/// Polls etcd (there is no watch in the client) until `f` holds, within `within`.
+async fn eventually<T, Fut: std::future::Future<Output = T>>(
+    within: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Fut,
+    f: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = probe().await;
+        if f(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bounded<F: std::future::Future>(fut: F) -> F::Output {
+    runtime()
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
+        .expect("the test took longer than 20 s")
+}
+
+/// A node registers both keys on its lease before it says Acting, keeps acting past its first
+/// deadline by its keepalives, publishes its load, and takes its keys with it when stopped.
+#[test]
+fn node_registers_under_its_lease() {
+    let etcd = Etcd::start();
+    let c = client(&[etcd.url()], Duration::from_secs(2));
+    bounded(async {
+        let t0 = Instant::now();
+        let node = start_node(&etcd, "n1");
+        let (lease, first_deadline) = acting(&node, 1).await;
+        eprintln!("node_registers: Acting after {:?}", t0.elapsed());
+        assert_eq!(node.acting_now(), Some((lease, 1)));
+        assert_eq!(alive_key(&c, "n1").await, Some((lease_hex(lease), lease)));
+        let record = NodeRecord {
+            node_id: "n1".into(),
+            dist_addr: node_config("n1").dist_addr,
+            incarnation: 1,
+            rooms: 0,
+        };
+        assert_eq!(node_record(&c, "n1").await, Some((record.clone(), lease)));
+
+        node.set_load(3);
+        let (published, _) = eventually(
+            Duration::from_secs(3),
+            "the new load",
+            || node_record(&c, "n1"),
+            |r| r.as_ref().is_some_and(|(r, _)| r.rooms == 3),
+        )
+        .await
+        .unwrap();
+        assert_eq!(published.incarnation, 1);
+
+        // Time passing is the point here: keepalives must carry the node past its first deadline.
+        tokio::time::sleep_until((first_deadline + Duration::from_millis(300)).into()).await;
+        assert_eq!(node.acting_now(), Some((lease, 1)));
+
+        node.stop().await;
+        assert_eq!(alive_key(&c, "n1").await, None, "revoked with the lease");
+        assert_eq!(node_record(&c, "n1").await, None);
+        assert_eq!(c.keepalive(lease).await.unwrap(), None);
+        eprintln!("node_registers: {:?} in all", t0.elapsed());
+    });
+}
+
+/// Two nodes claiming the same names at once: exactly one wins each, the other is told the
+/// winner and its epoch; a release with a stale record leaves the owner, the right one frees it.
+#[test]
+fn node_claims_race_to_one_owner() {
+    let etcd = Etcd::start();
+    bounded(async {
+        let t0 = Instant::now();
+        let (n1, n2) = (start_node(&etcd, "n1"), start_node(&etcd, "n22"));
+        acting(&n1, 1).await;
+        acting(&n2, 1).await;
+        let mut wins = [0, 0];
+        let mut owners = Vec::new();
+        for i in 0..20u64 {
+            let room = format!("race-{i}");
+            let (a, b) = tokio::join!(n1.claim(&room, 100 + i), n2.claim(&room, 200 + i));
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let (winner, epoch, owner) = match (a, b) {
+                (ClaimOutcome::Won { epoch }, ClaimOutcome::Taken(owner)) => {
+                    wins[0] += 1;
+                    (n1.room_record(100 + i), epoch, owner)
+                }
+                (ClaimOutcome::Taken(owner), ClaimOutcome::Won { epoch }) => {
+                    wins[1] += 1;
+                    (n2.room_record(200 + i), epoch, owner)
+                }
+                other => panic!("{room}: not exactly one winner: {other:?}"),
+            };
+            assert_eq!(owner.record, winner, "{room}: the loser names the winner");
+            assert_eq!(owner.epoch, epoch, "{room}: and its epoch");
+            assert_eq!(n1.whereis(&room).await.unwrap(), Some(owner.clone()));
+            owners.push((room, owner));
+        }
+        eprintln!("node_claims_race: wins n1/n2 = {wins:?}");
+
+        let (room, owner) = &owners[0];
+        let node = if owner.record.node_id == "n1" {
+            &n1
+        } else {
+            &n2
+        };
+        let other = if owner.record.node_id == "n1" {
+            &n2
+        } else {
+            &n1
+        };
+        let stale = node.room_record(owner.record.token + 1);
+        assert!(!node.release(room, &stale).await.unwrap());
+        assert!(!other
+            .release(room, &other.room_record(owner.record.token))
+            .await
+            .unwrap());
+        assert_eq!(other.whereis(room).await.unwrap().as_ref(), Some(owner));
+        assert!(node.release(room, &owner.record).await.unwrap());
+        assert_eq!(other.whereis(room).await.unwrap(), None);
+        assert!(!node.release(room, &owner.record).await.unwrap(), "once");
+        // The name is free again, under a newer epoch.
+        let ClaimOutcome::Won { epoch } = other.claim(room, 999).await.unwrap() else {
+            panic!("a released name can be claimed")
+        };
+        assert!(epoch > owner.epoch);
+        n1.stop().await;
+        // A dropped handle ends the driver too, fenced first, but leaves the lease to lapse.
+        let mut status = n2.status();
+        let (lease, _) = n2.acting_now().expect("n2 still acting");
+        drop(n2);
+        let ended = tokio::time::timeout(Duration::from_secs(2), async {
+            while status.changed().await.is_ok() {}
+        });
+        ended
+            .await
+            .expect("the driver ends when its handle is dropped");
+        assert_eq!(*status.borrow(), NodeStatus::Fenced { incarnation: 1 });
+        let c = client(&[etcd.url()], Duration::from_secs(2));
+        assert_eq!(alive_key(&c, "n22").await, Some((lease_hex(lease), lease)));
+        eprintln!("node_claims_race: {:?} in all", t0.elapsed());
+    });
+}
+
+/// etcd stopped for longer than the TTL: the node is fenced by its deadline (not by etcd,
+/// which cannot answer), refuses claims, and once etcd is back registers a new incarnation
+/// whose lease replaces the old one's keys; the old lease's room lapses.
+#[test]
+fn node_fenced_by_a_stopped_etcd_comes_back_as_a_new_incarnation() {
+    let etcd = Etcd::start();
+    let c = client(&[etcd.url()], Duration::from_secs(2));
+    let cfg = fast_lease();
+    let window = cfg.ttl - cfg.margin;
+    bounded(async {
+        let t0 = Instant::now();
+        let node = start_node(&etcd, "n1");
+        let mut status = node.status();
+        let (old, _) = acting(&node, 1).await;
+        assert!(matches!(
+            node.claim("kept", 1).await.unwrap(),
+            ClaimOutcome::Won { .. }
+        ));
+
+        let stopped = Instant::now();
+        etcd.signal(libc::SIGSTOP);
+        let fenced = status_where(
+            &mut status,
+            window + Duration::from_secs(2),
+            "Fenced",
+            |s| matches!(s, NodeStatus::Fenced { .. }),
+        )
+        .await;
+        let fenced_at = Instant::now();
+        assert_eq!(fenced, NodeStatus::Fenced { incarnation: 1 });
+        // The last acknowledged keepalive was sent before the stop, so its deadline is at most
+        // stop + TTL - margin; and one was sent within a keepalive period before the stop.
+        let after_stop = fenced_at - stopped;
+        eprintln!("node_fenced: Fenced {after_stop:?} after SIGSTOP (window {window:?})");
+        assert!(
+            after_stop <= window + Duration::from_millis(250),
+            "fenced {after_stop:?} after the stop, past the deadline"
+        );
+        assert!(
+            after_stop + cfg.keepalive_every + Duration::from_millis(250) >= window,
+            "fenced {after_stop:?} after the stop: well before any deadline"
+        );
+        assert_eq!(node.acting_now(), None);
+        let refused = Instant::now();
+        assert_eq!(node.claim("new", 2).await, Err(NodeError::Fenced));
+        assert!(
+            refused.elapsed() < Duration::from_millis(100),
+            "without asking etcd"
+        );
+
+        // Held past the lease's TTL, so etcd expires the old lease when it runs again.
+        tokio::time::sleep_until((stopped + cfg.ttl + Duration::from_secs(1)).into()).await;
+        etcd.signal(libc::SIGCONT);
+        let resumed = Instant::now();
+        let (new, _) = acting(&node, 2).await;
+        eprintln!(
+            "node_fenced: incarnation 2 Acting {:?} after SIGCONT",
+            resumed.elapsed()
+        );
+        assert_ne!(new, old);
+        assert_eq!(node.acting_now(), Some((new, 2)));
+        assert_eq!(alive_key(&c, "n1").await, Some((lease_hex(new), new)));
+        let (record, lease) = node_record(&c, "n1").await.unwrap();
+        assert_eq!((record.incarnation, lease), (2, new));
+
+        // The old incarnation's room lapses with its lease, and the name is free to claim.
+        let gone = eventually(
+            Duration::from_secs(5),
+            "the old lease's room gone",
+            || node.whereis("kept"),
+            |o| matches!(o, Ok(None)),
+        )
+        .await;
+        assert_eq!(gone, Ok(None));
+        assert_eq!(c.keepalive(old).await.unwrap(), None);
+        assert!(matches!(
+            node.claim("kept", 3).await.unwrap(),
+            ClaimOutcome::Won { .. }
+        ));
+        node.stop().await;
+        eprintln!("node_fenced: {:?} in all", t0.elapsed());
+    });
 }

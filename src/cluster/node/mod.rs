@@ -1,0 +1,422 @@
+//! The node's presence in the cluster: one driver task that keeps the node's etcd lease, writes
+//! the node's `alive/` and `nodes/` keys for each incarnation, and says whether the node may act;
+//! plus the registry calls (claim, whereis, release) made under that lease.
+//!
+//! Owns: the [`LeaseCore`] and the single task that steps it (I/O only; the timing decisions are
+//! the core's), the incarnation counter, the status channel ([`NodeStatus`]), and the node's
+//! published load. An incarnation is published [`NodeStatus::Acting`] only once both of its keys
+//! are written, and [`NodeStatus::Fenced`] before anything else is done once the core fences it
+//! (docs/cluster.md, "Leases and fencing").
+//!
+//! It never decides room membership (who owns or joins a room is the claim's and the room's
+//! business; this module only carries the claim to etcd) and never touches a socket other than
+//! through [`EtcdClient`]. It never acts on a status past its deadline: [`Node::acting_now`]
+//! checks the clock, not the last published value.
+
+mod driver;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+
+use super::claims::{self, ClaimOutcome, Keys, Owner, RoomRecord};
+use super::etcd::client::{EtcdClient, EtcdError};
+use super::lease::{Change, LeaseConfig, LeaseCore};
+use crate::rt::time::{self, Instant};
+use crate::rt::{self, watch};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// Where other nodes reach this one's dist link (written into its records).
+    pub dist_addr: String,
+    /// Must pass [`LeaseConfig::checked`].
+    pub lease: LeaseConfig,
+    pub keys: Keys,
+}
+
+/// Whether the node may act, as the driver last published it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// No incarnation has been registered yet.
+    Starting,
+    /// `deadline` is the fence deadline when this was published; keepalives move it later
+    /// without a new status, so decide with [`Node::acting_now`], never with this field.
+    Acting {
+        lease: i64,
+        incarnation: u64,
+        deadline: Instant,
+    },
+    /// Incarnation `incarnation` must stop acting: end its rooms, take no new ones.
+    Fenced { incarnation: u64 },
+}
+
+/// The value of `nodes/<node_id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub dist_addr: String,
+    pub incarnation: u64,
+    /// Rooms this node runs (its load, for placement).
+    pub rooms: usize,
+}
+
+impl NodeRecord {
+    pub fn to_value(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a NodeRecord always serialises")
+    }
+
+    pub fn from_value(v: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(v)
+            .map_err(|e| format!("a nodes/ value that is not a NodeRecord: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "this node is fenced: its etcd lease is not proven alive, so it takes no rooms until it \
+         registers again (it does so as soon as etcd answers)"
+    )]
+    Fenced,
+    #[error(
+        "etcd unreachable at {endpoints}: {detail} (is etcd running, and do the etcd endpoints \
+         name its client URLs?)"
+    )]
+    Unreachable { endpoints: String, detail: String },
+    #[error(
+        "etcd at {endpoints} did not answer in time, so whether the request took effect is \
+         unknown: {detail} (retrying with the same token is safe)"
+    )]
+    Indeterminate { endpoints: String, detail: String },
+    #[error("etcd refused the request: {0}")]
+    Refused(String),
+    #[error("etcd gave a malformed answer: {0} (is the endpoint an etcd >= 3.4 client URL?)")]
+    Malformed(String),
+}
+
+impl NodeError {
+    fn from_etcd(e: EtcdError, client: &EtcdClient) -> NodeError {
+        let endpoints = || client.endpoints().join(",");
+        match e {
+            EtcdError::Unreachable(detail) => NodeError::Unreachable {
+                endpoints: endpoints(),
+                detail,
+            },
+            EtcdError::Indeterminate(detail) => NodeError::Indeterminate {
+                endpoints: endpoints(),
+                detail,
+            },
+            e @ EtcdError::Refused(_) if e.may_have_applied() => NodeError::Indeterminate {
+                endpoints: endpoints(),
+                detail: e.to_string(),
+            },
+            EtcdError::Refused(body) => NodeError::Refused(body.message),
+            EtcdError::Malformed(m) => NodeError::Malformed(m),
+        }
+    }
+}
+
+/// What the driver and the handle share. Locks are held for a step, never across an await.
+struct Shared {
+    core: Mutex<LeaseCore>,
+    load: AtomicUsize,
+    /// Set when the node's keys should be written again at once (a claim found `alive/` wrong).
+    republish: AtomicBool,
+    /// Wakes the driver to look at `load` and `republish`; holds at most one permit, so
+    /// set_load never queues.
+    poke: Notify,
+}
+
+/// The handle the rest of the node uses. Dropping it ends the driver (the lease then lapses).
+pub struct Node {
+    shared: Arc<Shared>,
+    client: Arc<EtcdClient>,
+    node_id: String,
+    dist_addr: String,
+    keys: Keys,
+    status: watch::Receiver<NodeStatus>,
+    stop: oneshot::Sender<()>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Node {
+    /// Spawns the driver (call it inside the runtime); the node is [`NodeStatus::Starting`]
+    /// until its first registration.
+    pub fn start(client: EtcdClient, cfg: NodeConfig) -> Node {
+        debug_assert!(cfg.lease.checked().is_ok(), "unchecked {:?}", cfg.lease);
+        let shared = Arc::new(Shared {
+            core: Mutex::new(LeaseCore::new(cfg.lease, time::now())),
+            load: AtomicUsize::new(0),
+            republish: AtomicBool::new(false),
+            poke: Notify::new(),
+        });
+        let client = Arc::new(client);
+        let (status_tx, status) = watch::channel(NodeStatus::Starting);
+        let (stop, stop_rx) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let driver = driver::Driver::new(
+            client.clone(),
+            shared.clone(),
+            cfg.clone(),
+            status_tx,
+            stop_rx,
+        );
+        rt::spawn_task(async move {
+            driver.run().await;
+            let _ = done_tx.send(());
+        });
+        Node {
+            shared,
+            client,
+            node_id: cfg.node_id,
+            dist_addr: cfg.dist_addr,
+            keys: cfg.keys,
+            status,
+            stop,
+            done,
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// A receiver of every status change.
+    pub fn status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// `(lease, incarnation)` if the node may act at this instant: a registered incarnation
+    /// whose lease is still before its fence deadline.
+    pub fn acting_now(&self) -> Option<(i64, u64)> {
+        let NodeStatus::Acting {
+            lease, incarnation, ..
+        } = *self.status.borrow()
+        else {
+            return None;
+        };
+        let core = self.shared.core.lock().expect("lease core lock");
+        match core.acting(time::now()) {
+            Some((id, _)) if id == lease => Some((lease, incarnation)),
+            _ => None,
+        }
+    }
+
+    /// The value this node's claim with `token` writes: what [`Node::release`] needs later.
+    pub fn room_record(&self, token: u64) -> RoomRecord {
+        RoomRecord {
+            node_id: self.node_id.clone(),
+            dist_addr: self.dist_addr.clone(),
+            token,
+        }
+    }
+
+    /// Claims `room` under the current lease: `Won` (the room is this node's from `epoch`) or
+    /// `Taken` by its owner; never `ClaimOutcome::Fenced`, which is `Err(NodeError::Fenced)`.
+    /// `token` must be unique per claim attempt; after an error, retrying with the same token
+    /// recognises a claim that landed late as this one.
+    pub async fn claim(&self, room: &str, token: u64) -> Result<ClaimOutcome, NodeError> {
+        let (lease, _) = self.acting_now().ok_or(NodeError::Fenced)?;
+        let mine = self.room_record(token);
+        let txn = claims::claim_txn(&self.keys, &self.node_id, lease, room, &mine);
+        let outcome = match self.client.txn(&txn).await {
+            Ok(resp) => claims::claim_outcome(&resp).map_err(NodeError::Malformed)?,
+            Err(e) if e.may_have_applied() => match self.read_back(room, &mine).await {
+                Some(outcome) => outcome,
+                // The claim may still be applied later (or the read failed): only a retry with
+                // this token can tell, so the caller hears "unknown", never "not sent".
+                None => return Err(self.err(e)),
+            },
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(match outcome {
+            ClaimOutcome::Taken(owner) if owner.record == mine => {
+                ClaimOutcome::Won { epoch: owner.epoch }
+            }
+            ClaimOutcome::Fenced => {
+                // The core may still believe the lease alive: if the alive key was overwritten
+                // (a late write of an older incarnation), rewriting it heals the node; if the
+                // lease is gone, the next keepalive fences it.
+                self.request_republish();
+                return Err(NodeError::Fenced);
+            }
+            other => other,
+        })
+    }
+
+    /// After a claim whose answer was lost: `Won` if the name holds this very claim, `Taken` if
+    /// another; `None` if nothing decides it.
+    async fn read_back(&self, room: &str, mine: &RoomRecord) -> Option<ClaimOutcome> {
+        let req = claims::whereis_request(&self.keys, room);
+        let range = self.client.call(&req).await.ok()?;
+        match claims::read_back(&range, mine).ok()? {
+            Ok(epoch) => Some(ClaimOutcome::Won { epoch }),
+            Err(Some(owner)) => Some(ClaimOutcome::Taken(owner)),
+            Err(None) => None,
+        }
+    }
+
+    pub async fn whereis(&self, room: &str) -> Result<Option<Owner>, NodeError> {
+        let req = claims::whereis_request(&self.keys, room);
+        let range = self.client.call(&req).await.map_err(|e| self.err(e))?;
+        claims::whereis_outcome(&range).map_err(NodeError::Malformed)
+    }
+
+    /// Deletes `rooms/<room>` if it still holds `record`: `true` released, `false` it was gone
+    /// or belongs to another claim (a stale record never removes a newer owner). Allowed while
+    /// fenced: the compare keeps it safe.
+    pub async fn release(&self, room: &str, record: &RoomRecord) -> Result<bool, NodeError> {
+        let txn = claims::release_txn(&self.keys, room, record);
+        let resp = self.client.txn(&txn).await.map_err(|e| self.err(e))?;
+        Ok(resp.succeeded)
+    }
+
+    /// The number of rooms to publish in the node record: written within a keepalive period of
+    /// the last write (only the latest value is kept, so a busy node writes at that rate at most).
+    pub fn set_load(&self, rooms: usize) {
+        if self.shared.load.swap(rooms, Ordering::Relaxed) != rooms {
+            self.shared.poke.notify_one();
+        }
+    }
+
+    /// Publishes `Fenced`, revokes the lease (best effort: it lapses anyway) and ends the
+    /// driver. Call it once this node's rooms have ended: the revoke frees their names at once.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+    }
+
+    fn request_republish(&self) {
+        self.shared.republish.store(true, Ordering::Relaxed);
+        self.shared.poke.notify_one();
+    }
+
+    fn err(&self, e: EtcdError) -> NodeError {
+        NodeError::from_etcd(e, &self.client)
+    }
+}
+
+/// The status side of the driver, without I/O: which incarnation is current and what to publish
+/// as the core's changes and the registrations' answers come in.
+#[derive(Debug, Default)]
+struct Phase {
+    incarnation: u64,
+    /// The current incarnation's lease, and whether its keys are written.
+    lease: Option<(i64, bool)>,
+}
+
+impl Phase {
+    /// What to publish for a change of the core (a new lease publishes only once registered).
+    fn on_change(&mut self, change: Change) -> Option<NodeStatus> {
+        match change {
+            Change::Acting { id, .. } => {
+                self.incarnation += 1;
+                self.lease = Some((id, false));
+                None
+            }
+            Change::Fenced { .. } => {
+                self.lease = None;
+                Some(NodeStatus::Fenced {
+                    incarnation: self.incarnation,
+                })
+            }
+        }
+    }
+
+    /// The keys of `lease` were written; `acting` is the core's view at the answer.
+    fn on_registered(&mut self, lease: i64, acting: Option<(i64, Instant)>) -> Option<NodeStatus> {
+        match (self.lease, acting) {
+            (Some((id, false)), Some((live, deadline))) if id == lease && live == lease => {
+                self.lease = Some((id, true));
+                Some(NodeStatus::Acting {
+                    lease,
+                    incarnation: self.incarnation,
+                    deadline,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::etcd::gateway::ErrorBody;
+    use crate::cluster::lease::FenceCause;
+    use std::time::Duration;
+
+    #[test]
+    fn a_node_record_round_trips_through_json() {
+        let r = NodeRecord {
+            node_id: "n1".into(),
+            dist_addr: "10.0.0.1:7000".into(),
+            incarnation: 3,
+            rooms: 12,
+        };
+        let v = r.to_value();
+        assert_eq!(
+            std::str::from_utf8(&v).unwrap(),
+            r#"{"node_id":"n1","dist_addr":"10.0.0.1:7000","incarnation":3,"rooms":12}"#
+        );
+        assert_eq!(NodeRecord::from_value(&v), Ok(r));
+        assert!(NodeRecord::from_value(b"{}").is_err());
+    }
+
+    #[test]
+    fn an_incarnation_acts_only_once_registered_and_fencing_is_published_at_once() {
+        let t = Instant::now() + Duration::from_secs(2);
+        let mut p = Phase::default();
+        assert_eq!(p.on_change(Change::Acting { id: 7, deadline: t }), None);
+        // The core fenced before the write answered: the late answer publishes nothing.
+        assert_eq!(p.on_registered(7, None), None);
+        assert_eq!(p.on_registered(7, Some((7, t))).unwrap(), {
+            NodeStatus::Acting {
+                lease: 7,
+                incarnation: 1,
+                deadline: t,
+            }
+        });
+        assert_eq!(p.on_registered(7, Some((7, t))), None, "published once");
+        let fenced = Change::Fenced {
+            id: 7,
+            cause: FenceCause::Deadline,
+        };
+        assert_eq!(
+            p.on_change(fenced),
+            Some(NodeStatus::Fenced { incarnation: 1 })
+        );
+        // A registration of the old lease answering after the fence publishes nothing.
+        assert_eq!(p.on_registered(7, Some((7, t))), None);
+        p.on_change(Change::Acting { id: 9, deadline: t });
+        assert_eq!(p.on_registered(7, Some((9, t))), None, "not this lease");
+        assert!(matches!(
+            p.on_registered(9, Some((9, t))),
+            Some(NodeStatus::Acting { incarnation: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn errors_name_what_to_check() {
+        let c = EtcdClient::new(&["http://127.0.0.1:2379"], Duration::from_secs(1)).unwrap();
+        let e = NodeError::from_etcd(EtcdError::Unreachable("refused".into()), &c);
+        assert!(
+            e.to_string()
+                .starts_with("etcd unreachable at http://127.0.0.1:2379: refused"),
+            "{e}"
+        );
+        let timed_out = EtcdError::Refused(ErrorBody {
+            error: "etcdserver: request timed out".into(),
+            message: "etcdserver: request timed out".into(),
+            code: crate::cluster::etcd::gateway::code::UNAVAILABLE,
+        });
+        assert!(matches!(
+            NodeError::from_etcd(timed_out, &c),
+            NodeError::Indeterminate { .. }
+        ));
+        assert!(NodeError::Fenced.to_string().contains("fenced"));
+    }
+}
