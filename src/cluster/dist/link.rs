@@ -91,7 +91,9 @@ pub enum DownCause {
     Refused { node: String, incarnation: u64 },
     #[error("nothing received within the silence timeout")]
     Silence,
-    #[error("overloaded: the peer is not reading fast enough")]
+    /// The peer is not reading fast enough, or the local consumer of the link's events is not
+    /// taking them (the driver's bound).
+    #[error("overloaded: a bounded queue of the link is full")]
     Overloaded,
     #[error("malformed frame: {0}")]
     Malformed(FrameError),
@@ -99,6 +101,9 @@ pub enum DownCause {
     Unexpected(&'static str),
     #[error("transport closed")]
     TransportClosed,
+    /// Local code closed the link (shutdown, or a newer connection to the peer replaced it).
+    #[error("closed locally")]
+    Closed,
 }
 
 /// Why [`LinkCore::send`] did not queue a message.
@@ -339,6 +344,13 @@ impl LinkCore {
     /// The transport reached EOF or failed.
     pub fn transport_closed(&mut self) {
         self.go_down(DownCause::TransportClosed);
+    }
+
+    /// The driver takes the link down for a reason the core cannot see: its event consumer
+    /// lags past the driver's bound (`Overloaded`, the same policy as the core's own output
+    /// bound) or local code closes the link (`Closed`). Monitors end as on any other cause.
+    pub fn close(&mut self, cause: DownCause) {
+        self.go_down(cause);
     }
 
     /// The peer's `Hello` was received and matched, and the link is not down.
