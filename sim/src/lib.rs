@@ -8,6 +8,7 @@ pub mod client;
 pub mod coverage;
 pub mod faults;
 pub mod knobs;
+pub mod leases;
 pub mod named;
 pub mod oracle;
 pub mod registry_race;

@@ -17,6 +17,11 @@ pub const ALL: &[Scenario] = &[
         Options::default,
     ),
     (
+        "cluster-leases",
+        "three nodes and etcd: rooms claimed under leases while nodes pause past their TTL, etcd stops, restarts or is cut off",
+        cluster_leases,
+    ),
+    (
         "fifty-join-crash-twice",
         "fifty peers join a fresh room at once while it crashes twice",
         fifty_join_crash_twice,
@@ -53,6 +58,15 @@ pub fn by_name(name: &str) -> Option<fn() -> Options> {
 }
 
 /// The scenario called `name`, or an error listing the valid names.
+fn cluster_leases() -> Options {
+    Options {
+        chaos: Duration::from_secs(30),
+        settle_limit: Duration::from_secs(30),
+        leases: true,
+        ..Options::default()
+    }
+}
+
 pub fn parse(name: &str) -> Result<fn() -> Options, String> {
     by_name(name).ok_or_else(|| {
         let names: Vec<&str> = ALL.iter().map(|(n, _, _)| *n).collect();

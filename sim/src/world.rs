@@ -66,6 +66,8 @@ pub struct Options {
     pub links: Option<server::Links>,
     /// Candidates per plane trickle instead of the seed's draw (named scenarios).
     pub candidate_burst: Option<usize>,
+    /// The cluster's lease world (`crate::leases`) instead of the swarm.
+    pub leases: bool,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             lag: None,
             links: None,
             candidate_burst: None,
+            leases: false,
         }
     }
 }
@@ -99,6 +102,9 @@ fn current(app: &CurrentApp) -> Option<App> {
 
 /// Runs the world of `seed`; must be called inside a fresh madsim runtime seeded with `seed`.
 pub async fn run(seed: u64, mut opts: Options) -> Report {
+    if opts.leases {
+        return crate::leases::run(seed, opts).await;
+    }
     // The simulator's own choices come from sub-seeded streams (see `streams`).
     let mut swarm = opts
         .swarm
