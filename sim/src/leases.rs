@@ -36,6 +36,7 @@ use videoroom::cluster::lease::LeaseConfig;
 use videoroom::cluster::node::{Node, NodeConfig, NodeError};
 use videoroom::rt::{self, time};
 
+use crate::oracle::ProbeLog;
 use crate::streams::Stream;
 use crate::trace::Trace;
 use crate::world::{Failure, Options, Report};
@@ -175,6 +176,10 @@ impl World {
 /// Runs one world of the `cluster-leases` scenario.
 pub async fn run(seed: u64, opts: Options) -> Report {
     let trace = Trace::new(opts.record);
+    // The product's typed probe events (the node's retries among them) count as coverage; its
+    // never-events and broken promises fail the seed.
+    let probe = ProbeLog::default();
+    let _probe = probe.install(&trace, time::now());
     let world = Arc::new(World {
         model: Mutex::new(EtcdModel::new()),
         start: time::now(),
@@ -257,7 +262,11 @@ pub async fn run(seed: u64, opts: Options) -> Report {
         Some(f) => Some(f),
         None => teardown(&world, &handle, &servers).await,
     };
-    let violations = world.violations.lock().unwrap().clone();
+    let mut violations = world.violations.lock().unwrap().clone();
+    violations.extend(probe.violations().iter().map(|v| v.to_string()));
+    if let Some(c) = probe.crashes().first() {
+        violations.push(format!("a process panicked: {}", c.panic));
+    }
     let failure = if violations.is_empty() {
         failure
     } else {
@@ -266,7 +275,10 @@ pub async fn run(seed: u64, opts: Options) -> Report {
     for idx in 0..NODES {
         world.nodes.lock().unwrap()[idx] = None;
     }
-    let coverage = world.coverage.lock().unwrap().clone();
+    let mut coverage = world.coverage.lock().unwrap().clone();
+    for (name, n) in probe.counts() {
+        *coverage.entry(name.to_owned()).or_default() += n;
+    }
     Report {
         swarm,
         trace: trace.lines(),
@@ -424,66 +436,36 @@ async fn node_main(world: Arc<World>, idx: usize) {
         if world.held.lock().unwrap()[idx].contains(&name) {
             continue;
         }
-        let Some(before) = node.acting_now() else {
-            continue;
-        };
         let token = world.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut outcome = node.claim(&name, token).await;
-        // A claim whose fate is unknown may have landed: only a retry with its token tells, and
-        // left alone it would hold the name for as long as the lease lives (seed 626).
-        // Any error after an unknown fate leaves it unknown.
-        let undecided = matches!(outcome, Err(NodeError::Indeterminate { .. }));
-        while undecided
-            && matches!(&outcome, Err(e) if *e != NodeError::Fenced)
-            && node.acting_now().is_some_and(|a| a.0 == before.0)
-        {
-            world.reached("claim indeterminate: retried with its token");
-            time::sleep(Duration::from_millis(250)).await;
-            outcome = node.claim(&name, token).await;
-        }
-        let after = node.acting_now();
-        match outcome {
-            Ok(ClaimOutcome::Won { epoch }) => {
+        // The product's rules for a claim whose fate is unknown and for a win answered after
+        // the lease was lost are in `claim_settled` (seeds 626 and 2 of the first runs).
+        match node.claim_settled(&name, token).await {
+            Ok((ClaimOutcome::Won { epoch }, lease)) => {
                 world
                     .trace
                     .log(format_args!("n{idx} won {name} at epoch {epoch}"));
-                // Claimed under `before`'s lease only if the node is still on it: a room acts
-                // under the lease its key is attached to, or not at all.
-                let record = node.room_record(token);
-                if after.map(|a| a.0) != Some(before.0) {
-                    // Never act, and give the name back: left alone it would stay taken for as
-                    // long as that lease lives.
-                    world.reached("won under a lease the node no longer holds");
-                    world.trace.log(format_args!(
-                        "n{idx}: won {name} under lease {:x}, now {after:?}: released unused",
-                        before.0
-                    ));
-                    let _ = node.release(&name, &record).await;
-                    continue;
-                }
-                // Only a win the node can still act on counts: an answer read after a pause
-                // past the TTL is old news (seed 2: epoch 34 answered after 47 was won).
                 world.won(idx, &name, epoch);
                 world.held.lock().unwrap()[idx].insert(name.clone());
                 node.set_load(world.held.lock().unwrap()[idx].len());
+                let record = node.room_record(token);
                 tokio::spawn(room(
                     world.clone(),
                     node.clone(),
                     idx,
                     name,
                     epoch,
-                    before.0,
+                    lease,
                     record,
                 ));
             }
-            Ok(ClaimOutcome::Taken(owner)) => {
+            Ok((ClaimOutcome::Taken(owner), _)) => {
                 world.reached("claim found the name taken");
                 world.trace.log(format_args!(
                     "n{idx}: {name} taken by {} at epoch {}",
                     owner.record.node_id, owner.epoch
                 ));
             }
-            Ok(ClaimOutcome::Fenced) | Err(NodeError::Fenced) => {
+            Ok((ClaimOutcome::Fenced, _)) | Err(NodeError::Fenced) => {
                 world.reached("claim refused: fenced")
             }
             Err(e) => {
@@ -527,19 +509,11 @@ async fn room(
             .trace
             .log(format_args!("n{idx}: {name} (epoch {epoch}) ended: fenced"));
     } else {
-        // A release that fails is tried again for as long as the lease lives: a key left on a
-        // lease the node keeps alive would hold the name forever (seed 1 of the first run).
-        while node.acting_now().is_some_and(|(l, _)| l == lease) {
-            match node.release(&name, &record).await {
-                Ok(true) => world.trace.log(format_args!("n{idx} released {name}")),
-                Ok(false) => world.reached("release found the name no longer ours"),
-                Err(_) => {
-                    world.reached("release failed: etcd, tried again");
-                    time::sleep(Duration::from_millis(250)).await;
-                    continue;
-                }
-            }
-            break;
+        // A failed release is retried while the lease lives (`release_settled`): a key left on
+        // a lease the node keeps alive would hold the name forever (seed 1 of the first run).
+        match node.release_settled(&name, &record, lease).await {
+            true => world.trace.log(format_args!("n{idx} released {name}")),
+            false => world.reached("release found the name no longer ours, or the lease gone"),
         }
     }
     world.held.lock().unwrap()[idx].remove(&name);

@@ -242,6 +242,14 @@ pub enum Event<'a> {
     /// Never: a channel in a room saw the room end normally (a room stops normally only once
     /// it has no peer left: the last one left, or the room dropped it first).
     RoomStoppedUnderPeer,
+    // --- cluster (src/cluster) ---
+    /// A claim whose fate was unknown was sent again with its token.
+    ClaimRetried,
+    /// A claim was won after the node lost the lease it was made under: released unused.
+    ClaimAnsweredTooLate,
+    /// A room's release failed while its lease lived, and was tried again.
+    ReleaseRetried,
+
     /// Candidates the plane reported while the peer's answer was outstanding, sent after it:
     /// `held` of them, of at most `max` kept (the rest were dropped).
     HeldCandidatesFlushed {
@@ -314,6 +322,9 @@ impl Event<'_> {
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
+            Event::ClaimRetried => "ClaimRetried",
+            Event::ClaimAnsweredTooLate => "ClaimAnsweredTooLate",
+            Event::ReleaseRetried => "ReleaseRetried",
             Event::MediaEventBeforeConnect => "MediaEventBeforeConnect",
         }
     }

@@ -137,6 +137,8 @@ pub struct Node {
     node_id: String,
     dist_addr: String,
     keys: Keys,
+    /// How long a settled claim or release waits before trying again.
+    retry_after: std::time::Duration,
     status: watch::Receiver<NodeStatus>,
     stop: oneshot::Sender<()>,
     done: oneshot::Receiver<()>,
@@ -174,6 +176,7 @@ impl Node {
             node_id: cfg.node_id,
             dist_addr: cfg.dist_addr,
             keys: cfg.keys,
+            retry_after: cfg.lease.retry_after,
             status,
             stop,
             done,
@@ -272,6 +275,57 @@ impl Node {
         let txn = claims::release_txn(&self.keys, room, record);
         let resp = self.client.txn(&txn).await.map_err(|e| self.err(e))?;
         Ok(resp.succeeded)
+    }
+
+    /// [`Node::claim`] carried to a decision, with the lease the claim is on: an unknown
+    /// outcome is sent again with the same token (the claim may have landed, and only a retry
+    /// learns it; left alone it would hold the name for as long as the lease lives), through
+    /// later errors too, while the node holds that lease. A `Won` answered after the node lost
+    /// the lease is released at once and reported as `Err(Fenced)`: the node may no longer act
+    /// on it, and a later owner may already hold a newer epoch.
+    pub async fn claim_settled(
+        &self,
+        room: &str,
+        token: u64,
+    ) -> Result<(ClaimOutcome, i64), NodeError> {
+        let (lease, _) = self.acting_now().ok_or(NodeError::Fenced)?;
+        let mut outcome = self.claim(room, token).await;
+        let unknown = matches!(outcome, Err(NodeError::Indeterminate { .. }));
+        while unknown && matches!(&outcome, Err(e) if *e != NodeError::Fenced) && self.holds(lease)
+        {
+            rt::probe::emit(rt::probe::Event::ClaimRetried);
+            time::sleep(self.retry_after).await;
+            outcome = self.claim(room, token).await;
+        }
+        match outcome? {
+            ClaimOutcome::Won { .. } if !self.holds(lease) => {
+                rt::probe::emit(rt::probe::Event::ClaimAnsweredTooLate);
+                let _ = self.release(room, &self.room_record(token)).await;
+                Err(NodeError::Fenced)
+            }
+            outcome => Ok((outcome, lease)),
+        }
+    }
+
+    /// [`Node::release`] until it is done: a failure is tried again while `lease` (the one the
+    /// claim is on) lives, since a key left on a lease the node keeps alive would hold the name
+    /// for good; once the lease is gone the key lapses with it. `true` if this call deleted it.
+    pub async fn release_settled(&self, room: &str, record: &RoomRecord, lease: i64) -> bool {
+        loop {
+            match self.release(room, record).await {
+                Ok(released) => return released,
+                Err(_) if self.holds(lease) => {
+                    rt::probe::emit(rt::probe::Event::ReleaseRetried);
+                    time::sleep(self.retry_after).await;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Whether the node acts under `lease` now.
+    fn holds(&self, lease: i64) -> bool {
+        self.acting_now().is_some_and(|(l, _)| l == lease)
     }
 
     /// The number of rooms to publish in the node record: written within a keepalive period of
