@@ -290,33 +290,24 @@ pub struct LeaseRevokeResponse {
     pub header: ResponseHeader,
 }
 
-impl Rpc for RangeRequest {
-    const PATH: &'static str = "/v3/kv/range";
-    type Response = RangeResponse;
+/// Each request body with the gateway path it is posted to and the body etcd answers with.
+macro_rules! rpcs {
+    ($($req:ty => $resp:ty, $path:literal;)*) => {
+        $(impl Rpc for $req {
+            const PATH: &'static str = $path;
+            type Response = $resp;
+        })*
+    };
 }
-impl Rpc for PutRequest {
-    const PATH: &'static str = "/v3/kv/put";
-    type Response = PutResponse;
-}
-impl Rpc for DeleteRangeRequest {
-    const PATH: &'static str = "/v3/kv/deleterange";
-    type Response = DeleteRangeResponse;
-}
-impl Rpc for TxnRequest {
-    const PATH: &'static str = "/v3/kv/txn";
-    type Response = TxnResponse;
-}
-impl Rpc for LeaseGrantRequest {
-    const PATH: &'static str = "/v3/lease/grant";
-    type Response = LeaseGrantResponse;
-}
-impl Rpc for LeaseKeepAliveRequest {
-    const PATH: &'static str = "/v3/lease/keepalive";
-    type Response = LeaseKeepAliveItem;
-}
-impl Rpc for LeaseRevokeRequest {
-    const PATH: &'static str = "/v3/lease/revoke";
-    type Response = LeaseRevokeResponse;
+
+rpcs! {
+    RangeRequest => RangeResponse, "/v3/kv/range";
+    PutRequest => PutResponse, "/v3/kv/put";
+    DeleteRangeRequest => DeleteRangeResponse, "/v3/kv/deleterange";
+    TxnRequest => TxnResponse, "/v3/kv/txn";
+    LeaseGrantRequest => LeaseGrantResponse, "/v3/lease/grant";
+    LeaseKeepAliveRequest => LeaseKeepAliveItem, "/v3/lease/keepalive";
+    LeaseRevokeRequest => LeaseRevokeResponse, "/v3/lease/revoke";
 }
 
 /// The `range_end` that makes a range cover every key starting with `prefix` (etcd's
