@@ -11,22 +11,12 @@ say() { printf 'setup-chromium.sh: %s\n' "$*"; }
 die() { printf 'setup-chromium.sh: error: %s\n' "$*" >&2; exit 1; }
 
 chromium_bin=/usr/bin/chromium
+# shellcheck source=lib/apt.sh
+. scripts/lib/apt.sh
 if [ -x "$chromium_bin" ]; then
   say "chromium already installed ($("$chromium_bin" --version 2>/dev/null || echo 'version unknown'))"
 else
-  command -v apt-get >/dev/null 2>&1 ||
-    die "no $chromium_bin and no apt-get: install Debian's 'chromium' package (or a Chromium at $chromium_bin) by hand"
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || die "installing chromium needs root (apt-get install chromium); run as root or install it by hand"
-    sudo=(sudo)
-  fi
-  say "installing Debian's chromium with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq || die "apt-get update failed: cannot reach the Debian package archive"
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null ||
-    die "apt-get install chromium failed; install Debian's 'chromium' package by hand"
-  [ -x "$chromium_bin" ] || die "apt-get finished but $chromium_bin is missing"
+  apt_install "$chromium_bin" chromium fonts-dejavu-core
   say "installed $("$chromium_bin" --version 2>/dev/null || echo chromium)"
 fi
 
