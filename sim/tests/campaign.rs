@@ -476,6 +476,7 @@ fn cluster_leases_campaign_fences_every_stale_owner() {
             "ClaimRetried",
             "ClaimAnsweredTooLate",
             "ReleaseRetried",
+            "FencedLeaseRevoked",
             "claim refused: fenced",
         ] {
             assert!(

@@ -245,6 +245,9 @@ pub enum Event<'a> {
     // --- cluster (src/cluster) ---
     /// A claim whose fate was unknown was sent again with its token.
     ClaimRetried,
+    /// A lease of a fenced incarnation was revoked once a newer one acted: its rooms' names
+    /// are free a TTL sooner.
+    FencedLeaseRevoked,
     /// A claim was won after the node lost the lease it was made under: released unused.
     ClaimAnsweredTooLate,
     /// A room's release failed while its lease lived, and was tried again.
@@ -323,6 +326,7 @@ impl Event<'_> {
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
             Event::ClaimRetried => "ClaimRetried",
+            Event::FencedLeaseRevoked => "FencedLeaseRevoked",
             Event::ClaimAnsweredTooLate => "ClaimAnsweredTooLate",
             Event::ReleaseRetried => "ReleaseRetried",
             Event::MediaEventBeforeConnect => "MediaEventBeforeConnect",

@@ -411,21 +411,39 @@ async fn status_where(
     seen.unwrap_or_else(|| panic!("no {what} within {within:?}; last {:?}", *rx.borrow()))
 }
 
-async fn acting(node: &Node, incarnation: u64) -> (i64, Instant) {
+/// The first Acting of an incarnation numbered above `after`: (lease, deadline, incarnation).
+async fn acting(node: &Node, after: u64) -> (i64, Instant, u64) {
     let mut rx = node.status();
     match status_where(
         &mut rx,
         Duration::from_secs(5),
         "Acting",
-        |s| matches!(s, NodeStatus::Acting { incarnation: i, .. } if *i == incarnation),
+        |s| matches!(s, NodeStatus::Acting { incarnation: i, .. } if *i > after),
     )
     .await
     {
         NodeStatus::Acting {
-            lease, deadline, ..
-        } => (lease, deadline),
+            lease,
+            deadline,
+            incarnation,
+        } => (lease, deadline, incarnation),
         other => unreachable!("{other:?}"),
     }
+}
+
+/// The node record once it carries `incarnation` (the registration's own write cannot).
+async fn record_of(c: &EtcdClient, node_id: &str, incarnation: u64) -> (NodeRecord, i64) {
+    eventually(
+        Duration::from_secs(2),
+        "the record carrying the incarnation",
+        || node_record(c, node_id),
+        |r| {
+            r.as_ref()
+                .is_some_and(|(r, _)| r.incarnation == incarnation)
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// The node record and the lease it is attached to.
@@ -473,17 +491,20 @@ fn node_registers_under_its_lease() {
     bounded(async {
         let t0 = Instant::now();
         let node = start_node(&etcd, "n1");
-        let (lease, first_deadline) = acting(&node, 1).await;
-        eprintln!("node_registers: Acting after {:?}", t0.elapsed());
-        assert_eq!(node.acting_now(), Some((lease, 1)));
+        let (lease, first_deadline, inc) = acting(&node, 0).await;
+        eprintln!(
+            "node_registers: incarnation {inc} Acting after {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(node.acting_now(), Some((lease, inc)));
         assert_eq!(alive_key(&c, "n1").await, Some((lease_hex(lease), lease)));
         let record = NodeRecord {
             node_id: "n1".into(),
             dist_addr: node_config("n1").dist_addr,
-            incarnation: 1,
+            incarnation: inc,
             rooms: 0,
         };
-        assert_eq!(node_record(&c, "n1").await, Some((record.clone(), lease)));
+        assert_eq!(record_of(&c, "n1", inc).await, (record.clone(), lease));
 
         node.set_load(3);
         let (published, _) = eventually(
@@ -494,11 +515,11 @@ fn node_registers_under_its_lease() {
         )
         .await
         .unwrap();
-        assert_eq!(published.incarnation, 1);
+        assert_eq!(published.incarnation, inc);
 
         // Time passing is the point here: keepalives must carry the node past its first deadline.
         tokio::time::sleep_until((first_deadline + Duration::from_millis(300)).into()).await;
-        assert_eq!(node.acting_now(), Some((lease, 1)));
+        assert_eq!(node.acting_now(), Some((lease, inc)));
 
         node.stop().await;
         assert_eq!(alive_key(&c, "n1").await, None, "revoked with the lease");
@@ -516,8 +537,9 @@ fn node_claims_race_to_one_owner() {
     bounded(async {
         let t0 = Instant::now();
         let (n1, n2) = (start_node(&etcd, "n1"), start_node(&etcd, "n22"));
-        acting(&n1, 1).await;
-        acting(&n2, 1).await;
+        let (_, _, inc1) = acting(&n1, 0).await;
+        let (_, _, inc2) = acting(&n2, 0).await;
+        assert_ne!(inc1, inc2, "incarnations are unique cluster-wide");
         let mut wins = [0, 0];
         let mut owners = Vec::new();
         for i in 0..20u64 {
@@ -579,7 +601,7 @@ fn node_claims_race_to_one_owner() {
         ended
             .await
             .expect("the driver ends when its handle is dropped");
-        assert_eq!(*status.borrow(), NodeStatus::Fenced { incarnation: 1 });
+        assert_eq!(*status.borrow(), NodeStatus::Fenced { incarnation: inc2 });
         let c = client(&[etcd.url()], Duration::from_secs(2));
         assert_eq!(alive_key(&c, "n22").await, Some((lease_hex(lease), lease)));
         eprintln!("node_claims_race: {:?} in all", t0.elapsed());
@@ -599,7 +621,7 @@ fn node_fenced_by_a_stopped_etcd_comes_back_as_a_new_incarnation() {
         let t0 = Instant::now();
         let node = start_node(&etcd, "n1");
         let mut status = node.status();
-        let (old, _) = acting(&node, 1).await;
+        let (old, _, inc1) = acting(&node, 0).await;
         assert!(matches!(
             node.claim("kept", 1).await.unwrap(),
             ClaimOutcome::Won { .. }
@@ -615,7 +637,7 @@ fn node_fenced_by_a_stopped_etcd_comes_back_as_a_new_incarnation() {
         )
         .await;
         let fenced_at = Instant::now();
-        assert_eq!(fenced, NodeStatus::Fenced { incarnation: 1 });
+        assert_eq!(fenced, NodeStatus::Fenced { incarnation: inc1 });
         // The last acknowledged keepalive was sent before the stop, so its deadline is at most
         // stop + TTL - margin; and one was sent within a keepalive period before the stop.
         let after_stop = fenced_at - stopped;
@@ -640,18 +662,19 @@ fn node_fenced_by_a_stopped_etcd_comes_back_as_a_new_incarnation() {
         tokio::time::sleep_until((stopped + cfg.ttl + Duration::from_secs(1)).into()).await;
         etcd.signal(libc::SIGCONT);
         let resumed = Instant::now();
-        let (new, _) = acting(&node, 2).await;
+        let (new, _, inc2) = acting(&node, inc1).await;
         eprintln!(
-            "node_fenced: incarnation 2 Acting {:?} after SIGCONT",
+            "node_fenced: incarnation {inc2} (after {inc1}) Acting {:?} after SIGCONT",
             resumed.elapsed()
         );
         assert_ne!(new, old);
-        assert_eq!(node.acting_now(), Some((new, 2)));
+        assert_eq!(node.acting_now(), Some((new, inc2)));
         assert_eq!(alive_key(&c, "n1").await, Some((lease_hex(new), new)));
-        let (record, lease) = node_record(&c, "n1").await.unwrap();
-        assert_eq!((record.incarnation, lease), (2, new));
+        let (_, lease) = record_of(&c, "n1", inc2).await;
+        assert_eq!(lease, new);
 
-        // The old incarnation's room lapses with its lease, and the name is free to claim.
+        // The old incarnation's room goes with its lease (lapsed, or revoked once incarnation 2
+        // acted), and the name is free to claim.
         let gone = eventually(
             Duration::from_secs(5),
             "the old lease's room gone",
@@ -667,5 +690,99 @@ fn node_fenced_by_a_stopped_etcd_comes_back_as_a_new_incarnation() {
         ));
         node.stop().await;
         eprintln!("node_fenced: {:?} in all", t0.elapsed());
+    });
+}
+
+/// etcd stopped just past the node's deadline but well within its lease's TTL: once the new
+/// incarnation acts, the fenced lease is revoked at once, so its room's name is free seconds
+/// before the lease would have lapsed, and the new incarnation's keys stay.
+#[test]
+fn node_revokes_its_fenced_lease_once_a_new_incarnation_acts() {
+    let etcd = Etcd::start();
+    let c = client(&[etcd.url()], Duration::from_secs(2));
+    // A TTL long past the deadline, so a lapse cannot pass for a revoke.
+    let cfg = LeaseConfig {
+        ttl: Duration::from_secs(5),
+        keepalive_every: Duration::from_millis(500),
+        margin: Duration::from_secs(3),
+        retry_after: Duration::from_millis(250),
+    }
+    .checked()
+    .expect("a valid lease config");
+    bounded(async {
+        let t0 = Instant::now();
+        let node = Node::start(
+            client(&[etcd.url()], Duration::from_secs(1)),
+            NodeConfig {
+                lease: cfg,
+                ..node_config("n1")
+            },
+        );
+        let mut status = node.status();
+        let (old, _, inc1) = acting(&node, 0).await;
+        assert!(matches!(
+            node.claim("kept", 1).await.unwrap(),
+            ClaimOutcome::Won { .. }
+        ));
+
+        let stopped = Instant::now();
+        etcd.signal(libc::SIGSTOP);
+        status_where(
+            &mut status,
+            cfg.ttl - cfg.margin + Duration::from_secs(2),
+            "Fenced",
+            |s| *s == NodeStatus::Fenced { incarnation: inc1 },
+        )
+        .await;
+        etcd.signal(libc::SIGCONT);
+        let resumed = Instant::now();
+        let (new, _, inc2) = acting(&node, inc1).await;
+        let acted = Instant::now();
+        assert_ne!(new, old);
+
+        let gone = eventually(
+            Duration::from_secs(1),
+            "the fenced lease's room gone",
+            || node.whereis("kept"),
+            |o| matches!(o, Ok(None)),
+        )
+        .await;
+        let freed = Instant::now();
+        assert_eq!(gone, Ok(None));
+        eprintln!(
+            "node_revokes: fenced {:?} after SIGSTOP; Acting {:?} after SIGCONT; name free {:?} \
+             after Acting, {:?} after SIGSTOP (TTL {:?})",
+            resumed - stopped,
+            acted - resumed,
+            freed - acted,
+            freed - stopped,
+            cfg.ttl
+        );
+        // The last keepalive etcd acknowledged was sent at most a period before the stop: on
+        // its own, the lease would have lived at least until then.
+        assert!(
+            freed < stopped + cfg.ttl - cfg.keepalive_every,
+            "the name was freed {:?} after the stop: by the lease lapsing, not by a revoke",
+            freed - stopped
+        );
+        assert_eq!(
+            c.keepalive(old).await.unwrap(),
+            None,
+            "the old lease is gone"
+        );
+        assert!(matches!(
+            node.claim("kept", 2).await.unwrap(),
+            ClaimOutcome::Won { .. }
+        ));
+        // The revoke took nothing of the incarnation that acts.
+        assert_eq!(node.acting_now(), Some((new, inc2)));
+        assert_eq!(alive_key(&c, "n1").await, Some((lease_hex(new), new)));
+        assert_eq!(record_of(&c, "n1", inc2).await.1, new);
+        assert_eq!(
+            c.keepalive(new).await.unwrap(),
+            Some(cfg.ttl.as_secs() as i64)
+        );
+        node.stop().await;
+        eprintln!("node_revokes: {:?} in all", t0.elapsed());
     });
 }

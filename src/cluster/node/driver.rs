@@ -1,6 +1,7 @@
 //! The one task that does the lease core's I/O and writes the node's keys. At most one lease
-//! call and one key write are in flight; both are raced against the core's next deadline, so a
-//! call that hangs (etcd stopped) never delays the fence.
+//! call, one key write and one revoke of a fenced incarnation's lease are in flight; all are
+//! raced against the core's next deadline, so a call that hangs (etcd stopped) never delays the
+//! fence.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,13 +10,13 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{NodeConfig, NodeRecord, NodeStatus, Phase, Shared};
+use super::{NodeConfig, NodeRecord, NodeStatus, Phase, Revoked, Shared, Stale};
 use crate::cluster::claims::lease_hex;
 use crate::cluster::etcd::client::{EtcdClient, EtcdError};
 use crate::cluster::etcd::gateway::{PutRequest, RequestOp, TxnRequest};
-use crate::cluster::lease::{Call, Change};
+use crate::cluster::lease::{Call, Change, FenceCause};
 use crate::rt::time::{self, Duration, Instant};
-use crate::rt::watch;
+use crate::rt::{probe, watch};
 
 /// Placement tells a live node by a record written within the last few seconds
 /// (docs/cluster.md), so the record is rewritten at least this often even when nothing changed.
@@ -28,8 +29,11 @@ enum Answer {
     KeptAlive(Result<Option<i64>, EtcdError>),
 }
 
-/// A write of the node's keys for `lease`, carrying the load it wrote.
-type Written = (i64, usize, Result<(), EtcdError>);
+/// A write of the node's keys for `lease`, carrying the load it wrote; the revision it got.
+type Written = (i64, usize, Result<i64, EtcdError>);
+
+/// A revoke of a fenced incarnation's lease.
+type Revoke = (i64, Result<i64, EtcdError>);
 
 pub(super) struct Driver {
     client: Arc<EtcdClient>,
@@ -44,6 +48,10 @@ pub(super) struct Driver {
     written: Option<(usize, Instant)>,
     /// A failed write waits this long before the next.
     write_after: Instant,
+    stale: Stale,
+    revoke: Option<Pending<Revoke>>,
+    /// The TTL etcd granted the last lease (it may exceed the one asked for).
+    granted: Option<(i64, Duration)>,
 }
 
 impl Driver {
@@ -65,6 +73,9 @@ impl Driver {
             write: None,
             written: None,
             write_after: time::now(),
+            stale: Stale::default(),
+            revoke: None,
+            granted: None,
         }
     }
 
@@ -84,6 +95,10 @@ impl Driver {
                 written = in_flight(&mut self.write) => {
                     self.write = None;
                     self.on_written(written);
+                }
+                revoked = in_flight(&mut self.revoke) => {
+                    self.revoke = None;
+                    self.on_revoked(revoked);
                 }
                 _ = self.shared.poke.notified() => {}
                 _ = timer.until(wake) => {}
@@ -122,12 +137,18 @@ impl Driver {
             self.written = None;
             self.write_after = now;
             match change {
-                Change::Fenced { id, cause } => tracing::warn!(
-                    node = %self.cfg.node_id, lease = id, ?cause,
-                    "fenced: this node stops acting until etcd grants a new lease"
-                ),
+                Change::Fenced { id, cause } => {
+                    tracing::warn!(
+                        node = %self.cfg.node_id, lease = id, ?cause,
+                        "fenced: this node stops acting until etcd grants a new lease"
+                    );
+                    if cause == FenceCause::Deadline {
+                        self.stale.fenced(id, self.ttl_of(id), now);
+                    }
+                }
                 Change::Acting { id, .. } => {
-                    tracing::debug!(node = %self.cfg.node_id, lease = id, "lease granted")
+                    tracing::debug!(node = %self.cfg.node_id, lease = id, "lease granted");
+                    self.stale.granted(now);
                 }
             }
             if let Some(status) = self.phase.on_change(change) {
@@ -138,6 +159,38 @@ impl Driver {
             self.call = Some(self.perform(call));
         }
         self.start_write(now);
+        self.start_revoke(now);
+    }
+
+    fn ttl_of(&self, lease: i64) -> Duration {
+        match self.granted {
+            Some((id, ttl)) if id == lease => ttl.max(self.cfg.lease.ttl),
+            _ => self.cfg.lease.ttl,
+        }
+    }
+
+    /// Revokes a fenced incarnation's lease once a newer incarnation acts: its rooms stopped at
+    /// the fence, and only its keys still hold their names.
+    fn start_revoke(&mut self, now: Instant) {
+        if self.revoke.is_some() {
+            return;
+        }
+        let acting = match self.phase.lease {
+            Some((lease, true)) => self
+                .shared
+                .core
+                .lock()
+                .expect("lease core lock")
+                .acting(now)
+                .map(|(id, _)| id)
+                .filter(|id| *id == lease),
+            _ => None,
+        };
+        let Some(stale) = self.stale.next(now, acting) else {
+            return;
+        };
+        let client = self.client.clone();
+        self.revoke = Some(Box::pin(async move { (stale, client.revoke(stale).await) }));
     }
 
     fn start_write(&mut self, now: Instant) {
@@ -155,7 +208,12 @@ impl Driver {
         let record = NodeRecord {
             node_id: self.cfg.node_id.clone(),
             dist_addr: self.cfg.dist_addr.clone(),
-            incarnation: self.phase.incarnation,
+            // Not known before the first write's answer (its revision).
+            incarnation: if registered {
+                self.phase.incarnation
+            } else {
+                0
+            },
             rooms,
         };
         // Both keys in one txn: the incarnation is registered entirely or not at all, and a
@@ -175,7 +233,11 @@ impl Driver {
         };
         let client = self.client.clone();
         self.write = Some(Box::pin(async move {
-            (lease, rooms, client.txn(&txn).await.map(|_| ()))
+            (
+                lease,
+                rooms,
+                client.txn(&txn).await.map(|r| r.header.revision),
+            )
         }));
     }
 
@@ -208,7 +270,8 @@ impl Driver {
             }
             _ => None,
         };
-        [core, write].into_iter().flatten().min()
+        let revoke = self.revoke.is_none().then(|| self.stale.due()).flatten();
+        [core, write, revoke].into_iter().flatten().min()
     }
 
     fn perform(&self, call: Call) -> Pending<Answer> {
@@ -225,7 +288,10 @@ impl Driver {
         let now = time::now();
         let mut core = self.shared.core.lock().expect("lease core lock");
         match answer {
-            Answer::Granted(Ok((id, ttl))) => core.on_granted(now, id, ttl),
+            Answer::Granted(Ok((id, ttl))) => {
+                self.granted = Some((id, Duration::from_secs(ttl.max(0) as u64)));
+                core.on_granted(now, id, ttl)
+            }
             Answer::KeptAlive(Ok(ttl)) => core.on_keepalive(now, ttl),
             Answer::KeptAlive(Err(e)) if e.is_lease_not_found() => core.on_keepalive(now, None),
             Answer::Granted(Err(e)) | Answer::KeptAlive(Err(e)) => {
@@ -238,7 +304,7 @@ impl Driver {
     fn on_written(&mut self, (lease, rooms, result): Written) {
         let now = time::now();
         match result {
-            Ok(()) => {
+            Ok(revision) => {
                 self.written = Some((rooms, now));
                 let acting = self
                     .shared
@@ -246,9 +312,14 @@ impl Driver {
                     .lock()
                     .expect("lease core lock")
                     .acting(now);
-                if let Some(status) = self.phase.on_registered(lease, acting) {
-                    tracing::info!(node = %self.cfg.node_id, lease, "acting: registered in etcd");
+                if let Some(status) = self.phase.on_registered(lease, revision, acting) {
+                    tracing::info!(
+                        node = %self.cfg.node_id, lease, incarnation = revision,
+                        "acting: registered in etcd"
+                    );
                     self.status.send_replace(status);
+                    // The record just written could not carry the number: write it again now.
+                    self.written = None;
                 }
             }
             Err(e) => {
@@ -257,6 +328,28 @@ impl Driver {
                 self.write_after = now + self.cfg.lease.retry_after;
             }
         }
+    }
+
+    fn on_revoked(&mut self, (lease, result): Revoke) {
+        let now = time::now();
+        let outcome = match result {
+            Ok(_) => {
+                tracing::info!(node = %self.cfg.node_id, lease, "revoked a fenced incarnation's lease");
+                probe::emit(probe::Event::FencedLeaseRevoked);
+                // If a write of the old incarnation landed late, it put the node's keys back on
+                // that lease and the revoke just deleted them: write them again now rather than
+                // at the next refresh.
+                self.shared.republish.store(true, Ordering::Relaxed);
+                Revoked::Done
+            }
+            Err(e) if e.is_lease_not_found() => Revoked::Gone,
+            Err(e) => {
+                tracing::debug!(node = %self.cfg.node_id, lease, "revoking a fenced lease failed: {e}");
+                Revoked::Failed
+            }
+        };
+        self.stale
+            .revoked(lease, outcome, now, self.cfg.lease.keepalive_every);
     }
 }
 

@@ -3,7 +3,7 @@
 //! plus the registry calls (claim, whereis, release) made under that lease.
 //!
 //! Owns: the [`LeaseCore`] and the single task that steps it (I/O only; the timing decisions are
-//! the core's), the incarnation counter, the status channel ([`NodeStatus`]), and the node's
+//! the core's), the incarnation number, the status channel ([`NodeStatus`]), and the node's
 //! published load. An incarnation is published [`NodeStatus::Acting`] only once both of its keys
 //! are written, and [`NodeStatus::Fenced`] before anything else is done once the core fences it
 //! (docs/cluster.md, "Leases and fencing").
@@ -38,6 +38,10 @@ pub struct NodeConfig {
 }
 
 /// Whether the node may act, as the driver last published it.
+///
+/// An incarnation is numbered by the etcd revision of its first registration: unique and growing
+/// cluster-wide, across restarts of the process too, so a peer can tell a node that came back
+/// from the one that died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeStatus {
     /// No incarnation has been registered yet.
@@ -49,7 +53,8 @@ pub enum NodeStatus {
         incarnation: u64,
         deadline: Instant,
     },
-    /// Incarnation `incarnation` must stop acting: end its rooms, take no new ones.
+    /// Incarnation `incarnation` (the last registered; 0 if none was) must stop acting: end
+    /// its rooms, take no new ones.
     Fenced { incarnation: u64 },
 }
 
@@ -58,6 +63,8 @@ pub enum NodeStatus {
 pub struct NodeRecord {
     pub node_id: String,
     pub dist_addr: String,
+    /// 0 in the incarnation's first write: its number is the revision that write gets, and
+    /// the next write (at once) carries it.
     pub incarnation: u64,
     /// Rooms this node runs (its load, for placement).
     pub rooms: usize,
@@ -357,6 +364,7 @@ impl Node {
 /// as the core's changes and the registrations' answers come in.
 #[derive(Debug, Default)]
 struct Phase {
+    /// The last registered incarnation's number (0 before the first).
     incarnation: u64,
     /// The current incarnation's lease, and whether its keys are written.
     lease: Option<(i64, bool)>,
@@ -367,7 +375,6 @@ impl Phase {
     fn on_change(&mut self, change: Change) -> Option<NodeStatus> {
         match change {
             Change::Acting { id, .. } => {
-                self.incarnation += 1;
                 self.lease = Some((id, false));
                 None
             }
@@ -380,11 +387,20 @@ impl Phase {
         }
     }
 
-    /// The keys of `lease` were written; `acting` is the core's view at the answer.
-    fn on_registered(&mut self, lease: i64, acting: Option<(i64, Instant)>) -> Option<NodeStatus> {
+    /// The keys of `lease` were written at etcd `revision`; `acting` is the core's view at the
+    /// answer.
+    fn on_registered(
+        &mut self,
+        lease: i64,
+        revision: i64,
+        acting: Option<(i64, Instant)>,
+    ) -> Option<NodeStatus> {
         match (self.lease, acting) {
             (Some((id, false)), Some((live, deadline))) if id == lease && live == lease => {
                 self.lease = Some((id, true));
+                // Revisions only grow; should etcd's ever go back (its data lost), this process
+                // still never numbers two incarnations alike.
+                self.incarnation = (revision.max(0) as u64).max(self.incarnation + 1);
                 Some(NodeStatus::Acting {
                     lease,
                     incarnation: self.incarnation,
@@ -392,6 +408,97 @@ impl Phase {
                 })
             }
             _ => None,
+        }
+    }
+}
+
+/// Leases of fenced incarnations that etcd may still hold, oldest first: their rooms stopped
+/// acting, but their keys hold the names until the lease lapses, so each is revoked once a newer
+/// incarnation acts (etcd answers again, and the revoke cannot take the lease the node acts on).
+#[derive(Debug, Default)]
+struct Stale {
+    leases: std::collections::VecDeque<StaleLease>,
+    /// A failed revoke waits for the next keepalive round.
+    after: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StaleLease {
+    id: i64,
+    ttl: std::time::Duration,
+    /// After this etcd surely no longer has it: nothing is left to revoke.
+    lapsed_by: Instant,
+}
+
+/// How a revoke of a stale lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Revoked {
+    Done,
+    /// etcd no longer had it (it lapsed meanwhile).
+    Gone,
+    Failed,
+}
+
+impl Stale {
+    /// Every lease lapses on its own within its TTL, so a few are enough; the oldest is dropped
+    /// first, being the nearest to lapsing anyway.
+    const KEPT: usize = 4;
+
+    /// Lease `id` (granted with `ttl`) was fenced at `now` by its deadline. A lease etcd said is
+    /// gone is never remembered.
+    fn fenced(&mut self, id: i64, ttl: std::time::Duration, now: Instant) {
+        if self.leases.len() == Self::KEPT {
+            self.leases.pop_front();
+        }
+        self.leases.push_back(StaleLease {
+            id,
+            ttl,
+            lapsed_by: now + ttl,
+        });
+    }
+
+    /// etcd granted a new lease at `now`. A restarted etcd gives every lease its full TTL again
+    /// when it comes back, which is before it answered this grant: the stale ones may live that
+    /// long from here.
+    fn granted(&mut self, now: Instant) {
+        for l in &mut self.leases {
+            l.lapsed_by = l.lapsed_by.max(now + l.ttl);
+        }
+    }
+
+    /// The lease to revoke now, if any. `acting` is the lease of a registered incarnation that
+    /// acts at `now`: without one, etcd has not answered since the fence (and the revoke would
+    /// only fail).
+    fn next(&mut self, now: Instant, acting: Option<i64>) -> Option<i64> {
+        if self.after.is_some_and(|at| at <= now) {
+            self.after = None;
+        }
+        let current = acting?;
+        self.leases.retain(|l| now < l.lapsed_by && l.id != current);
+        match self.after {
+            Some(_) => None,
+            None => self.leases.front().map(|l| l.id),
+        }
+    }
+
+    /// When a failed revoke may be tried again; always after the last [`Stale::next`].
+    fn due(&self) -> Option<Instant> {
+        self.after.filter(|_| !self.leases.is_empty())
+    }
+
+    fn revoked(
+        &mut self,
+        id: i64,
+        outcome: Revoked,
+        now: Instant,
+        retry_after: std::time::Duration,
+    ) {
+        match outcome {
+            Revoked::Done | Revoked::Gone => {
+                self.leases.retain(|l| l.id != id);
+                self.after = None;
+            }
+            Revoked::Failed => self.after = Some(now + retry_after),
         }
     }
 }
@@ -426,31 +533,109 @@ mod tests {
         let mut p = Phase::default();
         assert_eq!(p.on_change(Change::Acting { id: 7, deadline: t }), None);
         // The core fenced before the write answered: the late answer publishes nothing.
-        assert_eq!(p.on_registered(7, None), None);
-        assert_eq!(p.on_registered(7, Some((7, t))).unwrap(), {
+        assert_eq!(p.on_registered(7, 40, None), None);
+        assert_eq!(p.on_registered(7, 41, Some((7, t))).unwrap(), {
             NodeStatus::Acting {
                 lease: 7,
-                incarnation: 1,
+                incarnation: 41,
                 deadline: t,
             }
         });
-        assert_eq!(p.on_registered(7, Some((7, t))), None, "published once");
+        assert_eq!(p.on_registered(7, 42, Some((7, t))), None, "published once");
         let fenced = Change::Fenced {
             id: 7,
             cause: FenceCause::Deadline,
         };
         assert_eq!(
             p.on_change(fenced),
-            Some(NodeStatus::Fenced { incarnation: 1 })
+            Some(NodeStatus::Fenced { incarnation: 41 })
         );
         // A registration of the old lease answering after the fence publishes nothing.
-        assert_eq!(p.on_registered(7, Some((7, t))), None);
+        assert_eq!(p.on_registered(7, 43, Some((7, t))), None);
         p.on_change(Change::Acting { id: 9, deadline: t });
-        assert_eq!(p.on_registered(7, Some((9, t))), None, "not this lease");
+        assert_eq!(p.on_registered(7, 44, Some((9, t))), None, "not this lease");
         assert!(matches!(
-            p.on_registered(9, Some((9, t))),
-            Some(NodeStatus::Acting { incarnation: 2, .. })
+            p.on_registered(9, 50, Some((9, t))),
+            Some(NodeStatus::Acting {
+                incarnation: 50,
+                ..
+            })
         ));
+    }
+
+    #[test]
+    fn incarnations_only_grow_even_if_etcd_revisions_went_back() {
+        let t = Instant::now() + Duration::from_secs(2);
+        let mut p = Phase::default();
+        assert_eq!(
+            p.on_change(Change::Fenced {
+                id: 1,
+                cause: FenceCause::Deadline
+            }),
+            Some(NodeStatus::Fenced { incarnation: 0 }),
+            "none registered yet"
+        );
+        p.on_change(Change::Acting { id: 7, deadline: t });
+        p.on_registered(7, 100, Some((7, t)));
+        p.on_change(Change::Fenced {
+            id: 7,
+            cause: FenceCause::LeaseGone,
+        });
+        p.on_change(Change::Acting { id: 9, deadline: t });
+        // etcd lost its data and counts from the start again.
+        assert!(matches!(
+            p.on_registered(9, 3, Some((9, t))),
+            Some(NodeStatus::Acting {
+                incarnation: 101,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_fenced_lease_is_revoked_only_once_a_newer_incarnation_acts() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(4);
+        let mut s = Stale::default();
+        s.fenced(7, ttl, t);
+        assert_eq!(
+            s.next(t, None),
+            None,
+            "etcd has not answered since the fence"
+        );
+        assert_eq!(s.next(t, Some(7)), None, "never the lease the node acts on");
+        s.fenced(8, ttl, t);
+        assert_eq!(s.next(t, Some(9)), Some(8));
+        // A failure waits for the next round, then the same lease is tried again.
+        let retry = Duration::from_millis(800);
+        s.revoked(8, Revoked::Failed, t, retry);
+        assert_eq!(s.due(), Some(t + retry));
+        assert_eq!(s.next(t + retry - Duration::from_millis(1), Some(9)), None);
+        assert_eq!(s.next(t + retry, Some(9)), Some(8));
+        assert_eq!(s.due(), None);
+        s.revoked(8, Revoked::Done, t + retry, retry);
+        assert_eq!(s.next(t + retry, Some(9)), None, "done");
+        s.fenced(10, ttl, t);
+        s.revoked(10, Revoked::Gone, t, retry);
+        assert_eq!(s.next(t, Some(9)), None, "etcd no longer had it");
+        assert_eq!(s.due(), None);
+    }
+
+    #[test]
+    fn fenced_leases_are_kept_few_and_until_they_surely_lapsed() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(4);
+        let mut s = Stale::default();
+        for id in 1..=Stale::KEPT as i64 + 1 {
+            s.fenced(id, ttl, t);
+        }
+        assert_eq!(s.next(t, Some(99)), Some(2), "the oldest was dropped");
+        s.revoked(2, Revoked::Done, t, ttl);
+        // A grant proves etcd is back; a restart then may have given the rest their TTL anew.
+        s.granted(t + Duration::from_secs(1));
+        assert_eq!(s.next(t + ttl, Some(99)), Some(3));
+        assert_eq!(s.next(t + ttl + Duration::from_secs(1), Some(99)), None);
+        assert_eq!(s.due(), None);
     }
 
     #[test]
