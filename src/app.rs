@@ -1,7 +1,10 @@
 //! The application's shared state: the process table, the room registry and the limits.
 //! Built once per server (or per simulated node) and cloned into every actor.
 
-use std::sync::Arc;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -10,8 +13,8 @@ use crate::join_token::JoinSecret;
 use crate::messages::{RoomInfo, RoomMsg};
 use crate::metrics::Metrics;
 use crate::phoenix::SocketConfig;
-use crate::registry::Registry;
-use crate::rt::{Pid, System};
+use crate::registry::{JoinError, Registry};
+use crate::rt::{Addr, Pid, System};
 
 /// Every bound the server enforces.
 #[derive(Clone, Debug)]
@@ -193,6 +196,25 @@ pub struct App {
     pub join_secret: Option<Arc<JoinSecret>>,
     /// Operational counters (`GET /metrics`).
     pub metrics: Arc<Metrics>,
+    /// Set once in cluster mode: joins then go through the cluster-wide registry, and `rooms`
+    /// holds only the rooms this node runs.
+    pub cluster: Arc<OnceLock<Arc<dyn ClusterRooms>>>,
+}
+
+/// A future a [`ClusterRooms`] call returns.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The cluster-wide room registry as the channel and the room use it (implemented in
+/// `cluster::rooms`; a trait so that `app` does not import the cluster, which starts rooms).
+pub trait ClusterRooms: Send + Sync + fmt::Debug {
+    /// The tutorial's join across nodes: an address of the room `name` (a local room, or a
+    /// proxy for a remote one), starting it if none runs.
+    fn whereis_or_start<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pending<'a, Result<Addr<RoomMsg>, JoinError>>;
+    /// The local room `pid` stops cleanly and has given up its local name: release its claim.
+    fn room_stopping(&self, pid: Pid) -> Pending<'_, ()>;
 }
 
 impl App {
@@ -207,6 +229,7 @@ impl App {
             plane_factory: PlaneFactory::fake(),
             join_secret: None,
             metrics: Arc::new(Metrics::default()),
+            cluster: Arc::new(OnceLock::new()),
         }
     }
 

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use videoroom::cluster::lease::LeaseConfig;
 use videoroom::http::fd_limit;
 use videoroom::join_token::{self, JoinSecret};
-use videoroom::server::{EdgeConfig, MediaConfig, Server, ServerConfig, ServerLimits, TlsFiles};
+use videoroom::server::{
+    ClusterConfig, EdgeConfig, MediaConfig, Server, ServerConfig, ServerLimits, TlsFiles,
+};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A self-hosted video-conferencing server")]
@@ -135,6 +138,63 @@ struct Cli {
         hide_env_values = true
     )]
     join_secret: Option<String>,
+    /// Cluster mode: etcd client URLs, comma-separated (e.g. http://127.0.0.1:2379). Rooms are
+    /// then claimed in etcd and spread over every node started with the same etcd; needs
+    /// --node-name and --dist-listen. Without it the server runs alone, as always.
+    #[arg(
+        long,
+        env = "VIDEOROOM_ETCD",
+        value_delimiter = ',',
+        requires_all = ["node_name", "dist_listen"]
+    )]
+    etcd: Vec<String>,
+    /// Cluster mode: this node's name, unique in the cluster and the same across restarts.
+    #[arg(long, env = "VIDEOROOM_NODE_NAME", requires = "etcd")]
+    node_name: Option<String>,
+    /// Cluster mode: the TCP address other nodes connect to this one at (its dist listener).
+    #[arg(long, env = "VIDEOROOM_DIST_LISTEN", requires = "etcd")]
+    dist_listen: Option<std::net::SocketAddr>,
+    /// Cluster mode: the host:port other nodes dial, when --dist-listen is not it (a wildcard
+    /// bind, NAT) [default: --dist-listen].
+    #[arg(long, env = "VIDEOROOM_DIST_ADVERTISE", requires = "etcd")]
+    dist_advertise: Option<String>,
+    /// Cluster mode: seconds of the node's etcd lease. A node that cannot renew it for TTL less
+    /// two fifths ends its rooms (their clients rejoin on live nodes); a dead node's rooms are
+    /// free again after it.
+    #[arg(
+        long,
+        env = "VIDEOROOM_LEASE_TTL",
+        default_value_t = 10,
+        requires = "etcd"
+    )]
+    lease_ttl: u64,
+    /// Cluster mode: the etcd key prefix, one per deployment sharing an etcd.
+    #[arg(
+        long,
+        env = "VIDEOROOM_ETCD_PREFIX",
+        default_value = "/videoroom/v1/",
+        requires = "etcd"
+    )]
+    etcd_prefix: String,
+}
+
+/// The cluster configuration, if cluster mode is on; an incomplete one is an error.
+fn cluster_config(cli: &Cli) -> Result<Option<ClusterConfig>, String> {
+    let etcd: Vec<String> = cli.etcd.iter().filter(|e| !e.is_empty()).cloned().collect();
+    if etcd.is_empty() {
+        return Ok(None);
+    }
+    let (Some(name), Some(listen)) = (&cli.node_name, cli.dist_listen) else {
+        return Err("--etcd needs --node-name and --dist-listen".into());
+    };
+    let lease = LeaseConfig::with_ttl(cli.lease_ttl)
+        .checked()
+        .map_err(|e| format!("--lease-ttl: {e}"))?;
+    let mut cfg = ClusterConfig::new(etcd, name.clone(), listen);
+    cfg.dist_advertise = cli.dist_advertise.clone();
+    cfg.prefix = cli.etcd_prefix.clone();
+    cfg.lease = lease;
+    Ok(Some(cfg))
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +293,13 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    let cluster = match cluster_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("videoroom: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let mut limits = ServerLimits {
         max_rooms: cli.max_rooms,
         connect_grace: std::time::Duration::from_secs(cli.connect_grace),
@@ -288,6 +355,7 @@ async fn main() -> std::process::ExitCode {
             turn_max_allocations_per_source: cli.turn_allocations_per_source,
             ..MediaConfig::default()
         },
+        cluster,
     };
     let server = match Server::start(cfg).await {
         Ok(s) => s,

@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use crate::rt::watch;
 
 use crate::app::{App, Limits};
+use crate::cluster::rooms::Cluster;
+pub use crate::cluster::rooms::ClusterConfig;
 use crate::http::{self, serve, Edge};
 use crate::join_token::JoinSecret;
 use crate::per_source::PerSource;
@@ -34,6 +36,9 @@ pub struct ServerConfig {
     /// The media plane. The default is the network-free fake plane (signalling tests); the
     /// binary turns the real one on.
     pub media: MediaConfig,
+    /// Cluster mode: rooms claimed in etcd and spread over nodes (docs/cluster.md). `None`: one
+    /// node with the in-process registry.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Which media plane rooms get, and where the real one listens.
@@ -90,6 +95,7 @@ impl Default for ServerConfig {
             edge: EdgeConfig::default(),
             tls: None,
             media: MediaConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -99,6 +105,7 @@ pub struct Server {
     app: App,
     shutdown: watch::Sender<bool>,
     edge: serve::Running,
+    cluster: Option<Cluster>,
     #[cfg(feature = "media-webrtc")]
     turn: Option<std::sync::Arc<crate::turn::TurnServer>>,
 }
@@ -130,6 +137,10 @@ impl Server {
             (app, Some(turn))
         } else {
             (app, None)
+        };
+        let cluster = match cfg.cluster {
+            Some(c) => Some(Cluster::start(c, &app).await.map_err(invalid)?),
+            None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (hard_stop, hard_stop_rx) = watch::channel(false);
@@ -168,6 +179,7 @@ impl Server {
             app,
             shutdown,
             edge: running,
+            cluster,
             #[cfg(feature = "media-webrtc")]
             turn,
         })
@@ -179,6 +191,11 @@ impl Server {
 
     pub fn app(&self) -> &App {
         &self.app
+    }
+
+    /// The node's cluster mode, if it runs in one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The integrated TURN server's listen address, when the real media plane runs.
@@ -218,7 +235,13 @@ impl Server {
     /// Stops accepting, closes every socket with 1012, lets requests in flight finish, and
     /// returns once every connection is closed or the shutdown grace ran out (then the rest
     /// are dropped).
+    ///
+    /// In a cluster the node drains first: it takes no new rooms and ends its own (their
+    /// clients get `phx_error` and rejoin, landing on other nodes), and its lease is revoked.
     pub async fn shutdown(self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.stop().await;
+        }
         self.shutdown.send_replace(true);
         self.edge.finish().await;
     }

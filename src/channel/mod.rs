@@ -197,15 +197,19 @@ async fn join(
 ) -> JoinOutcome {
     let mut attempts = Attempts::default();
     while attempts.start() {
-        let started = app
-            .rooms
-            .whereis_or_start(name, || {
-                let (app2, name2) = (app.clone(), name.to_string());
-                app.rooms.start(name, app.limits.room_mailbox, move |c| {
-                    room::run(app2, name2, c)
-                })
-            })
-            .await;
+        let started = match app.cluster.get() {
+            Some(cluster) => cluster.whereis_or_start(name).await,
+            None => {
+                app.rooms
+                    .whereis_or_start(name, || {
+                        let (app2, name2) = (app.clone(), name.to_string());
+                        app.rooms.start(name, app.limits.room_mailbox, move |c| {
+                            room::run(app2, name2, c)
+                        })
+                    })
+                    .await
+            }
+        };
         let room = match started {
             Ok(room) => room,
             Err(JoinError::Full { max, .. }) => {

@@ -70,8 +70,15 @@ pub struct RoomRecord {
     pub node_id: String,
     pub dist_addr: String,
     /// Unique per claim attempt of the owner node: makes the value this claim's own, so a
-    /// release or a read-back matches this claim and no other.
+    /// release or a read-back matches this claim and no other. The cluster registry uses the
+    /// room process's pid (allocated before the claim, started only if it wins), so the record
+    /// also tells a joiner where to send: pids are never reused within an incarnation.
     pub token: u64,
+    /// The owner's incarnation when it claimed: a joiner dials the owner's dist link expecting
+    /// exactly this incarnation, so a record left by a node that has since restarted never
+    /// reaches the new process's rooms. 0 in records written before it existed.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl RoomRecord {
@@ -223,6 +230,7 @@ mod tests {
             node_id: node.into(),
             dist_addr: "10.0.0.1:7000".into(),
             token,
+            incarnation: 7,
         }
     }
 

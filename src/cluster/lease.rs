@@ -52,6 +52,19 @@ impl LeaseConfig {
         }
     }
 
+    /// The production proportions for a TTL of `ttl_secs`: keepalives every fifth of it, a
+    /// margin of two fifths (4 s of 10), retries every 500 ms at most. Pass it through
+    /// [`LeaseConfig::checked`] (a TTL under 2 s is refused).
+    pub fn with_ttl(ttl_secs: u64) -> Self {
+        let ttl = Duration::from_secs(ttl_secs);
+        LeaseConfig {
+            ttl,
+            keepalive_every: ttl / 5,
+            margin: ttl * 2 / 5,
+            retry_after: (ttl / 10).min(Duration::from_millis(500)),
+        }
+    }
+
     /// TTL 4 s, keepalive every 800 ms, margin 1.5 s: leases lapse within a short world.
     pub fn simulation() -> Self {
         LeaseConfig {
@@ -63,6 +76,13 @@ impl LeaseConfig {
     }
 
     /// Refuses timings under which a node could never act, or act past its lease.
+    ///
+    /// ```
+    /// use videoroom::cluster::lease::LeaseConfig;
+    /// assert_eq!(LeaseConfig::with_ttl(10).checked(), Ok(LeaseConfig::production()));
+    /// assert!(LeaseConfig::with_ttl(3).checked().is_ok());
+    /// assert!(LeaseConfig::with_ttl(1).checked().is_err());
+    /// ```
     pub fn checked(self) -> Result<Self, LeaseConfigError> {
         if self.ttl < Duration::from_secs(2) || self.ttl.subsec_nanos() != 0 {
             return Err(LeaseConfigError::Ttl(self.ttl));

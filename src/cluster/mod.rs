@@ -8,3 +8,4 @@ pub mod dist;
 pub mod etcd;
 pub mod lease;
 pub mod node;
+pub mod rooms;

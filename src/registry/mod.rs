@@ -276,7 +276,21 @@ impl<M: Send + 'static> Registry<M> {
         F: FnOnce(Ctx<M>) -> Fut + Send + 'static,
         Fut: Future<Output = ExitReason> + Send + 'static,
     {
-        let p = self.sys.prepare::<M>(capacity);
+        self.start_prepared(name, self.sys.prepare::<M>(capacity), body)
+    }
+
+    /// [`Registry::start`] for a process already prepared (its pid known, e.g. written into a
+    /// cluster-wide claim first). A loser never runs: the prepared process ends `Normal`.
+    pub fn start_prepared<F, Fut>(
+        &self,
+        name: &str,
+        p: rt::Prepared<M>,
+        body: F,
+    ) -> Result<Addr<M>, StartError<M>>
+    where
+        F: FnOnce(Ctx<M>) -> Fut + Send + 'static,
+        Fut: Future<Output = ExitReason> + Send + 'static,
+    {
         let addr = p.addr();
         match self.register(name, &addr) {
             Ok(()) => {

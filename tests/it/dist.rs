@@ -76,8 +76,8 @@ async fn link_via(a: &mut DistListener, b: &mut DistListener, via: SocketAddr) -
     let la = within("a's link", a.accept()).await.unwrap();
     let lb = within("b's link", b.accept()).await.unwrap();
     assert!(handle.same_link(&la.handle));
-    assert_eq!(la.handle.peer(), b.node().me());
-    assert_eq!(lb.handle.peer(), a.node().me());
+    assert_eq!(la.handle.peer(), &b.node().me());
+    assert_eq!(lb.handle.peer(), &a.node().me());
     (la, lb)
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests on real tokio (one test binary).
 
 mod cli;
+mod cluster;
 mod dist;
 mod e2e;
 mod etcd;

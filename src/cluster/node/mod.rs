@@ -147,8 +147,8 @@ pub struct Node {
     /// How long a settled claim or release waits before trying again.
     retry_after: std::time::Duration,
     status: watch::Receiver<NodeStatus>,
-    stop: oneshot::Sender<()>,
-    done: oneshot::Receiver<()>,
+    /// Taken by the first [`Node::stop`].
+    stop: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
 }
 
 impl Node {
@@ -185,8 +185,7 @@ impl Node {
             keys: cfg.keys,
             retry_after: cfg.lease.retry_after,
             status,
-            stop,
-            done,
+            stop: Mutex::new(Some((stop, done))),
         }
     }
 
@@ -217,11 +216,32 @@ impl Node {
 
     /// The value this node's claim with `token` writes: what [`Node::release`] needs later.
     pub fn room_record(&self, token: u64) -> RoomRecord {
+        let incarnation = match *self.status.borrow() {
+            NodeStatus::Starting => 0,
+            NodeStatus::Acting { incarnation, .. } | NodeStatus::Fenced { incarnation } => {
+                incarnation
+            }
+        };
         RoomRecord {
             node_id: self.node_id.clone(),
             dist_addr: self.dist_addr.clone(),
             token,
+            incarnation,
         }
+    }
+
+    /// The nodes registered now (their `nodes/` records), in node-id order; records that do not
+    /// parse are skipped (a newer version's, or damage) rather than failing placement.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, NodeError> {
+        let (kvs, _) = self
+            .client
+            .get_prefix(&self.keys.nodes_prefix())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| NodeRecord::from_value(&kv.value).ok())
+            .collect())
     }
 
     /// Claims `room` under the current lease: `Won` (the room is this node's from `epoch`) or
@@ -345,9 +365,13 @@ impl Node {
 
     /// Publishes `Fenced`, revokes the lease (best effort: it lapses anyway) and ends the
     /// driver. Call it once this node's rooms have ended: the revoke frees their names at once.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.done.await;
+    /// Later calls return at once.
+    pub async fn stop(&self) {
+        let taken = self.stop.lock().expect("node stop lock").take();
+        if let Some((stop, done)) = taken {
+            let _ = stop.send(());
+            let _ = done.await;
+        }
     }
 
     fn request_republish(&self) {

@@ -3,6 +3,7 @@
 //! snapshot transcripts ([`transcript::Transcript`]).
 
 pub mod driver;
+pub mod etcd;
 pub mod http;
 pub mod logs;
 pub mod server;

@@ -132,6 +132,25 @@ impl TestServer {
             .turn_stats()
     }
 
+    /// The node's cluster mode; panics if it runs alone.
+    pub fn cluster(&self) -> &videoroom::cluster::rooms::Cluster {
+        self.server
+            .as_ref()
+            .expect("server is running")
+            .cluster()
+            .expect("the server runs in a cluster")
+    }
+
+    /// Ends the server as a crash would: every task and socket dropped at once, nothing
+    /// released (in a cluster its lease lapses on its own).
+    pub fn crash(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // Dropping the server would shut it down in order; a crash does not.
+            std::mem::forget(self.server.take());
+            rt.shutdown_background();
+        }
+    }
+
     /// Graceful shutdown, awaited.
     pub fn shutdown(&mut self) {
         if let Some(server) = self.server.take() {

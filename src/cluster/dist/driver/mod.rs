@@ -129,7 +129,8 @@ enum Slot {
 }
 
 struct Shared {
-    me: NodeId,
+    /// Its name never changes; its incarnation moves on with each new registration.
+    me: Mutex<NodeId>,
     config: LinkConfig,
     next_id: AtomicU64,
     /// By peer name; the one place that says which connection is the link to a node.
@@ -140,6 +141,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn me(&self) -> NodeId {
+        self.me.lock().expect("dist me lock").clone()
+    }
+
     fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -254,8 +259,27 @@ fn admit(me: &NodeId, peer: &NodeId, slot: Option<&Slot>) -> Admit {
 pub struct DistNode(Arc<Shared>);
 
 impl DistNode {
-    pub fn me(&self) -> &NodeId {
-        &self.0.me
+    pub fn me(&self) -> NodeId {
+        self.0.me()
+    }
+
+    /// This node is now incarnation `incarnation` (a new registration): every link made under
+    /// an older one is closed (peers see its monitors end with `noconnection`, as for a node
+    /// that restarted) and new links announce the new number. No-op if unchanged.
+    pub fn set_incarnation(&self, incarnation: u64) {
+        {
+            let mut me = self.0.me.lock().expect("dist me lock");
+            if me.incarnation == incarnation {
+                return;
+            }
+            me.incarnation = incarnation;
+        }
+        let table = self.0.table();
+        for slot in table.values() {
+            if let Slot::Up { handle, .. } = slot {
+                handle.close();
+            }
+        }
     }
 
     /// The live link to the node named `name`, if any.
@@ -283,7 +307,7 @@ impl DistNode {
             table.insert(peer.name.clone(), Slot::Dialing { id });
         }
         let name = peer.name.clone();
-        let smaller = name < shared.me.name;
+        let smaller = name < shared.me().name;
         let result = self.dial(addr, peer, id).await;
         let Err(err) = result else {
             return result;
@@ -324,7 +348,7 @@ impl DistNode {
             .await
             .ok_or(ConnectError::Timeout)??;
         let _ = stream.set_nodelay(true);
-        let mut core = LinkCore::new(shared.me.clone(), peer, shared.config.clone(), time::now());
+        let mut core = LinkCore::new(shared.me(), peer, shared.config.clone(), time::now());
         dial_handshake(&mut stream, &mut core).await?;
         let link = {
             let mut table = shared.table();
@@ -391,7 +415,7 @@ impl DistListener {
         let addr = listener.local_addr()?;
         let (links_tx, links) = mpsc::channel(LINKS_CAPACITY);
         let shared = Arc::new(Shared {
-            me,
+            me: Mutex::new(me),
             config,
             next_id: AtomicU64::new(1),
             table: Mutex::new(BTreeMap::new()),
@@ -483,19 +507,20 @@ async fn accept_handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result
         name: node,
         incarnation,
     };
-    if peer.name == shared.me.name {
+    let me = shared.me();
+    if peer.name == me.name {
         return Err("a node dialed itself".into());
     }
     let link = {
         let mut table = shared.table();
-        if admit(&shared.me, &peer, table.get(&peer.name)) == Admit::Refuse {
+        if admit(&me, &peer, table.get(&peer.name)) == Admit::Refuse {
             // Closed without a word: the dialer's core never establishes.
             return Err(format!(
                 "refused {peer:?}: the link to it is another connection"
             ));
         }
         let now = time::now();
-        let mut core = LinkCore::new(shared.me.clone(), peer, shared.config.clone(), now);
+        let mut core = LinkCore::new(me, peer, shared.config.clone(), now);
         core.handle_bytes(now, &read);
         shared.start(&mut table, stream, core, shared.id(), false)
     };

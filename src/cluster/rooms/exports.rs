@@ -1,0 +1,124 @@
+//! The node's table of what other nodes can reach here: local rooms by pid with their epoch
+//! (and the claim behind each), room proxies by pid with their inbox, and which proxy holds each
+//! monitor set across a link.
+//!
+//! Owns the lookups a link's consumer makes for every frame. It never runs process code and
+//! never holds its lock across an await; entries leave through exit hooks, so a process that
+//! exits (however it exits) is unreachable before its DOWNs go out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use super::wire::{ToProxy, ToRoom};
+use crate::cluster::claims::RoomRecord;
+use crate::messages::RoomMsg;
+use crate::rt::Addr;
+
+/// A room this node owns through a claim.
+#[derive(Debug, Clone)]
+pub struct LocalRoom {
+    pub name: String,
+    pub epoch: u64,
+    pub addr: Addr<RoomMsg>,
+    /// What the claim wrote, for the release's compare.
+    pub record: RoomRecord,
+    /// The lease the claim is on.
+    pub lease: i64,
+}
+
+/// Where frames for a proxy go.
+#[derive(Debug, Clone)]
+pub enum Inbox {
+    /// A room proxy, standing for a remote room.
+    Room(mpsc::Sender<ToProxy>),
+    /// A channel proxy, standing in a local room for a remote channel.
+    Channel(mpsc::Sender<ToRoom>),
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rooms: HashMap<u64, LocalRoom>,
+    proxies: HashMap<u64, Inbox>,
+    /// Link monitor ref → the local proxy that holds it.
+    monitors: HashMap<u64, u64>,
+}
+
+/// Cheap to clone; clones share the table.
+#[derive(Debug, Clone, Default)]
+pub struct Exports(Arc<Mutex<Inner>>);
+
+impl Exports {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_room(&self, pid: u64, room: LocalRoom) {
+        self.lock().rooms.insert(pid, room);
+    }
+
+    /// Removes the room exported as `pid`, returning it (once).
+    pub fn remove_room(&self, pid: u64) -> Option<LocalRoom> {
+        self.lock().rooms.remove(&pid)
+    }
+
+    pub fn room(&self, pid: u64) -> Option<LocalRoom> {
+        self.lock().rooms.get(&pid).cloned()
+    }
+
+    /// Every room exported now (fencing ends them all).
+    pub fn rooms(&self) -> Vec<(u64, LocalRoom)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .rooms
+            .iter()
+            .map(|(p, r)| (*p, r.clone()))
+            .collect();
+        all.sort_by_key(|(p, _)| *p);
+        all
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    pub fn add_proxy(&self, pid: u64, inbox: Inbox) {
+        self.lock().proxies.insert(pid, inbox);
+    }
+
+    pub fn proxy(&self, pid: u64) -> Option<Inbox> {
+        self.lock().proxies.get(&pid).cloned()
+    }
+
+    /// Forgets proxy `pid` and every monitor it holds; returns those monitor refs.
+    pub fn remove_proxy(&self, pid: u64) -> Vec<u64> {
+        let mut inner = self.lock();
+        inner.proxies.remove(&pid);
+        let mrefs: Vec<u64> = inner
+            .monitors
+            .iter()
+            .filter(|(_, p)| **p == pid)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in &mrefs {
+            inner.monitors.remove(m);
+        }
+        mrefs
+    }
+
+    pub fn add_monitor(&self, mref: u64, pid: u64) {
+        self.lock().monitors.insert(mref, pid);
+    }
+
+    /// The proxy holding monitor `mref`, forgotten with it (a monitor ends once).
+    pub fn take_monitor(&self, mref: u64) -> Option<u64> {
+        self.lock().monitors.remove(&mref)
+    }
+
+    /// Entries held now: (rooms, proxies, monitors), for leak checks.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        (inner.rooms.len(), inner.proxies.len(), inner.monitors.len())
+    }
+}

@@ -1,0 +1,248 @@
+//! The two proxy processes that let a channel on one node join a room on another.
+//!
+//! On the channel's node a **room proxy** stands for the room: the channel holds its address,
+//! monitors it and sends it what it would send the room; it turns that into frames for the
+//! room's pid and epoch, and turns the room's answers back into the channel's messages. On the
+//! room's node a **channel proxy** stands for the channel: the room holds its address and
+//! monitors it like any channel; it turns the room's pushes into frames for the room proxy.
+//!
+//! Each proxy is one ordinary local process, so the runtime's promises carry over: it exits
+//! exactly once and its watchers get exactly one DOWN, with the remote reason (the link's DOWN
+//! for the far side's process) or `noconnection` (the link went down). Each watches the far
+//! side across the link and its near side locally, and exits when either is gone.
+//!
+//! A proxy never blocks on its near side (a full mailbox ends it, as a room ends a slow
+//! channel) and never decides anything about the room: taking, refusing and dropping a peer
+//! stay the room's, joining again stays the channel's.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::wire::{self, ToProxy, ToRoom};
+use super::Shared;
+use crate::cluster::dist::frame::{DownReason, RemoteRef};
+use crate::cluster::dist::LinkHandle;
+use crate::messages::{ChannelMsg, RoomMsg};
+use crate::rt::{Addr, Ctx, ExitReason, Received};
+use crate::shared_text::SharedText;
+
+/// How a DOWN that came across a link ends the local proxy (and so what its watchers see).
+pub fn exit_reason(reason: DownReason) -> ExitReason {
+    match reason {
+        DownReason::Normal => ExitReason::Normal,
+        DownReason::Shutdown => ExitReason::Shutdown,
+        DownReason::Noproc => ExitReason::Noproc,
+        // Not a crash of this node's code: the injector-free crash oracle must not count it.
+        DownReason::Crashed(m) => ExitReason::Error(format!("remote crash: {m}")),
+        DownReason::Noconnection => ExitReason::Error(NOCONNECTION.into()),
+        DownReason::Other(m) => ExitReason::Error(m),
+    }
+}
+
+/// How a local exit is told across a link.
+pub fn down_reason(reason: &ExitReason) -> DownReason {
+    match reason {
+        ExitReason::Normal => DownReason::Normal,
+        ExitReason::Shutdown => DownReason::Shutdown,
+        ExitReason::Noproc => DownReason::Noproc,
+        ExitReason::Killed => DownReason::other("killed"),
+        ExitReason::Crashed(m) => DownReason::crashed(m),
+        ExitReason::Error(m) if m == NOCONNECTION => DownReason::Noconnection,
+        ExitReason::Error(m) => DownReason::other(m),
+    }
+}
+
+pub const NOCONNECTION: &str = "noconnection";
+
+fn noconnection() -> ExitReason {
+    ExitReason::Error(NOCONNECTION.into())
+}
+
+/// Sets a monitor across `link` on `target` for the local process `me`, recorded so the link's
+/// DOWN finds `me`. False if the link is down (the caller owes its watchers `noconnection`).
+async fn monitor_remote(shared: &Shared, link: &LinkHandle, me: u64, target: RemoteRef) -> bool {
+    let mref = shared.next_mref();
+    shared.exports.add_monitor(mref, me);
+    if link.monitor(mref, target).await.is_err() {
+        shared.exports.take_monitor(mref);
+        return false;
+    }
+    true
+}
+
+pub struct RoomProxy {
+    pub shared: Shared,
+    pub link: LinkHandle,
+    pub room: RemoteRef,
+    pub inbox: mpsc::Receiver<ToProxy>,
+}
+
+/// The room proxy's body: the room as the channel on this node sees it.
+pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
+    let me = ctx.pid().0;
+    if !monitor_remote(&p.shared, &p.link, me, p.room).await {
+        return noconnection();
+    }
+    let mut channel: Option<Addr<ChannelMsg>> = None;
+    let mut ack: Option<oneshot::Sender<Result<(), String>>> = None;
+    // Once joined, the channel proxy in the room: media goes through it, in order.
+    let mut far: Option<RemoteRef> = None;
+    loop {
+        tokio::select! {
+            r = ctx.recv() => {
+                let out = match r {
+                    Received::Msg(RoomMsg::AddPeerChannel { peer_id, channel: c, ack: a }) => {
+                        if channel.is_some() {
+                            let _ = a.send(Err("one peer per room proxy".into()));
+                            continue;
+                        }
+                        ctx.monitor(c.pid());
+                        channel = Some(c);
+                        ack = Some(a);
+                        let join = ToRoom::Join { peer_id, reply: me };
+                        if p.link.send(p.room, wire::encode(&join)).await.is_err() {
+                            return noconnection();
+                        }
+                        continue;
+                    }
+                    Received::Msg(RoomMsg::MediaEvent { peer_id, data }) => {
+                        // A channel sends media only once joined, so `far` is known.
+                        let Some(to) = far else { continue };
+                        (to, ToRoom::Media { peer_id, data })
+                    }
+                    // The room's own view lives on its node; nothing here asks a proxy for it.
+                    Received::Msg(RoomMsg::Peers(tx)) => {
+                        let _ = tx.send(Vec::new());
+                        continue;
+                    }
+                    Received::Msg(RoomMsg::Info(_) | RoomMsg::Plane(_)) => continue,
+                    // The channel is gone: so is this peer's presence in the room.
+                    Received::Down(_) => return ExitReason::Normal,
+                };
+                let (to, out) = out;
+                if p.link.send(to, wire::encode(&out)).await.is_err() {
+                    return noconnection();
+                }
+            }
+            m = p.inbox.recv() => {
+                let Some(m) = m else { return ExitReason::Normal };
+                let Some(c) = &channel else { continue };
+                let delivered = match m {
+                    ToProxy::Joined { channel_proxy } => {
+                        let to = RemoteRef { pid: channel_proxy, epoch: 0 };
+                        if !monitor_remote(&p.shared, &p.link, me, to).await {
+                            return noconnection();
+                        }
+                        far = Some(to);
+                        if let Some(a) = ack.take() {
+                            let _ = a.send(Ok(()));
+                        }
+                        true
+                    }
+                    ToProxy::Refused { reason } => {
+                        if let Some(a) = ack.take() {
+                            let _ = a.send(Err(reason));
+                        }
+                        return ExitReason::Normal;
+                    }
+                    // Dropping the ack is the room's "stopped with the join queued".
+                    ToProxy::Lost => return ExitReason::Normal,
+                    ToProxy::Media { text } => {
+                        c.try_send(ChannelMsg::MediaEvent(SharedText::new(text))).is_ok()
+                    }
+                    ToProxy::Dropped { reason } => c.try_send(ChannelMsg::Dropped(reason)).is_ok(),
+                };
+                if !delivered {
+                    // As a room ends a channel it cannot push to: the client rejoins.
+                    return ExitReason::Error("channel backlog full".into());
+                }
+            }
+        }
+    }
+}
+
+pub struct ChannelProxy {
+    pub shared: Shared,
+    pub link: LinkHandle,
+    /// The room proxy on the channel's node.
+    pub peer: RemoteRef,
+    pub room: Addr<RoomMsg>,
+    pub peer_id: String,
+    /// Media from the remote client, for the room.
+    pub inbox: mpsc::Receiver<ToRoom>,
+}
+
+/// The channel proxy's body: the channel as the room on this node sees it.
+pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> ExitReason {
+    let me = ctx.pid().0;
+    let send = |m: ToProxy| {
+        let (link, to) = (p.link.clone(), p.peer);
+        async move { link.send(to, wire::encode(&m)).await.is_ok() }
+    };
+    if !monitor_remote(&p.shared, &p.link, me, p.peer).await {
+        return noconnection();
+    }
+    let room_ref = ctx.monitor(p.room.pid());
+    let (ack_tx, mut ack_rx) = oneshot::channel();
+    let add = RoomMsg::AddPeerChannel {
+        peer_id: p.peer_id.clone(),
+        channel: ctx.addr(),
+        ack: ack_tx,
+    };
+    if p.room.try_send(add).is_err() {
+        send(ToProxy::Lost).await;
+        return ExitReason::Normal;
+    }
+    loop {
+        tokio::select! {
+            // The room answers before it pushes anything to a new peer: the ack goes first.
+            biased;
+            a = &mut ack_rx => {
+                let answer = match a {
+                    Ok(Ok(())) => ToProxy::Joined { channel_proxy: me },
+                    Ok(Err(reason)) => ToProxy::Refused { reason },
+                    Err(_) => ToProxy::Lost,
+                };
+                let joined = matches!(answer, ToProxy::Joined { .. });
+                if !send(answer).await {
+                    return noconnection();
+                }
+                if !joined {
+                    return ExitReason::Normal;
+                }
+                break;
+            }
+            r = ctx.recv() => match r {
+                Received::Down(d) if d.mref == room_ref => {
+                    send(ToProxy::Lost).await;
+                    return ExitReason::Normal;
+                }
+                _ => continue,
+            },
+        }
+    }
+    loop {
+        let out = tokio::select! {
+            r = ctx.recv() => match r {
+                Received::Msg(ChannelMsg::MediaEvent(t)) => ToProxy::Media {
+                    text: t.as_str().to_owned(),
+                },
+                Received::Msg(ChannelMsg::Dropped(reason)) => ToProxy::Dropped { reason },
+                Received::Msg(ChannelMsg::Stop | ChannelMsg::FromClient { .. }) => continue,
+                // The room is gone; the room proxy hears it through its own monitor of the room.
+                Received::Down(_) => return ExitReason::Normal,
+            },
+            m = p.inbox.recv() => {
+                let Some(m) = m else { return ExitReason::Normal };
+                let ToRoom::Media { peer_id, data } = m else { continue };
+                if p.room.try_send(RoomMsg::MediaEvent { peer_id, data }).is_err() {
+                    // As a channel whose room cannot take its pushes: the client rejoins.
+                    return ExitReason::Error("room unreachable".into());
+                }
+                continue;
+            }
+        };
+        if !send(out).await {
+            return noconnection();
+        }
+    }
+}
