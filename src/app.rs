@@ -213,8 +213,6 @@ pub trait ClusterRooms: Send + Sync + fmt::Debug {
         &'a self,
         name: &'a str,
     ) -> Pending<'a, Result<Addr<RoomMsg>, JoinError>>;
-    /// The local room `pid` stops cleanly and has given up its local name: release its claim.
-    fn room_stopping(&self, pid: Pid) -> Pending<'_, ()>;
 }
 
 impl App {

@@ -33,6 +33,15 @@ named_enum! {
         Clog = "clog",
         Partition = "partition",
         ServerRestart = "server_restart",
+        NodeSplit = "node_split",
+        EtcdCut = "etcd_cut",
+    }
+}
+
+impl Fault {
+    /// Faults that only a cluster world has targets for.
+    pub fn cluster_only(self) -> bool {
+        matches!(self, Fault::NodeSplit | Fault::EtcdCut)
     }
 }
 
@@ -46,16 +55,23 @@ enum Episode {
     Loss(f64),
     Clog(NodeId),
     Partition(NodeId),
+    /// Two server nodes cannot reach each other (cluster worlds).
+    Split(NodeId, NodeId),
+    /// A server node cannot reach etcd (cluster worlds).
+    EtcdCut(NodeId, NodeId),
 }
 
 /// What the injector reaches into, its stream, and the episodes in force.
 pub struct Injector<'a> {
-    pub app: &'a CurrentApp,
+    /// One per server node (one in a single-node world).
+    pub apps: &'a [CurrentApp],
     pub views: &'a Views,
     pub oracles: &'a Oracles,
     pub trace: &'a Trace,
     pub net: &'a NetSim,
-    pub server: NodeId,
+    pub servers: &'a [NodeId],
+    /// The etcd node of a cluster world.
+    pub etcd: Option<NodeId>,
     pub clients: &'a [NodeId],
     pub rng: Stream,
     /// Faults applied, by name.
@@ -70,22 +86,24 @@ fn current(app: &CurrentApp) -> Option<App> {
 impl<'a> Injector<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        app: &'a CurrentApp,
+        apps: &'a [CurrentApp],
         views: &'a Views,
         oracles: &'a Oracles,
         trace: &'a Trace,
         net: &'a NetSim,
-        server: NodeId,
+        servers: &'a [NodeId],
+        etcd: Option<NodeId>,
         clients: &'a [NodeId],
         rng: Stream,
     ) -> Self {
         Injector {
-            app,
+            apps,
             views,
             oracles,
             trace,
             net,
-            server,
+            servers,
+            etcd,
             clients,
             rng,
             applied: BTreeMap::new(),
@@ -124,16 +142,44 @@ impl<'a> Injector<'a> {
             c.packet_loss_rate = 0.0;
             c.send_latency = BASE_LATENCY;
         });
-        net.unclog_node(self.server);
+        let mut nodes: Vec<NodeId> = self.servers.to_vec();
+        nodes.extend(self.etcd);
+        for s in &nodes {
+            net.unclog_node(*s);
+            for t in &nodes {
+                net.unclog_link(*s, *t);
+            }
+        }
         for c in self.clients {
             net.unclog_node(*c);
-            net.unclog_link(*c, self.server);
-            net.unclog_link(self.server, *c);
+            for s in self.servers {
+                net.unclog_link(*c, *s);
+                net.unclog_link(*s, *c);
+            }
         }
     }
 
     fn pick(&mut self, n: usize) -> usize {
         self.rng.below(n as u64) as usize
+    }
+
+    /// A server node's index: drawn only where there is a choice, so a single-node world
+    /// draws exactly what it always did.
+    fn pick_server(&mut self) -> usize {
+        match self.servers.len() {
+            1 => 0,
+            n => self.pick(n),
+        }
+    }
+
+    fn both_ways(&self, a: NodeId, b: NodeId, clog: bool) {
+        if clog {
+            self.net.clog_link(a, b);
+            self.net.clog_link(b, a);
+        } else {
+            self.net.unclog_link(a, b);
+            self.net.unclog_link(b, a);
+        }
     }
 
     fn start(&mut self, ep: Episode) -> Duration {
@@ -186,15 +232,24 @@ impl<'a> Injector<'a> {
             Episode::Partition(n) => {
                 if !self.running.iter().any(|(_, e)| e == ep) {
                     self.trace.log(format_args!("heal partition: node {n}"));
-                    net.unclog_link(*n, self.server);
-                    net.unclog_link(self.server, *n);
+                    for s in self.servers {
+                        self.both_ways(*n, *s, false);
+                    }
+                }
+            }
+            Episode::Split(a, b) | Episode::EtcdCut(a, b) => {
+                if !self.running.iter().any(|(_, e)| e == ep) {
+                    self.trace.log(format_args!("heal {ep:?}"));
+                    self.both_ways(*a, *b, false);
                 }
             }
         }
     }
 
     async fn apply(&mut self, fault: Fault) -> bool {
-        let (app, trace, net, server) = (self.app, self.trace, self.net, self.server);
+        let (trace, net) = (self.trace, self.net);
+        let target = self.pick_server();
+        let (app, server) = (&self.apps[target], self.servers[target]);
         match fault {
             Fault::RoomCrash | Fault::EngineCrash => {
                 let Some(app) = current(app) else {
@@ -285,8 +340,29 @@ impl<'a> Injector<'a> {
                 trace.log(format_args!(
                     "fault partition: node {c} from server for {d:?}"
                 ));
-                net.clog_link(c, server);
-                net.clog_link(server, c);
+                for s in self.servers {
+                    self.both_ways(c, *s, true);
+                }
+                true
+            }
+            Fault::NodeSplit => {
+                if self.servers.len() < 2 {
+                    return false;
+                }
+                let other = (target + 1 + self.pick(self.servers.len() - 1)) % self.servers.len();
+                let (a, b) = (server, self.servers[other]);
+                let d = self.start(Episode::Split(a, b));
+                trace.log(format_args!("fault node_split: {a} from {b} for {d:?}"));
+                self.both_ways(a, b, true);
+                true
+            }
+            Fault::EtcdCut => {
+                let Some(etcd) = self.etcd else {
+                    return false;
+                };
+                let d = self.start(Episode::EtcdCut(server, etcd));
+                trace.log(format_args!("fault etcd_cut: {server} for {d:?}"));
+                self.both_ways(server, etcd, true);
                 true
             }
             Fault::ServerRestart => {

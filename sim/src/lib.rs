@@ -6,6 +6,7 @@
 pub mod campaign;
 pub mod client;
 pub mod coverage;
+pub mod etcd_node;
 pub mod faults;
 pub mod knobs;
 pub mod leases;

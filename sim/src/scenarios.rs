@@ -22,6 +22,11 @@ pub const ALL: &[Scenario] = &[
         cluster_leases,
     ),
     (
+        "cluster",
+        "the seed's swarm on three server nodes and etcd: clients on random nodes, rooms placed across them and reached through proxies, with node splits, nodes cut from etcd and node restarts on top of the swarm's faults",
+        cluster,
+    ),
+    (
         "fifty-join-crash-twice",
         "fifty peers join a fresh room at once while it crashes twice",
         fifty_join_crash_twice,
@@ -67,6 +72,15 @@ fn cluster_leases() -> Options {
     }
 }
 
+fn cluster() -> Options {
+    Options {
+        chaos: Duration::from_secs(6),
+        settle_limit: Duration::from_secs(40),
+        cluster: true,
+        ..Options::default()
+    }
+}
+
 pub fn parse(name: &str) -> Result<fn() -> Options, String> {
     by_name(name).ok_or_else(|| {
         let names: Vec<&str> = ALL.iter().map(|(n, _, _)| *n).collect();
@@ -92,6 +106,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         metadata_bytes: 0,
         slow_links: false,
         workload: Default::default(),
+        cluster: false,
     }
 }
 

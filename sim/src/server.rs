@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use madsim::net::TcpListener;
 use tokio::sync::mpsc;
 use videoroom::app::{App, Limits};
+use videoroom::cluster::rooms::{Cluster, ClusterConfig};
 use videoroom::conn::{self, Transport, WsIn, WsOut};
 use videoroom::engine::PlaneFactory;
 use videoroom::join_token::JoinSecret;
@@ -56,6 +57,9 @@ pub struct Node {
     pub links: Links,
     pub join_secret: Option<JoinSecret>,
     pub oracles: Oracles,
+    /// Cluster worlds: the node joins the cluster before it serves (a new incarnation at each
+    /// restart).
+    pub cluster: Option<ClusterConfig>,
 }
 
 pub async fn serve(node: Node) {
@@ -65,6 +69,25 @@ pub async fn serve(node: Node) {
         negotiation,
         PlaneFactory::fake_trickling(node.plane_latency, node.candidate_burst),
     );
+    if let Some(cfg) = node.cluster.clone() {
+        // The dist port is freed by the kill before a restart; retry while it is torn down.
+        let cluster = loop {
+            match Cluster::start(cfg.clone(), &app).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        e.contains("cannot listen"),
+                        "the world's cluster config is refused: {e}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        };
+        // Serves once registered: a join before could only be refused.
+        while !cluster.is_acting() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
     *node.current.lock().unwrap() = Some(app.clone());
     // The world kills the node before restarting it, which frees its ports; retry anyway in
     // case a previous incarnation's listener is still being torn down.

@@ -87,14 +87,20 @@ pub struct Swarm {
     pub slow_links: bool,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
     pub workload: Arc<Mutex<Stream>>,
+    /// The world runs a cluster (set by the world; not shown, so single-node traces keep their
+    /// digests).
+    pub cluster: bool,
 }
 
 impl Swarm {
     /// Draws a swarm configuration from the world's swarm stream.
     pub fn draw(rng: &mut Stream) -> Swarm {
+        // Cluster faults are drawn by the cluster world itself, so a single node's draw is
+        // what it always was.
         let faults = Fault::ALL
             .iter()
             .copied()
+            .filter(|f| !f.cluster_only())
             .filter(|_| rng.chance(0.5))
             .collect();
         let actions = Action::ALL
@@ -128,6 +134,7 @@ impl Swarm {
             metadata_bytes: 0,
             slow_links: false,
             workload: Arc::default(),
+            cluster: false,
         }
         .squeeze(rng)
         .trespass(rng)

@@ -13,10 +13,13 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use videoroom::app::{App, Limits};
 use videoroom::channel::ROOM_LIMIT_REASON;
+use videoroom::cluster::lease::LeaseConfig;
 use videoroom::join_token::JoinSecret;
 use videoroom::rt::{time, watch};
+use videoroom::server::ClusterConfig;
 
 use crate::client::{Client, Phase, Views};
+use crate::etcd_node::{self, Etcd, ETCD_IP};
 use crate::faults::{Fault, Injector};
 use crate::knobs::Overrides;
 use crate::oracle::{Oracles, ProbeLog};
@@ -68,6 +71,9 @@ pub struct Options {
     pub candidate_burst: Option<usize>,
     /// The cluster's lease world (`crate::leases`) instead of the swarm.
     pub leases: bool,
+    /// The swarm on a cluster: [`CLUSTER_NODES`] server nodes and a simulated etcd, clients on
+    /// random nodes, inter-node and etcd faults on top of the swarm's.
+    pub cluster: bool,
 }
 
 impl Default for Options {
@@ -84,11 +90,35 @@ impl Default for Options {
             links: None,
             candidate_burst: None,
             leases: false,
+            cluster: false,
         }
     }
 }
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+/// Server nodes of a cluster world.
+pub const CLUSTER_NODES: usize = 3;
+/// The dist listener's port on every server node of a cluster world.
+const DIST_PORT: u16 = 7000;
+
+/// The `idx`-th server node's address (the single node is the first).
+fn server_ip(idx: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, idx as u8 + 1)
+}
+
+/// A cluster world's node `idx`: the simulation's lease timings, the production link.
+fn cluster_config(idx: usize) -> ClusterConfig {
+    let mut cfg = ClusterConfig::new(
+        vec![Etcd::url()],
+        format!("s{idx}"),
+        SocketAddr::from(([0, 0, 0, 0], DIST_PORT)),
+    );
+    cfg.dist_advertise = Some(SocketAddr::new(IpAddr::V4(server_ip(idx)), DIST_PORT).to_string());
+    cfg.lease = LeaseConfig::simulation();
+    cfg.etcd_timeout = Duration::from_secs(1);
+    cfg
+}
 
 /// Slow downlinks on three in ten connections.
 const SLOW_LINKS: server::Links = server::Links {
@@ -110,6 +140,16 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         .swarm
         .clone()
         .unwrap_or_else(|| Swarm::draw(&mut Stream::new(seed, "swarm")));
+    if opts.cluster {
+        swarm.cluster = true;
+        // Its own stream: the swarm's draw stays the single node's.
+        let mut draw = Stream::new(seed, "cluster");
+        for f in Fault::ALL.iter().filter(|f| f.cluster_only()) {
+            if draw.chance(0.7) {
+                swarm.faults.push(*f);
+            }
+        }
+    }
     opts.overrides.apply(&mut swarm, &mut opts.chaos);
     let workload = Stream::new(seed, "workload");
     let trace = Trace::new(opts.record);
@@ -245,24 +285,50 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     if let Err(e) = limits.validate() {
         panic!("the swarm drew limits the server refuses: {e}");
     }
-    let app: CurrentApp = Arc::new(Mutex::new(None));
-    let server = {
-        let node = server::Node {
-            current: app.clone(),
-            limits: limits.clone(),
-            plane_latency,
-            candidate_burst: burst,
-            links,
-            join_secret: swarm.join_secret.as_deref().cloned(),
-            oracles: oracles.clone(),
-        };
-        handle
+    let etcd_data = opts.cluster.then(Etcd::new);
+    let etcd = etcd_data.clone().map(|e| {
+        let node = handle
             .create_node()
-            .name("server")
-            .ip(IpAddr::V4(SERVER_IP))
-            .init(move || server::serve(node.clone()))
-            .build()
-    };
+            .name("etcd")
+            .ip(IpAddr::V4(ETCD_IP))
+            .init(move || etcd_node::serve(e.clone()))
+            .build();
+        trace.log(format_args!(
+            "cluster: {CLUSTER_NODES} server nodes and etcd"
+        ));
+        node.id()
+    });
+    let n_servers = if opts.cluster { CLUSTER_NODES } else { 1 };
+    let apps: Vec<CurrentApp> = (0..n_servers).map(|_| Arc::new(Mutex::new(None))).collect();
+    let servers: Vec<madsim::task::NodeId> = (0..n_servers)
+        .map(|idx| {
+            let node = server::Node {
+                current: apps[idx].clone(),
+                limits: limits.clone(),
+                plane_latency,
+                candidate_burst: burst,
+                links,
+                join_secret: swarm.join_secret.as_deref().cloned(),
+                oracles: oracles.clone(),
+                cluster: opts.cluster.then(|| cluster_config(idx)),
+            };
+            let name = if opts.cluster {
+                format!("server-{idx}")
+            } else {
+                "server".to_owned()
+            };
+            handle
+                .create_node()
+                .name(name)
+                .ip(IpAddr::V4(server_ip(idx)))
+                .init(move || server::serve(node.clone()))
+                .build()
+                .id()
+        })
+        .collect();
+    // Which node each client's socket goes to: its own stream, so single-node worlds draw
+    // exactly what they always did.
+    let mut placement = Stream::new(seed, "placement");
     let rooms: Vec<String> = (0..swarm.rooms).map(|i| format!("r{i}")).collect();
     let views: Views = Arc::default();
     let (phase_tx, phase_rx) = watch::channel(Phase::Chaos);
@@ -274,9 +340,13 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         } else {
             rooms.clone()
         };
+        let at = match n_servers {
+            1 => SERVER_IP,
+            n => server_ip(placement.below(n as u64) as usize),
+        };
         let c = Client::new(
             idx,
-            SocketAddr::new(IpAddr::V4(SERVER_IP), server::PORT),
+            SocketAddr::new(IpAddr::V4(at), server::PORT),
             rooms,
             swarm.for_client(&workload, idx),
             trace.clone(),
@@ -303,19 +373,20 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         .collect();
     let net = NetSim::current();
     let mut injector = Injector::new(
-        &app,
+        &apps,
         &views,
         &oracles,
         &trace,
         &net,
-        server.id(),
+        &servers,
+        etcd,
         &client_nodes,
         Stream::new(seed, "faults"),
     );
     let mut next_fault = time::now() + swarm.fault_gap(&mut injector.rng);
-    let mut audited = None;
+    let mut audited: Audited = Vec::new();
     while time::now() < chaos_end {
-        check_server(&app, &oracles, &mut audited);
+        check_servers(&apps, &oracles, &mut audited);
         injector.heal_due();
         let tick = time::now() + Duration::from_millis(5);
         while let Some(&(at, f)) = script.first() {
@@ -357,8 +428,8 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let mut settle_end = time::now() + opts.settle_limit;
     let mut reason;
     loop {
-        check_server(&app, &oracles, &mut audited);
-        reason = converged(&app, &views).await;
+        check_servers(&apps, &oracles, &mut audited);
+        reason = converged(&apps, &views).await;
         settle_end = settle_end.max(squatters_due(&views));
         if reason.is_none() || time::now() >= settle_end {
             break;
@@ -395,23 +466,23 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     if failure.is_none() {
         let end = time::now() + opts.teardown_limit;
         loop {
-            let now_app = current(&app);
-            let live = now_app.as_ref().map_or(0, |a| a.sys.live_count());
-            let blocked = now_app.as_ref().map_or(0, |a| a.sys.blocked_sends());
+            let now_apps: Vec<App> = apps.iter().filter_map(current).collect();
+            let live: usize = now_apps.iter().map(|a| a.sys.live_count()).sum();
+            let blocked: usize = now_apps.iter().map(|a| a.sys.blocked_sends()).sum();
             if live == 0 && blocked == 0 {
                 trace.log("teardown: no process left");
+                if let Some(e) = &etcd_data {
+                    failure = rooms_released(e, &trace).await;
+                }
                 break;
             }
             if time::now() >= end {
-                let left = now_app.as_ref().map_or_else(String::new, |a| {
-                    let named: Vec<String> = a
-                        .sys
-                        .live()
-                        .into_iter()
-                        .map(|(pid, label)| format!("{pid} ({})", label.as_deref().unwrap_or("-")))
-                        .collect();
-                    named.join(", ")
-                });
+                let left = now_apps
+                    .iter()
+                    .flat_map(|a| a.sys.live())
+                    .map(|(pid, label)| format!("{pid} ({})", label.as_deref().unwrap_or("-")))
+                    .collect::<Vec<String>>()
+                    .join(", ");
                 let r = match (live, blocked) {
                     (_, 0) => format!("{live} processes still alive after every client left: {left}"),
                     (0, _) => format!(
@@ -456,6 +527,28 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     }
 }
 
+/// Once every room has stopped, no claim is left in etcd: a clean stop releases its claim
+/// before it exits, a crashed room's exit releases it, and a claim of a node that restarted
+/// lapses with that incarnation's lease (or is revoked sooner) within a TTL.
+async fn rooms_released(etcd: &Etcd, trace: &Trace) -> Option<Failure> {
+    let keys = videoroom::cluster::claims::Keys::default();
+    let end = time::now() + LeaseConfig::simulation().ttl + Duration::from_secs(2);
+    loop {
+        let left = etcd.room_keys(&keys);
+        if left.is_empty() {
+            trace.log("teardown: no room claim left in etcd");
+            return None;
+        }
+        if time::now() >= end {
+            let r =
+                format!("room claims {left:?} still in etcd a lease TTL after every room stopped");
+            trace.log(format_args!("liveness: {r}"));
+            return Some(Failure::Liveness(r));
+        }
+        time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Most broken promises spelled out in a verdict; the trace has them all.
 const VERDICT_VIOLATIONS: usize = 10;
 
@@ -490,21 +583,57 @@ fn crash_verdict(probe: &ProbeLog) -> Option<String> {
 
 /// The tables a [`check_server`] last audited, as (system, its changes, the names' changes):
 /// unchanged tables need no second walk (a violation in them was reported the first time).
-type Audited = Option<(videoroom::rt::probe::SysId, u64, u64)>;
+type Audited = Vec<Option<(videoroom::rt::probe::SysId, u64, u64)>>;
+
+/// [`check_server`] on every node, and across nodes: a name is registered on one node at most
+/// at any instant (a room gives up its local name before it releases its claim, and a fenced
+/// node ends its rooms before its lease can lapse).
+fn check_servers(apps: &[CurrentApp], oracles: &Oracles, audited: &mut Audited) {
+    audited.resize(apps.len(), None);
+    let mut changed = false;
+    for (app, seen) in apps.iter().zip(audited.iter_mut()) {
+        changed |= check_server(app, oracles, seen);
+    }
+    if apps.len() < 2 || !changed {
+        return;
+    }
+    let mut owners: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (idx, app) in apps.iter().enumerate() {
+        if let Some(app) = current(app) {
+            for (name, _) in app.rooms.entries() {
+                owners.entry(name).or_default().push(idx);
+            }
+        }
+    }
+    for (name, nodes) in owners {
+        oracles.check(nodes.len() <= 1, || {
+            format!("room {name} runs on server nodes {nodes:?} at once")
+        });
+    }
+}
 
 /// Server-side safety: at most one live room per name; no name on a dead process; never more
 /// rooms than the limit.
-fn check_server(app: &CurrentApp, oracles: &Oracles, audited: &mut Audited) {
+/// True if the tables changed since the last look.
+fn check_server(
+    app: &CurrentApp,
+    oracles: &Oracles,
+    audited: &mut Option<(videoroom::rt::probe::SysId, u64, u64)>,
+) -> bool {
     let now = {
         let guard = app.lock().unwrap();
-        let Some(app) = guard.as_ref() else { return };
+        let Some(app) = guard.as_ref() else {
+            return false;
+        };
         Some((app.sys.id(), app.sys.changes(), app.rooms.changes()))
     };
     if *audited == now {
-        return;
+        return false;
     }
     *audited = now;
-    let Some(app) = current(app) else { return };
+    let Some(app) = current(app) else {
+        return false;
+    };
     // The process table's own bookkeeping (monitors held on both ends, none on the dead).
     for bad in app.sys.audit() {
         oracles.fail(format!("process table: {bad}"));
@@ -529,6 +658,7 @@ fn check_server(app: &CurrentApp, oracles: &Oracles, audited: &mut Audited) {
             format!("{} live rooms named {name}: {live:?}", live.len())
         });
     }
+    true
 }
 
 /// None when converged, else why not (the first reason found). Views are compared by exact
@@ -553,10 +683,17 @@ fn squatters_due(views: &Views) -> time::Instant {
         .unwrap_or_else(time::now)
 }
 
-async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
-    let Some(app) = current(app) else {
-        return Some("server not up".into());
-    };
+async fn converged(apps: &[CurrentApp], views: &Views) -> Option<String> {
+    let mut up = Vec::new();
+    for (idx, app) in apps.iter().enumerate() {
+        match current(app) {
+            Some(a) => up.push(a),
+            None => return Some(format!("server node {idx} not up")),
+        }
+    }
+    // The node that runs a room (exactly one, or none yet): a cluster's rooms are spread.
+    let runs = |room: &str| up.iter().find(|a| a.rooms.whereis(room).is_some()).cloned();
+    let app = &up[0];
     let views = views.lock().unwrap().clone();
     let mut by_room: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut full: BTreeMap<String, usize> = BTreeMap::new();
@@ -594,7 +731,7 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
         by_room.entry(v.room.clone()).or_default().insert(*idx);
     }
     // A client refused for the room limit is converged only if the server really is at it.
-    let running = app.rooms.len();
+    let running: usize = up.iter().map(|a| a.rooms.len()).sum();
     if at_room_limit > 0 && running < app.limits.max_rooms {
         return Some(format!(
             "{at_room_limit} clients refused for the room limit, but {running} of {} rooms run",
@@ -612,7 +749,10 @@ async fn converged(app: &CurrentApp, views: &Views) -> Option<String> {
         }
     }
     for (room, members) in &by_room {
-        let info = app.room_info(room).await.unwrap_or_default();
+        let Some(owner) = runs(room) else {
+            return Some(format!("room {room} runs on no node"));
+        };
+        let info = owner.room_info(room).await.unwrap_or_default();
         let peers = info.peers;
         // No leaked engine peers: the media session counts exactly the room's peers.
         let endpoints: BTreeSet<&String> = info.endpoints.iter().collect();

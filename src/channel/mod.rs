@@ -217,6 +217,11 @@ async fn join(
                 probe::emit(Event::JoinRefusedRoomLimit);
                 return JoinOutcome::Refused(ROOM_LIMIT_REASON.into());
             }
+            Err(e) if app.cluster.get().is_some() => {
+                tracing::warn!(room = %name, error = %e, "join: no room reachable in the cluster");
+                probe::emit(Event::ClusterJoinFailed);
+                return JoinOutcome::Refused(FAILED_TO_START.into());
+            }
             Err(e) => {
                 tracing::error!(room = %name, error = %e, "failed to start room");
                 probe::emit(Event::RoomStartFailed);

@@ -105,10 +105,6 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     // Give up the name before exiting: from here on new joins start a fresh room; joins already
     // queued here get their ack dropped and retry.
     app.rooms.unregister_own(&name, ctx.pid());
-    // In a cluster the name is also given up in etcd before the DOWNs go out.
-    if let Some(cluster) = app.cluster.get() {
-        cluster.room_stopping(ctx.pid()).await;
-    }
     while ctx.try_recv().is_some() {}
     tracing::info!(room = %name, "room stopped: empty");
     probe::emit(Event::RoomStoppedEmpty { sys, pid: me });

@@ -243,6 +243,15 @@ pub enum Event<'a> {
     /// it has no peer left: the last one left, or the room dropped it first).
     RoomStoppedUnderPeer,
     // --- cluster (src/cluster) ---
+    /// A join found no room it could reach or start in the cluster (etcd unreachable, the node
+    /// fenced, the owner's node unreachable): refused, and the client's rejoin tries again.
+    ClusterJoinFailed,
+    /// A channel joined a room on another node, through a room proxy.
+    RemoteJoined,
+    /// A proxy ended because its link went down (`noconnection`).
+    ProxyNoconnection,
+    /// A proxy ended with the DOWN of its far side's process, carried across a link.
+    ProxyRemoteDown,
     /// A claim whose fate was unknown was sent again with its token.
     ClaimRetried,
     /// A lease of a fenced incarnation was revoked once a newer one acted: its rooms' names
@@ -325,6 +334,10 @@ impl Event<'_> {
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
+            Event::ClusterJoinFailed => "ClusterJoinFailed",
+            Event::RemoteJoined => "RemoteJoined",
+            Event::ProxyNoconnection => "ProxyNoconnection",
+            Event::ProxyRemoteDown => "ProxyRemoteDown",
             Event::ClaimRetried => "ClaimRetried",
             Event::FencedLeaseRevoked => "FencedLeaseRevoked",
             Event::ClaimAnsweredTooLate => "ClaimAnsweredTooLate",

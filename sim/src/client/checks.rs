@@ -103,7 +103,22 @@ impl Client {
             // was full when it answered.
             "join crashed" => has("channel_crash") || sw.queue_cap > 0,
             // The room kept dying under the join, or its mailbox stayed full.
-            "failed to start room" => has("room_crash") || has("engine_crash") || sw.queue_cap > 0,
+            // In a cluster also: etcd or the room's owner node unreachable for a while.
+            "failed to start room" => {
+                has("room_crash")
+                    || has("engine_crash")
+                    || sw.queue_cap > 0
+                    || (sw.cluster
+                        && [
+                            "server_restart",
+                            "node_split",
+                            "etcd_cut",
+                            "latency",
+                            "loss",
+                        ]
+                        .iter()
+                        .any(|f| has(f)))
+            }
             _ => false,
         };
         self.oracles.reached("client: join refused");

@@ -26,6 +26,11 @@ pub async fn consume(s: Shared, link: Link) {
             Event::Deliver { to, msg } => deliver(&s, &handle, to, &msg).await,
             Event::Down { mref, reason } => {
                 if let Some(pid) = s.exports.take_monitor(mref) {
+                    rt::probe::emit(if reason == DownReason::Noconnection {
+                        rt::probe::Event::ProxyNoconnection
+                    } else {
+                        rt::probe::Event::ProxyRemoteDown
+                    });
                     s.sys.exit(Pid(pid), proxy::exit_reason(reason));
                 }
             }

@@ -6,9 +6,10 @@
 //! every dist link ([`dispatch`]), placement, and fencing (a node that may not act ends its
 //! rooms). The promises are the local registry's (README "Semantics"), carried by etcd: the loser
 //! of a start race never runs (the room's process is prepared, its pid written into the claim,
-//! and started only if the claim wins), a room gives up its name before its monitors see DOWN
-//! (locally, then in etcd, on a clean stop), and a stale cleanup never removes a newer owner
-//! (the release compares the claim's own value).
+//! and started only if the claim wins), a room gives up its local name before its monitors see
+//! DOWN and its claim in etcd as it exits (a joiner that finds the claim in between reaches a
+//! dead epoch, is answered `noproc` and looks again), and a stale cleanup never removes a newer
+//! owner (the release compares the claim's own value).
 //!
 //! It never holds a lock across an await, never decides membership of a room (the room does),
 //! and never acts for a room after the node's lease is past its fence deadline: claims go through
@@ -279,8 +280,10 @@ impl Shared {
                 lease,
             },
         );
-        // However the room ends, its claim is released (a clean stop releases it first, in
-        // `room_stopping`, and this finds nothing left to do).
+        // However the room ends, its claim is released once it has exited: its local name is
+        // gone by then, and a joiner that still finds the claim meanwhile reaches a dead epoch
+        // (`noproc`) and looks again. Released in the exit, not before it, so the stop stays
+        // one step: a second room of the name never runs beside a stopping one on this node.
         let me = self.clone();
         let hook = Box::new(move |_: &ExitReason| {
             if let Some(r) = me.exports.remove_room(pid.0) {
@@ -535,14 +538,6 @@ impl Cluster {
         self.0.whereis_or_start(name).await
     }
 
-    /// A room of this node stopping cleanly (after it gave up its local name) releases its
-    /// claim before it exits, so its DOWNs go out with the name already free.
-    pub async fn room_stopping(&self, pid: Pid) {
-        if let Some(r) = self.0.exports.remove_room(pid.0) {
-            self.0.release(&r).await;
-        }
-    }
-
     /// Where the dist listener is bound.
     pub fn dist_addr(&self) -> SocketAddr {
         self.0.dist_addr
@@ -604,10 +599,6 @@ impl ClusterRooms for Cluster {
         name: &'a str,
     ) -> Pending<'a, Result<Addr<RoomMsg>, JoinError>> {
         Box::pin(Cluster::whereis_or_start(self, name))
-    }
-
-    fn room_stopping(&self, pid: Pid) -> Pending<'_, ()> {
-        Box::pin(Cluster::room_stopping(self, pid))
     }
 }
 

@@ -134,6 +134,7 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
                         }
                         far = Some(to);
                         if let Some(a) = ack.take() {
+                            crate::rt::probe::emit(crate::rt::probe::Event::RemoteJoined);
                             let _ = a.send(Ok(()));
                         }
                         true
@@ -228,8 +229,9 @@ pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> Exi
                 },
                 Received::Msg(ChannelMsg::Dropped(reason)) => ToProxy::Dropped { reason },
                 Received::Msg(ChannelMsg::Stop | ChannelMsg::FromClient { .. }) => continue,
-                // The room is gone; the room proxy hears it through its own monitor of the room.
-                Received::Down(_) => return ExitReason::Normal,
+                    // The room is gone: the same reason as the room proxy's own monitor of the
+                // room carries, whichever of the two DOWNs reaches it first.
+                Received::Down(d) => return d.reason,
             },
             m = p.inbox.recv() => {
                 let Some(m) = m else { return ExitReason::Normal };
