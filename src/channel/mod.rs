@@ -36,6 +36,10 @@ pub const PROCESS_LABEL: &str = "channel";
 
 /// The join error's reason when starting the room would pass `max_rooms`.
 pub const ROOM_LIMIT_REASON: &str = "server is at its room limit";
+/// A cluster join found no room it could reach or start for now (its owner's node died and its
+/// lease has not lapsed yet, etcd is unreachable, this node is fenced). The client's automatic
+/// rejoin is the remedy: the web app keeps retrying on this reason instead of leaving.
+pub const UNAVAILABLE_REASON: &str = "room temporarily unavailable";
 /// The event that tells a client why its channel was dropped (`{"reason": ...}`).
 pub const DROPPED_EVENT: &str = "dropped";
 
@@ -220,7 +224,7 @@ async fn join(
             Err(e) if app.cluster.get().is_some() => {
                 tracing::warn!(room = %name, error = %e, "join: no room reachable in the cluster");
                 probe::emit(Event::ClusterJoinFailed);
-                return JoinOutcome::Refused(FAILED_TO_START.into());
+                return JoinOutcome::Refused(UNAVAILABLE_REASON.into());
             }
             Err(e) => {
                 tracing::error!(room = %name, error = %e, "failed to start room");

@@ -130,6 +130,12 @@ export class RoomSession {
 
   onJoinRefused(resp) {
     const reason = (resp && resp.reason) || "unknown reason";
+    if (reason === "room temporarily unavailable") {
+      // A cluster node of the room is gone and its name is not free yet: phoenix.js rejoins
+      // by itself, and the room comes back on a live node within the lease time.
+      this.setBanner("The room is moving to another server. Rejoining…", true);
+      return;
+    }
     let text = `Cannot join room "${this.room}": ${reason}.`;
     if (reason === "room is full") {
       text = `Room "${this.room}" is full. Try again later or pick another room.`;

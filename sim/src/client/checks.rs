@@ -94,6 +94,16 @@ impl Client {
         let max_rooms = sw
             .max_rooms
             .unwrap_or(videoroom::app::Limits::default().max_rooms);
+        let cluster_faults = sw.cluster
+            && [
+                "server_restart",
+                "node_split",
+                "etcd_cut",
+                "latency",
+                "loss",
+            ]
+            .iter()
+            .any(|f| has(f));
         let allowed = match reason {
             "room is full" => sw.clients > sw.max_peers_per_room || ghosts,
             r if r == videoroom::channel::ROOM_LIMIT_REASON => max_rooms < sw.rooms,
@@ -103,22 +113,13 @@ impl Client {
             // was full when it answered.
             "join crashed" => has("channel_crash") || sw.queue_cap > 0,
             // The room kept dying under the join, or its mailbox stayed full.
-            // In a cluster also: etcd or the room's owner node unreachable for a while.
+            // In a cluster also: the room's claim outlives its room for a moment (its release
+            // follows its exit), so joins that reach the dead epoch can run out of attempts.
             "failed to start room" => {
-                has("room_crash")
-                    || has("engine_crash")
-                    || sw.queue_cap > 0
-                    || (sw.cluster
-                        && [
-                            "server_restart",
-                            "node_split",
-                            "etcd_cut",
-                            "latency",
-                            "loss",
-                        ]
-                        .iter()
-                        .any(|f| has(f)))
+                has("room_crash") || has("engine_crash") || sw.queue_cap > 0 || cluster_faults
             }
+            // etcd or the room's owner node unreachable for a while.
+            r if r == videoroom::channel::UNAVAILABLE_REASON => cluster_faults,
             _ => false,
         };
         self.oracles.reached("client: join refused");

@@ -6,7 +6,7 @@
 //! to a room under another epoch than the frame names (a stale epoch is `noproc`), and never
 //! starts a room itself: a placement request goes to the cluster registry's `start_here`.
 
-use super::exports::Inbox;
+use super::exports::{Inbound, Inbox};
 use super::proxy::{self, ChannelProxy};
 use super::wire::{self, ToNode, ToProxy, ToRoom, NODE_SERVICE};
 use super::{Shared, Started};
@@ -31,7 +31,14 @@ pub async fn consume(s: Shared, link: Link) {
                     } else {
                         rt::probe::Event::ProxyRemoteDown
                     });
-                    s.sys.exit(Pid(pid), proxy::exit_reason(reason));
+                    // Through the inbox, behind what the far side sent before it went down.
+                    let queued = s
+                        .exports
+                        .proxy(pid)
+                        .is_some_and(|inbox| inbox.down(reason.clone()));
+                    if !queued {
+                        s.sys.exit(Pid(pid), proxy::exit_reason(reason));
+                    }
                 }
             }
             Event::Watch { target } => watch(&s, &handle, target).await,
@@ -79,11 +86,11 @@ async fn deliver(s: &Shared, link: &LinkHandle, to: RemoteRef, msg: &[u8]) {
     }
     match s.exports.proxy(to.pid) {
         Some(Inbox::Room(tx)) => match wire::decode::<ToProxy>(msg) {
-            Ok(m) => overflow(s, to.pid, tx.try_send(m).is_err()),
+            Ok(m) => overflow(s, to.pid, tx.try_send(Inbound::Msg(m)).is_err()),
             Err(e) => tracing::warn!(error = %e, "dist: undecodable frame for a room proxy"),
         },
         Some(Inbox::Channel(tx)) => match wire::decode::<ToRoom>(msg) {
-            Ok(m) => overflow(s, to.pid, tx.try_send(m).is_err()),
+            Ok(m) => overflow(s, to.pid, tx.try_send(Inbound::Msg(m)).is_err()),
             Err(e) => tracing::warn!(error = %e, "dist: undecodable frame for a channel proxy"),
         },
         // A dead pid: dropped, as Erlang drops a send to a dead process.

@@ -6,13 +6,14 @@
 //! never holds its lock across an await; entries leave through exit hooks, so a process that
 //! exits (however it exits) is unreachable before its DOWNs go out.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
 use super::wire::{ToProxy, ToRoom};
 use crate::cluster::claims::RoomRecord;
+use crate::cluster::dist::DownReason;
 use crate::messages::RoomMsg;
 use crate::rt::Addr;
 
@@ -28,21 +29,40 @@ pub struct LocalRoom {
     pub lease: i64,
 }
 
+/// What a proxy takes from its link, in the link's order: a message for it, or the DOWN of a
+/// monitor it holds across the link (after the messages that preceded it, so a DOWN never
+/// overtakes, say, the room's last push).
+#[derive(Debug)]
+pub enum Inbound<T> {
+    Msg(T),
+    Down(DownReason),
+}
+
 /// Where frames for a proxy go.
 #[derive(Debug, Clone)]
 pub enum Inbox {
     /// A room proxy, standing for a remote room.
-    Room(mpsc::Sender<ToProxy>),
+    Room(mpsc::Sender<Inbound<ToProxy>>),
     /// A channel proxy, standing in a local room for a remote channel.
-    Channel(mpsc::Sender<ToRoom>),
+    Channel(mpsc::Sender<Inbound<ToRoom>>),
+}
+
+impl Inbox {
+    /// Queues the DOWN of one of the proxy's link monitors; false if the inbox is full or gone.
+    pub fn down(&self, reason: DownReason) -> bool {
+        match self {
+            Inbox::Room(tx) => tx.try_send(Inbound::Down(reason)).is_ok(),
+            Inbox::Channel(tx) => tx.try_send(Inbound::Down(reason)).is_ok(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    rooms: HashMap<u64, LocalRoom>,
-    proxies: HashMap<u64, Inbox>,
+    rooms: BTreeMap<u64, LocalRoom>,
+    proxies: BTreeMap<u64, Inbox>,
     /// Link monitor ref → the local proxy that holds it.
-    monitors: HashMap<u64, u64>,
+    monitors: BTreeMap<u64, u64>,
 }
 
 /// Cheap to clone; clones share the table.

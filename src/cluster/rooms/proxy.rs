@@ -17,11 +17,14 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::exports::Inbound;
 use super::wire::{self, ToProxy, ToRoom};
 use super::Shared;
+use crate::channel::UNAVAILABLE_REASON;
 use crate::cluster::dist::frame::{DownReason, RemoteRef};
 use crate::cluster::dist::LinkHandle;
 use crate::messages::{ChannelMsg, RoomMsg};
+use crate::rt::time::{self, Duration};
 use crate::rt::{Addr, Ctx, ExitReason, Received};
 use crate::shared_text::SharedText;
 
@@ -53,6 +56,11 @@ pub fn down_reason(reason: &ExitReason) -> DownReason {
 
 pub const NOCONNECTION: &str = "noconnection";
 
+/// How long a room proxy waits for the room's node to answer a join before it refuses it as
+/// unavailable (the client rejoins): with the cluster registry's own bound, a join is answered
+/// within the clients' patience.
+const ANSWER_PATIENCE: Duration = Duration::from_millis(1500);
+
 fn noconnection() -> ExitReason {
     ExitReason::Error(NOCONNECTION.into())
 }
@@ -73,7 +81,7 @@ pub struct RoomProxy {
     pub shared: Shared,
     pub link: LinkHandle,
     pub room: RemoteRef,
-    pub inbox: mpsc::Receiver<ToProxy>,
+    pub inbox: mpsc::Receiver<Inbound<ToProxy>>,
 }
 
 /// The room proxy's body: the room as the channel on this node sees it.
@@ -86,8 +94,18 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
     let mut ack: Option<oneshot::Sender<Result<(), String>>> = None;
     // Once joined, the channel proxy in the room: media goes through it, in order.
     let mut far: Option<RemoteRef> = None;
+    // When a join sent to the room must have been answered: a link that went silent is only
+    // declared down after its silence bound, longer than a client waits for its join.
+    let mut answer_due: Option<time::Instant> = None;
+    let mut timer = time::Timer::new();
     loop {
         tokio::select! {
+            _ = timer.until(answer_due) => {
+                if let Some(a) = ack.take() {
+                    let _ = a.send(Err(UNAVAILABLE_REASON.into()));
+                }
+                return ExitReason::Normal;
+            }
             r = ctx.recv() => {
                 let out = match r {
                     Received::Msg(RoomMsg::AddPeerChannel { peer_id, channel: c, ack: a }) => {
@@ -98,6 +116,7 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
                         ctx.monitor(c.pid());
                         channel = Some(c);
                         ack = Some(a);
+                        answer_due = Some(time::now() + ANSWER_PATIENCE);
                         let join = ToRoom::Join { peer_id, reply: me };
                         if p.link.send(p.room, wire::encode(&join)).await.is_err() {
                             return noconnection();
@@ -124,7 +143,11 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
                 }
             }
             m = p.inbox.recv() => {
-                let Some(m) = m else { return ExitReason::Normal };
+                let m = match m {
+                    Some(Inbound::Msg(m)) => m,
+                    Some(Inbound::Down(reason)) => return exit_reason(reason),
+                    None => return ExitReason::Normal,
+                };
                 let Some(c) = &channel else { continue };
                 let delivered = match m {
                     ToProxy::Joined { channel_proxy } => {
@@ -133,6 +156,7 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
                             return noconnection();
                         }
                         far = Some(to);
+                        answer_due = None;
                         if let Some(a) = ack.take() {
                             crate::rt::probe::emit(crate::rt::probe::Event::RemoteJoined);
                             let _ = a.send(Ok(()));
@@ -169,7 +193,7 @@ pub struct ChannelProxy {
     pub room: Addr<RoomMsg>,
     pub peer_id: String,
     /// Media from the remote client, for the room.
-    pub inbox: mpsc::Receiver<ToRoom>,
+    pub inbox: mpsc::Receiver<Inbound<ToRoom>>,
 }
 
 /// The channel proxy's body: the channel as the room on this node sees it.
@@ -219,6 +243,12 @@ pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> Exi
                 }
                 _ => continue,
             },
+            m = p.inbox.recv() => match m {
+                Some(Inbound::Down(reason)) => return exit_reason(reason),
+                // Media comes only once joined; nothing else is sent here.
+                Some(Inbound::Msg(_)) => continue,
+                None => return ExitReason::Normal,
+            },
         }
     }
     loop {
@@ -234,7 +264,12 @@ pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> Exi
                 Received::Down(d) => return d.reason,
             },
             m = p.inbox.recv() => {
-                let Some(m) = m else { return ExitReason::Normal };
+                let m = match m {
+                    Some(Inbound::Msg(m)) => m,
+                    // The channel's side is gone: so is the peer, for the room.
+                    Some(Inbound::Down(reason)) => return exit_reason(reason),
+                    None => return ExitReason::Normal,
+                };
                 let ToRoom::Media { peer_id, data } = m else { continue };
                 if p.room.try_send(RoomMsg::MediaEvent { peer_id, data }).is_err() {
                     // As a channel whose room cannot take its pushes: the client rejoins.
