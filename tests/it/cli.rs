@@ -76,3 +76,107 @@ fn token_command_refuses_bad_input() {
         assert!(out.stdout.is_empty(), "no link printed: {out:?}");
     }
 }
+
+/// Runs the binary with no cluster or secret settings from the environment, killing it if it
+/// has not exited within 10 s (a flag check that let it through would otherwise serve forever).
+fn videoroom_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_videoroom"));
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for var in [
+        "VIDEOROOM_ETCD",
+        "VIDEOROOM_NODE_NAME",
+        "VIDEOROOM_DIST_LISTEN",
+        "VIDEOROOM_DIST_ADVERTISE",
+        "VIDEOROOM_LEASE_TTL",
+        "VIDEOROOM_ETCD_PREFIX",
+        "VIDEOROOM_JOIN_SECRET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("run the videoroom binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("wait for videoroom").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap videoroom");
+            panic!("videoroom {args:?} did not exit: {out:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+        .wait_with_output()
+        .expect("collect videoroom's output")
+}
+
+/// Cluster flags come together: `--etcd` without `--node-name` (or `--dist-listen`), or
+/// `--node-name` without `--etcd`, is a usage error (exit 2) naming the missing flag, given on
+/// the command line or in the environment; so is a lease TTL etcd cannot honour.
+#[test]
+fn cluster_flags_refuse_an_incomplete_cluster() {
+    let etcd = "http://127.0.0.1:1";
+    for (args, env, says) in [
+        (
+            &["--port", "0", "--etcd", etcd][..],
+            &[][..],
+            &["--node-name", "--dist-listen"][..],
+        ),
+        (
+            &["--port", "0", "--etcd", etcd, "--node-name", "n1"][..],
+            &[][..],
+            &["--dist-listen"][..],
+        ),
+        (
+            &["--port", "0", "--node-name", "n1"][..],
+            &[][..],
+            &["--etcd"][..],
+        ),
+        (
+            &["--port", "0", "--dist-listen", "127.0.0.1:0"][..],
+            &[][..],
+            &["--etcd"][..],
+        ),
+        (
+            &["--port", "0"][..],
+            &[("VIDEOROOM_ETCD", etcd)][..],
+            &["--node-name"][..],
+        ),
+        (
+            &["--port", "0"][..],
+            &[("VIDEOROOM_NODE_NAME", "n1")][..],
+            &["--etcd"][..],
+        ),
+        (
+            &[
+                "--port",
+                "0",
+                "--etcd",
+                etcd,
+                "--node-name",
+                "n1",
+                "--dist-listen",
+                "127.0.0.1:0",
+                "--lease-ttl",
+                "1",
+            ][..],
+            &[][..],
+            &["--lease-ttl", "at least 2"][..],
+        ),
+    ] {
+        let out = videoroom_env(args, env);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        // clap lists the missing flags before its usage line, which names every flag given.
+        let named = match err.split_once("not provided:") {
+            Some((_, missing)) => missing.split("Usage:").next().unwrap_or_default(),
+            None => &err,
+        };
+        for flag in says {
+            assert!(named.contains(flag), "{args:?} {env:?} names {flag}: {err}");
+        }
+        assert!(out.stdout.is_empty(), "{args:?} {env:?}: {out:?}");
+    }
+}

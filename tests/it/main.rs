@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod cluster_procs;
 mod dist;
 mod e2e;
 mod etcd;

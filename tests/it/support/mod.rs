@@ -6,6 +6,7 @@ pub mod driver;
 pub mod etcd;
 pub mod http;
 pub mod logs;
+pub mod node_proc;
 pub mod server;
 #[cfg(feature = "media-webrtc")]
 pub mod sfu_peer;

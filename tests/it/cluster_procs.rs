@@ -1,0 +1,302 @@
+//! Cluster mode as an operator runs it: three real `videoroom` processes (`--fake-media --port 0
+//! --etcd <url> --node-name nX --dist-listen 127.0.0.1:0 --lease-ttl 3`) against one real etcd
+//! (Debian's etcd-server), driven by the unmodified npm `phoenix` client. Crashes are real
+//! (`kill -9` of a node, SIGSTOP of etcd), and which node runs a room is read from each node's
+//! `GET /metrics` (`videoroom_rooms`).
+//!
+//! Lease TTL 3 s: a node fences 1.8 s after its last acknowledged keepalive was sent, and a dead
+//! node's rooms are free again 3 s after its last keepalive.
+//!
+//! Run alone (`-- --test-threads 1`) on a small machine: each test holds four processes.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::driver::{ev, fast_opts, media_data, media_in, msg, Driver};
+use crate::support::etcd::Etcd;
+use crate::support::node_proc::{until, NodeProc, ACTING, FENCED};
+
+const TTL_SECS: u64 = 3;
+
+/// Three nodes on one etcd, each registered and acting.
+fn three_nodes(etcd: &Etcd) -> Vec<NodeProc> {
+    let nodes: Vec<NodeProc> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| NodeProc::cluster_node(&etcd.url(), name, TTL_SECS))
+        .collect();
+    for n in &nodes {
+        assert!(n.healthy(), "{} answers /healthz", n.label());
+    }
+    nodes
+}
+
+fn joined(node: &NodeProc, label: &str, topic: &str) -> Driver {
+    let mut c = Driver::phx(label);
+    c.connect(&node.url(), fast_opts());
+    c.join_ok(topic);
+    c
+}
+
+/// Sends the media `connect` and returns the `connected` event's data (waits up to 10 s: a
+/// room on another node answers through two processes and a dist link).
+#[track_caller]
+fn connect_media(c: &mut Driver, topic: &str, name: &str) -> Value {
+    let from = c.mark();
+    c.push_media(
+        topic,
+        json!({"type": "connect", "data": {"metadata": {"displayName": name}}}),
+    );
+    let m = c.expect_within(media_in(topic, "connected"), Duration::from_secs(10), from);
+    media_data(&m.value).expect("connected is JSON")["data"].clone()
+}
+
+fn own_id(connected: &Value) -> String {
+    connected["id"].as_str().expect("endpoint id").to_owned()
+}
+
+fn other_ids(connected: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = connected["otherEndpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("otherEndpoints is an array: {connected}"))
+        .iter()
+        .map(|e| e["id"].as_str().expect("endpoint id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[track_caller]
+fn expect_media(c: &mut Driver, topic: &str, kind: &str, id: &str, from: usize) -> Value {
+    let id = id.to_owned();
+    let m = c.expect_within(
+        media_in(topic, kind).when(&format!("data.data.id={id:?}"), move |v| {
+            media_data(v).is_some_and(|d| d["data"]["id"] == id.as_str())
+        }),
+        Duration::from_secs(10),
+        from,
+    );
+    media_data(&m.value).expect("media event is JSON")["data"].clone()
+}
+
+/// The index of the one node whose `/metrics` shows a running room, once exactly one does and
+/// the others show none (polled: a room's gauge goes up as its process starts).
+#[track_caller]
+fn room_owner(nodes: &[&NodeProc]) -> usize {
+    let mut owner = None;
+    let mut last = Vec::new();
+    until(
+        "exactly one node runs a room",
+        Duration::from_secs(10),
+        || {
+            last = nodes.iter().map(|n| n.metric("videoroom_rooms")).collect();
+            let running: Vec<usize> = (0..nodes.len()).filter(|i| last[*i] > 0.0).collect();
+            owner = (running.len() == 1 && last[running[0]] == 1.0).then(|| running[0]);
+            owner.is_some()
+        },
+    );
+    owner.unwrap_or_else(|| panic!("rooms per node: {last:?}"))
+}
+
+/// Each client connects its media in turn; each sees every earlier one in `connected`, and
+/// every earlier one gets `endpointAdded` for it. Returns the endpoint ids.
+#[track_caller]
+fn all_meet(clients: &mut [(&str, &mut Driver)], topic: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..clients.len() {
+        let marks: Vec<usize> = clients[..i].iter_mut().map(|(_, c)| c.mark()).collect();
+        let label = clients[i].0;
+        let con = connect_media(clients[i].1, topic, label);
+        let id = own_id(&con);
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(
+            other_ids(&con),
+            want,
+            "{label} sees everyone connected before it: {con}"
+        );
+        for (j, (_, earlier)) in clients[..i].iter_mut().enumerate() {
+            let added = expect_media(earlier, topic, "endpointAdded", &id, marks[j]);
+            assert_eq!(added["metadata"]["displayName"], json!(label));
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+/// Two clients whose sockets are on two different nodes meet in one room (which runs on
+/// exactly one of the three nodes), and a leave is seen across the cluster.
+#[test]
+fn clients_on_two_node_processes_meet_in_one_room() {
+    let etcd = Etcd::start();
+    let nodes = three_nodes(&etcd);
+    let t = "room:x";
+    let mut a = joined(&nodes[0], "A", t);
+    let mut b = joined(&nodes[1], "B", t);
+    let ids = all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
+    let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
+    eprintln!("room:x runs on {}", nodes[owner].label());
+
+    let from = a.mark();
+    b.cmd(json!({"cmd": "leave", "topic": t}));
+    expect_media(&mut a, t, "endpointRemoved", &ids[1], from);
+    a.refute(msg(t, "phx_error"));
+    b.refute(ev("channel_error"));
+}
+
+/// `kill -9` of the node that runs a room: its two clients, whose sockets are on the two other
+/// nodes, get `phx_error`, rejoin by themselves, and meet again in a fresh room on a live node
+/// within the lease TTL plus a few seconds.
+#[test]
+fn killing_the_room_node_moves_its_clients_to_a_live_one() {
+    let etcd = Etcd::start();
+    let mut nodes = three_nodes(&etcd);
+    let t = "room:failover";
+    // Placement picks the least loaded node (hash tie-break), wherever the socket is: a probe
+    // creates the room, /metrics says where it runs, and the clients join through the others.
+    let mut probe = joined(&nodes[0], "probe", t);
+    let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
+    let live: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let mut a = joined(&nodes[live[0]], "A", t);
+    let mut b = joined(&nodes[live[1]], "B", t);
+    all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
+    probe.cmd(json!({"cmd": "leave", "topic": t}));
+    probe.expect(ev("leave_ok").with("topic", t));
+    drop(probe);
+    eprintln!(
+        "room:failover runs on {}; clients on {} and {}",
+        nodes[owner].label(),
+        nodes[live[0]].label(),
+        nodes[live[1]].label()
+    );
+
+    let (from_a, from_b) = (a.mark(), b.mark());
+    nodes[owner].kill9();
+    let killed = Instant::now();
+    a.expect_within(msg(t, "phx_error"), Duration::from_secs(10), from_a);
+    b.expect_within(msg(t, "phx_error"), Duration::from_secs(10), from_b);
+    let errored = killed.elapsed();
+    let within = Duration::from_secs(TTL_SECS + 10);
+    a.expect_within(ev("rejoined").with("topic", t), within, from_a);
+    b.expect_within(ev("rejoined").with("topic", t), within, from_b);
+    let rejoined = killed.elapsed();
+    all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
+    let met = killed.elapsed();
+    let survivors = [&nodes[live[0]], &nodes[live[1]]];
+    let new_owner = room_owner(&survivors);
+    eprintln!(
+        "kill -9 failover: phx_error on both clients {errored:?}, both rejoined {rejoined:?}, \
+         met again {met:?} after the kill (room now on {})",
+        survivors[new_owner].label()
+    );
+    assert!(
+        met < Duration::from_secs(TTL_SECS + 8),
+        "clients met again within TTL + 8 s: {met:?}"
+    );
+}
+
+/// etcd stops answering (SIGSTOP) for longer than the lease TTL: every node fences, so every
+/// joined client gets `phx_error` and no join succeeds while it lasts; once etcd is back
+/// (SIGCONT) the nodes register anew and the clients' own rejoins bring them together again.
+#[test]
+fn an_etcd_outage_ends_every_room_until_etcd_is_back() {
+    let etcd = Etcd::start();
+    let mut nodes = three_nodes(&etcd);
+    let t = "room:x";
+    let mut a = joined(&nodes[0], "A", t);
+    let mut b = joined(&nodes[1], "B", t);
+    let mut c = joined(&nodes[2], "C", t);
+    all_meet(&mut [("A", &mut a), ("B", &mut b), ("C", &mut c)], t);
+    let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
+
+    let outage = Duration::from_secs(TTL_SECS + 2);
+    let marks = [a.mark(), b.mark(), c.mark()];
+    etcd.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let mut errored = Vec::new();
+    for (cl, from) in [&mut a, &mut b, &mut c].into_iter().zip(marks) {
+        cl.expect_within(msg(t, "phx_error"), outage, from);
+        errored.push(stopped.elapsed());
+    }
+    for n in &mut nodes {
+        n.wait_log(FENCED, outage.saturating_sub(stopped.elapsed()));
+    }
+    let all_fenced = stopped.elapsed();
+    // The outage itself is the scenario: keep etcd stopped for its whole length.
+    std::thread::sleep(outage.saturating_sub(stopped.elapsed()));
+    for cl in [&mut a, &mut b, &mut c] {
+        cl.refute(ev("rejoined"));
+    }
+    etcd.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    for n in &mut nodes {
+        n.wait_log_nth(ACTING, 2, Duration::from_secs(10));
+    }
+    let reregistered = resumed.elapsed();
+    let within = Duration::from_secs(15);
+    for (cl, from) in [&mut a, &mut b, &mut c].into_iter().zip(marks) {
+        cl.expect_within(ev("rejoined").with("topic", t), within, from);
+    }
+    let rejoined = resumed.elapsed();
+    all_meet(&mut [("A", &mut a), ("B", &mut b), ("C", &mut c)], t);
+    let met = resumed.elapsed();
+    let new_owner = room_owner(&nodes.iter().collect::<Vec<_>>());
+    eprintln!(
+        "etcd outage of {outage:?} (room on {} before, {} after): phx_error after {:?} \
+         (A, B, C), every node fenced by {all_fenced:?} after SIGSTOP; after SIGCONT every \
+         node acting again {reregistered:?}, every client rejoined {rejoined:?}, met again \
+         {met:?}",
+        nodes[owner].label(),
+        nodes[new_owner].label(),
+        errored,
+    );
+    assert!(
+        errored.iter().all(|e| *e < Duration::from_secs(TTL_SECS)),
+        "every room ended before the TTL ran out: {errored:?}"
+    );
+}
+
+/// SIGTERM to the node that runs a room drains it: the room ends at once, its clients (on the
+/// two other nodes) rejoin and meet again on a live node well before a lease TTL, because the
+/// stopping node releases its rooms' names and revokes its lease instead of letting them lapse.
+#[test]
+fn a_stopped_room_node_hands_its_clients_over_at_once() {
+    let etcd = Etcd::start();
+    let mut nodes = three_nodes(&etcd);
+    let t = "room:drain";
+    let mut probe = joined(&nodes[0], "probe", t);
+    let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
+    let live: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let mut a = joined(&nodes[live[0]], "A", t);
+    let mut b = joined(&nodes[live[1]], "B", t);
+    all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
+    probe.cmd(json!({"cmd": "leave", "topic": t}));
+    probe.expect(ev("leave_ok").with("topic", t));
+    drop(probe);
+
+    let (from_a, from_b) = (a.mark(), b.mark());
+    let stopping = Instant::now();
+    let status = nodes[owner].terminate(Duration::from_secs(15));
+    let exited = stopping.elapsed();
+    assert!(status.success(), "a drained node exits 0: {status}");
+    a.expect_within(msg(t, "phx_error"), Duration::from_secs(10), from_a);
+    b.expect_within(msg(t, "phx_error"), Duration::from_secs(10), from_b);
+    let within = Duration::from_secs(TTL_SECS + 10);
+    a.expect_within(ev("rejoined").with("topic", t), within, from_a);
+    b.expect_within(ev("rejoined").with("topic", t), within, from_b);
+    let rejoined = stopping.elapsed();
+    all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
+    let met = stopping.elapsed();
+    let survivors = [&nodes[live[0]], &nodes[live[1]]];
+    let new_owner = room_owner(&survivors);
+    eprintln!(
+        "SIGTERM of {}: exited {exited:?}, both clients rejoined {rejoined:?}, met again \
+         {met:?} after the signal (room now on {})",
+        nodes[owner].label(),
+        survivors[new_owner].label()
+    );
+    assert!(
+        met < Duration::from_secs(TTL_SECS),
+        "a drained node's room is free at once, not after its lease TTL: {met:?}"
+    );
+}
