@@ -1,8 +1,9 @@
-// Helpers shared by the browser tests (room.mjs, layout.mjs): launching Debian's Chromium with
-// fake camera and microphone, waiting for a condition with a bounded timeout, joining a room
-// through the lobby, checking a page with axe-core.
+// Helpers shared by the browser tests (room.mjs, layout.mjs, ...): launching Debian's Chromium
+// with fake camera and microphone, waiting for a condition with a bounded timeout, joining a room
+// through the lobby, checking a page with axe-core, asking the test driver over stdin.
 
 import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
 const AXE = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
@@ -124,3 +125,30 @@ export async function runScript(body, consoleLines, launchOptions = {}) {
   }
 }
 
+
+let driverLines = null;
+let driverWaiter = null;
+
+/**
+ * Asks the test driver (the Rust test running this script): prints `question` as one line and
+ * returns the next line it writes on stdin; throws if none comes within `timeoutMs`.
+ */
+export async function askDriver(question, timeoutMs = STEP_MS) {
+  if (!driverLines) {
+    driverLines = [];
+    createInterface({ input: process.stdin }).on("line", (l) => {
+      driverLines.push(l);
+      if (driverWaiter) driverWaiter();
+    });
+  }
+  console.log(question);
+  const until = Date.now() + timeoutMs;
+  while (driverLines.length === 0) {
+    if (Date.now() > until) throw new Error(`no answer from the test driver to ${question}`);
+    await new Promise((r) => {
+      driverWaiter = r;
+      setTimeout(r, 200);
+    });
+  }
+  return driverLines.shift();
+}

@@ -31,16 +31,16 @@ use videoroom::server::MediaConfig;
 use crate::support::server::TestServer;
 
 /// The whole browser run (launch, two joins, media checks, leave) must finish within this.
-const BROWSER_RUN: Duration = Duration::from_secs(180);
+pub(crate) const BROWSER_RUN: Duration = Duration::from_secs(180);
 /// Peers per room on the test server: a third page must be refused.
 const ROOM_LIMIT: usize = 2;
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Panics (never skips) when the browser or its driver is missing.
-fn check_browser_setup(root: &Path) -> PathBuf {
+pub(crate) fn check_browser_setup(root: &Path) -> PathBuf {
     let chromium = std::env::var_os("VIDEOROOM_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -64,7 +64,7 @@ fn check_browser_setup(root: &Path) -> PathBuf {
 }
 
 /// The real media plane (webrtc SFU and integrated TURN) on loopback.
-fn real_media() -> MediaConfig {
+pub(crate) fn real_media() -> MediaConfig {
     MediaConfig {
         real: true,
         turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
@@ -171,6 +171,24 @@ fn run_script(
     args: &[&str],
     envs: &[(&str, String)],
 ) -> (Value, String) {
+    run_script_with(root, chromium, script, args, envs, |line| {
+        let room = line.strip_prefix("E2E_KILL_ROOM ")?;
+        let killed = srv.app().kill_room(room.trim()).is_some();
+        Some(format!("killed {killed}"))
+    })
+}
+
+/// Runs `tests/e2e/<script>` with `args` and `envs`, echoing its output lines; `answer` sees each
+/// line and what it returns is written back as one line on the script's stdin. Returns its
+/// `E2E_RESULT` and its output. Panics with the output if it fails or overruns [`BROWSER_RUN`].
+pub(crate) fn run_script_with(
+    root: &Path,
+    chromium: &Path,
+    script: &str,
+    args: &[&str],
+    envs: &[(&str, String)],
+    mut answer: impl FnMut(&str) -> Option<String>,
+) -> (Value, String) {
     let mut child = Command::new("node")
         .arg(root.join("tests/e2e").join(script))
         .args(args)
@@ -202,7 +220,7 @@ fn run_script(
         s
     });
 
-    // Echo the script's lines, and crash the room when it asks.
+    // Echo the script's lines, and answer those it asks the driver about.
     let deadline = Instant::now() + BROWSER_RUN;
     let mut out = String::new();
     let mut timed_out = false;
@@ -210,9 +228,8 @@ fn run_script(
         match lines.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 println!("{line}");
-                if let Some(room) = line.strip_prefix("E2E_KILL_ROOM ") {
-                    let killed = srv.app().kill_room(room.trim()).is_some();
-                    let _ = writeln!(stdin, "killed {killed}");
+                if let Some(reply) = answer(&line) {
+                    let _ = writeln!(stdin, "{reply}");
                     let _ = stdin.flush();
                 }
                 out.push_str(&line);

@@ -5,6 +5,7 @@ mod cluster;
 mod cluster_procs;
 mod dist;
 mod e2e;
+mod e2e_cluster;
 mod etcd;
 mod media;
 mod media_server;

@@ -35,7 +35,7 @@ pub async fn consume(s: Shared, link: Link) {
                     let queued = s
                         .exports
                         .proxy(pid)
-                        .is_some_and(|inbox| inbox.down(reason.clone()));
+                        .is_some_and(|inbox| inbox.down(mref, reason.clone()));
                     if !queued {
                         s.sys.exit(Pid(pid), proxy::exit_reason(reason));
                     }

@@ -30,12 +30,12 @@ pub struct LocalRoom {
 }
 
 /// What a proxy takes from its link, in the link's order: a message for it, or the DOWN of a
-/// monitor it holds across the link (after the messages that preceded it, so a DOWN never
-/// overtakes, say, the room's last push).
+/// monitor it holds across the link, by its ref (after the messages that preceded it on the
+/// link, so a DOWN never overtakes what the same far process sent before it exited).
 #[derive(Debug)]
 pub enum Inbound<T> {
     Msg(T),
-    Down(DownReason),
+    Down { mref: u64, reason: DownReason },
 }
 
 /// Where frames for a proxy go.
@@ -48,11 +48,11 @@ pub enum Inbox {
 }
 
 impl Inbox {
-    /// Queues the DOWN of one of the proxy's link monitors; false if the inbox is full or gone.
-    pub fn down(&self, reason: DownReason) -> bool {
+    /// Queues the DOWN of the proxy's link monitor `mref`; false if the inbox is full or gone.
+    pub fn down(&self, mref: u64, reason: DownReason) -> bool {
         match self {
-            Inbox::Room(tx) => tx.try_send(Inbound::Down(reason)).is_ok(),
-            Inbox::Channel(tx) => tx.try_send(Inbound::Down(reason)).is_ok(),
+            Inbox::Room(tx) => tx.try_send(Inbound::Down { mref, reason }).is_ok(),
+            Inbox::Channel(tx) => tx.try_send(Inbound::Down { mref, reason }).is_ok(),
         }
     }
 }

@@ -191,7 +191,7 @@ impl Shared {
                 name: node.to_owned(),
                 incarnation,
             };
-            match self.dist.connect(addr, peer).await {
+            match self.dist.connect(addr.to_owned(), peer).await {
                 Ok(h) if h.peer().incarnation == incarnation => return Ok(h),
                 Ok(h) => {
                     return Err(format!(

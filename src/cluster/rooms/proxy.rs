@@ -9,7 +9,12 @@
 //! Each proxy is one ordinary local process, so the runtime's promises carry over: it exits
 //! exactly once and its watchers get exactly one DOWN, with the remote reason (the link's DOWN
 //! for the far side's process) or `noconnection` (the link went down). Each watches the far
-//! side across the link and its near side locally, and exits when either is gone.
+//! side across the link and its near side locally, and exits when either is gone, with one
+//! exception: a joined room proxy outlives its room's *normal* DOWN and takes its reason from
+//! the channel proxy instead. A room stops normally only once it holds no peer, so a peer that
+//! was in it was let go first (dropped, or its channel proxy ended), and the channel must hear
+//! that, not "the room stopped under me"; but the room's DOWN and the channel proxy's frames and
+//! DOWN leave the room's node from different processes, so the room's can arrive first.
 //!
 //! A proxy never blocks on its near side (a full mailbox ends it, as a room ends a slow
 //! channel) and never decides anything about the room: taking, refusing and dropping a peer
@@ -66,15 +71,21 @@ fn noconnection() -> ExitReason {
 }
 
 /// Sets a monitor across `link` on `target` for the local process `me`, recorded so the link's
-/// DOWN finds `me`. False if the link is down (the caller owes its watchers `noconnection`).
-async fn monitor_remote(shared: &Shared, link: &LinkHandle, me: u64, target: RemoteRef) -> bool {
+/// DOWN finds `me`; its ref. `None` if the link is down (the caller owes its watchers
+/// `noconnection`).
+async fn monitor_remote(
+    shared: &Shared,
+    link: &LinkHandle,
+    me: u64,
+    target: RemoteRef,
+) -> Option<u64> {
     let mref = shared.next_mref();
     shared.exports.add_monitor(mref, me);
     if link.monitor(mref, target).await.is_err() {
         shared.exports.take_monitor(mref);
-        return false;
+        return None;
     }
-    true
+    Some(mref)
 }
 
 pub struct RoomProxy {
@@ -87,9 +98,9 @@ pub struct RoomProxy {
 /// The room proxy's body: the room as the channel on this node sees it.
 pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
     let me = ctx.pid().0;
-    if !monitor_remote(&p.shared, &p.link, me, p.room).await {
+    let Some(room_mref) = monitor_remote(&p.shared, &p.link, me, p.room).await else {
         return noconnection();
-    }
+    };
     let mut channel: Option<Addr<ChannelMsg>> = None;
     let mut ack: Option<oneshot::Sender<Result<(), String>>> = None;
     // Once joined, the channel proxy in the room: media goes through it, in order.
@@ -145,14 +156,27 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
             m = p.inbox.recv() => {
                 let m = match m {
                     Some(Inbound::Msg(m)) => m,
-                    Some(Inbound::Down(reason)) => return exit_reason(reason),
+                    Some(Inbound::Down { mref, reason }) => {
+                        // A room stops normally only once it holds no peer: if this one was
+                        // in it, the room let it go first (dropped it, or ended its channel
+                        // proxy), and that is what the channel must hear. It comes from the
+                        // channel proxy, another process on the room's node, whose frames and
+                        // DOWN the room's own DOWN can overtake on the link (the cluster
+                        // simulation's seeds 139 and 315: a channel proxy killed as a slow
+                        // consumer, then the room's stop); and it does come, since the channel
+                        // proxy watches the room and ends with it, or the link's noconnection.
+                        if mref == room_mref && reason == DownReason::Normal && far.is_some() {
+                            continue;
+                        }
+                        return exit_reason(reason);
+                    }
                     None => return ExitReason::Normal,
                 };
                 let Some(c) = &channel else { continue };
                 let delivered = match m {
                     ToProxy::Joined { channel_proxy } => {
                         let to = RemoteRef { pid: channel_proxy, epoch: 0 };
-                        if !monitor_remote(&p.shared, &p.link, me, to).await {
+                        if monitor_remote(&p.shared, &p.link, me, to).await.is_none() {
                             return noconnection();
                         }
                         far = Some(to);
@@ -203,7 +227,10 @@ pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> Exi
         let (link, to) = (p.link.clone(), p.peer);
         async move { link.send(to, wire::encode(&m)).await.is_ok() }
     };
-    if !monitor_remote(&p.shared, &p.link, me, p.peer).await {
+    if monitor_remote(&p.shared, &p.link, me, p.peer)
+        .await
+        .is_none()
+    {
         return noconnection();
     }
     let room_ref = ctx.monitor(p.room.pid());
@@ -244,7 +271,7 @@ pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> Exi
                 _ => continue,
             },
             m = p.inbox.recv() => match m {
-                Some(Inbound::Down(reason)) => return exit_reason(reason),
+                Some(Inbound::Down { reason, .. }) => return exit_reason(reason),
                 // Media comes only once joined; nothing else is sent here.
                 Some(Inbound::Msg(_)) => continue,
                 None => return ExitReason::Normal,
@@ -259,15 +286,15 @@ pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> Exi
                 },
                 Received::Msg(ChannelMsg::Dropped(reason)) => ToProxy::Dropped { reason },
                 Received::Msg(ChannelMsg::Stop | ChannelMsg::FromClient { .. }) => continue,
-                    // The room is gone: the same reason as the room proxy's own monitor of the
-                // room carries, whichever of the two DOWNs reaches it first.
+                // The room is gone: the same reason as the room proxy's own monitor of the
+                // room carries (which, if normal, waits for this one: see the module docs).
                 Received::Down(d) => return d.reason,
             },
             m = p.inbox.recv() => {
                 let m = match m {
                     Some(Inbound::Msg(m)) => m,
                     // The channel's side is gone: so is the peer, for the room.
-                    Some(Inbound::Down(reason)) => return exit_reason(reason),
+                    Some(Inbound::Down { reason, .. }) => return exit_reason(reason),
                     None => return ExitReason::Normal,
                 };
                 let ToRoom::Media { peer_id, data } = m else { continue };

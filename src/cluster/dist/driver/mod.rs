@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::frame::{Decoder, Frame, MAX_NODE_BYTES};
 use super::link::{DownCause, Event, LinkConfig, LinkCore, NodeId};
@@ -290,7 +290,13 @@ impl DistNode {
     /// The link to `peer` at `addr`: the live one if there is one, else a new connection,
     /// which must answer as exactly `peer` (name and incarnation). A new link is also handed
     /// out by [`DistListener::accept`]; this returns once it is there (or the listener is gone).
-    pub async fn connect<A: ToSocketAddrs>(
+    ///
+    /// Cancel-safe: the dial runs to its end in a task of its own, whoever stops waiting for
+    /// it. A caller given up on half-way (a join's patience is shorter than a dial's silence
+    /// bound) would otherwise leave the table saying "dialing" for good: every later `connect`
+    /// would answer [`ConnectError::InProgress`], and the peer, when smaller, would refuse
+    /// every dial from here waiting for that one (the cluster simulation's seed 554).
+    pub async fn connect<A: ToSocketAddrs + Send + 'static>(
         &self,
         addr: A,
         peer: NodeId,
@@ -308,11 +314,19 @@ impl DistNode {
         }
         let name = peer.name.clone();
         let smaller = name < shared.me().name;
-        let result = self.dial(addr, peer, id).await;
+        let (tx, rx) = oneshot::channel();
+        let (node, dialed) = (self.clone(), name.clone());
+        crate::rt::spawn_task(async move {
+            let result = node.dial(addr, peer, id).await;
+            if result.is_err() {
+                node.0.forget(&dialed, id);
+            }
+            let _ = tx.send(result);
+        });
+        let result = rx.await.unwrap_or(Err(ConnectError::Shutdown));
         let Err(err) = result else {
             return result;
         };
-        shared.forget(&name, id);
         // Lost the race to an inbound link from the same peer: that one is the link. A smaller
         // peer that closed our dial unanswered did so because its own dial wins, which may
         // still be on its way here; it gets one silence period to arrive.
