@@ -507,6 +507,13 @@ impl Cluster {
             .map_err(|e| format!("cannot listen for other nodes on {}: {e}", cfg.dist_listen))?;
         let dist_addr = listener.local_addr();
         let advertised = cfg.advertised(dist_addr)?;
+        tracing::info!(
+            node = %cfg.node_name,
+            dist_listen = %dist_addr,
+            dist_advertise = %advertised,
+            etcd = %cfg.etcd.join(","),
+            "cluster mode: listening for other nodes"
+        );
         let node = Node::start(
             client,
             NodeConfig {
