@@ -1164,7 +1164,8 @@ impl FailoverFigures {
         let refused = self.rows.iter().filter(|r| r.phoenix.refused() > 0).count();
         println!(
             "   phoenix client: a rejoin answered with an error in {refused} of {} failovers \
-             (the web app ends the session on any join error: web/src/session.js onJoinRefused)",
+             (the web app keeps rejoining on \"room temporarily unavailable\" and ends the session \
+             on any other join error: web/src/session.js onJoinRefused)",
             self.rows.len()
         );
         println!("   join attempts (sent → answered, ms after the kill):");
