@@ -5,78 +5,21 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::driver::{ev, fast_opts, media_data, media_in, msg, Driver};
+use crate::support::driver::{ev, media_in, msg, Driver};
 use crate::support::etcd::Etcd;
+use crate::support::rooms::{connect_media, expect_media, joined, other_ids, until};
 use crate::support::server::TestServer;
-use videoroom::cluster::lease::LeaseConfig;
-use videoroom::server::ClusterConfig;
 
 const TTL_SECS: u64 = 3;
 
 fn node(etcd: &Etcd, name: &str) -> TestServer {
-    let mut cfg = ClusterConfig::new(
-        vec![etcd.url()],
-        name.to_owned(),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    cfg.lease = LeaseConfig::with_ttl(TTL_SECS).checked().unwrap();
-    cfg.etcd_timeout = Duration::from_millis(500);
-    let srv = TestServer::start_with(|c| c.cluster = Some(cfg));
-    until(
-        &format!("{name} registers in etcd"),
-        Duration::from_secs(10),
-        || srv.cluster().is_acting(),
-    );
-    srv
-}
-
-#[track_caller]
-fn until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn joined(srv: &TestServer, label: &str, topic: &str) -> Driver {
-    let mut c = Driver::phx(label);
-    c.connect(&srv.url(), fast_opts());
-    c.join_ok(topic);
-    c
-}
-
-#[track_caller]
-fn connect_media(c: &mut Driver, topic: &str, name: &str) -> Value {
-    let from = c.mark();
-    c.push_media(
-        topic,
-        json!({"type": "connect", "data": {"metadata": {"displayName": name}}}),
-    );
-    let m = c.expect_after(from, media_in(topic, "connected"));
-    media_data(&m.value).expect("connected is JSON")["data"].clone()
-}
-
-fn other_ids(connected: &Value) -> Vec<String> {
-    connected["otherEndpoints"]
-        .as_array()
-        .unwrap_or_else(|| panic!("otherEndpoints is an array: {connected}"))
-        .iter()
-        .map(|e| e["id"].as_str().expect("endpoint id").to_owned())
-        .collect()
-}
-
-#[track_caller]
-fn expect_media(c: &mut Driver, topic: &str, kind: &str, id: &str) -> Value {
-    let id = id.to_owned();
-    let m = c.expect(
-        media_in(topic, kind).when(&format!("data.data.id={id:?}"), move |v| {
-            media_data(v).is_some_and(|d| d["data"]["id"] == id.as_str())
-        }),
-    );
-    media_data(&m.value).expect("media event is JSON")["data"].clone()
+    TestServer::cluster_node(&etcd.url(), name, TTL_SECS, Duration::from_secs(10), |c| {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.etcd_timeout = Duration::from_millis(500);
+        }
+    })
 }
 
 /// Which of `nodes` runs `room` (exactly one must).
@@ -103,10 +46,10 @@ fn clients_on_two_nodes_meet_in_one_room() {
     let b = node(&etcd, "b");
     let t = "room:across";
 
-    let mut ca = joined(&a, "A", t);
+    let mut ca = joined(&a.url(), "A", t);
     let con_a = connect_media(&mut ca, t, "A");
     let a_id = con_a["id"].as_str().unwrap().to_owned();
-    let mut cb = joined(&b, "B", t);
+    let mut cb = joined(&b.url(), "B", t);
     let con_b = connect_media(&mut cb, t, "B");
     let b_id = con_b["id"].as_str().unwrap().to_owned();
     assert_eq!(other_ids(&con_b), vec![a_id.clone()]);
@@ -145,7 +88,7 @@ fn new_rooms_spread_over_the_nodes() {
         a.cluster().known_nodes() == 2
     });
     let clients: Vec<Driver> = (0..4)
-        .map(|i| joined(&a, &format!("C{i}"), &format!("room:spread-{i}")))
+        .map(|i| joined(&a.url(), &format!("C{i}"), &format!("room:spread-{i}")))
         .collect();
     let owners: Vec<usize> = (0..4)
         .map(|i| owner(&[&a, &b], &format!("spread-{i}")))
@@ -166,7 +109,7 @@ fn a_crashed_owner_node_fails_over_to_a_live_one() {
         .iter()
         .zip(&nodes)
         .map(|(label, n)| {
-            let mut c = joined(n, label, t);
+            let mut c = joined(&n.url(), label, t);
             connect_media(&mut c, t, label);
             c
         })

@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::driver::{ev, fast_opts, media_data, media_in, msg, Driver};
+use crate::support::driver::{ev, msg, Driver};
 use crate::support::etcd::Etcd;
-use crate::support::node_proc::{until, NodeProc, ACTING, FENCED};
+use crate::support::node_proc::{NodeProc, ACTING, FENCED};
+use crate::support::rooms::{connect_media_within, expect_media_within, joined, other_ids, until};
 
 const TTL_SECS: u64 = 3;
+/// How long a media event may take: a room on another node answers through two processes and
+/// a dist link.
+const CROSS_NODE: Duration = Duration::from_secs(10);
 
 /// Three nodes on one etcd, each registered and acting.
 fn three_nodes(etcd: &Etcd) -> Vec<NodeProc> {
@@ -31,52 +35,8 @@ fn three_nodes(etcd: &Etcd) -> Vec<NodeProc> {
     nodes
 }
 
-fn joined(node: &NodeProc, label: &str, topic: &str) -> Driver {
-    let mut c = Driver::phx(label);
-    c.connect(&node.url(), fast_opts());
-    c.join_ok(topic);
-    c
-}
-
-/// Sends the media `connect` and returns the `connected` event's data (waits up to 10 s: a
-/// room on another node answers through two processes and a dist link).
-#[track_caller]
-fn connect_media(c: &mut Driver, topic: &str, name: &str) -> Value {
-    let from = c.mark();
-    c.push_media(
-        topic,
-        json!({"type": "connect", "data": {"metadata": {"displayName": name}}}),
-    );
-    let m = c.expect_within(media_in(topic, "connected"), Duration::from_secs(10), from);
-    media_data(&m.value).expect("connected is JSON")["data"].clone()
-}
-
 fn own_id(connected: &Value) -> String {
     connected["id"].as_str().expect("endpoint id").to_owned()
-}
-
-fn other_ids(connected: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = connected["otherEndpoints"]
-        .as_array()
-        .unwrap_or_else(|| panic!("otherEndpoints is an array: {connected}"))
-        .iter()
-        .map(|e| e["id"].as_str().expect("endpoint id").to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
-#[track_caller]
-fn expect_media(c: &mut Driver, topic: &str, kind: &str, id: &str, from: usize) -> Value {
-    let id = id.to_owned();
-    let m = c.expect_within(
-        media_in(topic, kind).when(&format!("data.data.id={id:?}"), move |v| {
-            media_data(v).is_some_and(|d| d["data"]["id"] == id.as_str())
-        }),
-        Duration::from_secs(10),
-        from,
-    );
-    media_data(&m.value).expect("media event is JSON")["data"].clone()
 }
 
 /// The index of the one node whose `/metrics` shows a running room, once exactly one does and
@@ -106,17 +66,19 @@ fn all_meet(clients: &mut [(&str, &mut Driver)], topic: &str) -> Vec<String> {
     for i in 0..clients.len() {
         let marks: Vec<usize> = clients[..i].iter_mut().map(|(_, c)| c.mark()).collect();
         let label = clients[i].0;
-        let con = connect_media(clients[i].1, topic, label);
+        let con = connect_media_within(clients[i].1, topic, label, CROSS_NODE);
         let id = own_id(&con);
         let mut want = ids.clone();
         want.sort();
+        let mut seen = other_ids(&con);
+        seen.sort();
         assert_eq!(
-            other_ids(&con),
-            want,
+            seen, want,
             "{label} sees everyone connected before it: {con}"
         );
         for (j, (_, earlier)) in clients[..i].iter_mut().enumerate() {
-            let added = expect_media(earlier, topic, "endpointAdded", &id, marks[j]);
+            let added =
+                expect_media_within(earlier, topic, "endpointAdded", &id, CROSS_NODE, marks[j]);
             assert_eq!(added["metadata"]["displayName"], json!(label));
         }
         ids.push(id);
@@ -131,15 +93,15 @@ fn clients_on_two_node_processes_meet_in_one_room() {
     let etcd = Etcd::start();
     let nodes = three_nodes(&etcd);
     let t = "room:x";
-    let mut a = joined(&nodes[0], "A", t);
-    let mut b = joined(&nodes[1], "B", t);
+    let mut a = joined(&nodes[0].url(), "A", t);
+    let mut b = joined(&nodes[1].url(), "B", t);
     let ids = all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
     let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
     eprintln!("room:x runs on {}", nodes[owner].label());
 
     let from = a.mark();
     b.cmd(json!({"cmd": "leave", "topic": t}));
-    expect_media(&mut a, t, "endpointRemoved", &ids[1], from);
+    expect_media_within(&mut a, t, "endpointRemoved", &ids[1], CROSS_NODE, from);
     a.refute(msg(t, "phx_error"));
     b.refute(ev("channel_error"));
 }
@@ -154,11 +116,11 @@ fn killing_the_room_node_moves_its_clients_to_a_live_one() {
     let t = "room:failover";
     // Placement picks the least loaded node (hash tie-break), wherever the socket is: a probe
     // creates the room, /metrics says where it runs, and the clients join through the others.
-    let mut probe = joined(&nodes[0], "probe", t);
+    let mut probe = joined(&nodes[0].url(), "probe", t);
     let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
     let live: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
-    let mut a = joined(&nodes[live[0]], "A", t);
-    let mut b = joined(&nodes[live[1]], "B", t);
+    let mut a = joined(&nodes[live[0]].url(), "A", t);
+    let mut b = joined(&nodes[live[1]].url(), "B", t);
     all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
     probe.cmd(json!({"cmd": "leave", "topic": t}));
     probe.expect(ev("leave_ok").with("topic", t));
@@ -203,9 +165,9 @@ fn an_etcd_outage_ends_every_room_until_etcd_is_back() {
     let etcd = Etcd::start();
     let mut nodes = three_nodes(&etcd);
     let t = "room:x";
-    let mut a = joined(&nodes[0], "A", t);
-    let mut b = joined(&nodes[1], "B", t);
-    let mut c = joined(&nodes[2], "C", t);
+    let mut a = joined(&nodes[0].url(), "A", t);
+    let mut b = joined(&nodes[1].url(), "B", t);
+    let mut c = joined(&nodes[2].url(), "C", t);
     all_meet(&mut [("A", &mut a), ("B", &mut b), ("C", &mut c)], t);
     let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
 
@@ -264,11 +226,11 @@ fn a_stopped_room_node_hands_its_clients_over_at_once() {
     let etcd = Etcd::start();
     let mut nodes = three_nodes(&etcd);
     let t = "room:drain";
-    let mut probe = joined(&nodes[0], "probe", t);
+    let mut probe = joined(&nodes[0].url(), "probe", t);
     let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
     let live: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
-    let mut a = joined(&nodes[live[0]], "A", t);
-    let mut b = joined(&nodes[live[1]], "B", t);
+    let mut a = joined(&nodes[live[0]].url(), "A", t);
+    let mut b = joined(&nodes[live[1]].url(), "B", t);
     all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
     probe.cmd(json!({"cmd": "leave", "topic": t}));
     probe.expect(ev("leave_ok").with("topic", t));

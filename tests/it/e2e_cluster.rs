@@ -6,45 +6,26 @@
 //! is `tests/e2e/cluster.mjs` (see `e2e.rs` for the setup it needs).
 #![cfg(feature = "media-webrtc")]
 
-use std::time::{Duration, Instant};
-
-use videoroom::cluster::lease::LeaseConfig;
-use videoroom::server::ClusterConfig;
+use std::time::Duration;
 
 use crate::e2e::{check_browser_setup, real_media, repo_root, run_script_with};
 use crate::support::etcd::Etcd;
+use crate::support::rooms::until;
 use crate::support::server::TestServer;
 
 /// Lease TTL: generous, as Chromium and the two media planes share a small machine and no
 /// failover is tested here.
 const TTL_SECS: u64 = 10;
 
+/// How long a node may take to register, and a page to show what it should: Chromium and two
+/// media planes share a small machine.
+const READY: Duration = Duration::from_secs(30);
+
 /// A cluster node with the real media plane (its own TURN port), once it acts in the cluster.
 fn node(etcd: &Etcd, name: &str) -> TestServer {
-    let mut cfg = ClusterConfig::new(
-        vec![etcd.url()],
-        name.to_owned(),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    cfg.lease = LeaseConfig::with_ttl(TTL_SECS).checked().unwrap();
-    let srv = TestServer::start_with(|c| {
-        c.cluster = Some(cfg);
-        c.media = real_media();
-    });
-    until(&format!("{name} acts in the cluster"), || {
-        srv.cluster().is_acting()
-    });
-    srv
-}
-
-#[track_caller]
-fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let within = Duration::from_secs(30);
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    TestServer::cluster_node(&etcd.url(), name, TTL_SECS, READY, |c| {
+        c.media = real_media()
+    })
 }
 
 #[test]
@@ -56,7 +37,7 @@ fn two_pages_on_two_nodes_see_and_hear_each_other() {
     let a = node(&etcd, "a");
     let b = node(&etcd, "b");
     for (name, n) in [("a", &a), ("b", &b)] {
-        until(&format!("{name} knows both nodes"), || {
+        until(&format!("{name} knows both nodes"), READY, || {
             n.cluster().known_nodes() == 2
         });
     }

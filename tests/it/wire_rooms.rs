@@ -1,57 +1,13 @@
 //! Rooms over the wire: media events between peers, room and channel crashes with automatic
 //! rejoin, the real `membrane-webrtc-js` client, and graceful shutdown.
 
-use serde_json::{json, Value};
+use std::time::Duration;
 
-use crate::support::driver::{ev, fast_opts, media_data, media_in, msg, Driver};
+use serde_json::json;
+
+use crate::support::driver::{ev, fast_opts, media_in, msg, Driver};
+use crate::support::rooms::{connect_media, expect_media, joined, other_ids, until};
 use crate::support::server::TestServer;
-
-/// A phx driver connected to `srv` and joined to `topic`.
-fn joined(srv: &TestServer, label: &str, topic: &str) -> Driver {
-    let mut c = Driver::phx(label);
-    c.connect(&srv.url(), fast_opts());
-    c.join_ok(topic);
-    c
-}
-
-/// Sends the client's `connect` media event and returns the `data` of the `connected` answer.
-#[track_caller]
-fn connect_media(c: &mut Driver, topic: &str, name: &str) -> Value {
-    let from = c.mark();
-    c.push_media(
-        topic,
-        json!({"type": "connect", "data": {"metadata": {"displayName": name}}}),
-    );
-    let m = c.expect_after(from, media_in(topic, "connected"));
-    let data = media_data(&m.value).expect("connected is JSON")["data"].clone();
-    assert!(
-        data["id"].is_string(),
-        "connected carries the peer id: {data}"
-    );
-    data
-}
-
-/// Ids of `connected.otherEndpoints`.
-fn other_ids(connected: &Value) -> Vec<String> {
-    connected["otherEndpoints"]
-        .as_array()
-        .unwrap_or_else(|| panic!("otherEndpoints is an array: {connected}"))
-        .iter()
-        .map(|e| e["id"].as_str().expect("endpoint id").to_owned())
-        .collect()
-}
-
-/// The `data` of the next media event of type `kind` received on `topic`.
-#[track_caller]
-fn expect_media(c: &mut Driver, topic: &str, kind: &str, id: &str) -> Value {
-    let id = id.to_owned();
-    let m = c.expect(
-        media_in(topic, kind).when(&format!("data.data.id={id:?}"), move |v| {
-            media_data(v).is_some_and(|d| d["data"]["id"] == id.as_str())
-        }),
-    );
-    media_data(&m.value).expect("media event is JSON")["data"].clone()
-}
 
 /// A's `connect` → `connected` to A (no other endpoints); B's `connect` → `connected` listing A,
 /// and A sees `endpointAdded` for B with B's metadata; B leaves → A sees `endpointRemoved`.
@@ -59,12 +15,12 @@ fn expect_media(c: &mut Driver, topic: &str, kind: &str, id: &str) -> Value {
 fn two_peers_exchange_media_events() {
     let srv = TestServer::start();
     let t = "room:media";
-    let mut a = joined(&srv, "A", t);
+    let mut a = joined(&srv.url(), "A", t);
     let ca = connect_media(&mut a, t, "A");
     let a_id = ca["id"].as_str().unwrap().to_owned();
     assert_eq!(other_ids(&ca), Vec::<String>::new());
 
-    let mut b = joined(&srv, "B", t);
+    let mut b = joined(&srv.url(), "B", t);
     let cb = connect_media(&mut b, t, "B");
     let b_id = cb["id"].as_str().unwrap().to_owned();
     assert_ne!(a_id, b_id);
@@ -88,10 +44,10 @@ fn two_peers_exchange_media_events() {
 fn room_names_differing_only_in_case_are_one_room() {
     let srv = TestServer::start();
     let (ta, tb) = ("room:Team-Standup", "room:team-STANDUP");
-    let mut a = joined(&srv, "A", ta);
+    let mut a = joined(&srv.url(), "A", ta);
     let ca = connect_media(&mut a, ta, "A");
     let a_id = ca["id"].as_str().unwrap().to_owned();
-    let mut b = joined(&srv, "B", tb);
+    let mut b = joined(&srv.url(), "B", tb);
     let cb = connect_media(&mut b, tb, "B");
     assert_eq!(other_ids(&cb), vec![a_id]);
     let b_id = cb["id"].as_str().unwrap().to_owned();
@@ -104,8 +60,8 @@ fn room_names_differing_only_in_case_are_one_room() {
 fn socket_close_removes_the_peer() {
     let srv = TestServer::start();
     let t = "room:sockclose";
-    let mut a = joined(&srv, "A", t);
-    let mut b = joined(&srv, "B", t);
+    let mut a = joined(&srv.url(), "A", t);
+    let mut b = joined(&srv.url(), "B", t);
     connect_media(&mut a, t, "A");
     let b_id = connect_media(&mut b, t, "B")["id"]
         .as_str()
@@ -123,9 +79,9 @@ fn socket_close_removes_the_peer() {
 fn room_crash_rejoins_into_a_new_room() {
     let srv = TestServer::start();
     let t = "room:crash";
-    let mut a = joined(&srv, "A", t);
-    let mut b = joined(&srv, "B", t);
-    let mut other = joined(&srv, "other", "room:bystander");
+    let mut a = joined(&srv.url(), "A", t);
+    let mut b = joined(&srv.url(), "B", t);
+    let mut other = joined(&srv.url(), "other", "room:bystander");
     let old_a = connect_media(&mut a, t, "A")["id"]
         .as_str()
         .unwrap()
@@ -182,8 +138,8 @@ fn room_crash_rejoins_into_a_new_room() {
 fn channel_crash_rejoins_and_peers_see_removal() {
     let srv = TestServer::start();
     let t = "room:chancrash";
-    let mut a = joined(&srv, "A", t);
-    let mut b = joined(&srv, "B", t);
+    let mut a = joined(&srv.url(), "A", t);
+    let mut b = joined(&srv.url(), "B", t);
     let a_id = connect_media(&mut a, t, "A")["id"]
         .as_str()
         .unwrap()
@@ -254,8 +210,8 @@ fn membrane_client_join_and_leave() {
 #[test]
 fn graceful_shutdown_closes_with_1012() {
     let mut srv = TestServer::start();
-    let mut a = joined(&srv, "A", "room:bye");
-    let mut b = joined(&srv, "B", "room:bye");
+    let mut a = joined(&srv.url(), "A", "room:bye");
+    let mut b = joined(&srv.url(), "B", "room:bye");
     srv.shutdown();
     for c in [&mut a, &mut b] {
         let close = c.expect(ev("socket_close"));
@@ -265,16 +221,6 @@ fn graceful_shutdown_closes_with_1012() {
             "1000 would stop older phoenix.js from reconnecting"
         );
         assert_eq!(close["code"], json!(1012));
-    }
-}
-
-/// Waits (bounded) until `cond` holds, polling the server; panics with `what` otherwise.
-#[track_caller]
-fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -307,7 +253,7 @@ fn rooms_per_node_are_capped_and_come_back_when_closed() {
         json!({"reason": "server is at its room limit"})
     );
     assert_eq!(srv.room_pid("one-too-many"), None);
-    let mut b = joined(&srv, "B", "room:cap-7");
+    let mut b = joined(&srv.url(), "B", "room:cap-7");
     assert_eq!(
         srv.room_peers("cap-7").len(),
         2,
@@ -318,10 +264,12 @@ fn rooms_per_node_are_capped_and_come_back_when_closed() {
         c.cmd(json!({"cmd": "disconnect"}));
         c.expect(ev("disconnected"));
     }
-    until("every room stopped and every process ended", || {
-        srv.app().rooms.is_empty() && srv.app().sys.live_count() == baseline
-    });
-    let _c = joined(&srv, "C", "room:one-too-many");
+    until(
+        "every room stopped and every process ended",
+        Duration::from_secs(10),
+        || srv.app().rooms.is_empty() && srv.app().sys.live_count() == baseline,
+    );
+    let _c = joined(&srv.url(), "C", "room:one-too-many");
 }
 
 /// A joined channel that never sends `connect` holds a slot nobody in the room can see. After
@@ -341,7 +289,7 @@ fn a_squatter_is_dropped_after_the_grace_and_told_why() {
     guest.connect(&srv.url(), fast_opts());
     let mut host = Driver::phx("host");
     host.connect(&srv.url(), fast_opts());
-    let mut squatter = joined(&srv, "squatter", t);
+    let mut squatter = joined(&srv.url(), "squatter", t);
     host.join_ok(t);
     connect_media(&mut host, t, "host");
     guest.join(t);

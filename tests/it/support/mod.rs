@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod http;
 pub mod logs;
 pub mod node_proc;
+pub mod rooms;
 pub mod server;
 #[cfg(feature = "media-webrtc")]
 pub mod sfu_peer;

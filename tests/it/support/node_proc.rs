@@ -269,13 +269,3 @@ fn pump(mut out: Box<dyn Read + Send>, log: &Log) {
         log.grew.notify_all();
     }
 }
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `within`.
-#[track_caller]
-pub fn until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}

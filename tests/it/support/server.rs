@@ -8,8 +8,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use videoroom::app::{App, Limits};
+use videoroom::cluster::lease::LeaseConfig;
 use videoroom::rt::Pid;
-use videoroom::server::{Server, ServerConfig};
+use videoroom::server::{ClusterConfig, Server, ServerConfig};
+
+use super::rooms::until;
 
 pub struct TestServer {
     // Declared before `rt`, but dropped explicitly inside the runtime in `Drop`.
@@ -68,6 +71,34 @@ impl TestServer {
             addr,
             rt: Some(rt),
         }
+    }
+
+    /// A cluster node on the etcd at `etcd_url` (dist link on a free loopback port, lease TTL
+    /// `ttl_secs`), after `tweak`; returns once it acts in the cluster, or panics after
+    /// `ready_within`.
+    pub fn cluster_node(
+        etcd_url: &str,
+        name: &str,
+        ttl_secs: u64,
+        ready_within: Duration,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let mut cluster = ClusterConfig::new(
+            vec![etcd_url.to_owned()],
+            name.to_owned(),
+            "127.0.0.1:0".parse().expect("a socket address"),
+        );
+        cluster.lease = LeaseConfig::with_ttl(ttl_secs)
+            .checked()
+            .expect("a valid lease TTL");
+        let srv = TestServer::start_with(|c| {
+            c.cluster = Some(cluster);
+            tweak(c);
+        });
+        until(&format!("{name} registers in etcd"), ready_within, || {
+            srv.cluster().is_acting()
+        });
+        srv
     }
 
     /// With `max_peers_per_room` set.
