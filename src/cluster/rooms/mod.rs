@@ -612,12 +612,8 @@ impl Cluster {
         for (pid, _) in &rooms {
             s.sys.wait_exit(Pid(*pid)).await;
         }
-        // Exit hooks released the claims in tasks; give them a bounded moment to land before the
-        // revoke (which frees the names anyway).
-        let until = time::now() + Duration::from_secs(1);
-        while s.exports.room_count() > 0 && time::now() < until {
-            time::sleep(Duration::from_millis(10)).await;
-        }
+        // Their exit hooks have run (and started the releases); the revoke frees whatever
+        // name a release has not reached yet.
         s.node.stop().await;
         s.app.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
