@@ -111,12 +111,10 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
     let mut timer = time::Timer::new();
     loop {
         tokio::select! {
-            _ = timer.until(answer_due) => {
-                if let Some(a) = ack.take() {
-                    let _ = a.send(Err(UNAVAILABLE_REASON.into()));
-                }
-                return ExitReason::Normal;
-            }
+            // Fixed order: an unbiased select draws from tokio's thread RNG, seeded from a
+            // process-wide counter, and a world would replay differently in-process than in a
+            // fresh process. The deadline goes last: an answer already here is taken.
+            biased;
             r = ctx.recv() => {
                 let out = match r {
                     Received::Msg(RoomMsg::AddPeerChannel { peer_id, channel: c, ack: a }) => {
@@ -205,6 +203,12 @@ pub async fn room_proxy(mut ctx: Ctx<RoomMsg>, mut p: RoomProxy) -> ExitReason {
                     return ExitReason::Error("channel backlog full".into());
                 }
             }
+            _ = timer.until(answer_due) => {
+                if let Some(a) = ack.take() {
+                    let _ = a.send(Err(UNAVAILABLE_REASON.into()));
+                }
+                return ExitReason::Normal;
+            }
         }
     }
 }
@@ -280,6 +284,8 @@ pub async fn channel_proxy(mut ctx: Ctx<ChannelMsg>, mut p: ChannelProxy) -> Exi
     }
     loop {
         let out = tokio::select! {
+            // Fixed order (see the room proxy's loop): the channel's side, then the room's.
+            biased;
             r = ctx.recv() => match r {
                 Received::Msg(ChannelMsg::MediaEvent(t)) => ToProxy::Media {
                     text: t.as_str().to_owned(),
