@@ -213,6 +213,28 @@ pub trait ClusterRooms: Send + Sync + fmt::Debug {
         &'a self,
         name: &'a str,
     ) -> Pending<'a, Result<Addr<RoomMsg>, JoinError>>;
+
+    /// Whether the room process `room` may act now: it holds a claim of this node, on the lease
+    /// the node holds now, before that lease's fence deadline. Asked by the room before it
+    /// handles anything, so a room of a node that was frozen past its lease ends on waking
+    /// instead of serving a name etcd may have given to another node.
+    fn room_may_act(&self, room: Pid) -> bool;
+
+    /// The node's standing in the cluster, for `/healthz` and `/metrics`.
+    fn health(&self) -> ClusterHealth;
+}
+
+/// What an operator (or a load balancer's health check) needs to know about a cluster node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterHealth {
+    /// Registered, with its lease before the fence deadline: it starts and serves rooms.
+    pub acting: bool,
+    /// Shutting down (SIGTERM): no new rooms.
+    pub draining: bool,
+    /// Rooms this node owns.
+    pub rooms: usize,
+    /// Nodes in the placement list as last read from etcd (this one included).
+    pub known_nodes: usize,
 }
 
 impl App {

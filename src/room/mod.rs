@@ -52,6 +52,10 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     probe::emit(Event::RoomStarted { sys, pid: me });
     let mut timer = rt::time::Timer::new();
     loop {
+        if !may_act(&app, me) {
+            return lease_lost(&name);
+        }
+        probe::emit(Event::RoomActing { sys, pid: me });
         // Checked before waiting, so a busy mailbox cannot put a drop or the stop off.
         let now = rt::time::now();
         if core.poll_timeout().is_some_and(|d| d <= now) {
@@ -66,6 +70,12 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
             r = ctx.recv() => r,
             _ = timer.until(core.poll_timeout()) => continue,
         };
+        // The wait may have outlasted the node's lease (a frozen node wakes with its mailbox
+        // full): nothing taken after that is handled.
+        if !may_act(&app, me) {
+            return lease_lost(&name);
+        }
+        probe::emit(Event::RoomActing { sys, pid: me });
         let steps = match received {
             Received::Msg(RoomMsg::AddPeerChannel {
                 peer_id,
@@ -109,6 +119,19 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     tracing::info!(room = %name, "room stopped: empty");
     probe::emit(Event::RoomStoppedEmpty { sys, pid: me });
     ExitReason::Normal
+}
+
+/// Whether this room may act now: always on a single node; in a cluster, only while its claim's
+/// lease is the node's and before its fence deadline (`ClusterRooms::room_may_act`).
+fn may_act(app: &App, me: rt::Pid) -> bool {
+    app.cluster.get().is_none_or(|c| c.room_may_act(me))
+}
+
+/// Ends a room whose node may no longer act for it: its peers' channels see it crash (not stop
+/// normally), answer `phx_error`, and their clients rejoin on a node that may act.
+fn lease_lost(name: &str) -> ExitReason {
+    tracing::warn!(room = %name, "room ended: its node's lease is past its fence deadline");
+    ExitReason::Error("lease_lost".into())
 }
 
 /// The sink the room gives its plane. Plane events must neither be lost (a lost answer stalls a

@@ -187,6 +187,13 @@ pub enum Event<'a> {
         sys: SysId,
         pid: Pid,
     },
+    /// A room is about to handle what it took (a message, a DOWN) or a timer: an act of the
+    /// name's owner. In a cluster it comes after the room checked that its node may still act
+    /// for it.
+    RoomActing {
+        sys: SysId,
+        pid: Pid,
+    },
     RoomRefusedFull,
     PeerLeft,
     PeerDroppedNoConnect,
@@ -246,6 +253,17 @@ pub enum Event<'a> {
     /// A join found no room it could reach or start in the cluster (etcd unreachable, the node
     /// fenced, the owner's node unreachable): refused, and the client's rejoin tries again.
     ClusterJoinFailed,
+    /// A room's claim won in etcd: the process `pid` (not started yet) owns `name` from
+    /// `epoch`, as long as etcd holds `value` at the name's key on `lease`. Every act of the room
+    /// (a message or DOWN it takes) must happen while that is still so.
+    RoomClaimed {
+        sys: SysId,
+        pid: Pid,
+        name: &'a str,
+        epoch: i64,
+        lease: i64,
+        value: &'a [u8],
+    },
     /// A channel joined a room on another node, through a room proxy.
     RemoteJoined,
     /// A proxy ended because its link went down (`noconnection`).
@@ -296,6 +314,7 @@ impl Event<'_> {
             Event::RoomStarted { .. } => "RoomStarted",
             Event::RoomStopping { .. } => "RoomStopping",
             Event::RoomStoppedEmpty { .. } => "RoomStoppedEmpty",
+            Event::RoomActing { .. } => "RoomActing",
             Event::RoomRefusedFull => "RoomRefusedFull",
             Event::PeerLeft => "PeerLeft",
             Event::PeerDroppedNoConnect => "PeerDroppedNoConnect",
@@ -335,6 +354,7 @@ impl Event<'_> {
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
             Event::ClusterJoinFailed => "ClusterJoinFailed",
+            Event::RoomClaimed { .. } => "RoomClaimed",
             Event::RemoteJoined => "RemoteJoined",
             Event::ProxyNoconnection => "ProxyNoconnection",
             Event::ProxyRemoteDown => "ProxyRemoteDown",

@@ -31,6 +31,18 @@ fn three_nodes(etcd: &Etcd) -> Vec<NodeProc> {
         .collect();
     for n in &nodes {
         assert!(n.healthy(), "{} answers /healthz", n.label());
+        assert_eq!(
+            n.metric("videoroom_cluster_acting"),
+            1.0,
+            "{} acts",
+            n.label()
+        );
+        assert!(
+            n.log().contains("dist link listening on 127.0.0.1:"),
+            "{} logs its dist port: {}",
+            n.label(),
+            n.tail(5)
+        );
     }
     nodes
 }
@@ -184,6 +196,13 @@ fn an_etcd_outage_ends_every_room_until_etcd_is_back() {
         n.wait_log(FENCED, outage.saturating_sub(stopped.elapsed()));
     }
     let all_fenced = stopped.elapsed();
+    // A fenced node tells a load balancer so, and says why.
+    for n in &nodes {
+        let (head, body) = crate::support::http::get_body(n.addr, "/healthz");
+        assert_eq!(head.status, 503, "{} fenced: /healthz {body}", n.label());
+        assert!(body.starts_with("fenced"), "{}: {body}", n.label());
+        assert_eq!(n.metric("videoroom_cluster_acting"), 0.0, "{}", n.label());
+    }
     // The outage itself is the scenario: keep etcd stopped for its whole length.
     std::thread::sleep(outage.saturating_sub(stopped.elapsed()));
     for cl in [&mut a, &mut b, &mut c] {
@@ -195,6 +214,13 @@ fn an_etcd_outage_ends_every_room_until_etcd_is_back() {
         n.wait_log_nth(ACTING, 2, Duration::from_secs(10));
     }
     let reregistered = resumed.elapsed();
+    for n in &nodes {
+        assert!(
+            n.healthy(),
+            "{} answers /healthz ok once acting again",
+            n.label()
+        );
+    }
     let within = Duration::from_secs(15);
     for (cl, from) in [&mut a, &mut b, &mut c].into_iter().zip(marks) {
         cl.expect_within(ev("rejoined").with("topic", t), within, from);
@@ -215,6 +241,76 @@ fn an_etcd_outage_ends_every_room_until_etcd_is_back() {
     assert!(
         errored.iter().all(|e| *e < Duration::from_secs(TTL_SECS)),
         "every room ended before the TTL ran out: {errored:?}"
+    );
+}
+
+/// A node frozen past its lease (SIGSTOP, as a long pause or a VM migration would freeze it) is
+/// the stale owner. The clients on the live nodes get `phx_error` once the link to it falls
+/// silent and meet again in a fresh room once etcd lets its lease lapse. When the frozen node
+/// wakes, its old room ends before it serves anything more: its own client gets `phx_error`,
+/// rejoins, and lands in the one room that runs, where the others see it; the woken node runs
+/// no room.
+#[test]
+fn a_node_frozen_past_its_lease_wakes_without_serving_its_old_room() {
+    let etcd = Etcd::start();
+    let nodes = three_nodes(&etcd);
+    let t = "room:frozen";
+    let mut probe = joined(&nodes[0].url(), "probe", t);
+    let owner = room_owner(&nodes.iter().collect::<Vec<_>>());
+    let live: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    // S's socket is on the room's node (a local channel), A's and B's on the others.
+    let mut s = joined(&nodes[owner].url(), "S", t);
+    let mut a = joined(&nodes[live[0]].url(), "A", t);
+    let mut b = joined(&nodes[live[1]].url(), "B", t);
+    all_meet(&mut [("S", &mut s), ("A", &mut a), ("B", &mut b)], t);
+    probe.cmd(json!({"cmd": "leave", "topic": t}));
+    probe.expect(ev("leave_ok").with("topic", t));
+    drop(probe);
+
+    let frozen_for = Duration::from_secs(TTL_SECS + 2);
+    let marks = [s.mark(), a.mark(), b.mark()];
+    nodes[owner].signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    a.expect_within(msg(t, "phx_error"), Duration::from_secs(10), marks[1]);
+    b.expect_within(msg(t, "phx_error"), Duration::from_secs(10), marks[2]);
+    let within = Duration::from_secs(TTL_SECS + 10);
+    a.expect_within(ev("rejoined").with("topic", t), within, marks[1]);
+    b.expect_within(ev("rejoined").with("topic", t), within, marks[2]);
+    let ab = all_meet(&mut [("A", &mut a), ("B", &mut b)], t);
+    let met = frozen.elapsed();
+    let survivors = [&nodes[live[0]], &nodes[live[1]]];
+    let new_owner = room_owner(&survivors);
+    // The freeze is the scenario: hold it past the lease TTL whatever the rejoins took.
+    std::thread::sleep(frozen_for.saturating_sub(frozen.elapsed()));
+
+    let (from_a, from_b) = (a.mark(), b.mark());
+    nodes[owner].signal(libc::SIGCONT);
+    let woke = Instant::now();
+    s.expect_within(msg(t, "phx_error"), Duration::from_secs(10), marks[0]);
+    let errored = woke.elapsed();
+    s.expect_within(
+        ev("rejoined").with("topic", t),
+        Duration::from_secs(20),
+        marks[0],
+    );
+    let con = connect_media_within(&mut s, t, "S", CROSS_NODE);
+    let mut seen = other_ids(&con);
+    seen.sort();
+    let mut want = ab.clone();
+    want.sort();
+    assert_eq!(seen, want, "S lands in the room A and B are in: {con}");
+    let id = own_id(&con);
+    expect_media_within(&mut a, t, "endpointAdded", &id, CROSS_NODE, from_a);
+    expect_media_within(&mut b, t, "endpointAdded", &id, CROSS_NODE, from_b);
+    let rejoined = woke.elapsed();
+    let after = room_owner(&nodes.iter().collect::<Vec<_>>());
+    assert_ne!(after, owner, "the woken node runs no room");
+    eprintln!(
+        "{} frozen {frozen_for:?}: A and B met again in a fresh room on {} {met:?} after the \
+         freeze; on waking, S got phx_error after {errored:?} and met A and B {rejoined:?} \
+         after",
+        nodes[owner].label(),
+        survivors[new_owner].label(),
     );
 }
 

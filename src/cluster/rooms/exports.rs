@@ -87,6 +87,11 @@ impl Exports {
         self.lock().rooms.get(&pid).cloned()
     }
 
+    /// The lease `pid`'s claim is on, if `pid` is a room this node owns.
+    pub fn room_lease(&self, pid: u64) -> Option<i64> {
+        self.lock().rooms.get(&pid).map(|r| r.lease)
+    }
+
     /// Every room exported now (fencing ends them all).
     pub fn rooms(&self) -> Vec<(u64, LocalRoom)> {
         let mut all: Vec<_> = self

@@ -41,7 +41,7 @@ use super::dist::{
 use super::etcd::client::EtcdClient;
 use super::lease::LeaseConfig;
 use super::node::{Node, NodeConfig, NodeRecord, NodeStatus};
-use crate::app::{App, ClusterRooms, Pending};
+use crate::app::{App, ClusterHealth, ClusterRooms, Pending};
 use crate::messages::RoomMsg;
 use crate::registry::{JoinError, StartError};
 use crate::room;
@@ -276,6 +276,14 @@ impl Shared {
             Err(e) => return Started::NotHere(e.to_string()),
         };
         let record = self.node.room_record(pid.0);
+        rt::probe::emit(rt::probe::Event::RoomClaimed {
+            sys: self.sys.id(),
+            pid,
+            name,
+            epoch,
+            lease,
+            value: &record.to_value(),
+        });
         self.exports.add_room(
             pid.0,
             LocalRoom {
@@ -626,6 +634,23 @@ impl ClusterRooms for Cluster {
     ) -> Pending<'a, Result<Addr<RoomMsg>, JoinError>> {
         Box::pin(Cluster::whereis_or_start(self, name))
     }
+
+    fn health(&self) -> ClusterHealth {
+        ClusterHealth {
+            acting: self.is_acting(),
+            draining: self.0.draining.load(Ordering::Relaxed),
+            rooms: self.room_count(),
+            known_nodes: self.known_nodes(),
+        }
+    }
+
+    fn room_may_act(&self, room: Pid) -> bool {
+        let s = &self.0;
+        match (s.exports.room_lease(room.0), s.node.acting_now()) {
+            (Some(mine), Some((now, _))) => mine == now,
+            _ => false,
+        }
+    }
 }
 
 /// Ends every room of an incarnation that is fenced, and moves the dist identity on to each
@@ -648,7 +673,18 @@ async fn fence(s: Shared) {
                     s.sys.exit(Pid(pid), ExitReason::Error("lease_lost".into()));
                 }
             }
-            NodeStatus::Acting { incarnation, .. } => s.dist.set_incarnation(incarnation),
+            NodeStatus::Acting {
+                incarnation, lease, ..
+            } => {
+                // Fenced and back as a new incarnation between two looks at the status: the
+                // rooms claimed on the old lease end all the same.
+                for (pid, room) in s.exports.rooms() {
+                    if room.lease != lease {
+                        s.sys.exit(Pid(pid), ExitReason::Error("lease_lost".into()));
+                    }
+                }
+                s.dist.set_incarnation(incarnation)
+            }
             NodeStatus::Starting => {}
         }
         if status.changed().await.is_err() {

@@ -189,6 +189,12 @@ impl NodeProc {
         self.child.id() as libc::pid_t
     }
 
+    /// Sends `sig` (SIGSTOP freezes the node, as a long pause would; SIGCONT wakes it).
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped until we wait on it.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill({sig})");
+    }
+
     /// `kill -9`, and reaps it.
     pub fn kill9(&mut self) {
         if self.killed {
