@@ -369,6 +369,14 @@ async fn main() -> std::process::ExitCode {
         "videoroom listening on {scheme}://{}",
         server.local_addr()
     );
+    if let Some(c) = server.cluster() {
+        // With `--dist-listen …:0` this is the only place the chosen port shows.
+        tracing::info!(
+            node = c.node_id(),
+            "dist link listening on {}",
+            c.dist_addr()
+        );
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: closing every connection with 1012");
     server.shutdown().await;

@@ -78,14 +78,30 @@ pub fn headroom_router(edge: Edge) -> Router {
         .with_state(edge)
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// 200 `ok` when the node serves. In a cluster, 503 while the node may not act (not registered
+/// yet, or fenced: it cannot prove its etcd lease alive, so its rooms ended and it takes no
+/// joins) or drains, so a load balancer sends new sockets to the other nodes meanwhile.
+async fn healthz(State(edge): State<Edge>) -> Response {
+    match edge.app.cluster.get().map(|c| c.health()) {
+        Some(h) if h.draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping: this node is draining\n",
+        )
+            .into_response(),
+        Some(h) if !h.acting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fenced: this node cannot prove its etcd lease alive and serves no room until etcd \
+             answers again\n",
+        )
+            .into_response(),
+        _ => "ok".into_response(),
+    }
 }
 
 async fn metrics(State(edge): State<Edge>) -> Response {
     let turn = (edge.turn_report)();
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    let mut body = edge.app.metrics.render(&[
+    let mut gauges = vec![
         (
             "videoroom_turn_allocations",
             "Allocations on the integrated TURN server.",
@@ -96,7 +112,32 @@ async fn metrics(State(edge): State<Edge>) -> Response {
             "The connection cap (connections past it only get /healthz).",
             gauge(edge.connection_cap),
         ),
-    ]);
+    ];
+    if let Some(h) = edge.app.cluster.get().map(|c| c.health()) {
+        gauges.extend([
+            (
+                "videoroom_cluster_acting",
+                "1 while this node may act (registered, lease before its fence deadline).",
+                i64::from(h.acting),
+            ),
+            (
+                "videoroom_cluster_draining",
+                "1 once this node drains (SIGTERM): no new rooms.",
+                i64::from(h.draining),
+            ),
+            (
+                "videoroom_cluster_rooms_owned",
+                "Rooms this node owns through a claim in etcd.",
+                gauge(h.rooms),
+            ),
+            (
+                "videoroom_cluster_nodes_known",
+                "Nodes in the placement list as last read from etcd.",
+                gauge(h.known_nodes),
+            ),
+        ]);
+    }
+    let mut body = edge.app.metrics.render(&gauges);
     turn.render(&mut body);
     (
         [(
