@@ -375,29 +375,17 @@ impl Shared {
         };
         self.pending_lock().remove(&key);
         match answer {
-            Some(ToNode::Started { pid, epoch, .. }) => {
-                self.count_placed(&target.node_id);
-                Started::There(Owner {
-                    record: RoomRecord {
-                        node_id: target.node_id.clone(),
-                        dist_addr: target.dist_addr.clone(),
-                        token: pid,
-                        incarnation: target.incarnation,
-                    },
-                    epoch: epoch as i64,
-                })
-            }
+            Some(ToNode::Started { pid, epoch, .. }) => Started::There(Owner {
+                record: RoomRecord {
+                    node_id: target.node_id.clone(),
+                    dist_addr: target.dist_addr.clone(),
+                    token: pid,
+                    incarnation: target.incarnation,
+                },
+                epoch: epoch as i64,
+            }),
             Some(ToNode::NotStarted { reason, .. }) => Started::NotHere(reason),
             _ => Started::NotHere(format!("{} did not answer", target.node_id)),
-        }
-    }
-
-    /// Counts a room just placed on `node` until its next published load replaces the figure,
-    /// so a burst of new rooms spreads instead of all going to the node that looked emptiest.
-    fn count_placed(&self, node: &str) {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = nodes.iter_mut().find(|n| n.node_id == node) {
-            n.rooms += 1;
         }
     }
 
@@ -407,23 +395,15 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The node a new room `name` goes to: the live node with the fewest rooms (ties broken by
-    /// a hash of room and node, so racing joiners agree); `None` for this node.
+    /// The node a new room `name` goes to (see [`pick`]); `None` for this node. The choice is
+    /// counted on the chosen node at once, so a burst of new rooms spreads before the next
+    /// published loads arrive.
     fn place(&self, name: &str) -> Option<NodeRecord> {
-        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let me = self.me();
-        let mine = self.exports.room_count();
-        let score = |n: &NodeRecord| {
-            let rooms = if n.node_id == me { mine } else { n.rooms };
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (name, &n.node_id).hash(&mut h);
-            (rooms, h.finish())
-        };
-        let best = nodes
-            .iter()
-            .filter(|n| n.incarnation != 0)
-            .min_by_key(|n| score(n))?;
-        (best.node_id != me).then(|| best.clone())
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let at = pick(&nodes, name)?;
+        let best = &mut nodes[at];
+        best.rooms += 1;
+        (best.node_id != self.me()).then(|| best.clone())
     }
 
     /// The tutorial's join across the cluster (see [`Cluster::whereis_or_start`]).
@@ -486,6 +466,22 @@ impl Shared {
         }
         Err(failed(last))
     }
+}
+
+/// Which of the registered `nodes` a new room `name` goes to: the fewest rooms, ties broken by
+/// a hash of room and node (so racing joiners agree). Every node, this one included, is judged
+/// by the same figures: its load as last read from etcd plus the rooms placed on it since. (A
+/// node's own live count against the others' older figures made it look emptiest whenever its
+/// rooms were short-lived, and it kept nearly every new room.)
+fn pick(nodes: &[NodeRecord], name: &str) -> Option<usize> {
+    let score = |n: &NodeRecord| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name, &n.node_id).hash(&mut h);
+        (n.rooms, h.finish())
+    };
+    (0..nodes.len())
+        .filter(|i| nodes[*i].incarnation != 0)
+        .min_by_key(|i| score(&nodes[*i]))
 }
 
 /// The cluster mode of one node. Cheap to clone.
@@ -705,5 +701,52 @@ async fn read_nodes(s: Shared) {
         }
         let next: Instant = time::now() + NODES_EVERY;
         time::sleep_until(next).await;
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    fn node(name: &str, rooms: usize) -> NodeRecord {
+        NodeRecord {
+            node_id: name.to_owned(),
+            rooms,
+            incarnation: 1,
+            dist_addr: String::new(),
+        }
+    }
+
+    /// Places `n` rooms the way `Shared::place` does: each choice counted at once.
+    fn place_all(nodes: &mut [NodeRecord], n: usize) -> Vec<usize> {
+        let mut per_node = vec![0; nodes.len()];
+        for i in 0..n {
+            let at = pick(nodes, &format!("room-{i}")).expect("a node");
+            nodes[at].rooms += 1;
+            per_node[at] += 1;
+        }
+        per_node
+    }
+
+    #[test]
+    fn a_burst_of_new_rooms_spreads_evenly() {
+        let mut nodes = vec![node("a", 0), node("b", 0), node("c", 0)];
+        assert_eq!(place_all(&mut nodes, 30), vec![10, 10, 10]);
+    }
+
+    #[test]
+    fn new_rooms_fill_the_emptiest_node_first() {
+        let mut nodes = vec![node("a", 6), node("b", 2), node("c", 4)];
+        assert_eq!(place_all(&mut nodes, 6), vec![0, 4, 2]);
+    }
+
+    #[test]
+    fn unregistered_nodes_get_nothing_and_racing_joiners_agree() {
+        let mut nodes = vec![node("a", 3), node("b", 0), node("c", 3)];
+        nodes[1].incarnation = 0;
+        let first = pick(&nodes, "x");
+        assert_ne!(first, Some(1));
+        assert_eq!(pick(&nodes, "x"), first);
+        assert_eq!(pick(&[], "x"), None);
     }
 }
