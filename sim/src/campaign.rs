@@ -124,6 +124,8 @@ pub fn run_job(job: &Job, record: bool) -> Outcome {
         Ok(f) => f,
         Err(e) => return crashed(job, e),
     };
+    let kept = crate::trace::TraceSlot::default();
+    let slot = kept.clone();
     let run = move || async move {
         let start = videoroom::rt::time::now();
         let r = world::run(
@@ -131,6 +133,7 @@ pub fn run_job(job: &Job, record: bool) -> Outcome {
             Options {
                 overrides,
                 record,
+                keep_trace: Some(slot),
                 ..opts()
             },
         )
@@ -157,7 +160,15 @@ pub fn run_job(job: &Job, record: bool) -> Outcome {
             failure: r.failure,
             simulated,
         },
-        Err(panic) => crashed(job, panic),
+        Err(panic) => Outcome {
+            trace: kept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|t| t.lines())
+                .unwrap_or_default(),
+            ..crashed(job, panic)
+        },
     }
 }
 

@@ -21,6 +21,8 @@ pub const ETCD_PORT: u16 = 2379;
 pub struct Etcd {
     pub model: Mutex<EtcdModel>,
     start: time::Instant,
+    /// Leases that lapsed (id, etcd's time in ms), for the ownership oracle to take.
+    pub lapsed: Mutex<Vec<(i64, u64)>>,
 }
 
 impl Etcd {
@@ -28,6 +30,7 @@ impl Etcd {
         Arc::new(Etcd {
             model: Mutex::new(EtcdModel::new()),
             start: time::now(),
+            lapsed: Mutex::new(Vec::new()),
         })
     }
 
@@ -35,7 +38,8 @@ impl Etcd {
         format!("http://{ETCD_IP}:{ETCD_PORT}")
     }
 
-    fn now_ms(&self) -> u64 {
+    /// etcd's clock: milliseconds since the world began.
+    pub fn now_ms(&self) -> u64 {
         (time::now() - self.start).as_millis() as u64
     }
 
@@ -67,7 +71,11 @@ pub async fn serve(etcd: Arc<Etcd>) {
         loop {
             time::sleep(Duration::from_millis(50)).await;
             let now = e.now_ms();
-            e.model.lock().unwrap().expire(now);
+            let gone = e.model.lock().unwrap().expire(now);
+            e.lapsed
+                .lock()
+                .unwrap()
+                .extend(gone.into_iter().map(|id| (id, now)));
         }
     });
     loop {

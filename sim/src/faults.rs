@@ -17,6 +17,7 @@ use videoroom::rt::{time, ExitReason};
 use crate::client::Views;
 use crate::named_enum;
 use crate::oracle::Oracles;
+use crate::ownership::NodeLife;
 use crate::server::{self, CurrentApp};
 use crate::streams::Stream;
 use crate::trace::Trace;
@@ -35,13 +36,18 @@ named_enum! {
         ServerRestart = "server_restart",
         NodeSplit = "node_split",
         EtcdCut = "etcd_cut",
+        NodePause = "node_pause",
+        EtcdRestart = "etcd_restart",
     }
 }
 
 impl Fault {
     /// Faults that only a cluster world has targets for.
     pub fn cluster_only(self) -> bool {
-        matches!(self, Fault::NodeSplit | Fault::EtcdCut)
+        matches!(
+            self,
+            Fault::NodeSplit | Fault::EtcdCut | Fault::NodePause | Fault::EtcdRestart
+        )
     }
 }
 
@@ -59,7 +65,16 @@ enum Episode {
     Split(NodeId, NodeId),
     /// A server node cannot reach etcd (cluster worlds).
     EtcdCut(NodeId, NodeId),
+    /// A server node is frozen (a stop-the-world pause, a VM migration), its clock running on:
+    /// past the lease TTL it wakes as the stale owner (cluster worlds).
+    Pause(NodeId),
 }
+
+/// How long a node pause or an etcd cut lasts: short ones, and ones past the simulation's lease
+/// TTL (4 s), so the node wakes (or hears from etcd again) after etcd let its lease lapse and
+/// other nodes may own its rooms' names.
+const SHORT_OUTAGE_MS: std::ops::Range<u64> = 100..2_000;
+const LONG_OUTAGE_MS: std::ops::Range<u64> = 4_500..7_000;
 
 /// What the injector reaches into, its stream, and the episodes in force.
 pub struct Injector<'a> {
@@ -76,6 +91,8 @@ pub struct Injector<'a> {
     pub rng: Stream,
     /// Faults applied, by name.
     pub applied: BTreeMap<&'static str, u64>,
+    /// Freezes and kills of server nodes, told to the ownership oracle.
+    pub life: NodeLife,
     running: Vec<(time::Instant, Episode)>,
 }
 
@@ -107,6 +124,7 @@ impl<'a> Injector<'a> {
             clients,
             rng,
             applied: BTreeMap::new(),
+            life: NodeLife::default(),
             running: Vec::new(),
         }
     }
@@ -136,7 +154,13 @@ impl<'a> Injector<'a> {
 
     /// Ends every episode and restores the healthy network (the start of settle).
     pub fn heal_all(&mut self) {
-        self.running.clear();
+        for (_, ep) in std::mem::take(&mut self.running) {
+            if let Episode::Pause(n) = ep {
+                self.trace.log(format_args!("heal pause: node {n}"));
+                Handle::current().resume(n);
+                self.life.thaw(n);
+            }
+        }
         let net = self.net;
         net.update_config(|c| {
             c.packet_loss_rate = 0.0;
@@ -180,6 +204,16 @@ impl<'a> Injector<'a> {
             self.net.unclog_link(a, b);
             self.net.unclog_link(b, a);
         }
+    }
+
+    /// How long a node pause or an etcd cut lasts: short, or past the lease TTL.
+    fn outage(&mut self) -> Duration {
+        let range = if self.rng.chance(0.5) {
+            LONG_OUTAGE_MS
+        } else {
+            SHORT_OUTAGE_MS
+        };
+        Duration::from_millis(range.start + self.rng.below(range.end - range.start))
     }
 
     fn start(&mut self, ep: Episode) -> Duration {
@@ -243,6 +277,11 @@ impl<'a> Injector<'a> {
                     self.both_ways(*a, *b, false);
                 }
             }
+            Episode::Pause(n) => {
+                self.trace.log(format_args!("heal pause: node {n}"));
+                Handle::current().resume(*n);
+                self.life.thaw(*n);
+            }
         }
     }
 
@@ -250,6 +289,24 @@ impl<'a> Injector<'a> {
         let (trace, net) = (self.trace, self.net);
         let target = self.pick_server();
         let (app, server) = (&self.apps[target], self.servers[target]);
+        // A frozen node runs none of its processes: asking its rooms anything (a crash first
+        // reads the room's peers) would wait for the thaw, which only this injector brings.
+        let frozen = self
+            .running
+            .iter()
+            .any(|(_, e)| *e == Episode::Pause(server));
+        let touches_node = matches!(
+            fault,
+            Fault::RoomCrash
+                | Fault::EngineCrash
+                | Fault::ChannelCrash
+                | Fault::SocketDrop
+                | Fault::ServerRestart
+                | Fault::NodePause
+        );
+        if frozen && touches_node {
+            return false;
+        }
         match fault {
             Fault::RoomCrash | Fault::EngineCrash => {
                 let Some(app) = current(app) else {
@@ -360,9 +417,38 @@ impl<'a> Injector<'a> {
                 let Some(etcd) = self.etcd else {
                     return false;
                 };
-                let d = self.start(Episode::EtcdCut(server, etcd));
-                trace.log(format_args!("fault etcd_cut: {server} for {d:?}"));
-                self.both_ways(server, etcd, true);
+                // One node cut off, or etcd unreachable for every node; half the cuts outlast
+                // the lease TTL, so the cut nodes fence and etcd lets their leases lapse.
+                let cut: Vec<NodeId> = if self.rng.chance(0.3) {
+                    self.servers.to_vec()
+                } else {
+                    vec![server]
+                };
+                let d = self.outage();
+                for n in &cut {
+                    self.running
+                        .push((time::now() + d, Episode::EtcdCut(*n, etcd)));
+                    self.both_ways(*n, etcd, true);
+                }
+                trace.log(format_args!("fault etcd_cut: {cut:?} for {d:?}"));
+                true
+            }
+            Fault::NodePause => {
+                let d = self.outage();
+                self.running.push((time::now() + d, Episode::Pause(server)));
+                trace.log(format_args!("fault node_pause: {server} for {d:?}"));
+                Handle::current().pause(server);
+                self.life.freeze(server);
+                true
+            }
+            Fault::EtcdRestart => {
+                let Some(etcd) = self.etcd else {
+                    return false;
+                };
+                // Its data outlives the process (`etcd_node::Etcd`): a restart with disks kept.
+                trace.log("fault etcd_restart");
+                Handle::current().kill(etcd);
+                Handle::current().restart(etcd);
                 true
             }
             Fault::ServerRestart => {
@@ -371,6 +457,7 @@ impl<'a> Injector<'a> {
                 // `restart` alone keeps the old incarnation's sockets bound (madsim resets a
                 // node's network only on `kill`), so the new listener could never bind.
                 Handle::current().kill(server);
+                self.life.killed(server);
                 Handle::current().restart(server);
                 true
             }

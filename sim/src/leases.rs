@@ -37,6 +37,7 @@ use videoroom::cluster::node::{Node, NodeConfig, NodeError};
 use videoroom::rt::{self, time};
 
 use crate::oracle::ProbeLog;
+use crate::ownership::claim_broken;
 use crate::streams::Stream;
 use crate::trace::Trace;
 use crate::world::{Failure, Options, Report};
@@ -111,32 +112,15 @@ impl World {
     fn act(&self, idx: usize, name: &str, epoch: i64, lease: i64, record: &RoomRecord) {
         self.checks.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        {
-            let model = self.model.lock().unwrap();
-            let key = self.keys.room(name);
-            let value = record.to_value();
-            match model.get(&key) {
-                Some(kv) if kv.value == value.as_slice() && kv.lease == lease => {}
-                Some(kv) => self.violation(format!(
-                    "n{idx} acted on {name} (epoch {epoch}) but etcd holds {} on lease {:x}",
-                    String::from_utf8_lossy(kv.value),
-                    kv.lease
-                )),
-                None => self.violation(format!(
-                    "n{idx} acted on {name} (epoch {epoch}) after etcd dropped its key"
-                )),
-            }
-            let held = model.leases().find(|l| l.id == lease);
-            match held {
-                Some(l) if l.expiry_ms > now => {}
-                Some(l) => self.violation(format!(
-                    "n{idx} acted on {name} at {now} ms on lease {lease:x}, which lapsed at {} ms",
-                    l.expiry_ms
-                )),
-                None => self.violation(format!(
-                    "n{idx} acted on {name} on lease {lease:x}, which etcd revoked"
-                )),
-            }
+        let broken = claim_broken(
+            &self.model.lock().unwrap(),
+            &self.keys.room(name),
+            &record.to_value(),
+            lease,
+            now,
+        );
+        if let Some(why) = broken {
+            self.violation(format!("n{idx} acted on {name} (epoch {epoch}): {why}"));
         }
         let mut names = self.names.lock().unwrap();
         let st = names.entry(name.to_owned()).or_default();
@@ -175,7 +159,7 @@ impl World {
 
 /// Runs one world of the `cluster-leases` scenario.
 pub async fn run(seed: u64, opts: Options) -> Report {
-    let trace = Trace::new(opts.record);
+    let trace = Trace::kept(opts.record, opts.keep_trace.as_ref());
     // The product's typed probe events (the node's retries among them) count as coverage; its
     // never-events and broken promises fail the seed.
     let probe = ProbeLog::default();

@@ -12,6 +12,7 @@ pub mod knobs;
 pub mod leases;
 pub mod named;
 pub mod oracle;
+pub mod ownership;
 pub mod registry_race;
 pub mod scenarios;
 pub mod server;

@@ -18,6 +18,8 @@ use videoroom::rt::promises::{Panicked, Promises, Violation};
 use videoroom::rt::time;
 
 use crate::coverage::Counts;
+use crate::etcd_node::Etcd;
+use crate::ownership::{NodeLife, Ownership};
 use crate::trace::Trace;
 
 /// A panic caught at a crash boundary, when it happened.
@@ -234,6 +236,8 @@ struct ProbeInner {
     events: Counts,
     promises: Promises,
     crashes: Vec<Crash>,
+    /// Cluster worlds: the claims of the product's rooms, checked against etcd at every act.
+    ownership: Option<(Ownership, Arc<Etcd>)>,
 }
 
 /// One world's probe events: counts, the promise model and the crashes. Lives on the world's
@@ -250,9 +254,22 @@ impl ProbeLog {
         probe::install(move |e| me.observe(e, &trace, started))
     }
 
+    /// From now on, checks every act of a claimed room against `etcd` (cluster worlds).
+    pub fn watch_ownership(&self, etcd: Arc<Etcd>, life: NodeLife) {
+        let own = Ownership::new(videoroom::cluster::claims::Keys::default(), life);
+        self.0.borrow_mut().ownership = Some((own, etcd));
+    }
+
     fn observe(&self, e: &Event<'_>, trace: &Trace, started: time::Instant) {
         let mut i = self.0.borrow_mut();
         i.events.count(e);
+        if let Some((own, etcd)) = i.ownership.as_mut() {
+            let n = own.violations().len();
+            own.observe(e, etcd);
+            for v in &own.violations()[n..] {
+                trace.log(format!("broken promise: {v}"));
+            }
+        }
         let (v0, p0) = (i.promises.violations().len(), i.promises.panics().len());
         i.promises.observe(e);
         if i.promises.violations().len() == v0 && i.promises.panics().len() == p0 {
@@ -277,6 +294,20 @@ impl ProbeLog {
     /// Broken runtime/registry promises and never-events reached, in the order they happened.
     pub fn violations(&self) -> Vec<Violation> {
         self.0.borrow().promises.violations().to_vec()
+    }
+
+    /// Broken ownership promises (cluster worlds), in the order they happened.
+    pub fn ownership_violations(&self) -> Vec<String> {
+        let i = self.0.borrow();
+        i.ownership
+            .as_ref()
+            .map_or_else(Vec::new, |(o, _)| o.violations().to_vec())
+    }
+
+    /// Acts of claimed rooms checked against etcd (cluster worlds).
+    pub fn ownership_checks(&self) -> u64 {
+        let i = self.0.borrow();
+        i.ownership.as_ref().map_or(0, |(o, _)| o.acts())
     }
 
     /// Panics caught at crash boundaries, in the order they happened.

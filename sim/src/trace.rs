@@ -59,6 +59,16 @@ impl Trace {
         }
     }
 
+    /// A trace like [`Trace::new`], also left in `slot`: a world the runtime aborts (its time
+    /// limit) unwinds without a report, and its lines are still there.
+    pub fn kept(record: bool, slot: Option<&TraceSlot>) -> Self {
+        let t = Trace::new(record);
+        if let Some(slot) = slot {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
+        }
+        t
+    }
+
     /// Logs one line. Pass `format_args!(..)` (or a `&str`) on hot paths: it is rendered only
     /// when recording.
     pub fn log(&self, line: impl fmt::Display) {
@@ -83,6 +93,9 @@ impl Trace {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).hash.0
     }
 }
+
+/// Where a world leaves its trace for whoever runs it (see [`Trace::kept`]).
+pub type TraceSlot = Arc<Mutex<Option<Trace>>>;
 
 impl Default for Trace {
     fn default() -> Self {

@@ -74,6 +74,8 @@ pub struct Options {
     /// The swarm on a cluster: [`CLUSTER_NODES`] server nodes and a simulated etcd, clients on
     /// random nodes, inter-node and etcd faults on top of the swarm's.
     pub cluster: bool,
+    /// Where the world leaves its trace, so a world the runtime aborts still shows its lines.
+    pub keep_trace: Option<crate::trace::TraceSlot>,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             candidate_burst: None,
             leases: false,
             cluster: false,
+            keep_trace: None,
         }
     }
 }
@@ -152,7 +155,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     }
     opts.overrides.apply(&mut swarm, &mut opts.chaos);
     let workload = Stream::new(seed, "workload");
-    let trace = Trace::new(opts.record);
+    let trace = Trace::kept(opts.record, opts.keep_trace.as_ref());
     let oracles = Oracles::traced(&trace);
     // Before the server exists: every probe event of this world, and only of this world.
     let probe = ProbeLog::default();
@@ -286,6 +289,10 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         panic!("the swarm drew limits the server refuses: {e}");
     }
     let etcd_data = opts.cluster.then(Etcd::new);
+    let life = crate::ownership::NodeLife::default();
+    if let Some(e) = &etcd_data {
+        probe.watch_ownership(e.clone(), life.clone());
+    }
     let etcd = etcd_data.clone().map(|e| {
         let node = handle
             .create_node()
@@ -383,6 +390,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         &client_nodes,
         Stream::new(seed, "faults"),
     );
+    injector.life = life.clone();
     let mut next_fault = time::now() + swarm.fault_gap(&mut injector.rng);
     let mut audited: Audited = Vec::new();
     while time::now() < chaos_end {
@@ -520,7 +528,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         swarm: swarm.to_string(),
         digest: trace.digest(),
         trace: trace.lines(),
-        checks: oracles.checks(),
+        checks: oracles.checks() + probe.ownership_checks(),
         coverage,
         faults,
         failure,
@@ -554,12 +562,18 @@ const VERDICT_VIOLATIONS: usize = 10;
 
 /// The promises the runtime, registry and room broke, first ones first, as verdict lines.
 fn promise_violations(probe: &ProbeLog) -> Vec<String> {
-    let all = probe.violations();
-    let mut out: Vec<String> = all
+    let all: Vec<String> = probe
+        .violations()
         .iter()
-        .take(VERDICT_VIOLATIONS)
         .map(|v| format!("promise: {v}"))
+        .chain(
+            probe
+                .ownership_violations()
+                .into_iter()
+                .map(|v| format!("ownership: {v}")),
+        )
         .collect();
+    let mut out: Vec<String> = all.iter().take(VERDICT_VIOLATIONS).cloned().collect();
     if all.len() > VERDICT_VIOLATIONS {
         out.push(format!(
             "and {} more broken promises (see the trace)",
@@ -587,7 +601,9 @@ type Audited = Vec<Option<(videoroom::rt::probe::SysId, u64, u64)>>;
 
 /// [`check_server`] on every node, and across nodes: a name is registered on one node at most
 /// at any instant (a room gives up its local name before it releases its claim, and a fenced
-/// node ends its rooms before its lease can lapse).
+/// node ends its rooms before its lease can lapse), counting only rooms that may act: a node
+/// frozen past its lease wakes with its rooms still registered, and they end at their first
+/// step (whether they act meanwhile is the ownership oracle's to judge, against etcd).
 fn check_servers(apps: &[CurrentApp], oracles: &Oracles, audited: &mut Audited) {
     audited.resize(apps.len(), None);
     let mut changed = false;
@@ -600,8 +616,11 @@ fn check_servers(apps: &[CurrentApp], oracles: &Oracles, audited: &mut Audited) 
     let mut owners: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (idx, app) in apps.iter().enumerate() {
         if let Some(app) = current(app) {
-            for (name, _) in app.rooms.entries() {
-                owners.entry(name).or_default().push(idx);
+            let cluster = app.cluster.get();
+            for (name, pid) in app.rooms.entries() {
+                if cluster.is_none_or(|c| c.room_may_act(pid)) {
+                    owners.entry(name).or_default().push(idx);
+                }
             }
         }
     }

@@ -522,10 +522,15 @@ fn cluster_seeds_replay_bit_for_bit_in_fresh_processes() {
 
 /// The swarm on a cluster (`--scenario cluster`): three server nodes and the simulated etcd,
 /// clients on random nodes, rooms placed across nodes and joined through proxies, with node
-/// splits, nodes cut from etcd and node restarts on top of the swarm's faults. Every oracle of
-/// the single-node swarm holds across nodes (one DOWN per monitor through the proxies, every
-/// join answered once and within the client's patience, convergence by exact peer ids), a
-/// name is registered on one node at most at any instant, and no claim outlives its rooms.
+/// splits, nodes (or all of them) cut from etcd past the lease TTL, nodes frozen past it (the
+/// stale owner), etcd restarts with its data and node restarts on top of the swarm's faults.
+/// Every oracle of the single-node swarm holds across nodes (one DOWN per monitor through the
+/// proxies, every join answered once and within the client's patience, convergence by exact peer
+/// ids), every act of a room happens while etcd holds its claim (so at most one room acts per
+/// name at any instant, and epochs only grow per name), no room outlives its lease, a name is
+/// registered on one node at most among rooms that may act, and no claim outlives its rooms.
+/// Seeds 4, 29, 61, 98, 130, 172, 204, 243 and 260 found the stale owner acting (a room of a
+/// node frozen past its lease served what was queued for it on waking): they are in the range.
 /// `VIDEOROOM_SIM_SWARM_CLUSTER_CAMPAIGN=N` changes the seed count (default 1000, about 20 s).
 #[test]
 fn cluster_swarm_campaign_keeps_every_promise_across_nodes() {
@@ -545,13 +550,21 @@ fn cluster_swarm_campaign_keeps_every_promise_across_nodes() {
             "ProxyRemoteDown",
             "ClusterJoinFailed",
             "FencedLeaseRevoked",
+            "RoomClaimed",
+            "RoomActing",
         ] {
             assert!(
                 coverage.get(reach).copied().unwrap_or(0) > 0,
                 "no seed reached {reach:?}"
             );
         }
-        for f in ["node_split", "etcd_cut", "server_restart"] {
+        for f in [
+            "node_split",
+            "etcd_cut",
+            "server_restart",
+            "node_pause",
+            "etcd_restart",
+        ] {
             assert!(
                 v["faults"][f].as_u64().unwrap_or(0) > 0,
                 "no seed injected {f}"

@@ -99,6 +99,8 @@ impl Client {
                 "server_restart",
                 "node_split",
                 "etcd_cut",
+                "node_pause",
+                "etcd_restart",
                 "latency",
                 "loss",
             ]

@@ -1,0 +1,269 @@
+//! The cluster's ownership oracle (docs/cluster.md, G1): a room acts only while etcd holds its
+//! claim. Checked at the instant of every act, against the world's etcd model, never against
+//! what the product believes about its own lease.
+//!
+//! An act is the room handling what it took from its mailbox (a message, a DOWN) or a timer
+//! (`RoomActing`, which the room emits once it has checked that its node may act for it). At
+//! that instant the name's key must hold the room's own claim value, on the lease
+//! the claim was made under, and that lease must not have lapsed in etcd's time (the model
+//! drops lapsed keys on its own tick, so the lease's expiry is compared, not only the key's
+//! presence). Holding the key is exclusive, so this also gives "at most one acting room per
+//! name at any simulated instant"; and per name, the epochs claimed only grow and acts never go
+//! back to an older epoch.
+//!
+//! Fencing is also checked for promptness: a node that cannot renew ends its rooms at its fence
+//! deadline, a margin before etcd lets the lease lapse, so when etcd lets a lease lapse no room
+//! claimed on it may still be alive. Exempt are rooms of a node that was frozen within the
+//! last lease TTL (it could not run its fence; it ends them on waking, before any act, which the
+//! act check holds it to) and rooms of a node that was killed (they are gone with it).
+//!
+//! Shared by both cluster worlds: the swarm on a cluster (fed by the product's probe events)
+//! and the lease world (`leases`, whose rooms are the world's own workload).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::task::NodeId;
+use videoroom::cluster::etcd::model::EtcdModel;
+use videoroom::cluster::lease::LeaseConfig;
+use videoroom::rt::time::{self, Instant};
+
+use crate::etcd_node::Etcd;
+use videoroom::rt::probe::{Event, SysId};
+use videoroom::rt::Pid;
+
+/// Why an act at `now_ms` is illegitimate, or `None` if etcd still holds the claim: `key`
+/// holds `value` on `lease`, and `lease` has not lapsed.
+pub fn claim_broken(
+    model: &EtcdModel,
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+    now_ms: u64,
+) -> Option<String> {
+    match model.get(key) {
+        Some(kv) if kv.value == value && kv.lease == lease => {}
+        Some(kv) => {
+            return Some(format!(
+                "etcd holds {} on lease {:x} there",
+                String::from_utf8_lossy(kv.value),
+                kv.lease
+            ))
+        }
+        None => return Some("etcd dropped its key".into()),
+    }
+    match model.leases().find(|l| l.id == lease) {
+        Some(l) if l.expiry_ms > now_ms => None,
+        Some(l) => Some(format!(
+            "at {now_ms} ms, on lease {lease:x}, which lapsed at {} ms",
+            l.expiry_ms
+        )),
+        None => Some(format!("on lease {lease:x}, which etcd revoked")),
+    }
+}
+
+/// What the fault injector did to server nodes that the oracle must know to judge fencing:
+/// freezes (a frozen node runs no fence) and kills (its rooms are gone without exiting).
+#[derive(Clone, Default)]
+pub struct NodeLife(Arc<Mutex<LifeInner>>);
+
+#[derive(Default)]
+struct LifeInner {
+    /// Per node: frozen now (`None`) or thawed at.
+    frozen: BTreeMap<NodeId, Option<Instant>>,
+    /// Nodes killed since the oracle last looked.
+    killed: Vec<NodeId>,
+}
+
+impl NodeLife {
+    pub fn freeze(&self, node: NodeId) {
+        self.0.lock().unwrap().frozen.insert(node, None);
+    }
+
+    pub fn thaw(&self, node: NodeId) {
+        self.0
+            .lock()
+            .unwrap()
+            .frozen
+            .insert(node, Some(time::now()));
+    }
+
+    pub fn killed(&self, node: NodeId) {
+        self.0.lock().unwrap().killed.push(node);
+    }
+
+    /// Whether `node` was frozen at any time in the last `window`.
+    fn frozen_within(&self, node: NodeId, window: Duration) -> bool {
+        match self.0.lock().unwrap().frozen.get(&node) {
+            Some(None) => true,
+            Some(Some(thawed)) => time::now().saturating_duration_since(*thawed) < window,
+            None => false,
+        }
+    }
+
+    fn take_killed(&self) -> Vec<NodeId> {
+        std::mem::take(&mut self.0.lock().unwrap().killed)
+    }
+}
+
+/// A claimed room's claim.
+struct Claim {
+    name: String,
+    epoch: i64,
+    lease: i64,
+    value: Vec<u8>,
+}
+
+/// Per name: the highest epoch claimed, and the last act's epoch and room.
+#[derive(Default)]
+struct NameLog {
+    max_claimed: i64,
+    last_act: Option<(i64, (SysId, Pid))>,
+}
+
+/// Follows the claims of the product's rooms through its probe events and checks every act.
+pub struct Ownership {
+    keys: videoroom::cluster::claims::Keys,
+    life: NodeLife,
+    /// The server node each process table runs on.
+    systems: BTreeMap<SysId, NodeId>,
+    claims: BTreeMap<(SysId, Pid), Claim>,
+    names: BTreeMap<String, NameLog>,
+    violations: Vec<String>,
+    acts: u64,
+}
+
+impl Ownership {
+    pub fn new(keys: videoroom::cluster::claims::Keys, life: NodeLife) -> Self {
+        Ownership {
+            keys,
+            life,
+            systems: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            names: BTreeMap::new(),
+            violations: Vec::new(),
+            acts: 0,
+        }
+    }
+
+    /// Feeds one probe event, with etcd as it is at this instant.
+    pub fn observe(&mut self, e: &Event<'_>, etcd: &Etcd) {
+        self.forget_killed();
+        self.check_lapsed(etcd);
+        let model = etcd.model.lock().unwrap();
+        let now_ms = etcd.now_ms();
+        let (sys, pid) = match *e {
+            Event::SystemStarted { sys } => {
+                // Emitted while the server node boots, so this is the node's context.
+                self.systems.insert(sys, madsim::plugin::node());
+                return;
+            }
+            Event::RoomClaimed {
+                sys,
+                pid,
+                name,
+                epoch,
+                lease,
+                value,
+            } => {
+                let log = self.names.entry(name.to_owned()).or_default();
+                if epoch <= log.max_claimed {
+                    let max = log.max_claimed;
+                    self.violations.push(format!(
+                        "room {name} claimed at epoch {epoch}, not above the last claimed epoch \
+                         {max}"
+                    ));
+                }
+                log.max_claimed = log.max_claimed.max(epoch);
+                self.claims.insert(
+                    (sys, pid),
+                    Claim {
+                        name: name.to_owned(),
+                        epoch,
+                        lease,
+                        value: value.to_vec(),
+                    },
+                );
+                return;
+            }
+            Event::ProcessExited { sys, pid, .. } => {
+                self.claims.remove(&(sys, pid));
+                return;
+            }
+            Event::RoomActing { sys, pid } => (sys, pid),
+            _ => return,
+        };
+        let Some(claim) = self.claims.get(&(sys, pid)) else {
+            return;
+        };
+        self.acts += 1;
+        let key = self.keys.room(&claim.name);
+        if let Some(why) = claim_broken(&model, &key, &claim.value, claim.lease, now_ms) {
+            self.violations.push(format!(
+                "room {} ({pid} of system {}, epoch {}) acted while not its owner: {why}",
+                claim.name, sys.0, claim.epoch
+            ));
+        }
+        let log = self.names.entry(claim.name.clone()).or_default();
+        if let Some((e, by)) = log.last_act {
+            if claim.epoch < e || (claim.epoch == e && by != (sys, pid)) {
+                self.violations.push(format!(
+                    "two owners of {}: {pid} of system {} acted at epoch {} after {} of system {} \
+                     at epoch {e}",
+                    claim.name, sys.0, claim.epoch, by.1, by.0 .0
+                ));
+            }
+        }
+        log.last_act = Some((claim.epoch, (sys, pid)));
+    }
+
+    /// Rooms of a killed node are gone with it, without an exit.
+    fn forget_killed(&mut self) {
+        let killed: BTreeSet<NodeId> = self.life.take_killed().into_iter().collect();
+        if killed.is_empty() {
+            return;
+        }
+        let dead: BTreeSet<SysId> = self
+            .systems
+            .iter()
+            .filter(|(_, n)| killed.contains(n))
+            .map(|(s, _)| *s)
+            .collect();
+        self.systems.retain(|s, _| !dead.contains(s));
+        self.claims.retain(|(s, _), _| !dead.contains(s));
+    }
+
+    /// No room outlives its claim's lease: its node ended it at the fence deadline, before etcd
+    /// let the lease lapse (unless the node was frozen and could not).
+    fn check_lapsed(&mut self, etcd: &Etcd) {
+        let lapsed = std::mem::take(&mut *etcd.lapsed.lock().unwrap());
+        let window = LeaseConfig::simulation().ttl + Duration::from_secs(1);
+        for (lease, at_ms) in lapsed {
+            for ((sys, pid), c) in &self.claims {
+                if c.lease != lease {
+                    continue;
+                }
+                let node = self.systems.get(sys).copied();
+                if node.is_some_and(|n| self.life.frozen_within(n, window)) {
+                    continue;
+                }
+                self.violations.push(format!(
+                    "room {} ({pid} of system {}, epoch {}) still runs when etcd let its lease \
+                     {lease:x} lapse at {at_ms} ms: its node did not end it at its fence deadline",
+                    c.name, sys.0, c.epoch
+                ));
+            }
+        }
+    }
+
+    /// Broken ownership promises, in the order they happened.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// Acts checked.
+    pub fn acts(&self) -> u64 {
+        self.acts
+    }
+}
