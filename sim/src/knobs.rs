@@ -82,7 +82,8 @@ pub struct Overrides {
     pub rooms: Option<u64>,
     /// Faults to inject, comma-separated, or `none` [default: drawn by the seed]. Valid:
     /// room_crash, channel_crash, engine_crash, socket_drop, latency, loss, clog, partition,
-    /// server_restart.
+    /// server_restart; with `--scenario cluster` also node_split, etcd_cut, node_pause,
+    /// etcd_restart.
     #[arg(long, env = "VIDEOROOM_SIM_FAULTS")]
     pub faults: Option<FaultList>,
     /// Client actions as `name[:weight]`, comma-separated, or `none` [default: drawn by the

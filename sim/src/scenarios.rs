@@ -23,7 +23,7 @@ pub const ALL: &[Scenario] = &[
     ),
     (
         "cluster",
-        "the seed's swarm on three server nodes and etcd: clients on random nodes, rooms placed across them and reached through proxies, with node splits, nodes cut from etcd and node restarts on top of the swarm's faults",
+        "the seed's swarm on three server nodes and etcd: clients on random nodes, rooms placed across them and reached through proxies, with node splits, node freezes past the lease TTL, one or every node cut from etcd, etcd and node restarts on top of the swarm's faults",
         cluster,
     ),
     (
