@@ -151,8 +151,6 @@ impl Ownership {
     pub fn observe(&mut self, e: &Event<'_>, etcd: &Etcd) {
         self.forget_killed();
         self.check_lapsed(etcd);
-        let model = etcd.model.lock().unwrap();
-        let now_ms = etcd.now_ms();
         let (sys, pid) = match *e {
             Event::SystemStarted { sys } => {
                 // Emitted while the server node boots, so this is the node's context.
@@ -198,6 +196,9 @@ impl Ownership {
             return;
         };
         self.acts += 1;
+        // Only an act reads etcd: most events are not one, and the world sees millions.
+        let model = etcd.model.lock().unwrap();
+        let now_ms = etcd.now_ms();
         let key = self.keys.room(&claim.name);
         if let Some(why) = claim_broken(&model, &key, &claim.value, claim.lease, now_ms) {
             self.violations.push(format!(

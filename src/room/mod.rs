@@ -52,13 +52,14 @@ pub async fn run(app: App, name: String, mut ctx: Ctx<RoomMsg>) -> ExitReason {
     probe::emit(Event::RoomStarted { sys, pid: me });
     let mut timer = rt::time::Timer::new();
     loop {
-        if !may_act(&app, me) {
-            return lease_lost(&name);
-        }
-        probe::emit(Event::RoomActing { sys, pid: me });
         // Checked before waiting, so a busy mailbox cannot put a drop or the stop off.
         let now = rt::time::now();
         if core.poll_timeout().is_some_and(|d| d <= now) {
+            // A timer's work (dropping a peer, telling the others) is an act like a message's.
+            if !may_act(&app, me) {
+                return lease_lost(&name);
+            }
+            probe::emit(Event::RoomActing { sys, pid: me });
             let steps = core.handle_timeout(now);
             execute(&mut ctx, plane.as_mut(), steps, &app.metrics);
         }
