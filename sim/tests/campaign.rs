@@ -30,6 +30,53 @@ fn campaign(args: &[&str]) -> Value {
     serde_json::from_str(out.lines().last().unwrap_or("")).expect("campaign summary")
 }
 
+/// A named scenario's campaign: `env` seeds (default 1000) from 0, none failing; with 200 or
+/// more, every branch of `reach` was reached and every fault of `faults` injected.
+fn scenario_campaign(scenario: &str, env: &str, reach: &[&str], faults: &[&str]) {
+    let n = std::env::var(env).unwrap_or_else(|_| "1000".into());
+    let v = campaign(&["--scenario", scenario, "--seeds", &n, "--from", "0"]);
+    assert_eq!(
+        v["failing"],
+        Value::Array(vec![]),
+        "failing seeds (replay commands above)"
+    );
+    if n.parse::<u64>().unwrap_or(0) >= 200 {
+        let coverage: BTreeMap<String, u64> =
+            serde_json::from_value(v["coverage"].clone()).expect("coverage");
+        for r in reach {
+            assert!(
+                coverage.get(*r).copied().unwrap_or(0) > 0,
+                "no seed reached {r:?}"
+            );
+        }
+        for f in faults {
+            assert!(
+                v["faults"][f].as_u64().unwrap_or(0) > 0,
+                "no seed injected {f}"
+            );
+        }
+    }
+}
+
+/// `count` seeds of `scenario` from 0 give one digest twice in fresh processes and in-process.
+fn replays_bit_for_bit(scenario: &str, count: u32) {
+    let count = count.to_string();
+    let (ok, out) = sim(&[
+        "check-determinism",
+        "--scenario",
+        scenario,
+        "--from",
+        "0",
+        "--count",
+        &count,
+    ]);
+    assert!(ok, "determinism check failed:\n{out}");
+    assert!(
+        out.contains(&format!("{count} seeds replayed bit for bit")),
+        "{out}"
+    );
+}
+
 fn seeds() -> String {
     std::env::var("VIDEOROOM_SIM_CAMPAIGN").unwrap_or_else(|_| "2000".into())
 }
@@ -461,19 +508,11 @@ fn switch_variables_take_1_and_true() {
 /// 1000, about 4 s).
 #[test]
 fn cluster_leases_campaign_fences_every_stale_owner() {
-    let n = std::env::var("VIDEOROOM_SIM_CLUSTER_CAMPAIGN").unwrap_or_else(|_| "1000".into());
-    let v = campaign(&["--scenario", "cluster-leases", "--seeds", &n, "--from", "0"]);
-    assert_eq!(
-        v["failing"],
-        Value::Array(vec![]),
-        "failing seeds (replay commands above)"
-    );
-    if n.parse::<u64>().unwrap_or(0) >= 200 {
-        let coverage: BTreeMap<String, u64> =
-            serde_json::from_value(v["coverage"].clone()).expect("coverage");
-        // The races the world exists for; a campaign that never reached one proves nothing
-        // about it.
-        for reach in [
+    // The races the world exists for; a campaign that never reached one proves nothing about it.
+    scenario_campaign(
+        "cluster-leases",
+        "VIDEOROOM_SIM_CLUSTER_CAMPAIGN",
+        &[
             "owner moved to another node",
             "room ended: its node was fenced",
             "etcd let a lease lapse",
@@ -482,13 +521,8 @@ fn cluster_leases_campaign_fences_every_stale_owner() {
             "ReleaseRetried",
             "FencedLeaseRevoked",
             "claim refused: fenced",
-        ] {
-            assert!(
-                coverage.get(reach).copied().unwrap_or(0) > 0,
-                "no seed reached {reach:?}"
-            );
-        }
-        for f in [
+        ],
+        &[
             "node_pause",
             "node_pause_past_ttl",
             "etcd_unreachable",
@@ -496,28 +530,13 @@ fn cluster_leases_campaign_fences_every_stale_owner() {
             "node_restart",
             "etcd_restart",
             "etcd_pause",
-        ] {
-            assert!(
-                v["faults"][f].as_u64().unwrap_or(0) > 0,
-                "no seed injected {f}"
-            );
-        }
-    }
+        ],
+    );
 }
 
 #[test]
 fn cluster_seeds_replay_bit_for_bit_in_fresh_processes() {
-    let (ok, out) = sim(&[
-        "check-determinism",
-        "--scenario",
-        "cluster-leases",
-        "--from",
-        "0",
-        "--count",
-        "10",
-    ]);
-    assert!(ok, "determinism check failed:\n{out}");
-    assert!(out.contains("10 seeds replayed bit for bit"), "{out}");
+    replays_bit_for_bit("cluster-leases", 10);
 }
 
 /// The swarm on a cluster (`--scenario cluster`): three server nodes and the simulated etcd,
@@ -534,17 +553,10 @@ fn cluster_seeds_replay_bit_for_bit_in_fresh_processes() {
 /// `VIDEOROOM_SIM_SWARM_CLUSTER_CAMPAIGN=N` changes the seed count (default 1000, about 20 s).
 #[test]
 fn cluster_swarm_campaign_keeps_every_promise_across_nodes() {
-    let n = std::env::var("VIDEOROOM_SIM_SWARM_CLUSTER_CAMPAIGN").unwrap_or_else(|_| "1000".into());
-    let v = campaign(&["--scenario", "cluster", "--seeds", &n, "--from", "0"]);
-    assert_eq!(
-        v["failing"],
-        Value::Array(vec![]),
-        "failing seeds (replay commands above)"
-    );
-    if n.parse::<u64>().unwrap_or(0) >= 200 {
-        let coverage: BTreeMap<String, u64> =
-            serde_json::from_value(v["coverage"].clone()).expect("coverage");
-        for reach in [
+    scenario_campaign(
+        "cluster",
+        "VIDEOROOM_SIM_SWARM_CLUSTER_CAMPAIGN",
+        &[
             "RemoteJoined",
             "ProxyNoconnection",
             "ProxyRemoteDown",
@@ -552,38 +564,18 @@ fn cluster_swarm_campaign_keeps_every_promise_across_nodes() {
             "FencedLeaseRevoked",
             "RoomClaimed",
             "RoomActing",
-        ] {
-            assert!(
-                coverage.get(reach).copied().unwrap_or(0) > 0,
-                "no seed reached {reach:?}"
-            );
-        }
-        for f in [
+        ],
+        &[
             "node_split",
             "etcd_cut",
             "server_restart",
             "node_pause",
             "etcd_restart",
-        ] {
-            assert!(
-                v["faults"][f].as_u64().unwrap_or(0) > 0,
-                "no seed injected {f}"
-            );
-        }
-    }
+        ],
+    );
 }
 
 #[test]
 fn cluster_swarm_seeds_replay_bit_for_bit_in_fresh_processes() {
-    let (ok, out) = sim(&[
-        "check-determinism",
-        "--scenario",
-        "cluster",
-        "--from",
-        "0",
-        "--count",
-        "5",
-    ]);
-    assert!(ok, "determinism check failed:\n{out}");
-    assert!(out.contains("5 seeds replayed bit for bit"), "{out}");
+    replays_bit_for_bit("cluster", 5);
 }
