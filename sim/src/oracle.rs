@@ -20,6 +20,7 @@ use videoroom::rt::time;
 use crate::coverage::Counts;
 use crate::etcd_node::Etcd;
 use crate::ownership::{NodeLife, Ownership};
+use crate::swarm::Hush;
 use crate::trace::Trace;
 
 /// A panic caught at a crash boundary, when it happened.
@@ -255,8 +256,8 @@ impl ProbeLog {
     }
 
     /// From now on, checks every act of a claimed room against `etcd` (cluster worlds).
-    pub fn watch_ownership(&self, etcd: Arc<Etcd>, life: NodeLife) {
-        let own = Ownership::new(videoroom::cluster::claims::Keys::default(), life);
+    pub fn watch_ownership(&self, etcd: Arc<Etcd>, life: NodeLife, hush: Option<Hush>) {
+        let own = Ownership::new(videoroom::cluster::claims::Keys::default(), life, hush);
         self.0.borrow_mut().ownership = Some((own, etcd));
     }
 
@@ -288,7 +289,12 @@ impl ProbeLog {
 
     /// Probe events counted, by event name.
     pub fn counts(&self) -> BTreeMap<&'static str, u64> {
-        self.0.borrow().events.get()
+        let i = self.0.borrow();
+        let mut counts = i.events.get();
+        if let Some((own, _)) = &i.ownership {
+            counts.extend(own.reached());
+        }
+        counts
     }
 
     /// Broken runtime/registry promises and never-events reached, in the order they happened.

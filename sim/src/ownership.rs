@@ -30,6 +30,7 @@ use videoroom::cluster::lease::LeaseConfig;
 use videoroom::rt::time::{self, Instant};
 
 use crate::etcd_node::Etcd;
+use crate::swarm::Hush;
 use videoroom::rt::probe::{Event, SysId};
 use videoroom::rt::Pid;
 
@@ -113,7 +114,13 @@ struct Claim {
     epoch: i64,
     lease: i64,
     value: Vec<u8>,
+    /// Already reported as outliving its node's fence deadline.
+    late: bool,
 }
+
+/// How long after the latest possible fence deadline a room may still be seen alive: the fence
+/// task wakes on the node's status watch and ends the rooms, which exit at their next poll.
+const FENCE_SLACK: Duration = Duration::from_millis(300);
 
 /// Per name: the highest epoch claimed, and the last act's epoch and room.
 #[derive(Default)]
@@ -132,10 +139,23 @@ pub struct Ownership {
     names: BTreeMap<String, NameLog>,
     violations: Vec<String>,
     acts: u64,
+    /// The world's quiet spells, and per lease the process table whose rooms claimed on it,
+    /// for the coverage of the lapse check (below).
+    hush: Option<Hush>,
+    lease_sys: BTreeMap<i64, SysId>,
+    reached: BTreeMap<&'static str, u64>,
+    /// etcd's time (ms) at which the fence check next has something to look at.
+    fence_due_ms: u64,
 }
 
+/// Coverage: a lease that rooms were claimed on lapsed in a quiet spell, its node running: the
+/// case where only the node's own fence, not a room's lease check, can end its rooms in time.
+pub const IDLE_LAPSE: &str = "cluster: a lease with rooms lapsed in a quiet spell";
+/// The same in or out of a quiet spell.
+pub const LAPSE: &str = "cluster: a lease with rooms lapsed, its node running";
+
 impl Ownership {
-    pub fn new(keys: videoroom::cluster::claims::Keys, life: NodeLife) -> Self {
+    pub fn new(keys: videoroom::cluster::claims::Keys, life: NodeLife, hush: Option<Hush>) -> Self {
         Ownership {
             keys,
             life,
@@ -144,6 +164,10 @@ impl Ownership {
             names: BTreeMap::new(),
             violations: Vec::new(),
             acts: 0,
+            hush,
+            lease_sys: BTreeMap::new(),
+            reached: BTreeMap::new(),
+            fence_due_ms: 0,
         }
     }
 
@@ -151,6 +175,7 @@ impl Ownership {
     pub fn observe(&mut self, e: &Event<'_>, etcd: &Etcd) {
         self.forget_killed();
         self.check_lapsed(etcd);
+        self.check_fence(etcd);
         let (sys, pid) = match *e {
             Event::SystemStarted { sys } => {
                 // Emitted while the server node boots, so this is the node's context.
@@ -174,6 +199,7 @@ impl Ownership {
                     ));
                 }
                 log.max_claimed = log.max_claimed.max(epoch);
+                self.lease_sys.insert(lease, sys);
                 self.claims.insert(
                     (sys, pid),
                     Claim {
@@ -181,8 +207,10 @@ impl Ownership {
                         epoch,
                         lease,
                         value: value.to_vec(),
+                        late: false,
                     },
                 );
+                self.fence_due_ms = 0;
                 return;
             }
             Event::ProcessExited { sys, pid, .. } => {
@@ -241,8 +269,16 @@ impl Ownership {
         let lapsed = std::mem::take(&mut *etcd.lapsed.lock().unwrap());
         let window = LeaseConfig::simulation().ttl + Duration::from_secs(1);
         for (lease, at_ms) in lapsed {
+            let node = self.lease_sys.get(&lease).and_then(|s| self.systems.get(s));
+            if node.is_some_and(|n| !self.life.frozen_within(*n, window)) {
+                *self.reached.entry(LAPSE).or_default() += 1;
+                if self.hush.is_some_and(|h| h.quiet(time::now())) {
+                    *self.reached.entry(IDLE_LAPSE).or_default() += 1;
+                }
+            }
             for ((sys, pid), c) in &self.claims {
-                if c.lease != lease {
+                // One report per room: the fence check may have made it already.
+                if c.lease != lease || c.late {
                     continue;
                 }
                 let node = self.systems.get(sys).copied();
@@ -258,6 +294,58 @@ impl Ownership {
         }
     }
 
+    /// Fencing on time (G2): a node acts until `sent + TTL - margin`, `sent` being when it sent
+    /// the keepalive its lease was last renewed by, and etcd's expiry counts from when it took
+    /// that keepalive, later: so the node's deadline is at most `expiry - margin` on etcd's clock
+    /// (earlier if the answer was lost, or etcd extended the lease on restarting). A room still
+    /// alive `FENCE_SLACK` after that, on a node that was not frozen, was not ended by its fence.
+    /// Checked whenever the earliest such instant has passed, so etcd is read rarely.
+    fn check_fence(&mut self, etcd: &Etcd) {
+        let now_ms = etcd.now_ms();
+        if now_ms < self.fence_due_ms {
+            return;
+        }
+        let expiry: BTreeMap<i64, u64> = {
+            let model = etcd.model.lock().unwrap();
+            model.leases().map(|l| (l.id, l.expiry_ms)).collect()
+        };
+        let cfg = LeaseConfig::simulation();
+        let late_ms = |expiry: u64| {
+            (expiry + FENCE_SLACK.as_millis() as u64).saturating_sub(cfg.margin.as_millis() as u64)
+        };
+        let window = cfg.ttl + Duration::from_secs(1);
+        let mut due = u64::MAX;
+        for ((sys, pid), c) in self.claims.iter_mut().filter(|(_, c)| !c.late) {
+            // A lease gone from etcd lapsed (`check_lapsed`) or was revoked after a fence.
+            let Some(&e) = expiry.get(&c.lease) else {
+                continue;
+            };
+            if now_ms < late_ms(e) {
+                due = due.min(late_ms(e));
+                continue;
+            }
+            let node = self.systems.get(sys).copied();
+            if node.is_none_or(|n| self.life.frozen_within(n, window)) {
+                // It could not run its fence; looked at again once it has thawed for long.
+                due = due.min(now_ms + 100);
+                continue;
+            }
+            c.late = true;
+            self.violations.push(format!(
+                "room {} ({pid} of system {}, epoch {}) still runs at {now_ms} ms on etcd's clock, \
+                 past its node's fence deadline (at most {} ms: lease {:x} expires at {e} ms, \
+                 margin {:?}): its node did not end it",
+                c.name,
+                sys.0,
+                c.epoch,
+                e.saturating_sub(cfg.margin.as_millis() as u64),
+                c.lease,
+                cfg.margin
+            ));
+        }
+        self.fence_due_ms = due;
+    }
+
     /// Broken ownership promises, in the order they happened.
     pub fn violations(&self) -> &[String] {
         &self.violations
@@ -266,5 +354,10 @@ impl Ownership {
     /// Acts checked.
     pub fn acts(&self) -> u64 {
         self.acts
+    }
+
+    /// Coverage the oracle itself observes ([`IDLE_LAPSE`]).
+    pub fn reached(&self) -> &BTreeMap<&'static str, u64> {
+        &self.reached
     }
 }

@@ -8,6 +8,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use videoroom::rt::time;
+
 use crate::faults::Fault;
 use crate::named_enum;
 use crate::streams::Stream;
@@ -90,6 +92,51 @@ pub struct Swarm {
     /// The world runs a cluster (set by the world; not shown, so single-node traces keep their
     /// digests).
     pub cluster: bool,
+    /// Quiet spells (drawn by cluster worlds; not shown, as `cluster`).
+    pub hush: Option<Hush>,
+}
+
+/// Quiet spells: from `start`, in every period of `every`, no client starts an action for the
+/// first `length`. Rooms then sit idle while faults run, so a node that loses its lease must
+/// end its rooms on its own at its fence deadline: a room that acts is stopped by its lease
+/// check before it acts, which hides a fence that ends nothing behind any client's next message.
+#[derive(Clone, Copy, Debug)]
+pub struct Hush {
+    pub start: time::Instant,
+    pub every: Duration,
+    pub length: Duration,
+}
+
+impl Hush {
+    /// Quiet spells of 2.5 to 6 s, one every 4 to 10 s (at least 0.5 s of activity between
+    /// two), starting at `start`. Long against the simulation's 4 s lease: signalling in a real
+    /// room is idle most of the time.
+    pub fn draw(rng: &mut Stream, start: time::Instant) -> Hush {
+        let every = Duration::from_millis(4_000 + rng.below(6_000));
+        let length =
+            Duration::from_millis(2_500 + rng.below(3_500)).min(every - Duration::from_millis(500));
+        Hush {
+            start,
+            every,
+            length,
+        }
+    }
+
+    /// The end of the quiet spell `t` falls in, or `t` itself outside one.
+    pub fn after(&self, t: time::Instant) -> time::Instant {
+        let into = t.saturating_duration_since(self.start).as_nanos() % self.every.as_nanos();
+        let into = Duration::from_nanos(into as u64);
+        if t >= self.start && into < self.length {
+            t + (self.length - into)
+        } else {
+            t
+        }
+    }
+
+    /// Whether `t` falls in a quiet spell.
+    pub fn quiet(&self, t: time::Instant) -> bool {
+        self.after(t) != t
+    }
 }
 
 impl Swarm {
@@ -135,6 +182,7 @@ impl Swarm {
             slow_links: false,
             workload: Arc::default(),
             cluster: false,
+            hush: None,
         }
         .squeeze(rng)
         .trespass(rng)
@@ -174,6 +222,12 @@ impl Swarm {
 
     pub fn action_gap(&self) -> Duration {
         Duration::from_millis(1 + self.workload().below(2 * self.action_gap_ms))
+    }
+
+    /// When a client's next action is due, `now` plus a drawn gap, put off past a quiet spell.
+    pub fn next_action(&self, now: time::Instant) -> time::Instant {
+        let at = now + self.action_gap();
+        self.hush.map_or(at, |h| h.after(at))
     }
 
     pub fn fault_gap(&self, rng: &mut Stream) -> Duration {

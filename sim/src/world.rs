@@ -25,7 +25,7 @@ use crate::knobs::Overrides;
 use crate::oracle::{Oracles, ProbeLog};
 use crate::server::{self, CurrentApp};
 use crate::streams::Stream;
-use crate::swarm::{Action, Swarm};
+use crate::swarm::{Action, Hush, Swarm};
 use crate::trace::Trace;
 
 /// How a run ended badly; each has its own exit code in the CLI.
@@ -152,6 +152,10 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
                 swarm.faults.push(*f);
             }
         }
+        // Half the cluster worlds have quiet spells: idle rooms on a node losing its lease.
+        if draw.chance(0.5) {
+            swarm.hush = Some(Hush::draw(&mut draw, time::now()));
+        }
     }
     opts.overrides.apply(&mut swarm, &mut opts.chaos);
     let workload = Stream::new(seed, "workload");
@@ -161,6 +165,12 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let probe = ProbeLog::default();
     let _probe = probe.install(&trace, time::now());
     trace.log(format_args!("swarm {swarm}"));
+    if let Some(h) = swarm.hush {
+        trace.log(format_args!(
+            "quiet spells of {:?} every {:?}",
+            h.length, h.every
+        ));
+    }
     // How long the rooms' media plane takes to answer an offer: a quarter of the worlds answer
     // at once, the others open negotiation windows (renegotiation or leave with an answer due).
     // Its own stream, so the draw does not shift the product's draws.
@@ -291,7 +301,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let etcd_data = opts.cluster.then(Etcd::new);
     let life = crate::ownership::NodeLife::default();
     if let Some(e) = &etcd_data {
-        probe.watch_ownership(e.clone(), life.clone());
+        probe.watch_ownership(e.clone(), life.clone(), swarm.hush);
     }
     let etcd = etcd_data.clone().map(|e| {
         let node = handle

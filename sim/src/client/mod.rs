@@ -532,7 +532,7 @@ impl Client {
     async fn connected(&mut self, reader: &mut wire::Reader, w: &mut wire::Writer) -> Step {
         let mut heartbeat = time::now() + Duration::from_millis(500);
         let mut pending_heartbeat: Option<String> = None;
-        let mut action = time::now() + self.swarm.action_gap();
+        let mut action = self.swarm.next_action(time::now());
         let mut timer = time::Timer::new();
         loop {
             let phase = *self.phase.borrow();
@@ -639,7 +639,7 @@ impl Client {
                         return Step::Reconnect;
                     }
                     if phase == Phase::Chaos && now >= action {
-                        action = now + self.swarm.action_gap();
+                        action = self.swarm.next_action(now);
                         if !self.act(w).await { return Step::Reconnect; }
                         if std::mem::take(&mut self.freeze) {
                             return self.frozen(reader).await;
