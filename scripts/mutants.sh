@@ -5,14 +5,14 @@
 #
 #   scripts/mutants.sh --list      the mutants per module, nothing built (a dry run)
 #   scripts/mutants.sh             pass 1 and pass 2 below
-#   scripts/mutants.sh -- ARGS     ARGS go to both cargo-mutants runs (e.g. `-- --re 'registry'`)
+#   scripts/mutants.sh -- ARGS     ARGS go to pass 1 (e.g. `-- --re registry`); pass 2 takes
+#                                  pass 1's survivors by name
 #
-# Pass 1 runs the SIMULATION ALONE on every mutant: the madsim build (profile `sim-mutants`: `sim`
-# without fat LTO; package
-# videoroom-sim), i.e. the test command's campaign, regression seeds, scenarios and registry race,
-# without `pinned_trace_summaries` (it compares whole traces with snapshots, so it fails on any
-# change of behaviour, equivalent or not, and would count every mutant as caught). Its score is
-# the "simulation alone" figure.
+# Pass 1 runs the SIMULATION ALONE on every mutant: the madsim build (profile `sim-mutants`, the
+# `sim` profile without fat LTO; package videoroom-sim), i.e. the test command's campaign,
+# regression seeds, scenarios and registry race, without `pinned_trace_summaries` (it compares
+# whole traces with snapshots, so it fails on any change of behaviour, equivalent or not, and
+# would count every mutant as caught). Its score is the "simulation alone" figure.
 # Pass 2 runs the rest of the suite (`cargo test`: unit tests and tests/it on real tokio) on the
 # mutants pass 1 missed, selected by name (`--re`). A mutant is caught by the whole suite if
 # either pass catches it; running pass 2 only on pass 1's survivors gives the same verdicts as
@@ -125,8 +125,11 @@ if [ ${#missed[@]} -gt 0 ]; then
   scripts/setup-node.sh
   # Its own target dir: test binaries built from cargo-mutants' temporary copy bake in that
   # copy's paths, and a later `cargo test` of the real tree would reuse them and fail.
+  # MUTANTS_PASS2_ARGS narrows pass 2 (e.g. `--lib`: the unit tests alone, ~1 min a mutant
+  # instead of ~4 with tests/it); the summary then says "with pass 2" for what it ran.
+  read -r -a pass2_args <<<"${MUTANTS_PASS2_ARGS:-}"
   CARGO_TARGET_DIR="$target/mutants-tokio" cargo mutants "${common[@]}" "${missed[@]}" \
-    --timeout 1200 --build-timeout 900 -o "$out/tokio" "${extra[@]}" || true
+    --timeout 1200 --build-timeout 900 -o "$out/tokio" -- "${pass2_args[@]}" || true
 fi
 fi
 
