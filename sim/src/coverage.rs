@@ -60,6 +60,8 @@ pub const SOMETIMES: &[&str] = &[
     "AnswerSilencedGoneTracks",
     // A metadata update equal to what the room holds, which the room must not pass on.
     "client: unchanged metadata sent again",
+    // A browser's end-of-candidates, which the server must keep from its plane.
+    "client: end-of-candidates sent",
 ];
 
 /// Event counts of one world, by event name. Keyed by the name's address (names are static

@@ -43,6 +43,10 @@ named_enum! {
         // other room's token (tabs.rs `trespass`). Drawn after every other knob, so the worlds
         // drawn before it existed kept their shape (and the regression seeds their meaning).
         Trespass = "trespass",
+        // The client's own ICE candidates, as a browser trickles them: host candidates and the
+        // empty end-of-candidates, with or without a media session (client.rs `trickle`).
+        // Drawn after trespass, for the same reason.
+        Trickle = "trickle",
     }
 }
 
@@ -152,7 +156,7 @@ impl Swarm {
             .collect();
         let actions = Action::ALL
             .iter()
-            .filter(|a| **a != Action::Trespass)
+            .filter(|a| !matches!(a, Action::Trespass | Action::Trickle))
             .map(|a| {
                 let w = match a {
                     // Media events are the bread and butter of a room: usually on, and frequent.
@@ -185,12 +189,16 @@ impl Swarm {
             hush: None,
         }
         .squeeze(rng)
-        .trespass(rng)
+        .late_action(rng, Action::Trespass)
+        .late_action(rng, Action::Trickle)
     }
 
-    fn trespass(mut self, rng: &mut Stream) -> Swarm {
+    /// An action added after the first draw, drawn after every other knob so that the worlds
+    /// drawn before it existed keep their shape where it is off (and the regression seeds their
+    /// meaning).
+    fn late_action(mut self, rng: &mut Stream, a: Action) -> Swarm {
         if rng.chance(0.5) {
-            self.actions.insert(Action::Trespass, 1 + rng.below(3));
+            self.actions.insert(a, 1 + rng.below(3));
         }
         self
     }

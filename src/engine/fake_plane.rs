@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::rt;
+use crate::rt::probe::{self, Event};
 
 use super::events::TrackId;
 use super::plane::{MLineRole, MediaKind, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink};
@@ -241,7 +242,12 @@ impl MediaPlane for FakePlane {
         }
     }
 
-    fn remote_candidate(&mut self, _peer: &str, _candidate: &str, _index: Option<u32>) {}
+    fn remote_candidate(&mut self, peer: &str, candidate: &str, _index: Option<u32>) {
+        // A real plane would fail on either (or add an empty candidate to a live agent).
+        if candidate.is_empty() || !self.peers.contains_key(peer) {
+            probe::emit(Event::PlaneGotUnwantedCandidate);
+        }
+    }
 
     fn request_keyframe(&mut self, publisher: &str, track_id: &str) {
         self.keyframe_requests += 1;

@@ -249,6 +249,10 @@ pub enum Event<'a> {
     /// Never: a channel in a room saw the room end normally (a room stops normally only once
     /// it has no peer left: the last one left, or the room dropped it first).
     RoomStoppedUnderPeer,
+    /// Never: the media plane was handed a client's ICE candidate that is empty (a browser's
+    /// end-of-candidates, which ICE needs nothing for) or for a peer it does not hold (one that
+    /// never connected, or left): the negotiation core keeps both from it.
+    PlaneGotUnwantedCandidate,
     // --- cluster (src/cluster) ---
     /// A join found no room it could reach or start in the cluster (etcd unreachable, the node
     /// fenced, the owner's node unreachable): refused, and the client's rejoin tries again.
@@ -350,6 +354,7 @@ impl Event<'_> {
             Event::AnswerSilencedGoneTracks => "AnswerSilencedGoneTracks",
             Event::RoomWokeForNothing => "RoomWokeForNothing",
             Event::RoomStoppedUnderPeer => "RoomStoppedUnderPeer",
+            Event::PlaneGotUnwantedCandidate => "PlaneGotUnwantedCandidate",
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
@@ -382,6 +387,7 @@ impl Event<'_> {
                 | Event::SecondJoinOutcome
                 | Event::RoomWokeForNothing
                 | Event::RoomStoppedUnderPeer
+                | Event::PlaneGotUnwantedCandidate
         )
     }
 }

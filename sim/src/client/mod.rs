@@ -84,6 +84,13 @@ pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
 /// How long a join may wait for its reply on a connection whose heartbeats are answered.
 const JOIN_ANSWER_LIMIT: Duration = Duration::from_secs(5);
 
+/// A `candidate` media event as membrane-webrtc-js sends one (`onicecandidate`).
+fn candidate_event(candidate: &str, line: u64) -> Value {
+    json!({"type": "custom", "data": {"type": "candidate", "data": {
+        "candidate": candidate, "sdpMLineIndex": line, "sdpMid": line.to_string(),
+    }}})
+}
+
 /// How the server's error for the malformed candidate of `send_malformed` begins.
 const MALFORMED_ERROR: &str = "media event `candidate` has invalid data";
 
@@ -778,6 +785,7 @@ impl Client {
                 }
                 true
             }
+            "trickle" => self.trickle(w).await,
             "trespass" => {
                 let main = self.chan.as_ref().map(|c| c.join_ref.clone());
                 let secret = self.swarm.join_secret.clone();
@@ -809,6 +817,32 @@ impl Client {
         }
         self.log("sends a malformed media event");
         self.media(w, ev).await
+    }
+
+    /// The client's own ICE candidates, as a browser trickles them after its offer: one to
+    /// three host candidates, sometimes followed by the empty end-of-candidates. Sent whatever
+    /// the media session's state (before `connect`, after a media `disconnect`): the server
+    /// owes no answer, and passes to its plane only the non-empty candidates of a peer in
+    /// session (the fake plane's never-event `PlaneGotUnwantedCandidate`).
+    async fn trickle(&mut self, w: &mut wire::Writer) -> bool {
+        let n = 1 + rt::rand::below(3);
+        self.log(format!("trickles {n} candidates"));
+        for i in 0..n {
+            let candidate = format!(
+                "candidate:{i} 1 udp 2122260223 10.0.{}.{} 9 typ host",
+                self.idx / 250,
+                1 + self.idx % 250
+            );
+            let ev = candidate_event(&candidate, i);
+            if !self.media(w, ev).await {
+                return false;
+            }
+        }
+        if rt::rand::chance(0.5) {
+            self.oracles.reached("client: end-of-candidates sent");
+            return self.media(w, candidate_event("", 0)).await;
+        }
+        true
     }
 
     /// A frozen tab: sends nothing and handles nothing until the server closes the silent
