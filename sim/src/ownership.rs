@@ -94,8 +94,11 @@ impl NodeLife {
         self.0.lock().unwrap().killed.push(node);
     }
 
-    /// Whether `node` was frozen at any time in the last `window`.
-    fn frozen_within(&self, node: NodeId, window: Duration) -> bool {
+    /// Whether `node` is frozen or thawed within a lease TTL (and a second): it could not run
+    /// its fence, and ends its rooms on waking, before any act (which the act check holds it
+    /// to), so its rooms are not held to the fence deadline or the lapse.
+    fn could_not_fence(&self, node: NodeId) -> bool {
+        let window = LeaseConfig::simulation().ttl + Duration::from_secs(1);
         match self.0.lock().unwrap().frozen.get(&node) {
             Some(None) => true,
             Some(Some(thawed)) => time::now().saturating_duration_since(*thawed) < window,
@@ -267,10 +270,9 @@ impl Ownership {
     /// let the lease lapse (unless the node was frozen and could not).
     fn check_lapsed(&mut self, etcd: &Etcd) {
         let lapsed = std::mem::take(&mut *etcd.lapsed.lock().unwrap());
-        let window = LeaseConfig::simulation().ttl + Duration::from_secs(1);
         for (lease, at_ms) in lapsed {
             let node = self.lease_sys.get(&lease).and_then(|s| self.systems.get(s));
-            if node.is_some_and(|n| !self.life.frozen_within(*n, window)) {
+            if node.is_some_and(|n| !self.life.could_not_fence(*n)) {
                 *self.reached.entry(LAPSE).or_default() += 1;
                 if self.hush.is_some_and(|h| h.quiet(time::now())) {
                     *self.reached.entry(IDLE_LAPSE).or_default() += 1;
@@ -282,7 +284,7 @@ impl Ownership {
                     continue;
                 }
                 let node = self.systems.get(sys).copied();
-                if node.is_some_and(|n| self.life.frozen_within(n, window)) {
+                if node.is_some_and(|n| self.life.could_not_fence(n)) {
                     continue;
                 }
                 self.violations.push(format!(
@@ -313,7 +315,6 @@ impl Ownership {
         let late_ms = |expiry: u64| {
             (expiry + FENCE_SLACK.as_millis() as u64).saturating_sub(cfg.margin.as_millis() as u64)
         };
-        let window = cfg.ttl + Duration::from_secs(1);
         let mut due = u64::MAX;
         for ((sys, pid), c) in self.claims.iter_mut().filter(|(_, c)| !c.late) {
             // A lease gone from etcd lapsed (`check_lapsed`) or was revoked after a fence.
@@ -325,7 +326,7 @@ impl Ownership {
                 continue;
             }
             let node = self.systems.get(sys).copied();
-            if node.is_none_or(|n| self.life.frozen_within(n, window)) {
+            if node.is_none_or(|n| self.life.could_not_fence(n)) {
                 // It could not run its fence; looked at again once it has thawed for long.
                 due = due.min(now_ms + 100);
                 continue;

@@ -35,14 +35,9 @@ fn campaign(args: &[&str]) -> Value {
 fn scenario_campaign(scenario: &str, env: &str, reach: &[&str], faults: &[&str]) {
     let n = std::env::var(env).unwrap_or_else(|_| "1000".into());
     let v = campaign(&["--scenario", scenario, "--seeds", &n, "--from", "0"]);
-    assert_eq!(
-        v["failing"],
-        Value::Array(vec![]),
-        "failing seeds (replay commands above)"
-    );
+    assert_none_failing(&v);
     if n.parse::<u64>().unwrap_or(0) >= 200 {
-        let coverage: BTreeMap<String, u64> =
-            serde_json::from_value(v["coverage"].clone()).expect("coverage");
+        let (coverage, injected) = (counts(&v, "coverage"), counts(&v, "faults"));
         for r in reach {
             assert!(
                 coverage.get(*r).copied().unwrap_or(0) > 0,
@@ -51,11 +46,25 @@ fn scenario_campaign(scenario: &str, env: &str, reach: &[&str], faults: &[&str])
         }
         for f in faults {
             assert!(
-                v["faults"][f].as_u64().unwrap_or(0) > 0,
+                injected.get(*f).copied().unwrap_or(0) > 0,
                 "no seed injected {f}"
             );
         }
     }
+}
+
+/// A campaign summary with no failing seed.
+fn assert_none_failing(v: &Value) {
+    assert_eq!(
+        v["failing"],
+        Value::Array(vec![]),
+        "failing seeds (replay commands above)"
+    );
+}
+
+/// A campaign summary's counts by name: `"coverage"` (branches reached) or `"faults"`.
+fn counts(v: &Value, key: &str) -> BTreeMap<String, u64> {
+    serde_json::from_value(v[key].clone()).expect(key)
 }
 
 /// `count` seeds of `scenario` from 0 give one digest twice in fresh processes and in-process.
@@ -85,16 +94,9 @@ fn seeds() -> String {
 fn fixed_campaign_and_regression_seeds() {
     let n = seeds();
     let v = campaign(&["--seeds", &n, "--from", "0", "--also", "regressions.txt"]);
-    assert_eq!(
-        v["failing"],
-        Value::Array(vec![]),
-        "failing seeds (replay commands above)"
-    );
+    assert_none_failing(&v);
     if n.parse::<u64>().unwrap_or(0) >= 500 {
-        let coverage: BTreeMap<String, u64> =
-            serde_json::from_value(v["coverage"].clone()).expect("coverage");
-        let faults: BTreeMap<String, u64> =
-            serde_json::from_value(v["faults"].clone()).expect("faults");
+        let (coverage, faults) = (counts(&v, "coverage"), counts(&v, "faults"));
         // The campaign must reach what it exists for, or it proves nothing ("sometimes"
         // assertions over the product's typed probe events and the client's branches).
         let missed: Vec<&str> = videoroom_sim::coverage::SOMETIMES
@@ -142,7 +144,7 @@ fn fifty_peers_join_a_fresh_room_at_once_while_it_crashes_twice() {
         "--from",
         "0",
     ]);
-    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert_none_failing(&v);
     assert_eq!(v["faults"]["room_crash"], 20, "every seed crashed the room");
     assert_eq!(v["faults"]["engine_crash"], 20, "and crashed it again");
 }
@@ -157,7 +159,7 @@ fn server_restarts_under_churn_converge() {
         "--from",
         "0",
     ]);
-    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert_none_failing(&v);
     assert!(v["faults"]["server_restart"].as_u64().unwrap_or(0) > 0);
 }
 
@@ -170,7 +172,7 @@ fn server_restarts_under_churn_converge() {
 #[test]
 fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
     let v = campaign(&["--scenario", "squatters", "--seeds", "50", "--from", "0"]);
-    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert_none_failing(&v);
     let drops = v["coverage"]["PeerDroppedNoConnect"].as_u64().unwrap_or(0);
     assert!(drops > 0, "no squatter was dropped");
     assert_eq!(v["coverage"]["client: dropped with a reason"], drops);
@@ -178,7 +180,7 @@ fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
     // Regression: a squatter that got in late in the settle phase was judged before its grace
     // could drop it (the settle phase now waits for it).
     let v = campaign(&["--scenario", "squatters", "--seeds", "1", "--from", "95"]);
-    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert_none_failing(&v);
 }
 
 /// Never more rooms than the limit, under crashes and churn (a safety oracle), and clients
@@ -186,7 +188,7 @@ fn squatters_are_dropped_and_the_room_fills_with_real_peers() {
 #[test]
 fn the_room_limit_holds_under_churn() {
     let v = campaign(&["--scenario", "room-cap", "--seeds", "50", "--from", "0"]);
-    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert_none_failing(&v);
     assert!(v["coverage"]["JoinRefusedRoomLimit"].as_u64().unwrap_or(0) > 0);
 }
 
@@ -203,7 +205,7 @@ fn slow_consumers_are_dropped_never_silently_starved() {
         "--from",
         "0",
     ]);
-    assert_eq!(v["failing"], Value::Array(vec![]));
+    assert_none_failing(&v);
     assert!(
         v["coverage"]["SlowConsumerDropped.channel"]
             .as_u64()
