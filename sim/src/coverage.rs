@@ -62,6 +62,11 @@ pub const SOMETIMES: &[&str] = &[
     "client: unchanged metadata sent again",
     // A browser's end-of-candidates, which the server must keep from its plane.
     "client: end-of-candidates sent",
+    // Voice activity reaching a client that knows the track.
+    "client: voice activity heard",
+    // The plane's voice report of a track that had stopped (or whose publisher left) by the
+    // time the room read it: dropped, never sent to anyone.
+    "VoiceActivityOfGoneTrack",
 ];
 
 /// Event counts of one world, by event name. Keyed by the name's address (names are static

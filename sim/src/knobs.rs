@@ -109,6 +109,9 @@ pub struct Overrides {
     /// Whether half the clients pile into the first room at once [default: drawn by the seed].
     #[arg(long, env = "VIDEOROOM_SIM_BURST")]
     pub burst: Option<bool>,
+    /// Whether the rooms' fake media planes report voice activity [default: drawn by the seed].
+    #[arg(long, env = "VIDEOROOM_SIM_VOICES")]
+    pub voices: Option<bool>,
 }
 
 impl Overrides {
@@ -169,6 +172,7 @@ impl Overrides {
         push("fault-gap-ms", self.fault_gap_ms.map(|v| v.to_string()));
         push("action-gap-ms", self.action_gap_ms.map(|v| v.to_string()));
         push("burst", self.burst.map(|v| v.to_string()));
+        push("voices", self.voices.map(|v| v.to_string()));
         a
     }
 

@@ -54,6 +54,8 @@ pub struct Node {
     pub plane_latency: std::time::Duration,
     /// Candidates per plane trickle.
     pub candidate_burst: usize,
+    /// The planes report voice activity.
+    pub voices: bool,
     pub links: Links,
     pub join_secret: Option<JoinSecret>,
     pub oracles: Oracles,
@@ -67,7 +69,7 @@ pub async fn serve(node: Node) {
     let negotiation = (*app.negotiation).clone();
     let app = app.with_media(
         negotiation,
-        PlaneFactory::fake_trickling(node.plane_latency, node.candidate_burst),
+        PlaneFactory::fake_simulated(node.plane_latency, node.candidate_burst, node.voices),
     );
     if let Some(cfg) = node.cluster.clone() {
         // The dist port is freed by the kill before a restart; retry while it is torn down.

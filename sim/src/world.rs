@@ -192,6 +192,14 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     if burst > 1 {
         trace.log(format_args!("plane trickles {burst} candidates at once"));
     }
+    // Half the worlds' planes report voice activity, which the rooms pass on as
+    // `vadNotification` to exactly the clients that know the track. Drawn last on the plane's
+    // stream: the worlds without it run as they did before it existed.
+    let voices = plane.chance(0.5);
+    let voices = opts.overrides.voices.unwrap_or(voices);
+    if voices {
+        trace.log(format_args!("plane reports voice activity"));
+    }
     // An idle timeout a world reaches (the production 60 s never is): a socket that heartbeats
     // every 500 ms must never hit it, one whose link is clogged for longer must.
     let mut server_draw = Stream::new(seed, "server");
@@ -324,6 +332,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
                 limits: limits.clone(),
                 plane_latency,
                 candidate_burst: burst,
+                voices,
                 links,
                 join_secret: swarm.join_secret.as_deref().cloned(),
                 oracles: oracles.clone(),

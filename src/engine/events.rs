@@ -287,6 +287,9 @@ pub enum CustomEvent {
     OfferData(OfferData),
     SdpAnswer(SdpAnswer),
     Candidate(ServerCandidate),
+    /// Sent only for a track the client was told of (`tracksAdded`) and not yet told removed:
+    /// 0.5.3 throws for a track it does not know.
+    VadNotification(VadNotification),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -455,6 +458,33 @@ pub struct SdpAnswer {
     pub kind: String,
     pub sdp: String,
     pub mid_to_track_id: BTreeMap<String, TrackId>,
+}
+
+/// A published audio track started or stopped carrying voice (the client sets the track
+/// context's `vadStatus` and emits `voiceActivityChanged`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VadNotification {
+    pub track_id: TrackId,
+    pub status: VadStatus,
+}
+
+/// The two statuses the client accepts (it warns about any other and keeps its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VadStatus {
+    Speech,
+    Silence,
+}
+
+impl VadStatus {
+    pub fn of(speech: bool) -> Self {
+        if speech {
+            VadStatus::Speech
+        } else {
+            VadStatus::Silence
+        }
+    }
 }
 
 /// The client builds `new RTCIceCandidate(data)` from this, so the nullable fields are sent as
@@ -748,5 +778,19 @@ mod tests {
             ev.to_json(),
             r#"{"type":"custom","data":{"type":"candidate","data":{"candidate":"candidate:1 1 UDP 2015363327 192.168.1.95 50019 typ host","sdpMLineIndex":0,"sdpMid":null,"usernameFragment":null}}}"#
         );
+        // The research's example, byte for byte.
+        let ev = ServerEvent::Custom(CustomEvent::VadNotification(VadNotification {
+            track_id: "e1:aaa".into(),
+            status: VadStatus::of(true),
+        }));
+        assert_eq!(
+            ev.to_json(),
+            r#"{"type":"custom","data":{"type":"vadNotification","data":{"trackId":"e1:aaa","status":"speech"}}}"#
+        );
+        let ev = ServerEvent::Custom(CustomEvent::VadNotification(VadNotification {
+            track_id: "e1:aaa".into(),
+            status: VadStatus::of(false),
+        }));
+        assert!(ev.to_json().contains(r#""status":"silence""#));
     }
 }

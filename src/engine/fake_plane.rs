@@ -14,6 +14,11 @@
 //! reorder: one plane's events go out in the order of the calls that caused them, and none
 //! after the plane is dropped.
 //!
+//! Built [`FakePlane::voicing`], it also reports voice activity: at every offer in the room,
+//! each published audio track starts or stops speaking at random (on the media lane, after its
+//! start), and a track that ended while speaking reports its silence after its end, as a real
+//! plane's reader can.
+//!
 //! It must never touch a socket; without latency it never reads a clock or draws randomness,
 //! and for one sequence of calls it reports the same events byte for byte.
 
@@ -47,6 +52,9 @@ struct FakePeer {
     connected: Option<Option<rt::time::Instant>>,
     /// What the peer receives, by track: the legs of its last offer.
     legs: BTreeMap<TrackId, Leg>,
+    /// Its published audio tracks (of its last answered offer), and those speaking now.
+    audio: BTreeSet<TrackId>,
+    speaking: BTreeSet<TrackId>,
 }
 
 /// A track forwarded to a subscriber. A subscriber shows no picture until a keyframe reaches
@@ -131,6 +139,8 @@ pub struct FakePlane {
     keyframe_requests: u64,
     /// Candidates reported by one trickle (see [`Self::trickling`]).
     burst: usize,
+    /// Reports voice activity (see [`Self::voicing`]).
+    voices: bool,
 }
 
 impl FakePlane {
@@ -140,7 +150,14 @@ impl FakePlane {
             peers: BTreeMap::new(),
             keyframe_requests: 0,
             burst: 1,
+            voices: false,
         }
+    }
+
+    /// Reports voice activity of published audio tracks (see the module documentation).
+    pub fn voicing(mut self, on: bool) -> Self {
+        self.voices = on;
+        self
     }
 
     /// Each trickle reports `n` candidates at once (a host with many interfaces), so the
@@ -166,6 +183,7 @@ impl FakePlane {
             peers: BTreeMap::new(),
             keyframe_requests: 0,
             burst: 1,
+            voices: false,
         }
     }
 
@@ -239,6 +257,15 @@ impl MediaPlane for FakePlane {
         }
         if answered && self.trickles() {
             self.deliver(vec![candidate(peer); self.burst]);
+        }
+        if self.voices {
+            let audio = if answered {
+                published_audio(&offer)
+            } else {
+                state_audio(self.peers.get(peer))
+            };
+            let voices = self.voice_changes(peer, audio);
+            self.deliver_media(voices);
         }
     }
 
@@ -320,7 +347,70 @@ fn attach_legs(state: &mut FakePeer, offer: &PlaneOffer) {
     state.legs = legs;
 }
 
+/// The audio tracks `offer` publishes.
+fn published_audio(offer: &PlaneOffer) -> BTreeSet<TrackId> {
+    offer
+        .mlines
+        .iter()
+        .filter_map(|m| match &m.role {
+            MLineRole::Inbound {
+                kind: MediaKind::Audio,
+                track_id,
+            } => Some(track_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state_audio(state: Option<&FakePeer>) -> BTreeSet<TrackId> {
+    state.map(|s| s.audio.clone()).unwrap_or_default()
+}
+
 impl FakePlane {
+    /// `peer` now publishes the audio tracks `audio`: those of its that ended while speaking
+    /// report silence (after their end), and every published audio track in the room, in
+    /// peer order, starts or stops speaking with even odds (with latency; without, each one
+    /// does).
+    fn voice_changes(&mut self, peer: &str, audio: BTreeSet<TrackId>) -> Vec<PlaneEvent> {
+        let mut out = Vec::new();
+        if let Some(state) = self.peers.get_mut(peer) {
+            let ended: Vec<TrackId> = state.speaking.difference(&audio).cloned().collect();
+            for track_id in ended {
+                state.speaking.remove(&track_id);
+                out.push(voice(peer, track_id, false));
+            }
+            state.audio = audio;
+        }
+        // Without latency the plane draws nothing: every track flips.
+        let drawn = matches!(self.out, Outbox::Later { .. });
+        for (p, state) in self.peers.iter_mut() {
+            for track_id in &state.audio {
+                if drawn && !rt::rand::chance(0.5) {
+                    continue;
+                }
+                let speech = !state.speaking.remove(track_id);
+                if speech {
+                    state.speaking.insert(track_id.clone());
+                }
+                out.push(voice(p, track_id.clone(), speech));
+            }
+        }
+        out
+    }
+
+    /// Sends `events` on the media lane (after the media already on it), or now.
+    fn deliver_media(&mut self, events: Vec<PlaneEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        match &mut self.out {
+            Outbox::Now(sink) => events.into_iter().for_each(|e| sink.send(e)),
+            Outbox::Later { media, max, .. } => {
+                media.push(events, rt::time::now(), *max);
+            }
+        }
+    }
+
     /// Whether to report one more candidate on its own (with latency only, half the time).
     fn trickles(&self) -> bool {
         matches!(self.out, Outbox::Later { .. }) && rt::rand::chance(0.5)
@@ -337,6 +427,14 @@ impl FakePlane {
                 signalling, max, ..
             } => Some(signalling.push(events, rt::time::now(), *max)),
         }
+    }
+}
+
+fn voice(peer: &str, track_id: TrackId, speech: bool) -> PlaneEvent {
+    PlaneEvent::VoiceActivity {
+        peer: peer.to_owned(),
+        track_id,
+        speech,
     }
 }
 

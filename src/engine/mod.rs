@@ -20,6 +20,7 @@ pub mod plane;
 pub mod sdp;
 mod session;
 mod tracks;
+pub mod vad;
 #[cfg(feature = "media-webrtc")]
 pub mod webrtc;
 
@@ -28,7 +29,7 @@ pub use events::{
     EndpointRemoved, EndpointType, EndpointUpdated, ErrorData, NegotiationEvent, OfferData,
     ParseError, SdpAnswer, SdpOffer, ServerCandidate, ServerEvent, SessionDescription,
     SimulcastConfig, TrackId, TrackInfo, TrackUpdated, TracksAdded, TracksRemoved, TracksTypes,
-    TurnServer,
+    TurnServer, VadNotification, VadStatus,
 };
 pub use fake_plane::{fake_answer, FakePlane, FAKE_CANDIDATE};
 pub use negotiation::{Negotiation, NoNegotiation, Outbox};

@@ -124,6 +124,14 @@ pub enum PlaneEvent {
     /// `peer`'s published track `track_id` stopped (its m-line went inactive, or the peer's
     /// connection closed).
     TrackEnded { peer: PeerId, track_id: TrackId },
+    /// `peer`'s published audio track `track_id` started (`speech`) or stopped carrying voice,
+    /// judged from the audio levels its packets carry (see [`super::vad`]). Only tracks whose
+    /// publisher negotiated the audio-level header extension report it; a track starts silent.
+    VoiceActivity {
+        peer: PeerId,
+        track_id: TrackId,
+        speech: bool,
+    },
     /// `peer`'s connection reached connected (ICE and DTLS), after its first answer or after an
     /// ICE restart.
     Connected { peer: PeerId },
@@ -139,6 +147,7 @@ impl PlaneEvent {
             | PlaneEvent::LocalCandidate { peer, .. }
             | PlaneEvent::TrackStarted { peer, .. }
             | PlaneEvent::TrackEnded { peer, .. }
+            | PlaneEvent::VoiceActivity { peer, .. }
             | PlaneEvent::Connected { peer }
             | PlaneEvent::Failed { peer, .. } => peer,
         }
@@ -194,8 +203,18 @@ impl PlaneFactory {
 
     /// Fake planes answering within `max` whose trickles report `burst` candidates each.
     pub fn fake_trickling(max: std::time::Duration, burst: usize) -> Self {
+        Self::fake_simulated(max, burst, false)
+    }
+
+    /// As [`Self::fake_trickling`], reporting voice activity too where `voices` (see
+    /// [`FakePlane::voicing`](super::FakePlane::voicing)).
+    pub fn fake_simulated(max: std::time::Duration, burst: usize, voices: bool) -> Self {
         PlaneFactory::new(move |_room, sink| {
-            Box::new(super::FakePlane::with_latency(sink, max).trickling(burst))
+            Box::new(
+                super::FakePlane::with_latency(sink, max)
+                    .trickling(burst)
+                    .voicing(voices),
+            )
         })
     }
 

@@ -30,7 +30,7 @@ use serde_json::Value;
 use super::events::{
     CustomEvent, ErrorData, NegotiationEvent, OfferData, SdpAnswer, SdpOffer, ServerCandidate,
     ServerEvent, SimulcastConfig, TrackId, TrackInfo, TrackUpdated, TracksAdded, TracksRemoved,
-    TracksTypes, TurnServer,
+    TracksTypes, TurnServer, VadNotification, VadStatus,
 };
 use super::negotiation::{Negotiation, Outbox};
 use super::plane::{MLine, MLineRole, MediaKind, PlaneCommand, PlaneEvent, PlaneOffer};
@@ -117,6 +117,9 @@ struct Inbound {
     kind: MediaKind,
     metadata: Value,
     active: bool,
+    /// The plane last reported voice on it ([`PlaneEvent::VoiceActivity`]); subscribers
+    /// announced later are told at once.
+    speech: bool,
 }
 
 /// A slot: a track of another peer announced to this peer with `tracksAdded`, and the
@@ -342,6 +345,13 @@ impl TrackNegotiation {
             return false;
         };
         let mut budget = self.track_budget(sub);
+        let speaking: Vec<TrackId> = self.peers.get(publisher).map_or_else(Vec::new, |p| {
+            p.inbound
+                .values()
+                .filter(|t| t.active && t.speech)
+                .map(|t| t.track_id.clone())
+                .collect()
+        });
         let sub = self.peers.get_mut(subscriber).expect("checked above");
         let mut announced = Vec::new();
         for (id, kind, meta) in tracks {
@@ -381,11 +391,55 @@ impl TrackNegotiation {
         if announced.is_empty() {
             return false;
         }
+        let speaking: Vec<TrackId> = announced
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| speaking.contains(id))
+            .cloned()
+            .collect();
         out.send(
             subscriber,
             &ServerEvent::TracksAdded(TracksAdded::new(publisher, announced.into_iter().collect())),
         );
+        // Someone joining while a publisher talks sees it talking, not silent until it pauses.
+        for track_id in speaking {
+            send_vad(subscriber, track_id, true, out);
+        }
         true
+    }
+
+    /// The plane heard `publisher`'s audio track `track_id` start or stop carrying voice: every
+    /// peer that knows the track (told of it, not told of its removal) is told, in join order.
+    fn voice_activity(
+        &mut self,
+        roster: &Roster,
+        publisher: &str,
+        track_id: TrackId,
+        speech: bool,
+        out: &mut Outbox,
+    ) {
+        let Some(track) = self.peers.get_mut(publisher).and_then(|p| {
+            p.inbound
+                .values_mut()
+                .find(|t| t.active && t.track_id == track_id && t.kind == MediaKind::Audio)
+        }) else {
+            tracing::debug!(publisher, track_id = %Untrusted(&track_id), "voice activity of an unknown track dropped");
+            crate::rt::probe::emit(crate::rt::probe::Event::VoiceActivityOfGoneTrack);
+            return;
+        };
+        if std::mem::replace(&mut track.speech, speech) == speech {
+            return;
+        }
+        for other in roster.ids().filter(|p| *p != publisher) {
+            let knows = self.peers.get(other).is_some_and(|s| {
+                s.outbound
+                    .iter()
+                    .any(|o| !o.removed && o.publisher == publisher && o.track_id == track_id)
+            });
+            if knows {
+                send_vad(other, track_id.clone(), speech, out);
+            }
+        }
     }
 
     /// Marks `publisher`'s `track_ids` removed for `subscriber`; sends `tracksRemoved` for the
@@ -562,6 +616,7 @@ impl TrackNegotiation {
         for (mid, t) in state.inbound.iter_mut() {
             if t.active && !kept_inbound.contains(mid) {
                 t.active = false;
+                t.speech = false;
                 removed.push(t.track_id.clone());
             }
         }
@@ -584,6 +639,7 @@ impl TrackNegotiation {
                     kind,
                     metadata: metadata.clone(),
                     active: true,
+                    speech: false,
                 },
             );
             mid_to_track_id.insert(mid.clone(), track_id.clone());
@@ -858,6 +914,16 @@ fn outbound_role(o: &Outbound) -> MLineRole {
     }
 }
 
+fn send_vad(peer: &str, track_id: TrackId, speech: bool, out: &mut Outbox) {
+    out.send(
+        peer,
+        &ServerEvent::Custom(CustomEvent::VadNotification(VadNotification {
+            track_id,
+            status: VadStatus::of(speech),
+        })),
+    );
+}
+
 fn send_candidate(peer: &str, candidate: String, out: &mut Outbox) {
     out.send(
         peer,
@@ -1021,6 +1087,11 @@ impl Negotiation for TrackNegotiation {
                 tracing::debug!(%peer, track_id = %Untrusted(&track_id), "inbound track ended");
                 crate::rt::probe::emit(crate::rt::probe::Event::InboundTrackEnded);
             }
+            PlaneEvent::VoiceActivity {
+                peer,
+                track_id,
+                speech,
+            } => self.voice_activity(roster, &peer, track_id, speech, out),
             PlaneEvent::Connected { peer } => self.keyframes_for_subscriber(&peer, out),
             PlaneEvent::Failed { peer, reason } => {
                 // The browser sees the same failure and reports `connectionError` itself.

@@ -243,6 +243,9 @@ pub enum Event<'a> {
     AnswerSilencedGoneTracks,
     StaleAnswerDropped,
     InboundTrackEnded,
+    /// The plane reported voice activity of a track its publisher no longer publishes: a race
+    /// with the track's end, dropped by the negotiation core.
+    VoiceActivityOfGoneTrack,
     MediaEventBeforeConnect,
     /// Never: a room's connect-grace timer fired with none of its peers past their grace.
     RoomWokeForNothing,
@@ -358,6 +361,7 @@ impl Event<'_> {
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
+            Event::VoiceActivityOfGoneTrack => "VoiceActivityOfGoneTrack",
             Event::ClusterJoinFailed => "ClusterJoinFailed",
             Event::RoomClaimed { .. } => "RoomClaimed",
             Event::RemoteJoined => "RemoteJoined",

@@ -34,9 +34,8 @@
 // Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
 
 import dgram from "node:dgram";
-import fs from "node:fs";
 import path from "node:path";
-import { STEP_MS, expectAccessible, joinRoom, log, pageConsole, runScript, waitFor } from "./lib.mjs";
+import { STEP_MS, expectAccessible, joinRoom, log, pageConsole, runScript, speechLikeWav, waitFor } from "./lib.mjs";
 
 const [base, shotDir, part] = process.argv.slice(2);
 if (!base || !shotDir || !["screen", "devices", "health", "speaker"].includes(part)) {
@@ -669,40 +668,6 @@ async function healthPart(browser, pageLog) {
   return result;
 }
 
-/**
- * A WAV (48 kHz, 16-bit mono, 3 s, played in a loop) that sounds enough like speech for the
- * microphone's noise suppression to let it through: a tone changing pitch and loudness every
- * 120 ms, never silent long enough to end the speaking marker.
- */
-function speechLikeWav(file) {
-  const rate = 48_000;
-  const n = rate * 3;
-  const buf = Buffer.alloc(44 + n * 2);
-  buf.write("RIFF", 0);
-  buf.writeUInt32LE(36 + n * 2, 4);
-  buf.write("WAVEfmt ", 8);
-  buf.writeUInt32LE(16, 16);
-  buf.writeUInt16LE(1, 20); // PCM
-  buf.writeUInt16LE(1, 22); // mono
-  buf.writeUInt32LE(rate, 24);
-  buf.writeUInt32LE(rate * 2, 28);
-  buf.writeUInt16LE(2, 32);
-  buf.writeUInt16LE(16, 34);
-  buf.write("data", 36);
-  buf.writeUInt32LE(n * 2, 40);
-  const pitches = [180, 240, 310, 210, 400, 270, 150, 350, 230];
-  let phase = 0;
-  for (let i = 0; i < n; i++) {
-    const seg = Math.floor(i / (rate * 0.12));
-    phase += (2 * Math.PI * pitches[seg % pitches.length]) / rate;
-    const amp = 0.25 + 0.2 * Math.abs(Math.sin((Math.PI * i) / (rate * 0.12)));
-    const v = amp * (Math.sin(phase) + 0.5 * Math.sin(2 * phase) + 0.25 * Math.sin(3 * phase)) / 1.75;
-    buf.writeInt16LE(Math.round(v * 32767), 44 + i * 2);
-  }
-  fs.writeFileSync(file, buf);
-  return file;
-}
-
 /** The "Speaker view" button on `page`: its name, state, whether it is focused, and what is remembered. */
 const speakerButton = (page) => page.evaluate(() => {
   const b = document.getElementById("speaker-view");
@@ -710,10 +675,14 @@ const speakerButton = (page) => page.evaluate(() => {
     saved: localStorage.getItem("videoroom.speakerView") };
 });
 
-/** Waits until `page` hears `name` speaking, or (`on` false) no longer. */
+/**
+ * Waits until `page` hears `name` speaking, or (`on` false) no longer: the marker and the
+ * server's voice activity notification (`voice`) agree, since the page no longer judges remote
+ * sound itself.
+ */
 const expectSpeaking = (page, name, on = true) => waitFor(`${name} ${on ? "" : "not "}speaking on the page`, async () => {
   const p = (await state(page)).peers.find((x) => x.name === name);
-  return { ok: !!p && p.speaking === on, peer: p };
+  return { ok: !!p && p.speaking === on && p.voice === on, peer: p };
 });
 
 async function speakerPart(browser, pageLog) {
@@ -722,7 +691,15 @@ async function speakerPart(browser, pageLog) {
     if (name !== "Alice") await page.click("#toggle-mic");
   });
   await expectSpeaking(bob, "Alice");
-  await expectSpeaking(bob, "Carol", false);
+  // Carol's microphone plays the same sound, muted: over two seconds of Alice speaking, the
+  // server never says Carol speaks.
+  for (const until = Date.now() + 2_000; Date.now() < until;) {
+    const carolSeen = (await state(bob)).peers.find((x) => x.name === "Carol");
+    if (!carolSeen || carolSeen.speaking || carolSeen.voice) {
+      throw new Error(`muted Carol marked speaking on Bob's page: ${JSON.stringify(carolSeen)}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 
   // Off by default: Alice speaking changes nothing.
   result.buttonBefore = await speakerButton(bob);

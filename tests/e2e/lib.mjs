@@ -2,6 +2,7 @@
 // with fake camera and microphone, waiting for a condition with a bounded timeout, joining a room
 // through the lobby, checking a page with axe-core, asking the test driver over stdin.
 
+import fs from "node:fs";
 import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -151,4 +152,38 @@ export async function askDriver(question, timeoutMs = STEP_MS) {
     });
   }
   return driverLines.shift();
+}
+
+/**
+ * A WAV (48 kHz, 16-bit mono, 3 s, played in a loop) that sounds enough like speech for the
+ * microphone's noise suppression to let it through: a tone changing pitch and loudness every
+ * 120 ms, never silent long enough to end the speaking marker.
+ */
+export function speechLikeWav(file) {
+  const rate = 48_000;
+  const n = rate * 3;
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write("RIFF", 0);
+  buf.writeUInt32LE(36 + n * 2, 4);
+  buf.write("WAVEfmt ", 8);
+  buf.writeUInt32LE(16, 16);
+  buf.writeUInt16LE(1, 20); // PCM
+  buf.writeUInt16LE(1, 22); // mono
+  buf.writeUInt32LE(rate, 24);
+  buf.writeUInt32LE(rate * 2, 28);
+  buf.writeUInt16LE(2, 32);
+  buf.writeUInt16LE(16, 34);
+  buf.write("data", 36);
+  buf.writeUInt32LE(n * 2, 40);
+  const pitches = [180, 240, 310, 210, 400, 270, 150, 350, 230];
+  let phase = 0;
+  for (let i = 0; i < n; i++) {
+    const seg = Math.floor(i / (rate * 0.12));
+    phase += (2 * Math.PI * pitches[seg % pitches.length]) / rate;
+    const amp = 0.25 + 0.2 * Math.abs(Math.sin((Math.PI * i) / (rate * 0.12)));
+    const v = amp * (Math.sin(phase) + 0.5 * Math.sin(2 * phase) + 0.25 * Math.sin(3 * phase)) / 1.75;
+    buf.writeInt16LE(Math.round(v * 32767), 44 + i * 2);
+  }
+  fs.writeFileSync(file, buf);
+  return file;
 }

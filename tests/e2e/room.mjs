@@ -22,7 +22,8 @@
 // Driven by tests/it/e2e.rs (which starts the server); needs scripts/setup-chromium.sh.
 
 import { createInterface } from "node:readline";
-import { STEP_MS, expectAccessible, joinRoom, log, pageConsole, runScript, waitFor } from "./lib.mjs";
+import path from "node:path";
+import { STEP_MS, expectAccessible, joinRoom, log, pageConsole, runScript, speechLikeWav, waitFor } from "./lib.mjs";
 
 const [base, screenshotPath] = process.argv.slice(2);
 if (!base || !screenshotPath) {
@@ -214,11 +215,12 @@ await runScript(async (browser) => {
     });
   }
 
-  // The speaking marker: the fake microphone beeps, so Alice's level on Bob's page rises.
+  // The speaking marker: the fake microphones play speech-like sound, and the server's voice
+  // activity notification marks Alice speaking on Bob's page.
   result.speaking = await waitFor("Alice marked speaking on Bob's page", async () => {
     const p = await peerView(bob, "Alice");
     const s = await bob.evaluate(() => window.__videoroom.state());
-    return { ok: !!p && p.speaking, level: p && p.level, audioContext: s.audioContext, peer: p };
+    return { ok: !!p && p.speaking && p.voice, audioContext: s.audioContext, peer: p };
   }, 15_000, 50);
   log("speaking marker:", JSON.stringify(result.speaking));
 
@@ -453,4 +455,4 @@ await runScript(async (browser) => {
   await offline.waitForSelector("#lobby:not([hidden])", { timeout: STEP_MS });
 
   return result;
-}, pageLog.lines);
+}, pageLog.lines, { audioFile: speechLikeWav(path.join(path.dirname(screenshotPath), "e2e-speech-like.wav")) });

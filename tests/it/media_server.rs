@@ -352,3 +352,125 @@ async fn visitors_one_at_a_time_reuse_the_residents_m_lines() {
     resident.leave().await;
     server.shutdown().await;
 }
+
+/// Sends one audio packet every 20 ms (Opus's pace) on `local` until aborted, at whatever
+/// level the test sets.
+fn talk(local: std::sync::Arc<crate::support::sfu_peer::Local>) -> net_tokio::task::JoinHandle<()> {
+    net_tokio::spawn(async move {
+        let mut tick = net_tokio::time::interval(Duration::from_millis(20));
+        for seq in 0.. {
+            tick.tick().await;
+            local.send(TAG_NUMBERED, seq, 60).await;
+        }
+    })
+}
+
+/// Waits for `peer`'s next `vadNotification`; the other signals are dropped.
+async fn next_vad(peer: &mut Peer) -> (String, String) {
+    let id = peer.id.clone();
+    peer.wait_for(STEP, |s| match s {
+        Signal::Vad { track, status } => Some((track.clone(), status.clone())),
+        Signal::Error(e) => panic!("{id}: {e}"),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|| panic!("{id} got no vadNotification"))
+}
+
+/// Voice activity comes from the server: a publisher's audio level (RFC 6464 header
+/// extension) reaches each subscriber under the subscriber's own extension id, with a fresh
+/// abs-send-time, and the server turns the levels into `vadNotification` for every peer that
+/// knows the track (a joiner while someone talks included), with silence after a pause and
+/// after the sender stops.
+#[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_activity_and_audio_levels_reach_subscribers() {
+    let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
+    let server = start_server().await;
+    let audio_only = |name: &str, audio: bool| PeerOptions {
+        room: "vad".into(),
+        name: name.into(),
+        audio,
+        video: false,
+    };
+    let mut a = timeout(STEP, Peer::join(server.local_addr(), audio_only("a", true)))
+        .await
+        .unwrap()
+        .unwrap();
+    until_subscribed(&mut a, &BTreeSet::new()).await;
+    let mut b = timeout(
+        STEP,
+        Peer::join(server.local_addr(), audio_only("b", false)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let voice = a.local(RtpCodecKind::Audio).unwrap().clone();
+    until_subscribed(&mut b, &BTreeSet::from([voice.track_id.clone()])).await;
+
+    // Silence flows: B gets it with the level under its own id, and no notification.
+    let talker = talk(voice.clone());
+    let quiet = timeout(STEP, b.media.recv()).await.unwrap().unwrap();
+    assert_eq!(quiet.audio_level, Some(127), "{quiet:?}");
+    assert!(quiet.abs_send_time, "{quiet:?}");
+
+    // A talks: B hears it is speech, then the packets say how loud.
+    voice.set_level(12);
+    let started = Instant::now();
+    assert_eq!(
+        next_vad(&mut b).await,
+        (voice.track_id.clone(), "speech".into())
+    );
+    let onset = started.elapsed();
+    let mut loud = None;
+    while loud.is_none() {
+        let rtp = timeout(STEP, b.media.recv()).await.unwrap().unwrap();
+        loud = rtp.audio_level.filter(|l| *l == 12);
+    }
+
+    // C joins while A talks: told of the track, then at once that it is speech.
+    let mut c = timeout(
+        STEP,
+        Peer::join(server.local_addr(), audio_only("c", false)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let order = c
+        .wait_for(STEP, |s| match s {
+            Signal::TracksAdded { tracks, .. } => Some(format!("tracksAdded {tracks:?}")),
+            Signal::Vad { track, status } => Some(format!("vad {track} {status}")),
+            _ => None,
+        })
+        .await;
+    assert_eq!(order, Some(format!("tracksAdded [{:?}]", voice.track_id)));
+    assert_eq!(
+        next_vad(&mut c).await,
+        (voice.track_id.clone(), "speech".into())
+    );
+
+    // A pauses: both hear silence, after the hold.
+    voice.set_level(127);
+    let paused = Instant::now();
+    for p in [&mut b, &mut c] {
+        assert_eq!(
+            next_vad(p).await,
+            (voice.track_id.clone(), "silence".into())
+        );
+    }
+    let release = paused.elapsed();
+    // Talking again, then the sender stops while speaking: silence all the same.
+    voice.set_level(20);
+    assert_eq!(next_vad(&mut b).await.1, "speech");
+    talker.abort();
+    let stopped = Instant::now();
+    assert_eq!(next_vad(&mut b).await.1, "silence");
+    let idle = stopped.elapsed();
+    eprintln!("voice activity: speech {onset:?} after the voice started, silence {release:?} after it paused, {idle:?} after the sender stopped");
+    assert!(
+        release >= Duration::from_millis(videoroom::engine::vad::HOLD_MS),
+        "silence after {release:?}: the hold did not hold"
+    );
+    for p in [a, b, c] {
+        p.leave().await;
+    }
+}

@@ -16,6 +16,8 @@ function snapshot(session) {
     audioActive: p.audioActive,
     videoActive: p.videoActive,
     speaking: !!p.speaking,
+    // What the server last said of the peer's voice (remote peers only).
+    voice: p.local ? null : !!p.voice,
     level: p.lastLevel || 0,
     hasCamera: p.hasCamera !== false,
     hasMic: p.hasMic !== false,

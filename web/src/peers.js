@@ -4,7 +4,6 @@
 
 import { $ } from "./page.js";
 import { applySpeaker } from "./devices.js";
-import { LevelMeter } from "./speaking.js";
 import { makeTile, renderPeer, renderScreen } from "./tiles.js";
 
 /** A peer's name and (when it says) whether it has a camera and a microphone at all. */
@@ -21,7 +20,7 @@ export const peerMethods = {
     const info = peerInfoOf(metadata);
     const p = Object.assign(makeTile(id, info.name, false), info);
     p.hasVideo = false;
-    p.meter = null;
+    p.voice = false;
     this.peers.set(id, p);
     $("grid").append(p.tile);
     $("participants").append(p.entry);
@@ -34,7 +33,6 @@ export const peerMethods = {
     if (!p) return;
     this.peers.delete(id);
     this.removeScreen(id);
-    if (p.meter) p.meter.close();
     p.video.srcObject = null;
     p.audio.srcObject = null;
     p.tile.remove();
@@ -90,8 +88,6 @@ export const peerMethods = {
       applySpeaker(p.audio);
       p.audio.play().catch((e) => this.soundBlocked(e));
       if (this.audioCtx.state === "suspended") this.audioCtx.resume().catch(() => {});
-      if (p.meter) p.meter.close();
-      p.meter = new LevelMeter(this.audioCtx, ctx.track);
     }
     renderPeer(p);
   },
@@ -108,9 +104,9 @@ export const peerMethods = {
     const kind = ctx.track ? ctx.track.kind : ctx.metadata && ctx.metadata.type === "audio" ? "audio" : "video";
     if (kind === "audio") {
       p.audio.srcObject = null;
-      if (p.meter) p.meter.close();
-      p.meter = null;
       p.audioActive = undefined;
+      // The server says nothing more about a track it removed.
+      if (p.voice) this.onVoiceActivity({ endpoint: { id }, vadStatus: "silence" });
     } else {
       p.video.srcObject = null;
       p.hasVideo = false;

@@ -196,6 +196,7 @@ export class RoomSession {
     ep.on("trackAdded", (ctx) => {
       this.renegotiated();
       this.onTrackMeta(ctx);
+      ctx.on("voiceActivityChanged", (c) => this.onVoiceActivity(c));
     });
     ep.on("trackUpdated", (ctx) => this.onTrackMeta(ctx));
     ep.on("trackReady", (ctx) => this.onTrackReady(ctx));

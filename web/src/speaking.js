@@ -1,8 +1,11 @@
-// Who is speaking: a WebAudio level meter per microphone track and the "speaking" marker on tiles
-// and list entries. Owns the speaking thresholds; it must never open or stop a track (the meter
-// only listens to one it is given).
+// Who is speaking: the local microphone's loudness from a WebAudio level meter, everyone else's
+// from the server's voice activity (`vadNotification`, which the client library turns into
+// `voiceActivityChanged` on the track), and the "speaking" marker on tiles and list entries. Owns
+// the local speaking thresholds; it must never open or stop a track (the meter only listens to
+// one it is given), and never judge a remote peer's sound itself (the server does, once for all).
 
-// RMS level (0..1) above which a peer counts as speaking, and how long the marker stays on.
+// RMS level (0..1) above which the local microphone counts as speaking, and how long the marker
+// stays on.
 const SPEAKING_LEVEL = 0.02;
 const SPEAKING_HOLD_MS = 400;
 export const METER_EVERY_MS = 80;
@@ -40,17 +43,26 @@ function setSpeaking(p, on, now) {
 
 /** RoomSession methods (mixed into its prototype). */
 export const speakingMethods = {
+  /** The server says whether a remote audio track (`ctx`) carries voice. */
+  onVoiceActivity(ctx) {
+    const p = this.peers.get(ctx.endpoint && ctx.endpoint.id);
+    if (!p) return;
+    p.voice = ctx.vadStatus === "speech";
+    const now = performance.now();
+    setSpeaking(p, p.voice, now);
+    this.followSpeaker(now);
+  },
+
   sampleLevels() {
     const now = performance.now();
-    for (const p of [this.local, ...this.peers.values()]) {
-      let loud = false;
-      if (p.meter && p.audioActive !== false) {
-        p.lastLevel = p.meter.level();
-        loud = p.lastLevel > SPEAKING_LEVEL;
-      }
-      if (loud) p.loudAt = now;
-      setSpeaking(p, !!p.loudAt && now - p.loudAt < SPEAKING_HOLD_MS, now);
+    const self = this.local;
+    let loud = false;
+    if (self.meter && self.audioActive !== false) {
+      self.lastLevel = self.meter.level();
+      loud = self.lastLevel > SPEAKING_LEVEL;
     }
+    if (loud) self.loudAt = now;
+    setSpeaking(self, !!self.loudAt && now - self.loudAt < SPEAKING_HOLD_MS, now);
     this.followSpeaker(now);
   },
 };

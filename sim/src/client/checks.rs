@@ -278,3 +278,36 @@ pub(super) fn cut_error_message(oracles: &crate::oracle::Oracles, who: &str, mes
         )
     });
 }
+
+/// A `vadNotification`: membrane-webrtc-js 0.5.3 throws for a track it does not know (told by
+/// `tracksAdded`, not yet by `tracksRemoved` or `endpointRemoved`) and warns about a status
+/// other than `speech` or `silence`; the server says only what changed, so a status never
+/// repeats the last one the client holds for the track (a track starts silent).
+pub(super) fn voice_activity(
+    oracles: &crate::oracle::Oracles,
+    who: &str,
+    voices: &mut std::collections::BTreeMap<String, bool>,
+    data: &serde_json::Value,
+) {
+    let id = data["trackId"].as_str().unwrap_or("");
+    let speech = match data["status"].as_str() {
+        Some("speech") => true,
+        Some("silence") => false,
+        _ => {
+            oracles.fail(format!("{who}: vadNotification with status {data:.120}"));
+            return;
+        }
+    };
+    let Some(held) = voices.get_mut(id) else {
+        oracles.fail(format!(
+            "{who}: vadNotification for track {id:.80}, which the client does not know \
+             (membrane-webrtc-js 0.5.3 throws)"
+        ));
+        return;
+    };
+    oracles.reached("client: voice activity heard");
+    oracles.check(*held != speech, || {
+        format!("{who}: vadNotification repeats {speech} for track {id:.80}")
+    });
+    *held = speech;
+}

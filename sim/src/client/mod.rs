@@ -111,6 +111,10 @@ struct Chan {
     track_seq: BTreeMap<String, u64>,
     /// The tracks it receives now (announced, not removed) → their current metadata.
     track_meta: BTreeMap<String, Value>,
+    /// Tracks as membrane-webrtc-js 0.5.3 knows them for `vadNotification` (from `tracksAdded`
+    /// only: its `connected` handler registers none) → whether the last notification said
+    /// speech (a track starts silent).
+    voices: BTreeMap<String, bool>,
     neg: Negotiator,
     /// When the join went out (every join is answered while its connection lives).
     sent_at: time::Instant,
@@ -441,6 +445,7 @@ impl Client {
             owners: BTreeMap::new(),
             track_seq: BTreeMap::new(),
             track_meta: BTreeMap::new(),
+            voices: BTreeMap::new(),
             meta: BTreeMap::new(),
             seq: BTreeMap::new(),
             neg: Negotiator::default(),
@@ -882,6 +887,7 @@ impl Client {
         c.meta.clear();
         c.seq.clear();
         c.track_meta.clear();
+        c.voices.clear();
         c.neg = c.neg.restart();
         // Errors still in flight are for the session it leaves, and ignored as it ignores them.
         c.malformed_owed = 0;
@@ -1349,6 +1355,7 @@ impl Client {
                 c.owners.clear();
                 c.track_seq.clear();
                 c.track_meta.clear();
+                c.voices.clear();
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
                     c.announced(
                         &self.oracles,
@@ -1387,6 +1394,7 @@ impl Client {
                     c.seq.remove(id);
                     let prefix = format!("{id}:");
                     c.track_meta.retain(|t, _| !t.starts_with(&prefix));
+                    c.voices.retain(|t, _| !t.starts_with(&prefix));
                     c.neg.on_endpoint_removed(id);
                 }
             }
@@ -1412,10 +1420,19 @@ impl Client {
             "tracksAdded" => {
                 let endpoint = data["endpointId"].as_str().unwrap_or("");
                 c.announced(&self.oracles, &who, endpoint, &data["tracks"]);
+                for id in data["tracks"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| t.0)
+                {
+                    c.voices.entry(id.clone()).or_insert(false);
+                }
             }
             "tracksRemoved" => {
                 for id in data["trackIds"].as_array().into_iter().flatten() {
                     c.track_meta.remove(id.as_str().unwrap_or(""));
+                    c.voices.remove(id.as_str().unwrap_or(""));
                 }
                 c.neg.on_tracks_removed(&who, data, &self.oracles)
             }
@@ -1457,6 +1474,9 @@ impl Client {
                 }
                 "sdpAnswer" => c.neg.on_answer(&who, &data["data"], &self.oracles),
                 "candidate" => c.neg.on_candidate(&who, &data["data"], &self.oracles),
+                "vadNotification" => {
+                    checks::voice_activity(&self.oracles, &who, &mut c.voices, &data["data"])
+                }
                 _ => {}
             },
             "error" => {

@@ -871,3 +871,74 @@ fn an_answer_from_before_a_disconnect_is_not_taken_for_the_new_session() {
         "{lines:?}"
     );
 }
+
+fn vad(track_id: &str, status: &str) -> String {
+    format!(
+        r#"{{"type":"custom","data":{{"type":"vadNotification","data":{{"trackId":"{track_id}","status":"{status}"}}}}}}"#
+    )
+}
+
+fn voice(peer: &str, track_id: &str, speech: bool) -> PlaneEvent {
+    PlaneEvent::VoiceActivity {
+        peer: peer.into(),
+        track_id: track_id.into(),
+        speech,
+    }
+}
+
+#[test]
+fn voice_activity_reaches_exactly_the_peers_that_know_the_track() {
+    // B was told of A's tracks (not yet in an answer: the client knows them all the same).
+    let mut h = a_published();
+    assert_eq!(
+        h.plane(voice("A", "A:a", true)),
+        [format!("B {}", vad("A:a", "speech"))]
+    );
+    // Repeats, video tracks, unknown tracks and peers say nothing.
+    assert!(h.plane(voice("A", "A:a", true)).is_empty());
+    assert!(h.plane(voice("A", "A:v", false)).is_empty());
+    assert!(h.plane(voice("A", "A:v", true)).is_empty());
+    assert!(h.plane(voice("A", "A:x", true)).is_empty());
+    assert!(h.plane(voice("Z", "Z:a", true)).is_empty());
+    // Someone joining while A talks hears so right after the track is announced.
+    let joined = h.send("C", &connect("C"));
+    let added = joined
+        .iter()
+        .position(|l| l.starts_with("C {\"type\":\"tracksAdded\""))
+        .expect("C is told of A's tracks");
+    assert_eq!(joined[added + 1], format!("C {}", vad("A:a", "speech")));
+    assert_eq!(
+        h.plane(voice("A", "A:a", false)),
+        [
+            format!("B {}", vad("A:a", "silence")),
+            format!("C {}", vad("A:a", "silence"))
+        ]
+    );
+    // Nobody is told after the track is gone: A stops publishing audio.
+    h.plane(voice("A", "A:a", true));
+    h.send("A", RENEGOTIATE);
+    let audio_gone = sdp_offer(
+        &[("0", "audio", "inactive"), ("1", "video", "sendonly")],
+        &[("1", "A:v")],
+        &[],
+    );
+    h.send("A", &audio_gone);
+    h.answer("A");
+    assert!(h.plane(voice("A", "A:a", false)).is_empty());
+    assert!(h.plane(voice("A", "A:a", true)).is_empty());
+    // And a joiner after the removal hears nothing of the old track.
+    let joined = h.send("D", &connect("D"));
+    assert!(
+        !joined.iter().any(|l| l.contains("vadNotification")),
+        "{joined:?}"
+    );
+}
+
+#[test]
+fn a_peer_that_left_gets_no_voice_activity() {
+    let mut h = b_subscribed();
+    h.leave("B");
+    assert!(h.plane(voice("A", "A:a", true)).is_empty());
+    h.leave("A");
+    assert!(h.plane(voice("A", "A:a", false)).is_empty());
+}

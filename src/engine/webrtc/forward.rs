@@ -1,8 +1,9 @@
 //! The forwarding hot path: one published track's packets to every subscriber leg.
 //!
-//! Owns the per-leg rewrite (SSRC, payload type, header extensions, and sequence/timestamp
-//! continuity when a recycled m-line switches source) and the rule that a leg which cannot
-//! take a packet right now loses it instead of stalling the publisher's loop.
+//! Owns the per-leg rewrite (SSRC, payload type, header extensions remapped to the leg's own
+//! ids, and sequence/timestamp continuity when a recycled m-line switches source) and the rule
+//! that a leg which cannot take a packet right now loses it instead of stalling the
+//! publisher's loop.
 //! It must never await on a leg, take a lock shared with another publisher's track, or
 //! allocate per leg beyond the packet header clone.
 
@@ -10,8 +11,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use rtc::rtp;
+use rtc::rtp::header::{Extension, EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -21,11 +24,75 @@ use super::Counters;
 /// A leg whose answer did not name a payload type yet forwards nothing.
 pub const NO_PAYLOAD_TYPE: u8 = u8::MAX;
 
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const ABS_SEND_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+
+/// The ids one side of a connection negotiated for the header extensions a forwarded packet
+/// carries (0: not negotiated). Ids are per m-line and per peer, so a publisher's mean nothing
+/// on a subscriber's leg: forwarding maps each by what it means.
+///
+/// Transport-wide sequence numbers are not among them: they number one hop's packets for
+/// that hop's congestion feedback, so the publisher's would be meaningless on a leg (the
+/// server reports them to the publisher; the legs carry none while the server does no
+/// send-side estimation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtIds {
+    pub audio_level: u8,
+    pub abs_send_time: u8,
+}
+
+impl ExtIds {
+    /// From an m-line's `a=extmap` entries (id, URI).
+    pub fn from_extmaps<'a>(extmaps: impl IntoIterator<Item = &'a (u8, String)>) -> Self {
+        let mut ids = ExtIds::default();
+        for (id, uri) in extmaps {
+            match uri.as_str() {
+                AUDIO_LEVEL_URI => ids.audio_level = *id,
+                ABS_SEND_TIME_URI => ids.abs_send_time = *id,
+                _ => {}
+            }
+        }
+        ids
+    }
+}
+
+/// What one packet takes to every leg, read or made once per packet: the publisher's audio
+/// level and the send time (abs-send-time is the sender's clock on each hop, so the server
+/// stamps its own, as a sender must).
+#[derive(Default)]
+pub struct Carried {
+    pub audio_level: Option<Bytes>,
+    pub abs_send_time: Option<Bytes>,
+}
+
+impl Carried {
+    pub fn of(pkt: &rtp::Packet, from: ExtIds, now: std::time::SystemTime) -> Self {
+        let get = |id: u8| (id != 0).then(|| pkt.header.get_extension(id)).flatten();
+        Carried {
+            audio_level: get(from.audio_level),
+            abs_send_time: Some(abs_send_time(now)),
+        }
+    }
+}
+
+/// The 24-bit abs-send-time value of `now`: seconds in 6.18 fixed point, modulo 64 s.
+pub fn abs_send_time(now: std::time::SystemTime) -> Bytes {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let fixed = ((since.as_secs() & 0x3f) << 18)
+        | ((u64::from(since.subsec_nanos()) << 18) / 1_000_000_000);
+    let b = fixed.to_be_bytes();
+    Bytes::copy_from_slice(&b[5..8])
+}
+
 /// One subscriber's copy of one published track.
 pub struct Leg {
     pub subscriber: String,
     pub track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
+    /// The extension ids the subscriber's answer negotiated on this m-line.
+    pub ext: ExtIds,
     payload_type: AtomicU8,
     /// Shared by every leg that ever sends on this SSRC (one m-line of the subscriber).
     continuity: Arc<Continuity>,
@@ -41,6 +108,7 @@ impl Leg {
         track: Arc<TrackLocalStaticRTP>,
         ssrc: u32,
         payload_type: u8,
+        ext: ExtIds,
         continuity: Arc<Continuity>,
     ) -> Self {
         let source = continuity.next_source();
@@ -48,6 +116,7 @@ impl Leg {
             subscriber,
             track,
             ssrc,
+            ext,
             payload_type: AtomicU8::new(payload_type),
             continuity,
             source,
@@ -182,11 +251,16 @@ impl Fanout {
             && self.legs.read().expect("fanout lock").is_empty()
     }
 
-    /// Sends `pkt` to every leg.
-    pub(crate) fn forward(&self, pkt: rtp::Packet, counters: &Counters) {
+    /// Sends `pkt`, whose header extensions carry the publisher's ids `from`, to every leg.
+    pub(crate) fn forward(&self, pkt: rtp::Packet, from: ExtIds, counters: &Counters) {
         let legs = self.legs();
+        if legs.is_empty() {
+            return;
+        }
+        let carried = Carried::of(&pkt, from, std::time::SystemTime::now());
         for leg in legs.iter() {
-            let Some(mut out) = rewrite(&pkt, leg.ssrc, leg.payload_type()) else {
+            let Some(mut out) = rewrite(&pkt, leg.ssrc, leg.payload_type(), leg.ext, &carried)
+            else {
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -216,21 +290,57 @@ impl Drop for Fanout {
 /// The packet as one leg must send it, or `None` if the leg has no payload type yet.
 ///
 /// webrtc 0.21 rejects a packet whose SSRC is not the leg's, whose payload type was not
-/// negotiated on the leg, or which carries an extension id the leg did not negotiate; the
-/// publisher's ids mean nothing on the subscriber's leg, so extensions are dropped (the leg's
-/// own interceptors add transport-cc). Sequence numbers and timestamps are the leg's
-/// [`Continuity`]'s business.
-pub fn rewrite(pkt: &rtp::Packet, ssrc: u32, payload_type: u8) -> Option<rtp::Packet> {
+/// negotiated on the leg, or which carries an extension id the leg did not negotiate; so the
+/// packet gets the leg's SSRC and payload type, and exactly the extensions in `carried` that
+/// the leg negotiated (`to`), under the leg's ids. Sequence numbers and timestamps are the
+/// leg's [`Continuity`]'s business.
+pub fn rewrite(
+    pkt: &rtp::Packet,
+    ssrc: u32,
+    payload_type: u8,
+    to: ExtIds,
+    carried: &Carried,
+) -> Option<rtp::Packet> {
     if payload_type == NO_PAYLOAD_TYPE {
         return None;
     }
-    let mut out = pkt.clone();
-    out.header.ssrc = ssrc;
-    out.header.payload_type = payload_type;
-    out.header.extension = false;
-    out.header.extension_profile = 0;
-    out.header.extensions.clear();
-    Some(out)
+    let mut extensions = Vec::new();
+    for (id, payload) in [
+        (to.audio_level, &carried.audio_level),
+        (to.abs_send_time, &carried.abs_send_time),
+    ] {
+        if let (1.., Some(payload)) = (id, payload) {
+            extensions.push(Extension {
+                id,
+                payload: payload.clone(),
+            });
+        }
+    }
+    let h = &pkt.header;
+    // Ids above 14 only fit the two-byte form (RFC 8285).
+    let extension_profile = match extensions.iter().map(|e| e.id).max() {
+        None => 0,
+        Some(..=14) => EXTENSION_PROFILE_ONE_BYTE,
+        Some(_) => EXTENSION_PROFILE_TWO_BYTE,
+    };
+    let header = rtp::header::Header {
+        version: h.version,
+        padding: h.padding,
+        extension: !extensions.is_empty(),
+        marker: h.marker,
+        payload_type,
+        sequence_number: h.sequence_number,
+        timestamp: h.timestamp,
+        ssrc,
+        csrc: h.csrc.clone(),
+        extension_profile,
+        extensions,
+        extensions_padding: 0,
+    };
+    Some(rtp::Packet {
+        header,
+        payload: pkt.payload.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -238,7 +348,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rewrite_sets_ssrc_and_pt_strips_extensions_and_keeps_the_rest() {
+    fn rewrite_sets_ssrc_and_pt_maps_extensions_to_the_legs_ids_and_keeps_the_rest() {
         let mut pkt = rtp::Packet {
             header: rtp::header::Header {
                 version: 2,
@@ -251,15 +361,40 @@ mod tests {
             },
             payload: bytes::Bytes::from_static(b"payload"),
         };
-        pkt.header
-            .set_extension(3, bytes::Bytes::from_static(&[1, 2]))
-            .unwrap();
-        assert!(pkt.header.extension);
-        let out = rewrite(&pkt, 42, 96).unwrap();
+        // The publisher's ids: audio level 1, abs-send-time 3, transport-cc 5.
+        let from = ExtIds {
+            audio_level: 1,
+            abs_send_time: 3,
+        };
+        for (id, value) in [(1, &[0x9e][..]), (3, &[1, 2, 3]), (5, &[0, 9])] {
+            pkt.header
+                .set_extension(id, bytes::Bytes::copy_from_slice(value))
+                .unwrap();
+        }
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(65_500);
+        let carried = Carried::of(&pkt, from, now);
+        // A leg with other ids for both.
+        let to = ExtIds {
+            audio_level: 4,
+            abs_send_time: 2,
+        };
+        let out = rewrite(&pkt, 42, 96, to, &carried).unwrap();
         assert_eq!(out.header.ssrc, 42);
         assert_eq!(out.header.payload_type, 96);
-        assert!(!out.header.extension);
-        assert!(out.header.extensions.is_empty());
+        assert!(out.header.extension);
+        assert_eq!(out.header.extension_profile, EXTENSION_PROFILE_ONE_BYTE);
+        let ids: Vec<u8> = out.header.extensions.iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            [4, 2],
+            "transport-cc is the hop's own and is not forwarded"
+        );
+        assert_eq!(out.header.get_extension(4).unwrap(), &[0x9e][..]);
+        // 65.5 s is 1.5 s modulo 64: 0x060000 in 6.18 fixed point.
+        assert_eq!(
+            out.header.get_extension(2).unwrap(),
+            &[0x06, 0x00, 0x00][..]
+        );
         assert_eq!(
             (
                 out.header.sequence_number,
@@ -269,7 +404,36 @@ mod tests {
             (7, 9000, true)
         );
         assert_eq!(out.payload, pkt.payload);
-        assert!(rewrite(&pkt, 42, NO_PAYLOAD_TYPE).is_none());
+        // The packet the leg sends marshals and reads back with the leg's ids.
+        use rtc::shared::marshal::{Marshal, Unmarshal};
+        let wire = out.marshal().unwrap();
+        let back = rtp::Packet::unmarshal(&mut &wire[..]).unwrap();
+        assert_eq!(back.header.get_extension(4).unwrap(), &[0x9e][..]);
+        assert_eq!(back.payload, pkt.payload);
+
+        // A leg that negotiated neither gets none; one with a two-byte id gets that form.
+        let bare = rewrite(&pkt, 42, 96, ExtIds::default(), &carried).unwrap();
+        assert!(!bare.header.extension);
+        assert!(bare.header.extensions.is_empty());
+        let wide = ExtIds {
+            audio_level: 20,
+            abs_send_time: 0,
+        };
+        let out = rewrite(&pkt, 42, 96, wide, &carried).unwrap();
+        assert_eq!(out.header.extension_profile, EXTENSION_PROFILE_TWO_BYTE);
+        assert_eq!(out.header.get_extension(20).unwrap(), &[0x9e][..]);
+        assert!(rewrite(&pkt, 42, NO_PAYLOAD_TYPE, to, &carried).is_none());
+        // A publisher without the level extension: the leg gets the send time only.
+        let carried = Carried::of(&pkt, ExtIds::default(), now);
+        let out = rewrite(&pkt, 42, 96, to, &carried).unwrap();
+        assert_eq!(
+            out.header
+                .extensions
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>(),
+            [2]
+        );
     }
 
     fn header(seq: u16, ts: u32) -> rtp::header::Header {

@@ -5,10 +5,12 @@
 //! one forwarding loop per published track, and one `TrackLocalStaticRTP` (sender, SSRC) per
 //! subscriber m-line, kept for the connection's life while the core recycles the mid for
 //! successive tracks. A forwarded packet gets the subscriber leg's SSRC and negotiated payload
-//! type, sequence numbers and timestamps continuous across those tracks, and loses its header
-//! extensions, because webrtc 0.21 *rejects* rather than rewrites packets that do not match the
-//! leg (research: sfu_perf.md §2). Subscriber PLI/FIR is relayed to the publisher, and every
-//! new subscription asks the publisher for a keyframe.
+//! type, sequence numbers and timestamps continuous across those tracks, and its audio level
+//! and a fresh abs-send-time under the leg's own extension ids (nothing else), because webrtc
+//! 0.21 *rejects* rather than rewrites packets that do not match the leg (research:
+//! sfu_perf.md §2). Subscriber PLI/FIR is relayed to the publisher, and every new subscription
+//! asks the publisher for a keyframe. Each published audio track's levels feed a
+//! [`VoiceActivity`], whose changes go to the core as [`PlaneEvent::VoiceActivity`].
 //!
 //! It must never: decide anything about negotiation (which mid carries what, stream ids, when
 //! to offer: the negotiation core decides, this only executes a [`PlaneOffer`]); block the
@@ -55,7 +57,13 @@ use crate::fabric::Fabric;
 use crate::logsafe::{Untrusted, WarnBudget};
 use crate::turn::TurnServer;
 
-pub use forward::{Continuity, Fanout, Leg, NO_PAYLOAD_TYPE};
+pub use forward::{
+    abs_send_time, rewrite, Carried, Continuity, ExtIds, Fanout, Leg, ABS_SEND_TIME_URI,
+    AUDIO_LEVEL_URI, NO_PAYLOAD_TYPE,
+};
+
+use crate::engine::vad::VoiceActivity;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 
 /// Process-wide gauges of live plane objects, for soak tests and leak hunting: after every
 /// peer has been removed and its teardown ran, all of them are back to where they were.
@@ -490,6 +498,9 @@ struct PeerTask {
     pc: Option<Arc<dyn PeerConnection>>,
     /// mid → published track id, from the latest applied offer.
     inbound: BTreeMap<String, String>,
+    /// mid → kind and header extension ids, from the latest answer (an answer repeats the
+    /// offer's ids, so for a published track they are the ids its packets carry).
+    answered: BTreeMap<String, (RtpCodecKind, ExtIds)>,
     /// Published tracks whose media has started: track id → forwarding loop.
     ingress: BTreeMap<String, JoinHandle<()>>,
     /// By mid.
@@ -507,6 +518,7 @@ impl PeerTask {
             tx,
             pc: None,
             inbound: BTreeMap::new(),
+            answered: BTreeMap::new(),
             ingress: BTreeMap::new(),
             outbound: BTreeMap::new(),
             warnings: WarnBudget::per_peer(),
@@ -733,18 +745,24 @@ impl PeerTask {
 
         // Sources go live only now that the answer fixes their payload type.
         let answer_lines = sdp::media_sections(&sdp);
+        self.answered = answer_lines
+            .iter()
+            .map(|m| (m.mid.clone(), (m.kind, ExtIds::from_extmaps(&m.extmaps))))
+            .collect();
         for o in starting {
             let pt = answer_lines
                 .iter()
                 .find(|m| m.mid == o.mid)
                 .and_then(|m| m.payload_types.first().copied())
                 .unwrap_or(NO_PAYLOAD_TYPE);
+            let ext = self.answered.get(&o.mid).map(|a| a.1).unwrap_or_default();
             let slot = self.outbound.get(&o.mid).expect("placed above");
             let leg = Arc::new(Leg::new(
                 self.peer.clone(),
                 Arc::clone(&slot.local),
                 slot.ssrc,
                 pt,
+                ext,
                 Arc::clone(&slot.continuity),
             ));
             let fanout = self.inner.fanout(&o.track_id);
@@ -814,10 +832,23 @@ impl PeerTask {
                 break;
             }
         }
-        let Some(track_id) = mid.and_then(|m| self.inbound.get(&m).cloned()) else {
+        let Some(mid) = mid else {
+            tracing::debug!(peer = %self.peer, "remote track without a mid");
+            return;
+        };
+        let Some(track_id) = self.inbound.get(&mid).cloned() else {
             tracing::debug!(peer = %self.peer, "remote track on a mid the plan does not publish");
             return;
         };
+        let (kind, ext) = self
+            .answered
+            .get(&mid)
+            .copied()
+            .unwrap_or((RtpCodecKind::Unspecified, ExtIds::default()));
+        // Voice activity needs the level the publisher measured: without the extension
+        // negotiated there is nothing to judge.
+        let mut vad = (kind == RtpCodecKind::Audio && ext.audio_level != 0)
+            .then(|| Vad::new(self.peer.clone(), track_id.clone()));
         let ssrc = remote.ssrcs().await.first().copied().unwrap_or(0);
         let fanout = self.inner.fanout(&track_id);
         fanout.set_source(Some((Arc::clone(&remote), ssrc)));
@@ -828,7 +859,22 @@ impl PeerTask {
         let tid = track_id.clone();
         let task = self.inner.rt.spawn(async move {
             let mut started = false;
-            while let Some(ev) = remote.poll().await {
+            loop {
+                // While the track is speaking, a sender that goes quiet must end it.
+                let deadline = vad.as_ref().and_then(Vad::idle_deadline);
+                let ev = match deadline {
+                    Some(at) => match net_tokio::time::timeout_at(at, remote.poll()).await {
+                        Ok(ev) => ev,
+                        Err(_) => {
+                            if let Some(v) = vad.as_mut() {
+                                v.idle(&sink);
+                            }
+                            continue;
+                        }
+                    },
+                    None => remote.poll().await,
+                };
+                let Some(ev) = ev else { break };
                 match ev {
                     TrackRemoteEvent::OnRtpPacket(pkt) => {
                         if !started {
@@ -843,7 +889,10 @@ impl PeerTask {
                                 counters.sent.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        fanout.forward(pkt, &counters);
+                        if let Some(v) = vad.as_mut() {
+                            v.packet(&pkt, ext, &sink);
+                        }
+                        fanout.forward(pkt, ext, &counters);
                     }
                     TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
                     _ => {}
@@ -893,6 +942,64 @@ impl PeerTask {
 impl Drop for PeerTask {
     fn drop(&mut self) {
         LIVE_PEER_TASKS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One published audio track's voice activity, as the ingress loop runs it: the sans-IO
+/// [`VoiceActivity`] on this task's clock, reporting its changes to the core.
+struct Vad {
+    peer: String,
+    track_id: String,
+    epoch: net_tokio::time::Instant,
+    state: VoiceActivity,
+}
+
+impl Vad {
+    fn new(peer: String, track_id: String) -> Self {
+        Vad {
+            peer,
+            track_id,
+            epoch: net_tokio::time::Instant::now(),
+            state: VoiceActivity::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn idle_deadline(&self) -> Option<net_tokio::time::Instant> {
+        let ms = self.state.idle_deadline()?;
+        Some(self.epoch + std::time::Duration::from_millis(ms))
+    }
+
+    fn report(&self, change: Option<bool>, sink: &PlaneSink) {
+        if let Some(speech) = change {
+            sink.send(PlaneEvent::VoiceActivity {
+                peer: self.peer.clone(),
+                track_id: self.track_id.clone(),
+                speech,
+            });
+        }
+    }
+
+    /// RFC 6464: the first byte's low seven bits are the level; a packet without the
+    /// extension says nothing.
+    fn packet(&mut self, pkt: &rtc::rtp::Packet, ext: ExtIds, sink: &PlaneSink) {
+        let Some(level) = pkt
+            .header
+            .get_extension(ext.audio_level)
+            .and_then(|b| b.first().copied())
+        else {
+            return;
+        };
+        let change = self.state.packet(self.now_ms(), level & 0x7f);
+        self.report(change, sink);
+    }
+
+    fn idle(&mut self, sink: &PlaneSink) {
+        let change = self.state.idle(self.now_ms());
+        self.report(change, sink);
     }
 }
 
@@ -956,10 +1063,21 @@ pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
 
 /// VP8 + Opus only, as the reference videoroom does: every leg negotiates the same codecs,
 /// so forwarding never transcodes and only the payload type number can differ.
+///
+/// Header extensions: the audio level (voice activity, and forwarded so a subscriber's
+/// `getSynchronizationSources()` reports it) and abs-send-time (stamped per hop) on every leg
+/// that negotiates them.
 pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
     let mut me = MediaEngine::default();
     me.register_codec(codec(RtpCodecKind::Audio), RtpCodecKind::Audio)?;
     me.register_codec(codec(RtpCodecKind::Video), RtpCodecKind::Video)?;
+    let ext = |uri: &str| RTCRtpHeaderExtensionCapability {
+        uri: uri.to_owned(),
+    };
+    me.register_header_extension(ext(AUDIO_LEVEL_URI), RtpCodecKind::Audio, None)?;
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        me.register_header_extension(ext(ABS_SEND_TIME_URI), kind, None)?;
+    }
     Ok(me)
 }
 

@@ -23,6 +23,8 @@ use net_tokio::sync::mpsc;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -30,7 +32,7 @@ use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use videoroom::app::Limits;
-use videoroom::engine::webrtc::{interceptors, media_engine};
+use videoroom::engine::webrtc::{interceptors, media_engine, ABS_SEND_TIME_URI, AUDIO_LEVEL_URI};
 use videoroom::server::{EdgeConfig, MediaConfig, Server, ServerConfig};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -80,6 +82,11 @@ pub enum Signal {
     Answered(BTreeMap<String, String>),
     PcState(RTCPeerConnectionState),
     Error(String),
+    /// `vadNotification`: a subscribed audio track's voice activity.
+    Vad {
+        track: String,
+        status: String,
+    },
     /// The socket closed.
     Closed,
 }
@@ -126,6 +133,10 @@ pub struct Rtp {
     pub sent_ns: u64,
     pub recv_ns: u64,
     pub len: usize,
+    /// The audio level the packet carried under the id this peer negotiated for it.
+    pub audio_level: Option<u8>,
+    /// It carried abs-send-time under this peer's id for it.
+    pub abs_send_time: bool,
 }
 
 impl Rtp {
@@ -140,8 +151,17 @@ impl Rtp {
             sent_ns: u64::from_be_bytes(payload[9..17].try_into().ok()?),
             recv_ns,
             len: payload.len(),
+            audio_level: None,
+            abs_send_time: false,
         })
     }
+}
+
+/// The header extension ids this peer offered (and the server's answer repeats), 0 unknown.
+#[derive(Default)]
+struct ExtIds {
+    audio_level: AtomicU8,
+    abs_send_time: AtomicU8,
 }
 
 /// A published track.
@@ -153,6 +173,8 @@ pub struct Local {
     rtp_seq: AtomicU16,
     /// The payload type this leg negotiated (0 until the first offer is made).
     pt: AtomicU8,
+    /// The audio level (RFC 6464, 0 loudest, 127 silence) an audio track's packets carry.
+    level: AtomicU8,
 }
 
 impl Local {
@@ -183,7 +205,18 @@ impl Local {
             },
             payload: payload.into(),
         };
-        let ok = self.track.write_rtp(pkt).await.is_ok();
+        let ok = if self.kind == RtpCodecKind::Audio {
+            let level = AudioLevelExtension {
+                level: self.level.load(Ordering::Relaxed),
+                voice: false,
+            };
+            self.track
+                .write_rtp_with_extensions(pkt, &[HeaderExtension::AudioLevel(level)])
+                .await
+                .is_ok()
+        } else {
+            self.track.write_rtp(pkt).await.is_ok()
+        };
         // webrtc 0.21's driver hands a relayed packet to its TURN client in one loop pass and
         // sends what the TURN client queued only at the start of the next one, and nothing
         // schedules that next pass: the packet waits for whatever wakes the connection next
@@ -193,6 +226,11 @@ impl Local {
         // would be the synthetic publisher's (BENCHMARKS.md, "Where forwarding latency goes").
         let _ = self.track.write_rtcp(Vec::new()).await;
         ok
+    }
+
+    /// What the next packets of this audio track say about its loudness.
+    pub fn set_level(&self, level: u8) {
+        self.level.store(level, Ordering::Relaxed);
     }
 
     /// Keyframe requests (PLI/FIR) the SFU sends about this track, one `()` per RTCP packet
@@ -228,6 +266,7 @@ enum Internal {
 struct Handler {
     internal: mpsc::UnboundedSender<Internal>,
     media: mpsc::UnboundedSender<Rtp>,
+    ext: Arc<ExtIds>,
 }
 
 /// Client connections still in memory in this process: webrtc drops a connection's handler
@@ -255,11 +294,20 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let tx = self.media.clone();
+        let ext = Arc::clone(&self.ext);
         net_tokio::spawn(async move {
             while let Some(ev) = track.poll().await {
                 match ev {
                     TrackRemoteEvent::OnRtpPacket(p) => {
-                        if let Some(rtp) = Rtp::parse(&p.payload, now_ns()) {
+                        if let Some(mut rtp) = Rtp::parse(&p.payload, now_ns()) {
+                            let get = |id: &AtomicU8| match id.load(Ordering::Relaxed) {
+                                0 => None,
+                                id => p.header.get_extension(id),
+                            };
+                            rtp.audio_level = get(&ext.audio_level)
+                                .and_then(|b| b.first().copied())
+                                .map(|b| b & 0x7f);
+                            rtp.abs_send_time = get(&ext.abs_send_time).is_some();
                             if tx.send(rtp).is_err() {
                                 break;
                             }
@@ -426,6 +474,7 @@ impl Peer {
                 track,
                 rtp_seq: AtomicU16::new(rand::random()),
                 pt: AtomicU8::new(0),
+                level: AtomicU8::new(127),
             }));
         }
         if !locals.is_empty() {
@@ -453,6 +502,7 @@ impl Peer {
             pc: Arc::clone(&pc),
             mids: Arc::clone(&mids),
             recvonly: BTreeMap::new(),
+            ext: Arc::default(),
         };
         let driver = net_tokio::spawn(driver.run(stream));
         Ok(Peer {
@@ -564,6 +614,7 @@ struct Driver {
     mids: Arc<Mutex<BTreeMap<String, String>>>,
     /// Recvonly transceivers added per kind (never removed, like the browser client).
     recvonly: BTreeMap<&'static str, u64>,
+    ext: Arc<ExtIds>,
 }
 
 impl Driver {
@@ -684,6 +735,12 @@ impl Driver {
                         *self.mids.lock().expect("mids") = map.clone();
                         let _ = self.signals.send(Signal::Answered(map));
                     }
+                    "vadNotification" => {
+                        let _ = self.signals.send(Signal::Vad {
+                            track: str_of(&inner["trackId"]),
+                            status: str_of(&inner["status"]),
+                        });
+                    }
                     "candidate" => {
                         let pc = self.pc.lock().expect("pc").clone();
                         if let Some(pc) = pc {
@@ -734,6 +791,7 @@ impl Driver {
         let handler = Arc::new(Handler {
             internal: internal.clone(),
             media: self.media.clone(),
+            ext: Arc::clone(&self.ext),
         });
         let pc = relay_only_connection(me, servers, handler)
             .await
@@ -799,6 +857,20 @@ impl Driver {
             .await
             .map_err(|e| format!("set offer: {e}"))?;
         let sdp = pc.local_description().await.ok_or("no local sdp")?.sdp;
+        // webrtc-rs offers one id per URI for the whole connection.
+        for line in sdp.lines() {
+            let Some(ext) = line.strip_prefix("a=extmap:") else {
+                continue;
+            };
+            let mut f = ext.split_whitespace();
+            let id = f.next().and_then(|i| i.split('/').next()?.parse().ok());
+            let slot = match f.next() {
+                Some(AUDIO_LEVEL_URI) => &self.ext.audio_level,
+                Some(ABS_SEND_TIME_URI) => &self.ext.abs_send_time,
+                _ => continue,
+            };
+            slot.store(id.unwrap_or(0), Ordering::Relaxed);
+        }
         let mut mid_to_track = BTreeMap::new();
         let mut metadata = BTreeMap::new();
         for section in sections(&sdp) {
