@@ -67,6 +67,9 @@ pub const SOMETIMES: &[&str] = &[
     // The plane's voice report of a track that had stopped (or whose publisher left) by the
     // time the room read it: dropped, never sent to anyone.
     "VoiceActivityOfGoneTrack",
+    // A connection out of m-lines: a track not announced to one peer (voice activity then
+    // must not reach it either).
+    "OutOfMlines",
 ];
 
 /// Event counts of one world, by event name. Keyed by the name's address (names are static

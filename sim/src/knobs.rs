@@ -112,6 +112,10 @@ pub struct Overrides {
     /// Whether the rooms' fake media planes report voice activity [default: drawn by the seed].
     #[arg(long, env = "VIDEOROOM_SIM_VOICES")]
     pub voices: Option<bool>,
+    /// M-lines one connection may be given, its own eight included [default: drawn by the
+    /// seed, mostly the server's default].
+    #[arg(long, env = "VIDEOROOM_SIM_MAX_MLINES", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_mlines: Option<u64>,
 }
 
 impl Overrides {
@@ -173,6 +177,7 @@ impl Overrides {
         push("action-gap-ms", self.action_gap_ms.map(|v| v.to_string()));
         push("burst", self.burst.map(|v| v.to_string()));
         push("voices", self.voices.map(|v| v.to_string()));
+        push("max-mlines", self.max_mlines.map(|v| v.to_string()));
         a
     }
 

@@ -56,6 +56,8 @@ pub struct Node {
     pub candidate_burst: usize,
     /// The planes report voice activity.
     pub voices: bool,
+    /// M-lines per connection, where smaller than the default.
+    pub max_mlines: Option<usize>,
     pub links: Links,
     pub join_secret: Option<JoinSecret>,
     pub oracles: Oracles,
@@ -66,7 +68,10 @@ pub struct Node {
 
 pub async fn serve(node: Node) {
     let app = App::new(node.limits).with_join_secret(node.join_secret);
-    let negotiation = (*app.negotiation).clone();
+    let mut negotiation = (*app.negotiation).clone();
+    if let Some(n) = node.max_mlines {
+        negotiation.max_mlines = n;
+    }
     let app = app.with_media(
         negotiation,
         PlaneFactory::fake_simulated(node.plane_latency, node.candidate_burst, node.voices),

@@ -142,6 +142,11 @@ impl Negotiator {
         }
     }
 
+    /// The m-lines of its connection (never fewer: transceivers are never removed).
+    pub fn mline_count(&self) -> usize {
+        self.mlines.len()
+    }
+
     pub fn is_publishing(&self) -> bool {
         self.published().next().is_some()
     }

@@ -15,9 +15,9 @@
 //! after the plane is dropped.
 //!
 //! Built [`FakePlane::voicing`], it also reports voice activity: at every offer in the room,
-//! each published audio track starts or stops speaking at random (on the media lane, after its
-//! start), and a track that ended while speaking reports its silence after its end, as a real
-//! plane's reader can.
+//! each published audio track starts or stops speaking at random, or repeats its status as a
+//! restarted reader does (on the media lane, after its start), and a track that ended while
+//! speaking reports its silence after its end, as a real plane's reader can.
 //!
 //! It must never touch a socket; without latency it never reads a clock or draws randomness,
 //! and for one sequence of calls it reports the same events byte for byte.
@@ -369,8 +369,8 @@ fn state_audio(state: Option<&FakePeer>) -> BTreeSet<TrackId> {
 impl FakePlane {
     /// `peer` now publishes the audio tracks `audio`: those of its that ended while speaking
     /// report silence (after their end), and every published audio track in the room, in
-    /// peer order, starts or stops speaking with even odds (with latency; without, each one
-    /// does).
+    /// peer order, starts or stops speaking with even odds, or now and then reports its status
+    /// again (with latency; without, each one flips).
     fn voice_changes(&mut self, peer: &str, audio: BTreeSet<TrackId>) -> Vec<PlaneEvent> {
         let mut out = Vec::new();
         if let Some(state) = self.peers.get_mut(peer) {
@@ -385,12 +385,18 @@ impl FakePlane {
         let drawn = matches!(self.out, Outbox::Later { .. });
         for (p, state) in self.peers.iter_mut() {
             for track_id in &state.audio {
-                if drawn && !rt::rand::chance(0.5) {
-                    continue;
-                }
-                let speech = !state.speaking.remove(track_id);
+                let speaking = state.speaking.contains(track_id);
+                let speech = match drawn.then(|| rt::rand::below(8)) {
+                    None | Some(0..=3) => !speaking,
+                    // A reader restarted (a renegotiation, an ICE restart) reports what it
+                    // hears afresh, which may be what the room holds already.
+                    Some(4) => speaking,
+                    Some(_) => continue,
+                };
                 if speech {
                     state.speaking.insert(track_id.clone());
+                } else {
+                    state.speaking.remove(track_id);
                 }
                 out.push(voice(p, track_id.clone(), speech));
             }

@@ -79,6 +79,10 @@ pub struct NegotiationConfig {
     pub max_published_tracks: usize,
     /// Local candidates held back while an answer is outstanding.
     pub max_held_candidates: usize,
+    /// M-lines one connection may be given, its own published lines included: tracks past it
+    /// are not announced to that peer. At most [`MAX_MLINES`] (an offer with more is refused);
+    /// a server that wants connections smaller can say so.
+    pub max_mlines: usize,
 }
 
 impl Default for NegotiationConfig {
@@ -91,6 +95,7 @@ impl Default for NegotiationConfig {
             max_track_metadata_bytes: 512,
             max_published_tracks: 8,
             max_held_candidates: 32,
+            max_mlines: MAX_MLINES,
         }
     }
 }
@@ -324,9 +329,12 @@ impl TrackNegotiation {
     /// How many more slots `subscriber`'s connection can be given. Every slot stays a
     /// `recvonly` m-line of it for good (the client never drops them), and an offer with more
     /// than [`MAX_MLINES`] m-lines is rejected; past that the client would be told `error` and
-    /// disconnect. Room for the peer's own publications is kept.
+    /// disconnect. A server may set a smaller bound (`max_mlines`). Room for the peer's own
+    /// publications is kept.
     fn track_budget(&self, subscriber: &PeerState) -> usize {
-        MAX_MLINES
+        self.config
+            .max_mlines
+            .min(MAX_MLINES)
             .saturating_sub(self.config.max_published_tracks)
             .saturating_sub(subscriber.inbound.len() + subscriber.outbound.len())
     }
@@ -368,6 +376,7 @@ impl TrackNegotiation {
             } else {
                 // Said once per subscriber at warn level: a client can make this happen
                 // over and over by publishing and unpublishing.
+                crate::rt::probe::emit(crate::rt::probe::Event::OutOfMlines);
                 let first = !std::mem::replace(&mut sub.warned_out_of_mlines, true);
                 if first {
                     tracing::warn!(

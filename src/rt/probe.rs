@@ -246,6 +246,8 @@ pub enum Event<'a> {
     /// The plane reported voice activity of a track its publisher no longer publishes: a race
     /// with the track's end, dropped by the negotiation core.
     VoiceActivityOfGoneTrack,
+    /// A subscriber's connection had no m-line left for a track: it was not announced there.
+    OutOfMlines,
     MediaEventBeforeConnect,
     /// Never: a room's connect-grace timer fired with none of its peers past their grace.
     RoomWokeForNothing,
@@ -362,6 +364,7 @@ impl Event<'_> {
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
             Event::InboundTrackEnded => "InboundTrackEnded",
             Event::VoiceActivityOfGoneTrack => "VoiceActivityOfGoneTrack",
+            Event::OutOfMlines => "OutOfMlines",
             Event::ClusterJoinFailed => "ClusterJoinFailed",
             Event::RoomClaimed { .. } => "RoomClaimed",
             Event::RemoteJoined => "RemoteJoined",

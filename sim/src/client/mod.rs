@@ -77,6 +77,8 @@ pub struct View {
     pub owed: Option<&'static str>,
     /// The tracks it receives, with the metadata it holds for each.
     pub track_meta: BTreeMap<String, Value>,
+    /// The m-lines of its connection (its own and those it receives on).
+    pub mlines: usize,
 }
 
 pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
@@ -135,12 +137,23 @@ impl Chan {
         self.joined && !self.hung_up
     }
 
-    /// Tracks announced for `endpoint` (`connected`'s endpoints, `tracksAdded`): checked,
-    /// held with their metadata, and told to the negotiation model.
-    fn announced(&mut self, oracles: &Oracles, who: &str, endpoint: &str, tracks: &Value) {
+    /// Tracks announced for `endpoint` (`connected`'s endpoints, `tracksAdded`): checked and
+    /// told to the negotiation model; held with their metadata where `hold` (`tracksAdded`
+    /// only: membrane-webrtc-js 0.5.3 registers none of `connected`'s, and a connection out
+    /// of m-lines is never told of some of them again).
+    fn announced(
+        &mut self,
+        oracles: &Oracles,
+        who: &str,
+        endpoint: &str,
+        tracks: &Value,
+        hold: bool,
+    ) {
         checks::track_owners(oracles, who, &mut self.owners, endpoint, tracks);
-        for (id, t) in tracks.as_object().into_iter().flatten() {
-            self.track_meta.insert(id.clone(), t["metadata"].clone());
+        if hold {
+            for (id, t) in tracks.as_object().into_iter().flatten() {
+                self.track_meta.insert(id.clone(), t["metadata"].clone());
+            }
         }
         self.neg.on_tracks_announced(tracks);
     }
@@ -319,6 +332,7 @@ impl Client {
                 .as_ref()
                 .map(|c| c.track_meta.clone())
                 .unwrap_or_default(),
+            mlines: self.chan.as_ref().map_or(0, |c| c.neg.mline_count()),
         };
         self.views.lock().unwrap().insert(self.idx, v);
     }
@@ -1362,6 +1376,7 @@ impl Client {
                         &who,
                         e["id"].as_str().unwrap_or(""),
                         &e["tracks"],
+                        false,
                     );
                     if let (Some(id), Some(k)) = (e["id"].as_str(), client_of(e)) {
                         c.roster.insert(id.to_string(), k);
@@ -1419,7 +1434,7 @@ impl Client {
             }
             "tracksAdded" => {
                 let endpoint = data["endpointId"].as_str().unwrap_or("");
-                c.announced(&self.oracles, &who, endpoint, &data["tracks"]);
+                c.announced(&self.oracles, &who, endpoint, &data["tracks"], true);
                 for id in data["tracks"]
                     .as_object()
                     .into_iter()

@@ -942,3 +942,42 @@ fn a_peer_that_left_gets_no_voice_activity() {
     h.leave("A");
     assert!(h.plane(voice("A", "A:a", false)).is_empty());
 }
+
+#[test]
+fn a_track_past_a_small_m_line_bound_is_neither_announced_nor_voiced() {
+    // Room for the own 8 publications and 3 more lines: C gets A's two tracks and one of B's,
+    // A (publishing two itself) one of B's.
+    let mut h = Harness::with_config(NegotiationConfig {
+        max_mlines: 11,
+        ..NegotiationConfig::default()
+    });
+    for p in ["A", "B", "C"] {
+        h.send(p, &connect(p));
+    }
+    h.send("A", RENEGOTIATE);
+    h.send("A", &a_publishes());
+    h.answer("A");
+    h.send("B", RENEGOTIATE);
+    let b_publishes = sdp_offer(
+        &[("0", "audio", "sendonly"), ("1", "audio", "sendonly")],
+        &[("0", "B:a"), ("1", "B:b")],
+        &[],
+    );
+    let lines = h.send("B", &b_publishes);
+    let to_c: Vec<&String> = lines.iter().filter(|l| l.starts_with("C ")).collect();
+    assert!(
+        to_c[0].contains(r#""tracks":{"B:a""#) && !to_c[0].contains("B:b"),
+        "{to_c:?}"
+    );
+    h.answer("B");
+    assert_eq!(h.session.negotiation().tracks_types("C").unwrap().audio, 2);
+    // B's second track talks: nobody was told of it, nobody hears of it.
+    assert!(h.plane(voice("B", "B:b", true)).is_empty());
+    assert_eq!(
+        h.plane(voice("B", "B:a", true)),
+        [
+            format!("A {}", vad("B:a", "speech")),
+            format!("C {}", vad("B:a", "speech"))
+        ]
+    );
+}
