@@ -436,6 +436,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn extension_ids_are_found_by_uri() {
+        let extmaps = [
+            (
+                5,
+                "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01".into(),
+            ),
+            (3, ABS_SEND_TIME_URI.to_owned()),
+            (1, AUDIO_LEVEL_URI.to_owned()),
+        ];
+        assert_eq!(
+            ExtIds::from_extmaps(&extmaps),
+            ExtIds {
+                audio_level: 1,
+                abs_send_time: 3
+            }
+        );
+        assert_eq!(ExtIds::from_extmaps(&[]), ExtIds::default());
+    }
+
     fn header(seq: u16, ts: u32) -> rtp::header::Header {
         rtp::header::Header {
             sequence_number: seq,
