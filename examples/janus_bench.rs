@@ -27,20 +27,22 @@
 
 #[path = "support/janus_peer.rs"]
 mod janus_peer;
+#[path = "support/load.rs"]
+mod load;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use janus_peer::{Publisher, Session, Subscriber, TAG_NUMBERED};
-use net_tokio::runtime::{Builder, Runtime};
+use load::{ms, pct, runtime, thread_cpu_ns, Phase, Schedule, SendNumbered, Shared, Tally};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 #[derive(Parser)]
@@ -71,18 +73,7 @@ struct Cli {
     keep: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Phase {
-    /// Publisher i of n sends at i/n of the period.
-    Spread,
-    /// Every publisher sends at the same instant.
-    Lockstep,
-}
-
-const PERIOD: Duration = Duration::from_millis(10);
 const WATCHDOG: Duration = Duration::from_secs(120);
-const VIDEO_BYTES: usize = 1100;
-const AUDIO_BYTES: usize = 100;
 const JANUS_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 const HTTP_PORT: u16 = 8088;
@@ -317,20 +308,6 @@ fn proc_field_kib(path: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn thread_cpu_ns(prefix: &str) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim_end().starts_with(prefix))
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -344,18 +321,6 @@ fn utc_now() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
-}
-
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64
-}
-
-fn ms(ns: f64) -> String {
-    format!("{:.3}", ns / 1e6)
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
@@ -373,17 +338,14 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
 /// What one peer's receiver saw.
 #[derive(Default)]
 struct Recv {
-    /// Publisher ssrc → next expected numbered sequence.
-    next: BTreeMap<u32, u32>,
     packets: u64,
-    lost: u64,
-    reordered: u64,
-    latencies_ns: Vec<u64>,
+    tally: Tally,
 }
 
-struct Shared {
-    measuring: AtomicBool,
-    stop: AtomicBool,
+impl SendNumbered for janus_peer::Local {
+    fn send_numbered(&self, tag: u8, seq: u32, size: usize) -> impl Future<Output = bool> + Send {
+        self.send(tag, seq, size)
+    }
 }
 
 fn spawn_receiver(
@@ -395,65 +357,20 @@ fn spawn_receiver(
         while let Some(rtp) = media.recv().await {
             let mut r = recv.lock().expect("recv");
             r.packets += 1;
-            if rtp.tag != TAG_NUMBERED {
-                continue;
-            }
-            let next = r.next.entry(rtp.publisher_ssrc).or_insert(rtp.seq);
-            let want = *next;
-            if rtp.seq >= want {
-                let gap = u64::from(rtp.seq - want);
-                *next = rtp.seq + 1;
-                if shared.measuring.load(Ordering::Relaxed) {
-                    r.lost += gap;
-                    r.latencies_ns.push(rtp.recv_ns.saturating_sub(rtp.sent_ns));
-                }
-            } else if shared.measuring.load(Ordering::Relaxed) {
-                r.reordered += 1;
+            if rtp.tag == TAG_NUMBERED {
+                let (ssrc, seq, sent, recv) =
+                    (rtp.publisher_ssrc, rtp.seq, rtp.sent_ns, rtp.recv_ns);
+                r.tally.numbered(ssrc, seq, sent, recv, &shared);
             }
         }
     });
 }
 
-/// Publishes video every 10 ms and audio every 20 ms from `first` until `stop`.
+/// `p`'s video and audio on the common schedule (see [`load::spawn_sender`]).
 fn spawn_sender(p: &Publisher, shared: Arc<Shared>, first: Instant) {
     let video = p.local(RtpCodecKind::Video).cloned();
     let audio = p.local(RtpCodecKind::Audio).cloned();
-    net_tokio::spawn(async move {
-        let mut tick = net_tokio::time::interval_at(first.into(), PERIOD);
-        let mut seq = 0u32;
-        while !shared.stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            if let Some(v) = &video {
-                v.send(TAG_NUMBERED, seq, VIDEO_BYTES).await;
-            }
-            if seq.is_multiple_of(2) {
-                if let Some(a) = &audio {
-                    a.send(TAG_NUMBERED, seq / 2, AUDIO_BYTES).await;
-                }
-            }
-            seq += 1;
-        }
-    });
-}
-
-/// Publisher `i` of `n`'s first tick on the common schedule, at or after now.
-fn first_tick(epoch: Instant, phase: Phase, i: usize, n: usize) -> Instant {
-    let offset = match phase {
-        Phase::Spread => PERIOD * (i % n.max(1)) as u32 / n.max(1) as u32,
-        Phase::Lockstep => Duration::ZERO,
-    };
-    let since = Instant::now().saturating_duration_since(epoch + offset);
-    let periods = since.as_nanos().div_ceil(PERIOD.as_nanos());
-    epoch + offset + PERIOD * u32::try_from(periods).unwrap_or(u32::MAX)
-}
-
-fn runtime(name: &str) -> Runtime {
-    Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    load::spawn_sender(video, audio, TAG_NUMBERED, shared, first);
 }
 
 /// One peer: its session, publisher and subscriber.
@@ -467,12 +384,9 @@ struct PeerState {
 async fn bench(cli: &Cli, janus_pid: u32, prefix: Vec<u8>) -> Result<String, String> {
     let api = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), HTTP_PORT);
     let client_ip = IpAddr::V4(CLIENT_IP);
-    let shared = Arc::new(Shared {
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Shared::new();
     let total = cli.rooms * cli.peers;
-    let epoch = Instant::now();
+    let schedule = Schedule::new(cli.phase, total);
     let rss0 = proc_field_kib(&format!("/proc/{janus_pid}/status"), "VmRSS:");
     // Every peer publishes first (each starts sending at once on its slot of the schedule)...
     let t_join = Instant::now();
@@ -486,11 +400,7 @@ async fn bench(cli: &Cli, janus_pid: u32, prefix: Vec<u8>) -> Result<String, Str
                 .await
                 .map_err(|e| format!("{name} publish: {e}"))?;
             let n = rooms.len() * cli.peers + peers.len();
-            spawn_sender(
-                &publisher,
-                Arc::clone(&shared),
-                first_tick(epoch, cli.phase, n, total),
-            );
+            spawn_sender(&publisher, Arc::clone(&shared), schedule.first_tick(n));
             peers.push(PeerState {
                 session,
                 publisher,
@@ -527,7 +437,7 @@ async fn bench(cli: &Cli, janus_pid: u32, prefix: Vec<u8>) -> Result<String, Str
     loop {
         let ready = all
             .iter()
-            .filter(|p| p.recv.lock().unwrap().next.len() >= 2 * want)
+            .filter(|p| p.recv.lock().unwrap().tally.publishers() >= 2 * want)
             .count();
         if ready == total {
             break;
@@ -572,9 +482,9 @@ async fn bench(cli: &Cli, janus_pid: u32, prefix: Vec<u8>) -> Result<String, Str
     let (mut lost, mut reordered) = (0, 0);
     for p in &all {
         let r = p.recv.lock().unwrap();
-        lat.extend_from_slice(&r.latencies_ns);
-        lost += r.lost;
-        reordered += r.reordered;
+        lat.extend_from_slice(&r.tally.latencies_ns);
+        lost += r.tally.lost;
+        reordered += r.tally.reordered;
     }
     lat.sort_unstable();
     let secs = window.as_secs_f64();

@@ -22,16 +22,22 @@
 
 #[path = "support/hostile.rs"]
 mod hostile;
+#[path = "support/load.rs"]
+mod load;
 #[path = "../tests/it/support/sfu_peer.rs"]
 mod sfu_peer;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use net_tokio::runtime::{Builder, Runtime};
+use clap::{Parser, Subcommand};
+use load::{
+    ms, pct, runtime, thread_cpu_ns, Phase, Schedule, SendNumbered, Shared, Tally, AUDIO_BYTES,
+    VIDEO_BYTES,
+};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use sfu_peer::{now_ns, start_media_server, Peer, PeerOptions, Signal, TAG_NUMBERED, TAG_PROBE};
 use videoroom::server::{Server, ServerLimits};
@@ -85,78 +91,7 @@ enum Mode {
     },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Phase {
-    /// Publisher i of n sends at i/n of the period.
-    Spread,
-    /// Every publisher sends at the same instant.
-    Lockstep,
-}
-
-/// The publishers' common send schedule.
-#[derive(Clone, Copy)]
-struct Schedule {
-    epoch: Instant,
-    phase: Phase,
-    publishers: usize,
-}
-
-impl Schedule {
-    fn new(phase: Phase, publishers: usize) -> Schedule {
-        Schedule {
-            epoch: Instant::now(),
-            phase,
-            publishers: publishers.max(1),
-        }
-    }
-
-    /// The first tick of publisher `i`: its offset in the period, at or after now.
-    fn first_tick(&self, i: usize) -> Instant {
-        let offset = match self.phase {
-            Phase::Spread => PERIOD * (i % self.publishers) as u32 / self.publishers as u32,
-            Phase::Lockstep => Duration::ZERO,
-        };
-        let since = Instant::now().saturating_duration_since(self.epoch + offset);
-        let periods = since.as_nanos().div_ceil(PERIOD.as_nanos());
-        self.epoch + offset + PERIOD * u32::try_from(periods).unwrap_or(u32::MAX)
-    }
-}
-
-const PERIOD: Duration = Duration::from_millis(10);
 const WATCHDOG: Duration = Duration::from_secs(60);
-const VIDEO_BYTES: usize = 1100;
-const AUDIO_BYTES: usize = 100;
-
-fn runtime(name: &str) -> Runtime {
-    Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// CPU nanoseconds consumed so far by this process's threads whose name starts with `prefix`
-/// (threads that exited are lost, so read it over windows where the set is stable).
-fn thread_cpu_ns(prefix: &str) -> u64 {
-    let mut total = 0;
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    for t in dir.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        let sched = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-        total += sched
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    total
-}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -175,18 +110,6 @@ fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64
-}
-
-fn ms(ns: f64) -> String {
-    format!("{:.3}", ns / 1e6)
-}
-
 async fn start_server() -> Server {
     start_media_server(ServerLimits::for_peers(64)).await
 }
@@ -194,42 +117,24 @@ async fn start_server() -> Server {
 /// What one peer's receiver saw.
 #[derive(Default)]
 struct Recv {
-    /// Publisher ssrc → next expected numbered sequence.
-    next: BTreeMap<u32, u32>,
     publishers: BTreeSet<u32>,
     /// First packet from every publisher present at join, since the socket was opened.
     all_media_at: Option<Duration>,
     packets: u64,
-    lost: u64,
-    reordered: u64,
-    latencies_ns: Vec<u64>,
+    tally: Tally,
 }
 
-struct Shared {
-    measuring: AtomicBool,
-    stop: AtomicBool,
+impl SendNumbered for sfu_peer::Local {
+    fn send_numbered(&self, tag: u8, seq: u32, size: usize) -> impl Future<Output = bool> + Send {
+        self.send(tag, seq, size)
+    }
 }
 
-/// Publishes video (every 10 ms) and audio (every 20 ms) until `stop`, from `first`.
+/// `peer`'s video and audio on the common schedule (see [`load::spawn_sender`]).
 fn spawn_sender(peer: &Peer, shared: Arc<Shared>, first: Instant) {
     let video = peer.local(RtpCodecKind::Video).cloned();
     let audio = peer.local(RtpCodecKind::Audio).cloned();
-    net_tokio::spawn(async move {
-        let mut tick = net_tokio::time::interval_at(first.into(), PERIOD);
-        let mut seq = 0u32;
-        while !shared.stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            if let Some(v) = &video {
-                v.send(TAG_NUMBERED, seq, VIDEO_BYTES).await;
-            }
-            if seq.is_multiple_of(2) {
-                if let Some(a) = &audio {
-                    a.send(TAG_NUMBERED, seq / 2, AUDIO_BYTES).await;
-                }
-            }
-            seq += 1;
-        }
-    });
+    load::spawn_sender(video, audio, TAG_NUMBERED, shared, first);
 }
 
 /// Drains `peer`'s media into `recv`; `present` publishers were in the room at join.
@@ -251,20 +156,10 @@ fn spawn_receiver(
             {
                 r.all_media_at = Some(opened_at.elapsed());
             }
-            if rtp.tag != TAG_NUMBERED {
-                continue;
-            }
-            let next = r.next.entry(rtp.publisher_ssrc).or_insert(rtp.seq);
-            let want = *next;
-            if rtp.seq >= want {
-                let gap = u64::from(rtp.seq - want);
-                *next = rtp.seq + 1;
-                if shared.measuring.load(Ordering::Relaxed) {
-                    r.lost += gap;
-                    r.latencies_ns.push(rtp.recv_ns.saturating_sub(rtp.sent_ns));
-                }
-            } else if shared.measuring.load(Ordering::Relaxed) {
-                r.reordered += 1;
+            if rtp.tag == TAG_NUMBERED {
+                let (ssrc, seq, sent, recv) =
+                    (rtp.publisher_ssrc, rtp.seq, rtp.sent_ns, rtp.recv_ns);
+                r.tally.numbered(ssrc, seq, sent, recv, &shared);
             }
         }
     });
@@ -321,10 +216,7 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64, phase: Phase) {
     let server = sfu.block_on(start_server());
     let addr = server.local_addr();
     let rss0 = rss_kib();
-    let shared = Arc::new(Shared {
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Shared::new();
     let total = rooms * peers;
     let schedule = Schedule::new(phase, total);
     let report = cli.block_on(async {
@@ -410,9 +302,9 @@ fn run(rooms: usize, peers: usize, secs: u64, join_rate: f64, phase: Phase) {
         let mut join_media = Vec::new();
         for (p, r) in &all {
             let r = r.lock().unwrap();
-            lat.extend_from_slice(&r.latencies_ns);
-            lost += r.lost;
-            reordered += r.reordered;
+            lat.extend_from_slice(&r.tally.latencies_ns);
+            lost += r.tally.lost;
+            reordered += r.tally.reordered;
             join_connected.push(p.join_time.as_nanos() as u64);
             if let Some(t) = r.all_media_at {
                 join_media.push(t.as_nanos() as u64);
@@ -558,10 +450,7 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
         video: true,
     };
     let verdict = cli.block_on(async {
-        let shared = Arc::new(Shared {
-            measuring: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Shared::new();
         trim_heap();
         let rss_before = rss_kib();
         let fds_before = fd_count();
@@ -571,10 +460,7 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
             hostile::spawn_all(addr, turn)
         });
         let mut anchor = Peer::join(addr, opts("anchor".into())).await.expect("join");
-        let mut anchor_stop = Arc::new(Shared {
-            measuring: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        });
+        let mut anchor_stop = Shared::new();
         spawn_sender(&anchor, Arc::clone(&anchor_stop), Instant::now());
         let start = (rss_kib(), fd_count(), thread_count());
         let t0 = Instant::now();
@@ -603,10 +489,7 @@ fn soak(plan: SoakPlan) -> Result<(), String> {
                         .expect("join"),
                 );
                 old.leave().await;
-                anchor_stop = Arc::new(Shared {
-                    measuring: AtomicBool::new(false),
-                    stop: AtomicBool::new(false),
-                });
+                anchor_stop = Shared::new();
                 spawn_sender(&anchor, Arc::clone(&anchor_stop), Instant::now());
             }
             let tc = Instant::now();
