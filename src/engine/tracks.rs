@@ -440,15 +440,20 @@ impl TrackNegotiation {
             return;
         }
         for other in roster.ids().filter(|p| *p != publisher) {
-            let knows = self.peers.get(other).is_some_and(|s| {
-                s.outbound
-                    .iter()
-                    .any(|o| !o.removed && o.publisher == publisher && o.track_id == track_id)
-            });
-            if knows {
+            if self.knows_track(other, publisher, &track_id) {
                 send_vad(other, track_id.clone(), speech, out);
             }
         }
+    }
+
+    /// `peer` was told of `publisher`'s track `track_id` (`tracksAdded`) and not (yet) of its
+    /// removal: what it may be told about the track.
+    fn knows_track(&self, peer: &str, publisher: &str, track_id: &TrackId) -> bool {
+        self.peers.get(peer).is_some_and(|s| {
+            s.outbound
+                .iter()
+                .any(|o| !o.removed && o.publisher == publisher && o.track_id == *track_id)
+        })
     }
 
     /// Marks `publisher`'s `track_ids` removed for `subscriber`; sends `tracksRemoved` for the
@@ -890,12 +895,7 @@ impl TrackNegotiation {
             metadata,
         });
         for other in roster.ids().filter(|p| *p != peer) {
-            let subscribed = self.peers.get(other).is_some_and(|s| {
-                s.outbound
-                    .iter()
-                    .any(|o| !o.removed && o.publisher == peer && o.track_id == track_id)
-            });
-            if subscribed {
+            if self.knows_track(other, peer, &track_id) {
                 out.send(other, &event);
             }
         }
