@@ -26,12 +26,19 @@ async fn start_server() -> Server {
 }
 
 async fn join(server: &Server, name: &str) -> Peer {
-    let opts = PeerOptions {
-        room: "media".into(),
-        name: name.into(),
-        audio: true,
-        video: true,
-    };
+    join_with(
+        server,
+        PeerOptions {
+            room: "media".into(),
+            name: name.into(),
+            audio: true,
+            video: true,
+        },
+    )
+    .await
+}
+
+async fn join_with(server: &Server, opts: PeerOptions) -> Peer {
     timeout(STEP, Peer::join(server.local_addr(), opts))
         .await
         .expect("join in time")
@@ -392,18 +399,9 @@ async fn voice_activity_and_audio_levels_reach_subscribers() {
         audio,
         video: false,
     };
-    let mut a = timeout(STEP, Peer::join(server.local_addr(), audio_only("a", true)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut a = join_with(&server, audio_only("a", true)).await;
     until_subscribed(&mut a, &BTreeSet::new()).await;
-    let mut b = timeout(
-        STEP,
-        Peer::join(server.local_addr(), audio_only("b", false)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let mut b = join_with(&server, audio_only("b", false)).await;
     let voice = a.local(RtpCodecKind::Audio).unwrap().clone();
     until_subscribed(&mut b, &BTreeSet::from([voice.track_id.clone()])).await;
 
@@ -428,13 +426,7 @@ async fn voice_activity_and_audio_levels_reach_subscribers() {
     }
 
     // C joins while A talks: told of the track, then at once that it is speech.
-    let mut c = timeout(
-        STEP,
-        Peer::join(server.local_addr(), audio_only("c", false)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let mut c = join_with(&server, audio_only("c", false)).await;
     let order = c
         .wait_for(STEP, |s| match s {
             Signal::TracksAdded { tracks, .. } => Some(format!("tracksAdded {tracks:?}")),
