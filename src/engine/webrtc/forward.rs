@@ -66,11 +66,13 @@ pub struct Carried {
 }
 
 impl Carried {
-    pub fn of(pkt: &rtp::Packet, from: ExtIds, now: std::time::SystemTime) -> Self {
+    /// What `pkt` (with the publisher's ids `from`) carries; stamped with `send_time` where a
+    /// leg wants it (`None`: no leg negotiated abs-send-time, so no clock read or buffer).
+    pub fn of(pkt: &rtp::Packet, from: ExtIds, send_time: Option<std::time::SystemTime>) -> Self {
         let get = |id: u8| (id != 0).then(|| pkt.header.get_extension(id)).flatten();
         Carried {
             audio_level: get(from.audio_level),
-            abs_send_time: Some(abs_send_time(now)),
+            abs_send_time: send_time.map(abs_send_time),
         }
     }
 }
@@ -257,7 +259,8 @@ impl Fanout {
         if legs.is_empty() {
             return;
         }
-        let carried = Carried::of(&pkt, from, std::time::SystemTime::now());
+        let stamp = legs.iter().any(|l| l.ext.abs_send_time != 0);
+        let carried = Carried::of(&pkt, from, stamp.then(std::time::SystemTime::now));
         for leg in legs.iter() {
             let Some(mut out) = rewrite(&pkt, leg.ssrc, leg.payload_type(), leg.ext, &carried)
             else {
@@ -372,7 +375,7 @@ mod tests {
                 .unwrap();
         }
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(65_500);
-        let carried = Carried::of(&pkt, from, now);
+        let carried = Carried::of(&pkt, from, Some(now));
         // A leg with other ids for both.
         let to = ExtIds {
             audio_level: 4,
@@ -424,7 +427,7 @@ mod tests {
         assert_eq!(out.header.get_extension(20).unwrap(), &[0x9e][..]);
         assert!(rewrite(&pkt, 42, NO_PAYLOAD_TYPE, to, &carried).is_none());
         // A publisher without the level extension: the leg gets the send time only.
-        let carried = Carried::of(&pkt, ExtIds::default(), now);
+        let carried = Carried::of(&pkt, ExtIds::default(), Some(now));
         let out = rewrite(&pkt, 42, 96, to, &carried).unwrap();
         assert_eq!(
             out.header
