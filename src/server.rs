@@ -62,6 +62,8 @@ pub struct MediaConfig {
     /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare
     /// (the relay policy is the same either way).
     pub in_process_turn: bool,
+    /// Worker threads of the sans-IO plane (`engine::webrtc::worker`); 0 runs the task plane.
+    pub media_workers: usize,
     /// TURN quotas: allocations in all, per peer and per source address.
     pub turn_max_allocations: usize,
     pub turn_max_allocations_per_peer: usize,
@@ -77,6 +79,7 @@ impl Default for MediaConfig {
             turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
             turn_credential_ttl: std::time::Duration::from_secs(12 * 3600),
             in_process_turn: true,
+            media_workers: 0,
             turn_max_allocations: 2048,
             turn_max_allocations_per_peer: 32,
             turn_max_allocations_per_source: 128,
@@ -348,5 +351,11 @@ async fn real_media(
         fabric,
         metrics: std::sync::Arc::clone(&app.metrics),
     };
-    Ok((app.with_media(negotiation, factory(plane)), turn))
+    let planes = if media.media_workers > 0 {
+        let workers = crate::engine::webrtc::worker::Workers::start(plane, media.media_workers)?;
+        crate::engine::webrtc::worker::factory(workers)
+    } else {
+        factory(plane)
+    };
+    Ok((app.with_media(negotiation, planes), turn))
 }

@@ -68,6 +68,7 @@ pub(crate) fn real_media() -> MediaConfig {
     MediaConfig {
         real: true,
         turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        media_workers: crate::support::sfu_peer::test_media_workers(),
         ..MediaConfig::default()
     }
 }

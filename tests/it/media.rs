@@ -17,7 +17,8 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use videoroom::engine::webrtc::{media_engine, PlaneConfig, WebRtcPlane};
+use videoroom::engine::webrtc::worker::Workers;
+use videoroom::engine::webrtc::{media_engine, PlaneConfig, PlaneStats, WebRtcPlane};
 use videoroom::engine::{
     MLine, MLineRole, MediaKind, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink,
 };
@@ -223,7 +224,7 @@ fn videoroom_vp8() -> rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters {
 
 /// Drives the plane's events: answers go to their client, candidates both ways.
 struct Harness {
-    plane: WebRtcPlane,
+    plane: Box<dyn MediaPlane>,
     events: mpsc::UnboundedReceiver<PlaneEvent>,
     negotiation: u64,
     /// Candidates for clients that were not at hand when they arrived.
@@ -389,6 +390,17 @@ async fn exchange(clients: &mut [Client], expect: &BTreeMap<u8, Vec<u8>>, n: u32
 
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() {
+    forwarding_renegotiation_pli_and_cleanup(0).await;
+}
+
+/// The same on the sans-IO plane (one worker loop).
+#[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_plane_forwards_in_order_renegotiates_relays_pli_and_cleans_up() {
+    forwarding_renegotiation_pli_and_cleanup(1).await;
+}
+
+/// `workers` 0 runs the task plane, else the sans-IO plane on that many workers.
+async fn forwarding_renegotiation_pli_and_cleanup(workers: usize) {
     let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
     // The relay sockets and the SFU's sockets share a fabric: relayed media skips the kernel.
     let fabric = Arc::new(Fabric::new(videoroom::fabric::DEFAULT_INBOX_CAPACITY));
@@ -401,17 +413,23 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
         .unwrap(),
     );
     let (tx, events) = mpsc::unbounded_channel();
-    let plane = WebRtcPlane::new(
-        PlaneConfig {
-            turn: Some(Arc::clone(&turn)),
-            fabric: Arc::clone(&fabric),
-            ..PlaneConfig::default()
-        },
-        PlaneSink::new(move |ev| {
-            let _ = tx.send(ev);
-        }),
-    );
-    let stats = plane.stats_handle();
+    let cfg = PlaneConfig {
+        turn: Some(Arc::clone(&turn)),
+        fabric: Arc::clone(&fabric),
+        ..PlaneConfig::default()
+    };
+    let sink = PlaneSink::new(move |ev| {
+        let _ = tx.send(ev);
+    });
+    let (plane, stats): (Box<dyn MediaPlane>, Box<dyn Fn() -> PlaneStats>) = if workers == 0 {
+        let plane = WebRtcPlane::new(cfg, sink);
+        let handle = plane.stats_handle();
+        (Box::new(plane), Box::new(move || handle.stats()))
+    } else {
+        let pool = Workers::start(cfg, workers).unwrap();
+        let plane = pool.plane(sink);
+        (Box::new(plane), Box::new(move || pool.stats()))
+    };
     let mut h = Harness {
         plane,
         events,
@@ -437,7 +455,7 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     let mut clients = vec![a, b, c];
     h.sync(&mut clients, &all).await;
     exchange(&mut clients, &all, 300).await;
-    let s = stats.stats();
+    let s = stats();
     assert!(s.forwarded >= 6 * 300, "{s:?}");
     // The middle hop of every packet went through the fabric: 3 × 300 published (relay →
     // SFU) and 6 × 300 forwarded (SFU → relay).
@@ -482,7 +500,7 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
             .await
             .expect("A never got the relayed PLI")
             .unwrap();
-        if stats.stats().keyframe_requests_relayed > relayed_before {
+        if stats().keyframe_requests_relayed > relayed_before {
             break;
         }
     }
@@ -500,7 +518,7 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
     let two: BTreeMap<u8, Vec<u8>> = [(0, vec![1]), (1, vec![0])].into();
     h.sync(&mut clients, &two).await;
     exchange(&mut clients, &two, 100).await;
-    let s = stats.stats();
+    let s = stats();
     assert_eq!(
         (s.peers, s.fanouts),
         (2, 2),
@@ -512,8 +530,14 @@ async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() 
         c.pc.close().await.unwrap();
     }
     drop(h);
-    let s = stats.stats();
-    assert_eq!(s.peers, 0, "{s:?}");
+    // The workers' peer count moves once the removal reached them.
+    let deadline = Instant::now() + STEP;
+    while stats().peers != 0 {
+        assert!(Instant::now() < deadline, "peers left: {:?}", stats());
+        net_tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The last plane handle and the pool gone, the workers end and close their sockets.
+    drop(stats);
     // Every SFU socket and relay socket left the fabric once its connection or allocation
     // closed (both happen in the background after removal).
     let deadline = Instant::now() + STEP;

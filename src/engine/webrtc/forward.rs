@@ -162,7 +162,7 @@ impl Continuity {
         }
     }
 
-    fn next_source(&self) -> u64 {
+    pub(crate) fn next_source(&self) -> u64 {
         let mut s = self.state.lock().expect("continuity lock");
         s.sources += 1;
         s.sources
@@ -174,7 +174,7 @@ impl Continuity {
     }
 
     /// Rewrites `header`'s sequence number and timestamp for `source`.
-    fn map(&self, source: u64, header: &mut rtp::header::Header) {
+    pub(crate) fn map(&self, source: u64, header: &mut rtp::header::Header) {
         let mut s = self.state.lock().expect("continuity lock");
         if s.current != Some(source) {
             if s.current.is_some() {

@@ -22,6 +22,7 @@
 mod forward;
 mod rtcp;
 mod sdp;
+pub mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

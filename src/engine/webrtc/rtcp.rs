@@ -15,16 +15,16 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::sansio::Protocol;
 
-pub(super) const SLOT: usize = 14_000;
+pub(crate) const SLOT: usize = 14_000;
 
 #[derive(Default)]
-pub(super) struct KeyframeRequestForwarder {
+pub(crate) struct KeyframeRequestForwarder {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
 #[allow(clippy::borrowed_box)]
-pub(super) fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
+pub(crate) fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
     let any = packet.as_any();
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }

@@ -938,6 +938,15 @@ fn sections(sdp: &str) -> Vec<Section> {
     out
 }
 
+/// Which plane the media tests run: `VIDEOROOM_MEDIA_WORKERS` as the server reads it (0, the
+/// default, is the task plane), so one suite checks either.
+pub fn test_media_workers() -> usize {
+    std::env::var("VIDEOROOM_MEDIA_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The real server on 127.0.0.1 port 0, with the webrtc plane and the integrated TURN server on
 /// an ephemeral port: what the synthetic peers run against. Every peer connects from
 /// 127.0.0.1, so the per-source WebSocket limit is lifted.
@@ -954,6 +963,7 @@ pub async fn start_media_server(limits: Limits) -> Server {
         media: MediaConfig {
             real: true,
             turn_bind: SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
+            media_workers: test_media_workers(),
             ..MediaConfig::default()
         },
         ..ServerConfig::default()

@@ -1,0 +1,784 @@
+//! One worker: its thread, its socket, its rooms, and the loop that moves every datagram of
+//! them through the `rtc` connections.
+//!
+//! One pass of the loop takes what is ready (a command, a batch of datagrams, an expired timer),
+//! feeds it to the connections concerned, forwards the RTP that comes out of a publisher's
+//! connection into its subscribers' connections in the same call, and then drains the
+//! datagrams of every connection it touched onto the socket (the "dirty" list).
+//!
+//! It owns the rooms' fanouts (published track → subscriber legs) and the demux. It must never
+//! wait inside a pass (every socket operation is non-blocking; a full destination loses the
+//! datagram, as UDP would), emit an event about a peer after its removal, or let a leg or a
+//! source outlive its peer (slab keys are reused).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use net_tokio::sync::mpsc;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use slab::Slab;
+
+use super::super::forward::{rewrite, Carried, ExtIds};
+use super::super::rtcp::is_keyframe_request;
+use super::super::{PlaneConfig, PlaneStats};
+use super::demux::Demux;
+use super::peer::{Ingress, Peer, PeerEvent};
+use super::Cmd;
+use crate::engine::plane::{PlaneCommand, PlaneEvent, PlaneOffer, PlaneSink};
+use crate::fabric::{Endpoint, Kind, Sent};
+use crate::logsafe::Untrusted;
+use crate::turn::TurnServer;
+
+/// Datagrams taken from the inbox per pass before timers and commands get a look.
+const BATCH: usize = 64;
+
+#[derive(Default)]
+pub(super) struct Stats {
+    peers: AtomicUsize,
+    fanouts: AtomicUsize,
+    forwarded: AtomicU64,
+    dropped: AtomicU64,
+    relayed: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Stats {
+    pub(super) fn snapshot(&self) -> PlaneStats {
+        PlaneStats {
+            peers: self.peers.load(Ordering::Relaxed),
+            fanouts: self.fanouts.load(Ordering::Relaxed),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            keyframe_requests_relayed: self.relayed.load(Ordering::Relaxed),
+            keyframe_requests_sent: self.sent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Room {
+    sink: PlaneSink,
+    peers: HashMap<String, usize>,
+    /// Keyed by published track id. Exists while the track has a source or a leg.
+    fanouts: HashMap<Arc<str>, Fanout>,
+}
+
+#[derive(Default)]
+struct Fanout {
+    source: Option<Source>,
+    legs: Vec<Leg>,
+}
+
+#[derive(Clone, Copy)]
+struct Source {
+    peer: usize,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+}
+
+/// A subscriber slot a track is forwarded on, with what its answer fixed.
+#[derive(Clone, Copy)]
+struct Leg {
+    peer: usize,
+    slot: usize,
+    pt: u8,
+    ext: ExtIds,
+}
+
+/// The worker's socket: in the fabric (the TURN relays hand datagrams over in-process) and in
+/// the kernel (when the hand-off is off).
+struct Io {
+    socket: net_tokio::net::UdpSocket,
+    endpoint: Option<Endpoint>,
+}
+
+impl Io {
+    fn send(&self, dst: SocketAddr, bytes: &[u8]) {
+        match self.endpoint.as_ref().map(|ep| ep.send(bytes, None, dst)) {
+            Some(Sent::Kernel) => {
+                let _ = self.socket.try_send_to(bytes, dst);
+            }
+            // A wildcard socket has no endpoint and sends nothing (the fabric's policy).
+            Some(Sent::Delivered | Sent::Refused) | None => {}
+        }
+    }
+}
+
+pub(super) struct Worker {
+    local: SocketAddr,
+    fabric: Arc<crate::fabric::Fabric>,
+    turn: Option<Arc<TurnServer>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    rooms: HashMap<u64, Room>,
+    peers: Slab<Peer>,
+    demux: Demux<usize>,
+    dirty: Vec<usize>,
+    epoch: Instant,
+    stats: Arc<Stats>,
+    events: Vec<PeerEvent>,
+    reads: Vec<RTCMessage>,
+}
+
+impl Worker {
+    pub(super) fn new(cfg: &PlaneConfig, local: SocketAddr, stats: Arc<Stats>) -> Worker {
+        Worker {
+            local,
+            fabric: Arc::clone(&cfg.fabric),
+            turn: cfg.turn.clone(),
+            metrics: Arc::clone(&cfg.metrics),
+            rooms: HashMap::new(),
+            peers: Slab::new(),
+            demux: Demux::default(),
+            dirty: Vec::new(),
+            epoch: Instant::now(),
+            stats,
+            events: Vec::new(),
+            reads: Vec::new(),
+        }
+    }
+
+    /// The thread's body: a current-thread runtime for the socket's readiness and the timer.
+    pub(super) fn run(mut self, socket: std::net::UdpSocket, rx: mpsc::Receiver<Cmd>) {
+        let rt = net_tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("media worker runtime");
+        rt.block_on(async move {
+            let io = Io {
+                socket: net_tokio::net::UdpSocket::from_std(socket).expect("media worker socket"),
+                endpoint: self.fabric.register(self.local, None, Kind::Sfu),
+            };
+            self.serve(&io, rx).await;
+            self.shutdown();
+        });
+    }
+
+    async fn serve(&mut self, io: &Io, mut rx: mpsc::Receiver<Cmd>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = self.deadline();
+            let sleep = async {
+                match deadline {
+                    Some(at) => {
+                        net_tokio::time::sleep_until(net_tokio::time::Instant::from_std(at)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let inbox = async {
+                match &io.endpoint {
+                    Some(ep) => std::future::poll_fn(|cx| ep.poll_recv(cx)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            net_tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                d = inbox => {
+                    self.datagram(d.src, &d.data);
+                    if let Some(ep) = &io.endpoint {
+                        for _ in 1..BATCH {
+                            let Some(d) = ep.try_recv() else { break };
+                            self.datagram(d.src, &d.data);
+                        }
+                    }
+                }
+                r = io.socket.recv_from(&mut buf) => {
+                    if let Ok((n, src)) = r {
+                        self.datagram(src, &buf[..n]);
+                    }
+                }
+                _ = sleep => {}
+            }
+            self.timeouts(Instant::now());
+            self.flush(io);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.remove_peer(key);
+        }
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .filter_map(|(_, p)| {
+                let vad = p
+                    .ingress
+                    .values()
+                    .filter_map(|i| i.vad.as_ref()?.idle_deadline())
+                    .min()
+                    .map(|ms| self.epoch + Duration::from_millis(ms));
+                [p.timeout, vad].into_iter().flatten().min()
+            })
+            .min()
+    }
+
+    fn mark(&mut self, key: usize) {
+        if let Some(p) = self.peers.get_mut(key) {
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn flush(&mut self, io: &Io) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(p) = self.peers.get_mut(key) else {
+                continue;
+            };
+            p.dirty = false;
+            let Some(pc) = p.pc.as_mut() else { continue };
+            while let Some(out) = pc.poll_write() {
+                io.send(out.transport.peer_addr, &out.message);
+            }
+            p.timeout = pc.poll_timeout();
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn emit(&self, room: u64, event: PlaneEvent) {
+        if let Some(r) = self.rooms.get(&room) {
+            r.sink.send(event);
+        }
+    }
+
+    fn datagram(&mut self, src: SocketAddr, data: &[u8]) {
+        let Some(key) = self.demux.route(src, data) else {
+            return;
+        };
+        let now = Instant::now();
+        let Some(pc) = self.peers.get_mut(key).and_then(|p| p.pc.as_mut()) else {
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: src,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = pc.handle_read(msg) {
+            tracing::trace!(error = %e, "datagram not taken");
+        }
+        self.pump(key, now);
+    }
+
+    /// Takes what `key`'s connection has for the application after an input.
+    fn pump(&mut self, key: usize, now: Instant) {
+        let mut events = std::mem::take(&mut self.events);
+        if let Some(p) = self.peers.get_mut(key) {
+            p.events(&mut events);
+        }
+        for ev in events.drain(..) {
+            self.peer_event(key, ev);
+        }
+        self.events = events;
+        let mut reads = std::mem::take(&mut self.reads);
+        if let Some(pc) = self.peers.get_mut(key).and_then(|p| p.pc.as_mut()) {
+            while let Some(m) = pc.poll_read() {
+                reads.push(m.message);
+            }
+        }
+        for m in reads.drain(..) {
+            match m {
+                RTCMessage::RtpPacket(track, pkt) => self.ingress(key, &track, pkt, now),
+                RTCMessage::RtcpPacket(track, packets) => {
+                    if packets.iter().any(is_keyframe_request) {
+                        self.relay_keyframe_request(key, &track, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.reads = reads;
+        self.mark(key);
+    }
+
+    fn peer_event(&mut self, key: usize, ev: PeerEvent) {
+        let Some(p) = self.peers.get(key) else { return };
+        let (room, peer) = (p.room, p.id.clone());
+        match ev {
+            PeerEvent::Connected => self.emit(room, PlaneEvent::Connected { peer }),
+            PeerEvent::Failed => self.emit(
+                room,
+                PlaneEvent::Failed {
+                    peer,
+                    reason: "ICE/DTLS failed".to_owned(),
+                },
+            ),
+            PeerEvent::TrackOpened {
+                track_id,
+                receiver,
+                ssrc,
+            } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.fanouts.entry(track_id).or_default().source = Some(Source {
+                        peer: key,
+                        receiver,
+                        ssrc,
+                    });
+                }
+                self.count_fanouts();
+            }
+            PeerEvent::TrackClosed(ingress) => self.end_ingress(key, room, ingress, true),
+        }
+    }
+
+    fn end_ingress(&mut self, key: usize, room: u64, ingress: Ingress, report: bool) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            if let Some(f) = r.fanouts.get_mut(&ingress.track_id) {
+                if f.source.is_some_and(|s| s.peer == key) {
+                    f.source = None;
+                }
+            }
+            release(r, &ingress.track_id);
+        }
+        self.count_fanouts();
+        if report {
+            if let Some(p) = self.peers.get(key) {
+                let peer = p.id.clone();
+                self.emit(
+                    room,
+                    PlaneEvent::TrackEnded {
+                        peer,
+                        track_id: ingress.track_id.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// One RTP packet of `key`'s published track (the connection's id `track`): reported,
+    /// judged for voice, and written into every subscriber leg.
+    fn ingress(&mut self, key: usize, track: &str, pkt: rtc::rtp::Packet, now: Instant) {
+        let now_ms = self.now_ms(now);
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
+        let room_id = p.room;
+        let Some(ing) = p.ingress.get_mut(track) else {
+            return;
+        };
+        let first = !ing.started;
+        ing.started = true;
+        let from = ing.ext;
+        let track_id = Arc::clone(&ing.track_id);
+        let speech = ing.vad.as_mut().and_then(|v| {
+            let level = pkt
+                .header
+                .get_extension(from.audio_level)?
+                .first()
+                .copied()?;
+            v.packet(now_ms, level & 0x7f)
+        });
+        if first || speech.is_some() {
+            let peer = p.id.clone();
+            if first {
+                self.emit(
+                    room_id,
+                    PlaneEvent::TrackStarted {
+                        peer: peer.clone(),
+                        track_id: track_id.to_string(),
+                    },
+                );
+                // Subscribers that joined before media flowed asked for a keyframe into the
+                // void.
+                self.send_pli(room_id, &track_id, now);
+            }
+            if let Some(speech) = speech {
+                self.emit(
+                    room_id,
+                    PlaneEvent::VoiceActivity {
+                        peer,
+                        track_id: track_id.to_string(),
+                        speech,
+                    },
+                );
+            }
+        }
+        let Some(f) = self
+            .rooms
+            .get(&room_id)
+            .and_then(|r| r.fanouts.get(&track_id))
+        else {
+            return;
+        };
+        if f.legs.is_empty() {
+            return;
+        }
+        let stamp = f.legs.iter().any(|l| l.ext.abs_send_time != 0);
+        let carried = Carried::of(&pkt, from, stamp.then(SystemTime::now));
+        for leg in &f.legs {
+            let Some(sub) = self.peers.get_mut(leg.peer) else {
+                continue;
+            };
+            let (Some(slot), Some(pc)) = (sub.outbound.get_mut(leg.slot), sub.pc.as_mut()) else {
+                continue;
+            };
+            let Some(mut out) = rewrite(&pkt, slot.ssrc, leg.pt, leg.ext, &carried) else {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            slot.continuity.map(slot.source, &mut out.header);
+            let bytes = out.payload.len();
+            match pc
+                .rtp_sender(slot.sender)
+                .map(|mut s| s.write_rtp(now, out))
+            {
+                Some(Ok(())) => {
+                    self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.forwarded(bytes);
+                }
+                _ => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if !sub.dirty {
+                sub.dirty = true;
+                self.dirty.push(leg.peer);
+            }
+        }
+    }
+
+    /// Asks the publisher of `track` for a keyframe, if its media was announced.
+    fn send_pli(&mut self, room: u64, track: &str, now: Instant) -> bool {
+        let Some(src) = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.fanouts.get(track))
+            .and_then(|f| f.source)
+        else {
+            return false;
+        };
+        let Some(pc) = self.peers.get_mut(src.peer).and_then(|p| p.pc.as_mut()) else {
+            return false;
+        };
+        let sent = pc.rtp_receiver(src.receiver).is_some_and(|mut r| {
+            r.write_rtcp(
+                now,
+                vec![Box::new(PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: src.ssrc,
+                })],
+            )
+            .is_ok()
+        });
+        if sent {
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            self.mark(src.peer);
+        }
+        sent
+    }
+
+    /// A subscriber's PLI/FIR about its slot whose local track is `local_track`.
+    fn relay_keyframe_request(&mut self, key: usize, local_track: &str, now: Instant) {
+        let Some(p) = self.peers.get(key) else { return };
+        let Some(track) = p.slot_of(local_track).and_then(|s| s.live.clone()) else {
+            return;
+        };
+        let room = p.room;
+        let has_source = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.fanouts.get(&track))
+            .is_some_and(|f| f.source.is_some());
+        if has_source {
+            // Counted before sending, so the count is visible once the PLI lands.
+            self.stats.relayed.fetch_add(1, Ordering::Relaxed);
+            self.send_pli(room, &track, now);
+        }
+    }
+
+    fn timeouts(&mut self, now: Instant) {
+        let now_ms = self.now_ms(now);
+        let due: Vec<usize> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.timeout.is_some_and(|t| t <= now)
+                    || p.ingress.values().any(|i| {
+                        i.vad
+                            .as_ref()
+                            .and_then(|v| v.idle_deadline())
+                            .is_some_and(|ms| ms <= now_ms)
+                    })
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in due {
+            let Some(p) = self.peers.get_mut(key) else {
+                continue;
+            };
+            if p.timeout.is_some_and(|t| t <= now) {
+                if let Some(pc) = p.pc.as_mut() {
+                    let _ = pc.handle_timeout(now);
+                }
+            }
+            let mut quiet = Vec::new();
+            for i in p.ingress.values_mut() {
+                if let Some(speech) = i.vad.as_mut().and_then(|v| {
+                    v.idle_deadline()
+                        .filter(|ms| *ms <= now_ms)
+                        .and_then(|_| v.idle(now_ms))
+                }) {
+                    quiet.push((i.track_id.to_string(), speech));
+                }
+            }
+            let (room, peer) = (p.room, p.id.clone());
+            for (track_id, speech) in quiet {
+                self.emit(
+                    room,
+                    PlaneEvent::VoiceActivity {
+                        peer: peer.clone(),
+                        track_id,
+                        speech,
+                    },
+                );
+            }
+            self.pump(key, now);
+        }
+    }
+
+    fn count_fanouts(&self) {
+        let n = self.rooms.values().map(|r| r.fanouts.len()).sum();
+        self.stats.fanouts.store(n, Ordering::Relaxed);
+        self.stats.peers.store(self.peers.len(), Ordering::Relaxed);
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Open { room, sink } => {
+                self.rooms.insert(
+                    room,
+                    Room {
+                        sink,
+                        peers: HashMap::new(),
+                        fanouts: HashMap::new(),
+                    },
+                );
+            }
+            Cmd::Close { room } => {
+                let keys: Vec<usize> = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.peers.values().copied().collect())
+                    .unwrap_or_default();
+                for key in keys {
+                    self.remove_peer(key);
+                }
+                self.rooms.remove(&room);
+            }
+            Cmd::Plane { room, command } => self.plane_command(room, command),
+        }
+        self.count_fanouts();
+    }
+
+    fn plane_command(&mut self, room: u64, command: PlaneCommand) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let now = Instant::now();
+        match command {
+            PlaneCommand::AddPeer { peer } => {
+                if !r.peers.contains_key(&peer) {
+                    let key = self.peers.insert(Peer::new(room, peer.clone()));
+                    r.peers.insert(peer, key);
+                }
+            }
+            PlaneCommand::RemovePeer { peer } => {
+                if let Some(key) = r.peers.get(&peer).copied() {
+                    self.remove_peer(key);
+                }
+            }
+            PlaneCommand::Offer { peer, offer } => {
+                if let Some(key) = r.peers.get(&peer).copied() {
+                    self.offer(key, offer, now);
+                }
+            }
+            PlaneCommand::RemoteCandidate {
+                peer,
+                candidate,
+                sdp_m_line_index,
+            } => {
+                let Some(key) = r.peers.get(&peer).copied() else {
+                    return;
+                };
+                let Some(pc) = self.peers.get_mut(key).and_then(|p| p.pc.as_mut()) else {
+                    return;
+                };
+                let init = RTCIceCandidateInit {
+                    candidate,
+                    sdp_mline_index: sdp_m_line_index.and_then(|i| u16::try_from(i).ok()),
+                    ..Default::default()
+                };
+                if let Err(e) = pc.add_remote_candidate(init) {
+                    tracing::debug!(peer = %Untrusted(&peer), error = %Untrusted(&e), "remote candidate rejected");
+                }
+                self.pump(key, now);
+            }
+            PlaneCommand::RequestKeyframe { track_id, .. } => {
+                self.send_pli(room, &track_id, now);
+            }
+        }
+    }
+
+    fn offer(&mut self, key: usize, offer: PlaneOffer, now: Instant) {
+        let negotiation = offer.negotiation;
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
+        let (room, peer) = (p.room, p.id.clone());
+        let result = p.apply_offer(offer, self.local, now);
+        let result = match result {
+            Ok(changes) => {
+                if let Some(u) = &p.ufrag {
+                    self.demux.set_ufrag(u, key);
+                }
+                let attached: Vec<(usize, Arc<str>, u8, ExtIds)> = changes
+                    .attached
+                    .iter()
+                    .filter_map(|&(slot, pt, ext)| {
+                        let track = p.outbound.get(slot)?.live.clone()?;
+                        Some((slot, track, pt, ext))
+                    })
+                    .collect();
+                let host = p.host_candidate.clone();
+                for (slot, track) in changes.detached {
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        if let Some(f) = r.fanouts.get_mut(&track) {
+                            f.legs.retain(|l| !(l.peer == key && l.slot == slot));
+                        }
+                        release(r, &track);
+                    }
+                }
+                for ingress in changes.ended {
+                    self.end_ingress(key, room, ingress, true);
+                }
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    for (slot, track, pt, ext) in &attached {
+                        r.fanouts
+                            .entry(Arc::clone(track))
+                            .or_default()
+                            .legs
+                            .push(Leg {
+                                peer: key,
+                                slot: *slot,
+                                pt: *pt,
+                                ext: *ext,
+                            });
+                    }
+                }
+                let trickle = !changes.answer.contains("a=candidate:");
+                self.emit(
+                    room,
+                    PlaneEvent::Answer {
+                        peer: peer.clone(),
+                        negotiation,
+                        result: Ok(changes.answer),
+                    },
+                );
+                if let (true, Some(candidate)) = (trickle, host) {
+                    self.emit(
+                        room,
+                        PlaneEvent::LocalCandidate {
+                            peer: peer.clone(),
+                            candidate,
+                        },
+                    );
+                }
+                // A new subscriber sees nothing until the next keyframe.
+                for (_, track, ..) in &attached {
+                    self.send_pli(room, track, now);
+                }
+                self.pump(key, now);
+                return;
+            }
+            Err(reason) => {
+                // A client can send offers webrtc refuses as fast as it likes.
+                if let Some(suppressed) = p.warnings.admit(now) {
+                    tracing::warn!(peer = %peer, reason = %Untrusted(&reason), suppressed, "offer not applied");
+                }
+                Err(reason)
+            }
+        };
+        self.emit(
+            room,
+            PlaneEvent::Answer {
+                peer,
+                negotiation,
+                result,
+            },
+        );
+        self.pump(key, now);
+    }
+
+    /// Forgets `key` everywhere: legs, sources, demux, its room; closes its connection and its
+    /// TURN allocations. Reports nothing about it.
+    fn remove_peer(&mut self, key: usize) {
+        let Some(mut p) = self.peers.try_remove(key) else {
+            return;
+        };
+        if let Some(r) = self.rooms.get_mut(&p.room) {
+            r.peers.remove(&p.id);
+            for (i, slot) in p.outbound.iter().enumerate() {
+                if let Some(track) = &slot.live {
+                    if let Some(f) = r.fanouts.get_mut(track) {
+                        f.legs.retain(|l| !(l.peer == key && l.slot == i));
+                    }
+                    release(r, track);
+                }
+            }
+        }
+        let room = p.room;
+        for (_, ingress) in p.ingress.drain() {
+            self.end_ingress(key, room, ingress, false);
+        }
+        self.demux.remove(key);
+        if let Some(pc) = p.pc.as_mut() {
+            let _ = pc.close();
+        }
+        if let Some(turn) = &self.turn {
+            turn.revoke_peer(&p.id);
+        }
+        let suppressed = p.warnings.take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!(peer = %p.id, suppressed, "warnings suppressed for this peer");
+        }
+        tracing::debug!(peer = %p.id, "media plane peer removed");
+    }
+}
+
+/// Drops the fanout of `track` if nothing uses it any more.
+fn release(room: &mut Room, track: &str) {
+    if room
+        .fanouts
+        .get(track)
+        .is_some_and(|f| f.source.is_none() && f.legs.is_empty())
+    {
+        room.fanouts.remove(track);
+    }
+}
