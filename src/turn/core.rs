@@ -169,6 +169,8 @@ pub struct Core<R> {
     cfg: Config,
     book: Book,
     allocations: HashMap<SocketAddr, Allocation<R>>,
+    /// Relayed address → client, for datagrams that reach an allocation without its socket.
+    by_relayed: HashMap<SocketAddr, SocketAddr>,
     per_peer: HashMap<String, usize>,
     per_source: HashMap<IpAddr, usize>,
     closed: Vec<R>,
@@ -214,6 +216,7 @@ impl<R: Clone> Core<R> {
             book: Book::new(cfg.realm.clone(), secret),
             cfg,
             allocations: HashMap::new(),
+            by_relayed: HashMap::new(),
             per_peer: HashMap::new(),
             per_source: HashMap::new(),
             closed: Vec::new(),
@@ -293,6 +296,7 @@ impl<R: Clone> Core<R> {
 
     fn remove(&mut self, client: SocketAddr) {
         if let Some(a) = self.allocations.remove(&client) {
+            self.by_relayed.remove(&a.relayed);
             release(&mut self.per_peer, &a.peer);
             release(&mut self.per_source, &a.source);
             self.closed.push(a.relay);
@@ -315,6 +319,13 @@ impl<R: Clone> Core<R> {
         self.remove(client);
         self.stats.evicted += 1;
         true
+    }
+
+    /// The allocation whose relayed transport address is `relayed`.
+    pub fn allocation_at(&self, relayed: SocketAddr) -> Option<AllocId> {
+        let client = *self.by_relayed.get(&relayed)?;
+        let a = self.allocations.get(&client)?;
+        Some(AllocId { client, seq: a.seq })
     }
 
     /// A datagram that arrived at allocation `id`'s relay socket from `from`. Returns the
@@ -602,6 +613,7 @@ impl<R: Clone> Core<R> {
         })?;
         self.next_seq += 1;
         let lifetime = self.lifetime(m);
+        self.by_relayed.insert(relayed, from);
         self.allocations.insert(
             from,
             Allocation {

@@ -22,6 +22,8 @@ pub mod stun;
 // The driver needs real sockets and the fabric: production builds only. The codec, the
 // credentials and the core build everywhere (the fuzz targets and any sans-IO use).
 #[cfg(feature = "media-webrtc")]
+pub mod batch;
+#[cfg(feature = "media-webrtc")]
 mod relay;
 #[cfg(feature = "media-webrtc")]
 mod server;

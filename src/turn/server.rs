@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use net_tokio::net::UdpSocket;
 
+use super::batch::{Flushed, SendBatch};
 use super::core::{AllocId, Core, Env, OpenError, Step};
 use super::relay::Relay;
 use super::{TurnLimits, TurnStats};
@@ -182,6 +183,41 @@ impl TurnServer {
             core.take_closed()
         };
         close_all(closed);
+    }
+
+    /// What allocation `to`'s relay socket would do with `data` from the SFU socket `from`,
+    /// done by the caller without that socket or its task: the same policy and framing
+    /// ([`Core::handle_peer`]), queued in `batch` for the client; [`Self::send_batch`] sends
+    /// it from the listening socket. `scratch` is the caller's buffer. False when `to` is no
+    /// relayed address of this server (the caller sends the datagram the ordinary way).
+    pub fn relay_from_sfu(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+        data: &[u8],
+        scratch: &mut Vec<u8>,
+        batch: &mut SendBatch,
+    ) -> bool {
+        let client = {
+            let mut core = self.shared.lock();
+            let Some(id) = core.allocation_at(to) else {
+                return false;
+            };
+            let env = DriverEnv {
+                shared: &self.shared,
+            };
+            core.handle_peer(Instant::now(), id, from, data, &env, scratch)
+        };
+        if let Some(client) = client {
+            batch.push(client, scratch);
+        }
+        true
+    }
+
+    /// Sends what [`Self::relay_from_sfu`] queued, from the listening socket, in as few system
+    /// calls as the batch allows.
+    pub fn send_batch(&self, batch: &mut SendBatch) -> Flushed {
+        batch.flush(&self.shared.socket)
     }
 
     /// The fabric whose SFU sockets this server relays to.

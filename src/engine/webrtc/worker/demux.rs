@@ -123,7 +123,7 @@ mod tests {
     fn the_recipient_fragment_names_the_connection() {
         assert_eq!(binding_ufrag(&binding("srv1:brw9")), Some("srv1"));
         let mut response = binding("srv1:brw9");
-        response[1] = 0x01; // a binding success response is not routed by its username
+        response[0] = 0x01; // a binding success response is not routed by its username
         assert_eq!(binding_ufrag(&response), None);
         assert_eq!(binding_ufrag(&[0x16, 0xfe, 0xfd, 0, 0]), None, "DTLS");
         let mut truncated = binding("srv1:brw9");

@@ -11,6 +11,7 @@
 //! datagram, as UDP would), emit an event about a peer after its removal, or let a leg or a
 //! source outlive its peer (slab keys are reused).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,8 +35,9 @@ use super::demux::Demux;
 use super::peer::{Ingress, Peer, PeerEvent};
 use super::Cmd;
 use crate::engine::plane::{PlaneCommand, PlaneEvent, PlaneOffer, PlaneSink};
-use crate::fabric::{Endpoint, Kind, Sent};
+use crate::fabric::{Endpoint, Sent};
 use crate::logsafe::Untrusted;
+use crate::turn::batch::{SendBatch, MAX_BATCH};
 use crate::turn::TurnServer;
 
 /// Datagrams taken from the inbox per pass before timers and commands get a look.
@@ -96,12 +98,34 @@ struct Leg {
 /// The worker's socket: in the fabric (the TURN relays hand datagrams over in-process) and in
 /// the kernel (when the hand-off is off).
 struct Io {
+    local: SocketAddr,
     socket: net_tokio::net::UdpSocket,
     endpoint: Option<Endpoint>,
+    /// Datagrams for one of its relayed addresses go straight to the client (no relay socket,
+    /// no relay task: [`TurnServer::relay_from_sfu`]).
+    turn: Option<Arc<TurnServer>>,
+    scratch: RefCell<Vec<u8>>,
+    /// What goes to clients at the end of this pass, in one `sendmmsg` per 64 datagrams.
+    batch: RefCell<SendBatch>,
 }
 
 impl Io {
     fn send(&self, dst: SocketAddr, bytes: &[u8]) {
+        if let Some(turn) = &self.turn {
+            let mut batch = self.batch.borrow_mut();
+            if turn.relay_from_sfu(
+                self.local,
+                dst,
+                bytes,
+                &mut self.scratch.borrow_mut(),
+                &mut batch,
+            ) {
+                if batch.len() >= MAX_BATCH {
+                    turn.send_batch(&mut batch);
+                }
+                return;
+            }
+        }
         match self.endpoint.as_ref().map(|ep| ep.send(bytes, None, dst)) {
             Some(Sent::Kernel) => {
                 let _ = self.socket.try_send_to(bytes, dst);
@@ -114,7 +138,6 @@ impl Io {
 
 pub(super) struct Worker {
     local: SocketAddr,
-    fabric: Arc<crate::fabric::Fabric>,
     turn: Option<Arc<TurnServer>>,
     metrics: Arc<crate::metrics::Metrics>,
     rooms: HashMap<u64, Room>,
@@ -131,7 +154,6 @@ impl Worker {
     pub(super) fn new(cfg: &PlaneConfig, local: SocketAddr, stats: Arc<Stats>) -> Worker {
         Worker {
             local,
-            fabric: Arc::clone(&cfg.fabric),
             turn: cfg.turn.clone(),
             metrics: Arc::clone(&cfg.metrics),
             rooms: HashMap::new(),
@@ -146,15 +168,24 @@ impl Worker {
     }
 
     /// The thread's body: a current-thread runtime for the socket's readiness and the timer.
-    pub(super) fn run(mut self, socket: std::net::UdpSocket, rx: mpsc::Receiver<Cmd>) {
+    pub(super) fn run(
+        mut self,
+        socket: std::net::UdpSocket,
+        endpoint: Option<Endpoint>,
+        rx: mpsc::Receiver<Cmd>,
+    ) {
         let rt = net_tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("media worker runtime");
         rt.block_on(async move {
             let io = Io {
+                local: self.local,
                 socket: net_tokio::net::UdpSocket::from_std(socket).expect("media worker socket"),
-                endpoint: self.fabric.register(self.local, None, Kind::Sfu),
+                endpoint,
+                turn: self.turn.clone(),
+                scratch: RefCell::new(Vec::with_capacity(1500)),
+                batch: RefCell::default(),
             };
             self.serve(&io, rx).await;
             self.shutdown();
@@ -255,6 +286,12 @@ impl Worker {
         }
         self.dirty = dirty;
         self.dirty.clear();
+        if let Some(turn) = &io.turn {
+            let mut batch = io.batch.borrow_mut();
+            if !batch.is_empty() {
+                turn.send_batch(&mut batch);
+            }
+        }
     }
 
     fn emit(&self, room: u64, event: PlaneEvent) {
@@ -306,10 +343,10 @@ impl Worker {
         for m in reads.drain(..) {
             match m {
                 RTCMessage::RtpPacket(track, pkt) => self.ingress(key, &track, pkt, now),
-                RTCMessage::RtcpPacket(track, packets) => {
-                    if packets.iter().any(is_keyframe_request) {
-                        self.relay_keyframe_request(key, &track, now);
-                    }
+                RTCMessage::RtcpPacket(track, packets)
+                    if packets.iter().any(is_keyframe_request) =>
+                {
+                    self.relay_keyframe_request(key, &track, now);
                 }
                 _ => {}
             }
@@ -604,9 +641,9 @@ impl Worker {
         let now = Instant::now();
         match command {
             PlaneCommand::AddPeer { peer } => {
-                if !r.peers.contains_key(&peer) {
-                    let key = self.peers.insert(Peer::new(room, peer.clone()));
-                    r.peers.insert(peer, key);
+                if let std::collections::hash_map::Entry::Vacant(e) = r.peers.entry(peer) {
+                    let key = self.peers.insert(Peer::new(room, e.key().clone()));
+                    e.insert(key);
                 }
             }
             PlaneCommand::RemovePeer { peer } => {

@@ -67,9 +67,12 @@ impl Workers {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let stats = Arc::new(event_loop::Stats::default());
             let worker = event_loop::Worker::new(&cfg, local, Arc::clone(&stats));
+            // Registered before the thread starts, so the fabric knows the socket (and TURN
+            // permits it) by the time a room can hand it out.
+            let endpoint = cfg.fabric.register(local, None, crate::fabric::Kind::Sfu);
             std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
-                .spawn(move || worker.run(socket, rx))?;
+                .spawn(move || worker.run(socket, endpoint, rx))?;
             workers.push(WorkerHandle {
                 tx,
                 local,
