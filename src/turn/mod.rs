@@ -30,4 +30,4 @@ mod server;
 
 pub use self::core::{Config as TurnLimits, Stats as TurnStats};
 #[cfg(feature = "media-webrtc")]
-pub use self::server::{TurnConfig, TurnCredentials, TurnError, TurnServer};
+pub use self::server::{FromClient, TurnConfig, TurnCredentials, TurnError, TurnServer};

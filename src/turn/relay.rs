@@ -16,6 +16,8 @@ use crate::fabric::{Alternate, Endpoint, Fabric, Kind, Sent};
 
 pub struct Relay {
     socket: UdpSocket,
+    /// The address clients and the SFU know this relay by (its datagrams' source in the fabric).
+    relayed: SocketAddr,
     endpoint: Option<Endpoint>,
     task: OnceLock<AbortHandle>,
     turn: Alternate,
@@ -46,11 +48,17 @@ impl Relay {
         let endpoint = fabric.register(local, Some(relayed), Kind::Relay);
         let relay = Relay {
             socket,
+            relayed,
             endpoint,
             task: OnceLock::new(),
             turn: Alternate::default(),
         };
         Ok((relay, relayed))
+    }
+
+    /// The relayed transport address: what the SFU sees as the source of this relay's datagrams.
+    pub fn relayed(&self) -> SocketAddr {
+        self.relayed
     }
 
     /// Sends `data` to `to` if the fabric permits it (an SFU socket); else drops it.

@@ -75,6 +75,17 @@ pub enum TurnError {
     RelayIp(IpAddr),
 }
 
+/// What [`TurnServer::relay_from_client`] leaves to the worker that read the datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromClient<'a> {
+    /// Dropped, answered nowhere, or relayed elsewhere already.
+    Nothing,
+    /// Send this back to the client, from the listening socket.
+    Reply(Vec<u8>),
+    /// Take `data` in as a datagram from `from` (the allocation's relayed address).
+    ToSfu { from: SocketAddr, data: &'a [u8] },
+}
+
 /// What the tasks share.
 struct Shared {
     core: Mutex<Core<Arc<Relay>>>,
@@ -92,6 +103,8 @@ pub struct TurnServer {
     advertised: SocketAddr,
     ttl: Duration,
     tasks: Vec<net_tokio::task::JoinHandle<()>>,
+    /// Reads the listening socket until [`TurnServer::listener_for_workers`] takes it over.
+    serve: Mutex<Option<net_tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for TurnServer {
@@ -138,10 +151,8 @@ impl TurnServer {
             public_ip: cfg.public_ip,
             sfu_ips: cfg.sfu_ips,
         });
-        let tasks = vec![
-            net_tokio::spawn(serve(Arc::clone(&shared))),
-            net_tokio::spawn(expire(Arc::downgrade(&shared))),
-        ];
+        let serve = net_tokio::spawn(serve(Arc::clone(&shared)));
+        let tasks = vec![net_tokio::spawn(expire(Arc::downgrade(&shared)))];
         let advertised =
             SocketAddr::new(cfg.public_ip.unwrap_or(local_addr.ip()), local_addr.port());
         tracing::info!(%local_addr, %advertised, "TURN server listening");
@@ -151,6 +162,7 @@ impl TurnServer {
             advertised,
             ttl: cfg.credential_ttl,
             tasks,
+            serve: Mutex::new(Some(serve)),
         })
     }
 
@@ -214,6 +226,55 @@ impl TurnServer {
         true
     }
 
+    /// Stops this server's own reading of the listening socket and returns a handle on it for
+    /// the SFU's workers, which from then on read it and step the core themselves
+    /// ([`Self::relay_from_client`]): a client's datagram then reaches the SFU connection in
+    /// the worker that read it, with no task in between. Every worker that serves rooms must
+    /// read its handle (a datagram goes to whichever reader the kernel wakes).
+    pub fn listener_for_workers(&self) -> std::io::Result<std::net::UdpSocket> {
+        use std::os::fd::AsFd;
+        let fd = self.shared.socket.as_fd().try_clone_to_owned()?;
+        let socket = std::net::UdpSocket::from(fd);
+        socket.set_nonblocking(true)?;
+        if let Some(t) = self.serve.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+        Ok(socket)
+    }
+
+    /// A datagram a worker read from the listening socket (see
+    /// [`Self::listener_for_workers`]), stepped as the server's own reader would. A datagram
+    /// the policy relays to `local` (the worker's own socket) is returned for the worker to
+    /// take in; one for any other SFU socket goes through the fabric as usual.
+    pub fn relay_from_client<'a>(
+        &self,
+        from: SocketAddr,
+        data: &'a [u8],
+        local: SocketAddr,
+    ) -> FromClient<'a> {
+        let (step, closed) = {
+            let mut core = self.shared.lock();
+            let mut env = DriverEnv {
+                shared: &self.shared,
+            };
+            let step = core.handle_client(Instant::now(), unix_now(), from, data, &mut env);
+            (step, core.take_closed())
+        };
+        close_all(closed);
+        match step {
+            Step::Nothing => FromClient::Nothing,
+            Step::Reply(reply) => FromClient::Reply(reply),
+            Step::Relay { via, to, data } if to == local => FromClient::ToSfu {
+                from: via.relayed(),
+                data,
+            },
+            Step::Relay { via, to, data } => {
+                via.send(data, to);
+                FromClient::Nothing
+            }
+        }
+    }
+
     /// Sends what [`Self::relay_from_sfu`] queued, from the listening socket, in as few system
     /// calls as the batch allows.
     pub fn send_batch(&self, batch: &mut SendBatch) -> Flushed {
@@ -247,6 +308,9 @@ impl TurnServer {
 impl Drop for TurnServer {
     fn drop(&mut self) {
         for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(t) = self.serve.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
         }
         let closed = {

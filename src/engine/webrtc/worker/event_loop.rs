@@ -38,7 +38,7 @@ use crate::engine::plane::{PlaneCommand, PlaneEvent, PlaneOffer, PlaneSink};
 use crate::fabric::{Endpoint, Sent};
 use crate::logsafe::Untrusted;
 use crate::turn::batch::{SendBatch, MAX_BATCH};
-use crate::turn::TurnServer;
+use crate::turn::{FromClient, TurnServer};
 
 /// Datagrams taken from the inbox per pass before timers and commands get a look.
 const BATCH: usize = 64;
@@ -104,6 +104,8 @@ struct Io {
     /// Datagrams for one of its relayed addresses go straight to the client (no relay socket,
     /// no relay task: [`TurnServer::relay_from_sfu`]).
     turn: Option<Arc<TurnServer>>,
+    /// The TURN server's listening socket, read here (clients' datagrams, TURN requests).
+    listener: Option<net_tokio::net::UdpSocket>,
     scratch: RefCell<Vec<u8>>,
     /// What goes to clients at the end of this pass, in one `sendmmsg` per 64 datagrams.
     batch: RefCell<SendBatch>,
@@ -172,6 +174,7 @@ impl Worker {
         mut self,
         socket: std::net::UdpSocket,
         endpoint: Option<Endpoint>,
+        listener: Option<std::net::UdpSocket>,
         rx: mpsc::Receiver<Cmd>,
     ) {
         let rt = net_tokio::runtime::Builder::new_current_thread()
@@ -184,6 +187,9 @@ impl Worker {
                 socket: net_tokio::net::UdpSocket::from_std(socket).expect("media worker socket"),
                 endpoint,
                 turn: self.turn.clone(),
+                listener: listener.map(|l| {
+                    net_tokio::net::UdpSocket::from_std(l).expect("TURN listener in the worker")
+                }),
                 scratch: RefCell::new(Vec::with_capacity(1500)),
                 batch: RefCell::default(),
             };
@@ -194,6 +200,8 @@ impl Worker {
 
     async fn serve(&mut self, io: &Io, mut rx: mpsc::Receiver<Cmd>) {
         let mut buf = vec![0u8; 2048];
+        // Any UDP datagram fits, so a client's is never truncated.
+        let mut turn_buf = vec![0u8; 65_536];
         loop {
             let deadline = self.deadline();
             let sleep = async {
@@ -210,7 +218,24 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let from_client = async {
+                match &io.listener {
+                    Some(l) => l.recv_from(&mut turn_buf).await,
+                    None => std::future::pending().await,
+                }
+            };
             net_tokio::select! {
+                r = from_client => {
+                    if let Ok((n, from)) = r {
+                        self.client_datagram(io, from, n, &turn_buf);
+                    }
+                    if let Some(l) = &io.listener {
+                        for _ in 1..BATCH {
+                            let Ok((n, from)) = l.try_recv_from(&mut turn_buf) else { break };
+                            self.client_datagram(io, from, n, &turn_buf);
+                        }
+                    }
+                }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => break,
@@ -322,6 +347,17 @@ impl Worker {
             tracing::trace!(error = %e, "datagram not taken");
         }
         self.pump(key, now);
+    }
+
+    /// A datagram from a TURN client (`buf[..n]`), stepped through the TURN core: a relayed
+    /// one for this worker's socket is taken in at once, as if the relay had sent it.
+    fn client_datagram(&mut self, io: &Io, from: SocketAddr, n: usize, buf: &[u8]) {
+        let Some(turn) = &io.turn else { return };
+        match turn.relay_from_client(from, &buf[..n], self.local) {
+            FromClient::Nothing => {}
+            FromClient::Reply(reply) => io.batch.borrow_mut().push(from, &reply),
+            FromClient::ToSfu { from, data } => self.datagram(from, data),
+        }
     }
 
     /// Takes what `key`'s connection has for the application after an input.

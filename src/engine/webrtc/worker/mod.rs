@@ -70,9 +70,15 @@ impl Workers {
             // Registered before the thread starts, so the fabric knows the socket (and TURN
             // permits it) by the time a room can hand it out.
             let endpoint = cfg.fabric.register(local, None, crate::fabric::Kind::Sfu);
+            // Every worker reads the TURN listening socket, so a client's datagram reaches its
+            // connection without a task in between (see `TurnServer::listener_for_workers`).
+            let listener = match &cfg.turn {
+                Some(turn) => Some(turn.listener_for_workers()?),
+                None => None,
+            };
             std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
-                .spawn(move || worker.run(socket, endpoint, rx))?;
+                .spawn(move || worker.run(socket, endpoint, listener, rx))?;
             workers.push(WorkerHandle {
                 tx,
                 local,
