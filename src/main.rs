@@ -52,10 +52,11 @@ struct Cli {
     /// own sockets only talk to that TURN server, so they keep their `--ice-ip` addresses.
     #[arg(long, env = "VIDEOROOM_PUBLIC_IP")]
     public_ip: Option<IpAddr>,
-    /// Media worker threads of the sans-IO plane (one event loop each, rooms spread over
-    /// them); 0 runs the task plane (a task per connection and per published track).
-    #[arg(long, env = "VIDEOROOM_MEDIA_WORKERS", default_value_t = 0)]
-    media_workers: usize,
+    /// Media worker threads (one event loop each, forwarding the rooms spread over them)
+    /// [default: 1]; 0 runs the previous task plane (a task per connection and per published
+    /// track), kept for comparison.
+    #[arg(long, env = "VIDEOROOM_MEDIA_WORKERS")]
+    media_workers: Option<usize>,
     /// UDP address of the integrated TURN server.
     #[arg(long, env = "VIDEOROOM_TURN_BIND", default_value = "127.0.0.1:3478")]
     turn_bind: std::net::SocketAddr,
@@ -353,7 +354,9 @@ async fn main() -> std::process::ExitCode {
             ice_ips: cli.ice_ips,
             public_ip: cli.public_ip,
             turn_bind: cli.turn_bind,
-            media_workers: cli.media_workers,
+            media_workers: cli
+                .media_workers
+                .unwrap_or_else(videoroom::server::default_media_workers),
             // The same budget as connections: each holds one descriptor.
             turn_max_allocations: cli.turn_max_allocations.unwrap_or(cap),
             turn_max_allocations_per_peer: cli.turn_allocations_per_peer,

@@ -62,12 +62,20 @@ pub struct MediaConfig {
     /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare
     /// (the relay policy is the same either way).
     pub in_process_turn: bool,
-    /// Worker threads of the sans-IO plane (`engine::webrtc::worker`); 0 runs the task plane.
+    /// Worker threads of the sans-IO plane (`engine::webrtc::worker`), rooms spread over them;
+    /// 0 runs the task plane (a task per connection and per published track), kept to compare.
     pub media_workers: usize,
     /// TURN quotas: allocations in all, per peer and per source address.
     pub turn_max_allocations: usize,
     pub turn_max_allocations_per_peer: usize,
     pub turn_max_allocations_per_source: usize,
+}
+
+/// One media worker: it forwards every room at the lowest CPU per packet measured. More
+/// workers spread rooms over cores for capacity, at a cost per packet (BENCHMARKS.md, "The
+/// sans-IO plane").
+pub fn default_media_workers() -> usize {
+    1
 }
 
 impl Default for MediaConfig {
@@ -79,7 +87,7 @@ impl Default for MediaConfig {
             turn_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
             turn_credential_ttl: std::time::Duration::from_secs(12 * 3600),
             in_process_turn: true,
-            media_workers: 0,
+            media_workers: default_media_workers(),
             turn_max_allocations: 2048,
             turn_max_allocations_per_peer: 32,
             turn_max_allocations_per_source: 128,
@@ -353,6 +361,7 @@ async fn real_media(
     };
     let planes = if media.media_workers > 0 {
         let workers = crate::engine::webrtc::worker::Workers::start(plane, media.media_workers)?;
+        tracing::info!(workers = media.media_workers, "media plane: sans-IO workers");
         crate::engine::webrtc::worker::factory(workers)
     } else {
         factory(plane)

@@ -229,8 +229,8 @@ impl TurnServer {
     /// Stops this server's own reading of the listening socket and returns a handle on it for
     /// the SFU's workers, which from then on read it and step the core themselves
     /// ([`Self::relay_from_client`]): a client's datagram then reaches the SFU connection in
-    /// the worker that read it, with no task in between. Every worker that serves rooms must
-    /// read its handle (a datagram goes to whichever reader the kernel wakes).
+    /// the worker that read it with no task in between, and one for another SFU socket goes
+    /// through the fabric as before. Someone must read the handle: nothing else does now.
     pub fn listener_for_workers(&self) -> std::io::Result<std::net::UdpSocket> {
         use std::os::fd::AsFd;
         let fd = self.shared.socket.as_fd().try_clone_to_owned()?;

@@ -938,13 +938,13 @@ fn sections(sdp: &str) -> Vec<Section> {
     out
 }
 
-/// Which plane the media tests run: `VIDEOROOM_MEDIA_WORKERS` as the server reads it (0, the
-/// default, is the task plane), so one suite checks either.
+/// Which plane the media tests run: `VIDEOROOM_MEDIA_WORKERS` as the server reads it (0 is
+/// the task plane), else the server's default, so one suite checks either.
 pub fn test_media_workers() -> usize {
     std::env::var("VIDEOROOM_MEDIA_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(videoroom::server::default_media_workers)
 }
 
 /// The real server on 127.0.0.1 port 0, with the webrtc plane and the integrated TURN server on

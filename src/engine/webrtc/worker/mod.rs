@@ -70,11 +70,14 @@ impl Workers {
             // Registered before the thread starts, so the fabric knows the socket (and TURN
             // permits it) by the time a room can hand it out.
             let endpoint = cfg.fabric.register(local, None, crate::fabric::Kind::Sfu);
-            // Every worker reads the TURN listening socket, so a client's datagram reaches its
-            // connection without a task in between (see `TurnServer::listener_for_workers`).
-            let listener = match &cfg.turn {
-                Some(turn) => Some(turn.listener_for_workers()?),
-                None => None,
+            // The first worker reads the TURN listening socket: a client's datagram for one of
+            // its rooms reaches the connection without a task in between, one for another
+            // worker's room crosses the fabric once (see `TurnServer::listener_for_workers`).
+            // Every worker reading it cost more than that hop: each datagram woke them all,
+            // and half went to the wrong one (BENCHMARKS.md).
+            let listener = match (&cfg.turn, i) {
+                (Some(turn), 0) => Some(turn.listener_for_workers()?),
+                _ => None,
             };
             std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
