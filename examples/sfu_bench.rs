@@ -386,12 +386,12 @@ fn trim_heap() {}
 async fn gauges(server: &Server) -> String {
     let live = videoroom::engine::webrtc::live_objects();
     format!(
-        "RSS {} KiB, fds {}, threads {}; plane peer tasks {}, server connections {}, fanouts {}, \
+        "RSS {} KiB, fds {}, threads {}; plane peers {}, server connections {}, fanouts {}, \
          TURN allocations {}, fabric endpoints {}, client connections {}",
         rss_kib(),
         fd_count(),
         thread_count(),
-        live.peer_tasks,
+        live.peers,
         live.connections,
         live.fanouts,
         server.turn_allocations().await,
@@ -419,7 +419,7 @@ struct SoakPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct Live {
     client_connections: usize,
-    peer_tasks: usize,
+    plane_peers: usize,
     connections: usize,
     fanouts: usize,
     turn_allocations: usize,
@@ -431,7 +431,7 @@ async fn live(server: &Server) -> Live {
     let l = videoroom::engine::webrtc::live_objects();
     Live {
         client_connections: sfu_peer::LIVE_CLIENT_CONNECTIONS.load(Ordering::Relaxed),
-        peer_tasks: l.peer_tasks,
+        plane_peers: l.peers,
         connections: l.connections,
         fanouts: l.fanouts,
         turn_allocations: server.turn_allocations().await,

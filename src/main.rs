@@ -53,10 +53,9 @@ struct Cli {
     #[arg(long, env = "VIDEOROOM_PUBLIC_IP")]
     public_ip: Option<IpAddr>,
     /// Media worker threads (one event loop each, forwarding the rooms spread over them)
-    /// [default: 1]; 0 runs the previous task plane (a task per connection and per published
-    /// track), kept for comparison.
-    #[arg(long, env = "VIDEOROOM_MEDIA_WORKERS")]
-    media_workers: Option<usize>,
+    /// [default: 1].
+    #[arg(long, env = "VIDEOROOM_MEDIA_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    media_workers: Option<u16>,
     /// UDP address of the integrated TURN server.
     #[arg(long, env = "VIDEOROOM_TURN_BIND", default_value = "127.0.0.1:3478")]
     turn_bind: std::net::SocketAddr,
@@ -356,7 +355,7 @@ async fn main() -> std::process::ExitCode {
             turn_bind: cli.turn_bind,
             media_workers: cli
                 .media_workers
-                .unwrap_or_else(videoroom::server::default_media_workers),
+                .map_or_else(videoroom::server::default_media_workers, usize::from),
             // The same budget as connections: each holds one descriptor.
             turn_max_allocations: cli.turn_max_allocations.unwrap_or(cap),
             turn_max_allocations_per_peer: cli.turn_allocations_per_peer,

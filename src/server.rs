@@ -62,8 +62,8 @@ pub struct MediaConfig {
     /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare
     /// (the relay policy is the same either way).
     pub in_process_turn: bool,
-    /// Worker threads of the sans-IO plane (`engine::webrtc::worker`), rooms spread over them;
-    /// 0 runs the task plane (a task per connection and per published track), kept to compare.
+    /// Worker threads of the media plane (`engine::webrtc::worker`), rooms spread over them
+    /// (0 is taken as 1).
     pub media_workers: usize,
     /// TURN quotas: allocations in all, per peer and per source address.
     pub turn_max_allocations: usize,
@@ -354,17 +354,12 @@ async fn real_media(
     };
     let plane = PlaneConfig {
         ice_ips: media.ice_ips.clone(),
-        runtime: Some(net_tokio::runtime::Handle::current()),
         turn: Some(std::sync::Arc::clone(&turn)),
         fabric,
         metrics: std::sync::Arc::clone(&app.metrics),
     };
-    let planes = if media.media_workers > 0 {
-        let workers = crate::engine::webrtc::worker::Workers::start(plane, media.media_workers)?;
-        tracing::info!(workers = media.media_workers, "media plane: sans-IO workers");
-        crate::engine::webrtc::worker::factory(workers)
-    } else {
-        factory(plane)
-    };
+    let workers = media.media_workers.max(1);
+    let planes = factory(plane, workers)?;
+    tracing::info!(workers, "media plane: sans-IO workers");
     Ok((app.with_media(negotiation, planes), turn))
 }

@@ -15,8 +15,9 @@
 //! counted), so neither a client's ICE candidates nor a TURN client can make this server send
 //! to the host or its network. With the hand-off off ([`Fabric::kernel_only`], for comparisons)
 //! permitted datagrams go through the kernel, and the policy is the same.
-//! The adapters are [`sfu::FabricRuntime`] (webrtc's socket seam) and the TURN server's relay
-//! sockets (`crate::turn`).
+//! Its users are the media workers' sockets (`crate::engine::webrtc::worker`, which hand their
+//! own media to the TURN core without it and use it for what crosses workers) and the TURN
+//! server's relay sockets (`crate::turn`).
 //!
 //! It owns: the registry, the inboxes and their counters. It must never: deliver to an address
 //! no live socket of this process owns (an [`Endpoint`] unregisters when it is closed or
@@ -25,8 +26,6 @@
 //! it, as a full socket buffer would); claim a wildcard address (the kernel picks the source of
 //! such a socket per route, which this could not reproduce) or a multicast or broadcast one;
 //! hold a lock across an await or while waking a receiver.
-
-pub mod sfu;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! The webrtc media plane against synthetic webrtc-rs clients on loopback, through the
+//! The media plane (sans-IO workers) against synthetic webrtc-rs clients on loopback, through the
 //! integrated TURN server with relay-only ICE (as the browser client does): forwarding with
 //! payload-type rewriting, in order and without loss; renegotiation as peers come and go; PLI
 //! relay; teardown on leave.
@@ -18,7 +18,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use videoroom::engine::webrtc::worker::Workers;
-use videoroom::engine::webrtc::{media_engine, PlaneConfig, PlaneStats, WebRtcPlane};
+use videoroom::engine::webrtc::{media_engine, PlaneConfig};
 use videoroom::engine::{
     MLine, MLineRole, MediaKind, MediaPlane, PlaneEvent, PlaneOffer, PlaneSink,
 };
@@ -390,16 +390,17 @@ async fn exchange(clients: &mut [Client], expect: &BTreeMap<u8, Vec<u8>>, n: u32
 
 #[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_in_order_through_turn_renegotiates_relays_pli_and_cleans_up() {
-    forwarding_renegotiation_pli_and_cleanup(0).await;
-}
-
-/// The same on the sans-IO plane (one worker loop).
-#[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_plane_forwards_in_order_renegotiates_relays_pli_and_cleans_up() {
     forwarding_renegotiation_pli_and_cleanup(1).await;
 }
 
-/// `workers` 0 runs the task plane, else the sans-IO plane on that many workers.
+/// The same with the room on the second of two workers: the first reads the TURN socket, so
+/// every published packet crosses to the room's worker through the fabric.
+#[net_tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_the_second_worker_forwards_renegotiates_relays_pli_and_cleans_up() {
+    forwarding_renegotiation_pli_and_cleanup(2).await;
+}
+
+/// On `workers` workers; with more than one, the test's room is placed on the last.
 async fn forwarding_renegotiation_pli_and_cleanup(workers: usize) {
     let _exclusive = crate::support::MEDIA_EXCLUSIVE.lock().await;
     // The relay sockets and the SFU's sockets share a fabric: relayed media skips the kernel.
@@ -421,15 +422,13 @@ async fn forwarding_renegotiation_pli_and_cleanup(workers: usize) {
     let sink = PlaneSink::new(move |ev| {
         let _ = tx.send(ev);
     });
-    let (plane, stats): (Box<dyn MediaPlane>, Box<dyn Fn() -> PlaneStats>) = if workers == 0 {
-        let plane = WebRtcPlane::new(cfg, sink);
-        let handle = plane.stats_handle();
-        (Box::new(plane), Box::new(move || handle.stats()))
-    } else {
-        let pool = Workers::start(cfg, workers).unwrap();
-        let plane = pool.plane(sink);
-        (Box::new(plane), Box::new(move || pool.stats()))
-    };
+    let pool = Workers::start(cfg, workers).unwrap();
+    // Rooms go to the worker with the fewest: fill the others first.
+    let fillers: Vec<_> = (1..workers)
+        .map(|_| pool.plane(PlaneSink::new(|_| {})))
+        .collect();
+    let plane: Box<dyn MediaPlane> = Box::new(pool.plane(sink));
+    let stats = move || pool.stats();
     let mut h = Harness {
         plane,
         events,
@@ -458,11 +457,11 @@ async fn forwarding_renegotiation_pli_and_cleanup(workers: usize) {
     let s = stats();
     assert!(s.forwarded >= 6 * 300, "{s:?}");
     // The middle hop of every packet stayed in the process: 3 × 300 published (client →
-    // SFU) and 6 × 300 forwarded (SFU → client). The task plane's sockets and the relays' hand
-    // them over through the fabric; the sans-IO plane's worker steps the TURN core itself, both
-    // ways, so nothing of the media crosses the fabric.
+    // SFU) and 6 × 300 forwarded (SFU → client), each stepped through the TURN core by a
+    // worker. On the first worker nothing of the media crosses the fabric; on the second,
+    // what its clients publish does (the first worker reads the TURN socket).
     let f = turn.fabric_stats();
-    let via_fabric = if workers == 0 { 9 * 300 } else { 0 };
+    let via_fabric = if workers == 1 { 0 } else { 3 * 300 };
     assert!(f.delivered >= via_fabric, "{f:?}");
     let t = turn.stats();
     assert!(t.relayed_out >= 3 * 300 && t.relayed_in >= 6 * 300, "{t:?}");
@@ -542,6 +541,7 @@ async fn forwarding_renegotiation_pli_and_cleanup(workers: usize) {
         net_tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The last plane handle and the pool gone, the workers end and close their sockets.
+    drop(fillers);
     drop(stats);
     // Every SFU socket and relay socket left the fabric once its connection or allocation
     // closed (both happen in the background after removal).

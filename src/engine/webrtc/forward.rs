@@ -1,25 +1,16 @@
-//! The forwarding hot path: one published track's packets to every subscriber leg.
+//! What a forwarded packet becomes on one subscriber leg.
 //!
 //! Owns the per-leg rewrite (SSRC, payload type, header extensions remapped to the leg's own
-//! ids, and sequence/timestamp continuity when a recycled m-line switches source) and the rule
-//! that a leg which cannot take a packet right now loses it instead of stalling the
-//! publisher's loop.
-//! It must never await on a leg, take a lock shared with another publisher's track, or
-//! allocate per leg beyond the packet header clone.
+//! ids) and sequence/timestamp continuity when a recycled m-line switches source. The worker
+//! loop ([`super::worker`]) decides which legs get a packet.
+//! It must never do IO, read a clock other than what it is handed, or allocate per leg beyond
+//! the packet header clone.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::FutureExt;
 use rtc::rtp;
 use rtc::rtp::header::{Extension, EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE};
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_remote::TrackRemote;
-
-use super::Counters;
 
 /// A leg whose answer did not name a payload type yet forwards nothing.
 pub const NO_PAYLOAD_TYPE: u8 = u8::MAX;
@@ -88,48 +79,6 @@ pub fn abs_send_time(now: std::time::SystemTime) -> Bytes {
     Bytes::copy_from_slice(&b[5..8])
 }
 
-/// One subscriber's copy of one published track.
-pub struct Leg {
-    pub subscriber: String,
-    pub track: Arc<TrackLocalStaticRTP>,
-    pub ssrc: u32,
-    /// The extension ids the subscriber's answer negotiated on this m-line.
-    pub ext: ExtIds,
-    payload_type: AtomicU8,
-    /// Shared by every leg that ever sends on this SSRC (one m-line of the subscriber).
-    continuity: Arc<Continuity>,
-    /// Which of those legs this is.
-    source: u64,
-}
-
-impl Leg {
-    /// A leg sending on `ssrc` through `track`; `continuity` belongs to the m-line, so a later
-    /// leg on it continues this one's numbering.
-    pub fn new(
-        subscriber: String,
-        track: Arc<TrackLocalStaticRTP>,
-        ssrc: u32,
-        payload_type: u8,
-        ext: ExtIds,
-        continuity: Arc<Continuity>,
-    ) -> Self {
-        let source = continuity.next_source();
-        Leg {
-            subscriber,
-            track,
-            ssrc,
-            ext,
-            payload_type: AtomicU8::new(payload_type),
-            continuity,
-            source,
-        }
-    }
-
-    pub fn payload_type(&self) -> u8 {
-        self.payload_type.load(Ordering::Relaxed)
-    }
-}
-
 /// Keeps one outgoing SSRC's sequence numbers and timestamps continuous across sources.
 ///
 /// A recycled m-line keeps its sender and SSRC (webrtc 0.21 binds a local track to one sender
@@ -138,7 +87,7 @@ impl Leg {
 /// packets for stale or wildly reordered ones. The first source passes through unchanged.
 pub struct Continuity {
     clock_rate: u32,
-    state: Mutex<ContinuityState>,
+    state: ContinuityState,
 }
 
 #[derive(Default)]
@@ -158,24 +107,24 @@ impl Continuity {
     pub fn new(clock_rate: u32) -> Self {
         Continuity {
             clock_rate,
-            state: Mutex::new(ContinuityState::default()),
+            state: ContinuityState::default(),
         }
     }
 
-    pub(crate) fn next_source(&self) -> u64 {
-        let mut s = self.state.lock().expect("continuity lock");
-        s.sources += 1;
-        s.sources
+    /// A new source starts on this SSRC: the id its packets are mapped under.
+    pub fn next_source(&mut self) -> u64 {
+        self.state.sources += 1;
+        self.state.sources
     }
 
     /// The current source stopped sending on this SSRC.
-    pub fn pause(&self) {
-        self.state.lock().expect("continuity lock").paused_at = Some(Instant::now());
+    pub fn pause(&mut self) {
+        self.state.paused_at = Some(Instant::now());
     }
 
     /// Rewrites `header`'s sequence number and timestamp for `source`.
-    pub(crate) fn map(&self, source: u64, header: &mut rtp::header::Header) {
-        let mut s = self.state.lock().expect("continuity lock");
+    pub fn map(&mut self, source: u64, header: &mut rtp::header::Header) {
+        let s = &mut self.state;
         if s.current != Some(source) {
             if s.current.is_some() {
                 let paused = s.paused_at.map_or(0, |t| t.elapsed().as_millis());
@@ -194,99 +143,6 @@ impl Continuity {
         header.timestamp = header.timestamp.wrapping_add(s.ts_offset);
         s.last_seq = header.sequence_number;
         s.last_ts = header.timestamp;
-    }
-}
-
-type Source = (Arc<dyn TrackRemote>, u32);
-
-/// A published track and the legs it is forwarded to.
-pub struct Fanout {
-    pub track_id: String,
-    /// Copy-on-write: the forwarding loop clones the `Arc` once per packet and never holds the
-    /// lock while sending.
-    legs: RwLock<Arc<Vec<Arc<Leg>>>>,
-    /// The publisher's track and media SSRC, for keyframe requests.
-    source: Mutex<Option<Source>>,
-}
-
-impl Fanout {
-    pub fn new(track_id: String) -> Self {
-        super::LIVE_FANOUTS.fetch_add(1, Ordering::Relaxed);
-        Fanout {
-            track_id,
-            legs: RwLock::new(Arc::new(Vec::new())),
-            source: Mutex::new(None),
-        }
-    }
-
-    pub fn attach(&self, leg: Arc<Leg>) {
-        let mut legs = self.legs.write().expect("fanout lock");
-        let mut next = Vec::clone(&legs);
-        next.push(leg);
-        *legs = Arc::new(next);
-    }
-
-    pub fn detach(&self, leg: &Arc<Leg>) {
-        let mut legs = self.legs.write().expect("fanout lock");
-        let next: Vec<_> = legs
-            .iter()
-            .filter(|l| !Arc::ptr_eq(l, leg))
-            .cloned()
-            .collect();
-        *legs = Arc::new(next);
-    }
-
-    pub fn legs(&self) -> Arc<Vec<Arc<Leg>>> {
-        Arc::clone(&self.legs.read().expect("fanout lock"))
-    }
-
-    pub fn set_source(&self, source: Option<Source>) {
-        *self.source.lock().expect("fanout lock") = source;
-    }
-
-    pub fn source(&self) -> Option<Source> {
-        self.source.lock().expect("fanout lock").clone()
-    }
-
-    pub fn is_unused(&self) -> bool {
-        self.source.lock().expect("fanout lock").is_none()
-            && self.legs.read().expect("fanout lock").is_empty()
-    }
-
-    /// Sends `pkt`, whose header extensions carry the publisher's ids `from`, to every leg.
-    pub(crate) fn forward(&self, pkt: rtp::Packet, from: ExtIds, counters: &Counters) {
-        let legs = self.legs();
-        if legs.is_empty() {
-            return;
-        }
-        let stamp = legs.iter().any(|l| l.ext.abs_send_time != 0);
-        let carried = Carried::of(&pkt, from, stamp.then(std::time::SystemTime::now));
-        for leg in legs.iter() {
-            let Some(mut out) = rewrite(&pkt, leg.ssrc, leg.payload_type(), leg.ext, &carried)
-            else {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            leg.continuity.map(leg.source, &mut out.header);
-            let bytes = out.payload.len();
-            // `write_rtp` only waits when the connection's driver queue is full; polling it
-            // once and dropping it then means that leg loses this packet, not everyone.
-            match leg.track.write_rtp(out).now_or_never() {
-                Some(Ok(())) => {
-                    counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                    counters.server.forwarded(bytes);
-                }
-                _ => {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            };
-        }
-    }
-}
-
-impl Drop for Fanout {
-    fn drop(&mut self) {
-        super::LIVE_FANOUTS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -469,7 +325,7 @@ mod tests {
 
     #[test]
     fn the_first_source_passes_through_and_a_later_one_continues_its_numbering() {
-        let c = Continuity::new(90_000);
+        let mut c = Continuity::new(90_000);
         let first = c.next_source();
         let mut out = Vec::new();
         for (seq, ts) in [(65_534, 1_000), (65_535, 4_000), (0, 7_000)] {

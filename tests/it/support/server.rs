@@ -51,6 +51,11 @@ impl TestServer {
         };
         tweak(&mut cfg);
         let mut builder = tokio::runtime::Builder::new_multi_thread();
+        // Starting runs on this thread: under the capture too, so what the server starts from
+        // here (its media workers) logs into it.
+        let start_under = logs
+            .clone()
+            .unwrap_or_else(|| tracing::dispatcher::get_default(|d| d.clone()));
         if let Some(logs) = logs {
             builder.on_thread_start(move || {
                 // The thread's default for its whole life: the guard is never dropped.
@@ -62,9 +67,9 @@ impl TestServer {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let server = rt
-            .block_on(Server::start(cfg))
-            .expect("server starts on an ephemeral port");
+        let server =
+            tracing::dispatcher::with_default(&start_under, || rt.block_on(Server::start(cfg)))
+                .expect("server starts on an ephemeral port");
         let addr = server.local_addr();
         TestServer {
             server: Some(server),

@@ -938,8 +938,8 @@ fn sections(sdp: &str) -> Vec<Section> {
     out
 }
 
-/// Which plane the media tests run: `VIDEOROOM_MEDIA_WORKERS` as the server reads it (0 is
-/// the task plane), else the server's default, so one suite checks either.
+/// How many media workers the media tests' servers run: `VIDEOROOM_MEDIA_WORKERS` as the
+/// server reads it, else the server's default, so the suite can check several.
 pub fn test_media_workers() -> usize {
     std::env::var("VIDEOROOM_MEDIA_WORKERS")
         .ok()
@@ -947,7 +947,7 @@ pub fn test_media_workers() -> usize {
         .unwrap_or_else(videoroom::server::default_media_workers)
 }
 
-/// The real server on 127.0.0.1 port 0, with the webrtc plane and the integrated TURN server on
+/// The real server on 127.0.0.1 port 0, with the media plane and the integrated TURN server on
 /// an ephemeral port: what the synthetic peers run against. Every peer connects from
 /// 127.0.0.1, so the per-source WebSocket limit is lifted.
 pub async fn start_media_server(limits: Limits) -> Server {

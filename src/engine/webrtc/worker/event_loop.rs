@@ -43,9 +43,32 @@ use crate::turn::{FromClient, TurnServer};
 /// Datagrams taken from the inbox per pass before timers and commands get a look.
 const BATCH: usize = 64;
 
+static LIVE_PEERS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_FANOUTS: AtomicUsize = AtomicUsize::new(0);
+
+pub(super) fn live_objects() -> super::LiveObjects {
+    super::LiveObjects {
+        peers: LIVE_PEERS.load(Ordering::Relaxed),
+        connections: LIVE_CONNECTIONS.load(Ordering::Relaxed),
+        fanouts: LIVE_FANOUTS.load(Ordering::Relaxed),
+    }
+}
+
+/// Moves a process-wide gauge by this worker's change: `mine` holds its last value.
+fn gauge(global: &AtomicUsize, mine: &AtomicUsize, now: usize) {
+    let before = mine.swap(now, Ordering::Relaxed);
+    if now >= before {
+        global.fetch_add(now - before, Ordering::Relaxed);
+    } else {
+        global.fetch_sub(before - now, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Stats {
     peers: AtomicUsize,
+    connections: AtomicUsize,
     fanouts: AtomicUsize,
     forwarded: AtomicU64,
     dropped: AtomicU64,
@@ -266,6 +289,8 @@ impl Worker {
         for key in keys {
             self.remove_peer(key);
         }
+        self.rooms.clear();
+        self.count_fanouts();
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
@@ -637,9 +662,11 @@ impl Worker {
     }
 
     fn count_fanouts(&self) {
-        let n = self.rooms.values().map(|r| r.fanouts.len()).sum();
-        self.stats.fanouts.store(n, Ordering::Relaxed);
-        self.stats.peers.store(self.peers.len(), Ordering::Relaxed);
+        let fanouts = self.rooms.values().map(|r| r.fanouts.len()).sum();
+        let connections = self.peers.iter().filter(|(_, p)| p.pc.is_some()).count();
+        gauge(&LIVE_FANOUTS, &self.stats.fanouts, fanouts);
+        gauge(&LIVE_PEERS, &self.stats.peers, self.peers.len());
+        gauge(&LIVE_CONNECTIONS, &self.stats.connections, connections);
     }
 
     fn command(&mut self, cmd: Cmd) {

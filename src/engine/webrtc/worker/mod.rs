@@ -1,11 +1,13 @@
-//! The sans-IO media plane: rooms sharded over worker threads, each worker one event loop that
-//! drives webrtc-rs's `rtc` core (`RTCPeerConnection`: `handle_read`, `poll_read`,
+//! The media plane: rooms sharded over worker threads, each worker one event loop that drives
+//! webrtc-rs's sans-IO `rtc` core (`RTCPeerConnection`: `handle_read`, `poll_read`,
 //! `poll_write`, `handle_timeout`) for every connection of its rooms, on one shared socket.
 //!
 //! A forwarded packet goes from the publisher's connection to each subscriber's in the same
-//! call stack: no channel, no task wake-up, no per-connection driver (what the task plane in
-//! [`super`] pays per packet and per leg). The negotiation decisions, SDP handling, forwarding
-//! rewrite and voice activity are the task plane's, shared.
+//! call stack, and from there through the TURN core to the client in a `sendmmsg` batch: no
+//! channel, no task wake-up, no per-connection driver. The first worker also reads the TURN
+//! listening socket, so a client's datagram reaches its connection the same way (one fabric
+//! hand-off when its room is on another worker). SDP reading, the per-leg rewrite and the
+//! interceptor chain are [`super`]'s; voice activity is [`crate::engine::vad`]'s.
 //!
 //! It owns the worker threads and the per-room handles ([`WorkerPlane`]). It must never block
 //! the room actor (every call is a bounded `try_send` to the worker), run one room on two
@@ -28,6 +30,23 @@ use crate::engine::plane::{
 };
 
 pub use demux::{binding_ufrag, Demux};
+
+/// Process-wide gauges of live plane objects, for soak tests and leak hunting: after every
+/// peer has been removed, all of them are back to where they were.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveObjects {
+    /// Peers the workers hold.
+    pub peers: usize,
+    /// Their connections (a peer has one from its first offer on).
+    pub connections: usize,
+    /// Published tracks with a source or a leg.
+    pub fanouts: usize,
+}
+
+/// The gauges over every worker in this process.
+pub fn live_objects() -> LiveObjects {
+    event_loop::live_objects()
+}
 
 /// Commands queued to one worker; bounded so a runaway producer surfaces as a failure.
 const WORKER_QUEUE: usize = 8192;
@@ -79,9 +98,16 @@ impl Workers {
                 (Some(turn), 0) => Some(turn.listener_for_workers()?),
                 _ => None,
             };
+            // The worker logs where its starter does (a server started with its own
+            // subscriber, as the log tests do, keeps its media workers' lines).
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
-                .spawn(move || worker.run(socket, endpoint, listener, rx))?;
+                .spawn(move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        worker.run(socket, endpoint, listener, rx)
+                    })
+                })?;
             workers.push(WorkerHandle {
                 tx,
                 local,
