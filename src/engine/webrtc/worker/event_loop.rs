@@ -173,6 +173,9 @@ pub(super) struct Worker {
     stats: Arc<Stats>,
     events: Vec<PeerEvent>,
     reads: Vec<RTCMessage>,
+    /// The peer whose connection is being stepped: the one a panic inside the media stack
+    /// is charged to.
+    current: Option<usize>,
 }
 
 impl Worker {
@@ -189,7 +192,69 @@ impl Worker {
             stats,
             events: Vec::new(),
             reads: Vec::new(),
+            current: None,
         }
+    }
+
+    /// Runs one unit of the loop's work. A panic inside it (the media stack fed something it
+    /// did not expect) costs the peer being stepped its connection, not every room of the
+    /// worker: the peer is failed and the loop goes on.
+    fn guarded(&mut self, work: impl FnOnce(&mut Self)) {
+        self.current = None;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut *self)));
+        if let Err(panic) = outcome {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let peer = self
+                .current
+                .and_then(|k| self.peers.get(k))
+                .map(|p| p.id.clone());
+            tracing::error!(peer = ?peer, panic = %Untrusted(&what), "media worker: a step panicked");
+            if let Some(key) = self.current.take() {
+                self.fail_peer(key);
+            }
+        }
+        self.current = None;
+    }
+
+    /// Drops `key`'s connection and everything hanging off it, keeps the peer (a later offer
+    /// builds a new connection) and reports the failure and its ended tracks.
+    fn fail_peer(&mut self, key: usize) {
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
+        let (room, peer) = (p.room, p.id.clone());
+        let slots: Vec<(usize, Arc<str>)> = p
+            .outbound
+            .drain(..)
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.live?)))
+            .collect();
+        let ingress: Vec<Ingress> = p.ingress.drain().map(|(_, i)| i).collect();
+        p.reset_connection();
+        if let Some(r) = self.rooms.get_mut(&room) {
+            for (i, track) in &slots {
+                if let Some(f) = r.fanouts.get_mut(track) {
+                    f.legs.retain(|l| !(l.peer == key && l.slot == *i));
+                }
+                release(r, track);
+            }
+        }
+        for i in ingress {
+            self.end_ingress(key, room, i, true);
+        }
+        self.demux.remove(key);
+        self.count_fanouts();
+        self.emit(
+            room,
+            PlaneEvent::Failed {
+                peer,
+                reason: "the media stack failed on this connection".to_owned(),
+            },
+        );
     }
 
     /// The thread's body: a current-thread runtime for the socket's readiness and the timer.
@@ -250,37 +315,37 @@ impl Worker {
             net_tokio::select! {
                 r = from_client => {
                     if let Ok((n, from)) = r {
-                        self.client_datagram(io, from, n, &turn_buf);
+                        self.guarded(|w| w.client_datagram(io, from, n, &turn_buf));
                     }
                     if let Some(l) = &io.listener {
                         for _ in 1..BATCH {
                             let Ok((n, from)) = l.try_recv_from(&mut turn_buf) else { break };
-                            self.client_datagram(io, from, n, &turn_buf);
+                            self.guarded(|w| w.client_datagram(io, from, n, &turn_buf));
                         }
                     }
                 }
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => self.guarded(|w| w.command(cmd)),
                     None => break,
                 },
                 d = inbox => {
-                    self.datagram(d.src, &d.data);
+                    self.guarded(|w| w.datagram(d.src, &d.data));
                     if let Some(ep) = &io.endpoint {
                         for _ in 1..BATCH {
                             let Some(d) = ep.try_recv() else { break };
-                            self.datagram(d.src, &d.data);
+                            self.guarded(|w| w.datagram(d.src, &d.data));
                         }
                     }
                 }
                 r = io.socket.recv_from(&mut buf) => {
                     if let Ok((n, src)) = r {
-                        self.datagram(src, &buf[..n]);
+                        self.guarded(|w| w.datagram(src, &buf[..n]));
                     }
                 }
                 _ = sleep => {}
             }
-            self.timeouts(Instant::now());
-            self.flush(io);
+            self.guarded(|w| w.timeouts(Instant::now()));
+            self.guarded(|w| w.flush(io));
         }
     }
 
@@ -327,6 +392,7 @@ impl Worker {
             let Some(p) = self.peers.get_mut(key) else {
                 continue;
             };
+            self.current = Some(key);
             p.dirty = false;
             let Some(pc) = p.pc.as_mut() else { continue };
             while let Some(out) = pc.poll_write() {
@@ -354,6 +420,7 @@ impl Worker {
         let Some(key) = self.demux.route(src, data) else {
             return;
         };
+        self.current = Some(key);
         let now = Instant::now();
         let Some(pc) = self.peers.get_mut(key).and_then(|p| p.pc.as_mut()) else {
             return;
@@ -534,6 +601,7 @@ impl Worker {
             let Some(sub) = self.peers.get_mut(leg.peer) else {
                 continue;
             };
+            self.current = Some(leg.peer);
             let (Some(slot), Some(pc)) = (sub.outbound.get_mut(leg.slot), sub.pc.as_mut()) else {
                 continue;
             };
@@ -560,6 +628,7 @@ impl Worker {
                 self.dirty.push(leg.peer);
             }
         }
+        self.current = Some(key);
     }
 
     /// Asks the publisher of `track` for a keyframe, if its media was announced.
@@ -631,6 +700,7 @@ impl Worker {
             let Some(p) = self.peers.get_mut(key) else {
                 continue;
             };
+            self.current = Some(key);
             if p.timeout.is_some_and(|t| t <= now) {
                 if let Some(pc) = p.pc.as_mut() {
                     let _ = pc.handle_timeout(now);
@@ -727,6 +797,7 @@ impl Worker {
                 let Some(key) = r.peers.get(&peer).copied() else {
                     return;
                 };
+                self.current = Some(key);
                 let Some(pc) = self.peers.get_mut(key).and_then(|p| p.pc.as_mut()) else {
                     return;
                 };
@@ -752,7 +823,28 @@ impl Worker {
             return;
         };
         let (room, peer) = (p.room, p.id.clone());
-        let result = p.apply_offer(offer, self.local, now);
+        self.current = Some(key);
+        let local = self.local;
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.apply_offer(offer, local, now)
+        }));
+        let Ok(result) = applied else {
+            // The seam owes the core an answer for every offer: a refusal, then the failure.
+            tracing::error!(peer = %peer, "media worker: applying an offer panicked");
+            self.emit(
+                room,
+                PlaneEvent::Answer {
+                    peer,
+                    negotiation,
+                    result: Err("the media stack failed on this offer".to_owned()),
+                },
+            );
+            self.fail_peer(key);
+            return;
+        };
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
         let result = match result {
             Ok(changes) => {
                 if let Some(u) = &p.ufrag {
@@ -880,5 +972,112 @@ fn release(room: &mut Room, track: &str) {
         .is_some_and(|f| f.source.is_none() && f.legs.is_empty())
     {
         room.fanouts.remove(track);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::peer::PANIC_FAILPOINT;
+    use super::*;
+    use crate::engine::plane::{MLine, MLineRole, MediaKind};
+    use std::sync::Mutex;
+
+    fn worker() -> (Worker, Arc<Mutex<Vec<PlaneEvent>>>) {
+        let local = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut w = Worker::new(&PlaneConfig::default(), local, Arc::default());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        w.command(Cmd::Open {
+            room: 1,
+            sink: PlaneSink::new(move |ev| sink.lock().unwrap().push(ev)),
+        });
+        for peer in ["a", "b"] {
+            w.command(Cmd::Plane {
+                room: 1,
+                command: PlaneCommand::AddPeer { peer: peer.into() },
+            });
+        }
+        (w, seen)
+    }
+
+    fn offer(peer: &str, negotiation: u64, sdp: &str) -> Cmd {
+        Cmd::Plane {
+            room: 1,
+            command: PlaneCommand::Offer {
+                peer: peer.into(),
+                offer: PlaneOffer {
+                    negotiation,
+                    sdp: sdp.into(),
+                    mlines: vec![MLine {
+                        mid: "0".into(),
+                        role: MLineRole::Inbound {
+                            kind: MediaKind::Audio,
+                            track_id: "t".into(),
+                        },
+                    }],
+                },
+            },
+        }
+    }
+
+    fn answers(seen: &Mutex<Vec<PlaneEvent>>) -> Vec<(String, u64, bool)> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                PlaneEvent::Answer {
+                    peer,
+                    negotiation,
+                    result,
+                } => Some((peer.clone(), *negotiation, result.is_ok())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failed(seen: &Mutex<Vec<PlaneEvent>>) -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                PlaneEvent::Failed { peer, .. } => Some(peer.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_panic_applying_an_offer_answers_fails_that_peer_and_the_worker_goes_on() {
+        let (mut w, seen) = worker();
+        w.guarded(|w| w.command(offer("a", 1, PANIC_FAILPOINT)));
+        assert_eq!(answers(&seen), [("a".to_owned(), 1, false)]);
+        assert_eq!(failed(&seen), ["a"]);
+        // Both peers are still served: a refused offer is answered, for the failed peer too.
+        w.guarded(|w| w.command(offer("b", 1, "not an sdp")));
+        w.guarded(|w| w.command(offer("a", 2, "not an sdp")));
+        assert_eq!(
+            answers(&seen),
+            [
+                ("a".to_owned(), 1, false),
+                ("b".to_owned(), 1, false),
+                ("a".to_owned(), 2, false)
+            ]
+        );
+        assert_eq!(w.peers.len(), 2);
+    }
+
+    #[test]
+    fn a_panic_while_stepping_a_peer_fails_that_peer_only() {
+        let (mut w, seen) = worker();
+        let a = w.rooms[&1].peers["a"];
+        w.guarded(|w| {
+            w.current = Some(a);
+            panic!("the media stack fell over");
+        });
+        assert_eq!(failed(&seen), ["a"]);
+        // A panic charged to no peer fails none.
+        w.guarded(|_| panic!("between peers"));
+        assert_eq!(failed(&seen), ["a"]);
+        assert_eq!(w.peers.len(), 2);
     }
 }

@@ -34,6 +34,10 @@ use crate::engine::plane::{MLineRole, PlaneOffer};
 use crate::engine::vad::VoiceActivity;
 use crate::logsafe::WarnBudget;
 
+/// An offer containing this panics inside the worker (unit tests of the panic boundary only).
+#[cfg(test)]
+pub(super) const PANIC_FAILPOINT: &str = "a=x-panic-in-the-media-stack";
+
 /// A published track whose media the connection announced (`OnTrack`).
 pub(super) struct Ingress {
     pub track_id: Arc<str>,
@@ -151,6 +155,10 @@ impl Peer {
         local: std::net::SocketAddr,
         now: Instant,
     ) -> Result<OfferChanges, String> {
+        #[cfg(test)]
+        if offer.sdp.contains(PANIC_FAILPOINT) {
+            panic!("failpoint: {PANIC_FAILPOINT}");
+        }
         let mut changes = OfferChanges::default();
         let m_lines = sdp::media_sections(&offer.sdp);
         let mut inbound = BTreeMap::new();
@@ -398,6 +406,18 @@ impl Peer {
                 _ => {}
             }
         }
+    }
+
+    /// Forgets the connection and what was negotiated on it; the next offer starts afresh.
+    pub fn reset_connection(&mut self) {
+        self.pc = None;
+        self.ufrag = None;
+        self.host_candidate = None;
+        self.inbound.clear();
+        self.answered.clear();
+        self.ingress.clear();
+        self.outbound.clear();
+        self.timeout = None;
     }
 
     /// The slot whose local track is `local_track`.
