@@ -436,7 +436,7 @@ impl Worker {
             message: BytesMut::from(data),
         };
         if let Err(e) = pc.handle_read(msg) {
-            tracing::trace!(error = %e, "datagram not taken");
+            tracing::trace!(error = %Untrusted(&e), "datagram not taken");
         }
         self.pump(key, now);
     }
