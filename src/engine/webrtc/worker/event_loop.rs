@@ -313,36 +313,42 @@ impl Worker {
                 }
             };
             net_tokio::select! {
-                r = from_client => {
-                    if let Ok((n, from)) = r {
-                        self.guarded(|w| w.client_datagram(io, from, n, &turn_buf));
-                    }
-                    if let Some(l) = &io.listener {
-                        for _ in 1..BATCH {
-                            let Ok((n, from)) = l.try_recv_from(&mut turn_buf) else { break };
-                            self.guarded(|w| w.client_datagram(io, from, n, &turn_buf));
-                        }
-                    }
-                }
+                // Commands first: they are rare, and a room's negotiation waits on each.
+                biased;
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.guarded(|w| w.command(cmd)),
                     None => break,
                 },
-                d = inbox => {
-                    self.guarded(|w| w.datagram(d.src, &d.data));
-                    if let Some(ep) = &io.endpoint {
-                        for _ in 1..BATCH {
-                            let Some(d) = ep.try_recv() else { break };
-                            self.guarded(|w| w.datagram(d.src, &d.data));
-                        }
+                r = from_client => {
+                    if let Ok((n, from)) = r {
+                        self.guarded(|w| w.client_datagram(io, from, n, &turn_buf));
                     }
                 }
+                d = inbox => self.guarded(|w| w.datagram(d.src, &d.data)),
                 r = io.socket.recv_from(&mut buf) => {
                     if let Ok((n, src)) = r {
                         self.guarded(|w| w.datagram(src, &buf[..n]));
                     }
                 }
                 _ = sleep => {}
+            }
+            // Whichever source woke the loop, every source gets a batch in every pass, so a
+            // busy one never starves the others (the select above is biased on purpose: an
+            // unbiased one draws on tokio's thread RNG, which the simulation's trap forbids
+            // in all of src/).
+            if let Some(l) = &io.listener {
+                for _ in 0..BATCH {
+                    let Ok((n, from)) = l.try_recv_from(&mut turn_buf) else {
+                        break;
+                    };
+                    self.guarded(|w| w.client_datagram(io, from, n, &turn_buf));
+                }
+            }
+            if let Some(ep) = &io.endpoint {
+                for _ in 0..BATCH {
+                    let Some(d) = ep.try_recv() else { break };
+                    self.guarded(|w| w.datagram(d.src, &d.data));
+                }
             }
             self.guarded(|w| w.timeouts(Instant::now()));
             self.guarded(|w| w.flush(io));
