@@ -1,7 +1,9 @@
 //! Benchmark (not a test): what joined, idle Phoenix channels cost the server.
 //!
 //! Starts the real `videoroom` binary as a child process (fake media plane, so no TURN or
-//! ICE sockets), opens S WebSockets, then joins C channels on each (Phoenix multiplexes up to
+//! ICE sockets; `--real-media` runs the media workers and TURN instead, so each room also has
+//! its plane: the difference between the two is what an idle room costs the media plane),
+//! opens S WebSockets, then joins C channels on each (Phoenix multiplexes up to
 //! 100 channels per socket, so 20 000 channels fit in the 20 000 file descriptors a process may
 //! have here), spread over rooms of P peers. Sockets heartbeat as phoenix.js does. It reports
 //! the server's RSS before any socket, with the sockets open, and with every channel joined,
@@ -16,7 +18,7 @@
 //! than the benchmark (they would be dropped after 10 s otherwise).
 //!
 //! `cargo bench --bench idle_channels -- [--sockets S] [--channels-per-socket C] [--per-room P]
-//! [--rounds R]` (defaults: 200 × 100 = 20 000 channels in rooms of 10, one round). Bounded:
+//! [--rounds R] [--real-media]` (defaults: 200 × 100 = 20 000 channels in rooms of 10, one round). Bounded:
 //! gives up after 120 s per round.
 
 use std::io::{BufRead, BufReader};
@@ -35,6 +37,7 @@ struct Args {
     per_socket: usize,
     per_room: usize,
     rounds: usize,
+    real_media: bool,
 }
 
 fn args() -> Args {
@@ -43,6 +46,7 @@ fn args() -> Args {
         per_socket: 100,
         per_room: 10,
         rounds: 1,
+        real_media: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -57,6 +61,11 @@ fn args() -> Args {
             "--channels-per-socket" => a.per_socket = value(),
             "--per-room" => a.per_room = value(),
             "--rounds" => a.rounds = value().max(1),
+            "--real-media" => {
+                a.real_media = true;
+                i += 1;
+                continue;
+            }
             // `cargo bench` passes `--bench`; anything else is a mistake worth reporting.
             "--bench" => {
                 i += 1;
@@ -97,6 +106,7 @@ impl Drop for ServerProcess {
 }
 
 fn start_server(
+    real_media: bool,
     per_room: usize,
     rooms: usize,
     sockets: usize,
@@ -106,8 +116,15 @@ fn start_server(
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
+    let media: &[&str] = if real_media {
+        // Its own TURN port, so a server already on 3478 does not stop the run.
+        &["--turn-bind", "127.0.0.1:0"]
+    } else {
+        &["--fake-media"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_videoroom"))
-        .args(["--port", &port.to_string(), "--fake-media"])
+        .args(["--port", &port.to_string()])
+        .args(media)
         .args(["--max-peers-per-room", &per_room.to_string()])
         .args(["--max-rooms", &rooms.max(1).to_string()])
         .args(["--connect-grace", "86400"])
@@ -168,7 +185,7 @@ async fn main() {
     let channels = a.sockets * a.per_socket;
     let rooms = channels.div_ceil(a.per_room);
     let started = Instant::now();
-    let (server, addr) = start_server(a.per_room, rooms, a.sockets, a.per_socket);
+    let (server, addr) = start_server(a.real_media, a.per_room, rooms, a.sockets, a.per_socket);
     let pid = server.0.id();
     net_tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid);
