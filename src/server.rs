@@ -60,7 +60,9 @@ pub struct MediaConfig {
     pub turn_credential_ttl: std::time::Duration,
     /// Hand packets between the TURN relay sockets and the SFU's sockets over in-process
     /// (`crate::fabric`) instead of through the kernel. On by default; off only to compare
-    /// (the relay policy is the same either way).
+    /// (the relay policy is the same either way). The media workers step the TURN core
+    /// themselves for their own rooms, so what still takes this path is a client's packet for
+    /// a room on a worker other than the first.
     pub in_process_turn: bool,
     /// Worker threads of the media plane (`engine::webrtc::worker`), rooms spread over them
     /// (0 is taken as 1).
