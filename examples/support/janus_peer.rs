@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use net_tokio::io::{AsyncReadExt, AsyncWriteExt};
 use net_tokio::net::TcpStream;
@@ -39,22 +39,17 @@ use webrtc::peer_connection::{
 };
 use webrtc::runtime::TokioRuntime;
 
-/// Payload bytes of the benchmark header (after the prefix).
-pub const HEADER: usize = 17;
-pub const TAG_NUMBERED: u8 = 1;
+// The Janus peers only send numbered packets (no probes).
+#[path = "../../tests/it/support/bench_header.rs"]
+#[allow(dead_code)]
+mod bench_header;
+pub use bench_header::{now_ns, HEADER, TAG_NUMBERED};
 
 /// Every signalling step (an HTTP exchange, a plugin's asynchronous answer, ICE gathering, the
 /// connection coming up) must finish within this, so a stuck Janus fails the run clearly.
 const STEP: Duration = Duration::from_secs(10);
 /// Janus holds a long-poll for up to 30 s when it has no event.
 const LONG_POLL: Duration = Duration::from_secs(40);
-
-/// Nanoseconds since the first call in this process: send and receive times of one packet
-/// come from the same clock because publisher and subscriber share the process.
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// One received RTP packet's benchmark header.
 #[derive(Debug, Clone, Copy)]
@@ -68,14 +63,12 @@ pub struct Rtp {
 
 impl Rtp {
     fn parse(payload: &[u8], recv_ns: u64) -> Option<Rtp> {
-        if payload.len() < HEADER {
-            return None;
-        }
+        let (tag, publisher_ssrc, seq, sent_ns) = bench_header::read(payload)?;
         Some(Rtp {
-            tag: payload[0],
-            publisher_ssrc: u32::from_be_bytes(payload[1..5].try_into().ok()?),
-            seq: u32::from_be_bytes(payload[5..9].try_into().ok()?),
-            sent_ns: u64::from_be_bytes(payload[9..17].try_into().ok()?),
+            tag,
+            publisher_ssrc,
+            seq,
+            sent_ns,
             recv_ns,
         })
     }
@@ -317,11 +310,7 @@ impl Local {
     pub async fn send(&self, tag: u8, seq: u32, size: usize) -> bool {
         let mut payload = Vec::with_capacity(size.max(self.prefix.len() + HEADER));
         payload.extend_from_slice(&self.prefix);
-        payload.push(tag);
-        payload.extend_from_slice(&self.ssrc.to_be_bytes());
-        payload.extend_from_slice(&seq.to_be_bytes());
-        payload.extend_from_slice(&now_ns().to_be_bytes());
-        payload.resize(size.max(self.prefix.len() + HEADER), 0xAB);
+        bench_header::write(&mut payload, tag, self.ssrc, seq, size);
         let rtp_seq = self.rtp_seq.fetch_add(1, Ordering::Relaxed);
         let clock = if self.kind == RtpCodecKind::Audio {
             960

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -44,17 +44,9 @@ use webrtc::peer_connection::{
 };
 use webrtc::runtime::TokioRuntime;
 
-/// Payload bytes before the padding.
-pub const HEADER: usize = 17;
-pub const TAG_PROBE: u8 = 0;
-pub const TAG_NUMBERED: u8 = 1;
-
-/// Nanoseconds since the first call in this process: send and receive times of one packet
-/// come from the same clock because publisher and subscriber share the process.
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
+#[path = "bench_header.rs"]
+mod bench_header;
+pub use bench_header::{now_ns, HEADER, TAG_NUMBERED, TAG_PROBE};
 
 #[derive(Clone, Debug)]
 pub struct PeerOptions {
@@ -141,14 +133,12 @@ pub struct Rtp {
 
 impl Rtp {
     fn parse(payload: &[u8], recv_ns: u64) -> Option<Rtp> {
-        if payload.len() < HEADER {
-            return None;
-        }
+        let (tag, publisher_ssrc, seq, sent_ns) = bench_header::read(payload)?;
         Some(Rtp {
-            tag: payload[0],
-            publisher_ssrc: u32::from_be_bytes(payload[1..5].try_into().ok()?),
-            seq: u32::from_be_bytes(payload[5..9].try_into().ok()?),
-            sent_ns: u64::from_be_bytes(payload[9..17].try_into().ok()?),
+            tag,
+            publisher_ssrc,
+            seq,
+            sent_ns,
             recv_ns,
             len: payload.len(),
             audio_level: None,
@@ -181,11 +171,7 @@ impl Local {
     /// Sends one packet whose payload is the header above padded to `size` bytes.
     pub async fn send(&self, tag: u8, seq: u32, size: usize) -> bool {
         let mut payload = Vec::with_capacity(size.max(HEADER));
-        payload.push(tag);
-        payload.extend_from_slice(&self.ssrc.to_be_bytes());
-        payload.extend_from_slice(&seq.to_be_bytes());
-        payload.extend_from_slice(&now_ns().to_be_bytes());
-        payload.resize(size.max(HEADER), 0xAB);
+        bench_header::write(&mut payload, tag, self.ssrc, seq, size);
         // RTP sequence numbers only move forward across probes and numbered packets: SRTP
         // replay protection drops the rest.
         let rtp_seq = self.rtp_seq.fetch_add(1, Ordering::Relaxed);
