@@ -252,16 +252,7 @@ impl TurnServer {
         data: &'a [u8],
         local: SocketAddr,
     ) -> FromClient<'a> {
-        let (step, closed) = {
-            let mut core = self.shared.lock();
-            let mut env = DriverEnv {
-                shared: &self.shared,
-            };
-            let step = core.handle_client(Instant::now(), unix_now(), from, data, &mut env);
-            (step, core.take_closed())
-        };
-        close_all(closed);
-        match step {
+        match self.shared.step_client(from, data) {
             Step::Nothing => FromClient::Nothing,
             Step::Reply(reply) => FromClient::Reply(reply),
             Step::Relay { via, to, data } if to == local => FromClient::ToSfu {
@@ -323,6 +314,19 @@ impl Drop for TurnServer {
 }
 
 impl Shared {
+    /// One client datagram through the core, closing the relays of any allocation it ended:
+    /// what the listening socket's reader does, whichever thread that is.
+    fn step_client<'a>(self: &Arc<Self>, from: SocketAddr, data: &'a [u8]) -> Step<'a, Arc<Relay>> {
+        let (step, closed) = {
+            let mut core = self.lock();
+            let mut env = DriverEnv { shared: self };
+            let step = core.handle_client(Instant::now(), unix_now(), from, data, &mut env);
+            (step, core.take_closed())
+        };
+        close_all(closed);
+        step
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Core<Arc<Relay>>> {
         // A panic while stepping the core is a bug; the state it left is still the best there
         // is, and refusing all TURN traffic forever would be worse.
@@ -393,14 +397,7 @@ async fn serve(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let (step, closed) = {
-            let mut core = shared.lock();
-            let mut env = DriverEnv { shared: &shared };
-            let step = core.handle_client(Instant::now(), unix_now(), from, &buf[..n], &mut env);
-            (step, core.take_closed())
-        };
-        close_all(closed);
-        match step {
+        match shared.step_client(from, &buf[..n]) {
             Step::Nothing => {}
             Step::Reply(reply) => {
                 let _ = shared.socket.try_send_to(&reply, from);

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use net_tokio::sync::mpsc;
@@ -32,7 +32,7 @@ use super::super::forward::{rewrite, Carried, ExtIds};
 use super::super::rtcp::is_keyframe_request;
 use super::super::{PlaneConfig, PlaneStats};
 use super::demux::Demux;
-use super::peer::{Ingress, Peer, PeerEvent};
+use super::peer::{Ingress, OutSlot, Peer, PeerEvent};
 use super::Cmd;
 use crate::engine::plane::{PlaneCommand, PlaneEvent, PlaneOffer, PlaneSink};
 use crate::fabric::{Endpoint, Sent};
@@ -94,6 +94,16 @@ struct Room {
     peers: HashMap<String, usize>,
     /// Keyed by published track id. Exists while the track has a source or a leg.
     fanouts: HashMap<Arc<str>, Fanout>,
+}
+
+impl Room {
+    /// Takes `peer`'s `slot` off `track`'s legs, and the fanout away if nothing uses it now.
+    fn detach(&mut self, peer: usize, slot: usize, track: &str) {
+        if let Some(f) = self.fanouts.get_mut(track) {
+            f.legs.retain(|l| !(l.peer == peer && l.slot == slot));
+        }
+        release(self, track);
+    }
 }
 
 #[derive(Default)]
@@ -227,26 +237,10 @@ impl Worker {
             return;
         };
         let (room, peer) = (p.room, p.id.clone());
-        let slots: Vec<(usize, Arc<str>)> = p
-            .outbound
-            .drain(..)
-            .enumerate()
-            .filter_map(|(i, s)| Some((i, s.live?)))
-            .collect();
-        let ingress: Vec<Ingress> = p.ingress.drain().map(|(_, i)| i).collect();
+        let outbound = std::mem::take(&mut p.outbound);
+        let ingress = std::mem::take(&mut p.ingress);
         p.reset_connection();
-        if let Some(r) = self.rooms.get_mut(&room) {
-            for (i, track) in &slots {
-                if let Some(f) = r.fanouts.get_mut(track) {
-                    f.legs.retain(|l| !(l.peer == key && l.slot == *i));
-                }
-                release(r, track);
-            }
-        }
-        for i in ingress {
-            self.end_ingress(key, room, i, true);
-        }
-        self.demux.remove(key);
+        self.release_media(key, room, outbound, ingress, true);
         self.count_fanouts();
         self.emit(
             room,
@@ -371,15 +365,7 @@ impl Worker {
     fn deadline(&self) -> Option<Instant> {
         self.peers
             .iter()
-            .filter_map(|(_, p)| {
-                let vad = p
-                    .ingress
-                    .values()
-                    .filter_map(|i| i.vad.as_ref()?.idle_deadline())
-                    .min()
-                    .map(|ms| self.epoch + Duration::from_millis(ms));
-                [p.timeout, vad].into_iter().flatten().min()
-            })
+            .filter_map(|(_, p)| p.deadline(self.epoch))
             .min()
     }
 
@@ -691,15 +677,7 @@ impl Worker {
         let due: Vec<usize> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                p.timeout.is_some_and(|t| t <= now)
-                    || p.ingress.values().any(|i| {
-                        i.vad
-                            .as_ref()
-                            .and_then(|v| v.idle_deadline())
-                            .is_some_and(|ms| ms <= now_ms)
-                    })
-            })
+            .filter(|(_, p)| p.deadline(self.epoch).is_some_and(|t| t <= now))
             .map(|(k, _)| k)
             .collect();
         for key in due {
@@ -851,87 +829,99 @@ impl Worker {
         let Some(p) = self.peers.get_mut(key) else {
             return;
         };
-        let result = match result {
-            Ok(changes) => {
-                if let Some(u) = &p.ufrag {
-                    self.demux.set_ufrag(u, key);
-                }
-                let attached: Vec<(usize, Arc<str>, u8, ExtIds)> = changes
-                    .attached
-                    .iter()
-                    .filter_map(|&(slot, pt, ext)| {
-                        let track = p.outbound.get(slot)?.live.clone()?;
-                        Some((slot, track, pt, ext))
-                    })
-                    .collect();
-                let host = p.host_candidate.clone();
-                for (slot, track) in changes.detached {
-                    if let Some(r) = self.rooms.get_mut(&room) {
-                        if let Some(f) = r.fanouts.get_mut(&track) {
-                            f.legs.retain(|l| !(l.peer == key && l.slot == slot));
-                        }
-                        release(r, &track);
-                    }
-                }
-                for ingress in changes.ended {
-                    self.end_ingress(key, room, ingress, true);
-                }
-                if let Some(r) = self.rooms.get_mut(&room) {
-                    for (slot, track, pt, ext) in &attached {
-                        r.fanouts
-                            .entry(Arc::clone(track))
-                            .or_default()
-                            .legs
-                            .push(Leg {
-                                peer: key,
-                                slot: *slot,
-                                pt: *pt,
-                                ext: *ext,
-                            });
-                    }
-                }
-                let trickle = !changes.answer.contains("a=candidate:");
-                self.emit(
-                    room,
-                    PlaneEvent::Answer {
-                        peer: peer.clone(),
-                        negotiation,
-                        result: Ok(changes.answer),
-                    },
-                );
-                if let (true, Some(candidate)) = (trickle, host) {
-                    self.emit(
-                        room,
-                        PlaneEvent::LocalCandidate {
-                            peer: peer.clone(),
-                            candidate,
-                        },
-                    );
-                }
-                // A new subscriber sees nothing until the next keyframe.
-                for (_, track, ..) in &attached {
-                    self.send_pli(room, track, now);
-                }
-                self.pump(key, now);
-                return;
-            }
+        let changes = match result {
+            Ok(changes) => changes,
             Err(reason) => {
                 // A client can send offers webrtc refuses as fast as it likes.
                 if let Some(suppressed) = p.warnings.admit(now) {
                     tracing::warn!(peer = %peer, reason = %Untrusted(&reason), suppressed, "offer not applied");
                 }
-                Err(reason)
+                self.emit(
+                    room,
+                    PlaneEvent::Answer {
+                        peer,
+                        negotiation,
+                        result: Err(reason),
+                    },
+                );
+                self.pump(key, now);
+                return;
             }
         };
+        if let Some(u) = &p.ufrag {
+            self.demux.set_ufrag(u, key);
+        }
+        let attached: Vec<(usize, Arc<str>, u8, ExtIds)> = changes
+            .attached
+            .iter()
+            .filter_map(|&(slot, pt, ext)| {
+                let track = p.outbound.get(slot)?.live.clone()?;
+                Some((slot, track, pt, ext))
+            })
+            .collect();
+        let host = p.host_candidate.clone();
+        if let Some(r) = self.rooms.get_mut(&room) {
+            for (slot, track) in &changes.detached {
+                r.detach(key, *slot, track);
+            }
+        }
+        for ingress in changes.ended {
+            self.end_ingress(key, room, ingress, true);
+        }
+        if let Some(r) = self.rooms.get_mut(&room) {
+            for (slot, track, pt, ext) in &attached {
+                r.fanouts
+                    .entry(Arc::clone(track))
+                    .or_default()
+                    .legs
+                    .push(Leg {
+                        peer: key,
+                        slot: *slot,
+                        pt: *pt,
+                        ext: *ext,
+                    });
+            }
+        }
+        let trickle = !changes.answer.contains("a=candidate:");
         self.emit(
             room,
             PlaneEvent::Answer {
-                peer,
+                peer: peer.clone(),
                 negotiation,
-                result,
+                result: Ok(changes.answer),
             },
         );
+        if let (true, Some(candidate)) = (trickle, host) {
+            self.emit(room, PlaneEvent::LocalCandidate { peer, candidate });
+        }
+        // A new subscriber sees nothing until the next keyframe.
+        for (_, track, ..) in &attached {
+            self.send_pli(room, track, now);
+        }
         self.pump(key, now);
+    }
+
+    /// Lets go of what `key`'s connection carried: its slots' legs, its published tracks
+    /// (reported ended when `report`), its demux routes.
+    fn release_media(
+        &mut self,
+        key: usize,
+        room: u64,
+        outbound: Vec<OutSlot>,
+        ingress: HashMap<String, Ingress>,
+        report: bool,
+    ) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            for (i, slot) in outbound.into_iter().enumerate() {
+                if let Some(track) = &slot.live {
+                    r.detach(key, i, track);
+                }
+            }
+        }
+        for (_, i) in ingress {
+            self.end_ingress(key, room, i, report);
+        }
+        self.demux.remove(key);
     }
 
     /// Forgets `key` everywhere: legs, sources, demux, its room; closes its connection and its
@@ -942,20 +932,10 @@ impl Worker {
         };
         if let Some(r) = self.rooms.get_mut(&p.room) {
             r.peers.remove(&p.id);
-            for (i, slot) in p.outbound.iter().enumerate() {
-                if let Some(track) = &slot.live {
-                    if let Some(f) = r.fanouts.get_mut(track) {
-                        f.legs.retain(|l| !(l.peer == key && l.slot == i));
-                    }
-                    release(r, track);
-                }
-            }
         }
-        let room = p.room;
-        for (_, ingress) in p.ingress.drain() {
-            self.end_ingress(key, room, ingress, false);
-        }
-        self.demux.remove(key);
+        let outbound = std::mem::take(&mut p.outbound);
+        let ingress = std::mem::take(&mut p.ingress);
+        self.release_media(key, p.room, outbound, ingress, false);
         if let Some(pc) = p.pc.as_mut() {
             let _ = pc.close();
         }

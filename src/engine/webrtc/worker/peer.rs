@@ -129,22 +129,27 @@ impl Peer {
         }
     }
 
-    fn connection(&mut self, now: Instant) -> Result<&mut RTCPeerConnection, String> {
-        if self.pc.is_none() {
+    /// The connection, built at the first offer. Returned as the field itself, so the caller
+    /// can still use the peer's other fields while holding it.
+    fn connection(
+        pc: &mut Option<RTCPeerConnection>,
+        now: Instant,
+    ) -> Result<&mut RTCPeerConnection, String> {
+        if pc.is_none() {
             let mut me = media_engine().map_err(|e| format!("media engine: {e}"))?;
             let registry = interceptors(&mut me).map_err(|e| format!("interceptors: {e}"))?;
             let se = SettingEngineBuilder::new()
                 .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
                 .build();
-            let pc = RTCPeerConnectionBuilder::new()
+            let built = RTCPeerConnectionBuilder::new()
                 .with_media_engine(me)
                 .with_interceptor_registry(registry)
                 .with_setting_engine(se)
                 .build(now)
                 .map_err(|e| format!("cannot create the peer connection: {e}"))?;
-            self.pc = Some(pc);
+            *pc = Some(built);
         }
-        Ok(self.pc.as_mut().expect("set above"))
+        Ok(pc.as_mut().expect("set above"))
     }
 
     /// Applies `offer` and answers it; `local` is the worker's socket, the one host candidate
@@ -178,8 +183,7 @@ impl Peer {
                 MLineRole::Inactive => {}
             }
         }
-        self.connection(now)?;
-        let pc = self.pc.as_mut().expect("built above");
+        let pc = Self::connection(&mut self.pc, now)?;
 
         // Sources no longer wanted stop first, so their mids answer inactive (or switch).
         for (i, slot) in self.outbound.iter_mut().enumerate() {
@@ -418,6 +422,19 @@ impl Peer {
         self.ingress.clear();
         self.outbound.clear();
         self.timeout = None;
+    }
+
+    /// When the worker must step this peer next: its connection's timer, or the moment a
+    /// speaking track of it that went quiet must be judged silent (VAD times are ms after
+    /// `epoch`).
+    pub fn deadline(&self, epoch: Instant) -> Option<Instant> {
+        let vad = self
+            .ingress
+            .values()
+            .filter_map(|i| i.vad.as_ref()?.idle_deadline())
+            .min()
+            .map(|ms| epoch + std::time::Duration::from_millis(ms));
+        [self.timeout, vad].into_iter().flatten().min()
     }
 
     /// The slot whose local track is `local_track`.
