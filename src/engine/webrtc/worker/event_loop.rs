@@ -252,29 +252,52 @@ impl Worker {
     }
 
     /// The thread's body: a current-thread runtime for the socket's readiness and the timer.
+    /// Runs the worker on the calling thread until its command queue closes. `ready` hears,
+    /// once, whether the runtime and sockets are in place: the starter waits for it, so a
+    /// server reports a worker that cannot start, and what the workers hold (their runtime's
+    /// descriptors) is in place before anyone measures it.
     pub(super) fn run(
         mut self,
         socket: std::net::UdpSocket,
         endpoint: Option<Endpoint>,
         listener: Option<std::net::UdpSocket>,
         rx: mpsc::Receiver<Cmd>,
+        ready: std::sync::mpsc::SyncSender<std::io::Result<()>>,
     ) {
-        let rt = net_tokio::runtime::Builder::new_current_thread()
+        let rt = match net_tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("media worker runtime");
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
         rt.block_on(async move {
+            let sockets = net_tokio::net::UdpSocket::from_std(socket).and_then(|socket| {
+                let listener = listener
+                    .map(net_tokio::net::UdpSocket::from_std)
+                    .transpose()?;
+                Ok((socket, listener))
+            });
+            let (socket, listener) = match sockets {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
             let io = Io {
                 local: self.local,
-                socket: net_tokio::net::UdpSocket::from_std(socket).expect("media worker socket"),
+                socket,
                 endpoint,
                 turn: self.turn.clone(),
-                listener: listener.map(|l| {
-                    net_tokio::net::UdpSocket::from_std(l).expect("TURN listener in the worker")
-                }),
+                listener,
                 scratch: RefCell::new(Vec::with_capacity(1500)),
                 batch: RefCell::default(),
             };
+            let _ = ready.send(Ok(()));
             self.serve(&io, rx).await;
             self.shutdown();
         });

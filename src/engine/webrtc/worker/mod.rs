@@ -101,13 +101,18 @@ impl Workers {
             // The worker logs where its starter does (a server started with its own
             // subscriber, as the log tests do, keeps its media workers' lines).
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
             std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
                 .spawn(move || {
                     tracing::dispatcher::with_default(&dispatch, || {
-                        worker.run(socket, endpoint, listener, rx)
+                        worker.run(socket, endpoint, listener, rx, ready_tx)
                     })
                 })?;
+            // A worker that cannot start is the server's start-up error, not a later panic.
+            ready.recv().map_err(|_| {
+                std::io::Error::other(format!("media worker {i} stopped before it was ready"))
+            })??;
             workers.push(WorkerHandle {
                 tx,
                 local,
