@@ -7,6 +7,14 @@
 #   scripts/mutants.sh             pass 1 and pass 2 below
 #   scripts/mutants.sh -- ARGS     ARGS go to pass 1 (e.g. `-- --re registry`); pass 2 takes
 #                                  pass 1's survivors by name
+#   scripts/mutants.sh --tally     the whole scope's figure so far, from the ledger (below)
+#   scripts/mutants.sh --undecided [N]
+#                                  both passes on (the first N of) the mutants the ledger has
+#                                  no verdict for: how the full scope is finished over sittings
+#
+# The ledger (sim/mutants/ledger.tsv, scripts/mutants_ledger.py) keeps every verdict of a run
+# made on a clean src/, keyed by the file's git blob and the mutant's name: it stays valid until
+# that file changes, so runs from different sittings add up to the full scope.
 #
 # Pass 1 runs the SIMULATION ALONE on every mutant: the madsim build (profile `sim-mutants`, the
 # `sim` profile without fat LTO; package videoroom-sim), i.e. the test command's campaign,
@@ -29,12 +37,18 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 list=0
+tally=0
+undecided=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --list) list=1 ;;
+    --tally) tally=1 ;;
+    --undecided)
+      undecided=all
+      if [[ "${2:-}" =~ ^[0-9]+$ ]]; then undecided="$2"; shift; fi ;;
     --) shift; extra=("$@"); break ;;
-    *) echo "usage: $0 [--list] [-- cargo-mutants args]" >&2; exit 1 ;;
+    *) echo "usage: $0 [--list | --tally | --undecided [N]] [-- cargo-mutants args]" >&2; exit 1 ;;
   esac
   shift
 done
@@ -72,6 +86,37 @@ sim_env=(env RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target/sim" CARGO_PROFI
 # Mutants per file from `cargo mutants --list` lines ("src/x.rs:12:5: replace ...").
 per_file() { sed -E 's/:[0-9]+:[0-9]+: .*//' | sort | uniq -c | awk '{printf "  %-28s %5d\n", $2, $1; n += $1} END {printf "  %-28s %5d\n", "total", n}'; }
 
+# A regex matching exactly one mutant's name (`--re` takes regexes; names hold `(`, `[`, `|`...).
+exact_re() { printf '^%s$' "$(printf '%s' "$1" | sed 's/[][\.^$|?*+(){}]/\\&/g')"; }
+ledger=sim/mutants/ledger.tsv
+# src/ as the run sees it, by blob: what a verdict is attributed to. Only a clean src/ has one.
+blobs() { git diff --quiet HEAD -- src && git ls-tree -r HEAD -- src; }
+scope_tally() { # [undecided-out]
+  local list="$out/scope.json"
+  "${sim_env[@]}" cargo mutants "${common[@]}" --list --json >"$list"
+  blobs >"$out/blobs.now" || { echo "mutants.sh: src/ has uncommitted changes; commit first" >&2; exit 1; }
+  python3 scripts/mutants_ledger.py tally "$list" "$out/blobs.now" "$ledger" "$@"
+}
+
+if [ "$tally" = 1 ]; then
+  scope_tally
+  exit 0
+fi
+
+if [ -n "$undecided" ]; then
+  scope_tally "$out/undecided.txt"
+  picked=()
+  while IFS= read -r m; do
+    picked+=(--re "$(exact_re "$m")")
+  done < <(if [ "$undecided" = all ]; then cat "$out/undecided.txt"; else head -n "$undecided" "$out/undecided.txt"; fi)
+  if [ ${#picked[@]} -eq 0 ]; then
+    echo "mutants.sh: every mutant in scope has a pass-1 verdict; nothing to run"
+    exit 0
+  fi
+  echo "mutants.sh: running $((${#picked[@]} / 2)) undecided mutants"
+  extra=("${picked[@]}" "${extra[@]}")
+fi
+
 if [ "$list" = 1 ]; then
   # The sim build's view: code under cfg(madsim) (src/rt/sim.rs) is what the simulation runs.
   "${sim_env[@]}" cargo mutants "${common[@]}" --list "${extra[@]}" | per_file
@@ -95,6 +140,7 @@ skips=(--skip pinned_trace_summaries --skip exit_codes_distinguish_failures
 # state it saw next to its results; pass 2 refuses another one.
 tree_state() { git rev-parse HEAD:src; git diff HEAD -- src; }
 start_state="$(tree_state)"
+start_blobs="$(blobs || true)"
 
 passes="${MUTANTS_PASSES:-1 2}"
 if [[ " $passes " == *" 1 "* ]]; then
@@ -104,6 +150,13 @@ echo "==> pass 1: the simulation alone"
   -- --profile mutants -- "${skips[@]}" || true
 if [ "$(tree_state)" = "$start_state" ]; then
   printf '%s\n' "$start_state" >"$out/sim/tree"
+  if [ -n "$start_blobs" ]; then
+    printf '%s\n' "$start_blobs" >"$out/sim/blobs"
+    MUTANTS_COMMIT="$(git rev-parse --short HEAD)" \
+      python3 scripts/mutants_ledger.py record "$out/sim" sim "$out/sim/blobs" "$ledger"
+  else
+    echo "mutants.sh: src/ had uncommitted changes: pass 1's verdicts are not recorded" >&2
+  fi
 else
   rm -f "$out/sim/tree"
 fi
@@ -119,7 +172,7 @@ if [ ! -f "$out/sim/tree" ] || [ "$(tree_state)" != "$(cat "$out/sim/tree")" ]; 
 fi
 missed=()
 while IFS= read -r m; do
-  missed+=(--re "^$(printf '%s' "$m" | sed 's/[][\.^$|?*+(){}]/\\&/g')\$")
+  missed+=(--re "$(exact_re "$m")")
 done <"$out/sim/mutants.out/missed.txt"
 if [ ${#missed[@]} -gt 0 ]; then
   scripts/setup-node.sh
@@ -130,6 +183,11 @@ if [ ${#missed[@]} -gt 0 ]; then
   read -r -a pass2_args <<<"${MUTANTS_PASS2_ARGS:-}"
   CARGO_TARGET_DIR="$target/mutants-tokio" cargo mutants "${common[@]}" "${missed[@]}" \
     --timeout 1200 --build-timeout 900 -o "$out/tokio" -- "${pass2_args[@]}" || true
+  # Only the whole of pass 2 (no narrowing) is a verdict of the whole suite.
+  if [ -z "${MUTANTS_PASS2_ARGS:-}" ] && [ -f "$out/sim/blobs" ] && [ "$(tree_state)" = "$(cat "$out/sim/tree")" ]; then
+    MUTANTS_COMMIT="$(git rev-parse --short HEAD)" \
+      python3 scripts/mutants_ledger.py record "$out/tokio" tokio "$out/sim/blobs" "$ledger"
+  fi
 fi
 fi
 
