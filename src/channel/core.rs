@@ -76,13 +76,9 @@ pub struct Attempts {
 }
 
 impl Attempts {
-    /// Whether another attempt may start (counts it).
-    pub fn start(&mut self) -> bool {
-        if self.made >= JOIN_ATTEMPTS {
-            return false;
-        }
+    /// Counts an attempt starting; [`Attempts::outcome`] alone decides whether there is another.
+    pub fn start(&mut self) {
         self.made += 1;
-        true
     }
 
     pub fn outcome(&self, a: Attempt) -> Next {
@@ -132,15 +128,14 @@ mod tests {
     fn lost_attempts_are_retried_up_to_the_limit_then_refused() {
         let mut a = Attempts::default();
         for _ in 0..JOIN_ATTEMPTS - 1 {
-            assert!(a.start());
+            a.start();
             assert_eq!(a.outcome(Attempt::Lost), Next::Retry);
         }
-        assert!(a.start());
+        a.start();
         assert_eq!(
             a.outcome(Attempt::Lost),
             Next::Refused(FAILED_TO_START.into())
         );
-        assert!(!a.start(), "no attempt past the limit");
     }
 
     #[test]

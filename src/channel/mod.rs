@@ -200,7 +200,8 @@ async fn join(
     ctx: &mut Ctx<ChannelMsg>,
 ) -> JoinOutcome {
     let mut attempts = Attempts::default();
-    while attempts.start() {
+    loop {
+        attempts.start();
         let started = match app.cluster.get() {
             Some(cluster) => cluster.whereis_or_start(name).await,
             None => {
@@ -243,7 +244,6 @@ async fn join(
             Next::Refused(reason) => return JoinOutcome::Refused(reason),
         }
     }
-    JoinOutcome::Refused(FAILED_TO_START.into())
 }
 
 enum Tried {

@@ -232,6 +232,18 @@ impl<N: Negotiation> Session<N> {
             ClientEvent::Ignored(kind) => {
                 tracing::debug!(peer = from, kind = %Untrusted(&kind), "media event ignored");
             }
+            // Anything but `connect` from a peer that is not connected is dropped, not answered
+            // with `error`: it is normally stale (candidates still in flight after `disconnect`,
+            // or the `disconnect` every client sends in reply to an `error`), and an `error` makes
+            // the client tear itself down. The 0.5.3 client cannot even produce track events
+            // before `connected` (`addTrack` throws). Dropped before the budget: what is never
+            // passed on must not spend what the peer's `connect` needs.
+            ref event
+                if !matches!(event, ClientEvent::Connect { .. }) && !self.roster.contains(from) =>
+            {
+                tracing::debug!(peer = from, event = %UntrustedDebug(event), "media event before connect dropped");
+                crate::rt::probe::emit(crate::rt::probe::Event::MediaEventBeforeConnect);
+            }
             // Every `connect` and metadata update is copied to every other peer: one budget
             // for them (a `disconnect` is never refused: a peer must always be able to go).
             ClientEvent::Connect { .. }
@@ -246,15 +258,6 @@ impl<N: Negotiation> Session<N> {
                 crate::rt::probe::emit(crate::rt::probe::Event::BroadcastOverBudget);
             }
             ClientEvent::Connect { metadata } => self.connect(from, metadata, out),
-            // Anything but `connect` from a peer that is not connected is dropped, not answered
-            // with `error`: it is normally stale (candidates still in flight after `disconnect`,
-            // or the `disconnect` every client sends in reply to an `error`), and an `error` makes
-            // the client tear itself down. The 0.5.3 client cannot even produce track events
-            // before `connected` (`addTrack` throws).
-            _ if !self.roster.contains(from) => {
-                tracing::debug!(peer = from, event = %UntrustedDebug(&event), "media event before connect dropped");
-                crate::rt::probe::emit(crate::rt::probe::Event::MediaEventBeforeConnect);
-            }
             ClientEvent::Disconnect => self.leave(from, out),
             ClientEvent::UpdateEndpointMetadata { metadata } => {
                 self.update_metadata(from, metadata, out)
@@ -547,6 +550,12 @@ mod tests {
         // A peer whose channel is gone starts afresh if its id ever came back.
         s.remove_peer("p1");
         assert!(!s.handle_event("p1", &connect("A")).is_empty());
+        // Updates before a connect are dropped without spending the budget its connect needs.
+        for n in 0..5 {
+            assert_eq!(s.handle_event("p3", &update(n)), []);
+        }
+        assert!(!s.handle_event("p3", &connect("C")).is_empty());
+        assert!(s.roster().contains("p3"));
         // The clock never goes back.
         s.set_clock(std::time::Duration::from_millis(100));
         assert_eq!(s.now, std::time::Duration::from_millis(500));

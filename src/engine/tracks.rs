@@ -112,6 +112,8 @@ enum Phase {
         mid_to_track_id: BTreeMap<String, TrackId>,
         /// Slots of removed tracks this answer makes inactive: free once it is sent.
         retiring: Vec<String>,
+        /// Slots whose m-line this offer gave the plane to forward on (an outbound role).
+        forwarding: BTreeSet<String>,
     },
 }
 
@@ -141,6 +143,9 @@ struct Outbound {
     /// An `sdpAnswer` sent to this peer mapped `mid` to the track: only now can the client
     /// handle `tracksRemoved` for it.
     carried: bool,
+    /// The last answer had the plane forward the track on `mid` (a line the client receives
+    /// on; not one it refused): only then is a keyframe worth asking the publisher for.
+    forwarded: bool,
     /// The publisher stopped publishing it (or left).
     removed: bool,
     /// The peer needs no `tracksRemoved` for it any more (sent, or made moot by
@@ -159,6 +164,7 @@ impl Outbound {
             kind,
             mid,
             carried: false,
+            forwarded: false,
             removed: false,
             removal_settled: false,
             retired: false,
@@ -265,11 +271,6 @@ impl TrackNegotiation {
     /// Peers with negotiation state (connected ones; empty once everyone has left).
     pub fn peer_count(&self) -> usize {
         self.peers.len()
-    }
-
-    /// The msid stream id of `peer`'s tracks.
-    pub fn stream_id(&self, peer: &str) -> Option<String> {
-        self.peers.contains_key(peer).then(|| stream_id_for(peer))
     }
 
     /// The `tracksTypes` the next `offerData` to `peer` will carry.
@@ -669,10 +670,16 @@ impl TrackNegotiation {
         }
         let negotiation = self.next_negotiation;
         self.next_negotiation += 1;
+        let forwarding = mlines
+            .iter()
+            .filter(|l| matches!(l.role, MLineRole::Outbound { .. }))
+            .map(|l| l.mid.clone())
+            .collect();
         state.phase = Phase::AwaitingAnswer {
             negotiation,
             mid_to_track_id,
             retiring,
+            forwarding,
         };
         out.plane(PlaneCommand::Offer {
             peer: peer.to_owned(),
@@ -734,12 +741,17 @@ impl TrackNegotiation {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
-        let (mid_to_track_id, retiring) = match &state.phase {
+        let (mid_to_track_id, retiring, forwarding) = match &state.phase {
             Phase::AwaitingAnswer {
                 negotiation: n,
                 mid_to_track_id,
                 retiring,
-            } if *n == negotiation => (mid_to_track_id.clone(), retiring.clone()),
+                forwarding,
+            } if *n == negotiation => (
+                mid_to_track_id.clone(),
+                retiring.clone(),
+                forwarding.clone(),
+            ),
             _ => {
                 tracing::debug!(peer, negotiation, "stale answer dropped");
                 crate::rt::probe::emit(crate::rt::probe::Event::StaleAnswerDropped);
@@ -803,13 +815,15 @@ impl TrackNegotiation {
                 .as_ref()
                 .and_then(|m| mid_to_track_id.get(m))
                 .is_some_and(|t| *t == o.track_id);
-            if o.carried || !named {
+            if !named {
                 continue;
             }
             o.carried = true;
-            if !o.removed {
+            let forwarded = !o.removed && o.mid.as_ref().is_some_and(|m| forwarding.contains(m));
+            if forwarded && !o.forwarded {
                 keyframes.push((o.publisher.clone(), o.track_id.clone()));
             }
+            o.forwarded = forwarded;
         }
         if !state.held_candidates.is_empty() {
             crate::rt::probe::emit(crate::rt::probe::Event::HeldCandidatesFlushed {
@@ -905,7 +919,7 @@ impl TrackNegotiation {
         let Some(state) = self.peers.get(peer) else {
             return;
         };
-        for o in state.outbound.iter().filter(|o| o.carried && !o.removed) {
+        for o in state.outbound.iter().filter(|o| o.forwarded && !o.removed) {
             out.plane(PlaneCommand::RequestKeyframe {
                 publisher: o.publisher.clone(),
                 track_id: o.track_id.clone(),
@@ -1082,7 +1096,7 @@ impl Negotiation for TrackNegotiation {
                 // send; ask again now that the publisher is sending.
                 let subscribed = self.peers.values().any(|s| {
                     s.outbound.iter().any(|o| {
-                        o.carried && !o.removed && o.publisher == peer && o.track_id == track_id
+                        o.forwarded && !o.removed && o.publisher == peer && o.track_id == track_id
                     })
                 });
                 if subscribed {

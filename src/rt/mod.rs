@@ -52,8 +52,3 @@ where
 {
     tokio::spawn(fut);
 }
-
-/// Yields to the scheduler once.
-pub async fn yield_now() {
-    tokio::task::yield_now().await;
-}
