@@ -70,6 +70,8 @@ pub const SOMETIMES: &[&str] = &[
     // A connection out of m-lines: a track not announced to one peer (voice activity then
     // must not reach it either).
     "OutOfMlines",
+    // Track metadata of exactly the server's limit, which it must take and pass on.
+    "client: track metadata of exactly the limit passed on",
 ];
 
 /// Event counts of one world, by event name. Keyed by the name's address (names are static

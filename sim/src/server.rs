@@ -159,6 +159,13 @@ async fn connection(
                 videoroom::rt::time::sleep(std::time::Duration::from_micros(micros)).await;
             }
             queued.written(n);
+            // Counting and queueing happen in one step of the socket process (no await between
+            // them), so whenever this task looks, the count is the bytes of the frames queued:
+            // with none queued, zero. A count that only grows drops a reader as slow once it
+            // has read a budget's worth, which no world's end state shows.
+            if out_rx.is_empty() {
+                check_drained(&oracles, queued.queued());
+            }
             if !sent || close {
                 break;
             }
@@ -190,6 +197,13 @@ async fn connection(
         _ = write => {}
         _ = read => {}
     }
+}
+
+/// Every queued byte is given back once written: an empty queue counts nothing.
+fn check_drained(oracles: &Oracles, queued: usize) {
+    oracles.check(queued == 0, || {
+        format!("outbound queue is empty but counts {queued} bytes: the count is not given back")
+    });
 }
 
 /// The outbound byte bound (README "Limits"): a text frame's bytes are counted from when it

@@ -97,6 +97,13 @@ impl Tabs {
             .is_some_and(|jr| self.tabs.contains_key(jr) || self.gone.contains(jr))
     }
 
+    /// Whether `jr` is a tab's join still waiting for its reply.
+    pub fn joining(&self, jr: &str) -> bool {
+        self.tabs
+            .get(jr)
+            .is_some_and(|t| matches!(t.state, State::Joining { .. }))
+    }
+
     /// Remembers that the server ended channel `jr` (any channel of this connection).
     pub fn note_ended(&mut self, f: &Frame) {
         let Some(jr) = &f.join_ref else { return };
@@ -163,6 +170,9 @@ impl Tabs {
                 json!({}),
                 RoomNameError::TooLong { max }.to_string(),
             ),
+            // The heartbeat topic routes no channel: a join on it is refused like any other
+            // unrouted topic, never answered as a heartbeat (S1 is for `heartbeat` alone).
+            4 if rt::rand::chance(0.3) => ("phoenix".into(), json!({}), "unmatched topic".into()),
             4 => (format!("lobby:{own}"), json!({}), "unmatched topic".into()),
             k => {
                 let secret = secret.expect("token kinds only with a secret");

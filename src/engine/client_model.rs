@@ -111,7 +111,7 @@ pub struct Negotiator {
     /// Answers applied: a local candidate of the server needs a remote description to go to.
     answers: u64,
     /// An unparsable offer was sent: the server owes one media `error` for it.
-    error_due: bool,
+    error_due: u32,
     /// What [`gone`](Self::gone) held when the open offer was made.
     gone_at_offer: BTreeSet<String>,
     /// Tracks an answer mapped to a line of this client but made inactive before the client
@@ -120,6 +120,14 @@ pub struct Negotiator {
     /// The open offer is not one [`offer`](Self::offer) built: its lines' directions are not
     /// the model's.
     foreign_offer: bool,
+}
+
+/// Adds a `pad` string that makes `metadata`'s JSON exactly `bytes` long (no shorter than it is
+/// with an empty pad).
+fn pad_to(metadata: &mut Value, bytes: usize) {
+    metadata["pad"] = json!("");
+    let len = metadata.to_string().len();
+    metadata["pad"] = json!("p".repeat(bytes.saturating_sub(len)));
 }
 
 fn custom(kind: &str, data: Value) -> Value {
@@ -183,7 +191,7 @@ impl Negotiator {
     /// `unparsable`: an offer whose SDP does not parse; else one that is not an offer at all.
     pub fn break_offer(&mut self, unparsable: bool) -> Vec<Value> {
         self.offer_open = false;
-        self.error_due = true;
+        self.error_due += 1;
         self.asked = true;
         let offer = if unparsable {
             json!({"type": "offer", "sdp": "v=0\r\nm=audio\r\n"})
@@ -224,7 +232,9 @@ impl Negotiator {
 
     /// A media `error` arrived: true if it answers a broken offer of this client.
     pub fn take_error(&mut self) -> bool {
-        std::mem::take(&mut self.error_due)
+        let due = self.error_due > 0;
+        self.error_due = self.error_due.saturating_sub(1);
+        due
     }
 
     /// Adds an audio and a video track; returns the event asking for a negotiation.
@@ -267,9 +277,22 @@ impl Negotiator {
         let (kind, track) = (m.kind, m.track.clone()?);
         self.track_updates += 1;
         let n = self.track_updates;
+        let mut metadata =
+            json!({"type": kind, "active": n.is_multiple_of(2), "track": track, "seq": n});
+        // The server's limit is inclusive: one update in four is exactly that long and must be
+        // taken; one in eight a byte longer and must be refused with an error.
+        let limit = super::NegotiationConfig::default().max_track_metadata_bytes;
+        match n % 8 {
+            1 | 5 => pad_to(&mut metadata, limit),
+            3 => {
+                pad_to(&mut metadata, limit + 1);
+                self.error_due += 1;
+            }
+            _ => {}
+        }
         Some(json!({"type": "updateTrackMetadata", "data": {
             "trackId": track,
-            "trackMetadata": {"type": kind, "active": n.is_multiple_of(2), "track": track, "seq": n},
+            "trackMetadata": metadata,
         }}))
     }
 

@@ -278,6 +278,16 @@ impl MediaPlane for FakePlane {
 
     fn request_keyframe(&mut self, publisher: &str, track_id: &str) {
         self.keyframe_requests += 1;
+        // A keyframe costs the publisher a burst of bandwidth: the core asks only for a track
+        // some connection forwards (the plane was given that leg with the subscriber's offer).
+        let forwarded = self.peers.values().any(|s| {
+            s.legs
+                .get(track_id)
+                .is_some_and(|leg| leg.publisher == publisher)
+        });
+        if !forwarded {
+            probe::emit(Event::PlaneGotUnwantedKeyframeRequest);
+        }
         let sending = self
             .peers
             .get(publisher)

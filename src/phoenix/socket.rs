@@ -443,6 +443,12 @@ impl SocketCore {
                 self.held_frames += 1;
                 self.held_bytes += size;
                 held.push_back((frame, size));
+                probe::emit(Event::FrameHeld {
+                    frames: self.held_frames,
+                    max_frames: MAX_HELD_FRAMES,
+                    bytes: self.held_bytes,
+                    max_bytes: self.config.max_frame_bytes,
+                });
             }
             return;
         }

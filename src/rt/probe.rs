@@ -258,6 +258,8 @@ pub enum Event<'a> {
     /// end-of-candidates, which ICE needs nothing for) or for a peer it does not hold (one that
     /// never connected, or left): the negotiation core keeps both from it.
     PlaneGotUnwantedCandidate,
+    /// Never: the plane was asked for a keyframe of a track no connection forwards.
+    PlaneGotUnwantedKeyframeRequest,
     // --- cluster (src/cluster) ---
     /// A join found no room it could reach or start in the cluster (etcd unreachable, the node
     /// fenced, the owner's node unreachable): refused, and the client's rejoin tries again.
@@ -294,6 +296,14 @@ pub enum Event<'a> {
     HeldCandidatesFlushed {
         held: usize,
         max: usize,
+    },
+    /// The socket holds a frame for a pending join: `frames` and `bytes` held now, across its
+    /// joining channels, against its bounds.
+    FrameHeld {
+        frames: usize,
+        max_frames: usize,
+        bytes: usize,
+        max_bytes: usize,
     },
 }
 
@@ -360,8 +370,13 @@ impl Event<'_> {
             Event::RoomWokeForNothing => "RoomWokeForNothing",
             Event::RoomStoppedUnderPeer => "RoomStoppedUnderPeer",
             Event::PlaneGotUnwantedCandidate => "PlaneGotUnwantedCandidate",
+            Event::PlaneGotUnwantedKeyframeRequest => "PlaneGotUnwantedKeyframeRequest",
             Event::HeldCandidatesFlushed { held, max } if held >= max => "HeldCandidatesAtTheBound",
             Event::HeldCandidatesFlushed { .. } => "HeldCandidatesFlushed",
+            Event::FrameHeld {
+                frames, max_frames, ..
+            } if frames >= max_frames => "FramesHeldAtTheBound",
+            Event::FrameHeld { .. } => "FrameHeld",
             Event::InboundTrackEnded => "InboundTrackEnded",
             Event::VoiceActivityOfGoneTrack => "VoiceActivityOfGoneTrack",
             Event::OutOfMlines => "OutOfMlines",
@@ -395,6 +410,7 @@ impl Event<'_> {
                 | Event::RoomWokeForNothing
                 | Event::RoomStoppedUnderPeer
                 | Event::PlaneGotUnwantedCandidate
+                | Event::PlaneGotUnwantedKeyframeRequest
         )
     }
 }

@@ -245,6 +245,20 @@ impl Promises {
                     max,
                 });
             }
+            Event::FrameHeld {
+                frames,
+                max_frames,
+                bytes,
+                max_bytes,
+            } if frames > max_frames || bytes > max_bytes => {
+                let (what, held, max) = if frames > max_frames {
+                    ("frames held for a pending join", frames, max_frames)
+                } else {
+                    ("bytes held for a pending join", bytes, max_bytes)
+                };
+                self.violations
+                    .push(Violation::OverBound { what, held, max });
+            }
             Event::ProcessPrepared { sys, pid } => {
                 self.live.insert((sys, pid));
             }

@@ -211,7 +211,9 @@ pub(super) fn track_owners(
 }
 
 /// A track's metadata names the track it was sent for, when its publisher put one in (only
-/// updates do): the server keeps each track's metadata with that track.
+/// updates do): the server keeps each track's metadata with that track, and passes on none
+/// longer than its limit (README "Limits"; the publisher pads some to exactly it, and one byte
+/// over).
 fn check_track_metadata(
     oracles: &crate::oracle::Oracles,
     who: &str,
@@ -222,6 +224,18 @@ fn check_track_metadata(
         oracles.check(named == id, || {
             format!("{who}: track {id:.80} carries the metadata of track {named:.80}")
         });
+    }
+    if let Some(pad) = meta["pad"].as_str() {
+        let (len, limit) = (
+            meta.to_string().len(),
+            videoroom::engine::NegotiationConfig::default().max_track_metadata_bytes,
+        );
+        oracles.check(len <= limit, || {
+            format!("{who}: track {id:.80} metadata of {len} bytes passed on (limit {limit})")
+        });
+        if len == limit && !pad.is_empty() {
+            oracles.reached("client: track metadata of exactly the limit passed on");
+        }
     }
 }
 

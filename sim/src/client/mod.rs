@@ -483,7 +483,14 @@ impl Client {
         }
         self.joins_pending.insert(r);
         if self.weight("pipeline") > 0 && rt::rand::chance(0.5) {
-            let n = 1 + rt::rand::below(4);
+            // Now and then more than the socket holds for a pending join: the server must
+            // close (1008) rather than hold them all, unless the join was answered first.
+            let over = rt::rand::chance(0.1);
+            let n = if over {
+                videoroom::phoenix::MAX_HELD_FRAMES as u64 + 1 + rt::rand::below(4)
+            } else {
+                1 + rt::rand::below(4)
+            };
             self.log(format!("pipelines {n} updates behind its join"));
             self.oracles
                 .reached("client: pipelined frames behind a join");
@@ -747,10 +754,17 @@ impl Client {
                 self.send_updates(w, n).await
             }
             "garbage" if rt::rand::chance(0.1) => {
+                let max = videoroom::phoenix::SocketConfig::default().max_frame_bytes;
+                if rt::rand::chance(0.3) {
+                    // Exactly the limit, which the server must read (and then refuse as the
+                    // undecodable frame it is, 1011), not close as too big.
+                    self.log("sends a frame of exactly the size limit");
+                    w.send(&WireFrame::Oversized(max as u32)).await;
+                    return true;
+                }
                 // A frame one byte over the limit (a paste gone wrong, a hostile client).
                 self.log("sends a frame over the size limit");
                 self.oversized_at = Some(self.next_ref);
-                let max = videoroom::phoenix::SocketConfig::default().max_frame_bytes;
                 w.send(&WireFrame::Oversized(max as u32 + 1)).await;
                 true
             }
@@ -761,11 +775,13 @@ impl Client {
                 // A binary message (phoenix.js sends one only for ArrayBuffer payloads).
                 self.log("sends a binary frame");
                 self.binary_at = Some(self.next_ref);
-                w.send(&WireFrame::Binary(vec![
-                    0x42;
+                // Now and then exactly the size limit: still a binary frame (1003), not too big.
+                let len = if rt::rand::chance(0.2) {
+                    videoroom::phoenix::SocketConfig::default().max_frame_bytes
+                } else {
                     1 + rt::rand::below(64) as usize
-                ]))
-                .await;
+                };
+                w.send(&WireFrame::Binary(vec![0x42; len])).await;
                 true
             }
             "garbage" => {
@@ -1207,6 +1223,27 @@ impl Client {
         }
         if self.joins_pending.remove(&r) && self.joins_pending.is_empty() {
             self.held = 0;
+        }
+        // A tab's join reply that carries the join's join_ref went to the tab (`Tabs::owns`).
+        // Without it, only S6's refusal of an unmatched topic (null join_ref; phoenix.js still
+        // hands it to the join by its ref); anything else is a reply phoenix.js would take for
+        // another push's (a join on the heartbeat topic answered as a heartbeat).
+        if self.tabs.joining(&r) {
+            let p = &f.payload;
+            if p["status"] == "error" && p["response"]["reason"] == "unmatched topic" {
+                let mut to_tab = f.clone();
+                to_tab.join_ref = Some(r.clone());
+                let max = videoroom::app::Limits::default().socket.max_channels;
+                if let Some(refusal) = self.tabs.on_frame(idx, &to_tab, max, &self.oracles) {
+                    self.check_tab_refusal(&to_tab.topic, refusal);
+                }
+            } else {
+                self.oracles.fail(format!(
+                    "c{idx}: reply to the join ref {r} on {} without its join_ref: {p}",
+                    f.topic
+                ));
+            }
+            return true;
         }
         if let Some(sent) = self.heartbeats.remove(&r) {
             self.alive_at = Some(self.alive_at.map_or(sent, |t| t.max(sent)));
