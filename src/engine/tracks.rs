@@ -670,11 +670,18 @@ impl TrackNegotiation {
         }
         let negotiation = self.next_negotiation;
         self.next_negotiation += 1;
-        let forwarding = mlines
+        let forwarding: BTreeSet<String> = mlines
             .iter()
             .filter(|l| matches!(l.role, MLineRole::Outbound { .. }))
             .map(|l| l.mid.clone())
             .collect();
+        // The plane stops forwarding a line as soon as it has an offer without it; it starts
+        // on a new one only with the answer (below).
+        for o in &mut state.outbound {
+            if !o.mid.as_ref().is_some_and(|m| forwarding.contains(m)) {
+                o.forwarded = false;
+            }
+        }
         state.phase = Phase::AwaitingAnswer {
             negotiation,
             mid_to_track_id,
