@@ -110,7 +110,8 @@ pub struct Negotiator {
     pub negotiations: u64,
     /// Answers applied: a local candidate of the server needs a remote description to go to.
     answers: u64,
-    /// An unparsable offer was sent: the server owes one media `error` for it.
+    /// Media `error`s the server owes: one per broken offer and per track update over the
+    /// metadata limit.
     error_due: u32,
     /// What [`gone`](Self::gone) held when the open offer was made.
     gone_at_offer: BTreeSet<String>,

@@ -1087,10 +1087,7 @@ impl Client {
         }
         self.tabs.note_ended(&f);
         if self.tabs.owns(&f) {
-            let max = videoroom::app::Limits::default().socket.max_channels;
-            if let Some(r) = self.tabs.on_frame(self.idx, &f, max, &self.oracles) {
-                self.check_tab_refusal(&f.topic, r);
-            }
+            self.on_tab_frame(&f);
             return true;
         }
         if let Some(jr) = &f.join_ref {
@@ -1195,6 +1192,14 @@ impl Client {
             .unwrap_or(0)
     }
 
+    /// A frame of one of the tabs (by its join_ref), and the refusal it may carry.
+    fn on_tab_frame(&mut self, f: &Frame) {
+        let max = videoroom::app::Limits::default().socket.max_channels;
+        if let Some(r) = self.tabs.on_frame(self.idx, f, max, &self.oracles) {
+            self.check_tab_refusal(&f.topic, r);
+        }
+    }
+
     /// A `phx_reply`: counted, matched to what it answers, and checked.
     async fn on_reply(&mut self, w: &mut wire::Writer, f: &Frame, text: &str) -> bool {
         let idx = self.idx;
@@ -1233,10 +1238,7 @@ impl Client {
             if p["status"] == "error" && p["response"]["reason"] == "unmatched topic" {
                 let mut to_tab = f.clone();
                 to_tab.join_ref = Some(r.clone());
-                let max = videoroom::app::Limits::default().socket.max_channels;
-                if let Some(refusal) = self.tabs.on_frame(idx, &to_tab, max, &self.oracles) {
-                    self.check_tab_refusal(&to_tab.topic, refusal);
-                }
+                self.on_tab_frame(&to_tab);
             } else {
                 self.oracles.fail(format!(
                     "c{idx}: reply to the join ref {r} on {} without its join_ref: {p}",

@@ -251,11 +251,10 @@ impl Worker {
         );
     }
 
-    /// The thread's body: a current-thread runtime for the socket's readiness and the timer.
-    /// Runs the worker on the calling thread until its command queue closes. `ready` hears,
-    /// once, whether the runtime and sockets are in place: the starter waits for it, so a
-    /// server reports a worker that cannot start, and what the workers hold (their runtime's
-    /// descriptors) is in place before anyone measures it.
+    /// The thread's body: a current-thread runtime for the socket's readiness and the timer,
+    /// until the command queue closes. `ready` hears, once, whether the runtime and sockets are
+    /// in place: the starter waits for it, so a server reports a worker that cannot start, and
+    /// what the workers hold (their runtime's descriptors) is in place before anyone measures it.
     pub(super) fn run(
         mut self,
         socket: std::net::UdpSocket,
@@ -264,30 +263,26 @@ impl Worker {
         rx: mpsc::Receiver<Cmd>,
         ready: std::sync::mpsc::SyncSender<std::io::Result<()>>,
     ) {
-        let rt = match net_tokio::runtime::Builder::new_current_thread()
+        let started = net_tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            Ok(rt) => rt,
+            .and_then(|rt| {
+                let in_rt = rt.enter();
+                let socket = net_tokio::net::UdpSocket::from_std(socket)?;
+                let listener = listener
+                    .map(net_tokio::net::UdpSocket::from_std)
+                    .transpose()?;
+                drop(in_rt);
+                Ok((rt, socket, listener))
+            });
+        let (rt, socket, listener) = match started {
+            Ok(s) => s,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
         rt.block_on(async move {
-            let sockets = net_tokio::net::UdpSocket::from_std(socket).and_then(|socket| {
-                let listener = listener
-                    .map(net_tokio::net::UdpSocket::from_std)
-                    .transpose()?;
-                Ok((socket, listener))
-            });
-            let (socket, listener) = match sockets {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return;
-                }
-            };
             let io = Io {
                 local: self.local,
                 socket,
