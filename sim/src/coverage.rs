@@ -72,6 +72,9 @@ pub const SOMETIMES: &[&str] = &[
     "OutOfMlines",
     // Track metadata of exactly the server's limit, which it must take and pass on.
     "client: track metadata of exactly the limit passed on",
+    // A metadata update sent within the peer's update burst, checked as heard by a peer that
+    // heard updates of it before and after (the budget may drop only what exceeds the burst).
+    "oracle: update within the budget heard between two others",
 ];
 
 /// Event counts of one world, by event name. Keyed by the name's address (names are static

@@ -8,7 +8,7 @@
 //! time, since every such panic is a bug (injected faults never panic).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +51,11 @@ struct Inner {
     /// Per (client, join_ref): its topic, and the metadata seqs heard per peer, in
     /// `endpointUpdated` order.
     heard: BTreeMap<(usize, String), Heard>,
+    /// Client index of each peer heard from (from its metadata).
+    peer_client: BTreeMap<String, usize>,
+    /// (client, seq) of metadata updates sent within the client's update burst on a live,
+    /// connected channel: the room must pass each on.
+    in_budget: BTreeSet<(usize, u64)>,
 }
 
 #[derive(Clone, Default)]
@@ -138,9 +143,23 @@ impl Oracles {
         v
     }
 
-    /// Client `client`'s channel `join_ref` on `topic` heard `peer`'s metadata update `seq`.
-    pub fn heard(&self, client: usize, join_ref: &str, topic: &str, peer: &str, seq: u64) {
+    /// Client `client`'s channel `join_ref` on `topic` heard `peer`'s (client `from`'s)
+    /// metadata update `seq`.
+    pub fn heard(
+        &self,
+        client: usize,
+        join_ref: &str,
+        topic: &str,
+        peer: &str,
+        from: Option<usize>,
+        seq: u64,
+    ) {
         let mut i = self.0.lock().unwrap();
+        if let Some(k) = from {
+            if !i.peer_client.contains_key(peer) {
+                i.peer_client.insert(peer.to_owned(), k);
+            }
+        }
         let (_, by_peer) = i
             .heard
             .entry((client, join_ref.to_owned()))
@@ -151,6 +170,11 @@ impl Oracles {
                 by_peer.insert(peer.to_owned(), vec![seq]);
             }
         }
+    }
+
+    /// Client `client` sent its metadata update `seq` within its update burst.
+    pub fn sent_in_budget(&self, client: usize, seq: u64) {
+        self.0.lock().unwrap().in_budget.insert((client, seq));
     }
 
     /// The channel left the media session (its roster is gone): what it heard no longer
@@ -211,9 +235,50 @@ impl Oracles {
                 }
             }
         }
+        let spotted = self.missed_in_budget(&mut bad);
+        if spotted > 0 {
+            *self
+                .0
+                .lock()
+                .unwrap()
+                .reached
+                .entry("oracle: update within the budget heard between two others")
+                .or_default() += spotted;
+        }
         for v in bad {
             self.fail(v);
         }
+    }
+
+    /// The update budget drops only what a peer sends past its burst: an update sent within
+    /// it reaches every peer of the room. A channel that heard a peer's updates `a` and `b`
+    /// was in the room, connected, all the while between (FIFO): it must have heard every
+    /// update of that peer sent within the budget in between. Returns how many such updates
+    /// were checked.
+    fn missed_in_budget(&self, bad: &mut Vec<String>) -> u64 {
+        let i = self.0.lock().unwrap();
+        let mut checked = 0;
+        for ((c, jr), (topic, by_peer)) in &i.heard {
+            for (peer, seqs) in by_peer {
+                let (Some(k), Some(&first), Some(&last)) =
+                    (i.peer_client.get(peer), seqs.first(), seqs.last())
+                else {
+                    continue;
+                };
+                if last <= first + 1 {
+                    continue;
+                }
+                for &(_, s) in i.in_budget.range((*k, first + 1)..(*k, last)) {
+                    checked += 1;
+                    if !seqs.contains(&s) {
+                        bad.push(format!(
+                            "on {topic}, c{c} (jr {jr}) heard peer {peer} (c{k})'s updates {first} and {last} but not {s}, which c{k} sent within its update burst"
+                        ));
+                    }
+                }
+            }
+        }
+        checked
     }
 
     pub fn checks(&self) -> u64 {

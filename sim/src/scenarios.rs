@@ -106,6 +106,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
         join_secret: None,
         metadata_bytes: 0,
+        update_burst: videoroom::app::Limits::default().peer_update_burst,
         slow_links: false,
         workload: Default::default(),
         cluster: false,

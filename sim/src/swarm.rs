@@ -89,6 +89,10 @@ pub struct Swarm {
     /// world where the per-socket byte budget, not the frame count, is the outbound bound a
     /// slow client meets; at most the server's metadata limit.
     pub metadata_bytes: usize,
+    /// The server's per-peer update burst (`Limits::peer_update_burst`, set by the world with
+    /// its limits): a client that has sent no more broadcast events (connect, metadata updates)
+    /// on a channel than this can have had none dropped for its budget.
+    pub update_burst: u32,
     /// Some clients' downlinks are slow (set by the world with its links).
     pub slow_links: bool,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
@@ -183,6 +187,7 @@ impl Swarm {
             idle_timeout: videoroom::phoenix::SocketConfig::default().idle_timeout,
             join_secret: None,
             metadata_bytes: 0,
+            update_burst: videoroom::app::Limits::default().peer_update_burst,
             slow_links: false,
             workload: Arc::default(),
             cluster: false,

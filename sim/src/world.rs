@@ -314,6 +314,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     if let Err(e) = limits.validate() {
         panic!("the swarm drew limits the server refuses: {e}");
     }
+    swarm.update_burst = limits.peer_update_burst;
     let etcd_data = opts.cluster.then(Etcd::new);
     let life = crate::ownership::NodeLife::default();
     if let Some(e) = &etcd_data {

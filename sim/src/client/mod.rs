@@ -129,6 +129,12 @@ struct Chan {
     /// Malformed media events sent whose media `error` has not come yet (the server answers
     /// each, in order, whatever else it is doing).
     malformed_owed: u32,
+    /// Events sent on this channel that the server takes from the peer's update budget
+    /// (`connect`, endpoint and track metadata updates), counting from the join: at least what
+    /// the server has taken for this channel's peer.
+    broadcasts: u32,
+    /// `connect` went out: updates sent after it (while live) reach the session, in order.
+    connect_sent: bool,
 }
 
 impl Chan {
@@ -467,6 +473,8 @@ impl Client {
             hung_up: false,
             reconnect_at: None,
             malformed_owed: 0,
+            broadcasts: 0,
+            connect_sent: false,
         });
         self.log(format!("join {topic} ref {r}"));
         // At once, so a room crash injected from now on expects no phx_error for the old one.
@@ -516,6 +524,11 @@ impl Client {
     /// The metadata update carrying `seq` (the current one again is an unchanged update).
     async fn send_update(&mut self, w: &mut wire::Writer, seq: u64) -> bool {
         let (idx, bytes) = (self.idx, self.swarm.metadata_bytes);
+        if self.take_budget() {
+            // Within the burst the server grants every peer: however the clock runs, the room
+            // cannot drop it for the budget, so every peer in the room must hear it.
+            self.oracles.sent_in_budget(idx, seq);
+        }
         self.send_media_frame(w, |refs| update_frame_text(refs, idx, seq, bytes))
             .await
     }
@@ -537,7 +550,33 @@ impl Client {
     }
 
     async fn media(&mut self, w: &mut wire::Writer, event: Value) -> bool {
+        let budgeted = match event["type"].as_str() {
+            Some("connect") => {
+                if let Some(c) = self.chan.as_mut() {
+                    c.connect_sent = true;
+                }
+                true
+            }
+            Some("updateEndpointMetadata") => true,
+            Some("custom") => event["data"]["type"] == "updateTrackMetadata",
+            _ => false,
+        };
+        if budgeted {
+            self.take_budget();
+        }
         self.media_text(w, event.to_string()).await
+    }
+
+    /// Counts one event the server takes from the peer's update budget on the current
+    /// channel; true if the channel is live, has sent `connect`, and has sent no more such
+    /// events than the burst (a connected peer's update sent then is never dropped).
+    fn take_budget(&mut self) -> bool {
+        let burst = self.swarm.update_burst;
+        let Some(c) = self.chan.as_mut() else {
+            return false;
+        };
+        c.broadcasts += 1;
+        c.live() && c.connect_sent && c.broadcasts <= burst
     }
 
     /// A media event already serialised.
@@ -1457,7 +1496,9 @@ impl Client {
                 else {
                     return Vec::new();
                 };
-                self.oracles.heard(idx, &c.join_ref, &c.topic, id, seq);
+                let from = client_of(data);
+                self.oracles
+                    .heard(idx, &c.join_ref, &c.topic, id, from, seq);
                 if c.meta.insert(id.to_string(), seq) == Some(seq) {
                     self.oracles.fail(format!(
                         "c{idx}: endpointUpdated for peer {id} repeats the metadata it holds (seq {seq}): \
