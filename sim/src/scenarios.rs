@@ -107,6 +107,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         join_secret: None,
         metadata_bytes: 0,
         update_burst: videoroom::app::Limits::default().peer_update_burst,
+        recv_lines: crate::swarm::recv_lines(None),
         slow_links: false,
         workload: Default::default(),
         cluster: false,

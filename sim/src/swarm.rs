@@ -93,6 +93,9 @@ pub struct Swarm {
     /// its limits): a client that has sent no more broadcast events (connect, metadata updates)
     /// on a channel than this can have had none dropped for its budget.
     pub update_burst: u32,
+    /// Receiving m-lines the server may give one connection: its m-line bound (the world's
+    /// `max_mlines`, else the SDP limit) less the lines it keeps for the peer's own tracks.
+    pub recv_lines: usize,
     /// Some clients' downlinks are slow (set by the world with its links).
     pub slow_links: bool,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
@@ -188,6 +191,7 @@ impl Swarm {
             join_secret: None,
             metadata_bytes: 0,
             update_burst: videoroom::app::Limits::default().peer_update_burst,
+            recv_lines: recv_lines(None),
             slow_links: false,
             workload: Arc::default(),
             cluster: false,
@@ -332,4 +336,13 @@ mod tests {
         let drawn: std::collections::BTreeSet<Action> = (0..500).filter_map(|_| s.pick()).collect();
         assert_eq!(drawn, [Action::Media, Action::Flood].into());
     }
+}
+
+/// Receiving m-lines a connection may be given where the server bounds connections to
+/// `max_mlines` m-lines (None: the SDP limit alone).
+pub fn recv_lines(max_mlines: Option<usize>) -> usize {
+    let sdp = videoroom::engine::sdp::MAX_MLINES;
+    max_mlines
+        .map_or(sdp, |n| n.min(sdp))
+        .saturating_sub(videoroom::engine::NegotiationConfig::default().max_published_tracks)
 }

@@ -208,6 +208,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     if let Some(n) = max_mlines {
         trace.log(format_args!("connections bounded to {n} m-lines"));
     }
+    swarm.recv_lines = crate::swarm::recv_lines(max_mlines);
     // An idle timeout a world reaches (the production 60 s never is): a socket that heartbeats
     // every 500 ms must never hit it, one whose link is clogged for longer must.
     let mut server_draw = Stream::new(seed, "server");

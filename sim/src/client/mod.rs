@@ -1398,6 +1398,7 @@ impl Client {
         let breaks_offer = self.weight("garbage") > 0 && rt::rand::chance(0.2);
         let unparsable = rt::rand::chance(0.5);
         let trespasser = self.weight("trespass") > 0;
+        let recv_lines = self.swarm.recv_lines;
         let Some(c) = self.chan.as_mut() else {
             return Vec::new();
         };
@@ -1560,6 +1561,17 @@ impl Client {
                             self.trace.log(format_args!("{who} {what}"));
                         }
                     }
+                    // Every receiving line is one the server announced a track on, and it
+                    // keeps room for the peer's own tracks within its m-line bound.
+                    let types = &data["data"]["tracksTypes"];
+                    let lines =
+                        types["audio"].as_u64().unwrap_or(0) + types["video"].as_u64().unwrap_or(0);
+                    self.oracles.check(lines <= recv_lines as u64, || {
+                        format!(
+                            "{who}: offerData asks for {lines} receiving m-lines, more than the \
+                             {recv_lines} the server's m-line bound leaves a connection"
+                        )
+                    });
                     let offer = c.neg.on_offer_data(&who, &data["data"], &self.oracles);
                     if breaks_offer {
                         self.oracles.reached("client: sent an unparsable sdpOffer");
