@@ -2,6 +2,7 @@
 //! simulated listener. Each connection gets the same socket process production runs behind
 //! axum; only the frame pumps differ.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use videoroom::app::{App, Limits};
 use videoroom::cluster::rooms::{Cluster, ClusterConfig};
 use videoroom::conn::{self, Transport, WsIn, WsOut};
-use videoroom::engine::PlaneFactory;
+use videoroom::engine::{FakePlane, PlaneEvent, PlaneFactory, PlaneSink};
 use videoroom::join_token::JoinSecret;
 use videoroom::rt::watch;
 
@@ -56,6 +57,8 @@ pub struct Node {
     pub candidate_burst: usize,
     /// The planes report voice activity.
     pub voices: bool,
+    /// What the planes last reported of each track's voice (shared by the world's nodes).
+    pub voice_log: VoiceLog,
     /// M-lines per connection, where smaller than the default.
     pub max_mlines: Option<usize>,
     pub links: Links,
@@ -66,16 +69,37 @@ pub struct Node {
     pub cluster: Option<ClusterConfig>,
 }
 
+/// Track id -> whether the plane's last report of it was speech.
+pub type VoiceLog = Arc<Mutex<BTreeMap<String, bool>>>;
+
 pub async fn serve(node: Node) {
     let app = App::new(node.limits).with_join_secret(node.join_secret);
     let mut negotiation = (*app.negotiation).clone();
     if let Some(n) = node.max_mlines {
         negotiation.max_mlines = n;
     }
-    let app = app.with_media(
-        negotiation,
-        PlaneFactory::fake_simulated(node.plane_latency, node.candidate_burst, node.voices),
-    );
+    let (latency, burst, voices) = (node.plane_latency, node.candidate_burst, node.voices);
+    let log = node.voice_log.clone();
+    // The simulated plane, whose voice reports are also written down as they reach the room:
+    // what the room must pass on to every peer that knows the track.
+    let planes = PlaneFactory::new(move |_room, sink| {
+        let log = log.clone();
+        let sink = PlaneSink::new(move |e| {
+            if let PlaneEvent::VoiceActivity {
+                track_id, speech, ..
+            } = &e
+            {
+                log.lock().unwrap().insert(track_id.clone(), *speech);
+            }
+            sink.send(e);
+        });
+        Box::new(
+            FakePlane::with_latency(sink, latency)
+                .trickling(burst)
+                .voicing(voices),
+        )
+    });
+    let app = app.with_media(negotiation, planes);
     if let Some(cfg) = node.cluster.clone() {
         // The dist port is freed by the kill before a restart; retry while it is torn down.
         let cluster = loop {

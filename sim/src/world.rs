@@ -333,6 +333,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         ));
         node.id()
     });
+    let voice_log = server::VoiceLog::default();
     let n_servers = if opts.cluster { CLUSTER_NODES } else { 1 };
     let apps: Vec<CurrentApp> = (0..n_servers).map(|_| Arc::new(Mutex::new(None))).collect();
     let servers: Vec<madsim::task::NodeId> = (0..n_servers)
@@ -343,6 +344,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
                 plane_latency,
                 candidate_burst: burst,
                 voices,
+                voice_log: voice_log.clone(),
                 max_mlines,
                 links,
                 join_secret: swarm.join_secret.as_deref().cloned(),
@@ -467,7 +469,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let mut reason;
     loop {
         check_servers(&apps, &oracles, &mut audited);
-        reason = converged(&apps, &views, max_mlines).await;
+        reason = converged(&apps, &views, max_mlines, &voice_log).await;
         settle_end = settle_end.max(squatters_due(&views));
         if reason.is_none() || time::now() >= settle_end {
             break;
@@ -736,6 +738,7 @@ async fn converged(
     apps: &[CurrentApp],
     views: &Views,
     max_mlines: Option<usize>,
+    voice_log: &server::VoiceLog,
 ) -> Option<String> {
     let mut up = Vec::new();
     for (idx, app) in apps.iter().enumerate() {
@@ -904,6 +907,23 @@ async fn converged(
                     v.mlines,
                     if full { ", full" } else { "" }
                 ));
+            }
+            // Every track it knows shows the voice the plane last reported of it: the room passes
+            // each change on to every peer that knows the track, and tells a peer that learns of a
+            // speaking track so (a lost one leaves a speaking marker on, or off, for good).
+            {
+                let log = voice_log.lock().unwrap();
+                if let Some((t, held)) = v
+                    .voices
+                    .iter()
+                    .find(|(t, held)| log.get(*t).copied().unwrap_or(false) != **held)
+                {
+                    return Some(format!(
+                        "c{idx} shows track {t:.80} {}, but the plane last reported it {}",
+                        if *held { "speaking" } else { "silent" },
+                        if *held { "silent" } else { "speaking" },
+                    ));
+                }
             }
         }
         // Every picture it receives has had a keyframe since it started (the server asks the

@@ -79,6 +79,8 @@ pub struct View {
     pub track_meta: BTreeMap<String, Value>,
     /// The m-lines of its connection (its own and those it receives on).
     pub mlines: usize,
+    /// The audio tracks it knows, and whether it was last told each is speaking.
+    pub voices: BTreeMap<String, bool>,
 }
 
 pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
@@ -339,6 +341,11 @@ impl Client {
                 .map(|c| c.track_meta.clone())
                 .unwrap_or_default(),
             mlines: self.chan.as_ref().map_or(0, |c| c.neg.mline_count()),
+            voices: self
+                .chan
+                .as_ref()
+                .map(|c| c.voices.clone())
+                .unwrap_or_default(),
         };
         self.views.lock().unwrap().insert(self.idx, v);
     }
