@@ -127,7 +127,14 @@ impl Tabs {
         let mut out = Vec::new();
         for _ in 0..n {
             self.next += 1;
-            let topic = format!("room:t{idx}-{}", self.next % 6);
+            let name = format!("t{idx}-{}", self.next % 6);
+            // Now and then a name of exactly the server's limit, which it must take.
+            let name = if self.next % 3 == 0 {
+                padded(&name, videoroom::app::Limits::default().max_room_name_bytes)
+            } else {
+                name
+            };
+            let topic = format!("room:{name}");
             if self.tabs.values().any(|t| t.topic == topic) {
                 continue;
             }
@@ -165,8 +172,9 @@ impl Tabs {
                 json!({}),
                 RoomNameError::BadCharacter.to_string(),
             ),
+            // One byte over the limit: the limit itself is a tab's name (below).
             3 => (
-                named(&format!("{own}{}", "y".repeat(max))),
+                named(&padded(&own, max + 1)),
                 json!({}),
                 RoomNameError::TooLong { max }.to_string(),
             ),
@@ -344,4 +352,9 @@ impl Tabs {
         }
         out
     }
+}
+
+/// `name` padded with `y` to `len` bytes (names here are ASCII and shorter).
+fn padded(name: &str, len: usize) -> String {
+    format!("{name}{}", "y".repeat(len.saturating_sub(name.len())))
 }
