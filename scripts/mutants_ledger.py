@@ -77,8 +77,12 @@ def record(outdir, pass_, blobs_path, ledger):
     blobs = read_blobs(blobs_path)
     commit = os.environ.get("MUTANTS_COMMIT", "")
     today = datetime.date.today().isoformat()
-    # Pass 2 reruns pass 1's survivors: a later verdict of the same pass replaces an earlier one.
-    existing = {(r["blob"], r["pass"], r["name"]) for r in read_ledger(ledger)}
+    # A later verdict of the same pass replaces an earlier one (the tally reads the last row):
+    # pass 2 reruns pass 1's survivors, and a survivor is rerun once the harness has an oracle
+    # for it. A rerun with the same outcome adds nothing.
+    latest = {}
+    for r in read_ledger(ledger):
+        latest[(r["blob"], r["pass"], r["name"])] = r["outcome"]
     new = []
     for outcome in OUTCOMES:
         path = os.path.join(outdir, "mutants.out", f"{outcome}.txt")
@@ -91,7 +95,7 @@ def record(outdir, pass_, blobs_path, ledger):
                 blob = blobs.get(file_of(name))
                 if blob is None:
                     die(f"{name}: its file is not in {blobs_path}")
-                if (blob, pass_, name) in existing:
+                if latest.get((blob, pass_, name)) == outcome:
                     continue
                 if "\t" in name or "\n" in name:
                     die(f"{name!r}: a tab in a mutant name")
