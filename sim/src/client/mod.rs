@@ -498,6 +498,14 @@ impl Client {
         }
         self.joins_pending.insert(r);
         if self.weight("pipeline") > 0 && rt::rand::chance(0.5) {
+            if rt::rand::chance(0.05) {
+                // One frame as large as a frame may be: what the socket holds for the join is
+                // then exactly its byte bound, which it must hold, not close for.
+                self.log("pipelines a frame of exactly the size limit behind its join");
+                self.oracles
+                    .reached("client: pipelined a frame of exactly the held-byte bound");
+                return self.send_update_of_frame_size(w).await;
+            }
             // Now and then more than the socket holds for a pending join: the server must
             // close (1008) rather than hold them all, unless the join was answered first.
             let over = rt::rand::chance(0.1);
@@ -526,6 +534,23 @@ impl Client {
             }
         }
         true
+    }
+
+    /// A metadata update whose frame is exactly the server's frame size limit (its metadata far
+    /// over the metadata limit: sent before `connect`, it is dropped unread).
+    async fn send_update_of_frame_size(&mut self, w: &mut wire::Writer) -> bool {
+        let max = videoroom::phoenix::SocketConfig::default().max_frame_bytes;
+        self.my_seq += 1;
+        let (idx, seq) = (self.idx, self.my_seq);
+        self.send_media_frame(w, |refs| {
+            // Past the unpadded metadata, every byte of padding is one byte of frame.
+            let base = 256;
+            let short = update_frame_text(refs, idx, seq, base).len();
+            let text = update_frame_text(refs, idx, seq, base + max - short);
+            debug_assert_eq!(text.len(), max);
+            text
+        })
+        .await
     }
 
     /// The metadata update carrying `seq` (the current one again is an unchanged update).
