@@ -90,6 +90,11 @@ impl Tabs {
         self.tabs.is_empty()
     }
 
+    /// Tabs whose channel has not ended.
+    pub fn len(&self) -> usize {
+        self.tabs.len()
+    }
+
     /// Whether `f` belongs to one of the tabs (the client must not handle it).
     pub fn owns(&self, f: &Frame) -> bool {
         f.join_ref

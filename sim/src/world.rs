@@ -763,6 +763,13 @@ async fn converged(
         if !v.connected {
             return Some(format!("c{idx} not connected"));
         }
+        if v.tabs > 0 {
+            // Settling, every tab leaves; a join or leave never answered keeps one open.
+            return Some(format!(
+                "c{idx} still has {} tabs open (a join or leave left unanswered)",
+                v.tabs
+            ));
+        }
         if v.squatter {
             // Done once the server dropped it (or it never got a slot).
             if v.dropped.is_none() && v.refused.is_none() {

@@ -81,6 +81,9 @@ pub struct View {
     pub mlines: usize,
     /// The audio tracks it knows, and whether it was last told each is speaking.
     pub voices: BTreeMap<String, bool>,
+    /// Its other tabs' channels not yet ended (settling, each leaves; every join and leave is
+    /// answered, a refusal included).
+    pub tabs: usize,
 }
 
 pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
@@ -346,6 +349,7 @@ impl Client {
                 .as_ref()
                 .map(|c| c.voices.clone())
                 .unwrap_or_default(),
+            tabs: self.tabs.len(),
         };
         self.views.lock().unwrap().insert(self.idx, v);
     }
@@ -1269,6 +1273,7 @@ impl Client {
         if let Some(r) = self.tabs.on_frame(self.idx, f, max, &self.oracles) {
             self.check_tab_refusal(&f.topic, r);
         }
+        self.publish_view(true);
     }
 
     /// A `phx_reply`: counted, matched to what it answers, and checked.
@@ -1346,11 +1351,18 @@ impl Client {
         }
         if let Some((jr, leave)) = self.stale_refs.remove(&r) {
             // S7 (topic not joined: error, null join_ref) or S12 (a leave of a topic not
-            // joined: ok). Anything else means a newer channel handled it.
-            // (That the reply does not carry the current channel's join_ref is checked above.)
-            self.oracles.check(!ok || leave, || {
-                format!("c{idx}: the mediaEvent it sent on stale join_ref {jr} was answered ok")
-            });
+            // joined: ok). Anything else means a newer channel handled it. (A topic joined
+            // again under a newer join_ref drops the frame unanswered; that the reply does not
+            // carry the current channel's join_ref is checked above.)
+            let reason = f.payload["response"]["reason"].as_str().unwrap_or("");
+            self.oracles
+                .check(ok == leave && (ok || reason == "unmatched topic"), || {
+                    format!(
+                        "c{idx}: its {} on stale join_ref {jr} was answered {}",
+                        if leave { "phx_leave" } else { "mediaEvent" },
+                        f.payload
+                    )
+                });
             return true;
         }
         if self.pending_leave.as_deref() == Some(r.as_str()) {
