@@ -108,6 +108,7 @@ fn quiet(clients: usize, rooms: usize) -> Swarm {
         metadata_bytes: 0,
         update_burst: videoroom::app::Limits::default().peer_update_burst,
         recv_lines: crate::swarm::recv_lines(None),
+        turn: false,
         slow_links: false,
         workload: Default::default(),
         cluster: false,

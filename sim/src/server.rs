@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use videoroom::app::{App, Limits};
 use videoroom::cluster::rooms::{Cluster, ClusterConfig};
 use videoroom::conn::{self, Transport, WsIn, WsOut};
-use videoroom::engine::{FakePlane, PlaneEvent, PlaneFactory, PlaneSink};
+use videoroom::engine::{FakePlane, PlaneEvent, PlaneFactory, PlaneSink, TurnIssuer, TurnServer};
 use videoroom::join_token::JoinSecret;
 use videoroom::rt::watch;
 
@@ -59,6 +59,8 @@ pub struct Node {
     pub voices: bool,
     /// What the planes last reported of each track's voice (shared by the world's nodes).
     pub voice_log: VoiceLog,
+    /// Rooms mint each peer's TURN credentials ([`turn_server`]).
+    pub turn: bool,
     /// M-lines per connection, where smaller than the default.
     pub max_mlines: Option<usize>,
     pub links: Links,
@@ -69,6 +71,18 @@ pub struct Node {
     pub cluster: Option<ClusterConfig>,
 }
 
+/// The TURN server entry a room of a world with TURN mints for `peer`: a TURN REST username
+/// naming the peer, as the production issuer's does.
+pub fn turn_server(peer: &str) -> TurnServer {
+    TurnServer {
+        server_addr: "127.0.0.1".to_owned(),
+        server_port: 3478,
+        transport: "udp".to_owned(),
+        username: format!("86400:{peer}"),
+        password: format!("secret of {peer}"),
+    }
+}
+
 /// Track id -> whether the plane's last report of it was speech.
 pub type VoiceLog = Arc<Mutex<BTreeMap<String, bool>>>;
 
@@ -77,6 +91,9 @@ pub async fn serve(node: Node) {
     let mut negotiation = (*app.negotiation).clone();
     if let Some(n) = node.max_mlines {
         negotiation.max_mlines = n;
+    }
+    if node.turn {
+        negotiation.turn_issuer = Some(TurnIssuer::new(|peer| vec![turn_server(peer)]));
     }
     let (latency, burst, voices) = (node.plane_latency, node.candidate_burst, node.voices);
     let log = node.voice_log.clone();

@@ -96,6 +96,9 @@ pub struct Swarm {
     /// Receiving m-lines the server may give one connection: its m-line bound (the world's
     /// `max_mlines`, else the SDP limit) less the lines it keeps for the peer's own tracks.
     pub recv_lines: usize,
+    /// The rooms mint each peer's TURN credentials (`server::turn_server`); otherwise they
+    /// send none.
+    pub turn: bool,
     /// Some clients' downlinks are slow (set by the world with its links).
     pub slow_links: bool,
     /// The workload stream of the client holding this copy (see [`Swarm::for_client`]).
@@ -192,6 +195,7 @@ impl Swarm {
             metadata_bytes: 0,
             update_burst: videoroom::app::Limits::default().peer_update_burst,
             recv_lines: recv_lines(None),
+            turn: false,
             slow_links: false,
             workload: Arc::default(),
             cluster: false,

@@ -209,6 +209,12 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         trace.log(format_args!("connections bounded to {n} m-lines"));
     }
     swarm.recv_lines = crate::swarm::recv_lines(max_mlines);
+    // Half the worlds' rooms mint TURN credentials per peer, as the production server does
+    // (drawn last on the plane's stream, so the other draws are unchanged).
+    swarm.turn = plane.chance(0.5);
+    if swarm.turn {
+        trace.log(format_args!("TURN credentials minted per peer"));
+    }
     // An idle timeout a world reaches (the production 60 s never is): a socket that heartbeats
     // every 500 ms must never hit it, one whose link is clogged for longer must.
     let mut server_draw = Stream::new(seed, "server");
@@ -345,6 +351,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
                 candidate_burst: burst,
                 voices,
                 voice_log: voice_log.clone(),
+                turn: swarm.turn,
                 max_mlines,
                 links,
                 join_secret: swarm.join_secret.as_deref().cloned(),

@@ -1443,6 +1443,7 @@ impl Client {
         let unparsable = rt::rand::chance(0.5);
         let trespasser = self.weight("trespass") > 0;
         let recv_lines = self.swarm.recv_lines;
+        let turn = self.swarm.turn;
         let Some(c) = self.chan.as_mut() else {
             return Vec::new();
         };
@@ -1582,54 +1583,68 @@ impl Client {
                     *held = data["metadata"].clone();
                 }
             }
-            "custom" => match data["type"].as_str().unwrap_or("") {
-                "offerData" => {
-                    // A trespasser sometimes also claims a track that is not its to publish.
-                    if trespasser && rt::rand::chance(0.3) {
-                        let own = c.peer_id.clone().unwrap_or_default();
-                        let what = c.neg.forge(&own, rt::rand::below(4));
-                        self.oracles.reached("client: forged a track in its offer");
-                        self.trace
-                            .log(format_args!("{who} forges {what} in its offer"));
-                    }
-                    // ... or misuses its m-lines: refuses one it receives on, or revives a
-                    // stopped track's.
-                    if trespasser && rt::rand::chance(0.3) {
-                        let refuse = rt::rand::chance(0.5);
-                        if let Some(what) = c.neg.misuse(refuse) {
-                            self.oracles.reached(if refuse {
-                                "client: refused a line it receives on"
-                            } else {
-                                "client: revived a stopped track's line"
-                            });
-                            self.trace.log(format_args!("{who} {what}"));
+            "custom" => {
+                match data["type"].as_str().unwrap_or("") {
+                    "offerData" => {
+                        // A trespasser sometimes also claims a track that is not its to publish.
+                        if trespasser && rt::rand::chance(0.3) {
+                            let own = c.peer_id.clone().unwrap_or_default();
+                            let what = c.neg.forge(&own, rt::rand::below(4));
+                            self.oracles.reached("client: forged a track in its offer");
+                            self.trace
+                                .log(format_args!("{who} forges {what} in its offer"));
                         }
-                    }
-                    // Every receiving line is one the server announced a track on, and it
-                    // keeps room for the peer's own tracks within its m-line bound.
-                    let types = &data["data"]["tracksTypes"];
-                    let lines =
-                        types["audio"].as_u64().unwrap_or(0) + types["video"].as_u64().unwrap_or(0);
-                    self.oracles.check(lines <= recv_lines as u64, || {
-                        format!(
+                        // ... or misuses its m-lines: refuses one it receives on, or revives a
+                        // stopped track's.
+                        if trespasser && rt::rand::chance(0.3) {
+                            let refuse = rt::rand::chance(0.5);
+                            if let Some(what) = c.neg.misuse(refuse) {
+                                self.oracles.reached(if refuse {
+                                    "client: refused a line it receives on"
+                                } else {
+                                    "client: revived a stopped track's line"
+                                });
+                                self.trace.log(format_args!("{who} {what}"));
+                            }
+                        }
+                        // Every receiving line is one the server announced a track on, and it
+                        // keeps room for the peer's own tracks within its m-line bound.
+                        let types = &data["data"]["tracksTypes"];
+                        let lines = types["audio"].as_u64().unwrap_or(0)
+                            + types["video"].as_u64().unwrap_or(0);
+                        self.oracles.check(lines <= recv_lines as u64, || {
+                            format!(
                             "{who}: offerData asks for {lines} receiving m-lines, more than the \
                              {recv_lines} the server's m-line bound leaves a connection"
                         )
-                    });
-                    let offer = c.neg.on_offer_data(&who, &data["data"], &self.oracles);
-                    if breaks_offer {
-                        self.oracles.reached("client: sent an unparsable sdpOffer");
-                        return c.neg.break_offer(unparsable);
+                        });
+                        // The TURN credentials are this peer's own (minted for it), or none.
+                        if let Some(own) = &c.peer_id {
+                            let got = &data["data"]["integratedTurnServers"];
+                            let want = if turn {
+                                json!([crate::server::turn_server(own)])
+                            } else {
+                                json!([])
+                            };
+                            self.oracles.check(*got == want, || {
+                            format!("{who}: offerData carries TURN servers {got:.200}, not {want:.200}")
+                        });
+                        }
+                        let offer = c.neg.on_offer_data(&who, &data["data"], &self.oracles);
+                        if breaks_offer {
+                            self.oracles.reached("client: sent an unparsable sdpOffer");
+                            return c.neg.break_offer(unparsable);
+                        }
+                        return vec![offer];
                     }
-                    return vec![offer];
+                    "sdpAnswer" => c.neg.on_answer(&who, &data["data"], &self.oracles),
+                    "candidate" => c.neg.on_candidate(&who, &data["data"], &self.oracles),
+                    "vadNotification" => {
+                        checks::voice_activity(&self.oracles, &who, &mut c.voices, &data["data"])
+                    }
+                    _ => {}
                 }
-                "sdpAnswer" => c.neg.on_answer(&who, &data["data"], &self.oracles),
-                "candidate" => c.neg.on_candidate(&who, &data["data"], &self.oracles),
-                "vadNotification" => {
-                    checks::voice_activity(&self.oracles, &who, &mut c.voices, &data["data"])
-                }
-                _ => {}
-            },
+            }
             "error" => {
                 let message = data["message"].as_str().unwrap_or_default();
                 checks::error_message(&self.oracles, &who, message);
