@@ -48,15 +48,17 @@ impl Client {
     }
 
     /// The server closed the connection for too many frames held for pending joins (1008): it
-    /// holds at most `MAX_HELD_FRAMES` and gives them back as it answers each join, so the
-    /// client must have sent more than that while some join of its was unanswered.
+    /// holds at most `MAX_HELD_FRAMES`, and at most the frame size limit in bytes, and gives
+    /// them back as it answers each join, so the client must have sent more than that while
+    /// some join of its was unanswered.
     pub(super) fn check_held_close(&mut self) {
-        let (idx, peak) = (self.idx, self.held_peak);
+        let (idx, peak, bytes) = (self.idx, self.held_peak, self.held_bytes_peak);
         let max = videoroom::phoenix::MAX_HELD_FRAMES;
+        let max_bytes = videoroom::phoenix::SocketConfig::default().max_frame_bytes;
         self.oracles
             .reached("client: closed for too many held frames");
-        self.oracles.check(peak > max, || {
-            format!("c{idx}: closed for too many frames held for a pending join, but it never sent more than {peak} while a join was pending (the socket holds {max})")
+        self.oracles.check(peak > max || bytes > max_bytes, || {
+            format!("c{idx}: closed for too many frames held for a pending join, but it never sent more than {peak} frames ({bytes} bytes) while a join was pending (the socket holds {max}, {max_bytes} bytes)")
         });
     }
 

@@ -223,6 +223,9 @@ pub struct Client {
     /// least as many as the socket can have held at once.
     held: usize,
     held_peak: usize,
+    /// The same in bytes (the socket also bounds what it holds by the frame size limit).
+    held_bytes: usize,
+    held_bytes_peak: usize,
     /// The message ref counter when this connection sent a frame over the server's size
     /// limit: the server must close the connection (1009) before answering anything later.
     oversized_at: Option<u64>,
@@ -293,6 +296,8 @@ impl Client {
             joins_pending: BTreeSet::new(),
             held: 0,
             held_peak: 0,
+            held_bytes: 0,
+            held_bytes_peak: 0,
             oversized_at: None,
             binary_at: None,
             freeze: false,
@@ -393,6 +398,7 @@ impl Client {
             self.alive_at = None;
             self.joins_pending.clear();
             (self.held, self.held_peak) = (0, 0);
+            (self.held_bytes, self.held_bytes_peak) = (0, 0);
             self.oversized_at = None;
             self.binary_at = None;
             self.tabs.reset();
@@ -450,6 +456,8 @@ impl Client {
         if topic != "phoenix" && !self.joins_pending.is_empty() {
             self.held += 1;
             self.held_peak = self.held_peak.max(self.held);
+            self.held_bytes += text.len();
+            self.held_bytes_peak = self.held_bytes_peak.max(self.held_bytes);
         }
         if let Some(r) = msg_ref {
             self.replies.insert(r.clone(), 0);
@@ -593,7 +601,9 @@ impl Client {
                 }
                 true
             }
-            Some("updateEndpointMetadata") => true,
+            // Track metadata updates go out bare (as the negotiator writes them) or wrapped in
+            // `custom`: either way the server takes them from the budget.
+            Some("updateEndpointMetadata" | "updateTrackMetadata") => true,
             Some("custom") => event["data"]["type"] == "updateTrackMetadata",
             _ => false,
         };
@@ -1303,7 +1313,7 @@ impl Client {
                 .fail(format!("c{idx}: reply to unknown ref {r}")),
         }
         if self.joins_pending.remove(&r) && self.joins_pending.is_empty() {
-            self.held = 0;
+            (self.held, self.held_bytes) = (0, 0);
         }
         // A tab's join reply that carries the join's join_ref went to the tab (`Tabs::owns`).
         // Without it, only S6's refusal of an unmatched topic (null join_ref; phoenix.js still
