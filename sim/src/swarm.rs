@@ -317,6 +317,15 @@ impl fmt::Display for Swarm {
     }
 }
 
+/// Receiving m-lines a connection may be given where the server bounds connections to
+/// `max_mlines` m-lines (None: the SDP limit alone).
+pub fn recv_lines(max_mlines: Option<usize>) -> usize {
+    let sdp = videoroom::engine::sdp::MAX_MLINES;
+    max_mlines
+        .map_or(sdp, |n| n.min(sdp))
+        .saturating_sub(videoroom::engine::NegotiationConfig::default().max_published_tracks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,13 +349,4 @@ mod tests {
         let drawn: std::collections::BTreeSet<Action> = (0..500).filter_map(|_| s.pick()).collect();
         assert_eq!(drawn, [Action::Media, Action::Flood].into());
     }
-}
-
-/// Receiving m-lines a connection may be given where the server bounds connections to
-/// `max_mlines` m-lines (None: the SDP limit alone).
-pub fn recv_lines(max_mlines: Option<usize>) -> usize {
-    let sdp = videoroom::engine::sdp::MAX_MLINES;
-    max_mlines
-        .map_or(sdp, |n| n.min(sdp))
-        .saturating_sub(videoroom::engine::NegotiationConfig::default().max_published_tracks)
 }

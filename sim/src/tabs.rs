@@ -134,7 +134,7 @@ impl Tabs {
             self.next += 1;
             let name = format!("t{idx}-{}", self.next % 6);
             // Now and then a name of exactly the server's limit, which it must take.
-            let name = if self.next % 3 == 0 {
+            let name = if self.next.is_multiple_of(3) {
                 padded(&name, videoroom::app::Limits::default().max_room_name_bytes)
             } else {
                 name
