@@ -11,6 +11,11 @@
 #   scripts/mutants.sh --undecided [N]
 #                                  both passes on (the first N of) the mutants the ledger has
 #                                  no verdict for: how the full scope is finished over sittings
+#   scripts/mutants.sh --survivors [N]
+#                                  pass 2 alone on (the first N of) the ledger's pass-1 survivors
+#                                  with no pass-2 verdict, in two stages: the unit tests
+#                                  (`cargo test --lib`, ~1 min a mutant) first, then the whole
+#                                  suite (~4 min) on what they missed
 #
 # The ledger (sim/mutants/ledger.tsv, scripts/mutants_ledger.py) keeps every verdict of a run
 # made on a clean src/, keyed by the file's git blob and the mutant's name: it stays valid until
@@ -39,6 +44,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 list=0
 tally=0
 undecided=""
+survivors=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,8 +53,12 @@ while [ $# -gt 0 ]; do
     --undecided)
       undecided=all
       if [[ "${2:-}" =~ ^[0-9]+$ ]]; then undecided="$2"; shift; fi ;;
+    --survivors)
+      survivors=all
+      if [[ "${2:-}" =~ ^[0-9]+$ ]]; then survivors="$2"; shift; fi ;;
     --) shift; extra=("$@"); break ;;
-    *) echo "usage: $0 [--list | --tally | --undecided [N]] [-- cargo-mutants args]" >&2; exit 1 ;;
+    *) echo "usage: $0 [--list | --tally | --undecided [N] | --survivors [N]] [-- cargo-mutants args]" >&2
+       exit 1 ;;
   esac
   shift
 done
@@ -99,6 +109,54 @@ scope_tally() { # [undecided-out]
 }
 
 if [ "$tally" = 1 ]; then
+  scope_tally
+  exit 0
+fi
+
+# Pass 2 by stages on the ledger's survivors. A catch by part of the suite is a catch by the
+# whole suite, so the unit tests' catches are recorded as pass-2 verdicts; what they miss is only
+# decided by the whole suite (tests/it on real tokio and the npm clients), run on the rest.
+if [ -n "$survivors" ]; then
+  scope_tally "$out/undecided.txt"
+  todo=()
+  while IFS= read -r m; do todo+=("$m"); done < <(
+    if [ "$survivors" = all ]; then cat "$out/undecided.txt.tokio"
+    else head -n "$survivors" "$out/undecided.txt.tokio"; fi)
+  if [ ${#todo[@]} -eq 0 ]; then
+    echo "mutants.sh: every pass-1 survivor has a pass-2 verdict; nothing to run"
+    exit 0
+  fi
+  cp "$out/blobs.now" "$out/survivors.blobs"
+  state="$(git rev-parse HEAD:src)"
+  commit="$(git rev-parse --short HEAD)"
+  scripts/setup-node.sh
+  stage() { # NAME OUTCOMES [cargo test args...]; the mutants are in "${todo[@]}"
+    local name="$1" outcomes="$2"; shift 2
+    local res=()
+    for m in "${todo[@]}"; do res+=(--re "$(exact_re "$m")"); done
+    echo "==> pass 2, $name: ${#todo[@]} survivors"
+    rm -rf "${out:?}/$name"
+    CARGO_TARGET_DIR="$target/mutants-tokio" cargo mutants "${common[@]}" "${res[@]}" \
+      --timeout 1200 --build-timeout 900 -o "$out/$name" -- "$@" || true
+    if [ "$(git rev-parse HEAD:src)" != "$state" ] || ! git diff --quiet HEAD -- src; then
+      echo "mutants.sh: src/ changed during the run; its verdicts are not recorded" >&2
+      exit 1
+    fi
+    MUTANTS_COMMIT="$commit" python3 scripts/mutants_ledger.py record "$out/$name" tokio \
+      "$out/survivors.blobs" "$ledger" $outcomes
+  }
+  stage tokio-unit caught --lib
+  caught="$out/tokio-unit/mutants.out/caught.txt"
+  rest=()
+  for m in "${todo[@]}"; do
+    if [ ! -f "$caught" ] || ! grep -qxF -- "$m" "$caught"; then rest+=("$m"); fi
+  done
+  echo "mutants.sh: the unit tests caught $((${#todo[@]} - ${#rest[@]})) of ${#todo[@]}"
+  if [ ${#rest[@]} -gt 0 ]; then
+    todo=("${rest[@]}")
+    stage tokio caught,missed,timeout,unviable
+  fi
+  touch src/lib.rs sim/src/lib.rs sim/src/main.rs
   scope_tally
   exit 0
 fi

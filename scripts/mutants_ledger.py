@@ -7,10 +7,12 @@ A verdict stays valid as long as the file it was found in is byte-for-byte the s
 keyed by the file's git blob and by cargo-mutants' mutant name (which carries line and column).
 Editing a file retires its rows; the tally then counts its mutants as undecided again.
 
-  mutants_ledger.py record OUTDIR PASS BLOBS LEDGER
+  mutants_ledger.py record OUTDIR PASS BLOBS LEDGER [OUTCOMES]
       append the verdicts of one cargo-mutants run (OUTDIR/mutants.out/{caught,missed,timeout,
       unviable}.txt) as pass PASS (`sim`: the simulation alone; `tokio`: the rest of the suite),
-      attributing each to its file's blob from BLOBS (`git ls-tree -r` of src/ as the run saw it)
+      attributing each to its file's blob from BLOBS (`git ls-tree -r` of src/ as the run saw it);
+      OUTCOMES (comma-separated) keeps only those: a run of part of the suite (the unit tests
+      alone) is the whole suite's verdict where it caught a mutant, and no verdict where not
   mutants_ledger.py tally LIST_JSON BLOBS LEDGER [UNDECIDED_OUT]
       the scope (`cargo mutants --list --json`) against the ledger: per file and in total, how
       many are decided and the figures over the decided ones; writes the undecided mutants'
@@ -71,9 +73,13 @@ def read_ledger(path):
     return rows
 
 
-def record(outdir, pass_, blobs_path, ledger):
+def record(outdir, pass_, blobs_path, ledger, only=None):
     if pass_ not in ("sim", "tokio"):
         die(f"pass must be sim or tokio, not {pass_!r}")
+    kept = OUTCOMES if only is None else tuple(only.split(","))
+    for k in kept:
+        if k not in OUTCOMES:
+            die(f"unknown outcome {k!r} (one of {', '.join(OUTCOMES)})")
     blobs = read_blobs(blobs_path)
     commit = os.environ.get("MUTANTS_COMMIT", "")
     today = datetime.date.today().isoformat()
@@ -84,7 +90,7 @@ def record(outdir, pass_, blobs_path, ledger):
     for r in read_ledger(ledger):
         latest[(r["blob"], r["pass"], r["name"])] = r["outcome"]
     new = []
-    for outcome in OUTCOMES:
+    for outcome in kept:
         path = os.path.join(outdir, "mutants.out", f"{outcome}.txt")
         if not os.path.exists(path):
             continue
@@ -168,7 +174,7 @@ def tally(list_json, blobs_path, ledger, undecided_out=None):
 
 
 def main(argv):
-    if len(argv) >= 2 and argv[1] == "record" and len(argv) == 6:
+    if len(argv) >= 2 and argv[1] == "record" and len(argv) in (6, 7):
         record(*argv[2:])
     elif len(argv) >= 2 and argv[1] == "tally" and len(argv) in (5, 6):
         tally(*argv[2:])
