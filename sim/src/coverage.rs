@@ -54,6 +54,9 @@ pub const SOMETIMES: &[&str] = &[
     "client: frozen socket closed as idle",
     // A media event the server cannot parse, answered with an error cut to its limit.
     "client: malformed media event refused",
+    // A push the live channel cannot take (`data` not a string, an unknown event), refused
+    // with its own reason while the channel stays.
+    "client: a push the channel cannot take refused",
     // A slow client's outbound queue bounded by its bytes, not its frame count.
     "server: outbound bytes past half the budget",
     // A publisher left while a subscriber's answer was being made: its lines go inactive.

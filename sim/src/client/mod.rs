@@ -101,6 +101,11 @@ fn candidate_event(candidate: &str, line: u64) -> Value {
 /// How the server's error for the malformed candidate of `send_malformed` begins.
 const MALFORMED_ERROR: &str = "media event `candidate` has invalid data";
 
+/// The channel's refusals of pushes it cannot take (`send_refused`), as the client reads them:
+/// the wire's text, which a client shows or logs, so a wrong one is a wrong answer.
+const NEEDS_STRING_DATA: &str = "mediaEvent needs a string `data`";
+const UNKNOWN_EVENT: &str = "unknown event";
+
 struct Chan {
     topic: String,
     join_ref: String,
@@ -198,6 +203,8 @@ pub struct Client {
     old: Vec<(String, String)>,
     /// Refs of frames sent on an old join_ref, with that join_ref and whether it was a leave.
     stale_refs: BTreeMap<String, (String, bool)>,
+    /// Refs of pushes the live channel must refuse, with the reason it must give.
+    refused_refs: BTreeMap<String, &'static str>,
     /// Join_ref each request was sent on.
     sent_on: BTreeMap<String, Option<String>>,
     stranded: bool,
@@ -280,6 +287,7 @@ impl Client {
             dropped_on: BTreeSet::new(),
             old: Vec::new(),
             stale_refs: BTreeMap::new(),
+            refused_refs: BTreeMap::new(),
             sent_on: BTreeMap::new(),
             stranded: false,
             burst_at: None,
@@ -394,6 +402,7 @@ impl Client {
             self.replies.clear();
             self.sent_on.clear();
             self.stale_refs.clear();
+            self.refused_refs.clear();
             self.heartbeats.clear();
             self.alive_at = None;
             self.joins_pending.clear();
@@ -854,6 +863,9 @@ impl Client {
                 true
             }
             "garbage" if self.chan.as_ref().is_some_and(Chan::live) && rt::rand::chance(0.3) => {
+                if rt::rand::chance(0.3) {
+                    return self.send_refused(w).await;
+                }
                 self.send_malformed(w).await
             }
             "garbage" if rt::rand::chance(0.1) => {
@@ -937,6 +949,38 @@ impl Client {
         }
         self.log("sends a malformed media event");
         self.media(w, ev).await
+    }
+
+    /// A push on the live channel that the channel must refuse with an error reply and keep
+    /// the channel: a `mediaEvent` without a string `data` (an object, or none), or an event
+    /// the channel does not know. A client of its own (not phoenix.js) or a buggy page.
+    async fn send_refused(&mut self, w: &mut wire::Writer) -> bool {
+        let Some(c) = self.chan.as_ref() else {
+            return true;
+        };
+        let (jr, topic) = (c.join_ref.clone(), c.topic.clone());
+        let (event, payload, reason) = match rt::rand::below(3) {
+            0 => (
+                "mediaEvent",
+                json!({"data": {"type": "connect"}}),
+                NEEDS_STRING_DATA,
+            ),
+            1 => ("mediaEvent", json!({}), NEEDS_STRING_DATA),
+            _ => ("shout", json!({"data": "{}"}), UNKNOWN_EVENT),
+        };
+        let r = self.fresh_ref();
+        self.log(format!(
+            "sends a push the channel must refuse: {event} {payload}"
+        ));
+        self.refused_refs.insert(r.clone(), reason);
+        let f = Frame {
+            join_ref: Some(jr),
+            msg_ref: Some(r),
+            topic,
+            event: event.into(),
+            payload,
+        };
+        self.send(w, f).await
     }
 
     /// The client's own ICE candidates, as a browser trickles them after its offer: one to
@@ -1358,6 +1402,25 @@ impl Client {
                     "c{idx}: reply to ref {r} carries join_ref {got}, the push was sent on {sent}"
                 )
             });
+        }
+        if let Some(want) = self.refused_refs.remove(&r) {
+            // Refused by the channel, or, if the server closed the channel first, by the socket
+            // as an unmatched topic; never taken.
+            let reason = f.payload["response"]["reason"].as_str().unwrap_or("");
+            self.oracles.check(
+                status == "error" && (reason == want || reason == "unmatched topic"),
+                || {
+                    format!(
+                        "c{idx}: push {r} that must be refused with {want:?} was answered {}",
+                        f.payload
+                    )
+                },
+            );
+            if reason == want {
+                self.oracles
+                    .reached("client: a push the channel cannot take refused");
+            }
+            return true;
         }
         if let Some((jr, leave)) = self.stale_refs.remove(&r) {
             // S7 (topic not joined: error, null join_ref) or S12 (a leave of a topic not
