@@ -57,6 +57,8 @@ pub const SOMETIMES: &[&str] = &[
     // A push the live channel cannot take (`data` not a string, an unknown event), refused
     // with its own reason while the channel stays.
     "client: a push the channel cannot take refused",
+    // Endpoint metadata one byte over the limit, answered with a media error, passed on to no one.
+    "client: metadata over the limit refused",
     // A slow client's outbound queue bounded by its bytes, not its frame count.
     "server: outbound bytes past half the budget",
     // A publisher left while a subscriber's answer was being made: its lines go inactive.

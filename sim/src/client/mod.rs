@@ -101,6 +101,9 @@ fn candidate_event(candidate: &str, line: u64) -> Value {
 /// How the server's error for the malformed candidate of `send_malformed` begins.
 const MALFORMED_ERROR: &str = "media event `candidate` has invalid data";
 
+/// How the server's error for endpoint metadata over its limit begins.
+const OVERSIZED_METADATA_ERROR: &str = "endpoint metadata is ";
+
 /// The channel's refusals of pushes it cannot take (`send_refused`), as the client reads them:
 /// the wire's text, which a client shows or logs, so a wrong one is a wrong answer.
 const NEEDS_STRING_DATA: &str = "mediaEvent needs a string `data`";
@@ -139,6 +142,9 @@ struct Chan {
     /// Malformed media events sent whose media `error` has not come yet (the server answers
     /// each, in order, whatever else it is doing).
     malformed_owed: u32,
+    /// Metadata updates over the server's limit, sent where the server must judge them, whose
+    /// media `error` has not come yet.
+    oversized_owed: u32,
     /// Events sent on this channel that the server takes from the peer's update budget
     /// (`connect`, endpoint and track metadata updates), counting from the join: at least what
     /// the server has taken for this channel's peer.
@@ -347,6 +353,8 @@ impl Client {
             owed: self.chan.as_ref().filter(|c| c.joined).and_then(|c| {
                 if c.malformed_owed > 0 {
                     Some("a media error for its malformed event")
+                } else if c.oversized_owed > 0 {
+                    Some("a media error for its metadata over the limit")
                 } else {
                     c.neg.owed()
                 }
@@ -501,6 +509,7 @@ impl Client {
             hung_up: false,
             reconnect_at: None,
             malformed_owed: 0,
+            oversized_owed: 0,
             broadcasts: 0,
             connect_sent: false,
         });
@@ -866,6 +875,9 @@ impl Client {
                 if rt::rand::chance(0.3) {
                     return self.send_refused(w).await;
                 }
+                if rt::rand::chance(0.3) {
+                    return self.send_oversized_metadata(w).await;
+                }
                 self.send_malformed(w).await
             }
             "garbage" if rt::rand::chance(0.1) => {
@@ -948,6 +960,28 @@ impl Client {
             c.malformed_owed += 1;
         }
         self.log("sends a malformed media event");
+        self.media(w, ev).await
+    }
+
+    /// An endpoint metadata update one byte over the server's limit (a page that put a picture
+    /// in its metadata). Sent only where the server must judge it, by a connected peer within
+    /// its update burst: an `error` naming the limit is owed, and no peer may ever hear it.
+    async fn send_oversized_metadata(&mut self, w: &mut wire::Writer) -> bool {
+        let burst = self.swarm.update_burst;
+        let Some(c) = self
+            .chan
+            .as_mut()
+            .filter(|c| c.live() && c.connect_sent && c.peer_id.is_some() && c.broadcasts < burst)
+        else {
+            return true;
+        };
+        c.oversized_owed += 1;
+        let limit = videoroom::engine::SessionConfig::default().max_metadata_bytes;
+        let head = json!({"client": self.idx, "over": ""}).to_string().len();
+        let metadata = json!({"client": self.idx, "over": "o".repeat(limit + 1 - head)});
+        debug_assert_eq!(metadata.to_string().len(), limit + 1);
+        self.log("sends metadata one byte over the limit");
+        let ev = json!({"type": "updateEndpointMetadata", "data": {"metadata": metadata}});
         self.media(w, ev).await
     }
 
@@ -1050,6 +1084,7 @@ impl Client {
         c.neg = c.neg.restart();
         // Errors still in flight are for the session it leaves, and ignored as it ignores them.
         c.malformed_owed = 0;
+        c.oversized_owed = 0;
         c.reconnect_at = Some(time::now() + Duration::from_millis(20 + rt::rand::below(400)));
         self.log("hangs up (media disconnect)");
         self.oracles
@@ -1557,6 +1592,12 @@ impl Client {
             if let Some(v) = stale_meta(e) {
                 self.oracles.fail(v);
             }
+            if !e["metadata"]["over"].is_null() {
+                self.oracles.fail(format!(
+                    "{who}: peer {} carries metadata over the server's limit",
+                    e["id"].as_str().unwrap_or("?")
+                ));
+            }
         }
         match ev["type"].as_str().unwrap_or("") {
             "connected" => {
@@ -1721,7 +1762,11 @@ impl Client {
             "error" => {
                 let message = data["message"].as_str().unwrap_or_default();
                 checks::error_message(&self.oracles, &who, message);
-                if c.malformed_owed > 0 && message.starts_with(MALFORMED_ERROR) {
+                if c.oversized_owed > 0 && message.starts_with(OVERSIZED_METADATA_ERROR) {
+                    c.oversized_owed -= 1;
+                    self.oracles
+                        .reached("client: metadata over the limit refused");
+                } else if c.malformed_owed > 0 && message.starts_with(MALFORMED_ERROR) {
                     c.malformed_owed -= 1;
                     checks::cut_error_message(&self.oracles, &who, message);
                     self.oracles
