@@ -82,6 +82,20 @@ pub const SOMETIMES: &[&str] = &[
     "oracle: update within the budget heard between two others",
     // A frame behind a pending join that fills the socket's held-byte bound exactly.
     "client: pipelined a frame of exactly the held-byte bound",
+    // A retired m-line (its track gone, an inactive answer since) carrying the next track of
+    // its kind: connections stay as small as what they receive at once.
+    "client: recycled m-line carries a new track",
+    // A track's metadata update (a mute) reaching a subscriber.
+    "client: trackUpdated",
+    // Frames over the size limit (1009), and a join with more frames held behind it than
+    // the socket keeps (1008).
+    "client: closed for an oversized frame",
+    "client: closed for too many held frames",
+    // Slow consumers dropped, by the channel's queue and by the socket's.
+    "SlowConsumerDropped.channel",
+    "SlowConsumerDropped.socket",
+    // Candidates held for an outstanding answer, sent once it went out.
+    "HeldCandidatesFlushed",
 ];
 
 /// Event counts of one world, by event name. Keyed by the name's address (names are static
