@@ -104,6 +104,11 @@ pub struct Negotiator {
     answered: BTreeSet<String>,
     /// Tracks the client was told are gone (`tracksRemoved`, or their endpoint removed).
     gone: BTreeSet<String>,
+    /// The client's `midToTrackId`: the last answer's, less the tracks `tracksRemoved` erased
+    /// since. membrane-webrtc-js 0.5.3 erases a removed track by finding it here and throws
+    /// (`eraseTrack` destructures the `find`) when it is not: a repeated removal, or one of a
+    /// track no answer since the last one maps, breaks the page.
+    mid_map: BTreeMap<String, String>,
     /// Per mid the server sent on: its track, and whether an answer has since made the mid
     /// inactive with that track already gone (only then may the mid carry another track).
     carried: BTreeMap<String, (String, bool)>,
@@ -392,6 +397,20 @@ impl Negotiator {
             judge.check(self.answered.contains(id), || {
                 format!("{who}: tracksRemoved for {id}, which no answer gave it")
             });
+            let mid = self
+                .mid_map
+                .iter()
+                .find(|(_, t)| t.as_str() == id)
+                .map(|(m, _)| m.clone());
+            match mid {
+                Some(mid) => {
+                    self.mid_map.remove(&mid);
+                }
+                None => judge.fail(format!(
+                    "{who}: tracksRemoved for {id}, which its midToTrackId no longer maps \
+                     (removed before, or not in the last answer): membrane-webrtc-js throws in eraseTrack"
+                )),
+            }
             self.gone.insert(id.to_string());
         }
     }
@@ -641,6 +660,10 @@ impl Negotiator {
         for t in map.values().filter_map(Value::as_str) {
             self.answered.insert(t.to_string());
         }
+        self.mid_map = map
+            .iter()
+            .filter_map(|(m, t)| Some((m.clone(), t.as_str()?.to_string())))
+            .collect();
         self.answers += 1;
         judge.reached("client: sdpAnswer applied");
     }

@@ -1526,11 +1526,16 @@ impl Client {
         self.oracles.check(self.squatter, || {
             format!("c{idx}, which connects, was dropped: {reason:?}")
         });
-        self.oracles.check(!reason.is_empty(), || {
-            format!("c{idx} dropped without a reason")
-        });
         // Both the join reply and the drop cross the same network, so allow its jitter.
         let grace = videoroom::app::Limits::default().connect_grace;
+        // The page shows this text: it must say what the user did not do, and in what time.
+        let want = format!(
+            "did not connect to the media session within {} s of joining",
+            grace.as_secs_f64()
+        );
+        self.oracles.check(reason == want, || {
+            format!("c{idx} dropped with reason {reason:?}, not {want:?}")
+        });
         let held = self
             .joined_at
             .map_or(Duration::ZERO, |t| time::now().saturating_duration_since(t));
