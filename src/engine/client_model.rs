@@ -109,6 +109,10 @@ pub struct Negotiator {
     /// (`eraseTrack` destructures the `find`) when it is not: a repeated removal, or one of a
     /// track no answer since the last one maps, breaks the page.
     mid_map: BTreeMap<String, String>,
+    /// The client once sent an offer this model did not build: which answer then went with
+    /// which offer, and so what its `midToTrackId` holds, is not 0.5.3's any more, so removals
+    /// are no longer checked against it.
+    foreign_answered: bool,
     /// Per mid the server sent on: its track, and whether an answer has since made the mid
     /// inactive with that track already gone (only then may the mid carry another track).
     carried: BTreeMap<String, (String, bool)>,
@@ -225,6 +229,7 @@ impl Negotiator {
         self.offer_due = false;
         self.offer_open = true;
         self.foreign_offer = true;
+        self.foreign_answered = true;
         for l in self.mlines.iter_mut().filter(|l| l.track.is_some()) {
             l.foreign_gap = true;
         }
@@ -406,6 +411,7 @@ impl Negotiator {
                 Some(mid) => {
                     self.mid_map.remove(&mid);
                 }
+                None if self.foreign_answered => {}
                 None => judge.fail(format!(
                     "{who}: tracksRemoved for {id}, which its midToTrackId no longer maps \
                      (removed before, or not in the last answer): membrane-webrtc-js throws in eraseTrack"
