@@ -130,6 +130,12 @@ if [ -n "$survivors" ]; then
   state="$(git rev-parse HEAD:src)"
   commit="$(git rev-parse --short HEAD)"
   scripts/setup-node.sh
+  # cargo-mutants runs no baseline here (--baseline skip): a unit test that fails on the clean
+  # tree would make every mutant look caught. Check the tree first.
+  if ! CARGO_TARGET_DIR="$target/mutants-tokio" cargo test -q --lib >/dev/null 2>&1; then
+    echo "mutants.sh: \`cargo test --lib\` fails on the unmutated tree; fix that first" >&2
+    exit 1
+  fi
   stage() { # NAME OUTCOMES [cargo test args...]; the mutants are in "${todo[@]}"
     local name="$1" outcomes="$2"; shift 2
     local res=()
