@@ -455,6 +455,26 @@ impl Client {
         }
     }
 
+    /// A push of `event` on `topic` under `join_ref`, with its own `msg_ref`.
+    async fn push(
+        &mut self,
+        w: &mut wire::Writer,
+        join_ref: String,
+        msg_ref: String,
+        topic: String,
+        event: &str,
+        payload: Value,
+    ) -> bool {
+        let f = Frame {
+            join_ref: Some(join_ref),
+            msg_ref: Some(msg_ref),
+            topic,
+            event: event.into(),
+            payload,
+        };
+        self.send(w, f).await
+    }
+
     async fn send(&mut self, w: &mut wire::Writer, f: Frame) -> bool {
         let text = f.encode();
         self.send_encoded(w, &f.topic, f.join_ref, f.msg_ref, text)
@@ -516,14 +536,11 @@ impl Client {
         self.log(format!("join {topic} ref {r}"));
         // At once, so a room crash injected from now on expects no phx_error for the old one.
         self.publish_view(true);
-        let f = Frame {
-            join_ref: Some(r.clone()),
-            msg_ref: Some(r.clone()),
-            topic: topic.clone(),
-            event: "phx_join".into(),
-            payload: self.join_payload(&topic),
-        };
-        if !self.send(w, f).await {
+        let payload = self.join_payload(&topic);
+        if !self
+            .push(w, r.clone(), r.clone(), topic, "phx_join", payload)
+            .await
+        {
             return false;
         }
         self.joins_pending.insert(r);
@@ -1007,14 +1024,7 @@ impl Client {
             "sends a push the channel must refuse: {event} {payload}"
         ));
         self.refused_refs.insert(r.clone(), reason);
-        let f = Frame {
-            join_ref: Some(jr),
-            msg_ref: Some(r),
-            topic,
-            event: event.into(),
-            payload,
-        };
-        self.send(w, f).await
+        self.push(w, jr, r, topic, event, payload).await
     }
 
     /// The client's own ICE candidates, as a browser trickles them after its offer: one to
@@ -1117,14 +1127,8 @@ impl Client {
         self.publish_view(true);
         // Maybe move to another room ("joins across rooms").
         self.room = self.rooms[rt::rand::below(self.rooms.len() as u64) as usize].clone();
-        let f = Frame {
-            join_ref: Some(c.join_ref),
-            msg_ref: Some(r),
-            topic: c.topic,
-            event: "phx_leave".into(),
-            payload: json!({}),
-        };
-        self.send(w, f).await
+        self.push(w, c.join_ref, r, c.topic, "phx_leave", json!({}))
+            .await
     }
 
     /// A frame on a join_ref the client already let go of, as a slow tab flushing buffered
@@ -1154,14 +1158,7 @@ impl Client {
         self.oracles.reached("client: sent on a stale join_ref");
         self.stale_refs
             .insert(r.clone(), (jr.clone(), event == "phx_leave"));
-        let f = Frame {
-            join_ref: Some(jr),
-            msg_ref: Some(r),
-            topic,
-            event: event.into(),
-            payload,
-        };
-        self.send(w, f).await
+        self.push(w, jr, r, topic, event, payload).await
     }
 
     /// Negotiation churn while an offer or answer is in flight: publish/unpublish in quick
