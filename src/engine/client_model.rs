@@ -112,7 +112,7 @@ pub struct Negotiator {
     /// The client once sent an offer this model did not build: which answer then went with
     /// which offer, and so what its `midToTrackId` holds, is not 0.5.3's any more, so removals
     /// are no longer checked against it.
-    foreign_answered: bool,
+    foreign_offer_sent: bool,
     /// Per mid the server sent on: its track, and whether an answer has since made the mid
     /// inactive with that track already gone (only then may the mid carry another track).
     carried: BTreeMap<String, (String, bool)>,
@@ -229,7 +229,7 @@ impl Negotiator {
         self.offer_due = false;
         self.offer_open = true;
         self.foreign_offer = true;
-        self.foreign_answered = true;
+        self.foreign_offer_sent = true;
         for l in self.mlines.iter_mut().filter(|l| l.track.is_some()) {
             l.foreign_gap = true;
         }
@@ -411,7 +411,7 @@ impl Negotiator {
                 Some(mid) => {
                     self.mid_map.remove(&mid);
                 }
-                None if self.foreign_answered => {}
+                None if self.foreign_offer_sent => {}
                 None => judge.fail(format!(
                     "{who}: tracksRemoved for {id}, which its midToTrackId no longer maps \
                      (removed before, or not in the last answer): membrane-webrtc-js throws in eraseTrack"

@@ -159,6 +159,12 @@ impl Chan {
         self.joined && !self.hung_up
     }
 
+    /// The next budgeted event on this channel will be judged by the server, not dropped: the
+    /// channel is live, has sent `connect`, and has sent fewer such events than the burst.
+    fn within_burst(&self, burst: u32) -> bool {
+        self.live() && self.connect_sent && self.broadcasts < burst
+    }
+
     /// Tracks announced for `endpoint` (`connected`'s endpoints, `tracksAdded`): checked and
     /// told to the negotiation model; held with their metadata where `hold` (`tracksAdded`
     /// only: membrane-webrtc-js 0.5.3 registers none of `connected`'s, and a connection out
@@ -656,8 +662,9 @@ impl Client {
         let Some(c) = self.chan.as_mut() else {
             return false;
         };
+        let within = c.within_burst(burst);
         c.broadcasts += 1;
-        c.live() && c.connect_sent && c.broadcasts <= burst
+        within
     }
 
     /// A media event already serialised.
@@ -988,7 +995,7 @@ impl Client {
         let Some(c) = self
             .chan
             .as_mut()
-            .filter(|c| c.live() && c.connect_sent && c.peer_id.is_some() && c.broadcasts < burst)
+            .filter(|c| c.within_burst(burst) && c.peer_id.is_some())
         else {
             return true;
         };
