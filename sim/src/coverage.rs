@@ -96,6 +96,8 @@ pub const SOMETIMES: &[&str] = &[
     "SlowConsumerDropped.socket",
     // Candidates held for an outstanding answer, sent once it went out.
     "HeldCandidatesFlushed",
+    // A graceful restart's 1012 close reaching a client before the node goes down.
+    "client: closed 1012 by a graceful restart",
 ];
 
 /// Event counts of one world, by event name. Keyed by the name's address (names are static

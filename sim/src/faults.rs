@@ -18,7 +18,7 @@ use crate::client::Views;
 use crate::named_enum;
 use crate::oracle::Oracles;
 use crate::ownership::NodeLife;
-use crate::server::{self, CurrentApp};
+use crate::server::{self, CurrentApp, CurrentDrain};
 use crate::streams::Stream;
 use crate::trace::Trace;
 
@@ -34,6 +34,7 @@ named_enum! {
         Clog = "clog",
         Partition = "partition",
         ServerRestart = "server_restart",
+        GracefulRestart = "graceful_restart",
         NodeSplit = "node_split",
         EtcdCut = "etcd_cut",
         NodePause = "node_pause",
@@ -49,7 +50,16 @@ impl Fault {
             Fault::NodeSplit | Fault::EtcdCut | Fault::NodePause | Fault::EtcdRestart
         )
     }
+
+    /// The fault this one is drawn as a variant of (a swarm never draws it on its own).
+    pub fn variant_of(self) -> Option<Fault> {
+        (self == Fault::GracefulRestart).then_some(Fault::ServerRestart)
+    }
 }
+
+/// How long a graceful restart waits for the node's sockets to close before it kills the node
+/// anyway: the production default of `--shutdown-grace`.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// The network's latency when no latency episode runs.
 const BASE_LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Duration::from_millis(10);
@@ -93,6 +103,8 @@ pub struct Injector<'a> {
     pub applied: BTreeMap<&'static str, u64>,
     /// Freezes and kills of server nodes, told to the ownership oracle.
     pub life: NodeLife,
+    /// Each server node's shutdown flag (graceful restarts only: empty, none run).
+    pub drains: &'a [CurrentDrain],
     running: Vec<(time::Instant, Episode)>,
 }
 
@@ -125,6 +137,7 @@ impl<'a> Injector<'a> {
             rng,
             applied: BTreeMap::new(),
             life: NodeLife::default(),
+            drains: &[],
             running: Vec::new(),
         }
     }
@@ -302,6 +315,7 @@ impl<'a> Injector<'a> {
                 | Fault::ChannelCrash
                 | Fault::SocketDrop
                 | Fault::ServerRestart
+                | Fault::GracefulRestart
                 | Fault::NodePause
         );
         if frozen && touches_node {
@@ -453,14 +467,70 @@ impl<'a> Injector<'a> {
             }
             Fault::ServerRestart => {
                 trace.log("fault server_restart");
-                *app.lock().unwrap() = None;
-                // `restart` alone keeps the old incarnation's sockets bound (madsim resets a
-                // node's network only on `kill`), so the new listener could never bind.
-                Handle::current().kill(server);
-                self.life.killed(server);
-                Handle::current().restart(server);
+                self.restart(target);
+                true
+            }
+            Fault::GracefulRestart => {
+                let drain = self
+                    .drains
+                    .get(target)
+                    .and_then(|d| d.lock().unwrap().clone());
+                let (Some(drain), Some(_)) = (drain, current(app)) else {
+                    return false;
+                };
+                self.drain(target, &drain).await;
+                self.restart(target);
                 true
             }
         }
+    }
+
+    /// What `Server::shutdown` does to the sockets of node `target`: raises the flag, then
+    /// waits (up to the grace) for every socket process to let go of it and every connection
+    /// to write its last frame. Each socket process must close its socket with 1012 and stop;
+    /// one still watching the flag after the grace is a server that does not drain.
+    async fn drain(&mut self, target: usize, drain: &server::Drain) {
+        let watching = drain.flag.receiver_count();
+        self.oracles.check(watching >= 1, || {
+            "graceful restart: the shutdown flag counts no watcher, though the listener watches it"
+                .into()
+        });
+        let sockets = watching.saturating_sub(1);
+        self.trace.log(format_args!(
+            "fault graceful_restart: {sockets} sockets, {} connections",
+            drain.open()
+        ));
+        self.oracles
+            .graceful_restart_begun(crate::world::server_ip(target).into());
+        // The node's listener always watches the flag, so someone is there to be told.
+        if drain.flag.send(true).is_err() {
+            self.oracles.fail(
+                "graceful restart: the shutdown flag had no watcher, though the listener watches it"
+                    .into(),
+            );
+        }
+        let deadline = time::now() + DRAIN_GRACE;
+        while (drain.flag.receiver_count() > 0 || drain.open() > 0) && time::now() < deadline {
+            time::sleep(Duration::from_millis(1)).await;
+        }
+        let left = drain.flag.receiver_count();
+        self.oracles.check(left == 0, || {
+            format!("graceful restart: {left} socket processes still watch the shutdown flag {DRAIN_GRACE:?} after it was raised (each must close its socket with 1012 and stop)")
+        });
+        self.trace.log(format_args!(
+            "graceful_restart drained: {} connections still open",
+            drain.open()
+        ));
+    }
+
+    /// Kills node `target` and starts a new incarnation of it.
+    fn restart(&mut self, target: usize) {
+        let server = self.servers[target];
+        *self.apps[target].lock().unwrap() = None;
+        // `restart` alone keeps the old incarnation's sockets bound (madsim resets a
+        // node's network only on `kill`), so the new listener could never bind.
+        Handle::current().kill(server);
+        self.life.killed(server);
+        Handle::current().restart(server);
     }
 }

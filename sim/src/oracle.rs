@@ -56,6 +56,8 @@ struct Inner {
     /// (client, seq) of metadata updates sent within the client's update burst on a live,
     /// connected channel: the room must pass each on.
     in_budget: BTreeSet<(usize, u64)>,
+    /// Graceful restarts begun, by server address: a 1012 close is owed only by one of them.
+    graceful_restarts: BTreeMap<std::net::IpAddr, u64>,
 }
 
 #[derive(Clone, Default)]
@@ -98,6 +100,23 @@ impl Oracles {
 
     pub fn reached_counts(&self) -> BTreeMap<&'static str, u64> {
         self.0.lock().unwrap().reached.clone()
+    }
+
+    /// A graceful restart of the server at `ip` began (its sockets may be closed with 1012).
+    pub fn graceful_restart_begun(&self, ip: std::net::IpAddr) {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .graceful_restarts
+            .entry(ip)
+            .or_default() += 1;
+    }
+
+    /// Graceful restarts of the server at `ip` begun so far.
+    pub fn graceful_restarts(&self, ip: std::net::IpAddr) -> u64 {
+        let i = self.0.lock().unwrap();
+        i.graceful_restarts.get(&ip).copied().unwrap_or(0)
     }
 
     pub fn fail(&self, what: String) {

@@ -25,6 +25,41 @@ pub const SOCKET_LABEL: &str = "socket";
 /// The current incarnation's App (replaced when the node restarts), for the oracles.
 pub type CurrentApp = Arc<Mutex<Option<App>>>;
 
+/// A node's graceful shutdown, as `Server::shutdown` does it for the sockets: the flag every
+/// socket process watches (raising it closes each socket with 1012), and the connections still
+/// open (each counted until its last frame is written).
+#[derive(Clone)]
+pub struct Drain {
+    pub flag: Arc<watch::Sender<bool>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drain {
+    /// Connections whose frame pumps still run.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One open connection, counted in [`Drain::open`] while it lives.
+struct Open(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Open {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The current incarnation's [`Drain`], for the fault injector's graceful restart.
+pub type CurrentDrain = Arc<Mutex<Option<Drain>>>;
+
 /// The clients' downlinks, as the server's writes see them: some connections drain slowly (a
 /// phone on a weak network, a tab the browser throttles), so the server's outbound queue for
 /// them fills as a real socket's send buffer does, and the slow-consumer path runs.
@@ -50,6 +85,8 @@ impl Links {
 pub struct Node {
     /// Where the running incarnation's App is published for the oracles.
     pub current: CurrentApp,
+    /// Where the running incarnation's shutdown flag is published for the injector.
+    pub drain: CurrentDrain,
     pub limits: Limits,
     /// The most a room's fake media plane takes to answer an offer (0: at once).
     pub plane_latency: std::time::Duration,
@@ -136,6 +173,13 @@ pub async fn serve(node: Node) {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
+    // Raised only by the injector's graceful restart; its other restarts kill the node.
+    let (flag, mut shutdown) = watch::channel(false);
+    let drain = Drain {
+        flag: Arc::new(flag),
+        open: Arc::default(),
+    };
+    *node.drain.lock().unwrap() = Some(drain.clone());
     *node.current.lock().unwrap() = Some(app.clone());
     // The world kills the node before restarting it, which frees its ports; retry anyway in
     // case a previous incarnation's listener is still being torn down.
@@ -145,16 +189,24 @@ pub async fn serve(node: Node) {
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
         }
     };
-    // Never set: a node restart is the simulation's shutdown.
-    let (_never, shutdown) = watch::channel(false);
-    let _keep = _never;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        // Once the flag is raised the node takes no new connection (as axum's graceful
+        // shutdown stops accepting), and lets go of the flag.
+        let stream = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
         };
         let (app, shutdown, oracles) = (app.clone(), shutdown.clone(), node.oracles.clone());
         let downlink = node.links.draw();
-        tokio::spawn(async move { connection(app, stream, shutdown, downlink, oracles).await });
+        let open = Open::new(&drain.open);
+        tokio::spawn(async move {
+            connection(app, stream, shutdown, downlink, oracles).await;
+            drop(open);
+        });
     }
 }
 

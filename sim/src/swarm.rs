@@ -161,7 +161,7 @@ impl Swarm {
         let faults = Fault::ALL
             .iter()
             .copied()
-            .filter(|f| !f.cluster_only())
+            .filter(|f| !f.cluster_only() && f.variant_of().is_none())
             .filter(|_| rng.chance(0.5))
             .collect();
         let actions = Action::ALL
@@ -280,7 +280,12 @@ impl Swarm {
         if self.faults.is_empty() {
             return None;
         }
-        Some(self.faults[rng.below(self.faults.len() as u64) as usize])
+        let f = self.faults[rng.below(self.faults.len() as u64) as usize];
+        // Half the restarts drain first: sockets closed with 1012, as a deploy does.
+        if f == Fault::ServerRestart && rng.chance(0.5) {
+            return Some(Fault::GracefulRestart);
+        }
+        Some(f)
     }
 }
 

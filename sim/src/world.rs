@@ -106,7 +106,7 @@ pub const CLUSTER_NODES: usize = 3;
 const DIST_PORT: u16 = 7000;
 
 /// The `idx`-th server node's address (the single node is the first).
-fn server_ip(idx: usize) -> Ipv4Addr {
+pub(crate) fn server_ip(idx: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, idx as u8 + 1)
 }
 
@@ -342,10 +342,12 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let voice_log = server::VoiceLog::default();
     let n_servers = if opts.cluster { CLUSTER_NODES } else { 1 };
     let apps: Vec<CurrentApp> = (0..n_servers).map(|_| Arc::new(Mutex::new(None))).collect();
+    let drains: Vec<server::CurrentDrain> = (0..n_servers).map(|_| Arc::default()).collect();
     let servers: Vec<madsim::task::NodeId> = (0..n_servers)
         .map(|idx| {
             let node = server::Node {
                 current: apps[idx].clone(),
+                drain: drains[idx].clone(),
                 limits: limits.clone(),
                 plane_latency,
                 candidate_burst: burst,
@@ -430,6 +432,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
         Stream::new(seed, "faults"),
     );
     injector.life = life.clone();
+    injector.drains = &drains;
     let mut next_fault = time::now() + swarm.fault_gap(&mut injector.rng);
     let mut audited: Audited = Vec::new();
     while time::now() < chaos_end {

@@ -26,6 +26,18 @@ impl Client {
         }
     }
 
+    /// A 1012 close (service restart) comes only from a graceful restart of the client's
+    /// server begun after its connection was opened.
+    pub(super) fn check_restart_close(&mut self) {
+        let idx = self.idx;
+        self.oracles
+            .reached("client: closed 1012 by a graceful restart");
+        let now = self.oracles.graceful_restarts(self.server.ip());
+        self.oracles.check(now > self.restarts_before, || {
+            format!("c{idx}: closed 1012 (server restart) though its server began no graceful restart since the connection opened")
+        });
+    }
+
     /// A squatter's slot is dropped at the connect grace after its join, whatever it sends
     /// meanwhile (only `connect` stops the clock). The socket answers frames in order, so a
     /// heartbeat it answered that went out well after the grace had passed comes after the

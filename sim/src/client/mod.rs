@@ -248,6 +248,9 @@ pub struct Client {
     /// The message ref counter when this connection sent a frame over the server's size
     /// limit: the server must close the connection (1009) before answering anything later.
     oversized_at: Option<u64>,
+    /// Graceful restarts of its server begun before this connection was opened: a 1012 close
+    /// is owed only by a later one.
+    restarts_before: u64,
     /// The ref after which a binary frame went out: the connection must close with 1003.
     binary_at: Option<u64>,
     /// The last action froze the client (see `frozen`).
@@ -319,6 +322,7 @@ impl Client {
             held_bytes: 0,
             held_bytes_peak: 0,
             oversized_at: None,
+            restarts_before: 0,
             binary_at: None,
             freeze: false,
             tabs: Tabs::default(),
@@ -401,6 +405,9 @@ impl Client {
                 self.log("teardown: gone");
                 return;
             }
+            // Read before connecting: a restart that begins while the connection is being
+            // accepted may close it.
+            let restarts_before = self.oracles.graceful_restarts(self.server.ip());
             let stream = match madsim::net::TcpStream::connect(self.server).await {
                 Ok(s) => s,
                 Err(_) => {
@@ -410,6 +417,7 @@ impl Client {
                 }
             };
             self.log("socket open");
+            self.restarts_before = restarts_before;
             let (mut reader, mut writer) = wire::split(stream);
             // A new connection forgets every channel, as phoenix.js does.
             self.lose_channel();
@@ -724,6 +732,9 @@ impl Client {
                         self.oracles.check(code != 1000, || format!("c{}: server closed with 1000", self.idx));
                         if code == videoroom::phoenix::CLOSE_GOING_AWAY {
                             self.check_idle_close();
+                        }
+                        if code == videoroom::conn::CLOSE_SERVICE_RESTART {
+                            self.check_restart_close();
                         }
                         if code == videoroom::phoenix::CLOSE_POLICY_VIOLATION {
                             self.check_held_close();
@@ -1073,6 +1084,9 @@ impl Client {
                     if code == videoroom::phoenix::CLOSE_GOING_AWAY {
                         self.oracles.reached("client: frozen socket closed as idle");
                         self.check_idle_close();
+                    }
+                    if code == videoroom::conn::CLOSE_SERVICE_RESTART {
+                        self.check_restart_close();
                     }
                     return Step::Reconnect;
                 }
