@@ -331,28 +331,14 @@ impl<'a> Injector<'a> {
                     return false;
                 }
                 let (name, pid) = rooms[self.pick(rooms.len())].clone();
-                // Every channel joined to it must get exactly one phx_error.
-                let peers: BTreeSet<String> = app
-                    .room_peers(&name)
-                    .await
-                    .into_iter()
-                    .map(|(p, _)| p)
-                    .collect();
-                for (idx, v) in self.views.lock().unwrap().iter() {
-                    if let (Some(p), Some(jr)) = (&v.peer_id, &v.join_ref) {
-                        if peers.contains(p) {
-                            self.oracles.expect_error(*idx, jr.clone());
-                        }
-                    }
-                }
+                let peers = self.expect_errors(&app, &name).await;
                 let reason = if fault == Fault::RoomCrash {
                     ExitReason::Killed
                 } else {
                     ExitReason::Crashed("engine crashed (injected)".into())
                 };
                 trace.log(format_args!(
-                    "fault {fault}: {name} {pid} with {} peers",
-                    peers.len()
+                    "fault {fault}: {name} {pid} with {peers} peers"
                 ));
                 app.sys.exit(pid, reason)
             }
@@ -475,21 +461,63 @@ impl<'a> Injector<'a> {
                     .drains
                     .get(target)
                     .and_then(|d| d.lock().unwrap().clone());
-                let (Some(drain), Some(_)) = (drain, current(app)) else {
+                let (Some(drain), Some(app)) = (drain, current(app)) else {
                     return false;
                 };
-                self.drain(target, &drain).await;
+                self.drain(target, &app, &drain).await;
                 self.restart(target);
                 true
             }
         }
     }
 
-    /// What `Server::shutdown` does to the sockets of node `target`: raises the flag, then
-    /// waits (up to the grace) for every socket process to let go of it and every connection
-    /// to write its last frame. Each socket process must close its socket with 1012 and stop;
-    /// one still watching the flag after the grace is a server that does not drain.
-    async fn drain(&mut self, target: usize, drain: &server::Drain) {
+    /// Every channel joined to room `name` of `app` must get exactly one phx_error (the room is
+    /// about to end abnormally); returns how many peers it has.
+    async fn expect_errors(&self, app: &App, name: &str) -> usize {
+        let peers: BTreeSet<String> = app
+            .room_peers(name)
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        for (idx, v) in self.views.lock().unwrap().iter() {
+            if let (Some(p), Some(jr)) = (&v.peer_id, &v.join_ref) {
+                if peers.contains(p) {
+                    self.oracles.expect_error(*idx, jr.clone());
+                }
+            }
+        }
+        peers.len()
+    }
+
+    /// What `Server::shutdown` does to node `target`. In a cluster the node drains first: it
+    /// ends every room it owns (each of their channels, on any node, owed one phx_error) and
+    /// revokes its lease, within the grace (rooms end at once; the revoke is bounded by the
+    /// etcd timeout). Then it raises the flag and waits (up to the grace) for every socket
+    /// process to let go of it and every connection to write its last frame. Each socket
+    /// process must close its socket with 1012 and stop; one still watching the flag after the
+    /// grace is a server that does not drain.
+    async fn drain(&mut self, target: usize, app: &App, drain: &server::Drain) {
+        if let Some(cluster) = &drain.cluster {
+            let rooms = app.rooms.entries();
+            let mut peers = 0;
+            for (name, _) in &rooms {
+                peers += self.expect_errors(app, name).await;
+            }
+            self.trace.log(format_args!(
+                "fault graceful_restart: cluster drain of {} rooms with {peers} peers",
+                rooms.len()
+            ));
+            let stopped = time::timeout(DRAIN_GRACE, cluster.stop()).await.is_some();
+            self.oracles.check(stopped, || {
+                format!("graceful restart: the cluster drain (rooms ended, lease revoked) took longer than {DRAIN_GRACE:?}")
+            });
+            // `Cluster::stop` returns once the node's rooms have exited and it takes no new one.
+            let left = app.rooms.entries();
+            self.oracles.check(!stopped || left.is_empty(), || {
+                format!("graceful restart: the cluster drain returned with rooms still registered on the node: {left:?}")
+            });
+        }
         let watching = drain.flag.receiver_count();
         self.oracles.check(watching >= 1, || {
             "graceful restart: the shutdown flag counts no watcher, though the listener watches it"

@@ -25,13 +25,14 @@ pub const SOCKET_LABEL: &str = "socket";
 /// The current incarnation's App (replaced when the node restarts), for the oracles.
 pub type CurrentApp = Arc<Mutex<Option<App>>>;
 
-/// A node's graceful shutdown, as `Server::shutdown` does it for the sockets: the flag every
-/// socket process watches (raising it closes each socket with 1012), and the connections still
-/// open (each counted until its last frame is written).
+/// A node's graceful shutdown, as `Server::shutdown` does it: the node's cluster membership
+/// (drained first), the flag every socket process watches (raising it closes each socket with
+/// 1012), and the connections still open (each counted until its last frame is written).
 #[derive(Clone)]
 pub struct Drain {
     pub flag: Arc<watch::Sender<bool>>,
     open: Arc<std::sync::atomic::AtomicUsize>,
+    pub cluster: Option<Cluster>,
 }
 
 impl Drain {
@@ -154,6 +155,7 @@ pub async fn serve(node: Node) {
         )
     });
     let app = app.with_media(negotiation, planes);
+    let mut joined = None;
     if let Some(cfg) = node.cluster.clone() {
         // The dist port is freed by the kill before a restart; retry while it is torn down.
         let cluster = loop {
@@ -172,12 +174,14 @@ pub async fn serve(node: Node) {
         while !cluster.is_acting() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        joined = Some(cluster);
     }
     // Raised only by the injector's graceful restart; its other restarts kill the node.
     let (flag, mut shutdown) = watch::channel(false);
     let drain = Drain {
         flag: Arc::new(flag),
         open: Arc::default(),
+        cluster: joined,
     };
     *node.drain.lock().unwrap() = Some(drain.clone());
     *node.current.lock().unwrap() = Some(app.clone());
