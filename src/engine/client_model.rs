@@ -130,6 +130,11 @@ pub struct Negotiator {
     /// The open offer is not one [`offer`](Self::offer) built: its lines' directions are not
     /// the model's.
     foreign_offer: bool,
+    /// Per `a=msid` stream id the server sent on: the endpoint whose tracks it groups. The
+    /// browser builds one MediaStream per stream id and the page shows one stream per endpoint,
+    /// so a stream id that groups two endpoints' tracks shows one person's video in another's
+    /// tile.
+    stream_of: BTreeMap<String, String>,
 }
 
 /// Adds a `pad` string that makes `metadata`'s JSON exactly `bytes` long (no shorter than it is
@@ -623,6 +628,7 @@ impl Negotiator {
                     };
                     match m.direction {
                         Direction::SendOnly => {
+                            self.check_stream(who, m, track, judge);
                             // A line that starts receiving fires `ontrack`, where 0.5.3 looks the
                             // track up among those it knows and throws if it forgot it
                             // (`tracksRemoved` and `endpointRemoved` erase it).
@@ -672,6 +678,42 @@ impl Negotiator {
             .collect();
         self.answers += 1;
         judge.reached("client: sdpAnswer applied");
+    }
+
+    /// A line sending `track` names its stream (`a=msid:<stream> <track>`, RFC 8830): the
+    /// browser's `ontrack` gets the track's MediaStream from it, and the stream id groups the
+    /// tracks of the endpoint that publishes it (track ids start with `<endpoint id>:`) and no
+    /// other endpoint's.
+    fn check_stream(
+        &mut self,
+        who: &str,
+        m: &super::sdp::MediaSection,
+        track: &str,
+        judge: &impl Judge,
+    ) {
+        let endpoint = track.split_once(':').map_or(track, |(e, _)| e);
+        let msid = m.attributes.iter().find_map(|a| a.strip_prefix("msid:"));
+        let Some(stream) = msid
+            .and_then(|v| v.split(' ').next())
+            .filter(|s| !s.is_empty())
+        else {
+            judge.fail(format!(
+                "{who}: mid {} sends {track} without an `a=msid:<stream> <track>` (ontrack gets no stream)",
+                m.mid
+            ));
+            return;
+        };
+        let owner = self
+            .stream_of
+            .entry(stream.to_string())
+            .or_insert_with(|| endpoint.to_string());
+        judge.check(owner == endpoint, || {
+            format!(
+                "{who}: mid {} puts {track} in stream {stream}, which groups {owner}'s tracks: \
+                 the page would show two endpoints' tracks as one MediaStream",
+                m.mid
+            )
+        });
     }
 
     /// A server ICE candidate: the browser adds it to its remote description, which only an
