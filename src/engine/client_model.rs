@@ -122,6 +122,9 @@ pub struct Negotiator {
     /// Media `error`s the server owes: one per broken offer and per track update over the
     /// metadata limit.
     error_due: u32,
+    /// Broken offers whose media `error` has not come: the server owes each one (a track
+    /// update over the limit may be dropped by the update budget, an offer never is).
+    refusals_owed: u32,
     /// What [`gone`](Self::gone) held when the open offer was made.
     gone_at_offer: BTreeSet<String>,
     /// Tracks an answer mapped to a line of this client but made inactive before the client
@@ -136,6 +139,9 @@ pub struct Negotiator {
     /// tile.
     stream_of: BTreeMap<String, String>,
 }
+
+/// How the server's media `error` for an offer it cannot take begins.
+const OFFER_REFUSED: &str = "invalid sdpOffer";
 
 /// Adds a `pad` string that makes `metadata`'s JSON exactly `bytes` long (no shorter than it is
 /// with an empty pad).
@@ -190,6 +196,8 @@ impl Negotiator {
             // The server renegotiates every connection that carried a track it removed, so
             // the line goes inactive and its slot can be given to the next track.
             Some("a renegotiation that frees a line whose track is gone")
+        } else if self.refusals_owed > 0 {
+            Some("a media error for its broken sdpOffer")
         } else if self.offer_open {
             Some("an sdpAnswer to its sdpOffer")
         } else if self.asked {
@@ -207,6 +215,7 @@ impl Negotiator {
     pub fn break_offer(&mut self, unparsable: bool) -> Vec<Value> {
         self.offer_open = false;
         self.error_due += 1;
+        self.refusals_owed += 1;
         self.asked = true;
         let offer = if unparsable {
             json!({"type": "offer", "sdp": "v=0\r\nm=audio\r\n"})
@@ -246,8 +255,12 @@ impl Negotiator {
         self.offer_open = false;
     }
 
-    /// A media `error` arrived: true if it answers a broken offer of this client.
-    pub fn take_error(&mut self) -> bool {
+    /// A media `error` arrived: true if it answers a broken offer or a track update over the
+    /// limit of this client.
+    pub fn take_error(&mut self, message: &str) -> bool {
+        if message.starts_with(OFFER_REFUSED) {
+            self.refusals_owed = self.refusals_owed.saturating_sub(1);
+        }
         let due = self.error_due > 0;
         self.error_due = self.error_due.saturating_sub(1);
         due

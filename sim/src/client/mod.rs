@@ -1794,7 +1794,7 @@ impl Client {
                     checks::cut_error_message(&self.oracles, &who, message);
                     self.oracles
                         .reached("client: malformed media event refused");
-                } else if !c.neg.take_error() {
+                } else if !c.neg.take_error(message) {
                     self.oracles
                         .fail(format!("c{idx}: server sent media error {data}"));
                 }
