@@ -130,6 +130,9 @@ if [ -n "$survivors" ]; then
   state="$(git rev-parse HEAD:src)"
   commit="$(git rev-parse --short HEAD)"
   scripts/setup-node.sh
+  # The whole-suite stage runs the browser tests too: without their npm packages in the copy
+  # (gitignored, copied with --gitignore false) every mutant would look caught.
+  scripts/setup-chromium.sh
   # cargo-mutants runs no baseline here (--baseline skip): a unit test that fails on the clean
   # tree would make every mutant look caught. Check the tree first.
   if ! CARGO_TARGET_DIR="$target/mutants-tokio" cargo test -q --lib >/dev/null 2>&1; then
@@ -240,6 +243,7 @@ while IFS= read -r m; do
 done <"$out/sim/mutants.out/missed.txt"
 if [ ${#missed[@]} -gt 0 ]; then
   scripts/setup-node.sh
+  scripts/setup-chromium.sh
   # Its own target dir: test binaries built from cargo-mutants' temporary copy bake in that
   # copy's paths, and a later `cargo test` of the real tree would reuse them and fail.
   # MUTANTS_PASS2_ARGS narrows pass 2 (e.g. `--lib`: the unit tests alone, ~1 min a mutant
