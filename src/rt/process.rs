@@ -501,7 +501,15 @@ impl<M: Send + 'static> Prepared<M> {
             .catch_unwind();
             let reason = tokio::select! {
                 biased;
-                r = kill_rx => r.unwrap_or(ExitReason::Killed),
+                r = kill_rx => {
+                    // Simulation: a killed process is scheduled late like any woken one (a
+                    // loaded machine), so its exit (hooks, DOWNs, its name freed) comes a
+                    // while after the kill was sent, as in production; the body is already
+                    // dropped and runs no more.
+                    #[cfg(madsim)]
+                    super::sim::lag().await;
+                    r.unwrap_or(ExitReason::Killed)
+                }
                 r = run => match r {
                     Ok(reason) => reason,
                     Err(panic) => {
