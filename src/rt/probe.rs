@@ -219,6 +219,9 @@ pub enum Event<'a> {
     /// The room stopped with this join queued (its ack dropped): retried into a fresh room.
     JoinRetriedAfterRoomStop,
     JoinRetriedAfterRoomDown,
+    /// A join's attempts together outlasted `channel::core::JOIN_BUDGET`: refused, so that it
+    /// is answered within the client's patience.
+    JoinOutOfTime,
     /// Never: a channel got a message other than `Stop` before it joined.
     ChannelMessageBeforeJoin,
     /// Never: a channel got the DOWN of a monitor it no longer holds (neither its socket's nor
@@ -354,6 +357,7 @@ impl Event<'_> {
             Event::JoinRefusedByRoom => "JoinRefusedByRoom",
             Event::JoinRetriedAfterRoomStop => "JoinRetriedAfterRoomStop",
             Event::JoinRetriedAfterRoomDown => "JoinRetriedAfterRoomDown",
+            Event::JoinOutOfTime => "JoinOutOfTime",
             Event::ChannelMessageBeforeJoin => "ChannelMessageBeforeJoin",
             Event::ChannelDownForUnknownMonitor => "ChannelDownForUnknownMonitor",
             Event::UndecodableFrame => "UndecodableFrame",
