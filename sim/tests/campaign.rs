@@ -579,6 +579,8 @@ fn cluster_swarm_campaign_keeps_every_promise_across_nodes() {
             // Quiet spells leave rooms idle while their node loses its lease: only the node's
             // own fence can end them on time (the fence check and the lapse check see it).
             "cluster: a lease with rooms lapsed in a quiet spell",
+            // Joins arrive as a drain begins: a claim in flight is won by a draining node.
+            "ClaimWonWhileDraining",
         ],
         &[
             "node_split",

@@ -293,6 +293,9 @@ pub enum Event<'a> {
     ClaimAnsweredTooLate,
     /// A room's release failed while its lease lived, and was tried again.
     ReleaseRetried,
+    /// A claim was won after the node began to drain: the room never started, the claim was
+    /// released.
+    ClaimWonWhileDraining,
 
     /// Candidates the plane reported while the peer's answer was outstanding, sent after it:
     /// `held` of them, of at most `max` kept (the rest were dropped).
@@ -393,6 +396,7 @@ impl Event<'_> {
             Event::FencedLeaseRevoked => "FencedLeaseRevoked",
             Event::ClaimAnsweredTooLate => "ClaimAnsweredTooLate",
             Event::ReleaseRetried => "ReleaseRetried",
+            Event::ClaimWonWhileDraining => "ClaimWonWhileDraining",
             Event::MediaEventBeforeConnect => "MediaEventBeforeConnect",
         }
     }
