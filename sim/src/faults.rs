@@ -562,7 +562,7 @@ impl<'a> Injector<'a> {
         // Its own stream, forked per drain, so the injector's later draws stay as they were.
         let drains = self.applied.get("graceful_restart").copied().unwrap_or(0);
         let mut rng = self.rng.fork(drains);
-        let joins = 1 + rng.below(3);
+        let joins = 2 + rng.below(5);
         let Some(node) = Handle::current().get_node(self.servers[target]) else {
             return;
         };
@@ -572,7 +572,7 @@ impl<'a> Injector<'a> {
                 let _ = cluster.whereis_or_start(&name).await;
             });
         }
-        let lead = Duration::from_micros(rng.below(25_000));
+        let lead = Duration::from_micros(rng.below(30_000));
         self.trace.log(format_args!(
             "fault graceful_restart: {joins} joins of new rooms arrive {lead:?} before the drain"
         ));
