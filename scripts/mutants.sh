@@ -73,7 +73,7 @@ globs=()
 for f in "${files[@]}"; do globs+=(-f "$f"); done
 common=(
   --gitignore false # the copy needs tests/node/node_modules (gitignored) for pass 2
-  --jobs "${MUTANTS_JOBS:-1}" --baseline skip
+  --jobs "${MUTANTS_JOBS:-1}"
   "${globs[@]}"
   # The harness's own code, not the product: the probe events and promise model the oracles
   # read, and the madsim seam of the runtime (production never runs it). Their mutants test the
@@ -108,6 +108,24 @@ scope_tally() { # [undecided-out]
   python3 scripts/mutants_ledger.py tally "$list" "$out/blobs.now" "$ledger" "$@"
 }
 
+# What the whole suite needs besides cargo (as scripts/test-all.sh installs it): without it in
+# cargo-mutants' copy (gitignored npm packages are copied with --gitignore false) every mutant
+# would look caught. The whole-suite runs also run cargo-mutants' baseline (the unmutated copy
+# must pass), so anything still missing voids the run instead of faking catches.
+whole_suite_needs() {
+  scripts/setup-node.sh
+  scripts/setup-chromium.sh
+  scripts/setup-etcd.sh
+}
+
+# cargo-mutants exits 4 when the unmutated tree fails its tests: nothing it reports is a verdict.
+baseline_failed() { # RC NAME
+  if [ "$1" = 4 ]; then
+    echo "mutants.sh: the unmutated tree fails the tests of $2 in cargo-mutants' copy; nothing recorded (see $out/$2/mutants.out/log/baseline.log)" >&2
+    exit 1
+  fi
+}
+
 if [ "$tally" = 1 ]; then
   scope_tally
   exit 0
@@ -129,24 +147,22 @@ if [ -n "$survivors" ]; then
   cp "$out/blobs.now" "$out/survivors.blobs"
   state="$(git rev-parse HEAD:src)"
   commit="$(git rev-parse --short HEAD)"
-  scripts/setup-node.sh
-  # The whole-suite stage runs the browser tests too: without their npm packages in the copy
-  # (gitignored, copied with --gitignore false) every mutant would look caught.
-  scripts/setup-chromium.sh
+  whole_suite_needs
   # cargo-mutants runs no baseline here (--baseline skip): a unit test that fails on the clean
   # tree would make every mutant look caught. Check the tree first.
   if ! CARGO_TARGET_DIR="$target/mutants-tokio" cargo test -q --lib >/dev/null 2>&1; then
     echo "mutants.sh: \`cargo test --lib\` fails on the unmutated tree; fix that first" >&2
     exit 1
   fi
-  stage() { # NAME OUTCOMES [cargo test args...]; the mutants are in "${todo[@]}"
-    local name="$1" outcomes="$2"; shift 2
-    local res=()
+  stage() { # NAME OUTCOMES BASELINE [cargo test args...]; the mutants are in "${todo[@]}"
+    local name="$1" outcomes="$2" baseline="$3"; shift 3
+    local res=() rc=0
     for m in "${todo[@]}"; do res+=(--re "$(exact_re "$m")"); done
     echo "==> pass 2, $name: ${#todo[@]} survivors"
     rm -rf "${out:?}/$name"
     CARGO_TARGET_DIR="$target/mutants-tokio" cargo mutants "${common[@]}" "${res[@]}" \
-      --timeout 1200 --build-timeout 900 -o "$out/$name" -- "$@" || true
+      --baseline "$baseline" --timeout 1200 --build-timeout 900 -o "$out/$name" -- "$@" || rc=$?
+    baseline_failed "$rc" "$name"
     if [ "$(git rev-parse HEAD:src)" != "$state" ] || ! git diff --quiet HEAD -- src; then
       echo "mutants.sh: src/ changed during the run; its verdicts are not recorded" >&2
       exit 1
@@ -154,7 +170,7 @@ if [ -n "$survivors" ]; then
     MUTANTS_COMMIT="$commit" python3 scripts/mutants_ledger.py record "$out/$name" tokio \
       "$out/survivors.blobs" "$ledger" $outcomes
   }
-  stage tokio-unit caught --lib
+  stage tokio-unit caught skip --lib
   caught="$out/tokio-unit/mutants.out/caught.txt"
   rest=()
   for m in "${todo[@]}"; do
@@ -163,7 +179,7 @@ if [ -n "$survivors" ]; then
   echo "mutants.sh: the unit tests caught $((${#todo[@]} - ${#rest[@]})) of ${#todo[@]}"
   if [ ${#rest[@]} -gt 0 ]; then
     todo=("${rest[@]}")
-    stage tokio caught,missed,timeout,unviable
+    stage tokio caught,missed,timeout,unviable run
   fi
   touch src/lib.rs sim/src/lib.rs sim/src/main.rs
   scope_tally
@@ -212,7 +228,7 @@ start_blobs="$(blobs || true)"
 passes="${MUTANTS_PASSES:-1 2}"
 if [[ " $passes " == *" 1 "* ]]; then
 echo "==> pass 1: the simulation alone"
-"${sim_env[@]}" cargo mutants "${common[@]}" --profile sim-mutants --test-package videoroom-sim \
+"${sim_env[@]}" cargo mutants "${common[@]}" --baseline skip --profile sim-mutants --test-package videoroom-sim \
   --test-tool nextest --timeout 240 --build-timeout 900 -o "$out/sim" "${extra[@]}" \
   -- --profile mutants -- "${skips[@]}" || true
 if [ "$(tree_state)" = "$start_state" ]; then
@@ -242,15 +258,16 @@ while IFS= read -r m; do
   missed+=(--re "$(exact_re "$m")")
 done <"$out/sim/mutants.out/missed.txt"
 if [ ${#missed[@]} -gt 0 ]; then
-  scripts/setup-node.sh
-  scripts/setup-chromium.sh
+  whole_suite_needs
   # Its own target dir: test binaries built from cargo-mutants' temporary copy bake in that
   # copy's paths, and a later `cargo test` of the real tree would reuse them and fail.
   # MUTANTS_PASS2_ARGS narrows pass 2 (e.g. `--lib`: the unit tests alone, ~1 min a mutant
   # instead of ~4 with tests/it); the summary then says "with pass 2" for what it ran.
   read -r -a pass2_args <<<"${MUTANTS_PASS2_ARGS:-}"
+  rc=0
   CARGO_TARGET_DIR="$target/mutants-tokio" cargo mutants "${common[@]}" "${missed[@]}" \
-    --timeout 1200 --build-timeout 900 -o "$out/tokio" -- "${pass2_args[@]}" || true
+    --baseline run --timeout 1200 --build-timeout 900 -o "$out/tokio" -- "${pass2_args[@]}" || rc=$?
+  baseline_failed "$rc" tokio
   # Only the whole of pass 2 (no narrowing) is a verdict of the whole suite.
   if [ -z "${MUTANTS_PASS2_ARGS:-}" ] && [ -f "$out/sim/blobs" ] && [ "$(tree_state)" = "$(cat "$out/sim/tree")" ]; then
     MUTANTS_COMMIT="$(git rev-parse --short HEAD)" \
