@@ -170,7 +170,11 @@ if [ -n "$survivors" ]; then
     MUTANTS_COMMIT="$commit" python3 scripts/mutants_ledger.py record "$out/$name" tokio \
       "$out/survivors.blobs" "$ledger" $outcomes
   }
-  stage tokio-unit caught skip --lib
+  # MUTANTS_UNIT_STAGE=0 skips the unit stage (it records catches only, so a rerun would try
+  # the same misses again).
+  if [ "${MUTANTS_UNIT_STAGE:-1}" != 0 ]; then
+    stage tokio-unit caught skip --lib
+  fi
   caught="$out/tokio-unit/mutants.out/caught.txt"
   rest=()
   for m in "${todo[@]}"; do
