@@ -150,6 +150,9 @@ if [ -n "$survivors" ]; then
   whole_suite_needs
   # cargo-mutants runs no baseline here (--baseline skip): a unit test that fails on the clean
   # tree would make every mutant look caught. Check the tree first.
+  # Touched first: the target dir may hold test binaries cargo-mutants built from its copy (a
+  # run stopped before its end), which bake in the copy's paths.
+  touch src/lib.rs
   if ! CARGO_TARGET_DIR="$target/mutants-tokio" cargo test -q --lib >/dev/null 2>&1; then
     echo "mutants.sh: \`cargo test --lib\` fails on the unmutated tree; fix that first" >&2
     exit 1
