@@ -85,6 +85,9 @@ pub const SOMETIMES: &[&str] = &[
     // A retired m-line (its track gone, an inactive answer since) carrying the next track of
     // its kind: connections stay as small as what they receive at once.
     "client: recycled m-line carries a new track",
+    // A client that shares more than the server takes: its newest tracks past the limit of
+    // published tracks answered inactive, the ones it held kept.
+    "client: a track over the publishing limit left inactive",
     // A track's metadata update (a mute) reaching a subscriber.
     "client: trackUpdated",
     // Frames over the size limit (1009), and a join with more frames held behind it than

@@ -12,6 +12,7 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use videoroom::app::App;
+use videoroom::cluster::rooms::Cluster;
 use videoroom::rt::{time, ExitReason};
 
 use crate::client::Views;
@@ -499,6 +500,7 @@ impl<'a> Injector<'a> {
     /// grace is a server that does not drain.
     async fn drain(&mut self, target: usize, app: &App, drain: &server::Drain) {
         if let Some(cluster) = &drain.cluster {
+            self.arrivals(target, cluster).await;
             let rooms = app.rooms.entries();
             let mut peers = 0;
             for (name, _) in &rooms {
@@ -549,6 +551,32 @@ impl<'a> Injector<'a> {
             "graceful_restart drained: {} connections still open",
             drain.open()
         ));
+    }
+
+    /// A deploy does not wait for a quiet moment: joins for rooms nobody holds yet reach node
+    /// `target` just before its drain begins, so some are placed on it and have their claims in
+    /// flight (an etcd round trip) while `Cluster::stop` runs. A room they start there must end
+    /// with the drain (checked once it returns), or not start. The joins run on the node as a
+    /// channel's join would; a room they start elsewhere lingers empty and stops on its own.
+    async fn arrivals(&mut self, target: usize, cluster: &Cluster) {
+        // Its own stream, forked per drain, so the injector's later draws stay as they were.
+        let drains = self.applied.get("graceful_restart").copied().unwrap_or(0);
+        let mut rng = self.rng.fork(drains);
+        let joins = 2 + rng.below(5);
+        let Some(node) = Handle::current().get_node(self.servers[target]) else {
+            return;
+        };
+        for k in 0..joins {
+            let (cluster, name) = (cluster.clone(), format!("deploy-{target}-{drains}-{k}"));
+            node.spawn(async move {
+                let _ = cluster.whereis_or_start(&name).await;
+            });
+        }
+        let lead = Duration::from_micros(rng.below(30_000));
+        self.trace.log(format_args!(
+            "fault graceful_restart: {joins} joins of new rooms arrive {lead:?} before the drain"
+        ));
+        time::sleep(lead).await;
     }
 
     /// Kills node `target` and starts a new incarnation of it.

@@ -6,12 +6,23 @@
 //! The actor (`channel::run`) asks the registry, sends and waits; it brings each outcome here
 //! and does what comes back. Nothing here touches a mailbox, the registry or the clock.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::rt::{ExitReason, MonitorRef};
 
 /// How many times a join tries a room that stops or dies under it.
 pub const JOIN_ATTEMPTS: usize = 8;
+
+/// How long one join is worked on, all its attempts together, before it is refused with a
+/// reason the client retries on. A join must be answered within the client's patience (the
+/// simulated client's 5 s; phoenix.js times out at 10 s and sends the join again, so the first
+/// one's late answer is wasted), and a node frozen for up to a second before it reads the join
+/// comes out of that patience too. Each attempt alone is bounded (a cluster lookup by 2.5 s, a
+/// room proxy by 1.5 s), but a room that dies under a join makes another attempt, and the
+/// attempts chained past it (fuzz seed 1796415575231456 of the cluster scenario: 4.6 s).
+pub const JOIN_BUDGET: Duration = Duration::from_millis(3500);
 
 /// The refusal of a join whose room could not be started or kept alive long enough to take it.
 pub const FAILED_TO_START: &str = "failed to start room";

@@ -16,7 +16,9 @@
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use self::core::{client_push, joined_down, Attempt, Attempts, Next, Push, FAILED_TO_START};
+use self::core::{
+    client_push, joined_down, Attempt, Attempts, Next, Push, FAILED_TO_START, JOIN_BUDGET,
+};
 use crate::app::App;
 use crate::messages::{ChannelMsg, ConnMsg, RoomMsg};
 use crate::metrics::Process;
@@ -75,7 +77,19 @@ pub async fn run(
     let name = name.to_ascii_lowercase();
     let joined = match admitted {
         Err(reason) => JoinOutcome::Refused(reason),
-        Ok(()) => join(&app, &name, socket_ref, &mut ctx).await,
+        // Cancel-safe: what a join holds (monitors, a peer queued in a room) belongs to this
+        // channel, which ends with the refusal; a cluster start in flight runs in its own task.
+        Ok(()) => rt::time::timeout(JOIN_BUDGET, join(&app, &name, socket_ref, &mut ctx))
+            .await
+            .unwrap_or_else(|| {
+                tracing::warn!(room = %name, "join refused: not settled within {JOIN_BUDGET:?}");
+                probe::emit(Event::JoinOutOfTime);
+                let reason = match app.cluster.get() {
+                    Some(_) => UNAVAILABLE_REASON,
+                    None => FAILED_TO_START,
+                };
+                JoinOutcome::Refused(reason.into())
+            }),
     };
     let Joined {
         room,

@@ -237,3 +237,27 @@ async fn a_channel_that_never_connects_is_dropped_with_a_reason() {
     assert_eq!(peers[0].1, guest.pid());
     assert!(app.sys.is_alive(guest.pid()));
 }
+
+/// A join whose room never answers is refused once its budget is spent, so the client hears
+/// within its patience and retries, instead of waiting on a join the server forgot.
+#[tokio::test]
+async fn a_join_is_answered_within_its_budget_even_when_its_room_never_answers() {
+    let app = App::new(Limits::default());
+    // A room that queues joins and never answers them (a room wedged behind its work).
+    app.rooms
+        .start("stuck", 16, |mut ctx: Ctx<RoomMsg>| async move {
+            let mut held = Vec::new();
+            loop {
+                if let Received::Msg(m) = ctx.recv().await {
+                    held.push(m);
+                }
+            }
+        })
+        .expect("room started");
+    let asked = tokio::time::Instant::now();
+    let answer = join_answer(&app, "room:stuck", json!({})).await;
+    assert_eq!(answer, Err(FAILED_TO_START.to_owned()));
+    let waited = asked.elapsed();
+    // `join_answer` gives up after 5 s: the refusal came between the budget and that.
+    assert!(waited >= JOIN_BUDGET, "answered after {waited:?}");
+}

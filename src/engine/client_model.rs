@@ -275,6 +275,28 @@ impl Negotiator {
         custom("renegotiateTracks", json!({}))
     }
 
+    /// Publishes `n` more tracks at once (screens and cameras), audio and video in turn, and
+    /// asks to renegotiate. Past the server's limit of published tracks the answer leaves the
+    /// newest inactive (see [`on_answer`](Self::on_answer)).
+    pub fn publish_more(&mut self, peer_id: &str, n: usize) -> Value {
+        for i in 0..n {
+            let kind = if i % 2 == 0 {
+                MediaKind::Video
+            } else {
+                MediaKind::Audio
+            };
+            self.add_track(peer_id, kind);
+        }
+        self.asked = true;
+        custom("renegotiateTracks", json!({}))
+    }
+
+    /// Lines of this client that carry a track, whatever their state (a line is never
+    /// removed).
+    pub fn own_lines(&self) -> usize {
+        self.mlines.iter().filter(|m| m.track.is_some()).count()
+    }
+
     /// Stops the published tracks (their m-lines become inactive, never reused).
     pub fn unpublish(&mut self) -> Value {
         for m in self.mlines.iter_mut().filter(|m| m.track.is_some()) {
@@ -558,6 +580,19 @@ impl Negotiator {
             .unwrap_or_default();
         match Sdp::parse(data["sdp"].as_str().unwrap_or("")) {
             Ok(sdp) => {
+                // The tracks of this client the server takes (README "Semantics": at most
+                // `max_published_tracks` per peer, the ones it already holds first).
+                let limit = super::NegotiationConfig::default().max_published_tracks;
+                let taken = sdp
+                    .media
+                    .iter()
+                    .filter(|m| m.direction == Direction::RecvOnly)
+                    .count();
+                judge.check(taken <= limit, || {
+                    format!(
+                        "{who}: the answer takes {taken} of its tracks, over the limit of {limit}"
+                    )
+                });
                 for m in &sdp.media {
                     let mapped = map.get(&m.mid).and_then(Value::as_str);
                     let line = self.mlines.iter_mut().find(|l| l.mid == m.mid);
@@ -581,20 +616,29 @@ impl Negotiator {
                                 m.mid, m.direction, l.offered
                             )
                         });
-                        // Its own track, within every limit: the server takes it (publishing
-                        // is what a room is for).
+                        // Its own track: the server takes it (publishing is what a room is
+                        // for), unless it is new and the tracks the server takes of this client
+                        // already fill the limit; one taken before keeps its place.
                         if l.offered == "sendonly" && !l.forged && !l.revived && !l.foreign_gap {
-                            judge.check(
-                                m.direction == Direction::RecvOnly
-                                    && mapped.is_some()
-                                    && mapped == l.track.as_deref(),
-                                || {
-                                    format!(
-                                        "{who}: its track {:?} on mid {} answered {:?}, mapped to {mapped:?}",
-                                        l.track, m.mid, m.direction
-                                    )
-                                },
-                            );
+                            let took = m.direction == Direction::RecvOnly
+                                && mapped.is_some()
+                                && mapped == l.track.as_deref();
+                            let over_limit = !l.mapped
+                                && m.direction == Direction::Inactive
+                                && mapped.is_none()
+                                && taken >= limit;
+                            if over_limit {
+                                judge.reached(
+                                    "client: a track over the publishing limit left inactive",
+                                );
+                            }
+                            judge.check(took || over_limit, || {
+                                format!(
+                                    "{who}: its track {:?} on mid {} answered {:?}, mapped to {mapped:?} \
+                                     ({taken} of its tracks taken, limit {limit})",
+                                    l.track, m.mid, m.direction
+                                )
+                            });
                         }
                         // A line never carries a track the client knew was gone when it made
                         // the offer (the server told it first, so it knew when it answered; a

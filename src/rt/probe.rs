@@ -219,6 +219,9 @@ pub enum Event<'a> {
     /// The room stopped with this join queued (its ack dropped): retried into a fresh room.
     JoinRetriedAfterRoomStop,
     JoinRetriedAfterRoomDown,
+    /// A join's attempts together outlasted `channel::core::JOIN_BUDGET`: refused, so that it
+    /// is answered within the client's patience.
+    JoinOutOfTime,
     /// Never: a channel got a message other than `Stop` before it joined.
     ChannelMessageBeforeJoin,
     /// Never: a channel got the DOWN of a monitor it no longer holds (neither its socket's nor
@@ -290,6 +293,9 @@ pub enum Event<'a> {
     ClaimAnsweredTooLate,
     /// A room's release failed while its lease lived, and was tried again.
     ReleaseRetried,
+    /// A claim was won after the node began to drain: the room never started, the claim was
+    /// released.
+    ClaimWonWhileDraining,
 
     /// Candidates the plane reported while the peer's answer was outstanding, sent after it:
     /// `held` of them, of at most `max` kept (the rest were dropped).
@@ -354,6 +360,7 @@ impl Event<'_> {
             Event::JoinRefusedByRoom => "JoinRefusedByRoom",
             Event::JoinRetriedAfterRoomStop => "JoinRetriedAfterRoomStop",
             Event::JoinRetriedAfterRoomDown => "JoinRetriedAfterRoomDown",
+            Event::JoinOutOfTime => "JoinOutOfTime",
             Event::ChannelMessageBeforeJoin => "ChannelMessageBeforeJoin",
             Event::ChannelDownForUnknownMonitor => "ChannelDownForUnknownMonitor",
             Event::UndecodableFrame => "UndecodableFrame",
@@ -389,6 +396,7 @@ impl Event<'_> {
             Event::FencedLeaseRevoked => "FencedLeaseRevoked",
             Event::ClaimAnsweredTooLate => "ClaimAnsweredTooLate",
             Event::ReleaseRetried => "ReleaseRetried",
+            Event::ClaimWonWhileDraining => "ClaimWonWhileDraining",
             Event::MediaEventBeforeConnect => "MediaEventBeforeConnect",
         }
     }

@@ -499,18 +499,22 @@ impl<M: Send + 'static> Prepared<M> {
                 body(ctx).await
             })
             .catch_unwind();
+            // Pinned here, the body is dropped when this task ends, just before the exit guard
+            // (declared first, dropped last): a kill drops it in the same step as the exit
+            // (hooks run, the name is freed, DOWNs go out), so no one ever finds the process
+            // registered with its mailbox already closed.
+            let mut run = std::pin::pin!(run);
             let reason = tokio::select! {
                 biased;
                 r = kill_rx => {
                     // Simulation: a killed process is scheduled late like any woken one (a
-                    // loaded machine), so its exit (hooks, DOWNs, its name freed) comes a
-                    // while after the kill was sent, as in production; the body is already
-                    // dropped and runs no more.
+                    // loaded machine): until then it runs nothing, its mailbox still takes
+                    // messages, and its exit comes a while after the kill was sent.
                     #[cfg(madsim)]
                     super::sim::lag().await;
                     r.unwrap_or(ExitReason::Killed)
                 }
-                r = run => match r {
+                r = &mut run => match r {
                     Ok(reason) => reason,
                     Err(panic) => {
                         let message = panic_message(&*panic);

@@ -862,6 +862,22 @@ impl Client {
                 let Some(peer) = c.peer_id.clone() else {
                     return true;
                 };
+                // Where connections are not bounded below the SDP limit: now and then a person
+                // shares more (screens, cameras), a few tracks at once, past the server's limit
+                // of published tracks at times.
+                let unbounded = self.swarm.recv_lines
+                    + videoroom::engine::NegotiationConfig::default().max_published_tracks
+                    >= videoroom::engine::sdp::MAX_MLINES;
+                if c.neg.is_publishing()
+                    && unbounded
+                    && c.neg.own_lines() < 24
+                    && rt::rand::chance(0.2)
+                {
+                    let n = 2 + rt::rand::below(6) as usize;
+                    let ev = c.neg.publish_more(&peer, n);
+                    self.log(format!("publishes {n} more tracks"));
+                    return self.media(w, ev).await;
+                }
                 if c.neg.is_publishing() {
                     // Already publishing: toggles a track's mute state (its metadata) instead.
                     let Some(ev) = c.neg.track_update() else {

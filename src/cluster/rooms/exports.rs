@@ -63,6 +63,8 @@ struct Inner {
     proxies: BTreeMap<u64, Inbox>,
     /// Link monitor ref → the local proxy that holds it.
     monitors: BTreeMap<u64, u64>,
+    /// The node drains: no room is added any more.
+    draining: bool,
 }
 
 /// Cheap to clone; clones share the table.
@@ -74,8 +76,27 @@ impl Exports {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add_room(&self, pid: u64, room: LocalRoom) {
-        self.lock().rooms.insert(pid, room);
+    /// Adds a room this node has claimed; false once the node drains. A claim in flight when
+    /// the drain began can be won after it, and its room must then not start: the drain ends
+    /// only the rooms [`Exports::drain`] listed.
+    pub fn add_room(&self, pid: u64, room: LocalRoom) -> bool {
+        let mut t = self.lock();
+        if !t.draining {
+            t.rooms.insert(pid, room);
+        }
+        !t.draining
+    }
+
+    /// Takes no room from now on, and lists those held (in pid order), in one step: no room
+    /// is added after the list is taken.
+    pub fn drain(&self) -> Vec<(u64, LocalRoom)> {
+        let mut t = self.lock();
+        t.draining = true;
+        t.rooms.iter().map(|(p, r)| (*p, r.clone())).collect()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.lock().draining
     }
 
     /// Removes the room exported as `pid`, returning it (once).

@@ -25,7 +25,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ const PROXY_INBOX: usize = 1024;
 /// client rejoins): under the clients' join timeouts (phoenix.js: 10 s; the simulated client
 /// calls 5 s unanswered a failure).
 const JOIN_PATIENCE: Duration = Duration::from_millis(2500);
+/// Why a draining node starts no room (the joiner looks elsewhere).
+const SHUTTING_DOWN: &str = "this node is shutting down";
 /// How long a placement request waits for the chosen node's answer.
 const START_PATIENCE: Duration = Duration::from_secs(1);
 /// How often the node list for placement is read and this node's load published.
@@ -136,8 +138,6 @@ pub struct Inner {
     pending: Mutex<BTreeMap<(String, u64), oneshot::Sender<ToNode>>>,
     /// The node list as last read, for placement.
     nodes: Mutex<Vec<NodeRecord>>,
-    /// Set once the node drains: no new rooms.
-    draining: AtomicBool,
     /// The app, for starting rooms; taken at stop (it holds this cluster too).
     app: Mutex<Option<App>>,
 }
@@ -251,8 +251,8 @@ impl Shared {
 
     /// Claims `name` for a room of this node and starts it there.
     async fn start_here(&self, app: &App, name: &str) -> Started {
-        if self.draining.load(Ordering::Relaxed) {
-            return Started::NotHere("this node is shutting down".into());
+        if self.exports.draining() {
+            return Started::NotHere(SHUTTING_DOWN.into());
         }
         if self.node.acting_now().is_none() {
             return Started::NotHere(super::node::NodeError::Fenced.to_string());
@@ -276,6 +276,20 @@ impl Shared {
             Err(e) => return Started::NotHere(e.to_string()),
         };
         let record = self.node.room_record(pid.0);
+        let room = LocalRoom {
+            name: name.to_owned(),
+            epoch: epoch as u64,
+            addr: p.addr(),
+            record: record.clone(),
+            lease,
+        };
+        if !self.exports.add_room(pid.0, room.clone()) {
+            // The drain began while the claim was in flight: the room never runs (the prepared
+            // process ends unstarted) and its name is given back.
+            rt::probe::emit(rt::probe::Event::ClaimWonWhileDraining);
+            self.release(&room).await;
+            return Started::NotHere(SHUTTING_DOWN.into());
+        }
         rt::probe::emit(rt::probe::Event::RoomClaimed {
             sys: self.sys.id(),
             pid,
@@ -284,16 +298,6 @@ impl Shared {
             lease,
             value: &record.to_value(),
         });
-        self.exports.add_room(
-            pid.0,
-            LocalRoom {
-                name: name.to_owned(),
-                epoch: epoch as u64,
-                addr: p.addr(),
-                record,
-                lease,
-            },
-        );
         // However the room ends, its claim is released once it has exited: its local name is
         // gone by then, and a joiner that still finds the claim meanwhile reaches a dead epoch
         // (`noproc`) and looks again. Released in the exit, not before it, so the stop stays
@@ -537,7 +541,6 @@ impl Cluster {
             next_req: AtomicU64::new(1),
             pending: Mutex::new(BTreeMap::new()),
             nodes: Mutex::new(Vec::new()),
-            draining: AtomicBool::new(false),
             app: Mutex::new(Some(app.clone())),
         }));
         let s = shared.clone();
@@ -607,8 +610,7 @@ impl Cluster {
     /// lease. Idempotent.
     pub async fn stop(&self) {
         let s = &self.0;
-        s.draining.store(true, Ordering::Relaxed);
-        let rooms = s.exports.rooms();
+        let rooms = s.exports.drain();
         for (pid, _) in &rooms {
             s.sys
                 .exit(Pid(*pid), ExitReason::Error("node_stopping".into()));
@@ -634,7 +636,7 @@ impl ClusterRooms for Cluster {
     fn health(&self) -> ClusterHealth {
         ClusterHealth {
             acting: self.is_acting(),
-            draining: self.0.draining.load(Ordering::Relaxed),
+            draining: self.0.exports.draining(),
             rooms: self.room_count(),
             known_nodes: self.known_nodes(),
         }
