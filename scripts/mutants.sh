@@ -148,23 +148,16 @@ if [ -n "$survivors" ]; then
   state="$(git rev-parse HEAD:src)"
   commit="$(git rev-parse --short HEAD)"
   whole_suite_needs
-  # cargo-mutants runs no baseline here (--baseline skip): a unit test that fails on the clean
-  # tree would make every mutant look caught. Check the tree first.
-  # Touched first: the target dir may hold test binaries cargo-mutants built from its copy (a
-  # run stopped before its end), which bake in the copy's paths.
-  touch src/lib.rs
-  if ! CARGO_TARGET_DIR="$target/mutants-tokio" cargo test -q --lib >/dev/null 2>&1; then
-    echo "mutants.sh: \`cargo test --lib\` fails on the unmutated tree; fix that first" >&2
-    exit 1
-  fi
-  stage() { # NAME OUTCOMES BASELINE [cargo test args...]; the mutants are in "${todo[@]}"
-    local name="$1" outcomes="$2" baseline="$3"; shift 3
+  # Each stage runs cargo-mutants' baseline first (the unmutated copy must pass that stage's
+  # tests), so a test that fails on the clean tree cannot make every mutant look caught.
+  stage() { # NAME OUTCOMES [cargo test args...]; the mutants are in "${todo[@]}"
+    local name="$1" outcomes="$2"; shift 2
     local res=() rc=0
     for m in "${todo[@]}"; do res+=(--re "$(exact_re "$m")"); done
     echo "==> pass 2, $name: ${#todo[@]} survivors"
     rm -rf "${out:?}/$name"
     CARGO_TARGET_DIR="$target/mutants-tokio" cargo mutants "${common[@]}" "${res[@]}" \
-      --baseline "$baseline" --timeout 1200 --build-timeout 900 -o "$out/$name" -- "$@" || rc=$?
+      --baseline run --timeout 1200 --build-timeout 900 -o "$out/$name" -- "$@" || rc=$?
     baseline_failed "$rc" "$name"
     if [ "$(git rev-parse HEAD:src)" != "$state" ] || ! git diff --quiet HEAD -- src; then
       echo "mutants.sh: src/ changed during the run; its verdicts are not recorded" >&2
@@ -176,17 +169,17 @@ if [ -n "$survivors" ]; then
   # MUTANTS_UNIT_STAGE=0 skips the unit stage (it records catches only, so a rerun would try
   # the same misses again).
   if [ "${MUTANTS_UNIT_STAGE:-1}" != 0 ]; then
-    stage tokio-unit caught skip --lib
-  fi
-  caught="$out/tokio-unit/mutants.out/caught.txt"
-  rest=()
-  for m in "${todo[@]}"; do
-    if [ ! -f "$caught" ] || ! grep -qxF -- "$m" "$caught"; then rest+=("$m"); fi
-  done
-  echo "mutants.sh: the unit tests caught $((${#todo[@]} - ${#rest[@]})) of ${#todo[@]}"
-  if [ ${#rest[@]} -gt 0 ]; then
+    stage tokio-unit caught --lib
+    caught="$out/tokio-unit/mutants.out/caught.txt"
+    rest=()
+    for m in "${todo[@]}"; do
+      if [ ! -f "$caught" ] || ! grep -qxF -- "$m" "$caught"; then rest+=("$m"); fi
+    done
+    echo "mutants.sh: the unit tests caught $((${#todo[@]} - ${#rest[@]})) of ${#todo[@]}"
     todo=("${rest[@]}")
-    stage tokio caught,missed,timeout,unviable run
+  fi
+  if [ ${#todo[@]} -gt 0 ]; then
+    stage tokio caught,missed,timeout,unviable
   fi
   touch src/lib.rs sim/src/lib.rs sim/src/main.rs
   scope_tally
