@@ -268,23 +268,24 @@ impl Negotiator {
 
     /// Adds an audio and a video track; returns the event asking for a negotiation.
     pub fn publish(&mut self, peer_id: &str) -> Value {
-        for kind in [MediaKind::Audio, MediaKind::Video] {
-            self.add_track(peer_id, kind);
-        }
-        self.asked = true;
-        custom("renegotiateTracks", json!({}))
+        self.publish_kinds(peer_id, [MediaKind::Audio, MediaKind::Video])
     }
 
     /// Publishes `n` more tracks at once (screens and cameras), audio and video in turn, and
     /// asks to renegotiate. Past the server's limit of published tracks the answer leaves the
     /// newest inactive (see [`on_answer`](Self::on_answer)).
     pub fn publish_more(&mut self, peer_id: &str, n: usize) -> Value {
-        for i in 0..n {
-            let kind = if i % 2 == 0 {
-                MediaKind::Video
-            } else {
-                MediaKind::Audio
-            };
+        let kinds = [MediaKind::Video, MediaKind::Audio].into_iter().cycle();
+        self.publish_kinds(peer_id, kinds.take(n))
+    }
+
+    /// Adds a track of each kind and asks to renegotiate.
+    fn publish_kinds(
+        &mut self,
+        peer_id: &str,
+        kinds: impl IntoIterator<Item = MediaKind>,
+    ) -> Value {
+        for kind in kinds {
             self.add_track(peer_id, kind);
         }
         self.asked = true;
