@@ -447,3 +447,49 @@ async fn slots_handed_to_several_waiting_senders_are_not_a_drift() {
     assert!(matches!(inbox.try_recv(), Some(Received::Msg(4))));
     assert_eq!(*seen.borrow(), ["SendWaited", "SendWaited"]);
 }
+
+/// What logs and refusal reasons show of processes: pids as `<n>`, exit reasons in words, the
+/// table by its live count.
+#[tokio::test]
+async fn processes_read_in_logs_as_pids_reasons_and_a_live_count() {
+    let sys = System::new();
+    assert_eq!(format!("{sys:?}"), "System(0 live)");
+    let a = puppet(&sys);
+    assert_eq!(format!("{sys:?}"), "System(1 live)");
+    assert_eq!(Pid(42).to_string(), "<42>");
+    let words = [
+        (ExitReason::Normal, "normal"),
+        (ExitReason::Shutdown, "shutdown"),
+        (ExitReason::Killed, "killed"),
+        (ExitReason::Crashed("boom".into()), "crashed: boom"),
+        (ExitReason::Error("full".into()), "error: full"),
+        (ExitReason::Noproc, "noproc"),
+    ];
+    for (reason, text) in words {
+        assert_eq!(reason.to_string(), text);
+    }
+    sys.kill(a.pid());
+    sys.wait_exit(a.pid()).await;
+}
+
+/// `changes` moves with every change of the table (the simulation audits it only when it
+/// moved): a spawn, a monitor, an exit.
+#[tokio::test]
+async fn the_process_table_change_count_moves_with_the_table() {
+    let sys = System::new();
+    let mut last = sys.changes();
+    let mut moved = |what: &str| {
+        let now = sys.changes();
+        assert!(now > last, "{what}: changes stayed at {last}");
+        last = now;
+    };
+    let w = puppet(&sys);
+    moved("spawn");
+    let t = puppet(&sys);
+    moved("second spawn");
+    ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+    moved("monitor");
+    sys.kill(t.pid());
+    sys.wait_exit(t.pid()).await;
+    moved("exit");
+}
