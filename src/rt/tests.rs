@@ -493,3 +493,37 @@ async fn the_process_table_change_count_moves_with_the_table() {
     sys.wait_exit(t.pid()).await;
     moved("exit");
 }
+
+/// The table's oracles read what is there: live processes and their monitors, and none once a
+/// process exits; `try_recv` takes what is queued without waiting.
+#[tokio::test]
+async fn the_table_lists_what_lives_and_forgets_what_exited() {
+    let sys = System::new();
+    let (w, t) = (puppet(&sys), puppet(&sys));
+    assert_eq!(sys.live(), [(w.pid(), None), (t.pid(), None)]);
+    ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+    assert_eq!(sys.monitor_count(t.pid()), 1);
+    assert!(sys.is_alive(t.pid()));
+    sys.kill(t.pid());
+    sys.wait_exit(t.pid()).await;
+    assert!(!sys.is_alive(t.pid()));
+    assert_eq!(sys.live(), [(w.pid(), None)]);
+    assert_eq!(sys.monitor_count(t.pid()), 0);
+
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (out_tx, out_rx) = tokio::sync::oneshot::channel();
+    let r = sys.spawn(4, move |mut ctx: Ctx<u32>| async move {
+        let _ = go_rx.await;
+        let taken: Vec<u32> = std::iter::from_fn(|| match ctx.try_recv() {
+            Some(Received::Msg(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+        let _ = out_tx.send(taken);
+        ExitReason::Normal
+    });
+    r.try_send(1).unwrap();
+    r.try_send(2).unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(out_rx.await.unwrap(), [1, 2]);
+}
