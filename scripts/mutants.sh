@@ -177,7 +177,8 @@ if [ -n "$survivors" ]; then
     caught="$out/tokio-unit/mutants.out/caught.txt"
     rest=()
     for m in "${todo[@]}"; do
-      if ! cat "$caught" "$out/tokio-unit/mutants.out/unviable.txt" 2>/dev/null | grep -qxF -- "$m"; then
+      # (No `cat | grep -q`: under pipefail grep's early exit fails the pipe and reads as a miss.)
+      if ! grep -qsxF -- "$m" "$caught" "$out/tokio-unit/mutants.out/unviable.txt"; then
         rest+=("$m")
       fi
     done
