@@ -32,6 +32,9 @@ fn the_turn_issuer_shows_in_logs_as_a_name_only() {
         ..Default::default()
     };
     let shown = format!("{config:?}");
-    assert!(shown.contains("turn_issuer: Some(TurnIssuer(..))"), "{shown}");
+    assert!(
+        shown.contains("turn_issuer: Some(TurnIssuer(..))"),
+        "{shown}"
+    );
     assert!(!shown.contains("secret"), "{shown}");
 }
