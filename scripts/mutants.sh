@@ -15,7 +15,9 @@
 #                                  pass 2 alone on (the first N of) the ledger's pass-1 survivors
 #                                  with no pass-2 verdict, in two stages: the unit tests
 #                                  (`cargo test --lib`, ~1 min a mutant) first, then the whole
-#                                  suite (~4 min) on what they missed
+#                                  suite (~4 min) on what they missed. MUTANTS_ONLY=FILE keeps
+#                                  the survivors named in FILE (one name a line, e.g. those new
+#                                  tests aim at); MUTANTS_WHOLE_STAGE=0 stops after the unit stage
 #
 # The ledger (sim/mutants/ledger.tsv, scripts/mutants_ledger.py) keeps every verdict of a run
 # made on a clean src/, keyed by the file's git blob and the mutant's name: it stays valid until
@@ -139,7 +141,8 @@ if [ -n "$survivors" ]; then
   todo=()
   while IFS= read -r m; do todo+=("$m"); done < <(
     if [ "$survivors" = all ]; then cat "$out/undecided.txt.tokio"
-    else head -n "$survivors" "$out/undecided.txt.tokio"; fi)
+    else head -n "$survivors" "$out/undecided.txt.tokio"; fi |
+      if [ -n "${MUTANTS_ONLY:-}" ]; then grep -xF -f "$MUTANTS_ONLY" || true; else cat; fi)
   if [ ${#todo[@]} -eq 0 ]; then
     echo "mutants.sh: every pass-1 survivor has a pass-2 verdict; nothing to run"
     exit 0
@@ -169,16 +172,20 @@ if [ -n "$survivors" ]; then
   # MUTANTS_UNIT_STAGE=0 skips the unit stage (it records catches only, so a rerun would try
   # the same misses again).
   if [ "${MUTANTS_UNIT_STAGE:-1}" != 0 ]; then
-    stage tokio-unit caught --lib
+    # A mutant the library does not compile with is unviable for every test selection.
+    stage tokio-unit caught,unviable --lib
     caught="$out/tokio-unit/mutants.out/caught.txt"
     rest=()
     for m in "${todo[@]}"; do
-      if [ ! -f "$caught" ] || ! grep -qxF -- "$m" "$caught"; then rest+=("$m"); fi
+      # (No `cat | grep -q`: under pipefail grep's early exit fails the pipe and reads as a miss.)
+      if ! grep -qsxF -- "$m" "$caught" "$out/tokio-unit/mutants.out/unviable.txt"; then
+        rest+=("$m")
+      fi
     done
-    echo "mutants.sh: the unit tests caught $((${#todo[@]} - ${#rest[@]})) of ${#todo[@]}"
+    echo "mutants.sh: the unit stage decided $((${#todo[@]} - ${#rest[@]})) of ${#todo[@]} (caught, or unviable)"
     todo=("${rest[@]}")
   fi
-  if [ ${#todo[@]} -gt 0 ]; then
+  if [ ${#todo[@]} -gt 0 ] && [ "${MUTANTS_WHOLE_STAGE:-1}" != 0 ]; then
     stage tokio caught,missed,timeout,unviable
   fi
   touch src/lib.rs sim/src/lib.rs sim/src/main.rs

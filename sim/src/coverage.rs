@@ -54,6 +54,8 @@ pub const SOMETIMES: &[&str] = &[
     "client: frozen socket closed as idle",
     // A media event the server cannot parse, answered with an error cut to its limit.
     "client: malformed media event refused",
+    // A malformed event's error exactly as long as the limit: it arrives whole, not cut.
+    "client: a media error of exactly the limit arrives whole",
     // A push the live channel cannot take (`data` not a string, an unknown event), refused
     // with its own reason while the channel stays.
     "client: a push the channel cannot take refused",

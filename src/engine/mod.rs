@@ -19,6 +19,8 @@ mod negotiation;
 pub mod plane;
 pub mod sdp;
 mod session;
+#[cfg(test)]
+mod tests;
 mod tracks;
 pub mod vad;
 #[cfg(feature = "media-webrtc")]

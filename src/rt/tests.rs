@@ -374,3 +374,156 @@ async fn the_audit_of_a_consistent_table_is_empty() {
     sys.wait_exit(a.pid()).await;
     assert_eq!(sys.audit(), Vec::<String>::new());
 }
+
+/// `changes` moves with every change of the names (the simulation audits the registry only when
+/// it moved), and `is_empty` follows the names held.
+#[tokio::test]
+async fn the_registry_change_count_moves_with_its_names() {
+    let sys = System::new();
+    let reg: Registry<Cmd> = Registry::new(&sys);
+    let a = puppet(&sys);
+    assert!(reg.is_empty());
+    let mut last = reg.changes();
+    let mut moved = |what: &str| {
+        let now = reg.changes();
+        assert!(now > last, "{what}: changes stayed at {last}");
+        last = now;
+    };
+    reg.register("r", &a).unwrap();
+    moved("register");
+    assert!(!reg.is_empty());
+    assert!(reg.unregister_own("r", a.pid()));
+    moved("unregister_own");
+    assert!(reg.is_empty());
+    reg.register("r", &a).unwrap();
+    moved("register again");
+    sys.kill(a.pid());
+    sys.wait_exit(a.pid()).await;
+    moved("holder exit");
+    assert!(reg.is_empty());
+}
+
+/// Addresses compare by process, report whether their process is gone, and read in logs as
+/// the process they reach; send errors read as what went wrong.
+#[tokio::test]
+async fn addresses_compare_by_process_and_see_its_exit() {
+    let sys = System::new();
+    let (a, b) = (puppet(&sys), puppet(&sys));
+    assert_eq!(a, a.clone());
+    assert_ne!(a, b);
+    assert_eq!(format!("{a:?}"), format!("Addr({})", a.pid()));
+    assert!(!a.is_closed());
+    a.try_send(Cmd::Stop(ExitReason::Normal)).unwrap();
+    sys.wait_exit(a.pid()).await;
+    assert!(a.is_closed());
+    assert!(!b.is_closed());
+    assert_eq!(SendError::Full(()).to_string(), "mailbox full");
+    assert_eq!(SendError::Dead(()).to_string(), "process is dead");
+}
+
+/// Two senders wait on a full mailbox and the receiver hands both their slots over before
+/// either queues: the slots are theirs, not lost, so the bound check stays quiet.
+#[tokio::test]
+async fn slots_handed_to_several_waiting_senders_are_not_a_drift() {
+    use std::{cell::RefCell, rc::Rc};
+    let seen = Rc::new(RefCell::new(Vec::<String>::new()));
+    let _sink = {
+        let s = seen.clone();
+        probe::install(move |e| s.borrow_mut().push(e.to_string()))
+    };
+    let (addr, mut inbox) = mailbox::mailbox::<u32>(Pid(9), 2, mailbox::Blocked::default());
+    addr.try_send(1).unwrap();
+    addr.try_send(2).unwrap();
+    let (x, y) = (addr.clone(), addr.clone());
+    let mut first = Box::pin(x.send(3));
+    let mut second = Box::pin(y.send(4));
+    assert!(futures::poll!(&mut first).is_pending());
+    assert!(futures::poll!(&mut second).is_pending());
+    assert!(matches!(inbox.try_recv(), Some(Received::Msg(1))));
+    assert!(matches!(inbox.try_recv(), Some(Received::Msg(2))));
+    assert!(futures::poll!(&mut first).is_ready());
+    assert!(futures::poll!(&mut second).is_ready());
+    assert!(matches!(inbox.try_recv(), Some(Received::Msg(3))));
+    assert!(matches!(inbox.try_recv(), Some(Received::Msg(4))));
+    assert_eq!(*seen.borrow(), ["SendWaited", "SendWaited"]);
+}
+
+/// What logs and refusal reasons show of processes: pids as `<n>`, exit reasons in words, the
+/// table by its live count.
+#[tokio::test]
+async fn processes_read_in_logs_as_pids_reasons_and_a_live_count() {
+    let sys = System::new();
+    assert_eq!(format!("{sys:?}"), "System(0 live)");
+    let a = puppet(&sys);
+    assert_eq!(format!("{sys:?}"), "System(1 live)");
+    assert_eq!(Pid(42).to_string(), "<42>");
+    let words = [
+        (ExitReason::Normal, "normal"),
+        (ExitReason::Shutdown, "shutdown"),
+        (ExitReason::Killed, "killed"),
+        (ExitReason::Crashed("boom".into()), "crashed: boom"),
+        (ExitReason::Error("full".into()), "error: full"),
+        (ExitReason::Noproc, "noproc"),
+    ];
+    for (reason, text) in words {
+        assert_eq!(reason.to_string(), text);
+    }
+    sys.kill(a.pid());
+    sys.wait_exit(a.pid()).await;
+}
+
+/// `changes` moves with every change of the table (the simulation audits it only when it
+/// moved): a spawn, a monitor, an exit.
+#[tokio::test]
+async fn the_process_table_change_count_moves_with_the_table() {
+    let sys = System::new();
+    let mut last = sys.changes();
+    let mut moved = |what: &str| {
+        let now = sys.changes();
+        assert!(now > last, "{what}: changes stayed at {last}");
+        last = now;
+    };
+    let w = puppet(&sys);
+    moved("spawn");
+    let t = puppet(&sys);
+    moved("second spawn");
+    ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+    moved("monitor");
+    sys.kill(t.pid());
+    sys.wait_exit(t.pid()).await;
+    moved("exit");
+}
+
+/// The table's oracles read what is there: live processes and their monitors, and none once a
+/// process exits; `try_recv` takes what is queued without waiting.
+#[tokio::test]
+async fn the_table_lists_what_lives_and_forgets_what_exited() {
+    let sys = System::new();
+    let (w, t) = (puppet(&sys), puppet(&sys));
+    assert_eq!(sys.live(), [(w.pid(), None), (t.pid(), None)]);
+    ask(&w, |tx| Cmd::Monitor(t.pid(), tx)).await;
+    assert_eq!(sys.monitor_count(t.pid()), 1);
+    assert!(sys.is_alive(t.pid()));
+    sys.kill(t.pid());
+    sys.wait_exit(t.pid()).await;
+    assert!(!sys.is_alive(t.pid()));
+    assert_eq!(sys.live(), [(w.pid(), None)]);
+    assert_eq!(sys.monitor_count(t.pid()), 0);
+
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (out_tx, out_rx) = tokio::sync::oneshot::channel();
+    let r = sys.spawn(4, move |mut ctx: Ctx<u32>| async move {
+        let _ = go_rx.await;
+        let taken: Vec<u32> = std::iter::from_fn(|| match ctx.try_recv() {
+            Some(Received::Msg(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+        let _ = out_tx.send(taken);
+        ExitReason::Normal
+    });
+    r.try_send(1).unwrap();
+    r.try_send(2).unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(out_rx.await.unwrap(), [1, 2]);
+}

@@ -294,17 +294,40 @@ pub(super) fn error_message(oracles: &crate::oracle::Oracles, who: &str, message
     });
 }
 
-/// The error for a malformed event whose message quotes a long value: cut, so it ends with `…`,
-/// and cut as late as a character boundary allows (at most three bytes before the limit).
-pub(super) fn cut_error_message(oracles: &crate::oracle::Oracles, who: &str, message: &str) {
+/// The error for a malformed event, against the whole error (`whole`) the product's parser
+/// words for it: whole up to the limit; past it cut, as late as a character boundary allows (at
+/// most three bytes before the limit), and ending with `…`.
+pub(super) fn malformed_error(
+    oracles: &crate::oracle::Oracles,
+    who: &str,
+    whole: &str,
+    message: &str,
+) {
     let max = videoroom::engine::MAX_ERROR_MESSAGE_BYTES;
-    let kept = message.strip_suffix('…').map(str::len);
-    oracles.check(kept.is_some_and(|k| k <= max && k + 3 >= max), || {
-        format!(
-            "{who}: a long media error must be cut to {max} bytes or just below and end with …, got {} bytes: {message:.80}",
-            message.len()
-        )
-    });
+    if whole.len() <= max {
+        if whole.len() == max {
+            oracles.reached("client: a media error of exactly the limit arrives whole");
+        }
+        oracles.check(message == whole, || {
+            format!(
+                "{who}: a media error of {} bytes (the limit is {max}) must arrive whole, got {} bytes: {message:.80}",
+                whole.len(),
+                message.len()
+            )
+        });
+        return;
+    }
+    let kept = message.strip_suffix('…');
+    oracles.check(
+        kept.is_some_and(|k| k.len() <= max && k.len() + 3 >= max && whole.starts_with(k)),
+        || {
+            format!(
+                "{who}: a media error of {} bytes must be cut to {max} bytes or just below and end with …, got {} bytes: {message:.80}",
+                whole.len(),
+                message.len()
+            )
+        },
+    );
 }
 
 /// A `vadNotification`: membrane-webrtc-js 0.5.3 throws for a track it does not know (told by

@@ -140,8 +140,9 @@ struct Chan {
     /// `connect` over the peer's update budget is dropped by the server).
     reconnect_at: Option<time::Instant>,
     /// Malformed media events sent whose media `error` has not come yet (the server answers
-    /// each, in order, whatever else it is doing).
-    malformed_owed: u32,
+    /// each, in order, whatever else it is doing), each as the whole error the product's parser
+    /// words for it: the server echoes it whole up to its limit and cut past it.
+    malformed_owed: std::collections::VecDeque<String>,
     /// Metadata updates over the server's limit, sent where the server must judge them, whose
     /// media `error` has not come yet.
     oversized_owed: u32,
@@ -361,7 +362,7 @@ impl Client {
             dropped: self.dropped.clone(),
             stranded: self.stranded,
             owed: self.chan.as_ref().filter(|c| c.joined).and_then(|c| {
-                if c.malformed_owed > 0 {
+                if !c.malformed_owed.is_empty() {
                     Some("a media error for its malformed event")
                 } else if c.oversized_owed > 0 {
                     Some("a media error for its metadata over the limit")
@@ -542,7 +543,7 @@ impl Client {
             sent_at: time::now(),
             hung_up: false,
             reconnect_at: None,
-            malformed_owed: 0,
+            malformed_owed: Default::default(),
             oversized_owed: 0,
             broadcasts: 0,
             connect_sent: false,
@@ -997,18 +998,24 @@ impl Client {
         }
     }
 
-    /// A media event the server cannot parse, whose error would quote a long value: the server
-    /// owes one media `error`, cut to its limit (the `error` arm of `on_media_event` checks it).
-    /// The value is multi-byte text after 0-3 ASCII bytes, so the cut lands inside a character
-    /// as often as not.
+    /// A media event the server cannot parse, whose error quotes a value: the server owes one
+    /// media `error`, whole up to its limit and cut past it (the `error` arm of
+    /// `on_media_event` checks it). The value is multi-byte text after 0-3 ASCII bytes, so the
+    /// cut lands inside a character as often as not; one in four errors is exactly the limit
+    /// long and one in four a byte over it, the edges of the cut.
     async fn send_malformed(&mut self, w: &mut wire::Writer) -> bool {
         let lead = "x".repeat(rt::rand::below(4) as usize);
-        let value = format!("{lead}{}", "é".repeat(100 + rt::rand::below(200) as usize));
-        let ev = json!({"type": "custom", "data": {"type": "candidate", "data": {
-            "candidate": "candidate:1 1 udp 1 10.0.0.1 9 typ host", "sdpMLineIndex": value,
-        }}});
+        let chars = 100 + rt::rand::below(200) as usize;
+        let max = videoroom::engine::MAX_ERROR_MESSAGE_BYTES;
+        let value = match chars % 4 {
+            0 => error_of_length(&lead, max),
+            1 => error_of_length(&lead, max + 1),
+            _ => format!("{lead}{}", "é".repeat(chars)),
+        };
+        let ev = malformed_event(&value);
+        let whole = malformed_error_text(&ev);
         if let Some(c) = self.chan.as_mut() {
-            c.malformed_owed += 1;
+            c.malformed_owed.push_back(whole);
         }
         self.log("sends a malformed media event");
         self.media(w, ev).await
@@ -1130,7 +1137,7 @@ impl Client {
         c.voices.clear();
         c.neg = c.neg.restart();
         // Errors still in flight are for the session it leaves, and ignored as it ignores them.
-        c.malformed_owed = 0;
+        c.malformed_owed.clear();
         c.oversized_owed = 0;
         c.reconnect_at = Some(time::now() + Duration::from_millis(20 + rt::rand::below(400)));
         self.log("hangs up (media disconnect)");
@@ -1805,9 +1812,9 @@ impl Client {
                     c.oversized_owed -= 1;
                     self.oracles
                         .reached("client: metadata over the limit refused");
-                } else if c.malformed_owed > 0 && message.starts_with(MALFORMED_ERROR) {
-                    c.malformed_owed -= 1;
-                    checks::cut_error_message(&self.oracles, &who, message);
+                } else if !c.malformed_owed.is_empty() && message.starts_with(MALFORMED_ERROR) {
+                    let whole = c.malformed_owed.pop_front().unwrap_or_default();
+                    checks::malformed_error(&self.oracles, &who, &whole, message);
                     self.oracles
                         .reached("client: malformed media event refused");
                 } else if !c.neg.take_error(message) {
@@ -1819,6 +1826,29 @@ impl Client {
         }
         Vec::new()
     }
+}
+
+/// A media event the server cannot parse whose error quotes `value`.
+fn malformed_event(value: &str) -> Value {
+    json!({"type": "custom", "data": {"type": "candidate", "data": {
+        "candidate": "candidate:1 1 udp 1 10.0.0.1 9 typ host", "sdpMLineIndex": value,
+    }}})
+}
+
+/// The whole error the product's parser words for `ev` (what the server cuts, if it must).
+fn malformed_error_text(ev: &Value) -> String {
+    match videoroom::engine::ClientEvent::parse(&ev.to_string()) {
+        Err(e) => e.to_string(),
+        Ok(parsed) => panic!("the malformed event parsed: {parsed:?}"),
+    }
+}
+
+/// A value, `lead` then multi-byte text, whose malformed event's error is `len` bytes long
+/// (the error quotes the value byte for byte after a fixed text).
+fn error_of_length(lead: &str, len: usize) -> String {
+    let fixed = malformed_error_text(&malformed_event("")).len();
+    let rest = len.saturating_sub(fixed + lead.len());
+    format!("{lead}{}{}", "é".repeat(rest / 2), "x".repeat(rest % 2))
 }
 
 /// Client `idx`'s metadata at `seq` as JSON text, keys in serde_json's (sorted) order: where
