@@ -18,6 +18,10 @@ Editing a file retires its rows; the tally then counts its mutants as undecided 
       many are decided and the figures over the decided ones; writes the undecided mutants'
       names to UNDECIDED_OUT (and pass 1's survivors with no pass-2 verdict to UNDECIDED_OUT.tokio)
 
+A mutant pass 2 finds unviable (the production build does not compile with it) is unviable
+whatever pass 1 said: pass 1 builds the simulation, which leaves out code under
+cfg(not(madsim)), so a mutant there compiles and "survives" a simulation that never runs it.
+
 Outcomes: a pass-1 `timeout` is a hang the mutant caused (the suite finishes in well under the
 timeout on the tree without it), so it counts as caught, as in scripts/mutants.sh; a pass-2
 timeout is not counted (the tokio suite's own length can cause one) and stays undecided.
@@ -133,7 +137,10 @@ def tally(list_json, blobs_path, ledger, undecided_out=None):
             c["undecided"] += 1
             undecided.append(name)
             continue
-        if sim == "unviable":
+        # Unviable in either build: code under cfg(not(madsim)) is not compiled by the
+        # simulation (any mutant of it "passes"), and a mutant production cannot be built
+        # with is no mutant of the product.
+        if sim == "unviable" or verdict.get((blob, "tokio", name)) == "unviable":
             c["unviable"] += 1
             continue
         c["viable"] += 1
