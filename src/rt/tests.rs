@@ -375,6 +375,17 @@ async fn the_audit_of_a_consistent_table_is_empty() {
     assert_eq!(sys.audit(), Vec::<String>::new());
 }
 
+/// Asserts, each time it is called after a step, that the change count `read` gives has moved
+/// since the last call (or since it was made).
+fn must_move(read: impl Fn() -> u64) -> impl FnMut(&str) {
+    let mut last = read();
+    move |step| {
+        let now = read();
+        assert!(now > last, "{step}: changes stayed at {last}");
+        last = now;
+    }
+}
+
 /// `changes` moves with every change of the names (the simulation audits the registry only when
 /// it moved), and `is_empty` follows the names held.
 #[tokio::test]
@@ -383,12 +394,7 @@ async fn the_registry_change_count_moves_with_its_names() {
     let reg: Registry<Cmd> = Registry::new(&sys);
     let a = puppet(&sys);
     assert!(reg.is_empty());
-    let mut last = reg.changes();
-    let mut moved = |what: &str| {
-        let now = reg.changes();
-        assert!(now > last, "{what}: changes stayed at {last}");
-        last = now;
-    };
+    let mut moved = must_move(|| reg.changes());
     reg.register("r", &a).unwrap();
     moved("register");
     assert!(!reg.is_empty());
@@ -477,12 +483,7 @@ async fn processes_read_in_logs_as_pids_reasons_and_a_live_count() {
 #[tokio::test]
 async fn the_process_table_change_count_moves_with_the_table() {
     let sys = System::new();
-    let mut last = sys.changes();
-    let mut moved = |what: &str| {
-        let now = sys.changes();
-        assert!(now > last, "{what}: changes stayed at {last}");
-        last = now;
-    };
+    let mut moved = must_move(|| sys.changes());
     let w = puppet(&sys);
     moved("spawn");
     let t = puppet(&sys);
