@@ -39,7 +39,8 @@ fn watch_counts_its_receivers_and_ends_their_waits_when_the_sender_goes() {
         tx.send(1).unwrap();
         assert_eq!(rx.changed().await, Ok(()));
         let waiter = tokio::spawn(async move { rx.changed().await });
-        time::sleep(Duration::from_millis(5)).await;
+        // The waiter runs first and parks in `changed`, so the drop must wake it.
+        tokio::task::yield_now().await;
         drop(tx);
         let ended = time::timeout(Duration::from_secs(1), waiter).await;
         assert!(
