@@ -117,14 +117,6 @@ pub struct ClientCandidate {
     pub sdp_m_line_index: Option<u32>,
 }
 
-// Missing `metadata` is `null`: JSON.stringify drops `undefined`, so `connect(undefined)`
-// arrives as `{"type":"connect","data":{}}` (research §1).
-#[derive(Deserialize)]
-struct MetadataData {
-    #[serde(default)]
-    metadata: Value,
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TrackMetadataData {
@@ -166,19 +158,13 @@ impl ClientEvent {
         };
         let data = obj.remove("data");
         Ok(match kind.as_str() {
-            "connect" => {
-                let d: MetadataData = payload("connect", data)?;
-                ClientEvent::Connect {
-                    metadata: d.metadata,
-                }
-            }
+            "connect" => ClientEvent::Connect {
+                metadata: metadata("connect", data)?,
+            },
             "disconnect" => ClientEvent::Disconnect,
-            "updateEndpointMetadata" => {
-                let d: MetadataData = payload("updateEndpointMetadata", data)?;
-                ClientEvent::UpdateEndpointMetadata {
-                    metadata: d.metadata,
-                }
-            }
+            "updateEndpointMetadata" => ClientEvent::UpdateEndpointMetadata {
+                metadata: metadata("updateEndpointMetadata", data)?,
+            },
             "updateTrackMetadata" => {
                 let d: TrackMetadataData = payload("updateTrackMetadata", data)?;
                 ClientEvent::Negotiation(NegotiationEvent::UpdateTrackMetadata {
@@ -238,6 +224,18 @@ fn parse_custom(data: Option<Value>) -> Result<ClientEvent, ParseError> {
         _ => return Ok(ClientEvent::Ignored(format!("custom/{kind}"))),
     };
     Ok(ClientEvent::Negotiation(event))
+}
+
+/// The `metadata` of a `connect` or an update: the data object's field, `null` where it is
+/// missing (JSON.stringify drops `undefined`, so `connect(undefined)` arrives as
+/// `{"type":"connect","data":{}}`, research §1). Taken out of the parsed object rather than
+/// rebuilt through a derived deserializer: metadata is most of what an update flood carries.
+fn metadata(event: &'static str, data: Option<Value>) -> Result<Value, ParseError> {
+    match data {
+        None => Err(ParseError::MissingData { event }),
+        Some(Value::Object(mut obj)) => Ok(obj.remove("metadata").unwrap_or(Value::Null)),
+        Some(_) => Err(ParseError::DataNotAnObject { event }),
+    }
 }
 
 fn payload<T: serde::de::DeserializeOwned>(

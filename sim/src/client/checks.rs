@@ -8,6 +8,7 @@ use videoroom::phoenix::Frame;
 use videoroom::rt::time;
 
 use super::Client;
+use crate::swarm::Action;
 use crate::tabs::{Refusal, TOO_MANY_CHANNELS};
 
 impl Client {
@@ -98,10 +99,10 @@ impl Client {
         let ghosts = ["clog", "partition", "loss", "latency", "socket_drop"]
             .iter()
             .any(|f| has(f))
-            || self.weight("disconnect") > 0
-            || self.weight("duplicate") > 0
-            || self.weight("burst") > 0
-            || self.weight("stale") > 0
+            || self.weight(Action::Disconnect) > 0
+            || self.weight(Action::Duplicate) > 0
+            || self.weight(Action::Burst) > 0
+            || self.weight(Action::Stale) > 0
             // A channel killed as a slow consumer (or whose room's queue was full) holds its
             // slot until the room has its DOWN; its client may already be rejoining.
             || sw.queue_cap > 0;
@@ -124,7 +125,7 @@ impl Client {
             "room is full" => sw.clients > sw.max_peers_per_room || ghosts,
             r if r == videoroom::channel::ROOM_LIMIT_REASON => max_rooms < sw.rooms,
             // Its other tabs hold the socket's channels.
-            TOO_MANY_CHANNELS => self.weight("tabs") > 0 || self.weight("trespass") > 0,
+            TOO_MANY_CHANNELS => self.weight(Action::Tabs) > 0 || self.weight(Action::Trespass) > 0,
             // The channel died before answering: killed by a fault, or its socket's mailbox
             // was full when it answered.
             "join crashed" => has("channel_crash") || sw.queue_cap > 0,

@@ -30,7 +30,7 @@ use videoroom::rt::{self, time};
 mod checks;
 
 use crate::oracle::Oracles;
-use crate::swarm::Swarm;
+use crate::swarm::{Action, Swarm};
 use crate::tabs::{self, Tabs};
 use crate::trace::Trace;
 use crate::wire::{self, WireFrame};
@@ -338,52 +338,40 @@ impl Client {
         self.trace.log(format_args!("c{} {s}", self.idx));
     }
 
+    /// Brings this client's view up to date in place: it is published after every media
+    /// event, and cloning its maps each time (most of them unchanged) was a fortieth of a
+    /// campaign. What a reader sees is what a fresh `View` built from the client would be.
     fn publish_view(&self, connected: bool) {
-        let v = View {
-            room: self.room.clone(),
-            joined: self.chan.as_ref().is_some_and(|c| c.joined),
-            peer_id: self.chan.as_ref().and_then(|c| c.peer_id.clone()),
-            join_ref: self.chan.as_ref().map(|c| c.join_ref.clone()),
-            lost: self.lost.clone(),
-            sees: self
-                .chan
-                .as_ref()
-                .map(|c| c.roster.clone())
-                .unwrap_or_default(),
-            meta: self
-                .chan
-                .as_ref()
-                .map(|c| c.meta.clone())
-                .unwrap_or_default(),
-            connected,
-            refused: self.refused.clone(),
-            squatter: self.squatter,
-            joined_at: self.joined_at,
-            dropped: self.dropped.clone(),
-            stranded: self.stranded,
-            owed: self.chan.as_ref().filter(|c| c.joined).and_then(|c| {
-                if !c.malformed_owed.is_empty() {
-                    Some("a media error for its malformed event")
-                } else if c.oversized_owed > 0 {
-                    Some("a media error for its metadata over the limit")
-                } else {
-                    c.neg.owed()
-                }
-            }),
-            track_meta: self
-                .chan
-                .as_ref()
-                .map(|c| c.track_meta.clone())
-                .unwrap_or_default(),
-            mlines: self.chan.as_ref().map_or(0, |c| c.neg.mline_count()),
-            voices: self
-                .chan
-                .as_ref()
-                .map(|c| c.voices.clone())
-                .unwrap_or_default(),
-            tabs: self.tabs.len(),
-        };
-        self.views.lock().unwrap().insert(self.idx, v);
+        let chan = self.chan.as_ref();
+        let owed = chan.filter(|c| c.joined).and_then(|c| {
+            if !c.malformed_owed.is_empty() {
+                Some("a media error for its malformed event")
+            } else if c.oversized_owed > 0 {
+                Some("a media error for its metadata over the limit")
+            } else {
+                c.neg.owed()
+            }
+        });
+        let mut views = self.views.lock().unwrap();
+        let v = views.entry(self.idx).or_default();
+        sync(&mut v.room, &self.room);
+        v.joined = chan.is_some_and(|c| c.joined);
+        sync_opt(&mut v.peer_id, chan.and_then(|c| c.peer_id.as_ref()));
+        sync_opt(&mut v.join_ref, chan.map(|c| &c.join_ref));
+        sync(&mut v.lost, &self.lost);
+        sync_or_clear(&mut v.sees, chan.map(|c| &c.roster));
+        sync_or_clear(&mut v.meta, chan.map(|c| &c.meta));
+        v.connected = connected;
+        sync_opt(&mut v.refused, self.refused.as_ref());
+        v.squatter = self.squatter;
+        v.joined_at = self.joined_at;
+        sync_opt(&mut v.dropped, self.dropped.as_ref());
+        v.stranded = self.stranded;
+        v.owed = owed;
+        sync_or_clear(&mut v.track_meta, chan.map(|c| &c.track_meta));
+        v.mlines = chan.map_or(0, |c| c.neg.mline_count());
+        sync_or_clear(&mut v.voices, chan.map(|c| &c.voices));
+        v.tabs = self.tabs.len();
     }
 
     fn fresh_ref(&mut self) -> String {
@@ -559,7 +547,7 @@ impl Client {
             return false;
         }
         self.joins_pending.insert(r);
-        if self.weight("pipeline") > 0 && rt::rand::chance(0.5) {
+        if self.weight(Action::Pipeline) > 0 && rt::rand::chance(0.5) {
             if rt::rand::chance(0.05) {
                 // One frame as large as a frame may be: what the socket holds for the join is
                 // then exactly its byte bound, which it must hold, not close for.
@@ -1377,7 +1365,7 @@ impl Client {
                         return false;
                     }
                     // Sometimes churn right away, while the answer is outstanding.
-                    if offer && self.weight("burst") > 0 && rt::rand::chance(0.5) {
+                    if offer && self.weight(Action::Burst) > 0 && rt::rand::chance(0.5) {
                         self.burst_at =
                             Some(time::now() + Duration::from_millis(rt::rand::below(40)));
                     }
@@ -1389,12 +1377,8 @@ impl Client {
     }
 
     /// The swarm's weight of `action` (0 when off).
-    fn weight(&self, action: &str) -> u64 {
-        action
-            .parse::<crate::swarm::Action>()
-            .ok()
-            .and_then(|a| self.swarm.actions.get(&a).copied())
-            .unwrap_or(0)
+    fn weight(&self, action: Action) -> u64 {
+        self.swarm.actions.get(&action).copied().unwrap_or(0)
     }
 
     /// A frame of one of the tabs (by its join_ref), and the refusal it may carry.
@@ -1593,9 +1577,9 @@ impl Client {
         let idx = self.idx;
         let who = format!("c{idx}");
         // A client that sends garbage frames sometimes also sends an offer the server cannot parse.
-        let breaks_offer = self.weight("garbage") > 0 && rt::rand::chance(0.2);
+        let breaks_offer = self.weight(Action::Garbage) > 0 && rt::rand::chance(0.2);
         let unparsable = rt::rand::chance(0.5);
-        let trespasser = self.weight("trespass") > 0;
+        let trespasser = self.weight(Action::Trespass) > 0;
         let recv_lines = self.swarm.recv_lines;
         let turn = self.swarm.turn;
         let Some(c) = self.chan.as_mut() else {
@@ -1921,6 +1905,28 @@ fn update_frame_text(refs: [&str; 3], idx: usize, seq: u64, metadata_bytes: usiz
 /// no faster).
 fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("strings always serialise"));
+}
+
+/// Makes `held` equal to `now`, copying only when they differ.
+fn sync<T: Clone + PartialEq>(held: &mut T, now: &T) {
+    if held != now {
+        held.clone_from(now);
+    }
+}
+
+/// [`sync`] for an optional value read by reference.
+fn sync_opt<T: Clone + PartialEq>(held: &mut Option<T>, now: Option<&T>) {
+    if held.as_ref() != now {
+        *held = now.cloned();
+    }
+}
+
+/// [`sync`] for a collection that is empty where the client has no channel.
+fn sync_or_clear<T: Clone + PartialEq + Default>(held: &mut T, now: Option<&T>) {
+    match now {
+        Some(now) => sync(held, now),
+        None => *held = T::default(),
+    }
 }
 
 /// How client `idx` spells `room` in its topic: odd clients in capitals, always (a client that
