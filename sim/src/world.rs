@@ -435,24 +435,33 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     injector.drains = &drains;
     let mut next_fault = time::now() + swarm.fault_gap(&mut injector.rng);
     let mut audited: Audited = Vec::new();
-    while time::now() < chaos_end {
+    // The clock is read once a tick and again after each await (only an await lets simulated
+    // time move): under madsim a read costs a lock and two reference counts.
+    loop {
+        let mut now = time::now();
+        if now >= chaos_end {
+            break;
+        }
         check_servers(&apps, &oracles, &mut audited);
         injector.heal_due();
-        let tick = time::now() + Duration::from_millis(5);
+        let tick = now + Duration::from_millis(5);
         while let Some(&(at, f)) = script.first() {
-            if time::now() < at {
+            if now < at {
                 break;
             }
             // A scripted fault waits for its target to exist (e.g. a room to crash).
-            if !injector.inject(f).await {
+            let injected = injector.inject(f).await;
+            now = time::now();
+            if !injected {
                 break;
             }
             script.remove(0);
         }
-        if time::now() >= next_fault {
-            next_fault = time::now() + swarm.fault_gap(&mut injector.rng);
+        if now >= next_fault {
+            next_fault = now + swarm.fault_gap(&mut injector.rng);
             if let Some(f) = swarm.pick_fault(&mut injector.rng) {
                 injector.inject(f).await;
+                now = time::now();
             }
         }
         // A scripted fault still pending (waiting for its target) is retried at the next tick;
@@ -463,7 +472,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
             tick.min(next_fault)
                 .min(next_script)
                 .min(next_heal)
-                .saturating_duration_since(time::now())
+                .saturating_duration_since(now)
                 .max(Duration::from_millis(1)),
         )
         .await;

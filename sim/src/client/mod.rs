@@ -86,7 +86,10 @@ pub struct View {
     pub tabs: usize,
 }
 
-pub type Views = Arc<Mutex<BTreeMap<usize, View>>>;
+/// Each view behind its own `Arc`: the convergence check snapshots the map every settle step
+/// (it awaits while it reads, so it cannot hold the lock), and a snapshot of `Arc`s costs a
+/// count each, not a copy of every client's maps.
+pub type Views = Arc<Mutex<BTreeMap<usize, Arc<View>>>>;
 
 /// How long a join may wait for its reply on a connection whose heartbeats are answered.
 const JOIN_ANSWER_LIMIT: Duration = Duration::from_secs(5);
@@ -190,6 +193,9 @@ impl Chan {
 
 pub struct Client {
     pub idx: usize,
+    /// `c{idx}`, as oracles and the trace name this client (made once: a media event names it
+    /// several times).
+    who: String,
     server: SocketAddr,
     rooms: Vec<String>,
     swarm: Swarm,
@@ -285,6 +291,7 @@ impl Client {
         let squatter = idx < swarm.squatters;
         Client {
             idx,
+            who: format!("c{idx}"),
             server,
             rooms,
             swarm,
@@ -353,7 +360,8 @@ impl Client {
             }
         });
         let mut views = self.views.lock().unwrap();
-        let v = views.entry(self.idx).or_default();
+        // Unshared but for a snapshot still being read: then a copy, as a fresh view would be.
+        let v = Arc::make_mut(views.entry(self.idx).or_default());
         sync(&mut v.room, &self.room);
         v.joined = chan.is_some_and(|c| c.joined);
         sync_opt(&mut v.peer_id, chan.and_then(|c| c.peer_id.as_ref()));
@@ -1575,7 +1583,7 @@ impl Client {
     /// Applies a server media event; returns the media events to answer with.
     fn on_media_event(&mut self, ev: &Value) -> Vec<Value> {
         let idx = self.idx;
-        let who = format!("c{idx}");
+        let who = self.who.as_str();
         // A client that sends garbage frames sometimes also sends an offer the server cannot parse.
         let breaks_offer = self.weight(Action::Garbage) > 0 && rt::rand::chance(0.2);
         let unparsable = rt::rand::chance(0.5);
@@ -1641,7 +1649,7 @@ impl Client {
                 for e in data["otherEndpoints"].as_array().into_iter().flatten() {
                     c.announced(
                         &self.oracles,
-                        &who,
+                        who,
                         e["id"].as_str().unwrap_or(""),
                         &e["tracks"],
                         false,
@@ -1704,7 +1712,7 @@ impl Client {
             }
             "tracksAdded" => {
                 let endpoint = data["endpointId"].as_str().unwrap_or("");
-                c.announced(&self.oracles, &who, endpoint, &data["tracks"], true);
+                c.announced(&self.oracles, who, endpoint, &data["tracks"], true);
                 for id in data["tracks"]
                     .as_object()
                     .into_iter()
@@ -1719,10 +1727,10 @@ impl Client {
                     c.track_meta.remove(id.as_str().unwrap_or(""));
                     c.voices.remove(id.as_str().unwrap_or(""));
                 }
-                c.neg.on_tracks_removed(&who, data, &self.oracles)
+                c.neg.on_tracks_removed(who, data, &self.oracles)
             }
             "trackUpdated" => {
-                checks::track_updated(&self.oracles, &who, &c.owners, &mut c.track_seq, data);
+                checks::track_updated(&self.oracles, who, &c.owners, &mut c.track_seq, data);
                 if let Some(held) = c.track_meta.get_mut(data["trackId"].as_str().unwrap_or("")) {
                     *held = data["metadata"].clone();
                 }
@@ -1774,31 +1782,31 @@ impl Client {
                             format!("{who}: offerData carries TURN servers {got:.200}, not {want:.200}")
                         });
                         }
-                        let offer = c.neg.on_offer_data(&who, &data["data"], &self.oracles);
+                        let offer = c.neg.on_offer_data(who, &data["data"], &self.oracles);
                         if breaks_offer {
                             self.oracles.reached("client: sent an unparsable sdpOffer");
                             return c.neg.break_offer(unparsable);
                         }
                         return vec![offer];
                     }
-                    "sdpAnswer" => c.neg.on_answer(&who, &data["data"], &self.oracles),
-                    "candidate" => c.neg.on_candidate(&who, &data["data"], &self.oracles),
+                    "sdpAnswer" => c.neg.on_answer(who, &data["data"], &self.oracles),
+                    "candidate" => c.neg.on_candidate(who, &data["data"], &self.oracles),
                     "vadNotification" => {
-                        checks::voice_activity(&self.oracles, &who, &mut c.voices, &data["data"])
+                        checks::voice_activity(&self.oracles, who, &mut c.voices, &data["data"])
                     }
                     _ => {}
                 }
             }
             "error" => {
                 let message = data["message"].as_str().unwrap_or_default();
-                checks::error_message(&self.oracles, &who, message);
+                checks::error_message(&self.oracles, who, message);
                 if c.oversized_owed > 0 && message.starts_with(OVERSIZED_METADATA_ERROR) {
                     c.oversized_owed -= 1;
                     self.oracles
                         .reached("client: metadata over the limit refused");
                 } else if !c.malformed_owed.is_empty() && message.starts_with(MALFORMED_ERROR) {
                     let whole = c.malformed_owed.pop_front().unwrap_or_default();
-                    checks::malformed_error(&self.oracles, &who, &whole, message);
+                    checks::malformed_error(&self.oracles, who, &whole, message);
                     self.oracles
                         .reached("client: malformed media event refused");
                 } else if !c.neg.take_error(message) {
