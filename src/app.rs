@@ -222,6 +222,11 @@ pub trait ClusterRooms: Send + Sync + fmt::Debug {
 
     /// The node's standing in the cluster, for `/healthz` and `/metrics`.
     fn health(&self) -> ClusterHealth;
+
+    /// The lease the node acts under and its fence deadline, while it may act
+    /// ([`crate::cluster::node::Node::fence_deadline`]): the simulation holds it to etcd's own
+    /// expiry of the lease.
+    fn fence_deadline(&self) -> Option<(i64, crate::rt::time::Instant)>;
 }
 
 /// What an operator (or a load balancer's health check) needs to know about a cluster node.

@@ -43,6 +43,11 @@ impl Etcd {
         (time::now() - self.start).as_millis() as u64
     }
 
+    /// `t` on etcd's clock (time since the world began), to the nanosecond.
+    pub fn since_start(&self, t: time::Instant) -> Duration {
+        t.saturating_duration_since(self.start)
+    }
+
     /// Room keys held now (`rooms/<name>` under `keys`' prefix).
     pub fn room_keys(&self, keys: &Keys) -> Vec<String> {
         let prefix = keys.rooms_prefix();

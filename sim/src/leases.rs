@@ -37,7 +37,7 @@ use videoroom::cluster::node::{Node, NodeConfig, NodeError};
 use videoroom::rt::{self, time};
 
 use crate::oracle::ProbeLog;
-use crate::ownership::claim_broken;
+use crate::ownership::{claim_broken, fence_margin_broken};
 use crate::streams::Stream;
 use crate::trace::Trace;
 use crate::world::{Failure, Options, Report};
@@ -121,6 +121,15 @@ impl World {
         );
         if let Some(why) = broken {
             self.violation(format!("n{idx} acted on {name} (epoch {epoch}): {why}"));
+        }
+        // The node acting now keeps its fence's whole margin to etcd's expiry of the lease.
+        let node = self.nodes.lock().unwrap()[idx].clone();
+        if let Some((l, deadline)) = node.and_then(|n| n.fence_deadline()) {
+            let margin = LeaseConfig::simulation().margin;
+            let since = deadline.saturating_duration_since(self.start);
+            if let Some(why) = fence_margin_broken(&self.model.lock().unwrap(), l, since, margin) {
+                self.violation(format!("n{idx} acting on {name}: {why}"));
+            }
         }
         let mut names = self.names.lock().unwrap();
         let st = names.entry(name.to_owned()).or_default();

@@ -443,6 +443,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
             break;
         }
         check_servers(&apps, &oracles, &mut audited);
+        check_fences(&apps, etcd_data.as_deref(), &oracles);
         injector.heal_due();
         let tick = now + Duration::from_millis(5);
         while let Some(&(at, f)) = script.first() {
@@ -488,6 +489,7 @@ pub async fn run(seed: u64, mut opts: Options) -> Report {
     let mut reason;
     loop {
         check_servers(&apps, &oracles, &mut audited);
+        check_fences(&apps, etcd_data.as_deref(), &oracles);
         reason = converged(&apps, &views, max_mlines, &voice_log).await;
         settle_end = settle_end.max(squatters_due(&views));
         if reason.is_none() || time::now() >= settle_end {
@@ -678,6 +680,31 @@ fn check_servers(apps: &[CurrentApp], oracles: &Oracles, audited: &mut Audited) 
     for (name, nodes) in owners {
         oracles.check(nodes.len() <= 1, || {
             format!("room {name} runs on server nodes {nodes:?} at once")
+        });
+    }
+}
+
+/// Every cluster node that may act keeps its fence's whole margin to etcd's expiry of its lease
+/// (`ownership::fence_margin_broken`), checked every tick, acts or not.
+fn check_fences(apps: &[CurrentApp], etcd: Option<&Etcd>, oracles: &Oracles) {
+    let Some(etcd) = etcd else {
+        return;
+    };
+    let margin = LeaseConfig::simulation().margin;
+    for (idx, app) in apps.iter().enumerate() {
+        let fence = current(app).and_then(|a| a.cluster.get().and_then(|c| c.fence_deadline()));
+        let Some((lease, deadline)) = fence else {
+            continue;
+        };
+        let since = etcd.since_start(deadline);
+        let broken = crate::ownership::fence_margin_broken(
+            &etcd.model.lock().unwrap(),
+            lease,
+            since,
+            margin,
+        );
+        oracles.check(broken.is_none(), || {
+            format!("server node {idx}: {}", broken.unwrap_or_default())
         });
     }
 }

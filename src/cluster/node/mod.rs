@@ -214,6 +214,14 @@ impl Node {
         }
     }
 
+    /// The lease this node acts under and its fence deadline, while it may act. Read by the
+    /// simulation, which holds the deadline to etcd's own expiry of the lease: the fence must
+    /// keep its whole margin (docs/cluster.md, "Leases and fencing").
+    pub fn fence_deadline(&self) -> Option<(i64, Instant)> {
+        let core = self.shared.core.lock().expect("lease core lock");
+        core.acting(time::now())
+    }
+
     /// The value this node's claim with `token` writes: what [`Node::release`] needs later.
     pub fn room_record(&self, token: u64) -> RoomRecord {
         let incarnation = match *self.status.borrow() {

@@ -649,6 +649,10 @@ impl ClusterRooms for Cluster {
             _ => false,
         }
     }
+
+    fn fence_deadline(&self) -> Option<(i64, crate::rt::time::Instant)> {
+        self.0.node.fence_deadline()
+    }
 }
 
 /// Ends every room of an incarnation that is fenced, and moves the dist identity on to each
