@@ -9,6 +9,8 @@
 //! - every act of a room happens while etcd still holds its claim: the name's key is the room's
 //!   own record, on a lease etcd has not let lapse (a node fenced late acts after etcd may have
 //!   given the name away);
+//! - at every act, the node keeps its fence's whole margin: its deadline plus the margin never
+//!   passes etcd's expiry of the lease (a deadline counted from a keepalive's answer would);
 //! - per name, acts never go back in epoch and two nodes never act on one epoch: at most one
 //!   acting owner at any simulated instant;
 //! - the epochs of the wins a node can act on only grow per name;
@@ -16,7 +18,8 @@
 //! - teardown: once the nodes are gone and their leases lapse, etcd holds no key and no lease.
 //!
 //! It must never reach into the product's state: rooms use only the `Node` API a cluster
-//! registry would use; the oracles read the etcd model, which is the world's, not the product's.
+//! registry would use; the oracles read the etcd model, which is the world's, not the product's,
+//! and the fence deadline the node reports through that API (`Node::fence_deadline`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

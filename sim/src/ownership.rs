@@ -17,6 +17,10 @@
 //! last lease TTL (it could not run its fence; it ends them on waking, before any act, which the
 //! act check holds it to) and rooms of a node that was killed (they are gone with it).
 //!
+//! The fence is also checked for its margin: a node that may act holds a deadline at least the
+//! lease config's margin before etcd's own expiry of its lease (`fence_margin_broken`), since
+//! etcd renews on a keepalive's arrival and the deadline counts from its send.
+//!
 //! Shared by both cluster worlds: the swarm on a cluster (fed by the product's probe events)
 //! and the lease world (`leases`, whose rooms are the world's own workload).
 
