@@ -361,25 +361,45 @@ impl Client {
         });
         let mut views = self.views.lock().unwrap();
         // Unshared but for a snapshot still being read: then a copy, as a fresh view would be.
-        let v = Arc::make_mut(views.entry(self.idx).or_default());
-        sync(&mut v.room, &self.room);
-        v.joined = chan.is_some_and(|c| c.joined);
-        sync_opt(&mut v.peer_id, chan.and_then(|c| c.peer_id.as_ref()));
-        sync_opt(&mut v.join_ref, chan.map(|c| &c.join_ref));
-        sync(&mut v.lost, &self.lost);
-        sync_or_clear(&mut v.sees, chan.map(|c| &c.roster));
-        sync_or_clear(&mut v.meta, chan.map(|c| &c.meta));
-        v.connected = connected;
-        sync_opt(&mut v.refused, self.refused.as_ref());
-        v.squatter = self.squatter;
-        v.joined_at = self.joined_at;
-        sync_opt(&mut v.dropped, self.dropped.as_ref());
-        v.stranded = self.stranded;
-        v.owed = owed;
-        sync_or_clear(&mut v.track_meta, chan.map(|c| &c.track_meta));
-        v.mlines = chan.map_or(0, |c| c.neg.mline_count());
-        sync_or_clear(&mut v.voices, chan.map(|c| &c.voices));
-        v.tabs = self.tabs.len();
+        // Destructured whole, so a field added to `View` cannot be left out of its refresh.
+        let View {
+            room,
+            joined,
+            peer_id,
+            join_ref,
+            lost,
+            sees,
+            meta,
+            connected: is_connected,
+            refused,
+            squatter,
+            joined_at,
+            dropped,
+            stranded,
+            owed: owes,
+            track_meta,
+            mlines,
+            voices,
+            tabs,
+        } = Arc::make_mut(views.entry(self.idx).or_default());
+        sync(room, &self.room);
+        *joined = chan.is_some_and(|c| c.joined);
+        sync_opt(peer_id, chan.and_then(|c| c.peer_id.as_ref()));
+        sync_opt(join_ref, chan.map(|c| &c.join_ref));
+        sync(lost, &self.lost);
+        sync_or_clear(sees, chan.map(|c| &c.roster));
+        sync_or_clear(meta, chan.map(|c| &c.meta));
+        *is_connected = connected;
+        sync_opt(refused, self.refused.as_ref());
+        *squatter = self.squatter;
+        *joined_at = self.joined_at;
+        sync_opt(dropped, self.dropped.as_ref());
+        *stranded = self.stranded;
+        *owes = owed;
+        sync_or_clear(track_meta, chan.map(|c| &c.track_meta));
+        *mlines = chan.map_or(0, |c| c.neg.mline_count());
+        sync_or_clear(voices, chan.map(|c| &c.voices));
+        *tabs = self.tabs.len();
     }
 
     fn fresh_ref(&mut self) -> String {
