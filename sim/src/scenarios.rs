@@ -43,7 +43,7 @@ pub const ALL: &[Scenario] = &[
     ),
     (
         "squatters",
-        "three clients fill a room of three without ever connecting; the server drops them after the grace and the three real clients get in",
+        "three clients fill a room of three without connecting (the first connects only at its grace's end, racing the drop); the server drops them after the grace and the three real clients get in",
         squatters,
     ),
     (

@@ -817,8 +817,9 @@ async fn converged(
             ));
         }
         if v.squatter {
-            // Done once the server dropped it (or it never got a slot).
-            if v.dropped.is_none() && v.refused.is_none() {
+            // Done once the server dropped it (or it never got a slot, or it got in late and
+            // left for good).
+            if v.dropped.is_none() && v.refused.is_none() && !v.gave_up {
                 return Some(format!("squatter c{idx} still holds a slot in {}", v.room));
             }
             continue;

@@ -47,7 +47,8 @@ impl Client {
         let (Some(joined), None) = (self.joined_at, &self.dropped) else {
             return;
         };
-        if !self.squatter || !self.chan.as_ref().is_some_and(|c| c.joined) {
+        // A squatter that sent `connect` may have got in (then the grace no longer runs).
+        if !self.squatter || self.late_connected || !self.chan.as_ref().is_some_and(|c| c.joined) {
             return;
         }
         let grace = videoroom::app::Limits::default().connect_grace;

@@ -84,6 +84,9 @@ pub struct View {
     /// Its other tabs' channels not yet ended (settling, each leaves; every join and leave is
     /// answered, a refusal included).
     pub tabs: usize,
+    /// A squatter whose late `connect` got in before the grace dropped it, and which then left
+    /// for good (it holds no slot).
+    pub gave_up: bool,
 }
 
 /// Each view behind its own `Arc`: the convergence check snapshots the map every settle step
@@ -240,6 +243,14 @@ pub struct Client {
     squatter: bool,
     /// A squatter leaves once, before its grace ends, and joins again.
     squat_left: bool,
+    /// The first squatter sends `connect` once, timed to reach the room about when its grace
+    /// ends: some get in just in time, some race the drop (a room must never act on a media
+    /// event of a peer it already dropped, nor let one in).
+    late_connect_at: Option<time::Instant>,
+    /// It sent that `connect`.
+    late_connected: bool,
+    /// It got in with it, and left for good.
+    gave_up: bool,
     /// When the current channel's join was answered ok.
     joined_at: Option<time::Instant>,
     dropped: Option<String>,
@@ -322,6 +333,9 @@ impl Client {
             refused: None,
             squatter,
             squat_left: false,
+            late_connect_at: None,
+            late_connected: false,
+            gave_up: false,
             joined_at: None,
             dropped: None,
             joins_pending: BTreeSet::new(),
@@ -381,6 +395,7 @@ impl Client {
             mlines,
             voices,
             tabs,
+            gave_up,
         } = Arc::make_mut(views.entry(self.idx).or_default());
         sync(room, &self.room);
         *joined = chan.is_some_and(|c| c.joined);
@@ -400,6 +415,7 @@ impl Client {
         *mlines = chan.map_or(0, |c| c.neg.mline_count());
         sync_or_clear(voices, chan.map(|c| &c.voices));
         *tabs = self.tabs.len();
+        *gave_up = self.gave_up;
     }
 
     fn fresh_ref(&mut self) -> String {
@@ -454,7 +470,8 @@ impl Client {
             self.burst_at = None;
             // A channel the server closed stays closed (phoenix.js removed it from the socket);
             // one the socket lost is rejoined on the new socket.
-            self.rejoin_at = (self.dropped.is_none() && !self.stranded).then(time::now);
+            self.rejoin_at =
+                (self.dropped.is_none() && !self.stranded && !self.gave_up).then(time::now);
             self.publish_view(true);
             let step = self.connected(&mut reader, &mut writer).await;
             self.lose_channel();
@@ -735,6 +752,7 @@ impl Client {
                 self.burst_at.filter(|_| phase == Phase::Chaos),
                 self.chan.as_ref().and_then(|c| c.reconnect_at),
                 self.tabs.due(),
+                self.late_connect_at,
             ]
             .into_iter()
             .flatten()
@@ -817,6 +835,10 @@ impl Client {
                     if self.rejoin_at.is_some_and(|t| now >= t) {
                         self.rejoin_at = None;
                         if !self.join(w).await { return Step::Reconnect; }
+                    }
+                    if self.late_connect_at.is_some_and(|t| now >= t) {
+                        self.late_connect_at = None;
+                        if !self.late_connect(w).await { return Step::Reconnect; }
                     }
                     for f in self.tabs.leaves_due(&mut self.next_ref) {
                         if !self.send(w, f).await { return Step::Reconnect; }
@@ -1174,6 +1196,19 @@ impl Client {
         self.media(w, ev).await
     }
 
+    /// The first squatter's one `connect`, near its grace's end (see `late_connect_at`).
+    async fn late_connect(&mut self, w: &mut wire::Writer) -> bool {
+        if !self.chan.as_ref().is_some_and(|c| c.live() && c.joined) || self.dropped.is_some() {
+            return true;
+        }
+        self.late_connected = true;
+        self.log("connects at its grace's end");
+        self.oracles
+            .reached("client: a squatter connects at its grace's end");
+        let ev = self.connect_event();
+        self.media(w, ev).await
+    }
+
     async fn leave(&mut self, w: &mut wire::Writer) -> bool {
         let Some(c) = self.chan.take() else {
             return true;
@@ -1387,6 +1422,15 @@ impl Client {
                     }
                 };
                 self.publish_view(true);
+                if self.squatter
+                    && !self.gave_up
+                    && self.chan.as_ref().is_some_and(|c| c.peer_id.is_some())
+                {
+                    self.gave_up = true;
+                    self.oracles
+                        .reached("client: a squatter's connect at its grace's end got in");
+                    return self.leave(w).await;
+                }
                 for ev in replies {
                     let offer = ev["data"]["type"] == "sdpOffer";
                     if !self.media(w, ev).await {
@@ -1528,7 +1572,9 @@ impl Client {
         }
         if self.pending_leave.as_deref() == Some(r.as_str()) {
             self.pending_leave = None;
-            self.rejoin_at = Some(time::now() + Duration::from_millis(rt::rand::below(100)));
+            // A squatter that gave up never comes back.
+            self.rejoin_at =
+                (!self.gave_up).then(|| time::now() + Duration::from_millis(rt::rand::below(100)));
             return true;
         }
         let is_join = self
@@ -1552,7 +1598,16 @@ impl Client {
             self.joined_at = Some(time::now());
             self.publish_view(true);
             if self.squatter {
-                self.log("squats: never connects");
+                if self.idx == 0 && !self.late_connected {
+                    // Aimed at the room's grace deadline: it started the grace a reply's
+                    // crossing before this, and the connect takes about as long to get there.
+                    let grace = videoroom::app::Limits::default().connect_grace;
+                    let early = Duration::from_millis(rt::rand::below(40));
+                    self.late_connect_at = Some(time::now() + grace - early);
+                    self.log("squats: connects at its grace's end");
+                } else {
+                    self.log("squats: never connects");
+                }
                 return true;
             }
             let ev = self.connect_event();
