@@ -19,6 +19,7 @@ pub mod messages;
 pub mod metrics;
 pub mod per_source;
 pub mod phoenix;
+pub mod plain_json;
 pub mod registry;
 pub mod room;
 pub mod rt;

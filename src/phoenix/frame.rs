@@ -69,7 +69,10 @@ pub enum DecodeError {
 /// Refs must be strings or null: phoenix.js always sends decimal strings, and echoing a number
 /// back as a string would change its type under the client's feet.
 pub fn decode(text: &str) -> Result<Frame, DecodeError> {
-    let value: Value = serde_json::from_str(text)?;
+    // Read as written: serde_json's own reader would unwrap a payload object keyed by its private
+    // token, and the frame would not decode to itself after an encode (fuzz target
+    // `phoenix_frame`).
+    let value = crate::plain_json::from_str(text)?;
     let Value::Array(items) = value else {
         return Err(DecodeError::NotArray);
     };
@@ -219,6 +222,16 @@ mod tests {
 
     fn json_of(text: &str) -> Value {
         serde_json::from_str(text).expect("encoded frames are JSON")
+    }
+
+    /// serde_json's own reader unwraps an object whose first key is its private raw-value token;
+    /// encoding sorts keys, so such a payload did not decode to itself (fuzz `phoenix_frame`).
+    #[test]
+    fn a_payload_keyed_by_serde_jsons_private_token_round_trips() {
+        let text = r#"[null,null,"room:a","x",{"a":1,"$serde_json::private::RawValue":"[1]"}]"#;
+        let f = decode(text).unwrap();
+        assert_eq!(f.payload["a"], 1);
+        assert_eq!(decode(&f.encode()).unwrap(), f);
     }
 
     #[test]
