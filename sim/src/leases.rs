@@ -128,9 +128,8 @@ impl World {
         // The node acting now keeps its fence's whole margin to etcd's expiry of the lease.
         let node = self.nodes.lock().unwrap()[idx].clone();
         if let Some((l, deadline)) = node.and_then(|n| n.fence_deadline()) {
-            let margin = LeaseConfig::simulation().margin;
             let since = deadline.saturating_duration_since(self.start);
-            if let Some(why) = fence_margin_broken(&self.model.lock().unwrap(), l, since, margin) {
+            if let Some(why) = fence_margin_broken(&self.model.lock().unwrap(), l, since) {
                 self.violation(format!("n{idx} acting on {name}: {why}"));
             }
         }

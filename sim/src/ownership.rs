@@ -70,27 +70,23 @@ pub fn claim_broken(
 
 /// Why a node acting on `lease` until `deadline` (on etcd's clock: time since it began) breaks
 /// the fence's margin, or `None` if it keeps it (docs/cluster.md, "Leases and fencing"): the node
-/// must stop at least `margin` before etcd may let the lease lapse. etcd renews a lease when a
-/// keepalive reaches it, after it was sent, so a deadline counted from the send keeps the whole
-/// margin; one counted from the answer's arrival spends the answer's delay out of it, and the
-/// margin is there for clock drift and stalls, not for that. A lease etcd no longer has is the
-/// act check's to judge (`claim_broken`).
-pub fn fence_margin_broken(
-    model: &EtcdModel,
-    lease: i64,
-    deadline: Duration,
-    margin: Duration,
-) -> Option<String> {
+/// must stop at least the margin of the worlds' lease config before etcd may let the lease lapse.
+/// etcd renews a lease when a keepalive reaches it, after it was sent, so a deadline counted from
+/// the send keeps the whole margin; one counted from the answer's arrival spends the answer's
+/// delay out of it, and the margin is there for clock drift and stalls, not for that. A lease etcd
+/// no longer has is the act check's to judge (`claim_broken`).
+pub fn fence_margin_broken(model: &EtcdModel, lease: i64, deadline: Duration) -> Option<String> {
+    let margin = LeaseConfig::simulation().margin;
     let l = model.leases().find(|l| l.id == lease)?;
+    let lapses = Duration::from_millis(l.expiry_ms);
     // etcd's clock reads whole milliseconds: a renewal in the millisecond its keepalive was sent
     // may read up to 1 ms before the send.
-    let expiry = Duration::from_millis(l.expiry_ms + 1);
-    (deadline + margin > expiry).then(|| {
+    (deadline + margin > lapses + Duration::from_millis(1)).then(|| {
         format!(
             "the fence deadline on lease {lease:x} is {} ms, {} ms before etcd may let the lease \
              lapse (at {} ms): less than the margin of {} ms",
             deadline.as_millis(),
-            expiry.saturating_sub(deadline).as_millis() as i64 - 1,
+            lapses.saturating_sub(deadline).as_millis(),
             l.expiry_ms,
             margin.as_millis()
         )

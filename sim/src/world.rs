@@ -690,19 +690,14 @@ fn check_fences(apps: &[CurrentApp], etcd: Option<&Etcd>, oracles: &Oracles) {
     let Some(etcd) = etcd else {
         return;
     };
-    let margin = LeaseConfig::simulation().margin;
     for (idx, app) in apps.iter().enumerate() {
         let fence = current(app).and_then(|a| a.cluster.get().and_then(|c| c.fence_deadline()));
         let Some((lease, deadline)) = fence else {
             continue;
         };
         let since = etcd.since_start(deadline);
-        let broken = crate::ownership::fence_margin_broken(
-            &etcd.model.lock().unwrap(),
-            lease,
-            since,
-            margin,
-        );
+        let broken =
+            crate::ownership::fence_margin_broken(&etcd.model.lock().unwrap(), lease, since);
         oracles.check(broken.is_none(), || {
             format!("server node {idx}: {}", broken.unwrap_or_default())
         });
